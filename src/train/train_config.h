@@ -1,0 +1,96 @@
+// Training, data, optimizer and schedule settings: the [train], [optim], [schedule], [data] and
+// [generate] sections of a frugal TOML file. Every hyper-parameter of spec §6 lives here, is
+// printed at start-up and is saved in each checkpoint. Defaults are DeepSeek-V3's (spec §6.2)
+// except where a small run needs a different one; presets in configs/ set the rest.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace frugal {
+
+// One piece of a piecewise schedule: from `start` (steps) the value is `value`.
+// Used for the balance-bias speed gamma and the MTP weight lambda (spec §6.2).
+struct StepValue {
+  int64_t start = 0;
+  double value = 0.0;
+};
+
+struct OptimConfig {
+  double lr = 2.2e-4;              // peak learning rate
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;       // decoupled; not applied to norms and buffers
+  double grad_clip = 1.0;          // global L2 norm; 0 disables
+};
+
+// Learning-rate shape of spec §6.2: linear warmup to lr, constant until decay_start, cosine to
+// min_lr at decay_end, then min_lr, then final_lr from final_start (each in steps; -1 = never).
+struct LrSchedule {
+  int64_t warmup_steps = 2000;
+  int64_t decay_start = -1;        // -1: no decay (constant after warmup)
+  int64_t decay_end = -1;
+  double min_lr = 2.2e-5;
+  int64_t final_start = -1;        // -1: no final phase
+  double final_lr = 7.3e-6;
+};
+
+// Batch-size ramp: sequences per step grow linearly from start to the full batch over
+// ramp_tokens tokens (spec §6.2: 3072 -> 15360 over 469B tokens). 0 disables the ramp.
+struct BatchRamp {
+  int64_t start_sequences = 0;
+  int64_t ramp_tokens = 0;
+};
+
+struct TrainConfig {
+  int64_t seq_len = 4096;
+  int64_t micro_batch = 1;          // sequences per forward/backward
+  int64_t batch_sequences = 1;      // sequences per optimizer step (multiple of micro_batch)
+  int64_t steps = 1000;
+  uint64_t seed = 1234;
+  double init_std = 0.006;          // spec §6.2; norms start at 1, biases at 0
+  std::vector<StepValue> bias_update_speed = {{0, 1e-3}};  // gamma (spec §2.2)
+  std::vector<StepValue> mtp_weight = {{0, 0.3}};          // lambda (spec §3.2)
+  double balance_alpha = 1e-4;      // alpha of the sequence-wise balance loss (spec §2.3)
+  int64_t log_every = 1;
+  int64_t eval_every = 100;         // 0 disables validation
+  int64_t eval_batches = 4;
+  int64_t save_every = 500;         // 0: only at the end
+  std::string out_dir = "runs/default";
+  std::string precision = "fp32";   // "fp32" on the CPU; "bf16" and "fp8" on GPUs
+  int64_t threads = 0;              // 0: all cores
+};
+
+struct DataConfig {
+  std::string train_path;           // text file (.txt or .txt.zst)
+  std::string val_path;             // optional; else the last val_fraction of train_path
+  double val_fraction = 0.05;
+  std::string tokenizer = "bytes";  // "bytes": 256 byte ids + special tokens
+};
+
+struct GenerateConfig {
+  int64_t max_new_tokens = 200;
+  double temperature = 0.8;         // 0 = greedy
+  int64_t top_k = 0;                // 0 = off
+  double top_p = 1.0;               // 1 = off
+  uint64_t seed = 0;
+};
+
+struct Config {
+  ModelConfig model;
+  TrainConfig train;
+  OptimConfig optim;
+  LrSchedule schedule;
+  BatchRamp batch_ramp;
+  DataConfig data;
+  GenerateConfig generate;
+};
+
+// Value of a piecewise schedule at `step`: the last entry whose start <= step.
+double schedule_value(const std::vector<StepValue>& schedule, int64_t step);
+
+}  // namespace frugal
