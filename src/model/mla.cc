@@ -22,8 +22,8 @@ MLA<T>::MLA(ParamStore<T>& store, const std::string& prefix, const ModelConfig& 
       softmax_scale_(cfg.softmax_scale()) {
   FRUGAL_CHECK(hidden_ > 0, "model.hidden_size: must be > 0, got {}", hidden_);
   FRUGAL_CHECK(heads_ > 0, "model.num_attention_heads: must be > 0, got {}", heads_);
-  FRUGAL_CHECK(q_lora_rank_ >= 0, "model.q_lora_rank: must be >= 0 (0 = no query compression), got {}",
-               q_lora_rank_);
+  FRUGAL_CHECK(q_lora_rank_ >= 0,
+               "model.q_lora_rank: must be >= 0 (0 = no query compression), got {}", q_lora_rank_);
   FRUGAL_CHECK(kv_lora_rank_ > 0, "model.kv_lora_rank: must be > 0, got {}", kv_lora_rank_);
   FRUGAL_CHECK(nope_dim_ >= 0, "model.qk_nope_head_dim: must be >= 0, got {}", nope_dim_);
   FRUGAL_CHECK(rope_dim_ > 0 && rope_dim_ % 2 == 0,
@@ -41,7 +41,8 @@ MLA<T>::MLA(ParamStore<T>& store, const std::string& prefix, const ModelConfig& 
   }
   kv_a_proj_ = Linear<T>(store, prefix + ".kv_a_proj_with_mqa", hidden_, kv_lora_rank_ + rope_dim_);
   kv_a_layernorm_ = RMSNorm<T>(store, prefix + ".kv_a_layernorm", kv_lora_rank_, cfg.rms_norm_eps);
-  kv_b_proj_ = Linear<T>(store, prefix + ".kv_b_proj", kv_lora_rank_, heads_ * (nope_dim_ + v_dim_));
+  kv_b_proj_ =
+      Linear<T>(store, prefix + ".kv_b_proj", kv_lora_rank_, heads_ * (nope_dim_ + v_dim_));
   o_proj_ = Linear<T>(store, prefix + ".o_proj", heads_ * v_dim_, hidden_);
 }
 
@@ -115,7 +116,7 @@ void MLA<T>::forward(Ctx& ctx, const T* x, T* y, int64_t batch, int64_t seq,
 
   // Attention, then the output projection.
   ctx.probs.resize(static_cast<size_t>(batch * heads_ * seq * seq));  // [batch, heads, seq, seq]
-  std::vector<T> attn_out(ctx.v.size());                            // [rows, heads * v]
+  std::vector<T> attn_out(ctx.v.size());                              // [rows, heads * v]
   cpu::attention_fwd(attn_out.data(), ctx.probs.data(), ctx.q.data(), ctx.k.data(), ctx.v.data(),
                      batch, seq, heads_, qk_dim_, v_dim_, softmax_scale_);
   o_proj_.forward(ctx.o_proj, attn_out.data(), y, rows);

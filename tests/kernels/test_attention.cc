@@ -28,8 +28,12 @@ void naive_attention(const Shape& s, const std::vector<double>& q, const std::ve
                      std::vector<double>& probs) {
   out.assign(s.v_size(), 0.0);
   probs.assign(s.p_size(), 0.0);
-  auto qk_at = [&](int64_t b, int64_t t, int64_t h) { return ((b * s.seq + t) * s.heads + h) * s.qk_dim; };
-  auto v_at = [&](int64_t b, int64_t t, int64_t h) { return ((b * s.seq + t) * s.heads + h) * s.v_dim; };
+  auto qk_at = [&](int64_t b, int64_t t, int64_t h) {
+    return ((b * s.seq + t) * s.heads + h) * s.qk_dim;
+  };
+  auto v_at = [&](int64_t b, int64_t t, int64_t h) {
+    return ((b * s.seq + t) * s.heads + h) * s.v_dim;
+  };
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t h = 0; h < s.heads; ++h)
       for (int64_t i = 0; i < s.seq; ++i) {
@@ -38,7 +42,8 @@ void naive_attention(const Shape& s, const std::vector<double>& q, const std::ve
         for (int64_t j = 0; j < s.seq; ++j) {
           if (j > i) continue;
           double dot = 0;
-          for (int64_t d = 0; d < s.qk_dim; ++d) dot += q[qk_at(b, i, h) + d] * k[qk_at(b, j, h) + d];
+          for (int64_t d = 0; d < s.qk_dim; ++d)
+            dot += q[qk_at(b, i, h) + d] * k[qk_at(b, j, h) + d];
           e[j] = std::exp(s.scale * dot);
           z += e[j];
         }
@@ -161,8 +166,8 @@ TEST(Attention, FloatAgreesWithDoubleAndIsDeterministic) {
                      s.seq, s.heads, s.qk_dim, s.v_dim, s.scale);
   cpu::attention_fwd(outf.data(), probsf.data(), qf.data(), kf.data(), vf.data(), s.batch, s.seq,
                      s.heads, s.qk_dim, s.v_dim, s.scale);
-  cpu::attention_fwd(outf2.data(), probsf2.data(), qf.data(), kf.data(), vf.data(), s.batch,
-                     s.seq, s.heads, s.qk_dim, s.v_dim, s.scale);
+  cpu::attention_fwd(outf2.data(), probsf2.data(), qf.data(), kf.data(), vf.data(), s.batch, s.seq,
+                     s.heads, s.qk_dim, s.v_dim, s.scale);
   for (int64_t i = 0; i < s.v_size(); ++i) {
     EXPECT_NEAR(outf[i], out[i], 1e-5);
     EXPECT_EQ(outf[i], outf2[i]);

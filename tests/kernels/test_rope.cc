@@ -223,7 +223,8 @@ TEST(Rope, MatchesHalfSplitLayoutAfterTransformersPermutation) {
     }
     for (int64_t j = 0; j < d; ++j) {
       double angle = pos[t] * table.inv_freq[j % half];
-      expected[j] = table.attention_factor * (p[j] * std::cos(angle) + rot_half[j] * std::sin(angle));
+      expected[j] =
+          table.attention_factor * (p[j] * std::cos(angle) + rot_half[j] * std::sin(angle));
     }
     for (int64_t j = 0; j < half; ++j) {
       EXPECT_NEAR(rotated[t * d + 2 * j], expected[j], 1e-13);

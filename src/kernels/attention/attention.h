@@ -17,8 +17,8 @@
 namespace frugal::cpu {
 
 template <class T>
-void attention_fwd(T* out, T* probs, const T* q, const T* k, const T* v, int64_t batch,
-                   int64_t seq, int64_t heads, int64_t qk_dim, int64_t v_dim, double scale);
+void attention_fwd(T* out, T* probs, const T* q, const T* k, const T* v, int64_t batch, int64_t seq,
+                   int64_t heads, int64_t qk_dim, int64_t v_dim, double scale);
 
 template <class T>
 void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q, const T* k,

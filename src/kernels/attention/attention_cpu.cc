@@ -1,15 +1,15 @@
 // Causal softmax attention, CPU reference (formulas and shapes in attention.h).
-#include "kernels/attention/attention.h"
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "kernels/attention/attention.h"
+
 namespace frugal::cpu {
 
 template <class T>
-void attention_fwd(T* out, T* probs, const T* q, const T* k, const T* v, int64_t batch,
-                   int64_t seq, int64_t heads, int64_t qk_dim, int64_t v_dim, double scale) {
+void attention_fwd(T* out, T* probs, const T* q, const T* k, const T* v, int64_t batch, int64_t seq,
+                   int64_t heads, int64_t qk_dim, int64_t v_dim, double scale) {
   const T scale_t = static_cast<T>(scale);
   const int64_t qk_row = heads * qk_dim;  // stride between positions in q, k
   const int64_t v_row = heads * v_dim;    // stride between positions in v, out
@@ -102,10 +102,10 @@ void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* 
   }
 }
 
-#define INSTANTIATE(T)                                                                         \
-  template void attention_fwd<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t,       \
-                                 int64_t, int64_t, int64_t, double);                           \
-  template void attention_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, \
+#define INSTANTIATE(T)                                                                            \
+  template void attention_fwd<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, \
+                                 int64_t, int64_t, double);                                       \
+  template void attention_bwd<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,    \
                                  int64_t, int64_t, int64_t, int64_t, int64_t, double);
 INSTANTIATE(float)
 INSTANTIATE(double)

@@ -2,11 +2,14 @@
 // (spec §1.4): only the last qk_rope_head_dim dims of each query head, and the shared k_pe.
 //
 // Frequencies, pair i in [0, rope_dim/2):
-//   base   freq_i = theta^(-2i/rope_dim)
-//   YaRN   freq_i' = freq_i/s * ramp_i + freq_i * (1 - ramp_i),  ramp_i = clamp((i-low)/(high-low))
-//          low  = max(floor(corr_dim(beta_fast)), 0),  high = min(ceil(corr_dim(beta_slow)), rope_dim-1)
-//          corr_dim(r) = rope_dim * ln(L0 / (2 pi r)) / (2 ln theta),  L0 = original_max_position_embeddings
-//          (high += 0.001 when low == high), as transformers' _compute_yarn_parameters.
+//   base  freq_i = theta^(-2i/rope_dim)
+//   YaRN  freq_i' = freq_i/s * ramp_i + freq_i * (1 - ramp_i),
+//         ramp_i = clamp((i - low) / (high - low), 0, 1),
+//         low  = max(floor(corr_dim(beta_fast)), 0),
+//         high = min(ceil(corr_dim(beta_slow)), rope_dim - 1), high += 0.001 when low == high,
+//         corr_dim(r) = rope_dim * ln(L0 / (2 pi r)) / (2 ln theta),
+//         L0 = rope_scaling.original_max_position_embeddings
+//         (transformers' _compute_yarn_parameters; s = rope_scaling.factor).
 //   cos/sin of the table are multiplied by the YaRN attention factor (rope_attention_factor below).
 //
 // Application, INTERLEAVED pairing (2i, 2i+1) as DeepSeek's released code, angle = pos * freq_i:
@@ -38,12 +41,14 @@ struct YarnRange {
 };
 YarnRange yarn_correction_range(const ModelConfig& cfg);
 
-// inv_freq[i] for i in [0, qk_rope_head_dim/2), with the YaRN blend when rope_scaling.type == "yarn".
+// inv_freq[i], i in [0, qk_rope_head_dim/2), YaRN-blended when rope_scaling.type is "yarn".
 std::vector<double> rope_inv_freq(const ModelConfig& cfg);
 
-// The factor on cos/sin (transformers' `attention_factor`): 1 without YaRN; under YaRN
-//   mscale(s, mscale) / mscale(s, mscale_all_dim)  when both are nonzero (1 for DeepSeek's configs),
-//   mscale(s, 1) = 0.1 ln s + 1                    otherwise (transformers' generic YaRN rule).
+// The factor on cos/sin (transformers' `attention_factor`): 1 without YaRN. Under YaRN:
+//   mscale(s, mscale) / mscale(s, mscale_all_dim)   when both are nonzero (1 in DeepSeek's),
+//   mscale(s, 1) = 0.1 ln s + 1                     otherwise (transformers' generic YaRN),
+// with mscale(s, m) = ModelConfig::yarn_mscale. (A config "attention_factor" key, which
+// transformers would take as is, has no field in RopeScaling.)
 double rope_attention_factor(const ModelConfig& cfg);
 
 // Table for positions 0 .. positions-1. Throws frugal::Error on an odd or empty rope dim or an

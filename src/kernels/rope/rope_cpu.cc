@@ -1,11 +1,10 @@
 // RoPE / YaRN table builder and the CPU reference rotation (see rope.h for the formulas).
-#include "kernels/rope/rope.h"
-
 #include <algorithm>
 #include <cmath>
 #include <numbers>
 
 #include "core/error.h"
+#include "kernels/rope/rope.h"
 
 namespace frugal {
 namespace {
