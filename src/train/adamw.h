@@ -43,7 +43,7 @@ class AdamW {
  public:
   struct StepInfo {
     double grad_norm = 0;   // global L2 norm of the gradients before clipping
-    double clip_scale = 1;  // factor applied to the gradients (1 when not clipped)
+    double clip_scale = 1;  // factor applied to the gradients (1 when not clipped, 0 when skipped)
     bool skipped = false;   // true when grad_norm was not finite: nothing was updated
   };
   struct ParamState {
