@@ -1,0 +1,17 @@
+// Whole-file text reading: plain files as they are, files whose name ends in ".zst" decompressed
+// with libzstd's streaming decoder (any number of concatenated frames).
+//
+// Every failure throws frugal::Error naming the file: missing or unreadable file, a directory, an
+// empty or truncated .zst (the last frame does not end), or corrupt zstd data (the decoder's
+// message is included). The bytes are returned unchanged: no UTF-8 validation, no newline changes.
+#pragma once
+
+#include <string>
+
+#include "core/error.h"
+
+namespace frugal {
+
+std::string read_text_file(const std::string& path);
+
+}  // namespace frugal

@@ -1,0 +1,150 @@
+// AdamW reference implementation (see adamw.h for the update rule and the determinism contract).
+#include "train/adamw.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace frugal {
+namespace {
+
+// Gradients are summed in chunks of this many elements; the chunk partial sums are then added in
+// chunk order, so the result does not depend on the number of threads.
+constexpr int64_t kNormChunk = int64_t{1} << 16;
+
+}  // namespace
+
+template <class T>
+double global_grad_norm(const ParamStore<T>& store) {
+  struct NormChunk {
+    const T* grad;
+    int64_t begin, end;
+  };
+  std::vector<NormChunk> chunks;
+  for (const auto& param : store.all()) {
+    if (!param->trainable) continue;
+    int64_t n = static_cast<int64_t>(param->grad.size());
+    for (int64_t begin = 0; begin < n; begin += kNormChunk)
+      chunks.push_back({param->grad.data(), begin, std::min(n, begin + kNormChunk)});
+  }
+  std::vector<double> partial(chunks.size(), 0.0);
+  const int64_t num_chunks = static_cast<int64_t>(chunks.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    const T* grad = chunks[c].grad;
+    double sum = 0.0;
+    for (int64_t i = chunks[c].begin; i < chunks[c].end; ++i) {
+      double g = static_cast<double>(grad[i]);
+      sum += g * g;
+    }
+    partial[c] = sum;
+  }
+  double total = 0.0;
+  for (double s : partial) total += s;
+  return std::sqrt(total);
+}
+
+template <class T>
+AdamW<T>::AdamW(const OptimConfig& config, const ParamStore<T>& store) : config_(config) {
+  FRUGAL_CHECK(config.beta1 >= 0.0 && config.beta1 < 1.0, "optim.beta1 = {} must be in [0, 1)",
+               config.beta1);
+  FRUGAL_CHECK(config.beta2 >= 0.0 && config.beta2 < 1.0, "optim.beta2 = {} must be in [0, 1)",
+               config.beta2);
+  FRUGAL_CHECK(config.eps > 0.0, "optim.eps = {} must be > 0", config.eps);
+  FRUGAL_CHECK(config.weight_decay >= 0.0, "optim.weight_decay = {} must be >= 0",
+               config.weight_decay);
+  FRUGAL_CHECK(config.grad_clip >= 0.0, "optim.grad_clip = {} must be >= 0 (0 disables clipping)",
+               config.grad_clip);
+  for (const auto& param : store.all()) {
+    if (!param->trainable) continue;
+    ParamState state;
+    state.name = param->name;
+    state.m.assign(param->value.size(), T(0));
+    state.v.assign(param->value.size(), T(0));
+    index_[state.name] = states_.size();
+    states_.push_back(std::move(state));
+  }
+}
+
+template <class T>
+void AdamW<T>::set_step_count(int64_t steps) {
+  FRUGAL_CHECK(steps >= 0, "optimizer step count {} must be >= 0", steps);
+  step_count_ = steps;
+}
+
+template <class T>
+void AdamW<T>::set_state(const std::string& name, const std::vector<T>& m, const std::vector<T>& v) {
+  auto it = index_.find(name);
+  FRUGAL_CHECK(it != index_.end(), "optimizer state for {}: no trainable parameter of that name",
+               name);
+  ParamState& state = states_[it->second];
+  FRUGAL_CHECK(m.size() == state.m.size() && v.size() == state.v.size(),
+               "optimizer state for {}: moments have {} and {} elements, the parameter has {}", name,
+               m.size(), v.size(), state.m.size());
+  state.m = m;
+  state.v = v;
+}
+
+template <class T>
+typename AdamW<T>::StepInfo AdamW<T>::step(ParamStore<T>& store, double lr) {
+  // The store must still hold the parameters the optimizer was built for, in the same order.
+  size_t k = 0;
+  for (const auto& param : store.all()) {
+    if (!param->trainable) continue;
+    FRUGAL_CHECK(k < states_.size() && states_[k].name == param->name &&
+                     states_[k].m.size() == param->value.size() &&
+                     param->grad.size() == param->value.size(),
+                 "AdamW: parameter {} does not match the optimizer state (layout changed?)",
+                 param->name);
+    ++k;
+  }
+  FRUGAL_CHECK(k == states_.size(), "AdamW: the store has {} trainable parameters, the optimizer {}",
+               k, states_.size());
+  FRUGAL_CHECK(std::isfinite(lr) && lr >= 0.0, "AdamW: learning rate {} must be finite and >= 0",
+               lr);
+
+  StepInfo info;
+  info.grad_norm = global_grad_norm(store);
+  if (!std::isfinite(info.grad_norm)) {
+    info.skipped = true;
+    info.clip_scale = 0.0;
+    return info;
+  }
+  if (config_.grad_clip > 0.0 && info.grad_norm > config_.grad_clip)
+    info.clip_scale = config_.grad_clip / info.grad_norm;
+
+  ++step_count_;
+  const double beta1 = config_.beta1, beta2 = config_.beta2, eps = config_.eps;
+  const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step_count_));
+  const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(step_count_));
+  const double clip_scale = info.clip_scale;
+
+  k = 0;
+  for (const auto& param : store.all()) {
+    if (!param->trainable) continue;
+    ParamState& state = states_[k++];
+    const double decay = param->weight_decay ? lr * config_.weight_decay : 0.0;
+    const int64_t n = param->numel();
+    T* value = param->value.data();
+    const T* grad = param->grad.data();
+    T* m = state.m.data();
+    T* v = state.v.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      const double g = static_cast<double>(grad[i]) * clip_scale;
+      m[i] = static_cast<T>(beta1 * static_cast<double>(m[i]) + (1.0 - beta1) * g);
+      v[i] = static_cast<T>(beta2 * static_cast<double>(v[i]) + (1.0 - beta2) * g * g);
+      const double m_hat = static_cast<double>(m[i]) / bias_correction1;
+      const double v_hat = static_cast<double>(v[i]) / bias_correction2;
+      const double p = static_cast<double>(value[i]);
+      value[i] = static_cast<T>(p - decay * p - lr * m_hat / (std::sqrt(v_hat) + eps));
+    }
+  }
+  return info;
+}
+
+template double global_grad_norm<float>(const ParamStore<float>&);
+template double global_grad_norm<double>(const ParamStore<double>&);
+template class AdamW<float>;
+template class AdamW<double>;
+
+}  // namespace frugal

@@ -1,0 +1,77 @@
+// AdamW with decoupled weight decay over a ParamStore (spec §6.2: beta1 0.9, beta2 0.95,
+// weight_decay 0.1, global-norm clipping at 1.0).
+//
+// For every trainable parameter p with gradient g, at optimizer step t (1-based):
+//   g     = clip_scale * g                         (clip_scale = min(1, grad_clip / ||G||_2))
+//   m     = beta1 * m + (1 - beta1) * g
+//   v     = beta2 * v + (1 - beta2) * g^2
+//   m_hat = m / (1 - beta1^t),  v_hat = v / (1 - beta2^t)
+//   p     = p - lr * weight_decay * p              (decoupled: only when p.weight_decay is true)
+//   p     = p - lr * m_hat / (sqrt(v_hat) + eps)
+// Weight decay applies only to parameters flagged weight_decay (the matrices, ParamKind::Matrix).
+// Norm weights (ParamKind::Norm) get the Adam update without decay; buffers (ParamKind::Buffer,
+// e.g. e_score_correction_bias, which the balancing rule of spec §2.2 updates) are not touched.
+//
+// Moments are kept in T (fp32 in training) per trainable parameter, in the store's creation order.
+// Spec §4.3 keeps them in BF16 on the GPU; this CPU reference keeps full precision.
+// The element-wise update runs in double and rounds once to T, so it is identical on any number of
+// threads. The global norm ||G||_2 is accumulated in double over fixed-size chunks summed in a fixed
+// order, so it is deterministic too. A step whose norm is not finite (NaN/Inf gradient) changes
+// nothing (moments, parameters and the step count stay) and reports skipped = true.
+//
+// Checkpoints: state() lists (name, m, v) for every trainable parameter, step_count() the number of
+// applied updates; set_state()/set_step_count() put them back. An exact restore makes the next
+// update bitwise identical to an uninterrupted run.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/param.h"
+#include "train/train_config.h"
+
+namespace frugal {
+
+// L2 norm of all trainable gradients, accumulated in double in a deterministic order.
+template <class T>
+double global_grad_norm(const ParamStore<T>& store);
+
+template <class T>
+class AdamW {
+ public:
+  struct StepInfo {
+    double grad_norm = 0;   // global L2 norm of the gradients before clipping
+    double clip_scale = 1;  // factor applied to the gradients (1 when not clipped, 0 when skipped)
+    bool skipped = false;   // true when grad_norm was not finite: nothing was updated
+  };
+  struct ParamState {
+    std::string name;       // Hugging Face parameter name
+    std::vector<T> m;       // first moment, same size as the parameter
+    std::vector<T> v;       // second moment
+  };
+
+  // Zero moments for every trainable parameter of `store` (the store's layout is fixed from here).
+  AdamW(const OptimConfig& config, const ParamStore<T>& store);
+
+  // One update at learning rate `lr`; gradients are read, not cleared (call zero_grad after).
+  StepInfo step(ParamStore<T>& store, double lr);
+
+  const OptimConfig& config() const { return config_; }
+  int64_t step_count() const { return step_count_; }
+  void set_step_count(int64_t steps);
+
+  // Optimizer state for checkpoints, one entry per trainable parameter in store order.
+  const std::vector<ParamState>& state() const { return states_; }
+  // Replace the moments of parameter `name`; throws when the name is unknown or a size differs.
+  void set_state(const std::string& name, const std::vector<T>& m, const std::vector<T>& v);
+
+ private:
+  OptimConfig config_;
+  int64_t step_count_ = 0;
+  std::vector<ParamState> states_;
+  std::unordered_map<std::string, size_t> index_;
+};
+
+}  // namespace frugal
