@@ -1,0 +1,45 @@
+// Training checkpoints: one directory per save, <out_dir>/checkpoint-<step>/ holding
+//   model.safetensors      every parameter (FP32 master weights; routing biases included) under
+//                          Hugging Face names, MTP modules as layers num_hidden_layers + k
+//   config.json            the model section as a Hugging Face DeepseekV3 config
+//   frugal.toml            the whole resolved configuration (every hyper-parameter)
+//   optimizer.safetensors  AdamW moments "<param>.exp_avg" / "<param>.exp_avg_sq" (+ step count)
+//   trainer_state.json     step, tokens seen, data-source positions
+// and <out_dir>/latest naming the newest one. A save writes into a temporary directory, fsyncs
+// every file, renames the directory into place and only then updates `latest`, so a crash at
+// any moment leaves the previous good checkpoint intact. The main model's embedding and head are
+// not duplicated into the MTP layers (frugal convert writes those for Hugging Face exports).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "model/transformer.h"
+#include "train/adamw.h"
+#include "train/train_config.h"
+
+namespace frugal {
+
+struct TrainerState {
+  int64_t step = 0;          // optimizer steps completed
+  int64_t tokens_seen = 0;
+  nlohmann::json train_data;  // DataSource::state()
+};
+
+// Writes checkpoint-<step> under out_dir and points `latest` at it; keeps the newest `keep`
+// checkpoints. Returns the checkpoint directory.
+std::string save_checkpoint(const std::string& out_dir, const Config& config,
+                            const Transformer<float>& model, const AdamW<float>& optimizer,
+                            const TrainerState& state, int64_t keep = 2);
+
+// A checkpoint directory, or a run directory whose `latest` names one -> the checkpoint directory.
+std::string resolve_checkpoint(const std::string& path);
+// True when out_dir already holds a checkpoint (so a fresh run there would overwrite it).
+bool has_checkpoint(const std::string& out_dir);
+
+Config load_checkpoint_config(const std::string& checkpoint_dir);
+void load_checkpoint_model(const std::string& checkpoint_dir, Transformer<float>& model);
+void load_checkpoint_training(const std::string& checkpoint_dir, AdamW<float>& optimizer,
+                              TrainerState& state);
+
+}  // namespace frugal
