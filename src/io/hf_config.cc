@@ -2,6 +2,7 @@
 // Reading is lenient about keys (HF configs carry many that do not change the model) and strict
 // about the values of the keys it uses (wrong types are errors naming the file and key).
 #include <cmath>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 
@@ -37,10 +38,14 @@ class JsonReader {
     if (!v) return;
     // eos_token_id may be a list of ids: the first is the end-of-sequence token.
     if (v->is_array() && !v->empty() && std::string(key).ends_with("_token_id")) v = &v->front();
-    if (v->is_number_integer()) {
+    if (v->is_number_unsigned()) {
+      if (v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) wrong(key, *v, "an integer");
+      out = static_cast<int64_t>(v->get<uint64_t>());
+    } else if (v->is_number_integer()) {
       out = v->get<int64_t>();
     } else if (v->is_number_float() && std::isfinite(v->get<double>()) &&
-               v->get<double>() == std::trunc(v->get<double>())) {
+               v->get<double>() == std::trunc(v->get<double>()) &&
+               std::fabs(v->get<double>()) < 9.2e18) {
       out = static_cast<int64_t>(v->get<double>());
     } else {
       wrong(key, *v, "an integer");

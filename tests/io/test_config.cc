@@ -250,6 +250,16 @@ TEST(HfConfig, RejectsBadConfigsNamingFileAndKey) {
   EXPECT_ERROR_HAS(message, "c.json: model.num_experts_per_tok = 300 exceeds");
 
   j = v3_hf_json();
+  j["vocab_size"] = 18446744073709551615ull;  // does not fit int64
+  EXPECT_ERROR_HAS(error_of([&] { model_config_from_json(j, "c.json"); }),
+                   "vocab_size must be an integer");
+  j = v3_hf_json();
+  j["vocab_size"] = 129280.0;  // an integral float is accepted
+  EXPECT_EQ(model_config_from_json(j, "c.json").vocab_size, 129280);
+  j["eos_token_id"] = json::array({1, 2});  // a list of end tokens: the first is eos
+  EXPECT_EQ(model_config_from_json(j, "c.json").eos_token_id, 1);
+
+  j = v3_hf_json();
   j.erase("model_type");
   EXPECT_ERROR_HAS(error_of([&] { model_config_from_json(j, "c.json"); }), "model_type");
 }
