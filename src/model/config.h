@@ -17,6 +17,8 @@ struct RopeScaling {
   double mscale = 1.0;
   double mscale_all_dim = 0.0;  // V3: 1.0, V2-Lite: 0.707
   int64_t original_max_position_embeddings = 4096;
+
+  bool operator==(const RopeScaling&) const = default;
 };
 
 struct ModelConfig {
@@ -55,6 +57,8 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;
   double initializer_range = 0.02;  // HF's default init std; training uses train.init_std
+
+  bool operator==(const ModelConfig&) const = default;
 
   // Derived quantities.
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }

@@ -17,6 +17,7 @@ namespace frugal {
 struct StepValue {
   int64_t start = 0;
   double value = 0.0;
+  bool operator==(const StepValue&) const = default;
 };
 
 struct OptimConfig {
@@ -26,6 +27,7 @@ struct OptimConfig {
   double eps = 1e-8;
   double weight_decay = 0.1;       // decoupled; not applied to norms and buffers
   double grad_clip = 1.0;          // global L2 norm; 0 disables
+  bool operator==(const OptimConfig&) const = default;
 };
 
 // Learning-rate shape of spec §6.2: linear warmup to lr, constant until decay_start, cosine to
@@ -37,6 +39,7 @@ struct LrSchedule {
   double min_lr = 2.2e-5;
   int64_t final_start = -1;        // -1: no final phase
   double final_lr = 7.3e-6;
+  bool operator==(const LrSchedule&) const = default;
 };
 
 // Batch-size ramp: sequences per step grow linearly from start to the full batch over
@@ -44,6 +47,7 @@ struct LrSchedule {
 struct BatchRamp {
   int64_t start_sequences = 0;
   int64_t ramp_tokens = 0;
+  bool operator==(const BatchRamp&) const = default;
 };
 
 struct TrainConfig {
@@ -63,6 +67,7 @@ struct TrainConfig {
   std::string out_dir = "runs/default";
   std::string precision = "fp32";   // "fp32" on the CPU; "bf16" and "fp8" on GPUs
   int64_t threads = 0;              // 0: all cores
+  bool operator==(const TrainConfig&) const = default;
 };
 
 struct DataConfig {
@@ -70,6 +75,7 @@ struct DataConfig {
   std::string val_path;             // optional; else the last val_fraction of train_path
   double val_fraction = 0.05;
   std::string tokenizer = "bytes";  // "bytes": 256 byte ids + special tokens
+  bool operator==(const DataConfig&) const = default;
 };
 
 struct GenerateConfig {
@@ -78,6 +84,7 @@ struct GenerateConfig {
   int64_t top_k = 0;                // 0 = off
   double top_p = 1.0;               // 1 = off
   uint64_t seed = 0;
+  bool operator==(const GenerateConfig&) const = default;
 };
 
 struct Config {
@@ -88,6 +95,7 @@ struct Config {
   BatchRamp batch_ramp;
   DataConfig data;
   GenerateConfig generate;
+  bool operator==(const Config&) const = default;
 };
 
 // Value of a piecewise schedule at `step`: the last entry whose start <= step.
