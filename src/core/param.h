@@ -61,6 +61,9 @@ class ParamStore {
     FRUGAL_CHECK(p != nullptr, "no parameter named {}", name);
     return *p;
   }
+  const Param<T>& get(const std::string& name) const {
+    return const_cast<ParamStore*>(this)->get(name);
+  }
 
   void zero_grad() {
     for (auto& p : params_) std::fill(p->grad.begin(), p->grad.end(), T(0));

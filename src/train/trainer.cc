@@ -1,0 +1,160 @@
+#include "train/trainer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include "train/schedule.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace frugal {
+
+double estimate_cpu_peak_flops() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  double mhz = 0;
+  bool avx512 = false, fma = false;
+  while (std::getline(in, line)) {
+    if (mhz == 0 && line.rfind("cpu MHz", 0) == 0) mhz = std::atof(line.substr(line.find(':') + 1).c_str());
+    if (line.rfind("flags", 0) == 0) {
+      avx512 = avx512 || line.find(" avx512f") != std::string::npos;
+      fma = fma || line.find(" fma") != std::string::npos;
+    }
+  }
+  // FP32 FLOP per cycle per core: two FMA pipes x lanes x 2.
+  double per_cycle = avx512 ? 64 : fma ? 32 : 8;
+  return static_cast<double>(std::thread::hardware_concurrency()) * mhz * 1e6 * per_cycle;
+}
+
+Trainer::Trainer(const Config& config, DataSource& train, DataSource* val, bool quiet)
+    : config_(config), train_(train), val_(val), quiet_(quiet), model_(config.model) {
+  FRUGAL_CHECK(train.vocab_size() <= config.model.vocab_size,
+               "the data's tokenizer has {} ids but model.vocab_size is {}", train.vocab_size(),
+               config.model.vocab_size);
+  if (config.train.threads > 0) {
+    omp_set_num_threads(static_cast<int>(config.train.threads));
+    openblas_set_num_threads(static_cast<int>(config.train.threads));
+  }
+  model_.init_weights(config.train.seed, config.train.init_std);
+  optimizer_ = std::make_unique<AdamW<float>>(config.optim, model_.params());
+  state_.train_data = train_.state();
+  if (val_) val_start_ = val_->state();
+  peak_flops_ = estimate_cpu_peak_flops();
+}
+
+void Trainer::log(const std::string& line) const {
+  if (!quiet_) std::printf("%s\n", line.c_str()), std::fflush(stdout);
+}
+
+void Trainer::resume(const std::string& checkpoint_dir) {
+  load_checkpoint_model(checkpoint_dir, model_);
+  load_checkpoint_training(checkpoint_dir, *optimizer_, state_);
+  train_.restore(state_.train_data);
+  log(fmt::format("resumed from {} at step {}", checkpoint_dir, state_.step));
+}
+
+double Trainer::validation_loss() {
+  if (!val_) return -1;
+  val_->restore(val_start_);
+  const int64_t mb = config_.train.micro_batch, seq = config_.train.seq_len;
+  std::vector<int32_t> tokens(mb * seq), targets(mb * seq);
+  double sum = 0;
+  for (int64_t i = 0; i < config_.train.eval_batches; ++i) {
+    val_->next_batch(tokens.data(), targets.data(), mb, seq);
+    Transformer<float>::Ctx ctx;
+    sum += model_.forward(ctx, tokens.data(), targets.data(), mb, seq, {0.0, 0.0}, false).main;
+  }
+  return sum / static_cast<double>(std::max<int64_t>(config_.train.eval_batches, 1));
+}
+
+TrainSummary Trainer::run(int64_t stop_after) {
+  const TrainConfig& tc = config_.train;
+  const int64_t seq = tc.seq_len, mb = tc.micro_batch;
+  const int64_t last_step =
+      stop_after >= 0 ? std::min(tc.steps, state_.step + stop_after) : tc.steps;
+  metrics_.open(tc.out_dir + "/metrics.jsonl", /*append=*/state_.step > 0);
+  const double train_flops_per_token = 3.0 * model_.flops_per_token(seq);
+  TrainSummary summary;
+  std::vector<int32_t> tokens(mb * seq), targets(mb * seq);
+  ProgressBar progress("train", last_step);
+
+  while (state_.step < last_step) {
+    const int64_t step = state_.step;
+    auto start = std::chrono::steady_clock::now();
+    const int64_t sequences = batch_sequences_at(tc, config_.batch_ramp, state_.tokens_seen);
+    const int64_t micro_batches = sequences / mb;
+    const LossWeights weights{schedule_value(tc.mtp_weight, step), tc.balance_alpha};
+
+    model_.params().zero_grad();
+    Losses sum;
+    for (int64_t m = 0; m < micro_batches; ++m) {
+      train_.next_batch(tokens.data(), targets.data(), mb, seq);
+      Transformer<float>::Ctx ctx;
+      Losses l = model_.forward(ctx, tokens.data(), targets.data(), mb, seq, weights, true);
+      model_.backward_input(ctx, 1.0 / static_cast<double>(micro_batches));
+      model_.backward_weight(ctx);
+      sum.total += l.total / micro_batches;
+      sum.main += l.main / micro_batches;
+      sum.mtp += l.mtp / micro_batches;
+      sum.balance += l.balance / micro_batches;
+    }
+    const double lr = learning_rate(config_.optim, config_.schedule, step);
+    auto info = optimizer_->step(model_.params(), lr);
+    auto load = model_.expert_load();  // read before the bias update resets the counts
+    model_.update_balance_bias(schedule_value(tc.bias_update_speed, step));
+    state_.step += 1;
+    state_.tokens_seen += sequences * seq;
+    state_.train_data = train_.state();
+
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double tok_s = static_cast<double>(sequences * seq) / seconds;
+    if (summary.steps_done == 0) summary.first_loss = sum.main;
+    summary.last_loss = sum.main;
+    summary.steps_done += 1;
+
+    nlohmann::json record = {{"step", state_.step},       {"loss", sum.total},
+                             {"loss_main", sum.main},     {"loss_mtp", sum.mtp},
+                             {"loss_balance", sum.balance}, {"grad_norm", info.grad_norm},
+                             {"lr", lr},                  {"tokens", state_.tokens_seen},
+                             {"step_ms", seconds * 1e3},  {"tokens_per_s", tok_s},
+                             {"skipped", info.skipped}};
+    nlohmann::json load_json = nlohmann::json::object();
+    for (auto& l : load) load_json[l.layer] = l.max_over_mean;
+    record["expert_load_max_over_mean"] = load_json;
+
+    if (info.skipped)
+      log(fmt::format("step {}: non-finite gradient norm, update skipped", state_.step));
+    const bool last = state_.step == last_step;
+    if (state_.step % std::max<int64_t>(tc.log_every, 1) == 0 || last || state_.step == 1) {
+      StepStats stats{state_.step,   tc.steps, sum.main,           info.grad_norm,
+                      lr,            seconds,  tok_s,              train_flops_per_token,
+                      peak_flops_,   peak_rss_bytes()};
+      progress.finish();
+      log(format_step_line(stats));
+    }
+    if (tc.eval_every > 0 && val_ && (state_.step % tc.eval_every == 0 || last)) {
+      summary.last_val_loss = validation_loss();
+      record["val_loss"] = summary.last_val_loss;
+      std::string loads;
+      for (auto& l : load) loads += fmt::format(" {} {:.2f}", l.layer, l.max_over_mean);
+      log(fmt::format("eval step {} | val loss {:.4f} | mtp loss {:.4f} | expert load max/mean:{}",
+                      state_.step, summary.last_val_loss, sum.mtp, loads));
+    }
+    metrics_.write(record);
+    progress.update(state_.step);
+    if ((tc.save_every > 0 && state_.step % tc.save_every == 0) || last) {
+      summary.checkpoint = save_checkpoint(tc.out_dir, config_, model_, *optimizer_, state_);
+      if (last) log(fmt::format("saved {}", summary.checkpoint));
+    }
+  }
+  metrics_.close();
+  return summary;
+}
+
+}  // namespace frugal

@@ -1,0 +1,63 @@
+// The training loop (CPU reference, fp32 master weights):
+//   for each step: sequences = batch ramp; micro-batches of train.micro_batch sequences each run
+//   forward, backward_input and backward_weight with loss scale 1/micro_batches (parameter
+//   gradients accumulate); AdamW with global-norm clipping at the scheduled learning rate (a
+//   non-finite gradient skips the update and is logged); every MoE layer's routing bias moves by
+//   gamma against its load over the step's tokens (spec §2.2).
+// Logs the DESIGN.md step line, JSONL metrics (<out_dir>/metrics.jsonl) with per-layer expert load,
+// periodic validation loss, and checkpoints (train/checkpoint.h).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "data/data_source.h"
+#include "model/transformer.h"
+#include "train/adamw.h"
+#include "train/checkpoint.h"
+#include "train/metrics.h"
+#include "train/train_config.h"
+
+namespace frugal {
+
+struct TrainSummary {
+  int64_t steps_done = 0;
+  double first_loss = 0;       // main next-token loss of the first step run
+  double last_loss = 0;        // main next-token loss of the last step
+  double last_val_loss = -1;   // -1 when no validation ran
+  std::string checkpoint;      // the last checkpoint written
+};
+
+class Trainer {
+ public:
+  // val may be null (no validation). `quiet` silences the console (tests).
+  Trainer(const Config& config, DataSource& train, DataSource* val, bool quiet = false);
+
+  // Continue from a checkpoint directory (weights, optimizer, step, data position).
+  void resume(const std::string& checkpoint_dir);
+  // Train until config.train.steps (or `stop_after` more steps when >= 0); saves at the end.
+  TrainSummary run(int64_t stop_after = -1);
+  double validation_loss();
+
+  Transformer<float>& model() { return model_; }
+  const TrainerState& state() const { return state_; }
+
+ private:
+  void log(const std::string& line) const;
+
+  Config config_;
+  DataSource& train_;
+  DataSource* val_;
+  nlohmann::json val_start_;  // validation always reads the same batches
+  bool quiet_;
+  Transformer<float> model_;
+  std::unique_ptr<AdamW<float>> optimizer_;
+  TrainerState state_;
+  MetricsLog metrics_;
+  double peak_flops_ = 0;
+};
+
+// Peak FP32 FLOP/s of this CPU from /proc/cpuinfo (cores x MHz x FMA lanes); 0 if unknown.
+double estimate_cpu_peak_flops();
+
+}  // namespace frugal
