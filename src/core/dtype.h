@@ -31,11 +31,21 @@ float e4m3_bits_to_float(uint8_t bits);
 uint8_t float_to_e5m2_bits(float x);
 float e5m2_bits_to_float(uint8_t bits);
 
+// The same conversions from double, rounded once (no double rounding through float); the float
+// versions above equal these applied to the exactly widened float. The FP8 ones match CUDA's
+// __nv_cvt_double_to_fp8(x, __NV_SATFINITE, ...) except that NaN is always the canonical 0x7F.
+uint16_t double_to_bf16_bits(double x);
+uint16_t double_to_f16_bits(double x);
+uint8_t double_to_e4m3_bits(double x);
+uint8_t double_to_e5m2_bits(double x);
+
 // Round-trip a float through BF16 (what a BF16 store then load does).
 inline float round_to_bf16(float x) { return bf16_bits_to_float(float_to_bf16_bits(x)); }
 
 // Convert `count` elements of raw bytes in dtype `from` to doubles / from doubles to `to`.
-// Integer types convert by value; BOOL is 0/1.
+// Integer types convert by value; BOOL is 0/1. From double, integers round to nearest even and
+// saturate to the type's range (NaN -> 0); BOOL stores x != 0. NaN converts to the canonical NaN
+// of each float format (positive, as CUDA does: 0x7FFF for BF16/F16, 0x7F for both FP8 formats).
 void convert_to_double(const void* src, DType from, double* dst, size_t count);
 void convert_from_double(const double* src, DType to, void* dst, size_t count);
 
