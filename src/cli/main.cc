@@ -1,2 +1,48 @@
+// frugal: one binary, one subcommand per task. Errors the user can cause print one line
+// ("frugal: <file or key>: <problem>") and exit 1.
 #include <cstdio>
-int main() { std::puts("frugal"); return 0; }
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: frugal <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  train      pre-train a model from a TOML config (frugal train configs/tiny.toml)\n"
+    "  generate   sample text from a checkpoint (frugal generate runs/tiny --prompt \"...\")\n"
+    "\n"
+    "Run 'frugal <command> --help' for a command's options. Every config setting can be\n"
+    "overridden on the command line as --section.key=value (e.g. --train.steps=100).\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+      !std::strcmp(argv[1], "help")) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  try {
+    if (command == "train") return frugal::cmd_train(args);
+    if (command == "generate") return frugal::cmd_generate(args);
+    std::fprintf(stderr, "frugal: unknown command '%s'\n\n%s", command.c_str(), kUsage);
+    return 2;
+  } catch (const frugal::Error& e) {
+    std::fprintf(stderr, "frugal: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "frugal: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "frugal: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,72 @@
+// frugal train CONFIG.toml [--resume] [--section.key=value ...]
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "data/text_source.h"
+#include "io/config_io.h"
+#include "train/trainer.h"
+
+namespace frugal {
+namespace {
+
+constexpr const char* kHelp =
+    "usage: frugal train CONFIG.toml [--config FILE] [--resume] [--section.key=value ...]\n"
+    "\n"
+    "Pre-trains the model the config describes on the text of data.train_path (.txt or\n"
+    ".txt.zst; byte-level tokens), logging a step line, metrics.jsonl and checkpoints in\n"
+    "train.out_dir. A run directory that already holds a checkpoint is never overwritten:\n"
+    "pass --resume to continue it exactly where it stopped, or choose another train.out_dir.\n"
+    "\n"
+    "  --config FILE   the TOML config (same as the positional argument)\n"
+    "  --resume        continue from the newest checkpoint in train.out_dir\n"
+    "  --section.key=value   override any setting, e.g. --train.steps=50 --optim.lr=1e-3\n";
+
+}  // namespace
+
+int cmd_train(const std::vector<std::string>& argv) {
+  ParsedArgs args = parse_args(argv, {"config"}, {"resume", "help"});
+  if (args.has("help")) {
+    std::fputs(kHelp, stdout);
+    return 0;
+  }
+  std::string config_path = args.option("config");
+  FRUGAL_CHECK(args.positional.size() <= 1 && (config_path.empty() || args.positional.empty()),
+               "train takes one config file (see --help)");
+  if (config_path.empty() && !args.positional.empty()) config_path = args.positional[0];
+  FRUGAL_CHECK(!config_path.empty(), "train needs a config file, e.g. frugal train configs/tiny.toml");
+
+  Config config = load_config(config_path, args.overrides);
+  FRUGAL_CHECK(!config.data.train_path.empty(),
+               "{}: data.train_path is not set (pass --data.train_path=FILE)", config_path);
+  const bool resume = args.has("resume");
+  if (!resume && has_checkpoint(config.train.out_dir))
+    fail("{} already holds a checkpoint; pass --resume to continue it or set another "
+         "--train.out_dir (nothing was overwritten)",
+         config.train.out_dir);
+
+  std::printf("%s\n", settings_table(config).c_str());
+  TextCorpus corpus = load_text_corpus(config.data);
+  std::printf("data: %s — %zu training tokens, %zu validation tokens\n",
+              config.data.train_path.c_str(), corpus.train.size(), corpus.validation.size());
+  TextDataSource train(std::move(corpus.train), config.train.seed, 0, 1, ByteTokenizer::kVocabSize,
+                       "train");
+  std::unique_ptr<TextDataSource> val;
+  if (!corpus.validation.empty() && config.train.eval_every > 0)
+    val = std::make_unique<TextDataSource>(std::move(corpus.validation), config.train.seed, 0, 1,
+                                           ByteTokenizer::kVocabSize, "validation");
+
+  Trainer trainer(config, train, val.get());
+  std::printf("model: %.3fM parameters\n",
+              static_cast<double>(trainer.model().params().numel()) / 1e6);
+  if (resume) trainer.resume(resolve_checkpoint(config.train.out_dir));
+  TrainSummary summary = trainer.run();
+  std::printf("done: %lld steps, loss %.4f -> %.4f", static_cast<long long>(summary.steps_done),
+              summary.first_loss, summary.last_loss);
+  if (summary.last_val_loss >= 0) std::printf(", validation loss %.4f", summary.last_val_loss);
+  std::printf("\n");
+  return 0;
+}
+
+}  // namespace frugal
