@@ -1,7 +1,7 @@
 // DeepSeekMoE feed-forward layer (spec §2):  for each token x_t [hidden],
-//   logits = x_t · W_gᵀ                 gate GEMM in T (fp32/fp64: the router keeps higher precision)
-//   (idx, w) = router(logits, bias)     kernels/moe/router.h (spec §2.1)
-//   y_t = shared(x_t) + sum_k w_{t,k} * expert_{idx_{t,k}}(x_t)
+//   logits = x_t · W_gᵀ                 gate GEMM in T (fp32/fp64: the router keeps higher
+//   precision) (idx, w) = router(logits, bias)     kernels/moe/router.h (spec §2.1) y_t =
+//   shared(x_t) + sum_k w_{t,k} * expert_{idx_{t,k}}(x_t)
 // No token dropping: the tokens are grouped per expert (kernels/moe/permute.h) and each expert runs
 // once over its tokens. forward also returns the complementary sequence-wise balance loss (spec
 // §2.3, kernels/moe/balance_loss.h) of this layer, which uses the actual routed selection as f's
@@ -21,8 +21,7 @@
 // The balance-loss gradient flows through P (scores -> logits -> gate weight and x); f has none.
 #pragma once
 
-#include <cmath>
-#include <limits>
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -42,10 +41,10 @@ cpu::RouterParams router_params(const ModelConfig& config);
 
 // Summary of per-expert token counts, for the step log.
 struct ExpertLoadStats {
-  int64_t total = 0;           // assignments counted (tokens * K)
-  int64_t min = 0, max = 0;    // least and most loaded expert
-  double mean = 0;             // total / E
-  double max_over_mean = 0;    // max / mean (1 = perfectly balanced; 0 when nothing counted)
+  int64_t total = 0;         // assignments counted (tokens * K)
+  int64_t min = 0, max = 0;  // least and most loaded expert
+  double mean = 0;           // total / E
+  double max_over_mean = 0;  // max / mean (1 = perfectly balanced; 0 when nothing counted)
 };
 ExpertLoadStats expert_load_stats(const std::vector<int64_t>& load);
 
@@ -54,12 +53,12 @@ class MoE {
  public:
   struct Ctx {
     typename Linear<T>::Ctx gate;
-    std::vector<T> scores;                 // [rows, E] s (sigmoid/softmax of the logits)
-    std::vector<int64_t> topk_idx;         // [rows, K] chosen experts
-    std::vector<T> topk_weight;            // [rows, K] routing weights
-    std::vector<int64_t> expert_offsets;   // [E+1] permuted rows of each expert
-    std::vector<int64_t> assignment_row;   // [rows*K] permuted row of assignment t*K+k
-    std::vector<T> expert_out;             // [rows*K, hidden] expert outputs, permuted order
+    std::vector<T> scores;                      // [rows, E] s (sigmoid/softmax of the logits)
+    std::vector<int64_t> topk_idx;              // [rows, K] chosen experts
+    std::vector<T> topk_weight;                 // [rows, K] routing weights
+    std::vector<int64_t> expert_offsets;        // [E+1] permuted rows of each expert
+    std::vector<int64_t> assignment_row;        // [rows*K] permuted row of assignment t*K+k
+    std::vector<T> expert_out;                  // [rows*K, hidden] expert outputs, permuted order
     std::vector<typename MLP<T>::Ctx> experts;  // [E] (untouched for experts with no token)
     typename MLP<T>::Ctx shared;
     int64_t rows = 0, batch = 0, seq = 0;
@@ -69,8 +68,10 @@ class MoE {
   MoE() = default;
   MoE(ParamStore<T>& store, const std::string& prefix, const ModelConfig& cfg)
       : prefix_(prefix), router_(router_params(cfg)), hidden_(cfg.hidden_size) {
-    FRUGAL_CHECK(cfg.hidden_size > 0, "model.hidden_size: must be positive, got {}", cfg.hidden_size);
-    FRUGAL_CHECK(cfg.moe_intermediate_size > 0, "model.moe_intermediate_size: must be positive, got {}",
+    FRUGAL_CHECK(cfg.hidden_size > 0, "model.hidden_size: must be positive, got {}",
+                 cfg.hidden_size);
+    FRUGAL_CHECK(cfg.moe_intermediate_size > 0,
+                 "model.moe_intermediate_size: must be positive, got {}",
                  cfg.moe_intermediate_size);
     FRUGAL_CHECK(cfg.n_shared_experts >= 0, "model.n_shared_experts: must be >= 0, got {}",
                  cfg.n_shared_experts);
@@ -196,8 +197,8 @@ class MoE {
   // The same with a load given by the caller (e.g. summed over data-parallel ranks).
   void update_bias(double gamma, const std::vector<int64_t>& load) {
     const int64_t E = router_.n_experts;
-    FRUGAL_CHECK(static_cast<int64_t>(load.size()) == E, "{}: expert load has {} entries, expected {}",
-                 prefix_, load.size(), E);
+    FRUGAL_CHECK(static_cast<int64_t>(load.size()) == E,
+                 "{}: expert load has {} entries, expected {}", prefix_, load.size(), E);
     if (gamma != 0.0) {
       FRUGAL_CHECK(bias_ != nullptr,
                    "{}: the bias update (gamma={}) needs topk_method \"noaux_tc\"; set the bias "

@@ -81,9 +81,9 @@ TEST(MLP, GradientsMatchFiniteDifferences) {
   EXPECT_EQ(ctx.rows, 0);  // context released
   EXPECT_LT(check_gradient(x, dx, loss, 64, 1e-6, 1e-6, "mlp dx").max_rel_error, 1e-5);
   for (auto& p : store.all())
-    EXPECT_LT(check_gradient(p->value, p->grad, loss, 64, 1e-6, 1e-6, "mlp d" + p->name)
-                  .max_rel_error,
-              1e-5);
+    EXPECT_LT(
+        check_gradient(p->value, p->grad, loss, 64, 1e-6, 1e-6, "mlp d" + p->name).max_rel_error,
+        1e-5);
 }
 
 TEST(MLP, WeightGradientsAccumulateAndInputGradientAssigns) {

@@ -8,8 +8,8 @@ namespace frugal::cpu {
 namespace {
 
 // f_i of one sequence: E / (K T) times the tokens routed to expert i.   [E]
-void routed_fraction(std::vector<double>& f, const int64_t* topk_idx, int64_t seq, int64_t n_experts,
-                     int64_t top_k) {
+void routed_fraction(std::vector<double>& f, const int64_t* topk_idx, int64_t seq,
+                     int64_t n_experts, int64_t top_k) {
   f.assign(n_experts, 0.0);
   for (int64_t a = 0; a < seq * top_k; ++a) f[topk_idx[a]] += 1.0;
   const double norm = static_cast<double>(n_experts) / static_cast<double>(top_k * seq);

@@ -86,11 +86,11 @@ void combine_bwd(T* d_expert_out, T* dweights, const T* dy, const T* expert_out,
   }
 }
 
-#define FRUGAL_INSTANTIATE_PERMUTE(T)                                                            \
+#define FRUGAL_INSTANTIATE_PERMUTE(T)                                                             \
   template void permute_rows<T>(T*, const T*, const int64_t*, int64_t, int64_t, int64_t);         \
   template void unpermute_sum<T>(T*, const T*, const int64_t*, int64_t, int64_t, int64_t, bool);  \
   template void combine_fwd<T>(T*, const T*, const T*, const int64_t*, int64_t, int64_t, int64_t, \
-                               bool);                                                            \
+                               bool);                                                             \
   template void combine_bwd<T>(T*, T*, const T*, const T*, const T*, const int64_t*, int64_t,     \
                                int64_t, int64_t);
 FRUGAL_INSTANTIATE_PERMUTE(float)

@@ -51,9 +51,10 @@ TopkMethod parse_topk_method(const std::string& name, const std::string& key) {
   if (name == "noaux_tc") return TopkMethod::NoauxTc;
   if (name == "group_limited_greedy") return TopkMethod::GroupLimitedGreedy;
   if (name == "greedy") return TopkMethod::Greedy;
-  fail("{}: unknown top-k method \"{}\" (expected \"noaux_tc\", \"group_limited_greedy\" or "
-       "\"greedy\")",
-       key, name);
+  fail(
+      "{}: unknown top-k method \"{}\" (expected \"noaux_tc\", \"group_limited_greedy\" or "
+      "\"greedy\")",
+      key, name);
 }
 
 void validate_router(const RouterParams& p, const std::string& key_prefix) {
@@ -66,7 +67,8 @@ void validate_router(const RouterParams& p, const std::string& key_prefix) {
                p.routed_scaling_factor);
   if (p.topk_method == TopkMethod::Greedy) return;
   FRUGAL_CHECK(p.n_group >= 1 && p.n_experts % p.n_group == 0,
-               "{}n_group: must divide {}n_routed_experts={}, got {}", k, k, p.n_experts, p.n_group);
+               "{}n_group: must divide {}n_routed_experts={}, got {}", k, k, p.n_experts,
+               p.n_group);
   FRUGAL_CHECK(p.topk_group >= 1 && p.topk_group <= p.n_group,
                "{}topk_group: must be in [1, {}n_group={}], got {}", k, k, p.n_group, p.topk_group);
   const int64_t group_size = p.n_experts / p.n_group;
@@ -135,8 +137,7 @@ void router_fwd(int64_t* topk_idx, T* topk_weight, T* scores, const T* logits, c
         sum += w[k];
       }
       const T denom = p.norm_topk_prob ? sum + T(1e-20) : T(1);
-      for (int64_t k = 0; k < K; ++k)
-        w[k] = w[k] / denom * static_cast<T>(p.routed_scaling_factor);
+      for (int64_t k = 0; k < K; ++k) w[k] = w[k] / denom * static_cast<T>(p.routed_scaling_factor);
     }
   }
 }
