@@ -209,7 +209,12 @@ std::vector<MoE<T>*> Transformer<T>::moe_layers() const {
 
 template <class T>
 void Transformer<T>::update_balance_bias(double gamma) {
-  for (MoE<T>* moe : moe_layers()) moe->update_bias(gamma);
+  for (MoE<T>* moe : moe_layers()) {
+    if (moe->has_bias())
+      moe->update_bias(gamma);
+    else
+      moe->reset_load();  // methods without a selection bias (V2's) have nothing to update
+  }
 }
 
 template <class T>
