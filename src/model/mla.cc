@@ -8,6 +8,10 @@
 
 namespace frugal {
 
+// The latent norms (q_a_layernorm, kv_a_layernorm) use eps 1e-6 whatever rms_norm_eps says: both
+// DeepSeek's reference code and transformers construct them with the RMSNorm default.
+constexpr double kLatentNormEps = 1e-6;
+
 template <class T>
 MLA<T>::MLA(ParamStore<T>& store, const std::string& prefix, const ModelConfig& cfg)
     : cfg_(cfg),
@@ -34,13 +38,13 @@ MLA<T>::MLA(ParamStore<T>& store, const std::string& prefix, const ModelConfig& 
   // Registration in Hugging Face's module order.
   if (q_lora_rank_ > 0) {
     q_a_proj_ = Linear<T>(store, prefix + ".q_a_proj", hidden_, q_lora_rank_);
-    q_a_layernorm_ = RMSNorm<T>(store, prefix + ".q_a_layernorm", q_lora_rank_, cfg.rms_norm_eps);
+    q_a_layernorm_ = RMSNorm<T>(store, prefix + ".q_a_layernorm", q_lora_rank_, kLatentNormEps);
     q_b_proj_ = Linear<T>(store, prefix + ".q_b_proj", q_lora_rank_, heads_ * qk_dim_);
   } else {
     q_proj_ = Linear<T>(store, prefix + ".q_proj", hidden_, heads_ * qk_dim_);
   }
   kv_a_proj_ = Linear<T>(store, prefix + ".kv_a_proj_with_mqa", hidden_, kv_lora_rank_ + rope_dim_);
-  kv_a_layernorm_ = RMSNorm<T>(store, prefix + ".kv_a_layernorm", kv_lora_rank_, cfg.rms_norm_eps);
+  kv_a_layernorm_ = RMSNorm<T>(store, prefix + ".kv_a_layernorm", kv_lora_rank_, kLatentNormEps);
   kv_b_proj_ =
       Linear<T>(store, prefix + ".kv_b_proj", kv_lora_rank_, heads_ * (nope_dim_ + v_dim_));
   o_proj_ = Linear<T>(store, prefix + ".o_proj", heads_ * v_dim_, hidden_);
