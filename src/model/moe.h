@@ -1,7 +1,7 @@
-// DeepSeekMoE feed-forward layer (spec §2):  for each token x_t [hidden],
-//   logits = x_t · W_gᵀ                 gate GEMM in T (fp32/fp64: the router keeps higher
-//   precision) (idx, w) = router(logits, bias)     kernels/moe/router.h (spec §2.1) y_t =
-//   shared(x_t) + sum_k w_{t,k} * expert_{idx_{t,k}}(x_t)
+// DeepSeekMoE feed-forward layer (spec §2). For each token x_t [hidden]:
+//   logits = x_t · W_gᵀ                              gate GEMM in T (the router keeps high precision)
+//   (idx, w) = router(logits, bias)                  kernels/moe/router.h (spec §2.1)
+//   y_t = shared(x_t) + sum_k w_{t,k} * expert_{idx_{t,k}}(x_t)
 // No token dropping: the tokens are grouped per expert (kernels/moe/permute.h) and each expert runs
 // once over its tokens. forward also returns the complementary sequence-wise balance loss (spec
 // §2.3, kernels/moe/balance_loss.h) of this layer, which uses the actual routed selection as f's
