@@ -45,11 +45,24 @@ int cmd_train(const std::vector<std::string>& argv) {
     fail("{} already holds a checkpoint; pass --resume to continue it or set another "
          "--train.out_dir (nothing was overwritten)",
          config.train.out_dir);
+  const std::string checkpoint = resume ? resolve_checkpoint(config.train.out_dir) : "";
+
+  // Every input is checked before anything is printed or written.
+  TextCorpus corpus = load_text_corpus(config.data);
+  const size_t window = static_cast<size_t>(config.train.seq_len) + 1;
+  FRUGAL_CHECK(corpus.train.size() >= window,
+               "{}: {} training tokens, fewer than one window of train.seq_len + 1 = {}",
+               config.data.train_path, corpus.train.size(), window);
+  std::string val_note;
+  if (config.train.eval_every > 0 && !corpus.validation.empty() && corpus.validation.size() < window) {
+    val_note = fmt::format(" (fewer than train.seq_len + 1 = {}: validation is off)", window);
+    corpus.validation.clear();
+  }
 
   std::printf("%s\n", settings_table(config).c_str());
-  TextCorpus corpus = load_text_corpus(config.data);
-  std::printf("data: %s — %zu training tokens, %zu validation tokens\n",
-              config.data.train_path.c_str(), corpus.train.size(), corpus.validation.size());
+  std::printf("data: %s — %zu training tokens, %zu validation tokens%s\n",
+              config.data.train_path.c_str(), corpus.train.size(), corpus.validation.size(),
+              val_note.c_str());
   TextDataSource train(std::move(corpus.train), config.train.seed, 0, 1, ByteTokenizer::kVocabSize,
                        "train");
   std::unique_ptr<TextDataSource> val;
@@ -60,10 +73,21 @@ int cmd_train(const std::vector<std::string>& argv) {
   Trainer trainer(config, train, val.get());
   std::printf("model: %.3fM parameters\n",
               static_cast<double>(trainer.model().params().numel()) / 1e6);
-  if (resume) trainer.resume(resolve_checkpoint(config.train.out_dir));
+  if (resume) {
+    trainer.resume(checkpoint);
+    if (trainer.state().step >= config.train.steps) {
+      std::printf("nothing to do: the checkpoint is at step %lld and train.steps is %lld "
+                  "(raise --train.steps to continue)\n",
+                  static_cast<long long>(trainer.state().step),
+                  static_cast<long long>(config.train.steps));
+      return 0;
+    }
+  }
   TrainSummary summary = trainer.run();
   std::printf("done: %lld steps, loss %.4f -> %.4f", static_cast<long long>(summary.steps_done),
               summary.first_loss, summary.last_loss);
+  if (summary.skipped_steps > 0)
+    std::printf(", %lld skipped (non-finite gradient)", static_cast<long long>(summary.skipped_steps));
   if (summary.last_val_loss >= 0) std::printf(", validation loss %.4f", summary.last_val_loss);
   std::printf("\n");
   return 0;

@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
   try {
     if (command == "train") return frugal::cmd_train(args);
     if (command == "generate") return frugal::cmd_generate(args);
-    std::fprintf(stderr, "frugal: unknown command '%s'\n\n%s", command.c_str(), kUsage);
+    std::fprintf(stderr, "frugal: unknown command '%s' (see frugal --help)\n", command.c_str());
     return 2;
   } catch (const frugal::Error& e) {
     std::fprintf(stderr, "frugal: %s\n", e.what());
