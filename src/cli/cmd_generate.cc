@@ -1,4 +1,7 @@
 // frugal generate CHECKPOINT [--prompt TEXT] [--generate.key=value ...]
+// Loads the checkpoint's frugal.toml (with the --generate.* overrides, validated) and weights,
+// then samples byte tokens after <|endoftext|> + prompt, with a context window of train.seq_len,
+// until max_new_tokens or an <|endoftext|>. Only byte ids and <|endoftext|> are candidates.
 #include <cstdio>
 #include <limits>
 

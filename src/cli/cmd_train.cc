@@ -1,6 +1,10 @@
 // frugal train CONFIG.toml [--resume] [--section.key=value ...]
+// Checks every input (config, out_dir, data file and its size) before printing or writing
+// anything, so a bad input gives one error line; then prints the settings table and trains.
+// Exit codes: 0 done, 1 an error, 130 stopped by Ctrl-C/SIGTERM after saving a checkpoint.
+#include <atomic>
+#include <csignal>
 #include <cstdio>
-#include <filesystem>
 
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -21,7 +25,20 @@ constexpr const char* kHelp =
     "\n"
     "  --config FILE   the TOML config (same as the positional argument)\n"
     "  --resume        continue from the newest checkpoint in train.out_dir\n"
+    "\n"
+    "Ctrl-C (or SIGTERM) stops after the current step and saves a checkpoint that --resume\n"
+    "continues exactly; a second Ctrl-C stops at once.\n"
     "  --section.key=value   override any setting, e.g. --train.steps=50 --optim.lr=1e-3\n";
+
+// Set by the first SIGINT/SIGTERM: the run stops after the current step and saves a checkpoint.
+// The handler then restores the default action, so a second Ctrl-C ends the process at once.
+std::atomic<bool> g_stop_requested{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
+
+extern "C" void request_stop(int signal_number) {
+  g_stop_requested.store(true);
+  std::signal(signal_number, SIG_DFL);
+}
 
 }  // namespace
 
@@ -45,6 +62,10 @@ int cmd_train(const std::vector<std::string>& argv) {
     fail("{} already holds a checkpoint; pass --resume to continue it or set another "
          "--train.out_dir (nothing was overwritten)",
          config.train.out_dir);
+  if (resume)
+    FRUGAL_CHECK(has_checkpoint(config.train.out_dir),
+                 "{}: no checkpoint to resume in train.out_dir (run without --resume to start)",
+                 config.train.out_dir);
   const std::string checkpoint = resume ? resolve_checkpoint(config.train.out_dir) : "";
 
   // Every input is checked before anything is printed or written.
@@ -83,14 +104,28 @@ int cmd_train(const std::vector<std::string>& argv) {
       return 0;
     }
   }
+  trainer.set_stop_flag(&g_stop_requested);
+  std::signal(SIGINT, request_stop);
+  std::signal(SIGTERM, request_stop);
   TrainSummary summary = trainer.run();
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  if (summary.steps_done == 0) {
+    std::printf("done: no steps to run (train.steps = %lld)\n",
+                static_cast<long long>(config.train.steps));
+    return 0;
+  }
+  if (summary.interrupted)
+    std::printf("interrupted after step %lld of %lld; continue with --resume\n",
+                static_cast<long long>(trainer.state().step),
+                static_cast<long long>(config.train.steps));
   std::printf("done: %lld steps, loss %.4f -> %.4f", static_cast<long long>(summary.steps_done),
               summary.first_loss, summary.last_loss);
   if (summary.skipped_steps > 0)
     std::printf(", %lld skipped (non-finite gradient)", static_cast<long long>(summary.skipped_steps));
   if (summary.last_val_loss >= 0) std::printf(", validation loss %.4f", summary.last_val_loss);
   std::printf("\n");
-  return 0;
+  return summary.interrupted ? 130 : 0;  // 128 + SIGINT, as shells report an interrupted command
 }
 
 }  // namespace frugal

@@ -131,6 +131,9 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
     discard_temp();
     fail("{}: cannot write checkpoint {}: {}", out_dir, final_dir.filename().string(),
          e.code().message());
+  } catch (const Error& e) {
+    discard_temp();
+    fail("{}: cannot write checkpoint {}: {}", out_dir, final_dir.filename().string(), e.what());
   } catch (...) {
     discard_temp();
     throw;

@@ -4,12 +4,11 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "io/atomic_file.h"
@@ -50,7 +49,9 @@ Trainer::Trainer(const Config& config, DataSource& train, DataSource* val, bool 
   optimizer_ = std::make_unique<AdamW<float>>(config.optim, model_.params());
   state_.train_data = train_.state();
   if (val_) val_start_ = val_->state();
-  peak_flops_ = estimate_cpu_peak_flops();
+  // MFU is measured against the cores this run uses.
+  const double cores = std::max(1u, std::thread::hardware_concurrency());
+  peak_flops_ = estimate_cpu_peak_flops() * std::min(1.0, omp_get_max_threads() / cores);
 }
 
 void Trainer::log(const std::string& line) const {
@@ -187,7 +188,9 @@ TrainSummary Trainer::run(int64_t stop_after) {
 
     if (info.skipped)
       log(fmt::format("step {}: non-finite gradient norm, update skipped", state_.step));
-    const bool last = state_.step == last_step;
+    // A stop request (Ctrl-C) ends the run after this step, with a checkpoint like any last step.
+    const bool stopping = stop_flag_ != nullptr && stop_flag_->load();
+    const bool last = state_.step == last_step || stopping;
     if (state_.step % std::max<int64_t>(tc.log_every, 1) == 0 || last || state_.step == 1) {
       StepStats stats{state_.step,   tc.steps, sum.main,           info.grad_norm,
                       lr,            seconds,  tok_s,              train_flops_per_token,
@@ -207,6 +210,10 @@ TrainSummary Trainer::run(int64_t stop_after) {
     if ((tc.save_every > 0 && state_.step % tc.save_every == 0) || last) {
       summary.checkpoint = save_checkpoint(tc.out_dir, config_, model_, *optimizer_, state_);
       if (last) log(fmt::format("saved {}", summary.checkpoint));
+    }
+    if (stopping) {
+      summary.interrupted = state_.step < last_step;
+      break;
     }
   }
   metrics_.close();

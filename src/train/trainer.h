@@ -8,6 +8,7 @@
 // periodic validation loss, and checkpoints (train/checkpoint.h).
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -27,6 +28,7 @@ struct TrainSummary {
   double last_loss = 0;        // main next-token loss of the last step
   double last_val_loss = -1;   // -1 when no validation ran
   std::string checkpoint;      // the last checkpoint written
+  bool interrupted = false;    // a stop request ended the run before its last step
 };
 
 class Trainer {
@@ -43,6 +45,9 @@ class Trainer {
   // Train until config.train.steps (or `stop_after` more steps when >= 0); saves at the end.
   TrainSummary run(int64_t stop_after = -1);
   double validation_loss();
+  // run() checks `flag` after every step; once it is true the run saves a checkpoint and returns
+  // (summary.interrupted). For Ctrl-C: a signal handler sets the flag. nullptr: no checks.
+  void set_stop_flag(const std::atomic<bool>* flag) { stop_flag_ = flag; }
 
   Transformer<float>& model() { return model_; }
   const AdamW<float>& optimizer() const { return *optimizer_; }
@@ -60,6 +65,7 @@ class Trainer {
   std::unique_ptr<AdamW<float>> optimizer_;
   TrainerState state_;
   MetricsLog metrics_;
+  const std::atomic<bool>* stop_flag_ = nullptr;
   ProgressBar* progress_ = nullptr;  // the bar of the running run(), erased before a log line
   double peak_flops_ = 0;
 };

@@ -82,6 +82,7 @@ Config small_config(const std::string& out_dir, std::vector<std::string> extra =
       "train.eval_batches=2",
       "train.save_every=0",
       "train.log_every=1",
+      "train.threads=1",  // the test machine is shared; results do not depend on it
       "train.bias_update_speed=[[0, 1e-2], [4, 5e-3]]",  // changes after the resume point
       "train.mtp_weight=[[0, 0.3], [2, 0.1]]",
       "schedule.warmup_steps=2",
@@ -295,6 +296,27 @@ TEST(Trainer, NonFiniteGradientSkipsTheStepAndLogsIt) {
   ASSERT_EQ(records.size(), 2u);
   EXPECT_FALSE(records[0]["skipped"].get<bool>());
   EXPECT_TRUE(records[1]["skipped"].get<bool>());
+}
+
+TEST(Trainer, StopRequestSavesAfterTheCurrentStep) {
+  TempDir dir;
+  Sources data(1234);
+  Trainer t(small_config(dir.sub("run"), {"train.eval_every=0"}), data.train, nullptr, true);
+  std::atomic<bool> stop{true};
+  t.set_stop_flag(&stop);
+  TrainSummary summary = t.run();
+  EXPECT_TRUE(summary.interrupted);
+  EXPECT_EQ(summary.steps_done, 1);
+  EXPECT_EQ(fs::path(summary.checkpoint).filename(), "checkpoint-00000001");
+  EXPECT_EQ(resolve_checkpoint(dir.sub("run")), summary.checkpoint);
+  // Without the request the run goes on to train.steps; a request at the last step is no
+  // interruption.
+  stop = false;
+  EXPECT_EQ(t.run(4).steps_done, 4);
+  stop = true;
+  summary = t.run();
+  EXPECT_FALSE(summary.interrupted);
+  EXPECT_EQ(t.state().step, 6);
 }
 
 TEST(Trainer, ValidationLossIsDeterministic) {
