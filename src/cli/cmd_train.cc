@@ -80,22 +80,26 @@ int cmd_train(const std::vector<std::string>& argv) {
     corpus.validation.clear();
   }
 
-  std::printf("%s\n", settings_table(config).c_str());
-  std::printf("data: %s — %zu training tokens, %zu validation tokens%s\n",
-              config.data.train_path.c_str(), corpus.train.size(), corpus.validation.size(),
-              val_note.c_str());
+  const int64_t train_tokens = static_cast<int64_t>(corpus.train.size());
+  const int64_t val_tokens = static_cast<int64_t>(corpus.validation.size());
   TextDataSource train(std::move(corpus.train), config.train.seed, 0, 1, ByteTokenizer::kVocabSize,
                        "train");
   std::unique_ptr<TextDataSource> val;
   if (!corpus.validation.empty() && config.train.eval_every > 0)
     val = std::make_unique<TextDataSource>(std::move(corpus.validation), config.train.seed, 0, 1,
                                            ByteTokenizer::kVocabSize, "validation");
-
   Trainer trainer(config, train, val.get());
+  if (resume) trainer.resume(checkpoint);  // a damaged or mismatched checkpoint fails here
+
+  std::printf("%s\n", settings_table(config).c_str());
+  std::printf("data: %s — %lld training tokens, %lld validation tokens%s\n",
+              config.data.train_path.c_str(), static_cast<long long>(train_tokens),
+              static_cast<long long>(val_tokens), val_note.c_str());
   std::printf("model: %.3fM parameters\n",
               static_cast<double>(trainer.model().params().numel()) / 1e6);
   if (resume) {
-    trainer.resume(checkpoint);
+    std::printf("resumed from %s at step %lld\n", checkpoint.c_str(),
+                static_cast<long long>(trainer.state().step));
     if (trainer.state().step >= config.train.steps) {
       std::printf("nothing to do: the checkpoint is at step %lld and train.steps is %lld "
                   "(raise --train.steps to continue)\n",

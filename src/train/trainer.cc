@@ -107,7 +107,6 @@ void Trainer::resume(const std::string& checkpoint_dir) {
   load_checkpoint_model(checkpoint_dir, model_);
   load_checkpoint_training(checkpoint_dir, *optimizer_, state_);
   train_.restore(state_.train_data);
-  log(fmt::format("resumed from {} at step {}", checkpoint_dir, state_.step));
 }
 
 double Trainer::validation_loss() {

@@ -182,6 +182,12 @@ TEST_F(Cli, SecondTrainIntoTheSameDirectoryIsRefused) {
   expect_one_error_line(second, "twice", "second train");
   EXPECT_NE(second.err.find("--resume"), std::string::npos);
   EXPECT_TRUE(snapshot(root_ / "twice") == before) << "the second run changed the run directory";
+
+  // Resuming with another model is refused before anything is printed or written.
+  Result other = run("train " + train_args("twice", 3) + " --resume --model.rope_theta=500");
+  expect_one_error_line(other, "rope_theta", "resume with another model");
+  EXPECT_EQ(other.out, "");
+  EXPECT_TRUE(snapshot(root_ / "twice") == before) << "the refused resume changed the run directory";
 }
 
 TEST_F(Cli, ResumeMatchesAnUninterruptedRun) {
