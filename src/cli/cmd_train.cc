@@ -25,17 +25,17 @@ constexpr const char* kHelp =
     "\n"
     "  --config FILE   the TOML config (same as the positional argument)\n"
     "  --resume        continue from the newest checkpoint in train.out_dir\n"
+    "  --section.key=value   override any setting, e.g. --train.steps=50 --optim.lr=1e-3\n"
     "\n"
     "Ctrl-C (or SIGTERM) stops after the current step and saves a checkpoint that --resume\n"
-    "continues exactly; a second Ctrl-C stops at once.\n"
-    "  --section.key=value   override any setting, e.g. --train.steps=50 --optim.lr=1e-3\n";
+    "continues exactly (exit code 130); a second Ctrl-C stops at once.\n";
 
 // Set by the first SIGINT/SIGTERM: the run stops after the current step and saves a checkpoint.
 // The handler then restores the default action, so a second Ctrl-C ends the process at once.
 std::atomic<bool> g_stop_requested{false};
 static_assert(std::atomic<bool>::is_always_lock_free);
 
-extern "C" void request_stop(int signal_number) {
+void request_stop(int signal_number) {
   g_stop_requested.store(true);
   std::signal(signal_number, SIG_DFL);
 }
