@@ -1,5 +1,9 @@
 // frugal generate CHECKPOINT [--prompt TEXT] [--generate.key=value ...]
+// Loads the checkpoint's frugal.toml (with the --generate.* overrides, validated) and weights,
+// then samples byte tokens after <|endoftext|> + prompt, with a context window of train.seq_len,
+// until max_new_tokens or an <|endoftext|>. Only byte ids and <|endoftext|> are candidates.
 #include <cstdio>
+#include <limits>
 
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -15,9 +19,11 @@ constexpr const char* kHelp =
     "usage: frugal generate CHECKPOINT_OR_RUN_DIR [--prompt TEXT] [--generate.key=value ...]\n"
     "\n"
     "Samples a continuation of the prompt from a checkpoint written by frugal train and\n"
-    "streams it to standard output.\n"
+    "streams it to standard output (the prompt, then the sampled bytes, then a newline).\n"
+    "Sampling stops after max_new_tokens or at the end-of-document token. The same seed\n"
+    "and settings always give the same text.\n"
     "\n"
-    "  --prompt TEXT                  the text to continue (default: empty, starts from BOS)\n"
+    "  --prompt TEXT                  the text to continue (default: empty: a new document)\n"
     "  --generate.max_new_tokens=N    tokens to sample (default from the checkpoint's config)\n"
     "  --generate.temperature=T       0 = greedy\n"
     "  --generate.top_k=K             0 = off\n"
@@ -37,30 +43,36 @@ int cmd_generate(const std::vector<std::string>& argv) {
     FRUGAL_CHECK(o.rfind("generate.", 0) == 0, "generate accepts only --generate.* settings, got --{}", o);
 
   const std::string dir = resolve_checkpoint(args.positional[0]);
-  Config saved = load_checkpoint_config(dir);
-  // Apply --generate.* overrides to the saved config by reloading it with them.
-  if (!args.overrides.empty()) {
-    saved = load_config(dir + "/frugal.toml", args.overrides);
-  }
+  // The checkpoint's resolved config with the --generate.* overrides applied (and validated).
+  const Config saved = load_config(dir + "/frugal.toml", args.overrides);
+  FRUGAL_CHECK(saved.model.vocab_size >= ByteTokenizer::kVocabSize,
+               "{}/frugal.toml: model.vocab_size = {} is smaller than the byte tokenizer's {}", dir,
+               saved.model.vocab_size, ByteTokenizer::kVocabSize);
   Transformer<float> model(saved.model);
   load_checkpoint_model(dir, model);
 
   ByteTokenizer tokenizer;
-  std::vector<int32_t> tokens = {ByteTokenizer::kBos};
-  for (int32_t t : tokenizer.encode(args.option("prompt"))) tokens.push_back(t);
+  const std::string prompt = args.option("prompt");
+  // Training windows start anywhere in the corpus, where documents follow the separator token,
+  // so a generation opens with the separator: the prompt reads as the start of a new document.
+  // (The tokenizer's BOS never occurs in training data.)
+  std::vector<int32_t> tokens = {ByteTokenizer::kEos};
+  for (int32_t t : tokenizer.encode(prompt)) tokens.push_back(t);
   const int64_t context = saved.train.seq_len;
   const SamplingParams params = sampling_params(saved.generate);
-  std::fputs(args.option("prompt").c_str(), stdout);
+  std::fwrite(prompt.data(), 1, prompt.size(), stdout);
   for (int64_t i = 0; i < saved.generate.max_new_tokens; ++i) {
     const int64_t start = std::max<int64_t>(0, static_cast<int64_t>(tokens.size()) - context);
     std::vector<float> logits =
         model.last_logits(tokens.data() + start, static_cast<int64_t>(tokens.size()) - start);
-    // Only ids the tokenizer can produce are candidates.
-    for (int64_t v = tokenizer.vocab_size(); v < static_cast<int64_t>(logits.size()); ++v)
-      logits[v] = -std::numeric_limits<float>::infinity();
+    // Candidates: the bytes and the end-of-document token. BOS and PAD never occur as targets,
+    // and ids past the tokenizer's vocabulary were never trained.
+    for (int64_t v = 0; v < static_cast<int64_t>(logits.size()); ++v)
+      if (v >= ByteTokenizer::kBos && v != ByteTokenizer::kEos)
+        logits[v] = -std::numeric_limits<float>::infinity();
     int32_t next = sample_token(logits.data(), static_cast<int64_t>(logits.size()), params,
                                 saved.generate.seed, static_cast<uint64_t>(i));
-    if (next == ByteTokenizer::kEos || next == saved.model.eos_token_id) break;
+    if (next == ByteTokenizer::kEos) break;
     tokens.push_back(next);
     std::string piece = tokenizer.decode(&next, 1);
     std::fwrite(piece.data(), 1, piece.size(), stdout);

@@ -20,6 +20,15 @@ constexpr const char* kUsage =
     "Run 'frugal <command> --help' for a command's options. Every config setting can be\n"
     "overridden on the command line as --section.key=value (e.g. --train.steps=100).\n";
 
+// Errors are reported as exactly one line, whatever the message holds.
+void print_error(const char* message) {
+  std::string line = message;
+  for (char& c : line)
+    if (c == '\n' || c == '\r') c = ' ';
+  while (!line.empty() && line.back() == ' ') line.pop_back();
+  std::fprintf(stderr, "frugal: %s\n", line.c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -33,16 +42,16 @@ int main(int argc, char** argv) {
   try {
     if (command == "train") return frugal::cmd_train(args);
     if (command == "generate") return frugal::cmd_generate(args);
-    std::fprintf(stderr, "frugal: unknown command '%s'\n\n%s", command.c_str(), kUsage);
+    std::fprintf(stderr, "frugal: unknown command '%s' (see frugal --help)\n", command.c_str());
     return 2;
   } catch (const frugal::Error& e) {
-    std::fprintf(stderr, "frugal: %s\n", e.what());
+    print_error(e.what());
     return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "frugal: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "frugal: %s\n", e.what());
+    print_error(e.what());
     return 1;
   }
 }

@@ -38,17 +38,42 @@ std::string read_small_file(const fs::path& path) {
   return ss.str();
 }
 
+// True for "checkpoint-<digits>" exactly: temporary ("...tmp-<pid>") and replaced ("....old")
+// directories are not checkpoints.
+bool is_checkpoint_name(const std::string& name) {
+  const std::string prefix = kPrefix;
+  if (name.size() <= prefix.size() || name.rfind(prefix, 0) != 0) return false;
+  return std::all_of(name.begin() + static_cast<std::ptrdiff_t>(prefix.size()), name.end(),
+                     [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// The checkpoint directories in out_dir, oldest first (names are zero-padded step numbers).
 std::vector<fs::path> list_checkpoints(const fs::path& out_dir) {
   std::vector<fs::path> found;
   std::error_code ec;
   for (auto& entry : fs::directory_iterator(out_dir, ec)) {
-    std::string name = entry.path().filename().string();
-    if (entry.is_directory() && name.rfind(kPrefix, 0) == 0 &&
-        name.find(".tmp") == std::string::npos)
+    std::error_code type_ec;
+    if (entry.is_directory(type_ec) && is_checkpoint_name(entry.path().filename().string()))
       found.push_back(entry.path());
   }
-  std::sort(found.begin(), found.end());
+  std::sort(found.begin(), found.end(), [](const fs::path& a, const fs::path& b) {
+    const std::string x = a.filename().string(), y = b.filename().string();
+    return x.size() != y.size() ? x.size() < y.size() : x < y;  // numeric order past 8 digits
+  });
   return found;
+}
+
+int64_t parse_count(const std::string& text, const std::string& file, const char* key) {
+  int64_t value = 0;
+  size_t used = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  FRUGAL_CHECK(used == text.size() && !text.empty() && value >= 0,
+               "{}: {} = '{}' is not a non-negative integer", file, key, text);
+  return value;
 }
 
 }  // namespace
@@ -56,13 +81,18 @@ std::vector<fs::path> list_checkpoints(const fs::path& out_dir) {
 std::string save_checkpoint(const std::string& out_dir, const Config& config,
                             const Transformer<float>& model, const AdamW<float>& optimizer,
                             const TrainerState& state, int64_t keep) {
-  fs::create_directories(out_dir);
   const fs::path final_dir = fs::path(out_dir) / checkpoint_name(state.step);
   const fs::path temp_dir = fs::path(out_dir) / (checkpoint_name(state.step) + ".tmp-" +
                                                  std::to_string(::getpid()));
-  fs::remove_all(temp_dir);
-  fs::create_directories(temp_dir);
+  auto discard_temp = [&] {
+    std::error_code ec;
+    fs::remove_all(temp_dir, ec);
+  };
   try {
+    fs::create_directories(out_dir);
+    fs::remove_all(temp_dir);
+    FRUGAL_CHECK(fs::create_directory(temp_dir), "{}: cannot create the temporary directory {}",
+                 out_dir, temp_dir.string());
     save_params(model.params(), (temp_dir / "model.safetensors").string(), DType::F32,
                 {{"format", "pt"}, {"producer", "frugal"}});
     write_file_atomic((temp_dir / "config.json").string(),
@@ -72,8 +102,9 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
     SafetensorsWriter moments;
     for (const auto& s : optimizer.state()) {
       const auto& shape = model.params().get(s.name).shape;
-      moments.add_converted(s.name + ".exp_avg", DType::F32, shape, s.m.data());
-      moments.add_converted(s.name + ".exp_avg_sq", DType::F32, shape, s.v.data());
+      moments.add_view(s.name + ".exp_avg", DType::F32, shape, s.m.data(), s.m.size() * sizeof(float));
+      moments.add_view(s.name + ".exp_avg_sq", DType::F32, shape, s.v.data(),
+                       s.v.size() * sizeof(float));
     }
     moments.set_metadata("step_count", std::to_string(optimizer.step_count()));
     moments.write((temp_dir / "optimizer.safetensors").string());
@@ -97,35 +128,48 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
     }
     fsync_path(out_dir);
   } catch (const fs::filesystem_error& e) {
-    fs::remove_all(temp_dir);
-    fail("{}: cannot write checkpoint: {}", out_dir, e.what());
+    discard_temp();
+    fail("{}: cannot write checkpoint {}: {}", out_dir, final_dir.filename().string(),
+         e.code().message());
+  } catch (const Error& e) {
+    discard_temp();
+    fail("{}: cannot write checkpoint {}: {}", out_dir, final_dir.filename().string(), e.what());
   } catch (...) {
-    std::error_code ec;
-    fs::remove_all(temp_dir, ec);
+    discard_temp();
     throw;
   }
   write_file_atomic((fs::path(out_dir) / kLatest).string(), final_dir.filename().string() + "\n");
 
+  // Pruning is best effort: the new checkpoint is complete and `latest` names it already.
   auto all = list_checkpoints(out_dir);
-  for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < all.size(); ++i)
-    if (all[i] != final_dir) fs::remove_all(all[i]);
+  for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < all.size(); ++i) {
+    std::error_code ec;
+    if (all[i] != final_dir) fs::remove_all(all[i], ec);
+  }
   return final_dir.string();
 }
 
 bool has_checkpoint(const std::string& out_dir) {
-  return fs::exists(fs::path(out_dir) / kLatest) || !list_checkpoints(out_dir).empty();
+  std::error_code ec;
+  return fs::exists(fs::path(out_dir) / kLatest, ec) || !list_checkpoints(out_dir).empty();
 }
 
 std::string resolve_checkpoint(const std::string& path) {
-  fs::path p(path);
-  FRUGAL_CHECK(fs::exists(p), "{}: no such checkpoint or run directory", path);
-  if (fs::exists(p / "model.safetensors")) return p.string();
-  if (fs::exists(p / kLatest)) {
+  const fs::path p(path);
+  std::error_code ec;
+  FRUGAL_CHECK(fs::exists(p, ec), "{}: no such checkpoint or run directory", path);
+  FRUGAL_CHECK(fs::is_directory(p, ec),
+               "{}: not a directory (give a checkpoint directory or a run directory)", path);
+  if (fs::exists(p / "model.safetensors", ec)) return p.string();
+  if (fs::exists(p / kLatest, ec)) {
     std::string name = read_small_file(p / kLatest);
     name.erase(name.find_last_not_of(" \n\r\t") + 1);
-    fs::path dir = p / name;
-    FRUGAL_CHECK(fs::exists(dir / "model.safetensors"), "{}: 'latest' names {}, which is not a checkpoint",
-                 path, dir.string());
+    FRUGAL_CHECK(is_checkpoint_name(name), "{}: 'latest' holds '{}', not a checkpoint name",
+                 path, name);
+    const fs::path dir = p / name;
+    FRUGAL_CHECK(fs::exists(dir / "model.safetensors", ec),
+                 "{}: 'latest' names {}, which is not a checkpoint (no model.safetensors)", path,
+                 dir.string());
     return dir.string();
   }
   fail("{}: not a checkpoint (no model.safetensors) and not a run directory (no 'latest')", path);
@@ -145,26 +189,40 @@ void load_checkpoint_training(const std::string& checkpoint_dir, AdamW<float>& o
   SafetensorsFile moments = SafetensorsFile::open((dir / "optimizer.safetensors").string());
   std::vector<float> m, v;
   for (const auto& s : optimizer.state()) {
-    FRUGAL_CHECK(moments.contains(s.name + ".exp_avg") && moments.contains(s.name + ".exp_avg_sq"),
-                 "{}: optimizer state for {} is missing", moments.path(), s.name);
+    for (const std::string& name : {s.name + ".exp_avg", s.name + ".exp_avg_sq"}) {
+      FRUGAL_CHECK(moments.contains(name), "{}: tensor {} is missing", moments.path(), name);
+      const TensorInfo& info = moments.info(name);
+      FRUGAL_CHECK(info.dtype == DType::F32, "{}: tensor {} has dtype {}, expected F32",
+                   moments.path(), name, dtype_name(info.dtype));
+      FRUGAL_CHECK(info.numel() == s.m.size(),
+                   "{}: tensor {} has {} elements, the parameter has {}", moments.path(), name,
+                   info.numel(), s.m.size());
+    }
     moments.read_as(s.name + ".exp_avg", m);
     moments.read_as(s.name + ".exp_avg_sq", v);
     optimizer.set_state(s.name, m, v);
   }
+  FRUGAL_CHECK(moments.names().size() == 2 * optimizer.state().size(),
+               "{}: holds {} tensors, this model's optimizer has {} (a different model?)",
+               moments.path(), moments.names().size(), 2 * optimizer.state().size());
   auto it = moments.metadata().find("step_count");
   FRUGAL_CHECK(it != moments.metadata().end(), "{}: no step_count in the metadata", moments.path());
-  optimizer.set_step_count(std::stoll(it->second));
+  optimizer.set_step_count(parse_count(it->second, moments.path(), "step_count"));
 
   const std::string path = (dir / "trainer_state.json").string();
-  nlohmann::json j;
   try {
-    j = nlohmann::json::parse(read_small_file(path));
+    const nlohmann::json j = nlohmann::json::parse(read_small_file(path));
+    FRUGAL_CHECK(j.at("format_version").get<int64_t>() == 1,
+                 "{}: format_version {} is not supported (expected 1)", path,
+                 j.at("format_version").dump());
     state.step = j.at("step").get<int64_t>();
     state.tokens_seen = j.at("tokens_seen").get<int64_t>();
     state.train_data = j.at("train_data");
   } catch (const nlohmann::json::exception& e) {
     fail("{}: malformed trainer state: {}", path, e.what());
   }
+  FRUGAL_CHECK(state.step >= 0 && state.tokens_seen >= 0,
+               "{}: negative step ({}) or tokens_seen ({})", path, state.step, state.tokens_seen);
 }
 
 }  // namespace frugal

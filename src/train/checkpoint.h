@@ -5,10 +5,15 @@
 //   frugal.toml            the whole resolved configuration (every hyper-parameter)
 //   optimizer.safetensors  AdamW moments "<param>.exp_avg" / "<param>.exp_avg_sq" (+ step count)
 //   trainer_state.json     step, tokens seen, data-source positions
-// and <out_dir>/latest naming the newest one. A save writes into a temporary directory, fsyncs
-// every file, renames the directory into place and only then updates `latest`, so a crash at
-// any moment leaves the previous good checkpoint intact. The main model's embedding and head are
-// not duplicated into the MTP layers (frugal convert writes those for Hugging Face exports).
+// and <out_dir>/latest naming the newest one. A save writes into checkpoint-<step>.tmp-<pid>,
+// fsyncs every file, renames the directory into place and only then updates `latest`, so a crash
+// or an error at any moment leaves the previous good checkpoint intact; a failed save removes its
+// temporary directory and throws frugal::Error naming out_dir and the checkpoint. Only names
+// "checkpoint-<digits>" count as checkpoints (leftover temporary directories never do).
+// Everything a run needs to continue bitwise identically is here: the trainer has no other state
+// between steps (the data sources are counter-based, MoE load counters restart every step).
+// The main model's embedding and head are not duplicated into the MTP layers (frugal convert
+// writes those for Hugging Face exports).
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -26,19 +31,23 @@ struct TrainerState {
   nlohmann::json train_data;  // DataSource::state()
 };
 
-// Writes checkpoint-<step> under out_dir and points `latest` at it; keeps the newest `keep`
-// checkpoints. Returns the checkpoint directory.
+// Writes checkpoint-<step> under out_dir (replacing one of the same step only once the new one is
+// complete) and points `latest` at it; then keeps the newest `keep` checkpoints (0: all; pruning
+// is best effort). Returns the checkpoint directory.
 std::string save_checkpoint(const std::string& out_dir, const Config& config,
                             const Transformer<float>& model, const AdamW<float>& optimizer,
                             const TrainerState& state, int64_t keep = 2);
 
 // A checkpoint directory, or a run directory whose `latest` names one -> the checkpoint directory.
+// Errors name the path: missing, not a directory, neither kind, `latest` naming no checkpoint.
 std::string resolve_checkpoint(const std::string& path);
 // True when out_dir already holds a checkpoint (so a fresh run there would overwrite it).
 bool has_checkpoint(const std::string& out_dir);
 
 Config load_checkpoint_config(const std::string& checkpoint_dir);
+// Errors name the file and tensor (missing, wrong shape or dtype, truncated file).
 void load_checkpoint_model(const std::string& checkpoint_dir, Transformer<float>& model);
+// Optimizer moments (shape- and dtype-checked, and no extra tensors) and the trainer state.
 void load_checkpoint_training(const std::string& checkpoint_dir, AdamW<float>& optimizer,
                               TrainerState& state);
 

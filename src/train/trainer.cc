@@ -2,12 +2,17 @@
 
 #include <omp.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <thread>
 
+#include "io/atomic_file.h"
+#include "io/config_io.h"
 #include "train/schedule.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -44,18 +49,64 @@ Trainer::Trainer(const Config& config, DataSource& train, DataSource* val, bool 
   optimizer_ = std::make_unique<AdamW<float>>(config.optim, model_.params());
   state_.train_data = train_.state();
   if (val_) val_start_ = val_->state();
-  peak_flops_ = estimate_cpu_peak_flops();
+  // MFU is measured against the cores this run uses.
+  const double cores = std::max(1u, std::thread::hardware_concurrency());
+  peak_flops_ = estimate_cpu_peak_flops() * std::min(1.0, omp_get_max_threads() / cores);
 }
 
 void Trainer::log(const std::string& line) const {
-  if (!quiet_) std::printf("%s\n", line.c_str()), std::fflush(stdout);
+  if (quiet_) return;
+  // Erase a progress bar drawn on a terminal's current line; it redraws on the next update.
+  if (progress_ && progress_->enabled()) std::fputs("\r\x1b[K", stderr), std::fflush(stderr);
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
 }
 
+namespace {
+
+// Keeps the metrics records of steps <= `step` (a resumed run re-does the steps after its
+// checkpoint, so records of a crashed run's later steps would otherwise appear twice).
+void truncate_metrics_after(const std::string& path, int64_t step) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in.good()) return;
+  std::string line, kept;
+  bool dropped = false;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const nlohmann::json record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (record.is_object() && record.contains("step") && record["step"].is_number_integer() &&
+        record["step"].get<int64_t>() > step) {
+      dropped = true;
+      continue;
+    }
+    kept += line + "\n";
+  }
+  in.close();
+  if (dropped) write_file_atomic(path, kept);
+}
+
+// The first model setting in which two configs differ, as "key: a vs b" ("" when equal).
+std::string first_model_difference(const ModelConfig& saved, const ModelConfig& here) {
+  const nlohmann::json a = model_config_to_hf_json(saved), b = model_config_to_hf_json(here);
+  for (auto it = a.begin(); it != a.end(); ++it)
+    if (!b.contains(it.key()) || b.at(it.key()) != it.value())
+      return fmt::format("model.{}: checkpoint {}, config {}", it.key(), it.value().dump(),
+                         b.contains(it.key()) ? b.at(it.key()).dump() : "absent");
+  return saved == here ? "" : "model settings";
+}
+
+}  // namespace
+
 void Trainer::resume(const std::string& checkpoint_dir) {
+  const Config saved = load_checkpoint_config(checkpoint_dir);
+  const std::string difference = first_model_difference(saved.model, config_.model);
+  FRUGAL_CHECK(difference.empty(),
+               "{}: the checkpoint's model differs from this run's config ({}); resume with the "
+               "same [model] settings",
+               checkpoint_dir, difference);
   load_checkpoint_model(checkpoint_dir, model_);
   load_checkpoint_training(checkpoint_dir, *optimizer_, state_);
   train_.restore(state_.train_data);
-  log(fmt::format("resumed from {} at step {}", checkpoint_dir, state_.step));
 }
 
 double Trainer::validation_loss() {
@@ -77,11 +128,14 @@ TrainSummary Trainer::run(int64_t stop_after) {
   const int64_t seq = tc.seq_len, mb = tc.micro_batch;
   const int64_t last_step =
       stop_after >= 0 ? std::min(tc.steps, state_.step + stop_after) : tc.steps;
-  metrics_.open(tc.out_dir + "/metrics.jsonl", /*append=*/state_.step > 0);
+  const std::string metrics_path = tc.out_dir + "/metrics.jsonl";
+  if (state_.step > 0) truncate_metrics_after(metrics_path, state_.step);
+  metrics_.open(metrics_path, /*append=*/state_.step > 0);
   const double train_flops_per_token = 3.0 * model_.flops_per_token(seq);
   TrainSummary summary;
   std::vector<int32_t> tokens(mb * seq), targets(mb * seq);
-  ProgressBar progress("train", last_step);
+  ProgressBar progress("train", last_step, stderr, !quiet_ && isatty(STDERR_FILENO) != 0);
+  progress_ = &progress;
 
   while (state_.step < last_step) {
     const int64_t step = state_.step;
@@ -106,7 +160,9 @@ TrainSummary Trainer::run(int64_t stop_after) {
     const double lr = learning_rate(config_.optim, config_.schedule, step);
     auto info = optimizer_->step(model_.params(), lr);
     auto load = model_.expert_load();  // read before the bias update resets the counts
-    model_.update_balance_bias(schedule_value(tc.bias_update_speed, step));
+    // A skipped step leaves the whole model as it was: the routing biases stay too (gamma 0 only
+    // restarts the load counters).
+    model_.update_balance_bias(info.skipped ? 0.0 : schedule_value(tc.bias_update_speed, step));
     state_.step += 1;
     state_.tokens_seen += sequences * seq;
     state_.train_data = train_.state();
@@ -117,6 +173,7 @@ TrainSummary Trainer::run(int64_t stop_after) {
     if (summary.steps_done == 0) summary.first_loss = sum.main;
     summary.last_loss = sum.main;
     summary.steps_done += 1;
+    if (info.skipped) summary.skipped_steps += 1;
 
     nlohmann::json record = {{"step", state_.step},       {"loss", sum.total},
                              {"loss_main", sum.main},     {"loss_mtp", sum.mtp},
@@ -130,12 +187,13 @@ TrainSummary Trainer::run(int64_t stop_after) {
 
     if (info.skipped)
       log(fmt::format("step {}: non-finite gradient norm, update skipped", state_.step));
-    const bool last = state_.step == last_step;
+    // A stop request (Ctrl-C) ends the run after this step, with a checkpoint like any last step.
+    const bool stopping = stop_flag_ != nullptr && stop_flag_->load();
+    const bool last = state_.step == last_step || stopping;
     if (state_.step % std::max<int64_t>(tc.log_every, 1) == 0 || last || state_.step == 1) {
       StepStats stats{state_.step,   tc.steps, sum.main,           info.grad_norm,
                       lr,            seconds,  tok_s,              train_flops_per_token,
                       peak_flops_,   peak_rss_bytes()};
-      progress.finish();
       log(format_step_line(stats));
     }
     if (tc.eval_every > 0 && val_ && (state_.step % tc.eval_every == 0 || last)) {
@@ -152,8 +210,14 @@ TrainSummary Trainer::run(int64_t stop_after) {
       summary.checkpoint = save_checkpoint(tc.out_dir, config_, model_, *optimizer_, state_);
       if (last) log(fmt::format("saved {}", summary.checkpoint));
     }
+    if (stopping) {
+      summary.interrupted = state_.step < last_step;
+      break;
+    }
   }
   metrics_.close();
+  progress.finish();
+  progress_ = nullptr;
   return summary;
 }
 

@@ -2,12 +2,13 @@
 //   for each step: sequences = batch ramp; micro-batches of train.micro_batch sequences each run
 //   forward, backward_input and backward_weight with loss scale 1/micro_batches (parameter
 //   gradients accumulate); AdamW with global-norm clipping at the scheduled learning rate (a
-//   non-finite gradient skips the update and is logged); every MoE layer's routing bias moves by
-//   gamma against its load over the step's tokens (spec §2.2).
+//   non-finite gradient skips the update, routing biases included, and is logged); every MoE
+//   layer's routing bias moves by gamma against its load over the step's tokens (spec §2.2).
 // Logs the DESIGN.md step line, JSONL metrics (<out_dir>/metrics.jsonl) with per-layer expert load,
 // periodic validation loss, and checkpoints (train/checkpoint.h).
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -22,10 +23,12 @@ namespace frugal {
 
 struct TrainSummary {
   int64_t steps_done = 0;
+  int64_t skipped_steps = 0;   // steps whose gradient was not finite (no update)
   double first_loss = 0;       // main next-token loss of the first step run
   double last_loss = 0;        // main next-token loss of the last step
   double last_val_loss = -1;   // -1 when no validation ran
   std::string checkpoint;      // the last checkpoint written
+  bool interrupted = false;    // a stop request ended the run before its last step
 };
 
 class Trainer {
@@ -33,13 +36,21 @@ class Trainer {
   // val may be null (no validation). `quiet` silences the console (tests).
   Trainer(const Config& config, DataSource& train, DataSource* val, bool quiet = false);
 
-  // Continue from a checkpoint directory (weights, optimizer, step, data position).
+  // Continue from a checkpoint directory (weights, routing biases, optimizer moments and step
+  // count, step, tokens seen, data position). The checkpoint's [model] must equal this config's;
+  // other sections may differ (e.g. more train.steps). Continuing is bitwise identical to a run
+  // that never stopped: nothing else carries over between steps (MoE load counters restart every
+  // step, the data sources are counter-based, validation always re-reads the same batches).
   void resume(const std::string& checkpoint_dir);
   // Train until config.train.steps (or `stop_after` more steps when >= 0); saves at the end.
   TrainSummary run(int64_t stop_after = -1);
   double validation_loss();
+  // run() checks `flag` after every step; once it is true the run saves a checkpoint and returns
+  // (summary.interrupted). For Ctrl-C: a signal handler sets the flag. nullptr: no checks.
+  void set_stop_flag(const std::atomic<bool>* flag) { stop_flag_ = flag; }
 
   Transformer<float>& model() { return model_; }
+  const AdamW<float>& optimizer() const { return *optimizer_; }
   const TrainerState& state() const { return state_; }
 
  private:
@@ -54,6 +65,8 @@ class Trainer {
   std::unique_ptr<AdamW<float>> optimizer_;
   TrainerState state_;
   MetricsLog metrics_;
+  const std::atomic<bool>* stop_flag_ = nullptr;
+  ProgressBar* progress_ = nullptr;  // the bar of the running run(), erased before a log line
   double peak_flops_ = 0;
 };
 
