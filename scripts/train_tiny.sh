@@ -16,5 +16,7 @@ if [ -z "$data" ]; then
   fi
 fi
 echo "train_tiny: training on $data"
-build/frugal train configs/tiny.toml --data.train_path="$data" --train.out_dir=runs/tiny
+resume=()
+[ -e runs/tiny/latest ] && resume=(--resume)  # a second run continues (or finds nothing to do)
+build/frugal train configs/tiny.toml --data.train_path="$data" --train.out_dir=runs/tiny "${resume[@]}"
 build/frugal generate runs/tiny --prompt "The " --generate.max_new_tokens=300
