@@ -8,6 +8,9 @@
 // problem (missing shard, truncated shard, corrupted header, wrong tokenizer, ...). Token values
 // and payload checksums need a full read and are checked by verify(), not by open().
 //
+// Shard files must not change while a Dataset maps them (a file truncated under a mapping makes
+// reads fault); the writer's atomic renames never modify a file in place.
+//
 // Documents are numbered 0..num_documents()-1 across shards in shard order. doc(i) is a view of
 // the stored uint16/uint32 ids that reads them as int32.
 #pragma once
