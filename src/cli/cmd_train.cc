@@ -8,7 +8,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "data/text_source.h"
+#include "data/training_data.h"
 #include "io/config_io.h"
 #include "train/trainer.h"
 
@@ -18,8 +18,9 @@ namespace {
 constexpr const char* kHelp =
     "usage: frugal train CONFIG.toml [--config FILE] [--resume] [--section.key=value ...]\n"
     "\n"
-    "Pre-trains the model the config describes on the text of data.train_path (.txt or\n"
-    ".txt.zst; byte-level tokens), logging a step line, metrics.jsonl and checkpoints in\n"
+    "Pre-trains the model the config describes on data.train_path: a text file (.txt or\n"
+    ".txt.zst; byte-level tokens) or a token dataset made by `frugal data tokenize`\n"
+    "(data.mix = \"dirA=0.7,dirB=0.3\" mixes several), logging a step line, metrics.jsonl and checkpoints in\n"
     "train.out_dir. A run directory that already holds a checkpoint is never overwritten:\n"
     "pass --resume to continue it exactly where it stopped, or choose another train.out_dir.\n"
     "\n"
@@ -55,7 +56,7 @@ int cmd_train(const std::vector<std::string>& argv) {
   FRUGAL_CHECK(!config_path.empty(), "train needs a config file, e.g. frugal train configs/tiny.toml");
 
   Config config = load_config(config_path, args.overrides);
-  FRUGAL_CHECK(!config.data.train_path.empty(),
+  FRUGAL_CHECK(!config.data.train_path.empty() || !config.data.mix.empty(),
                "{}: data.train_path is not set (pass --data.train_path=FILE)", config_path);
   const bool resume = args.has("resume");
   if (!resume && has_checkpoint(config.train.out_dir))
@@ -69,32 +70,12 @@ int cmd_train(const std::vector<std::string>& argv) {
   const std::string checkpoint = resume ? resolve_checkpoint(config.train.out_dir) : "";
 
   // Every input is checked before anything is printed or written.
-  TextCorpus corpus = load_text_corpus(config.data);
-  const size_t window = static_cast<size_t>(config.train.seq_len) + 1;
-  FRUGAL_CHECK(corpus.train.size() >= window,
-               "{}: {} training tokens, fewer than one window of train.seq_len + 1 = {}",
-               config.data.train_path, corpus.train.size(), window);
-  std::string val_note;
-  if (config.train.eval_every > 0 && !corpus.validation.empty() && corpus.validation.size() < window) {
-    val_note = fmt::format(" (fewer than train.seq_len + 1 = {}: validation is off)", window);
-    corpus.validation.clear();
-  }
-
-  const int64_t train_tokens = static_cast<int64_t>(corpus.train.size());
-  const int64_t val_tokens = static_cast<int64_t>(corpus.validation.size());
-  TextDataSource train(std::move(corpus.train), config.train.seed, 0, 1, ByteTokenizer::kVocabSize,
-                       "train");
-  std::unique_ptr<TextDataSource> val;
-  if (!corpus.validation.empty() && config.train.eval_every > 0)
-    val = std::make_unique<TextDataSource>(std::move(corpus.validation), config.train.seed, 0, 1,
-                                           ByteTokenizer::kVocabSize, "validation");
-  Trainer trainer(config, train, val.get());
+  TrainingData data = open_training_data(config);
+  Trainer trainer(config, *data.train, data.validation.get());
   if (resume) trainer.resume(checkpoint);  // a damaged or mismatched checkpoint fails here
 
   std::printf("%s\n", settings_table(config).c_str());
-  std::printf("data: %s — %lld training tokens, %lld validation tokens%s\n",
-              config.data.train_path.c_str(), static_cast<long long>(train_tokens),
-              static_cast<long long>(val_tokens), val_note.c_str());
+  std::printf("data: %s\n", data.description.c_str());
   std::printf("model: %.3fM parameters\n",
               static_cast<double>(trainer.model().params().numel()) / 1e6);
   if (resume) {

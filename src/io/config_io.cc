@@ -112,6 +112,8 @@ std::vector<Field> config_fields(Config& c) {
       {"data.val_path", &c.data.val_path},
       {"data.val_fraction", &c.data.val_fraction},
       {"data.tokenizer", &c.data.tokenizer},
+      {"data.mix", &c.data.mix},
+      {"data.fim_rate", &c.data.fim_rate},
       {"generate.max_new_tokens", &c.generate.max_new_tokens},
       {"generate.temperature", &c.generate.temperature},
       {"generate.top_k", &c.generate.top_k},

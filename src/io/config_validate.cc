@@ -121,6 +121,8 @@ void validate_data(const DataConfig& d, const ModelConfig& m) {
   check_at_least(d.val_fraction, 0.0, "data.val_fraction");
   FRUGAL_CHECK(d.val_fraction < 1.0, "data.val_fraction = {} must be < 1", d.val_fraction);
   FRUGAL_CHECK(!d.tokenizer.empty(), "data.tokenizer must not be empty");
+  FRUGAL_CHECK(d.fim_rate >= 0.0 && d.fim_rate <= 1.0, "data.fim_rate = {} must be in [0, 1]",
+               d.fim_rate);
   FRUGAL_CHECK(d.tokenizer != "bytes" || m.vocab_size >= 256,
                "model.vocab_size = {} is too small for data.tokenizer = \"bytes\" (256 byte ids "
                "plus special tokens)",

@@ -71,10 +71,16 @@ struct TrainConfig {
 };
 
 struct DataConfig {
-  std::string train_path;           // text file (.txt or .txt.zst)
-  std::string val_path;             // optional; else the last val_fraction of train_path
-  double val_fraction = 0.05;
-  std::string tokenizer = "bytes";  // "bytes": 256 byte ids + special tokens
+  // A text file (.txt / .txt.zst, byte tokens) or a token dataset directory made by
+  // `frugal data tokenize` (index.json + shards).
+  std::string train_path;
+  std::string val_path;             // text data only: optional; else the last val_fraction of train
+  double val_fraction = 0.05;       // held-out share (of tokens for text, of documents for datasets)
+  std::string tokenizer = "bytes";  // "bytes", or a tokenizer.json the datasets were made with
+  // Several token datasets mixed by weight: "dirA=0.7,dirB=0.3" (overrides train_path).
+  std::string mix;
+  double fim_rate = 0.1;            // fill-in-the-middle rate (PSM, spec §6.1); token datasets only
+
   bool operator==(const DataConfig&) const = default;
 };
 
