@@ -7,6 +7,7 @@
 #include <exception>
 #include <mutex>
 
+#include "data/tokenizer/encode_cache.h"
 #include "data/tokenizer/nfc.h"
 #include "data/tokenizer/tokenizer_state.h"
 #include "data/tokenizer/utf8.h"
@@ -21,15 +22,13 @@ using tok::Span;
 using tok::TokenizerState;
 
 // Per-thread encode state: buffers reused across calls and the bounded pre-token cache
-// (pre-token bytes -> ids in `pool`). The cache belongs to one tokenizer state at a time.
+// (pre-token bytes -> ids). The cache belongs to one tokenizer state at a time.
 struct EncodeScratch {
   std::string arena;
   std::vector<Span> spans;
   std::vector<AddedSplit> raw_splits, normalized_splits;
-  std::vector<int32_t> word_ids;
   uint64_t cache_owner = 0;
-  tok::StringMap<std::pair<uint32_t, uint32_t>> cache;  // bytes -> (offset, count) in pool
-  std::vector<int32_t> pool;
+  tok::PreTokenCache cache;
 };
 
 EncodeScratch& encode_scratch() {
@@ -49,9 +48,8 @@ void encode_ordinary(const TokenizerState& state, std::string_view text, size_t 
   s.arena.assign(text);
   s.spans.clear();
   state.pre_tokenizer->run(s.arena, {0, static_cast<uint32_t>(text.size())}, s.spans);
-  if (cache_capacity > 0 && s.cache_owner != state.instance) {
-    s.cache.clear();
-    s.pool.clear();
+  if (s.cache_owner != state.instance || s.cache.capacity() != cache_capacity) {
+    s.cache.reset(cache_capacity);
     s.cache_owner = state.instance;
   }
   for (const Span& span : s.spans) {
@@ -60,21 +58,11 @@ void encode_ordinary(const TokenizerState& state, std::string_view text, size_t 
       state.model.encode_word(word, out);
       continue;
     }
-    if (const auto it = s.cache.find(word); it != s.cache.end()) {
-      out.insert(out.end(), s.pool.begin() + it->second.first,
-                 s.pool.begin() + it->second.first + it->second.second);
-      continue;
-    }
-    s.word_ids.clear();
-    state.model.encode_word(word, s.word_ids);
-    out.insert(out.end(), s.word_ids.begin(), s.word_ids.end());
-    if (s.cache.size() >= cache_capacity || s.pool.size() > cache_capacity * 64) {
-      s.cache.clear();  // bounded: start over rather than track recency
-      s.pool.clear();
-    }
-    s.cache.emplace(std::string(word), std::make_pair(static_cast<uint32_t>(s.pool.size()),
-                                                       static_cast<uint32_t>(s.word_ids.size())));
-    s.pool.insert(s.pool.end(), s.word_ids.begin(), s.word_ids.end());
+    const uint64_t hash = tok::PreTokenCache::hash(word);
+    if (s.cache.lookup(word, hash, out)) continue;
+    const size_t before = out.size();
+    state.model.encode_word(word, out);
+    s.cache.insert(word, hash, out.data() + before, out.size() - before);
   }
 }
 
