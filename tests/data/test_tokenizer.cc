@@ -145,6 +145,11 @@ TEST(Tokenizer, DeepSeekShapedSplits) {
   for (char c : text) expected.push_back(static_cast<uint8_t>(c));
   EXPECT_EQ(tokenizer.encode(text), expected);
   EXPECT_EQ(tokenizer.decode(expected), text);
+  // DeepSeek-V3's file has an empty normalizer Sequence: no normalization.
+  nlohmann::json json = byte_vocab_json({}, pre);
+  json["normalizer"] = {{"type", "Sequence"}, {"normalizers", nlohmann::json::array()}};
+  const Tokenizer empty_sequence = Tokenizer::from_json(json, "deepseek normalizer");
+  EXPECT_EQ(empty_sequence.encode("e\xCC\x81"), (Ids{'e', 0xCC, 0x81}));
 }
 
 TEST(Tokenizer, AddedTokenSingleWordAndStrip) {
@@ -342,7 +347,7 @@ TEST(Tokenizer, MultiThreadEqualsSingleThread) {
   const auto one = tokenizer.encode_batch(std::span<const std::string>(docs), false, 1);
   ASSERT_EQ(one.size(), docs.size());
   for (size_t i = 0; i < docs.size(); ++i) EXPECT_EQ(one[i], tokenizer.encode(docs[i]));
-  EXPECT_EQ(tokenizer.encode_batch(std::span<const std::string>(docs), false, 2), one);
+  EXPECT_EQ(tokenizer.encode_batch(docs, false, 2), one);
   EXPECT_EQ(tokenizer.encode_batch(std::span<const std::string>(docs), false, 4), one);
 }
 
