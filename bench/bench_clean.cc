@@ -1,7 +1,7 @@
 // Throughput of document cleaning + deduplication (clean_corpus) on given inputs: prints the
 // cleaning report and MB/s of input text, writes JSON with --json FILE.
 //   build/bench_clean ../shared/data/gutenberg_en_train.txt.zst [--threads N] [--out FILE]
-//       [--language en|other|zh] [--no-quality] [--no-repetition] [--no-dedup]
+//       [--language en|other|zh] [--text-documents separator|paragraph] [--no-quality] [--no-repetition] [--no-dedup]
 //       [--threshold T] [--num-perm N] [--shingle N] [--json FILE]
 // Without --out the cleaned output goes to a temporary .txt file that is deleted afterwards.
 #include <unistd.h>
@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
       else if (a == "--out") out_path = value();
       else if (a == "--json") json_path = value();
       else if (a == "--language") options.language = parse_language(value());
+      else if (a == "--text-documents") options.text_documents = parse_text_documents(value());
       else if (a == "--no-quality") options.quality_rules = false;
       else if (a == "--no-repetition") options.repetition_rules = false;
       else if (a == "--no-dedup") options.dedup.exact = options.dedup.near = false;
@@ -46,6 +47,7 @@ int main(int argc, char** argv) {
     if (inputs.empty()) {
       std::fprintf(stderr,
                    "usage: bench_clean INPUT... [--threads N] [--out FILE] [--language L] "
+                   "[--text-documents separator|paragraph] "
                    "[--no-quality] [--no-repetition] [--no-dedup] [--threshold T] [--num-perm N] "
                    "[--shingle N] [--json FILE]\n");
       return 2;

@@ -107,7 +107,7 @@ CleanReport clean_corpus(const CleanOptions& options, const std::vector<std::str
   };
 
   DocumentWriter writer(output_path, options.zstd_level);
-  DocumentReader reader(report.input_files);
+  DocumentReader reader(report.input_files, options.text_documents);
   std::vector<RawDocument> batch;
   bool more = reader.read_batch(batch, options.batch_bytes, options.batch_documents);
   std::vector<ProcessedDocument> processed;

@@ -87,6 +87,12 @@ MarkupMode parse_markup_mode(std::string_view name) {
   fail("unknown markup mode '{}' (expected off, html or xml)", name);
 }
 
+TextDocuments parse_text_documents(std::string_view name) {
+  if (name == "separator") return TextDocuments::separator;
+  if (name == "paragraph") return TextDocuments::paragraph;
+  fail("unknown text document split '{}' (expected separator or paragraph)", name);
+}
+
 bool rule_enabled(const CleanOptions& options, Rule rule) {
   if (rule == Rule::none) return false;
   if (std::find(options.disabled_rules.begin(), options.disabled_rules.end(), rule) !=

@@ -32,6 +32,9 @@
 namespace frugal::clean {
 
 enum class Language { en, other, zh };
+// How .txt input splits into documents: at separator lines "<|endoftext|>" only (a file without
+// them is one document), or also at blank lines (every paragraph a document).
+enum class TextDocuments { separator, paragraph };
 enum class Utf8Policy { repair, drop };
 // html: only tags whose name is an HTML element (so "<stdio.h>" or "if a < b" in plain text
 // stay); xml: any well-formed tag.
@@ -112,6 +115,7 @@ struct DedupOptions {
 struct CleanOptions {
   Language language = Language::en;
   std::string jsonl_text_field = "text";  // the string field holding a JSONL record's text
+  TextDocuments text_documents = TextDocuments::separator;
   Utf8Policy invalid_utf8 = Utf8Policy::repair;
   bool remove_separator_tokens = true;
   MarkupMode markup = MarkupMode::html;
@@ -142,6 +146,7 @@ Rule parse_rule(std::string_view name);
 Language parse_language(std::string_view name);  // "en", "other", "zh" (alias "cjk")
 Utf8Policy parse_utf8_policy(std::string_view name);  // "repair", "drop"
 MarkupMode parse_markup_mode(std::string_view name);  // "off", "html", "xml"
+TextDocuments parse_text_documents(std::string_view name);  // "separator", "paragraph"
 
 // Whether `rule` runs under these options (master switches, disabled_rules, language, policy).
 bool rule_enabled(const CleanOptions& options, Rule rule);

@@ -89,7 +89,8 @@ std::vector<std::string> list_input_files(const std::vector<std::string>& inputs
   return files;
 }
 
-DocumentReader::DocumentReader(std::vector<std::string> files) : files_(std::move(files)) {}
+DocumentReader::DocumentReader(std::vector<std::string> files, TextDocuments text_documents)
+    : files_(std::move(files)), text_documents_(text_documents) {}
 
 DocumentReader::~DocumentReader() = default;
 
@@ -110,8 +111,9 @@ bool DocumentReader::next(RawDocument& document) {
       }
     } else {
       bool has_lines = false;
+      const bool paragraphs = text_documents_ == TextDocuments::paragraph;
       while (lines_->next(line)) {
-        if (is_separator_line(line)) {
+        if (is_separator_line(line) || (paragraphs && is_blank(line))) {
           if (has_lines) return true;
           continue;
         }

@@ -9,7 +9,8 @@
 // allowed). A document is the lines between separators joined with '\n' (so the newline before a
 // separator and the file's final newline are not part of it); runs of zero lines (a separator at
 // the start or end of the file, two separators in a row) are not documents. A file without
-// separators is one document (held in memory whole).
+// separators is one document (held in memory whole). With TextDocuments::paragraph, blank lines
+// (whitespace only) separate documents too, and are not part of any.
 // JSONL: one JSON object per line; the document is the string field `text_field`. A line that is
 // not JSON, not an object, or lacks that string field is malformed: skipped, counted, and reported
 // as a warning "<file>:<line>: <problem>". Blank lines are skipped silently. A line with invalid
@@ -33,6 +34,7 @@
 #include <string_view>
 #include <vector>
 
+#include "data/clean/clean_options.h"
 #include "io/text_stream.h"
 
 namespace frugal::clean {
@@ -57,7 +59,8 @@ struct RawDocument {
 
 class DocumentReader {
  public:
-  explicit DocumentReader(std::vector<std::string> files);
+  explicit DocumentReader(std::vector<std::string> files,
+                          TextDocuments text_documents = TextDocuments::separator);
   ~DocumentReader();
   // Appends the next documents to `batch` until their content reaches max_bytes or their number
   // max_documents; returns false when the input is exhausted and nothing was added.
@@ -68,6 +71,7 @@ class DocumentReader {
   bool next(RawDocument& document);
 
   std::vector<std::string> files_;
+  TextDocuments text_documents_;
   size_t file_index_ = 0;
   std::unique_ptr<LineReader> lines_;
 };

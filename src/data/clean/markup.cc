@@ -12,7 +12,9 @@ namespace {
 
 constexpr size_t kMaxTagBytes = 4096;
 
-enum class TagKind { inline_tag, block, cell, raw_text };  // raw_text: script/style
+// line: a line break (li, br, tr, ...); paragraph: a blank line (p, div, h1, table, ...);
+// cell: a space (td, th); raw_text: removed with its content (script, style).
+enum class TagKind { inline_tag, line, paragraph, cell, raw_text };
 
 struct HtmlElement {
   std::string_view name;
@@ -22,64 +24,64 @@ struct HtmlElement {
 // Sorted by name for binary search.
 constexpr std::array<HtmlElement, 120> kHtmlElements = {{
     {"a", TagKind::inline_tag},        {"abbr", TagKind::inline_tag},
-    {"address", TagKind::block},       {"area", TagKind::inline_tag},
-    {"article", TagKind::block},       {"aside", TagKind::block},
+    {"address", TagKind::paragraph},       {"area", TagKind::inline_tag},
+    {"article", TagKind::paragraph},       {"aside", TagKind::paragraph},
     {"audio", TagKind::inline_tag},    {"b", TagKind::inline_tag},
     {"base", TagKind::inline_tag},     {"bdi", TagKind::inline_tag},
     {"bdo", TagKind::inline_tag},      {"big", TagKind::inline_tag},
-    {"blockquote", TagKind::block},    {"body", TagKind::block},
-    {"br", TagKind::block},            {"button", TagKind::inline_tag},
-    {"canvas", TagKind::inline_tag},   {"caption", TagKind::block},
-    {"center", TagKind::block},        {"cite", TagKind::inline_tag},
+    {"blockquote", TagKind::paragraph},    {"body", TagKind::paragraph},
+    {"br", TagKind::line},            {"button", TagKind::inline_tag},
+    {"canvas", TagKind::inline_tag},   {"caption", TagKind::line},
+    {"center", TagKind::paragraph},        {"cite", TagKind::inline_tag},
     {"code", TagKind::inline_tag},     {"col", TagKind::inline_tag},
     {"colgroup", TagKind::inline_tag}, {"data", TagKind::inline_tag},
-    {"datalist", TagKind::inline_tag}, {"dd", TagKind::block},
-    {"del", TagKind::inline_tag},      {"details", TagKind::block},
-    {"dfn", TagKind::inline_tag},      {"dialog", TagKind::block},
-    {"div", TagKind::block},           {"dl", TagKind::block},
-    {"dt", TagKind::block},            {"em", TagKind::inline_tag},
-    {"embed", TagKind::inline_tag},    {"fieldset", TagKind::block},
-    {"figcaption", TagKind::block},    {"figure", TagKind::block},
-    {"font", TagKind::inline_tag},     {"footer", TagKind::block},
-    {"form", TagKind::block},          {"frame", TagKind::block},
-    {"frameset", TagKind::block},      {"h1", TagKind::block},
-    {"h2", TagKind::block},            {"h3", TagKind::block},
-    {"h4", TagKind::block},            {"h5", TagKind::block},
-    {"h6", TagKind::block},            {"head", TagKind::block},
-    {"header", TagKind::block},        {"hgroup", TagKind::block},
-    {"hr", TagKind::block},            {"html", TagKind::block},
+    {"datalist", TagKind::inline_tag}, {"dd", TagKind::line},
+    {"del", TagKind::inline_tag},      {"details", TagKind::paragraph},
+    {"dfn", TagKind::inline_tag},      {"dialog", TagKind::paragraph},
+    {"div", TagKind::paragraph},           {"dl", TagKind::paragraph},
+    {"dt", TagKind::line},            {"em", TagKind::inline_tag},
+    {"embed", TagKind::inline_tag},    {"fieldset", TagKind::paragraph},
+    {"figcaption", TagKind::line},    {"figure", TagKind::paragraph},
+    {"font", TagKind::inline_tag},     {"footer", TagKind::paragraph},
+    {"form", TagKind::paragraph},          {"frame", TagKind::line},
+    {"frameset", TagKind::paragraph},      {"h1", TagKind::paragraph},
+    {"h2", TagKind::paragraph},            {"h3", TagKind::paragraph},
+    {"h4", TagKind::paragraph},            {"h5", TagKind::paragraph},
+    {"h6", TagKind::paragraph},            {"head", TagKind::paragraph},
+    {"header", TagKind::paragraph},        {"hgroup", TagKind::paragraph},
+    {"hr", TagKind::paragraph},            {"html", TagKind::paragraph},
     {"i", TagKind::inline_tag},        {"iframe", TagKind::inline_tag},
     {"img", TagKind::inline_tag},      {"input", TagKind::inline_tag},
     {"ins", TagKind::inline_tag},      {"kbd", TagKind::inline_tag},
-    {"label", TagKind::inline_tag},    {"legend", TagKind::block},
-    {"li", TagKind::block},            {"link", TagKind::inline_tag},
-    {"main", TagKind::block},          {"map", TagKind::inline_tag},
+    {"label", TagKind::inline_tag},    {"legend", TagKind::line},
+    {"li", TagKind::line},            {"link", TagKind::inline_tag},
+    {"main", TagKind::paragraph},          {"map", TagKind::inline_tag},
     {"mark", TagKind::inline_tag},     {"math", TagKind::inline_tag},
-    {"menu", TagKind::block},          {"meta", TagKind::inline_tag},
-    {"meter", TagKind::inline_tag},    {"nav", TagKind::block},
-    {"nobr", TagKind::inline_tag},     {"noscript", TagKind::block},
-    {"object", TagKind::inline_tag},   {"ol", TagKind::block},
-    {"optgroup", TagKind::block},      {"option", TagKind::block},
-    {"output", TagKind::inline_tag},   {"p", TagKind::block},
+    {"menu", TagKind::paragraph},          {"meta", TagKind::inline_tag},
+    {"meter", TagKind::inline_tag},    {"nav", TagKind::paragraph},
+    {"nobr", TagKind::inline_tag},     {"noscript", TagKind::paragraph},
+    {"object", TagKind::inline_tag},   {"ol", TagKind::paragraph},
+    {"optgroup", TagKind::line},      {"option", TagKind::line},
+    {"output", TagKind::inline_tag},   {"p", TagKind::paragraph},
     {"param", TagKind::inline_tag},    {"picture", TagKind::inline_tag},
-    {"pre", TagKind::block},           {"progress", TagKind::inline_tag},
+    {"pre", TagKind::paragraph},           {"progress", TagKind::inline_tag},
     {"q", TagKind::inline_tag},        {"rp", TagKind::inline_tag},
     {"rt", TagKind::inline_tag},       {"ruby", TagKind::inline_tag},
     {"s", TagKind::inline_tag},        {"samp", TagKind::inline_tag},
-    {"script", TagKind::raw_text},     {"section", TagKind::block},
-    {"select", TagKind::block},        {"small", TagKind::inline_tag},
+    {"script", TagKind::raw_text},     {"section", TagKind::paragraph},
+    {"select", TagKind::line},        {"small", TagKind::inline_tag},
     {"source", TagKind::inline_tag},   {"span", TagKind::inline_tag},
     {"strike", TagKind::inline_tag},   {"strong", TagKind::inline_tag},
     {"style", TagKind::raw_text},      {"sub", TagKind::inline_tag},
-    {"summary", TagKind::block},       {"sup", TagKind::inline_tag},
-    {"svg", TagKind::inline_tag},      {"table", TagKind::block},
-    {"tbody", TagKind::block},         {"td", TagKind::cell},
-    {"template", TagKind::inline_tag}, {"textarea", TagKind::block},
-    {"tfoot", TagKind::block},         {"th", TagKind::cell},
-    {"thead", TagKind::block},         {"time", TagKind::inline_tag},
-    {"title", TagKind::block},         {"tr", TagKind::block},
+    {"summary", TagKind::line},       {"sup", TagKind::inline_tag},
+    {"svg", TagKind::inline_tag},      {"table", TagKind::paragraph},
+    {"tbody", TagKind::paragraph},         {"td", TagKind::cell},
+    {"template", TagKind::inline_tag}, {"textarea", TagKind::line},
+    {"tfoot", TagKind::paragraph},         {"th", TagKind::cell},
+    {"thead", TagKind::paragraph},         {"time", TagKind::inline_tag},
+    {"title", TagKind::line},         {"tr", TagKind::line},
     {"track", TagKind::inline_tag},    {"tt", TagKind::inline_tag},
-    {"u", TagKind::inline_tag},        {"ul", TagKind::block},
+    {"u", TagKind::inline_tag},        {"ul", TagKind::paragraph},
     {"var", TagKind::inline_tag},      {"video", TagKind::inline_tag},
 }};
 
@@ -217,6 +219,14 @@ ParsedTag parse_tag(std::string_view text, size_t pos) {
   return tag;
 }
 
+// Makes `out` (when not empty) end in at least `newlines` newlines.
+void end_line(std::string& out, int newlines) {
+  if (out.empty()) return;
+  int present = 0;
+  for (size_t i = out.size(); i > 0 && out[i - 1] == '\n' && present < newlines; --i) ++present;
+  out.append(static_cast<size_t>(newlines - present), '\n');
+}
+
 // Spaces and tabs collapsed, lines trimmed, blank-line runs reduced to one, ends trimmed.
 std::string tidy_whitespace(std::string_view text) {
   std::string out;
@@ -321,8 +331,10 @@ std::string process_markup(std::string_view text, MarkupMode mode, bool entities
           removed_markup = true;
           pos = tag.end;
           const TagKind kind = element != nullptr ? element->kind : TagKind::cell;
-          if (kind == TagKind::block) {
-            out.push_back('\n');
+          if (kind == TagKind::line) {
+            end_line(out, 1);
+          } else if (kind == TagKind::paragraph) {
+            end_line(out, 2);
           } else if (kind == TagKind::cell) {
             out.push_back(' ');
           } else if (kind == TagKind::raw_text && !tag.closing && !tag.self_closing) {
@@ -333,7 +345,7 @@ std::string process_markup(std::string_view text, MarkupMode mode, bool entities
                                          ? std::string_view::npos
                                          : text.find('>', close + closing.size());
             pos = close_end == std::string_view::npos ? text.size() : close_end + 1;
-            out.push_back('\n');
+            end_line(out, 1);
           }
           continue;
         }

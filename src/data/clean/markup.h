@@ -9,8 +9,9 @@
 //     end of the text when the closing tag is missing);
 //   - a tag is '<', optional '/', a name [A-Za-z][A-Za-z0-9:._-]*, then whitespace, '/' or '>',
 //     attributes (quotes respected), '>' within 4096 bytes. In MarkupMode::html the name must be
-//     an HTML element; in MarkupMode::xml any name. Block-level HTML tags (p, div, br, li, h1, ...)
-//     become a newline, other HTML tags disappear, non-HTML tags (xml mode) become a space;
+//     an HTML element; in MarkupMode::xml any name. Paragraph-level HTML tags (p, div, h1, table,
+//     ul, ...) end the paragraph (a blank line), line-level ones (br, li, tr, title, ...) end the
+//     line, td/th and non-HTML tags (xml mode) become a space, other HTML tags disappear;
 //   - entities: &amp; &lt; &gt; &quot; &apos; &nbsp; (as a space) and about 30 other common named
 //     ones, &#NNN; and &#xHH; (U+0000, surrogates and values above U+10FFFF become U+FFFD);
 //     unknown or unterminated entities stay as written;

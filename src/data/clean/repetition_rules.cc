@@ -3,6 +3,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <string>
 #include <unordered_set>
 #include <vector>
 
@@ -140,22 +141,23 @@ class NgramScanner {
 }  // namespace
 
 LineDuplication measure_line_duplication(std::string_view text) {
-  std::unordered_set<std::string_view> seen_lines, seen_paragraphs;
+  std::unordered_set<std::string_view> seen_lines;
+  std::unordered_set<std::string> seen_paragraphs;  // trimmed lines joined with '\n'
   int64_t lines = 0, duplicate_lines = 0, paragraphs = 0, duplicate_paragraphs = 0;
   uint64_t line_chars = 0, duplicate_line_chars = 0, paragraph_chars = 0,
            duplicate_paragraph_chars = 0;
-  size_t paragraph_begin = std::string_view::npos, paragraph_end = 0;
+  std::string paragraph;
+  uint64_t current_paragraph_chars = 0;
   auto end_paragraph = [&] {
-    if (paragraph_begin == std::string_view::npos) return;
-    const std::string_view paragraph = text.substr(paragraph_begin, paragraph_end - paragraph_begin);
-    const uint64_t chars = count_code_points(paragraph);
+    if (paragraph.empty()) return;
     ++paragraphs;
-    paragraph_chars += chars;
+    paragraph_chars += current_paragraph_chars;
     if (!seen_paragraphs.insert(paragraph).second) {
       ++duplicate_paragraphs;
-      duplicate_paragraph_chars += chars;
+      duplicate_paragraph_chars += current_paragraph_chars;
     }
-    paragraph_begin = std::string_view::npos;
+    paragraph.clear();
+    current_paragraph_chars = 0;
   };
   size_t pos = 0;
   while (pos <= text.size()) {
@@ -172,9 +174,12 @@ LineDuplication measure_line_duplication(std::string_view text) {
         ++duplicate_lines;
         duplicate_line_chars += chars;
       }
-      const size_t line_begin = static_cast<size_t>(line.data() - text.data());
-      if (paragraph_begin == std::string_view::npos) paragraph_begin = line_begin;
-      paragraph_end = line_begin + line.size();
+      if (!paragraph.empty()) {
+        paragraph.push_back('\n');
+        ++current_paragraph_chars;
+      }
+      paragraph.append(line);
+      current_paragraph_chars += chars;
     }
     pos = end + 1;
   }
