@@ -227,19 +227,26 @@ MinHasher::MinHasher(int num_perm, uint64_t seed) {
   for (int i = 0; i < num_perm; ++i) {
     multipliers_[i] = splitmix64(state);
     increments_[i] = splitmix64(state);
+    multipliers_lo_.push_back(static_cast<uint32_t>(multipliers_[i]));
+    multipliers_hi_.push_back(static_cast<uint32_t>(multipliers_[i] >> 32));
   }
 }
 
 void MinHasher::signature(const std::vector<uint64_t>& shingles, uint32_t* signature) const {
   const size_t n = multipliers_.size();
   std::fill(signature, signature + n, 0xFFFFFFFFu);
-  const uint64_t* a = multipliers_.data();
+  // (a * x + b) >> 32 in 64-bit arithmetic, written with 32-bit halves of a so that it vectorizes:
+  // the high half of a only adds a_hi * x to the upper 32 bits.
+  const uint32_t* a_lo = multipliers_lo_.data();
+  const uint32_t* a_hi = multipliers_hi_.data();
   const uint64_t* b = increments_.data();
   for (uint64_t shingle : shingles) {
-    const uint64_t x = fold32(shingle);
+    const uint32_t x = fold32(shingle);
+#pragma omp simd
     for (size_t i = 0; i < n; ++i) {
-      const uint32_t h = static_cast<uint32_t>((a[i] * x + b[i]) >> 32);
-      signature[i] = std::min(signature[i], h);
+      const uint64_t low = static_cast<uint64_t>(a_lo[i]) * x + b[i];
+      const uint32_t h = static_cast<uint32_t>(low >> 32) + a_hi[i] * x;
+      signature[i] = signature[i] < h ? signature[i] : h;
     }
   }
 }

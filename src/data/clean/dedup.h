@@ -10,10 +10,12 @@
 //   `shingle_size` consecutive normalized words, hashed with XXH3-64; the set is sorted and unique.
 //   A document with fewer words than shingle_size has one shingle (all its words); a document with
 //   no words has no shingles and is never a near duplicate.
-//   Default shingle size 1 for spaced text (measured on Gutenberg excerpts: near copies with 5% of
-//   words replaced keep Jaccard >= 0.83, while distinct excerpts stay <= 0.29, distinct whole books
-//   <= 0.46 and distinct TinyStories <= 0.56; with 2-word shingles the same copies fall to about
-//   0.80 and with 5-word shingles to 0.6, below the 0.8 threshold); 2 characters for zh.
+//   Default shingle size 1 for spaced text. Measured on Gutenberg excerpts of 150-600 words with a
+//   prototype: near copies with 5% of their words replaced keep a Jaccard similarity of about
+//   0.85-0.90, while distinct excerpts stay below 0.29, distinct whole books below 0.46 and
+//   distinct TinyStories below 0.56; with 2-word shingles the same copies fall to 0.80-0.82 and
+//   with 5-word shingles to about 0.6, under the default threshold 0.8 (no shingle size keeps 10%
+//   changes above 0.8: their similarity is about 0.79 with single words). 2 characters for zh.
 // MinHash: num_perm functions h_i(x) = (a_i * x32 + b_i) >> 32 over 64-bit arithmetic
 //   (multiply-add-shift, 2-universal for 32-bit keys), x32 = the shingle hash folded to 32 bits,
 //   (a_i, b_i) from splitmix64(seed). Signature[i] = min over shingles of h_i.
@@ -26,9 +28,10 @@
 //   signature value (a scrambled 32-bit value truncated; a false match has probability 2^-16, so
 //   the bias of the estimate is below 2e-5); the first with matches / num_perm >= threshold makes
 //   the document a near duplicate.
-// Memory per kept document: 2 * num_perm bytes of sketch + about 11 bytes per band (LSH table at
-//   <= 75% load) + 16 bytes (exact table): about 0.47 KB at num_perm 128, so a million kept
-//   paragraphs need about 470 MB.
+// Memory per kept document: 2 * num_perm bytes of sketch + 8 bytes per band in an LSH table kept
+//   between 37% and 75% full + 12 bytes in the exact table (same load): measured 490-520 bytes
+//   at num_perm 128 (18 bands), so a million kept paragraphs need about 0.5 GB. Nothing is stored
+//   for dropped documents.
 #pragma once
 
 #include <cstddef>
@@ -63,6 +66,7 @@ class MinHasher {
 
  private:
   std::vector<uint64_t> multipliers_, increments_;
+  std::vector<uint32_t> multipliers_lo_, multipliers_hi_;
 };
 
 // Fraction of equal positions of two signatures of length num_perm.
