@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/allocator.h"
 #include "core/rng.h"
 #include "data/text_source.h"
 #include "io/config_io.h"
@@ -15,6 +16,7 @@
 using namespace frugal;
 
 int main(int argc, char** argv) {
+  frugal::keep_freed_memory();
   std::vector<std::string> configs;
   int64_t steps = 10, warmup = 2;
   std::string json_path;

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(build-essential cmake ninja-build pkg-config git zstd libopenblas-dev libzstd-dev
+packages=(build-essential cmake ninja-build pkg-config git zstd libopenblas-openmp-dev libzstd-dev
           nlohmann-json3-dev libtomlplusplus-dev libfmt-dev libgtest-dev libpcre2-dev libxxhash-dev)
 missing=()
 for p in "${packages[@]}"; do

@@ -8,5 +8,6 @@ namespace frugal {
 
 int cmd_train(const std::vector<std::string>& args);
 int cmd_generate(const std::vector<std::string>& args);
+int cmd_data(const std::vector<std::string>& args);
 
 }  // namespace frugal

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "core/allocator.h"
 #include "core/error.h"
 
 namespace {
@@ -16,6 +17,7 @@ constexpr const char* kUsage =
     "commands:\n"
     "  train      pre-train a model from a TOML config (frugal train configs/tiny.toml)\n"
     "  generate   sample text from a checkpoint (frugal generate runs/tiny --prompt \"...\")\n"
+    "  data       tokenizer-train, clean, tokenize, stats: from raw text to token datasets\n"
     "\n"
     "Run 'frugal <command> --help' for a command's options. Every config setting can be\n"
     "overridden on the command line as --section.key=value (e.g. --train.steps=100).\n";
@@ -37,11 +39,13 @@ int main(int argc, char** argv) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
+  frugal::keep_freed_memory();
   const std::string command = argv[1];
   const std::vector<std::string> args(argv + 2, argv + argc);
   try {
     if (command == "train") return frugal::cmd_train(args);
     if (command == "generate") return frugal::cmd_generate(args);
+    if (command == "data") return frugal::cmd_data(args);
     std::fprintf(stderr, "frugal: unknown command '%s' (see frugal --help)\n", command.c_str());
     return 2;
   } catch (const frugal::Error& e) {

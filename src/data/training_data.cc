@@ -7,6 +7,7 @@
 #include "data/loader/packed_loader.h"
 #include "data/shards/dataset.h"
 #include "data/text_source.h"
+#include "data/tokenizer/tokenizer.h"
 
 namespace frugal {
 namespace {
@@ -57,6 +58,13 @@ TrainingData open_token_datasets(const Config& config, std::vector<LoaderDataset
                  "{}: the dataset's tokenizer has {} ids but model.vocab_size is {}", d.path,
                  ds.vocab_size(), config.model.vocab_size);
   }
+  // The tokenizer named by data.tokenizer (which generate and chat will use) must be the one the
+  // datasets were made with.
+  FRUGAL_CHECK(config.data.tokenizer != "bytes",
+               "{}: a token dataset needs data.tokenizer = the tokenizer.json it was made with",
+               first.dir());
+  const Tokenizer tokenizer = Tokenizer::from_file(config.data.tokenizer);
+  first.check_tokenizer(fmt::format("{:016x}", tokenizer.hash()));
   options.expected_tokenizer_hash = first.tokenizer_hash();
   if (options.fim_rate > 0) {
     options.fim_begin_id = special_id(first, "fim_begin");

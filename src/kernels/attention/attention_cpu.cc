@@ -1,19 +1,20 @@
-// Causal softmax attention, CPU reference (formulas and shapes in attention.h).
+// Causal softmax attention, CPU reference (formulas and shapes in attention.h). Each
+// (batch, head) slice runs as BLAS products on strided views of q/k/v; the masked upper triangle
+// of the probabilities is exactly zero, so it drops out of every backward product.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "kernels/attention/attention.h"
+#include "kernels/gemm/gemm.h"
 
 namespace frugal::cpu {
 
 template <class T>
 void attention_fwd(T* out, T* probs, const T* q, const T* k, const T* v, int64_t batch, int64_t seq,
                    int64_t heads, int64_t qk_dim, int64_t v_dim, double scale) {
-  const T scale_t = static_cast<T>(scale);
   const int64_t qk_row = heads * qk_dim;  // stride between positions in q, k
   const int64_t v_row = heads * v_dim;    // stride between positions in v, out
-#pragma omp parallel for schedule(static)
   for (int64_t bh = 0; bh < batch * heads; ++bh) {
     const int64_t b = bh / heads, h = bh % heads;
     const T* q_bh = q + b * seq * qk_row + h * qk_dim;
@@ -21,17 +22,13 @@ void attention_fwd(T* out, T* probs, const T* q, const T* k, const T* v, int64_t
     const T* v_bh = v + b * seq * v_row + h * v_dim;
     T* out_bh = out + b * seq * v_row + h * v_dim;
     T* p_bh = probs + bh * seq * seq;  // [seq, seq]
-    for (int64_t i = 0; i < seq; ++i) {
-      const T* qi = q_bh + i * qk_row;
+    // scores = scale * q k^T   [seq, seq]
+    gemm_strided(false, true, seq, seq, qk_dim, static_cast<T>(scale), q_bh, qk_row, k_bh, qk_row,
+                 T(0), p_bh, seq);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < seq; ++i) {  // causal softmax per row
       T* pi = p_bh + i * seq;
-      T max_score = -INFINITY;
-      for (int64_t j = 0; j <= i; ++j) {
-        const T* kj = k_bh + j * qk_row;
-        T dot = 0;
-        for (int64_t d = 0; d < qk_dim; ++d) dot += qi[d] * kj[d];
-        pi[j] = dot * scale_t;
-        max_score = std::max(max_score, pi[j]);
-      }
+      T max_score = *std::max_element(pi, pi + i + 1);
       T sum = 0;
       for (int64_t j = 0; j <= i; ++j) {
         pi[j] = std::exp(pi[j] - max_score);
@@ -40,15 +37,9 @@ void attention_fwd(T* out, T* probs, const T* q, const T* k, const T* v, int64_t
       const T inv_sum = T(1) / sum;
       for (int64_t j = 0; j <= i; ++j) pi[j] *= inv_sum;
       std::fill(pi + i + 1, pi + seq, T(0));  // masked: exactly zero
-
-      T* oi = out_bh + i * v_row;
-      std::fill(oi, oi + v_dim, T(0));
-      for (int64_t j = 0; j <= i; ++j) {
-        const T* vj = v_bh + j * v_row;
-        const T p = pi[j];
-        for (int64_t d = 0; d < v_dim; ++d) oi[d] += p * vj[d];
-      }
     }
+    // out = p v   [seq, v_dim]
+    gemm_strided(false, false, seq, v_dim, seq, T(1), p_bh, seq, v_bh, v_row, T(0), out_bh, v_row);
   }
 }
 
@@ -56,49 +47,35 @@ template <class T>
 void attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q, const T* k,
                    const T* v, int64_t batch, int64_t seq, int64_t heads, int64_t qk_dim,
                    int64_t v_dim, double scale) {
-  const T scale_t = static_cast<T>(scale);
   const int64_t qk_row = heads * qk_dim;
   const int64_t v_row = heads * v_dim;
-#pragma omp parallel for schedule(static)
+  std::vector<T> dscore(static_cast<size_t>(seq * seq));  // [seq, seq]
   for (int64_t bh = 0; bh < batch * heads; ++bh) {
     const int64_t b = bh / heads, h = bh % heads;
     const int64_t qk_base = b * seq * qk_row + h * qk_dim;
     const int64_t v_base = b * seq * v_row + h * v_dim;
     const T* p_bh = probs + bh * seq * seq;
-    // This (b, h) slice of dk and dv belongs to this thread alone: zero it, then accumulate.
-    for (int64_t j = 0; j < seq; ++j) {
-      std::fill(dk + qk_base + j * qk_row, dk + qk_base + j * qk_row + qk_dim, T(0));
-      std::fill(dv + v_base + j * v_row, dv + v_base + j * v_row + v_dim, T(0));
-    }
-    std::vector<T> dscore(static_cast<size_t>(seq));
+    // dv = p^T dout   [seq, v_dim]
+    gemm_strided(true, false, seq, v_dim, seq, T(1), p_bh, seq, dout + v_base, v_row, T(0),
+                 dv + v_base, v_row);
+    // dp = dout v^T   [seq, seq]
+    gemm_strided(false, true, seq, seq, v_dim, T(1), dout + v_base, v_row, v + v_base, v_row, T(0),
+                 dscore.data(), seq);
+    // d(pre-scale logit) = scale * p * (dp - sum_j p dp)
+#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < seq; ++i) {
       const T* pi = p_bh + i * seq;
-      const T* douti = dout + v_base + i * v_row;
-      const T* qi = q + qk_base + i * qk_row;
-      // dp_ij = dout_i . v_j, and the row's sum_j p_ij dp_ij.
+      T* di = dscore.data() + i * seq;
       T row_dot = 0;
-      for (int64_t j = 0; j <= i; ++j) {
-        const T* vj = v + v_base + j * v_row;
-        T dot = 0;
-        for (int64_t d = 0; d < v_dim; ++d) dot += douti[d] * vj[d];
-        dscore[j] = dot;
-        row_dot += pi[j] * dot;
-      }
-      T* dqi = dq + qk_base + i * qk_row;
-      std::fill(dqi, dqi + qk_dim, T(0));
-      for (int64_t j = 0; j <= i; ++j) {
-        const T p = pi[j];
-        const T ds = p * (dscore[j] - row_dot) * scale_t;  // gradient of the pre-scale logit
-        const T* kj = k + qk_base + j * qk_row;
-        T* dkj = dk + qk_base + j * qk_row;
-        T* dvj = dv + v_base + j * v_row;
-        for (int64_t d = 0; d < qk_dim; ++d) {
-          dqi[d] += ds * kj[d];
-          dkj[d] += ds * qi[d];
-        }
-        for (int64_t d = 0; d < v_dim; ++d) dvj[d] += p * douti[d];
-      }
+      for (int64_t j = 0; j <= i; ++j) row_dot += pi[j] * di[j];
+      for (int64_t j = 0; j <= i; ++j) di[j] = pi[j] * (di[j] - row_dot) * static_cast<T>(scale);
+      std::fill(di + i + 1, di + seq, T(0));
     }
+    // dq = ds k, dk = ds^T q   [seq, qk_dim]
+    gemm_strided(false, false, seq, qk_dim, seq, T(1), dscore.data(), seq, k + qk_base, qk_row,
+                 T(0), dq + qk_base, qk_row);
+    gemm_strided(true, false, seq, qk_dim, seq, T(1), dscore.data(), seq, q + qk_base, qk_row,
+                 T(0), dk + qk_base, qk_row);
   }
 }
 

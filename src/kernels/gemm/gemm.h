@@ -21,4 +21,10 @@ void matmul_nn(T* c, const T* a, const T* b, int64_t m, int64_t n, int64_t k, bo
 template <class T>
 void matmul_tn(T* c, const T* a, const T* b, int64_t m, int64_t n, int64_t k, bool accumulate);
 
+// General strided form: C[M,N] = alpha * op(A) · op(B) + beta * C, row-major with leading
+// dimensions lda/ldb/ldc (elements between rows), op = transpose when trans_* is true.
+template <class T>
+void gemm_strided(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                  int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
+
 }  // namespace frugal::cpu
