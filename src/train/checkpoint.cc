@@ -98,6 +98,9 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
     write_file_atomic((temp_dir / "config.json").string(),
                       model_config_to_hf_json(config.model).dump(2) + "\n");
     write_file_atomic((temp_dir / "frugal.toml").string(), config_to_toml(config));
+    // The tokenizer travels with the weights, so generate (and Hugging Face tools) find it there.
+    if (config.data.tokenizer != "bytes")
+      write_file_atomic((temp_dir / "tokenizer.json").string(), read_small_file(config.data.tokenizer));
 
     SafetensorsWriter moments;
     for (const auto& s : optimizer.state()) {
