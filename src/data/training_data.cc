@@ -51,6 +51,17 @@ TrainingData open_token_datasets(const Config& config, std::vector<LoaderDataset
   options.rank = rank;
   options.world = world;
   Dataset first = Dataset::open(options.datasets.front().path);
+  // The tokenizer named by data.tokenizer (which generate and chat will use) must be the one the
+  // datasets were made with.
+  FRUGAL_CHECK(config.data.tokenizer != "bytes",
+               "{}: a token dataset needs data.tokenizer = the tokenizer.json it was made with",
+               first.dir());
+  const Tokenizer tokenizer = Tokenizer::from_file(config.data.tokenizer);
+  const std::string tokenizer_hash = fmt::format("{:016x}", tokenizer.hash());
+  FRUGAL_CHECK(tokenizer_hash == first.tokenizer_hash(),
+               "{}: made with tokenizer {}, but data.tokenizer = {} is tokenizer {}; tokenize the "
+               "data with that tokenizer or set data.tokenizer to the one the dataset was made with",
+               first.dir(), first.tokenizer_hash(), config.data.tokenizer, tokenizer_hash);
   for (auto& d : options.datasets) {
     Dataset ds = Dataset::open(d.path);
     ds.check_tokenizer(first.tokenizer_hash());  // every mixed dataset shares one tokenizer
@@ -58,13 +69,6 @@ TrainingData open_token_datasets(const Config& config, std::vector<LoaderDataset
                  "{}: the dataset's tokenizer has {} ids but model.vocab_size is {}", d.path,
                  ds.vocab_size(), config.model.vocab_size);
   }
-  // The tokenizer named by data.tokenizer (which generate and chat will use) must be the one the
-  // datasets were made with.
-  FRUGAL_CHECK(config.data.tokenizer != "bytes",
-               "{}: a token dataset needs data.tokenizer = the tokenizer.json it was made with",
-               first.dir());
-  const Tokenizer tokenizer = Tokenizer::from_file(config.data.tokenizer);
-  first.check_tokenizer(fmt::format("{:016x}", tokenizer.hash()));
   options.expected_tokenizer_hash = first.tokenizer_hash();
   if (options.fim_rate > 0) {
     options.fim_begin_id = special_id(first, "fim_begin");
