@@ -70,6 +70,16 @@ TrainingData open_token_datasets(const Config& config, std::vector<LoaderDataset
                  ds.vocab_size(), config.model.vocab_size);
   }
   options.expected_tokenizer_hash = first.tokenizer_hash();
+  // The model's BOS/EOS ids go into the config.json written beside the weights: they must be
+  // the tokenizer's.
+  FRUGAL_CHECK(first.eos_id() < 0 || config.model.eos_token_id == first.eos_id(),
+               "model.eos_token_id = {} but the tokenizer's end-of-document id is {} (set "
+               "--model.eos_token_id={})",
+               config.model.eos_token_id, first.eos_id(), first.eos_id());
+  FRUGAL_CHECK(first.bos_id() < 0 || config.model.bos_token_id == first.bos_id(),
+               "model.bos_token_id = {} but the tokenizer's begin-of-sequence id is {} (set "
+               "--model.bos_token_id={})",
+               config.model.bos_token_id, first.bos_id(), first.bos_id());
   if (options.fim_rate > 0) {
     options.fim_begin_id = special_id(first, "fim_begin");
     options.fim_hole_id = special_id(first, "fim_hole");
