@@ -501,7 +501,7 @@ TEST(Validation, ImpossibleTrainingSettingsNameTheKey) {
       {{"schedule.decay_start=10"},
        "schedule.decay_start = 10 is before the end of schedule.warmup_steps = 20"},
       {{"schedule.decay_end=10"}, "schedule.decay_end = 10 is before schedule.decay_start = 20"},
-      {{"schedule.decay_start=-1"}, "schedule.decay_end = 300 is set but schedule.decay_start"},
+      {{"schedule.decay_start=-1"}, "is set but schedule.decay_start"},
       {{"schedule.final_start=100"}, "schedule.final_start = 100 is before schedule.decay_end"},
       {{"train.mtp_weight=[[5, 0.3]]"}, "train.mtp_weight must start at step 0"},
       {{"train.bias_update_speed=[[0, 0.1], [0, 0.2]]"}, "train.bias_update_speed[1] starts"},
