@@ -14,26 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "test_util.h"
 #include "core/error.h"
 
 namespace frugal::clean::test {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "frugal_clean_XXXXXX").string();
-    FRUGAL_CHECK(mkdtemp(pattern.data()) != nullptr, "mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using ::frugal::testing::TempDir;
 
 inline void write_bytes(const std::string& path, const std::string& bytes) {
   fs::create_directories(fs::path(path).parent_path());

@@ -10,15 +10,14 @@
 #include "data/shards/stats.h"
 #include "token_data_fixtures.h"
 
+#include "test_util.h"
+
 namespace frugal {
 namespace {
 
 using namespace frugal::testing;
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using ::frugal::testing::read_bytes;
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "test_util.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "data/shards/dataset.h"
@@ -18,21 +19,7 @@ namespace frugal::testing {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "frugal_shards_XXXXXX").string();
-    FRUGAL_CHECK(mkdtemp(pattern.data()) != nullptr, "mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string path(const std::string& name = "") const {
-    return name.empty() ? path_.string() : (path_ / name).string();
-  }
-
- private:
-  fs::path path_;
-};
+using ::frugal::testing::TempDir;
 
 using Documents = std::vector<std::vector<int32_t>>;
 

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <limits>
 
+#include "test_util.h"
 #include "train/metrics.h"
 
 namespace frugal {
@@ -81,19 +82,7 @@ TEST(StepLine, BytesAndDurations) {
   EXPECT_EQ(format_duration(7500), "2h05m");
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "frugal_metrics_XXXXXX").string();
-    EXPECT_NE(mkdtemp(pattern.data()), nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
+using ::frugal::testing::TempDir;
 
 std::vector<nlohmann::json> read_lines(const std::string& path) {
   std::ifstream in(path);

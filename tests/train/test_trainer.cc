@@ -13,6 +13,7 @@
 #include <limits>
 #include <sstream>
 
+#include "test_util.h"
 #include "core/rng.h"
 #include "data/text_source.h"
 #include "io/config_io.h"
@@ -24,32 +25,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            fmt::format("frugal_test_trainer_{}_{}", ::getpid(), test->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string sub(const std::string& name) const { return (path_ / name).string(); }
+using ::frugal::testing::TempDir;
 
- private:
-  fs::path path_;
-};
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  EXPECT_TRUE(in.good()) << path;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using ::frugal::testing::read_bytes;
 
 std::vector<nlohmann::json> read_metrics(const std::string& path) {
   std::ifstream in(path);
