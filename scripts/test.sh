@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 build_dir=${FRUGAL_BUILD_DIR:-build}
+# Test programs run two at a time on small machines: OpenMP threads must not spin while waiting.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 ctest --test-dir "$build_dir" -LE cuda --output-on-failure -j "$(nproc)" --timeout 1500
