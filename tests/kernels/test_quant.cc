@@ -61,7 +61,7 @@ TEST(Quant, LargestElementSaturatesTo448) {
   std::mt19937 gen(11);
   std::uniform_real_distribution<float> dist(1.0f, 2.0f);
   int above_448 = 0;
-  for (int trial = 0; trial < 20000; ++trial) {
+  for (int trial = 0; trial < 4000; ++trial) {
     const float amax = dist(gen) * std::ldexp(1.0f, trial % 40 - 10);
     std::vector<float> x(128, 0.3f * amax);
     x[trial % 128] = (trial % 2) ? amax : -amax;
@@ -71,7 +71,7 @@ TEST(Quant, LargestElementSaturatesTo448) {
     if (amax / scale > 448.0f) ++above_448;
     ASSERT_EQ(q[trial % 128], (trial % 2) ? 0x7E : 0xFE) << "amax " << amax;
   }
-  std::printf("quant: %d of 20000 tiles had amax/scale > 448 (saturated to 448)\n", above_448);
+  std::printf("quant: %d of 4000 tiles had amax/scale > 448 (saturated to 448)\n", above_448);
   EXPECT_GT(above_448, 0);  // the rounding case is exercised
 }
 
