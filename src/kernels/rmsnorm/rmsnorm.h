@@ -8,6 +8,10 @@
 
 #include <cstdint>
 
+#ifdef FRUGAL_HAVE_CUDA
+#include <cuda_runtime_api.h>  // cudaStream_t
+#endif
+
 namespace frugal::cpu {
 
 template <class T>
@@ -19,3 +23,22 @@ template <class T>
 void rmsnorm_bwd_weight(T* dw, const T* dy, const T* x, const T* rstd, int64_t n, int64_t d);
 
 }  // namespace frugal::cpu
+
+#ifdef FRUGAL_HAVE_CUDA
+namespace frugal::cuda {
+
+// fp32 on device pointers, asynchronous on `stream`; same shapes and rules as frugal::cpu.
+// Row statistics are block tree reductions (fixed order: the same bits on every run).
+void rmsnorm_fwd(float* y, float* rstd, const float* x, const float* w, int64_t n, int64_t d,
+                 double eps, cudaStream_t stream);
+void rmsnorm_bwd_input(float* dx, const float* dy, const float* x, const float* w,
+                       const float* rstd, int64_t n, int64_t d, cudaStream_t stream);
+// dw [d] += sum_n dy * x * rstd, deterministically: pass 1 sums fixed chunks of rows into
+// `workspace` [chunks, d], pass 2 adds the chunk sums to dw in chunk order (no atomics).
+// `workspace` holds rmsnorm_bwd_weight_workspace_floats(n, d) floats (a function of the shape).
+int64_t rmsnorm_bwd_weight_workspace_floats(int64_t n, int64_t d);
+void rmsnorm_bwd_weight(float* dw, const float* dy, const float* x, const float* rstd, int64_t n,
+                        int64_t d, float* workspace, cudaStream_t stream);
+
+}  // namespace frugal::cuda
+#endif

@@ -8,6 +8,10 @@
 
 #include <cstdint>
 
+#ifdef FRUGAL_HAVE_CUDA
+#include <cuda_runtime_api.h>  // cudaStream_t
+#endif
+
 namespace frugal::cpu {
 
 // h[n] = silu(g[n]) * u[n]
@@ -18,3 +22,14 @@ template <class T>
 void swiglu_bwd(T* dg, T* du, const T* dh, const T* g, const T* u, int64_t n);
 
 }  // namespace frugal::cpu
+
+#ifdef FRUGAL_HAVE_CUDA
+namespace frugal::cuda {
+
+// fp32 on device pointers, asynchronous on `stream`; same formulas as frugal::cpu.
+void swiglu_fwd(float* h, const float* g, const float* u, int64_t n, cudaStream_t stream);
+void swiglu_bwd(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n,
+                cudaStream_t stream);
+
+}  // namespace frugal::cuda
+#endif
