@@ -15,39 +15,13 @@
 
 #include <fmt/format.h>
 
-#include "test_util.h"
+#include "cli/cli_test_util.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-using ::frugal::testing::read_bytes;
-
-void write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << bytes;
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
-// Every file under `dir` -> its bytes.
-std::map<std::string, std::string> snapshot(const fs::path& dir) {
-  std::map<std::string, std::string> files;
-  for (auto& entry : fs::recursive_directory_iterator(dir))
-    if (entry.is_regular_file())
-      files[fs::relative(entry.path(), dir).string()] = read_bytes(entry.path());
-  return files;
-}
-
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
+using namespace ::frugal::testing;
 
 class Cli : public ::testing::Test {
  protected:
@@ -74,17 +48,7 @@ class Cli : public ::testing::Test {
   }
 
   // Runs `frugal ARGS` in the temporary directory, on one thread (the test machine is shared).
-  static Result run(const std::string& args) {
-    const std::string command = fmt::format(
-        "cd '{}' && OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 '{}' {} >stdout.txt 2>stderr.txt",
-        root_.string(), FRUGAL_BINARY, args);
-    const int status = std::system(command.c_str());
-    Result r;
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = read_bytes(root_ / "stdout.txt");
-    r.err = read_bytes(root_ / "stderr.txt");
-    return r;
-  }
+  static Result run(const std::string& args) { return run_frugal(root_, args); }
 
   // A tiny, fast run: seq_len 32, two micro-batches of 2 per step.
   static std::string train_args(const std::string& out_dir, int steps,

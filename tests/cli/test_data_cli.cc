@@ -23,7 +23,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "test_util.h"
+#include "cli/cli_test_util.h"
 #include "data/shards/dataset.h"
 #include "data/tokenizer/tokenizer.h"
 
@@ -31,12 +31,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-using ::frugal::testing::read_bytes;
-
-void write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << bytes;
-}
+using namespace ::frugal::testing;
 
 std::string zstd_compress(const std::string& bytes) {
   std::string out(ZSTD_compressBound(bytes.size()), '\0');
@@ -44,21 +39,6 @@ std::string zstd_compress(const std::string& bytes) {
   EXPECT_FALSE(ZSTD_isError(n));
   out.resize(n);
   return out;
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
-std::map<std::string, std::string> snapshot(const fs::path& dir) {
-  std::map<std::string, std::string> files;
-  for (auto& entry : fs::recursive_directory_iterator(dir))
-    if (entry.is_regular_file())
-      files[fs::relative(entry.path(), dir).string()] = read_bytes(entry.path());
-  return files;
 }
 
 std::string join_documents(const std::vector<std::string>& documents) {
@@ -93,11 +73,6 @@ std::vector<std::string> make_documents(int count, uint32_t seed) {
   return documents;
 }
 
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
-
 class DataCli : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -128,17 +103,7 @@ class DataCli : public ::testing::Test {
     fs::remove_all(root_, ec);
   }
 
-  static Result run(const std::string& args) {
-    const std::string command = fmt::format(
-        "cd '{}' && OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 '{}' {} >stdout.txt 2>stderr.txt",
-        root_.string(), FRUGAL_BINARY, args);
-    const int status = std::system(command.c_str());
-    Result r;
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = read_bytes(root_ / "stdout.txt");
-    r.err = read_bytes(root_ / "stderr.txt");
-    return r;
-  }
+  static Result run(const std::string& args) { return run_frugal(root_, args); }
 
   static std::string train_args(const std::string& dataset, const std::string& tokenizer,
                                 int64_t vocab, const std::string& out_dir) {
