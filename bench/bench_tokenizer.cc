@@ -28,18 +28,6 @@ using namespace frugal;
 
 namespace {
 
-std::vector<std::string> split_documents(const std::string& text) {
-  std::vector<std::string> docs;
-  const std::string separator = "\n<|endoftext|>\n";
-  size_t start = 0;
-  while (start < text.size()) {
-    size_t end = text.find(separator, start);
-    if (end == std::string::npos) end = text.size();
-    if (end > start) docs.push_back(text.substr(start, end - start));
-    start = end + separator.size();
-  }
-  return docs;
-}
 
 // Pieces of at most max_bytes, cut after a '\n' (or at max_bytes when a line is longer).
 std::vector<std::string> chunk_documents(const std::vector<std::string>& docs, size_t max_bytes) {
@@ -140,7 +128,7 @@ int main(int argc, char** argv) {
     std::optional<Tokenizer> tokenizer;
     if (!train_path.empty()) {
       const std::string text = read_prefix(train_path, train_mb);
-      const std::vector<std::string> docs = split_documents(text);
+      const std::vector<std::string> docs = split_corpus_documents(text);
       BpeTrainOptions options;
       options.vocab_size = vocab;
       options.threads = threads;
@@ -163,7 +151,7 @@ int main(int argc, char** argv) {
     if (!cache) tokenizer->set_cache_capacity(0);
     if (!eval_path.empty()) {
       const std::string text = read_prefix(eval_path, 0);
-      const std::vector<std::string> docs = split_documents(text);
+      const std::vector<std::string> docs = split_corpus_documents(text);
       size_t tokens = 0;
       for (const auto& ids : tokenizer->encode_batch(std::span<const std::string>(docs), false, threads))
         tokens += ids.size();
@@ -176,7 +164,7 @@ int main(int argc, char** argv) {
     }
     if (!text_path.empty()) {
       const std::string text = read_prefix(text_path, text_mb);
-      const std::vector<std::string> pieces = chunk_documents(split_documents(text), 64 * 1024);
+      const std::vector<std::string> pieces = chunk_documents(split_corpus_documents(text), 64 * 1024);
       std::printf("%-28s %8s %10s %10s %12s\n", "encode", "threads", "MB/s", "seconds", "bytes/token");
       nlohmann::json rows = nlohmann::json::array();
       for (const int t : {1, threads}) {

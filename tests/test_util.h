@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stdlib.h>
+#include <zstd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -44,6 +45,26 @@ inline std::string read_bytes(const std::filesystem::path& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+// The message of the frugal::Error that f throws ("" when it throws none).
+template <class F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// One zstd frame holding `text`.
+inline std::string zstd_compress(const std::string& text, int level = 3) {
+  std::string out(ZSTD_compressBound(text.size()), '\0');
+  const size_t n = ZSTD_compress(out.data(), out.size(), text.data(), text.size(), level);
+  FRUGAL_CHECK(!ZSTD_isError(n), "zstd: {}", ZSTD_getErrorName(n));
+  out.resize(n);
+  return out;
 }
 
 }  // namespace frugal::testing

@@ -62,8 +62,11 @@ TrainingData open_token_datasets(const Config& config, std::vector<LoaderDataset
                "{}: made with tokenizer {}, but data.tokenizer = {} is tokenizer {}; tokenize the "
                "data with that tokenizer or set data.tokenizer to the one the dataset was made with",
                first.dir(), first.tokenizer_hash(), config.data.tokenizer, tokenizer_hash);
+  int64_t tokens = 0, documents = 0;
   for (auto& d : options.datasets) {
     Dataset ds = Dataset::open(d.path);
+    tokens += ds.num_tokens();
+    documents += ds.num_documents();
     ds.check_tokenizer(first.tokenizer_hash());  // every mixed dataset shares one tokenizer
     FRUGAL_CHECK(ds.vocab_size() <= config.model.vocab_size,
                  "{}: the dataset's tokenizer has {} ids but model.vocab_size is {}", d.path,
@@ -94,12 +97,6 @@ TrainingData open_token_datasets(const Config& config, std::vector<LoaderDataset
   out.train = std::make_unique<PackedLoader>(options, LoaderSplit::kTrain);
   if (options.val_fraction > 0 && config.train.eval_every > 0)
     out.validation = std::make_unique<PackedLoader>(options, LoaderSplit::kValidation);
-  int64_t tokens = 0, documents = 0;
-  for (auto& d : options.datasets) {
-    Dataset ds = Dataset::open(d.path);
-    tokens += ds.num_tokens();
-    documents += ds.num_documents();
-  }
   out.description = fmt::format(
       "{} token dataset(s), {} documents, {} tokens (val {:.1f}% of documents, FIM rate {})",
       options.datasets.size(), documents, tokens, options.val_fraction * 100, options.fim_rate);

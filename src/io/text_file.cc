@@ -88,4 +88,17 @@ std::string read_text_file(const std::string& path) {
   return text;
 }
 
+std::vector<std::string> split_corpus_documents(std::string_view text) {
+  constexpr std::string_view separator = "\n<|endoftext|>\n";
+  std::vector<std::string> docs;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find(separator, start);
+    if (end == std::string_view::npos) end = text.size();
+    if (end > start) docs.emplace_back(text.substr(start, end - start));
+    start = end + separator.size();
+  }
+  return docs;
+}
+
 }  // namespace frugal

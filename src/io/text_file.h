@@ -7,11 +7,17 @@
 #pragma once
 
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "core/error.h"
 
 namespace frugal {
 
 std::string read_text_file(const std::string& path);
+
+// The documents of a corpus text, separated by lines holding only "<|endoftext|>" (the bytes
+// "\n<|endoftext|>\n"); empty pieces are dropped.
+std::vector<std::string> split_corpus_documents(std::string_view text);
 
 }  // namespace frugal

@@ -33,13 +33,6 @@ namespace fs = std::filesystem;
 
 using namespace ::frugal::testing;
 
-std::string zstd_compress(const std::string& bytes) {
-  std::string out(ZSTD_compressBound(bytes.size()), '\0');
-  const size_t n = ZSTD_compress(out.data(), out.size(), bytes.data(), bytes.size(), 3);
-  EXPECT_FALSE(ZSTD_isError(n));
-  out.resize(n);
-  return out;
-}
 
 std::string join_documents(const std::vector<std::string>& documents) {
   std::string text;

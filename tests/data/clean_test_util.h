@@ -22,6 +22,8 @@ namespace frugal::clean::test {
 namespace fs = std::filesystem;
 
 using ::frugal::testing::TempDir;
+using ::frugal::testing::error_message;
+using ::frugal::testing::zstd_compress;
 
 inline void write_bytes(const std::string& path, const std::string& bytes) {
   fs::create_directories(fs::path(path).parent_path());
@@ -30,23 +32,6 @@ inline void write_bytes(const std::string& path, const std::string& bytes) {
   ASSERT_TRUE(out.good()) << path;
 }
 
-inline std::string zstd_compress(const std::string& text, int level = 3) {
-  std::string out(ZSTD_compressBound(text.size()), '\0');
-  const size_t n = ZSTD_compress(out.data(), out.size(), text.data(), text.size(), level);
-  EXPECT_FALSE(ZSTD_isError(n));
-  out.resize(n);
-  return out;
-}
-
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // splitmix64: a small deterministic generator for test data.
 class TestRng {

@@ -18,6 +18,8 @@ namespace {
 namespace fs = std::filesystem;
 
 using ::frugal::testing::TempDir;
+using ::frugal::testing::error_message;
+using ::frugal::testing::zstd_compress;
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);
@@ -25,13 +27,6 @@ void write_bytes(const std::string& path, const std::string& bytes) {
   ASSERT_TRUE(out.good()) << path;
 }
 
-std::string zstd_compress(const std::string& text, int level = 3) {
-  std::string out(ZSTD_compressBound(text.size()), '\0');
-  size_t n = ZSTD_compress(out.data(), out.size(), text.data(), text.size(), level);
-  EXPECT_FALSE(ZSTD_isError(n));
-  out.resize(n);
-  return out;
-}
 
 // Several MB of varied bytes, so the streaming decoder runs over many input and output chunks.
 std::string sample_text(size_t bytes) {
@@ -45,16 +40,6 @@ std::string sample_text(size_t bytes) {
   }
   text.resize(bytes);
   return text;
-}
-
-template <class F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(TextFile, ReadsPlainAndZstdFiles) {

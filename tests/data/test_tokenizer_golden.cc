@@ -105,7 +105,7 @@ std::vector<std::string> spec_documents(const std::string& data, const nlohmann:
       const size_t newline = raw.rfind('\n');
       if (newline != std::string::npos) raw.resize(newline + 1);
     }
-    for (std::string& d : test::split_documents(tok::sanitize_utf8(raw))) docs.push_back(std::move(d));
+    for (std::string& d : split_corpus_documents(tok::sanitize_utf8(raw))) docs.push_back(std::move(d));
   }
   return docs;
 }

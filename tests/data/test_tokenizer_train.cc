@@ -181,8 +181,8 @@ TEST(TokenizerTrain, RealTextBytesPerToken) {
   train_text.resize(4'000'000);
   std::string val_text = read_text_file(data + "/gutenberg_en_val.txt.zst");
   val_text.resize(500'000);
-  const std::vector<std::string> train = test::split_documents(tok::sanitize_utf8(train_text));
-  const std::vector<std::string> val = test::split_documents(tok::sanitize_utf8(val_text));
+  const std::vector<std::string> train = split_corpus_documents(tok::sanitize_utf8(train_text));
+  const std::vector<std::string> val = split_corpus_documents(tok::sanitize_utf8(val_text));
   BpeTrainOptions options;
   options.vocab_size = 4096;
   const Tokenizer tokenizer = train_bpe(std::span<const std::string>(train), options);

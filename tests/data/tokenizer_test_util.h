@@ -73,18 +73,5 @@ inline std::string shared_data_dir() {
   return fs::is_directory(dir) ? dir.lexically_normal().string() : std::string();
 }
 
-// Documents of a corpus file (separated by lines holding only "<|endoftext|>").
-inline std::vector<std::string> split_documents(const std::string& text) {
-  std::vector<std::string> docs;
-  const std::string separator = "\n<|endoftext|>\n";
-  size_t start = 0;
-  while (start < text.size()) {
-    size_t end = text.find(separator, start);
-    if (end == std::string::npos) end = text.size();
-    if (end > start) docs.push_back(text.substr(start, end - start));
-    start = end + separator.size();
-  }
-  return docs;
-}
 
 }  // namespace frugal::test

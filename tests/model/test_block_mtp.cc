@@ -6,6 +6,7 @@
 #include "model/block.h"
 #include "model/embedding.h"
 #include "model/mtp.h"
+#include "model/tiny_model_config.h"
 
 namespace frugal {
 namespace {
@@ -15,28 +16,9 @@ using testing::fill_normal;
 using testing::weighted_sum;
 
 ModelConfig small_config() {
-  ModelConfig c;
+  ModelConfig c = testing::tiny_model_config();
   c.vocab_size = 13;
-  c.hidden_size = 8;
   c.intermediate_size = 10;
-  c.moe_intermediate_size = 6;
-  c.num_hidden_layers = 2;
-  c.first_k_dense_replace = 1;
-  c.num_nextn_predict_layers = 1;
-  c.num_attention_heads = 2;
-  c.q_lora_rank = 6;
-  c.kv_lora_rank = 6;
-  c.qk_nope_head_dim = 4;
-  c.qk_rope_head_dim = 2;
-  c.v_head_dim = 4;
-  c.n_routed_experts = 4;
-  c.n_shared_experts = 1;
-  c.num_experts_per_tok = 2;
-  c.n_group = 2;
-  c.topk_group = 1;
-  c.max_position_embeddings = 64;
-  c.bos_token_id = 0;
-  c.eos_token_id = 1;
   return c;
 }
 

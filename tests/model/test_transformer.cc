@@ -6,36 +6,12 @@
 
 #include "gradcheck.h"
 #include "model/transformer.h"
+#include "model/tiny_model_config.h"
 
 namespace frugal {
 namespace {
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab_size = 11;
-  c.hidden_size = 8;
-  c.intermediate_size = 12;
-  c.moe_intermediate_size = 6;
-  c.num_hidden_layers = 2;
-  c.first_k_dense_replace = 1;
-  c.num_nextn_predict_layers = 1;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 2;
-  c.q_lora_rank = 6;
-  c.kv_lora_rank = 6;
-  c.qk_nope_head_dim = 4;
-  c.qk_rope_head_dim = 2;
-  c.v_head_dim = 4;
-  c.n_routed_experts = 4;
-  c.n_shared_experts = 1;
-  c.num_experts_per_tok = 2;
-  c.n_group = 2;
-  c.topk_group = 1;
-  c.max_position_embeddings = 64;
-  c.bos_token_id = 0;
-  c.eos_token_id = 1;
-  return c;
-}
+using testing::tiny_model_config;
 
 struct Batch {
   std::vector<int32_t> tokens, targets;
@@ -58,7 +34,7 @@ Batch make_batch(int64_t batch, int64_t seq, int64_t vocab, uint64_t seed) {
 }
 
 TEST(Transformer, WholeModelGradientsMatchFiniteDifferences) {
-  ModelConfig cfg = tiny_config();
+  ModelConfig cfg = tiny_model_config();
   Transformer<double> model(cfg);
   model.init_weights(3, 0.3);
   // Non-trivial norm weights and a selection bias, so every path is exercised.
@@ -96,7 +72,7 @@ TEST(Transformer, WholeModelGradientsMatchFiniteDifferences) {
 }
 
 TEST(Transformer, DeferredWeightGradientsEqualImmediateOnes) {
-  ModelConfig cfg = tiny_config();
+  ModelConfig cfg = tiny_model_config();
   Transformer<double> a(cfg), b(cfg);
   a.init_weights(1, 0.3);
   b.init_weights(1, 0.3);
@@ -124,7 +100,7 @@ TEST(Transformer, DeferredWeightGradientsEqualImmediateOnes) {
 }
 
 TEST(Transformer, ParameterNamesFollowHuggingFace) {
-  ModelConfig cfg = tiny_config();
+  ModelConfig cfg = tiny_model_config();
   Transformer<float> model(cfg);
   std::set<std::string> names;
   for (auto& p : model.params().all()) names.insert(p->name);
@@ -151,7 +127,7 @@ TEST(Transformer, ParameterNamesFollowHuggingFace) {
 }
 
 TEST(Transformer, BalanceBiasMovesAgainstLoad) {
-  ModelConfig cfg = tiny_config();
+  ModelConfig cfg = tiny_model_config();
   Transformer<float> model(cfg);
   model.init_weights(2, 0.5);
   Batch b = make_batch(4, 8, cfg.vocab_size, 9);
