@@ -85,13 +85,47 @@ void dequantize_weight_128x128(float* w, const uint8_t* q, const float* scales, 
 }  // namespace frugal::cpu
 
 #ifdef FRUGAL_HAVE_CUDA
+#include <cuda_bf16.h>
 namespace frugal::cuda {
 
 // Device pointers; same layouts and results as the frugal::cpu versions. Asynchronous on `stream`.
-void quantize_act_1x128(uint8_t* q, float* scales, const float* x, int64_t rows, int64_t cols,
+// T is float or __nv_bfloat16 (a bf16 input is widened exactly, then quantized as fp32).
+template <class T>
+void quantize_act_1x128(uint8_t* q, float* scales, const T* x, int64_t rows, int64_t cols,
                         bool power_of_two_scale, cudaStream_t stream);
 void quantize_weight_128x128(uint8_t* q, float* scales, const float* w, int64_t rows, int64_t cols,
                              bool power_of_two_scale, cudaStream_t stream);
+// x [rows, cols] = E4M3 value * scale (scales [ceil(cols/128)][rows]); the FP8 activation caches
+// of spec §4.4 (SwiGLU input, Linear inputs) are expanded with it in the backward.
+template <class T>
+void dequantize_act_1x128(T* x, const uint8_t* q, const float* scales, int64_t rows, int64_t cols,
+                          cudaStream_t stream);
+// Both the weight and its transpose in one pass (once per optimizer step, for Fprop and Dgrad):
+// q/scales as quantize_weight_128x128; qT [cols, rows] and scalesT [ceil(cols/128)][ceil(rows/128)]
+// are exactly their transposes (a block's amax does not depend on orientation).
+void quantize_weight_128x128_with_transpose(uint8_t* q, float* scales, uint8_t* qT, float* scalesT,
+                                            const float* w, int64_t rows, int64_t cols,
+                                            bool power_of_two_scale, cudaStream_t stream);
+// x [rows, cols] -> qT [cols, rows] quantized in 1x128 tiles along rows (the spec's 128x1 tiles
+// of x), scales [ceil(rows/128)][cols]: the Wgrad operands. Equals cpu::quantize_act_1x128 of the
+// transposed matrix, bit for bit.
+template <class T>
+void transpose_quantize_1x128(uint8_t* qT, float* scales, const T* x, int64_t rows, int64_t cols,
+                              bool power_of_two_scale, cudaStream_t stream);
+// The per-expert forms over a permuted matrix x [rows, cols] whose groups start at the device
+// offsets [groups+1] (multiples of 128, see gemm_cuda.h kFp8GroupRowAlign):
+//   quantize_act_1x128_grouped: q [rows, cols]; group g's scales at scales + offsets[g]*ceil(cols/128),
+//     laid out [ceil(cols/128)][rows_g]
+//   transpose_quantize_1x128_grouped: group g's qT_g [cols, rows_g] at qT + offsets[g]*cols, scales
+//     [rows_g/128][cols] at scales + offsets[g]/128*cols
+template <class T>
+void quantize_act_1x128_grouped(uint8_t* q, float* scales, const T* x, const int64_t* offsets,
+                                int64_t groups, int64_t rows, int64_t cols,
+                                bool power_of_two_scale, cudaStream_t stream);
+template <class T>
+void transpose_quantize_1x128_grouped(uint8_t* qT, float* scales, const T* x,
+                                      const int64_t* offsets, int64_t groups, int64_t rows,
+                                      int64_t cols, bool power_of_two_scale, cudaStream_t stream);
 
 }  // namespace frugal::cuda
 #endif
