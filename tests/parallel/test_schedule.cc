@@ -1,0 +1,181 @@
+// Pipeline schedules as data (spec §5.2): every list is complete, ordered and deadlock-free, the
+// DualPipe phases have the step counts of the spec's table, and the simulated bubbles and
+// activation peaks equal Table 2's formulas.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "parallel/schedule.h"
+#include "parallel/schedule_sim.h"
+#include "test_util.h"
+
+namespace frugal::pipeline {
+namespace {
+using testing::error_message;
+
+int count_ops(const std::vector<Step>& steps, Op op, int chunk = -1) {
+  int n = 0;
+  for (const Step& s : steps)
+    if (s.op == op && (chunk < 0 || s.work.chunk == chunk)) ++n;
+  return n;
+}
+
+double max_of(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
+
+TEST(Schedule, EveryKindIsCompleteAndDeadlockFree) {
+  for (auto kind : {ScheduleKind::OneFOneB, ScheduleKind::ZB1P}) {
+    for (int p : {1, 2, 3, 4, 8})
+      for (int c : {1, 2, 3, 5, 8, 16}) {
+        const Schedule s = build_schedule(kind, p, c);
+        ASSERT_EQ(s.ranks, p);
+        EXPECT_NO_THROW(simulate_schedule(s, {})) << schedule_kind_name(kind) << " " << p << " " << c;
+      }
+  }
+  for (int p : {2, 4, 6, 8})
+    for (int c = 2 * p; c <= 2 * p + 10; c += 2) {
+      const Schedule s = build_schedule(ScheduleKind::DualPipe, p, c);
+      ASSERT_EQ(s.ranks, p);
+      EXPECT_NO_THROW(simulate_schedule(s, {})) << "dualpipe " << p << " " << c;
+    }
+  for (int p : {2, 4, 6, 8})
+    for (int c = p; c <= p + 9; ++c) {
+      const Schedule s = build_schedule(ScheduleKind::DualPipeV, p, c);
+      ASSERT_EQ(s.ranks, p / 2);
+      EXPECT_NO_THROW(simulate_schedule(s, {})) << "dualpipev " << p << " " << c;
+    }
+}
+
+TEST(Schedule, RejectsImpossibleShapes) {
+  EXPECT_NE(error_message([] { build_schedule(ScheduleKind::DualPipe, 3, 12); }).find("even"),
+            std::string::npos);
+  EXPECT_NE(error_message([] { build_schedule(ScheduleKind::DualPipe, 4, 6); }).find("at least"),
+            std::string::npos);
+  EXPECT_NE(error_message([] { build_schedule(ScheduleKind::DualPipe, 4, 9); }).find("even"),
+            std::string::npos);
+  EXPECT_NE(error_message([] { build_schedule(ScheduleKind::DualPipeV, 4, 3); }).find("at least"),
+            std::string::npos);
+  EXPECT_NE(error_message([] { build_schedule(ScheduleKind::OneFOneB, 0, 3); }).find("stages"),
+            std::string::npos);
+  EXPECT_NE(error_message([] { parse_schedule_kind("gpipe", "train.pp_schedule"); })
+                .find("train.pp_schedule"),
+            std::string::npos);
+}
+
+// Spec §5.2's table of per-rank phase counts, read back from the lists: overlapped pairs (phase 4
+// and the F1&B0 of phase 5) and the forwards/backwards that are not overlapped.
+TEST(Schedule, DualPipePhaseCountsMatchTheSpecTable) {
+  for (auto kind : {ScheduleKind::DualPipe, ScheduleKind::DualPipeV})
+    for (int p : {2, 4, 8})
+      for (int extra : {0, 2, 6}) {
+        const int c = (kind == ScheduleKind::DualPipe ? 2 * p : p) + extra;
+        const Schedule s = build_schedule(kind, p, c);
+        const int n = kind == ScheduleKind::DualPipe ? p / 2 : s.ranks;
+        const int per_chunk = kind == ScheduleKind::DualPipe ? c / 2 : c;
+        for (int r = 0; r < s.ranks; ++r) {
+          const int h = kind == ScheduleKind::DualPipe ? std::min(r, p - 1 - r) : r;
+          const auto& steps = s.steps[r];
+          const bool middle = h == n - 1;
+          const int phase4 = per_chunk - 2 * n + h + 1;
+          const int overlapped = 2 * phase4 - (middle ? 1 : 0) + (n - h - 1);  // phases 4 and 5
+          EXPECT_EQ(count_ops(steps, Op::ForwardBackward), overlapped) << "rank " << r;
+          // F0 alone: phase 1 + phase 2 (+ the middle rank's first phase-4 F0).
+          EXPECT_EQ(count_ops(steps, Op::Forward, 0), 2 * (n - h - 1) + h + 1 + (middle ? 1 : 0))
+              << "rank " << r;
+          // F1 alone: phases 2 and 3.
+          EXPECT_EQ(count_ops(steps, Op::Forward, 1), h + 1 + n - h - 1) << "rank " << r;
+          // Every chunk does all its micro-batches once.
+          int f[2] = {0, 0}, b[2] = {0, 0};
+          for (const Step& st : steps) {
+            if (st.op == Op::Forward || st.op == Op::ForwardBackward) ++f[st.work.chunk];
+            if (st.op == Op::BackwardInput) ++b[st.work.chunk];
+            if (st.op == Op::ForwardBackward) ++b[st.other.chunk];
+          }
+          for (int ch = 0; ch < 2; ++ch) {
+            EXPECT_EQ(f[ch], per_chunk);
+            EXPECT_EQ(b[ch], per_chunk);
+          }
+        }
+      }
+}
+
+// Table 2 with uniform stage times: 1F1B's simulated idle time per rank equals (PP-1)(F+B)
+// exactly. ZB1P (W deferred in the cool-down) must beat it; DualPipe/DualPipeV must beat ZB1P and
+// keep a bubble that does not grow with the micro-batch count. The simulated DualPipe figures sit
+// within one F&B of Table 2's (PP/2-1)(F&B+B-3W) (the reference's middle ranks idle a little more
+// than its edge ranks); the ZB-H1 figure (PP-1)(F+B-2W) is not reached by this ZB1P list yet.
+TEST(Schedule, BubblesAgainstTable2) {
+  const double F = 2, b = 1.5, W = 1, FB = 3.5;  // B = b + W = 2.5, FB < F + B
+  StepCosts costs{F, b, W, FB, 0};
+  for (int p : {2, 4, 8}) {
+    double dual_bubble[2] = {-1, -1};
+    for (int c : {2 * p, 3 * p, 4 * p}) {
+      const auto one = simulate_schedule(build_schedule(ScheduleKind::OneFOneB, p, c), costs);
+      const auto zb = simulate_schedule(build_schedule(ScheduleKind::ZB1P, p, c), costs);
+      const auto dp = simulate_schedule(build_schedule(ScheduleKind::DualPipe, p, c), costs);
+      const auto dv = simulate_schedule(build_schedule(ScheduleKind::DualPipeV, p, c), costs);
+      const double formula_1f1b = table2_bubble(ScheduleKind::OneFOneB, p, F, b + W, W, FB);
+      const double formula_dual = table2_bubble(ScheduleKind::DualPipe, p, F, b + W, W, FB);
+      for (double idle : one.idle) EXPECT_NEAR(idle, formula_1f1b, 1e-9) << "1f1b p=" << p;
+      if (p > 1) EXPECT_LT(max_of(zb.idle), max_of(one.idle)) << "zb1p p=" << p;
+      if (p > 2) EXPECT_LT(max_of(dp.idle), max_of(zb.idle)) << "dualpipe p=" << p;
+      EXPECT_LE(std::abs(max_of(dp.idle) - formula_dual), FB) << "dualpipe p=" << p;
+      EXPECT_LE(std::abs(max_of(dv.idle) - formula_dual), FB) << "dualpipev p=" << p;
+      if (dual_bubble[0] < 0) {
+        dual_bubble[0] = max_of(dp.idle);
+        dual_bubble[1] = max_of(dv.idle);
+      }
+      EXPECT_DOUBLE_EQ(max_of(dp.idle), dual_bubble[0]) << "dualpipe bubble grows with c=" << c;
+      EXPECT_DOUBLE_EQ(max_of(dv.idle), dual_bubble[1]) << "dualpipev bubble grows with c=" << c;
+      std::printf("PP=%d C=%d idle (max over ranks): 1f1b %.2f (table 2: %.2f)  zb1p %.2f (%.2f)  "
+                  "dualpipe %.2f  dualpipev %.2f (%.2f)\n",
+                  p, c, max_of(one.idle), formula_1f1b, max_of(zb.idle),
+                  table2_bubble(ScheduleKind::ZB1P, p, F, b + W, W, FB), max_of(dp.idle),
+                  max_of(dv.idle), formula_dual);
+    }
+  }
+}
+
+// Table 2's activation column: 1F1B/ZB1P hold at most PP micro-batches, DualPipe PP+1 (counted in
+// stage chunks).
+TEST(Schedule, ActivationPeaksMatchTable2) {
+  for (int p : {2, 4, 8}) {
+    const int c = 3 * p;
+    for (auto kind : {ScheduleKind::OneFOneB, ScheduleKind::ZB1P}) {
+      const auto r = simulate_schedule(build_schedule(kind, p, c), {});
+      EXPECT_EQ(*std::max_element(r.peak_activations.begin(), r.peak_activations.end()), p);
+    }
+    for (auto kind : {ScheduleKind::DualPipe, ScheduleKind::DualPipeV}) {
+      const auto r = simulate_schedule(build_schedule(kind, p, c + c % 2), {});
+      EXPECT_LE(*std::max_element(r.peak_activations.begin(), r.peak_activations.end()), p + 1)
+          << schedule_kind_name(kind) << " p=" << p;
+      std::printf("%s p=%d peak activations:", schedule_kind_name(kind), p);
+      for (int a : r.peak_activations) std::printf(" %d", a);
+      std::printf("\n");
+    }
+  }
+}
+
+// The simulator itself catches broken lists.
+TEST(Schedule, SimulatorRejectsBrokenLists) {
+  Schedule s = build_schedule(ScheduleKind::OneFOneB, 2, 2);
+  Schedule missing_recv = s;
+  auto& r1 = missing_recv.steps[1];
+  r1.erase(std::find_if(r1.begin(), r1.end(), [](const Step& st) { return st.op == Op::RecvForward; }));
+  EXPECT_NE(error_message([&] { simulate_schedule(missing_recv, {}); }).find("without receiving its input"),
+            std::string::npos);
+  Schedule dropped_w = s;
+  auto& r0 = dropped_w.steps[0];
+  r0.erase(std::find_if(r0.begin(), r0.end(), [](const Step& st) { return st.op == Op::BackwardWeight; }));
+  EXPECT_NE(error_message([&] { simulate_schedule(dropped_w, {}); }).find("never runs its W"),
+            std::string::npos);
+  Schedule swapped = s;
+  auto& r1b = swapped.steps[1];
+  auto f = std::find_if(r1b.begin(), r1b.end(), [](const Step& st) { return st.op == Op::Forward; });
+  auto b = std::find_if(r1b.begin(), r1b.end(), [](const Step& st) { return st.op == Op::BackwardInput; });
+  std::iter_swap(f, b);
+  EXPECT_NE(error_message([&] { simulate_schedule(swapped, {}); }).find("B before its F"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace frugal::pipeline
