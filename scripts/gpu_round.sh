@@ -94,6 +94,23 @@ for program in "$build_dir"/test_*_cuda; do
   [ "${PIPESTATUS[0]}" -eq 0 ] || timing_rc=1
 done
 
+section "benchmarks (bench/*_cuda and the GPU training step)"
+bench_rc=0
+if [ "${FRUGAL_SKIP_BENCH:-0}" != 1 ]; then
+  for program in "$build_dir"/bench_*_cuda; do
+    [ -x "$program" ] || continue
+    name=$(basename "$program")
+    timeout 300 "$program" "$out_dir/$name.json" 2>&1 | tee "$out_dir/$name.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || bench_rc=1
+  done
+  # Reference systems measured in the same run (PyTorch/transformers on this machine).
+  if [ "${FRUGAL_TORCH:-0}" = 1 ]; then
+    for script in tools/bench_sdpa_torch.py; do
+      [ -f "$script" ] && timeout 300 python3 "$script" 2>&1 | tee "$out_dir/$(basename "$script" .py).log"
+    done
+  fi
+fi
+
 section "summary"
 {
   echo "per-op checks (CUDA vs CPU reference; fp32: max |gpu-cpu| / max |cpu| <= 1e-5; fp8: bit-identical)"
@@ -115,6 +132,7 @@ section "summary"
   echo
   echo "ctest -L cuda: $(grep -E 'tests passed|tests failed' "$out_dir/ctest.log" | tail -1) (exit $ctest_rc)"
   echo "timing run exit: $timing_rc"
+  echo "benchmarks exit: $bench_rc"
 } | tee "$out_dir/summary.txt"
 
 [ "$ctest_rc" -eq 0 ] && [ "$timing_rc" -eq 0 ]
