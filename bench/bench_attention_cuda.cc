@@ -44,8 +44,9 @@ std::vector<T> random_values(int64_t count, uint64_t seed) {
     if constexpr (std::is_same_v<T, float>) {
       value = x;
     } else {
-      const uint16_t bits = float_to_bf16_bits(x);
-      std::memcpy(&value, &bits, sizeof(bits));
+      __nv_bfloat16_raw raw;
+      raw.x = float_to_bf16_bits(x);
+      value = T(raw);
     }
   }
   return values;

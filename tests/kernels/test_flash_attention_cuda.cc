@@ -81,17 +81,12 @@ float from_float<float>(float x) {
 }
 template <>
 bf16 from_float<bf16>(float x) {
-  const uint16_t bits = float_to_bf16_bits(x);
-  bf16 value;
-  std::memcpy(&value, &bits, sizeof(bits));
-  return value;
+  __nv_bfloat16_raw raw;
+  raw.x = float_to_bf16_bits(x);
+  return bf16(raw);
 }
 double to_double(float x) { return x; }
-double to_double(bf16 x) {
-  uint16_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  return bf16_bits_to_float(bits);
-}
+double to_double(bf16 x) { return bf16_bits_to_float(static_cast<__nv_bfloat16_raw>(x).x); }
 
 template <class T>
 std::vector<T> convert(const std::vector<float>& x) {
