@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(kDkdvThreads, 2)
         for (int e = 0; e < 4; ++e) {
           const int column = nt * 8 + 2 * pair + (e & 1);
           const int query = query0 + column;
-          float p = exp2f(fmaf(st[nt][e], scale_log2, -lse_tile[column] * kLog2e));
+          float p = fast_exp2(fmaf(st[nt][e], scale_log2, -lse_tile[column] * kLog2e));
           if (need_mask && (query < row_key[e >> 1] || query >= seq)) p = 0.0f;
           st[nt][e] = p;
           dpt[nt][e] = p * (dpt[nt][e] - delta_tile[column]);
@@ -341,7 +341,7 @@ __global__ void __launch_bounds__(kDqThreads, 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = key0 + nt * 8 + 2 * pair + (e & 1);
-          float p = exp2f(fmaf(s[nt][e], scale_log2, -row_lse_log2[e >> 1]));
+          float p = fast_exp2(fmaf(s[nt][e], scale_log2, -row_lse_log2[e >> 1]));
           if (need_mask && key > row_query[e >> 1]) p = 0.0f;
           s[nt][e] = p * (dp[nt][e] - row_delta[e >> 1]);
         }

@@ -67,6 +67,14 @@ __device__ inline void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x on the special-function unit, subnormal results flushed to zero (exp2f adds a rescale for
+// them; probabilities below 2^-126 do not matter in bf16). 2^-inf = 0.
+__device__ inline float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Two floats as a bf16 pair (round to nearest even); `low` goes to the lower 16 bits, the
 // element with the smaller column index in a fragment.
 __device__ inline uint32_t pack_bf16(float low, float high) {

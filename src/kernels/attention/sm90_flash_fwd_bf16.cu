@@ -138,7 +138,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         block_max = fmaxf(block_max, __shfl_xor_sync(0xFFFFFFFFu, block_max, 2));
         // A row with no key yet (max -inf) keeps p = 0 and its zero sums; no inf - inf.
         const float base = block_max == -INFINITY ? 0.0f : block_max * scale_log2;
-        const float correction = exp2f(row_max[r] * scale_log2 - base);
+        const float correction = fast_exp2(row_max[r] * scale_log2 - base);
         row_max[r] = block_max;
         row_sum[r] *= correction;
 #pragma unroll
@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int nt = 0; nt < kKeys / 8; ++nt)
 #pragma unroll
           for (int e = 2 * r; e < 2 * r + 2; ++e) {
-            const float p = exp2f(fmaf(s[nt][e], scale_log2, -base));
+            const float p = fast_exp2(fmaf(s[nt][e], scale_log2, -base));
             s[nt][e] = p;
             row_sum[r] += p;
           }
