@@ -211,6 +211,7 @@ void expect_close(const std::string& path, const Case& c, const char* tensor, La
   }
   std::printf("CHECK | %-10s | %-28s | %-4s | max rel err %9.2e | %s | %s\n", path.c_str(),
               c.text().c_str(), tensor, max_error, where.c_str(), ok ? "ok" : "FAIL");
+  std::fflush(stdout);
   EXPECT_EQ(not_finite, 0) << path << " " << c.text() << " " << tensor << ": " << not_finite
                            << " elements unwritten or not finite, the first at "
                            << element_text(c, layout, dim, first_not_finite);
@@ -311,6 +312,7 @@ void FlashAttentionCuda::run_case(const Case& c, const std::string& path, Tolera
                     bitwise_equal(dv, dv_d.download());
   std::printf("CHECK | %-10s | %-28s | determinism (two runs bitwise equal) | %s\n", path.c_str(),
               c.text().c_str(), same ? "ok" : "FAIL");
+  std::fflush(stdout);
   EXPECT_TRUE(same) << path << " " << c.text() << ": dq/dk/dv differ between two runs";
 }
 
