@@ -2,7 +2,8 @@
 // poisoned (0xFF bytes: NaN) wherever beta == 0 and every element outside the written region
 // (ldc padding, batch gaps, other groups) checked to keep its bytes.
 //   gemm (F32): all four transposes, odd shapes, alpha/beta, padded leading dimensions, pointers
-//     off 16-byte boundaries; error max|gpu - ref| / max|ref| <= 1e-5 against fp64 cpu::gemm_strided.
+//     off 16-byte boundaries; error max|gpu - ref| / max|ref| <= 1e-5 against fp64
+//     cpu::gemm_strided.
 //   gemm (BF16 inputs, rounded on the host): F32 output <= 1e-4, BF16 output <= 1e-2 against fp64
 //     on the rounded values. F32 inputs with a BF16 output are refused. K == 0 gives beta * C.
 //   gemm_batched: per-matrix fp64 references, gaps between matrices untouched.
@@ -93,14 +94,20 @@ std::vector<float> transpose(const std::vector<float>& x, int64_t rows, int64_t 
   return t;
 }
 
-size_t bytes_of(DataType type) { return type == DataType::F32 ? 4 : 2; }
-const char* name_of(DataType type) { return type == DataType::F32 ? "F32" : "BF16"; }
+size_t bytes_of(DataType type) {
+  return type == DataType::F32 ? 4 : 2;
+}
+const char* name_of(DataType type) {
+  return type == DataType::F32 ? "F32" : "BF16";
+}
 
 // `count` F32 or BF16 elements on the device, `offset` elements past a 256-byte aligned base.
 class DeviceMatrix {
  public:
   DeviceMatrix(DataType type, int64_t count, int64_t offset = 0)
-      : type_(type), count_(count), offset_(offset),
+      : type_(type),
+        count_(count),
+        offset_(offset),
         buffer_(static_cast<size_t>((count + offset + 1) * bytes_of(type))) {}
   void* get() { return buffer_.data() + offset_ * bytes_of(type_); }
   void upload(const std::vector<float>& values) {
@@ -151,10 +158,10 @@ struct Region {
 
 // Compares gpu and ref over the regions; error = max|gpu - ref| / max|ref| (ref's max over the
 // regions). Prints one CHECK line; outside the regions the bytes must equal `before`.
-void expect_close(const std::string& what, const std::string& shape,
-                  const std::vector<float>& gpu, const std::vector<double>& ref,
-                  const std::vector<Region>& regions, double tolerance, DataType type,
-                  const std::vector<uint8_t>& before, const std::vector<uint8_t>& after) {
+void expect_close(const std::string& what, const std::string& shape, const std::vector<float>& gpu,
+                  const std::vector<double>& ref, const std::vector<Region>& regions,
+                  double tolerance, DataType type, const std::vector<uint8_t>& before,
+                  const std::vector<uint8_t>& after) {
   ASSERT_EQ(gpu.size(), ref.size());
   double max_ref = 0, max_abs = 0;
   int64_t worst = -1, not_finite = 0, touched = 0;
@@ -186,10 +193,11 @@ void expect_close(const std::string& what, const std::string& shape,
   std::printf("CHECK | %-34s | %-40s | abs %9.2e | rel %9.2e (tol %.0e) | %s\n", what.c_str(),
               shape.c_str(), max_abs, rel, tolerance, ok ? "ok" : "FAIL");
   if (!ok && worst >= 0)
-    std::printf("      worst element %lld: gpu %.9g ref %.9g (max |ref| %.6g); %lld not finite, "
-                "%lld outside the output changed\n",
-                static_cast<long long>(worst), gpu[worst], ref[worst], max_ref,
-                static_cast<long long>(not_finite), static_cast<long long>(touched));
+    std::printf(
+        "      worst element %lld: gpu %.9g ref %.9g (max |ref| %.6g); %lld not finite, "
+        "%lld outside the output changed\n",
+        static_cast<long long>(worst), gpu[worst], ref[worst], max_ref,
+        static_cast<long long>(not_finite), static_cast<long long>(touched));
   EXPECT_EQ(not_finite, 0) << what << " " << shape << ": outputs left unwritten or not finite";
   EXPECT_EQ(touched, 0) << what << " " << shape << ": elements outside the output changed";
   EXPECT_LE(rel, tolerance) << what << " " << shape;
@@ -223,10 +231,10 @@ struct DenseCase {
 
 std::string dense_text(const DenseCase& c, int64_t batch) {
   char text[160];
-  std::snprintf(text, sizeof text, "%s%s %lldx%lldx%lld a%.2g b%.2g%s%s%s",
-                c.trans_a ? "T" : "N", c.trans_b ? "T" : "N", static_cast<long long>(c.m),
-                static_cast<long long>(c.n), static_cast<long long>(c.k), c.alpha, c.beta,
-                c.pad > 0 ? " ld+pad" : "", c.misaligned ? " +1el" : "",
+  std::snprintf(text, sizeof text, "%s%s %lldx%lldx%lld a%.2g b%.2g%s%s%s", c.trans_a ? "T" : "N",
+                c.trans_b ? "T" : "N", static_cast<long long>(c.m), static_cast<long long>(c.n),
+                static_cast<long long>(c.k), c.alpha, c.beta, c.pad > 0 ? " ld+pad" : "",
+                c.misaligned ? " +1el" : "",
                 batch > 1 ? (" batch" + std::to_string(batch)).c_str() : "");
   return text;
 }
@@ -260,18 +268,18 @@ void check_dense(cuda::BlasHandle& blas, cudaStream_t stream, DataType ab, DataT
     cuda::gemm(blas, c.trans_a, c.trans_b, c.m, c.n, c.k, c.alpha, a_d.get(), lda, b_d.get(), ldb,
                ab, c.beta, c_d.get(), ldc, ct, stream);
   else
-    cuda::gemm_batched(blas, c.trans_a, c.trans_b, c.m, c.n, c.k, c.alpha, a_d.get(), lda,
-                       stride_a, b_d.get(), ldb, stride_b, ab, c.beta, c_d.get(), ldc, stride_c,
-                       ct, batch, stream);
+    cuda::gemm_batched(blas, c.trans_a, c.trans_b, c.m, c.n, c.k, c.alpha, a_d.get(), lda, stride_a,
+                       b_d.get(), ldb, stride_b, ab, c.beta, c_d.get(), ldc, stride_c, ct, batch,
+                       stream);
   FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
 
   std::vector<double> ad(a.begin(), a.end()), bd(b.begin(), b.end()), ref(c0.begin(), c0.end());
   for (int64_t i = 0; i < batch; ++i)
-    cpu::gemm_strided<double>(c.trans_a, c.trans_b, c.m, c.n, c.k, c.alpha, ad.data() + i * stride_a,
-                              lda, bd.data() + i * stride_b, ldb, c.beta,
+    cpu::gemm_strided<double>(c.trans_a, c.trans_b, c.m, c.n, c.k, c.alpha,
+                              ad.data() + i * stride_a, lda, bd.data() + i * stride_b, ldb, c.beta,
                               ref.data() + i * stride_c, ldc);
-  const std::string what = std::string(batch > 1 ? "gemm_batched " : "gemm ") + name_of(ab) +
-                           "->" + name_of(ct);
+  const std::string what =
+      std::string(batch > 1 ? "gemm_batched " : "gemm ") + name_of(ab) + "->" + name_of(ct);
   expect_close(what, shape, c_d.download(), ref, {{0, batch, c.m, c.n, ldc, stride_c}}, tolerance,
                ct, before, c_d.bytes());
 }
@@ -359,7 +367,8 @@ TEST_F(GemmCuda, RepeatedCallsReusePlansAndGiveIdenticalBits) {
   EXPECT_EQ(blas_.impl().plan_count(), plans + 1) << "another shape needs its own plan";
 }
 
-// ---- FP8 ------------------------------------------------------------------------------------------
+// ---- FP8
+// ------------------------------------------------------------------------------------------
 
 struct Fp8Host {
   std::vector<uint8_t> codes;
@@ -418,8 +427,9 @@ void check_fp8(cuda::BlasHandle& blas, cudaStream_t stream, const std::string& w
   cpu::gemm_fp8_nt_emulated(m, n, k, a.codes.data(), a.scales.data(), b.codes.data(),
                             b.scales.data(), b_blocks, beta, ref.data(), ldc);
   expect_close(what, shape, c_d.download(), std::vector<double>(ref.begin(), ref.end()),
-               {{0, 1, m, n, ldc, 0}}, ct == DataType::F32 ? kFp8F32OutTolerance : kBf16OutTolerance,
-               ct, before, c_d.bytes());
+               {{0, 1, m, n, ldc, 0}},
+               ct == DataType::F32 ? kFp8F32OutTolerance : kBf16OutTolerance, ct, before,
+               c_d.bytes());
 }
 
 struct LinearShape {
@@ -427,9 +437,8 @@ struct LinearShape {
 };
 
 TEST_F(GemmCuda, Fp8LinearFpropDgradWgradMatchEmulation) {
-  const LinearShape shapes[] = {{128, 128, 128}, {256, 384, 512}, {64, 208, 384},
-                                {144, 272, 320}, {48, 96, 640},   {512, 1024, 1024},
-                                {32, 128, 2816}};
+  const LinearShape shapes[] = {{128, 128, 128}, {256, 384, 512},   {64, 208, 384}, {144, 272, 320},
+                                {48, 96, 640},   {512, 1024, 1024}, {32, 128, 2816}};
   int index = 0;
   for (const LinearShape& s : shapes) {
     const bool pow2 = (index++ % 2) == 0;
@@ -533,9 +542,10 @@ TEST_F(GemmCuda, ProbeBlockScaleLayoutOfCublasLt) {
                     DataType::F32, stream_);
   sync();
   const double padded_error = error_of(y.download());
-  std::printf("PROBE | BLK128x128 scales, K=384 (3 K blocks), N=256 | compact ld=3: status %s, "
-              "rel err %9.2e | padded ld=4 (library): rel err %9.2e\n",
-              cublasLtGetStatusName(status), compact_error, padded_error);
+  std::printf(
+      "PROBE | BLK128x128 scales, K=384 (3 K blocks), N=256 | compact ld=3: status %s, "
+      "rel err %9.2e | padded ld=4 (library): rel err %9.2e\n",
+      cublasLtGetStatusName(status), compact_error, padded_error);
   EXPECT_LE(padded_error, kFp8F32OutTolerance) << "the padded block-scale layout is wrong";
   EXPECT_GT(compact_error, 1e-2) << "cuBLASLt read compact block scales correctly: the padding "
                                     "in gemm_fp8_cublaslt.cc is not what makes it right";
@@ -571,8 +581,9 @@ void check_grouped(cuda::BlasHandle& blas, cudaStream_t stream, DataType ab, Dat
   w_d.upload(w);
   const std::vector<double> xd(x.begin(), x.end()), dyd(dy.begin(), dy.end()),
       wd(w.begin(), w.end());
-  const double tolerance = ct == DataType::BF16 ? kBf16OutTolerance
-                           : ab == DataType::BF16 ? kBf16InF32OutTolerance : kF32Tolerance;
+  const double tolerance = ct == DataType::BF16   ? kBf16OutTolerance
+                           : ab == DataType::BF16 ? kBf16InF32OutTolerance
+                                                  : kF32Tolerance;
   const std::string types = std::string(name_of(ab)) + "->" + name_of(ct);
 
   // nt: y_g = x_g W_g^T     nn: dx_g = dy_g W_g
@@ -582,8 +593,8 @@ void check_grouped(cuda::BlasHandle& blas, cudaStream_t stream, DataType ab, Dat
     out.poison();
     const std::vector<uint8_t> before = out.bytes();
     if (op == 0)
-      cuda::grouped_gemm_nt(blas, groups, off.data(), n, k, x_d.get(), w_d.get(), ab, out.get(),
-                            ct, stream);
+      cuda::grouped_gemm_nt(blas, groups, off.data(), n, k, x_d.get(), w_d.get(), ab, out.get(), ct,
+                            stream);
     else
       cuda::grouped_gemm_nn(blas, groups, off.data(), n, k, dy_d.get(), w_d.get(), ab, out.get(),
                             ct, stream);

@@ -60,7 +60,7 @@ TEST(GemmFp8Cpu, HandComputedBlockScaledWeights) {
 TEST(GemmFp8Cpu, HandComputedTileScaledB) {
   HandCase hand;
   const std::vector<float> b_scales{4.0f, 1.0f, 4.0f, 8.0f, 8.0f, 2.0f};  // [2 tiles][3 rows]
-  std::vector<float> c(HandCase::m * HandCase::n, std::nanf(""));        // beta 0 ignores NaN
+  std::vector<float> c(HandCase::m * HandCase::n, std::nanf(""));         // beta 0 ignores NaN
   cpu::gemm_fp8_nt_emulated(HandCase::m, HandCase::n, HandCase::k, hand.a.data(),
                             hand.a_scales.data(), hand.b.data(), b_scales.data(), false, 0.0f,
                             c.data(), HandCase::n);
@@ -89,8 +89,8 @@ TEST(GemmFp8Cpu, BlockAndEqualTileScalesAgreeBitForBit) {
   for (int64_t kb = 0; kb < 3; ++kb)
     for (int64_t j = 0; j < n; ++j) tile_scales[kb * n + j] = block_scales[(j / 128) * 3 + kb];
   std::vector<float> c_block(m * n), c_tile(m * n);
-  cpu::gemm_fp8_nt_emulated(m, n, k, a.data(), a_scales.data(), b.data(), block_scales.data(),
-                            true, 0.0f, c_block.data(), n);
+  cpu::gemm_fp8_nt_emulated(m, n, k, a.data(), a_scales.data(), b.data(), block_scales.data(), true,
+                            0.0f, c_block.data(), n);
   cpu::gemm_fp8_nt_emulated(m, n, k, a.data(), a_scales.data(), b.data(), tile_scales.data(), false,
                             0.0f, c_tile.data(), n);
   for (int64_t i = 0; i < m * n; ++i) ASSERT_EQ(c_block[i], c_tile[i]) << i;
@@ -121,7 +121,8 @@ TEST(GemmFp8Cpu, QuantizedProductStaysWithinFp8ErrorOfTheExactOne) {
     max_err = std::max(max_err, std::fabs(exact[i] - c[i]));
   }
   // E4M3 keeps 3 mantissa bits (<= 6.25% per value, about 3.4% rms per product), and the rounding
-  // errors of 384 products partly cancel: about 4% of max |C| here. A misplaced scale is a factor 2+.
+  // errors of 384 products partly cancel: about 4% of max |C| here. A misplaced scale is a factor
+  // 2+.
   EXPECT_LT(max_err / max_ref, 8e-2) << "max |err| " << max_err << " max |ref| " << max_ref;
   EXPECT_GT(max_err, 0.0);  // it is an approximation, not the fp64 product itself
 }

@@ -29,27 +29,37 @@ namespace gemm_detail {
 
 size_t element_bytes(cudaDataType_t type) {
   switch (type) {
-    case CUDA_R_32F: return 4;
-    case CUDA_R_16BF: return 2;
-    case CUDA_R_8F_E4M3: return 1;
-    default: fail("cuBLASLt GEMM: unexpected data type {}", static_cast<int>(type));
+    case CUDA_R_32F:
+      return 4;
+    case CUDA_R_16BF:
+      return 2;
+    case CUDA_R_8F_E4M3:
+      return 1;
+    default:
+      fail("cuBLASLt GEMM: unexpected data type {}", static_cast<int>(type));
   }
 }
 
 cudaDataType_t to_cuda_type(DataType type) {
   switch (type) {
-    case DataType::F32: return CUDA_R_32F;
-    case DataType::BF16: return CUDA_R_16BF;
-    case DataType::E4M3: return CUDA_R_8F_E4M3;
+    case DataType::F32:
+      return CUDA_R_32F;
+    case DataType::BF16:
+      return CUDA_R_16BF;
+    case DataType::E4M3:
+      return CUDA_R_8F_E4M3;
   }
   fail("cuBLASLt GEMM: unknown DataType {}", static_cast<int>(type));
 }
 
 const char* type_name(DataType type) {
   switch (type) {
-    case DataType::F32: return "F32";
-    case DataType::BF16: return "BF16";
-    case DataType::E4M3: return "E4M3";
+    case DataType::F32:
+      return "F32";
+    case DataType::BF16:
+      return "BF16";
+    case DataType::E4M3:
+      return "E4M3";
   }
   return "?";
 }
@@ -60,19 +70,27 @@ namespace {
 
 const char* cuda_type_name(cudaDataType_t type) {
   switch (type) {
-    case CUDA_R_32F: return "F32";
-    case CUDA_R_16BF: return "BF16";
-    case CUDA_R_8F_E4M3: return "E4M3";
-    default: return "?";
+    case CUDA_R_32F:
+      return "F32";
+    case CUDA_R_16BF:
+      return "BF16";
+    case CUDA_R_8F_E4M3:
+      return "E4M3";
+    default:
+      return "?";
   }
 }
 
 const char* scale_mode_name(int mode) {
   switch (mode) {
-    case gemm_detail::kNoScaling: return "none";
-    case CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F: return "VEC128_32F";
-    case CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F: return "BLK128x128_32F";
-    default: return "?";
+    case gemm_detail::kNoScaling:
+      return "none";
+    case CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F:
+      return "VEC128_32F";
+    case CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F:
+      return "BLK128x128_32F";
+    default:
+      return "?";
   }
 }
 
@@ -250,10 +268,10 @@ std::unique_ptr<MatmulPlan> create_plan(cublasLtHandle_t handle, size_t workspac
 
   cublasLtMatmulHeuristicResult_t result{};
   int returned = 0;
-  check_status(cublasLtMatmulAlgoGetHeuristic(handle, &plan->desc, &layouts.a, &layouts.b,
-                                              &layouts.c, &layouts.c, preference.get(), 1, &result,
-                                              &returned),
-               "cublasLtMatmulAlgoGetHeuristic", what, call);
+  check_status(
+      cublasLtMatmulAlgoGetHeuristic(handle, &plan->desc, &layouts.a, &layouts.b, &layouts.c,
+                                     &layouts.c, preference.get(), 1, &result, &returned),
+      "cublasLtMatmulAlgoGetHeuristic", what, call);
   FRUGAL_CHECK(returned > 0,
                "{}: cuBLASLt has no algorithm for this GEMM (alignments A={} B={} C={} bytes); {}",
                what, align_a, align_b, align_c, describe(call));
@@ -349,8 +367,8 @@ void BlasHandle::Impl::run(const MatmulCall& call, VaryingDim varying, cudaStrea
   }
   const float alpha = call.alpha, beta = call.beta;
   check_status(cublasLtMatmul(handle, &plan->desc, &alpha, call.a, &layouts.a, call.b, &layouts.b,
-                              &beta, call.c, &layouts.c, call.c, &layouts.c, &plan->algo,
-                              workspace, workspace_bytes, stream),
+                              &beta, call.c, &layouts.c, call.c, &layouts.c, &plan->algo, workspace,
+                              workspace_bytes, stream),
                "cublasLtMatmul", what, call);
 }
 
@@ -358,7 +376,9 @@ void BlasHandle::Impl::run(const MatmulCall& call, VaryingDim varying, cudaStrea
 
 namespace {
 
-size_t bytes_of(DataType type) { return gemm_detail::element_bytes(gemm_detail::to_cuda_type(type)); }
+size_t bytes_of(DataType type) {
+  return gemm_detail::element_bytes(gemm_detail::to_cuda_type(type));
+}
 
 // Row-major C[M,N] = alpha op(A) op(B) + beta C for `batch` matrices (see gemm_cuda.h).
 void dense_gemm(BlasHandle& blas, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
@@ -426,7 +446,7 @@ char* offset_ptr(void* base, int64_t elements, DataType type) {
 }  // namespace
 
 void gemm_detail::check_group_offsets(const char* what, int64_t groups, const int64_t* host_offsets,
-                         int64_t row_align) {
+                                      int64_t row_align) {
   FRUGAL_CHECK(groups >= 0, "{}: negative group count {}", what, groups);
   if (groups == 0) return;
   FRUGAL_CHECK(host_offsets != nullptr, "{}: host_offsets is null", what);
@@ -445,15 +465,14 @@ void gemm_detail::check_group_offsets(const char* what, int64_t groups, const in
 void gemm(BlasHandle& blas, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
           float alpha, const void* a, int64_t lda, const void* b, int64_t ldb, DataType ab_type,
           float beta, void* c, int64_t ldc, DataType c_type, cudaStream_t stream) {
-  dense_gemm(blas, trans_a, trans_b, m, n, k, alpha, a, lda, 0, b, ldb, 0, ab_type, beta, c, ldc,
-             0, c_type, 1, VaryingDim::None, stream, "gemm");
+  dense_gemm(blas, trans_a, trans_b, m, n, k, alpha, a, lda, 0, b, ldb, 0, ab_type, beta, c, ldc, 0,
+             c_type, 1, VaryingDim::None, stream, "gemm");
 }
 
 void gemm_batched(BlasHandle& blas, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                   float alpha, const void* a, int64_t lda, int64_t stride_a, const void* b,
-                  int64_t ldb, int64_t stride_b, DataType ab_type, float beta, void* c,
-                  int64_t ldc, int64_t stride_c, DataType c_type, int64_t batch,
-                  cudaStream_t stream) {
+                  int64_t ldb, int64_t stride_b, DataType ab_type, float beta, void* c, int64_t ldc,
+                  int64_t stride_c, DataType c_type, int64_t batch, cudaStream_t stream) {
   dense_gemm(blas, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, ab_type,
              beta, c, ldc, stride_c, c_type, batch, VaryingDim::None, stream, "gemm_batched");
 }

@@ -5,8 +5,8 @@
 // dimension ld is the column-major matrix X^T [c, r] with the same ld. So the row-major product
 //   C[M,N] = op(A)[M,K] · op(B)[K,N]
 // is computed as the column-major product C^T[N,M] = op(B)^T · op(A)^T, i.e. one cuBLASLt call with
-// its matrix "A" = our B, its "B" = our A, m = N, n = M, and transposes swapped (trans of cuBLASLt's
-// A = trans_b, of its B = trans_a). No layout-order attributes are used.
+// its matrix "A" = our B, its "B" = our A, m = N, n = M, and transposes swapped (trans of
+// cuBLASLt's A = trans_b, of its B = trans_a). No layout-order attributes are used.
 //
 // FP8 (gemm_fp8_nt, C = A · B^T): cuBLASLt's A = our B [N,K] read with TRANSA=T (128x128 blocks or
 // 1x128 tiles), cuBLASLt's B = our A [M,K] read with TRANSB=N (1x128 tiles), D column-major [N,M] =

@@ -14,8 +14,8 @@
 
 namespace frugal::cpu {
 
-void gemm_fp8_nt_emulated(int64_t m, int64_t n, int64_t k, const uint8_t* a,
-                          const float* a_scales, const uint8_t* b, const float* b_scales,
-                          bool b_block_scaled, float beta, float* c, int64_t ldc);
+void gemm_fp8_nt_emulated(int64_t m, int64_t n, int64_t k, const uint8_t* a, const float* a_scales,
+                          const uint8_t* b, const float* b_scales, bool b_block_scaled, float beta,
+                          float* c, int64_t ldc);
 
 }  // namespace frugal::cpu

@@ -7,9 +7,9 @@
 
 namespace frugal::cpu {
 
-void gemm_fp8_nt_emulated(int64_t m, int64_t n, int64_t k, const uint8_t* a,
-                          const float* a_scales, const uint8_t* b, const float* b_scales,
-                          bool b_block_scaled, float beta, float* c, int64_t ldc) {
+void gemm_fp8_nt_emulated(int64_t m, int64_t n, int64_t k, const uint8_t* a, const float* a_scales,
+                          const uint8_t* b, const float* b_scales, bool b_block_scaled, float beta,
+                          float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   std::vector<float> a_values(static_cast<size_t>(m * k)), b_values(static_cast<size_t>(n * k));
   if (k > 0) {

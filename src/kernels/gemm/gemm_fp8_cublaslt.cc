@@ -35,11 +35,17 @@ namespace {
 
 constexpr int64_t kScaleRowsPerCall = 4;  // BLK128x128 K-block rows are padded to this multiple
 
-int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
 
-bool aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
+bool aligned16(const void* pointer) {
+  return reinterpret_cast<uintptr_t>(pointer) % 16 == 0;
+}
 
-size_t c_bytes(DataType type) { return type == DataType::F32 ? 4 : 2; }
+size_t c_bytes(DataType type) {
+  return type == DataType::F32 ? 4 : 2;
+}
 
 // One FP8 GEMM whose B scales are already in cuBLASLt's layout (padded for blocks).
 void fp8_gemm(BlasHandle& blas, int64_t m, int64_t n, int64_t k, const uint8_t* a,
@@ -67,9 +73,8 @@ void fp8_gemm(BlasHandle& blas, int64_t m, int64_t n, int64_t k, const uint8_t* 
   }
   FRUGAL_CHECK(a != nullptr && b != nullptr && a_scales != nullptr && b_scales_cublas != nullptr,
                "{}: an operand or scale pointer is null", what);
-  FRUGAL_CHECK(aligned16(a) && aligned16(b),
-               "{}: FP8 operands must be 16-byte aligned (A {} B {})", what,
-               static_cast<const void*>(a), static_cast<const void*>(b));
+  FRUGAL_CHECK(aligned16(a) && aligned16(b), "{}: FP8 operands must be 16-byte aligned (A {} B {})",
+               what, static_cast<const void*>(a), static_cast<const void*>(b));
   FRUGAL_CHECK(aligned16(a_scales) && aligned16(b_scales_cublas),
                "{}: scale arrays must be 16-byte aligned (A scales {} B scales {})", what,
                static_cast<const void*>(a_scales), static_cast<const void*>(b_scales_cublas));
@@ -109,8 +114,8 @@ std::pair<const float*, int64_t> block_scales_for_cublas(BlasHandle& blas, const
   if (k_blocks % kScaleRowsPerCall == 0 || matrices == 0 || scales == nullptr)
     return {scales, row_blocks * k_blocks};
   const int64_t padded = round_up(k_blocks, kScaleRowsPerCall);
-  float* scratch = blas.impl().scratch_floats(static_cast<size_t>(matrices * row_blocks * padded),
-                                              stream);
+  float* scratch =
+      blas.impl().scratch_floats(static_cast<size_t>(matrices * row_blocks * padded), stream);
   gemm_detail::pad_block_scales(scratch, scales, matrices, row_blocks, k_blocks, padded, stream);
   return {scratch, row_blocks * padded};
 }
