@@ -515,23 +515,28 @@ TEST_F(GemmCuda, ProbeBlockScaleLayoutOfCublasLt) {
                 mode_b = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
   const float* scales_a = w_d.scales.data();
   const float* scales_b = x_d.scales.data();
-  cublasLtMatmulDescSetAttribute(&desc, CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof transa);
-  cublasLtMatmulDescSetAttribute(&desc, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof transb);
-  cublasLtMatmulDescSetAttribute(&desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode_a, sizeof mode_a);
-  cublasLtMatmulDescSetAttribute(&desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode_b, sizeof mode_b);
-  cublasLtMatmulDescSetAttribute(&desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &scales_a,
-                                 sizeof scales_a);
-  cublasLtMatmulDescSetAttribute(&desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &scales_b,
-                                 sizeof scales_b);
+  auto set = [&](cublasLtMatmulDescAttributes_t attribute, const void* value, size_t size) {
+    ASSERT_EQ(cublasLtMatmulDescSetAttribute(&desc, attribute, value, size), CUBLAS_STATUS_SUCCESS)
+        << "attribute " << static_cast<int>(attribute);
+  };
+  set(CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof transa);
+  set(CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof transb);
+  set(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode_a, sizeof mode_a);
+  set(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode_b, sizeof mode_b);
+  set(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &scales_a, sizeof scales_a);
+  set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &scales_b, sizeof scales_b);
   cublasLtMatrixLayoutOpaque_t la, lb, lc;
-  cublasLtMatrixLayoutInit(&la, CUDA_R_8F_E4M3, K, N, K);
-  cublasLtMatrixLayoutInit(&lb, CUDA_R_8F_E4M3, K, M, K);
-  cublasLtMatrixLayoutInit(&lc, CUDA_R_32F, N, M, N);
+  ASSERT_EQ(cublasLtMatrixLayoutInit(&la, CUDA_R_8F_E4M3, K, N, K), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatrixLayoutInit(&lb, CUDA_R_8F_E4M3, K, M, K), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasLtMatrixLayoutInit(&lc, CUDA_R_32F, N, M, N), CUBLAS_STATUS_SUCCESS);
   const float alpha = 1.0f, beta = 0.0f;
+  const size_t workspace_bytes = size_t{32} << 20;
+  cuda::DeviceBuffer<uint8_t> workspace(workspace_bytes);
   y.poison();
-  const cublasStatus_t status =
-      cublasLtMatmul(handle, &desc, &alpha, w_d.codes.data(), &la, x_d.codes.data(), &lb, &beta,
-                     y.get(), &lc, y.get(), &lc, nullptr, nullptr, 0, stream_);
+  // algo = nullptr: cuBLASLt runs its own heuristic.
+  const cublasStatus_t status = cublasLtMatmul(
+      handle, &desc, &alpha, w_d.codes.data(), &la, x_d.codes.data(), &lb, &beta, y.get(), &lc,
+      y.get(), &lc, nullptr, workspace.data(), workspace_bytes, stream_);
   sync();
   const double compact_error = status == CUBLAS_STATUS_SUCCESS ? error_of(y.download()) : INFINITY;
   cublasLtDestroy(handle);

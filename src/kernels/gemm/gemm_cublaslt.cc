@@ -307,6 +307,7 @@ BlasHandle::~BlasHandle() {
 
 float* BlasHandle::Impl::scratch_floats(size_t floats, cudaStream_t stream) {
   if (floats > scale_scratch_floats) {
+    const size_t grown = std::max<size_t>({floats, 2 * scale_scratch_floats, size_t{1} << 16});
     if (scale_scratch != nullptr) {
       // The old buffer may still be read by work queued on this handle's stream.
       FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -314,7 +315,6 @@ float* BlasHandle::Impl::scratch_floats(size_t floats, cudaStream_t stream) {
       scale_scratch = nullptr;
       scale_scratch_floats = 0;
     }
-    const size_t grown = std::max<size_t>({floats, 2 * scale_scratch_floats, size_t{1} << 16});
     FRUGAL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&scale_scratch), grown * sizeof(float)));
     scale_scratch_floats = grown;
   }
