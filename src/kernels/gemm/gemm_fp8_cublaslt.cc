@@ -33,7 +33,7 @@ using gemm_detail::VaryingDim;
 
 namespace {
 
-constexpr int64_t kScaleRowsPerCall = 4;  // BLK128x128 K-block rows are padded to this multiple
+constexpr int64_t kBlockScaleKPadding = 4;  // BLK128x128 scales: K blocks padded to this multiple
 
 int64_t round_up(int64_t value, int64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
@@ -111,9 +111,9 @@ std::pair<const float*, int64_t> block_scales_for_cublas(BlasHandle& blas, const
                                                          int64_t matrices, int64_t rows, int64_t k,
                                                          cudaStream_t stream) {
   const int64_t row_blocks = fp8_block_count(rows), k_blocks = fp8_block_count(k);
-  if (k_blocks % kScaleRowsPerCall == 0 || matrices == 0 || scales == nullptr)
+  if (k_blocks % kBlockScaleKPadding == 0 || matrices == 0 || scales == nullptr)
     return {scales, row_blocks * k_blocks};
-  const int64_t padded = round_up(k_blocks, kScaleRowsPerCall);
+  const int64_t padded = round_up(k_blocks, kBlockScaleKPadding);
   float* scratch =
       blas.impl().scratch_floats(static_cast<size_t>(matrices * row_blocks * padded), stream);
   gemm_detail::pad_block_scales(scratch, scales, matrices, row_blocks, k_blocks, padded, stream);
