@@ -220,7 +220,8 @@ __global__ void __launch_bounds__(kRowWarps* kWarpSize)
 #pragma unroll
       for (int i = 0; i < N; ++i) acc[i] = 0.0f;
     }
-    for (int64_t k = 0; k < top_k; ++k) {
+#pragma unroll 4
+    for (int64_t k = 0; k < top_k; ++k) {  // unrolled: several rows' loads in flight at once
       const int32_t row = assignment_row[t * top_k + k];
       if (row < 0) continue;
       float v[N];
@@ -327,6 +328,8 @@ void build_expert_permutation(int64_t* expert_offsets, int64_t* expert_counts, i
                         "build_expert_permutation: null tensor or workspace");
   const int E = static_cast<int>(n_experts);
   auto* chunk_counts = static_cast<int32_t*>(workspace);  // [chunks, E]
+  FRUGAL_CUDA_REQUIRE(row_bound == 0 || row_assignment != nullptr,
+                      "build_expert_permutation: null row_assignment (padded rows are written)");
   if (row_bound > 0)  // -1 everywhere: padding rows, and rows past the last expert's
     FRUGAL_CUDA_CHECK(cudaMemsetAsync(row_assignment, 0xFF, row_bound * sizeof(int32_t), stream));
   if (chunks > 0) {
