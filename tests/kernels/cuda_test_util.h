@@ -25,6 +25,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/cuda_check.h"
@@ -63,15 +64,11 @@ inline std::string shape_text(int64_t rows, int64_t cols, bool misaligned) {
 // ---- bf16 on the host ----------------------------------------------------------------------------
 
 inline __nv_bfloat16 bf16_from_bits(uint16_t bits) {
-  __nv_bfloat16 value;
-  std::memcpy(&value, &bits, sizeof bits);
-  return value;
+  __nv_bfloat16_raw raw;
+  raw.x = bits;
+  return __nv_bfloat16(raw);
 }
-inline uint16_t bits_of(__nv_bfloat16 value) {
-  uint16_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  return bits;
-}
+inline uint16_t bits_of(__nv_bfloat16 value) { return static_cast<__nv_bfloat16_raw>(value).x; }
 inline std::vector<__nv_bfloat16> to_bf16(const std::vector<float>& values) {
   std::vector<__nv_bfloat16> out(values.size());
   for (size_t i = 0; i < values.size(); ++i) out[i] = bf16_from_bits(float_to_bf16_bits(values[i]));

@@ -265,7 +265,9 @@ TEST_F(AdamWCuda, GradNormAndClip) {
     EXPECT_EQ(first.nonfinite, 0) << text;
     EXPECT_EQ(std::bit_cast<uint32_t>(first.norm), std::bit_cast<uint32_t>(second.norm)) << text;
     EXPECT_EQ(std::bit_cast<uint32_t>(first.clip), std::bit_cast<uint32_t>(second.clip)) << text;
-    if (max_norm <= 0 || max_norm > norm) EXPECT_EQ(first.clip, 1.0f) << text;
+    if (max_norm <= 0 || max_norm > norm) {
+      EXPECT_EQ(first.clip, 1.0f) << text;
+    }
   }
   ASSERT_GT(norm, 1.0) << "the clipping case above needs a norm above max_norm = 1";
 
@@ -282,7 +284,9 @@ TEST_F(AdamWCuda, GradNormAndClip) {
     EXPECT_EQ(run.nonfinite, 1) << text;
     EXPECT_EQ(run.clip, 0.0f) << text;
     EXPECT_FALSE(std::isfinite(run.norm)) << text;
-    if (!std::isnan(bad)) EXPECT_TRUE(std::isinf(run.norm)) << text;
+    if (!std::isnan(bad)) {
+      EXPECT_TRUE(std::isinf(run.norm)) << text;
+    }
     arrays[6]->upload(host[6]);
   }
 

@@ -268,7 +268,7 @@ TEST_F(OpsCuda, TimingBandwidth) {
       const int64_t groups = 32;
       std::vector<int64_t> offsets(groups + 1);
       for (int64_t g = 0; g <= groups; ++g) offsets[g] = g * (rows / groups);
-      cuda::DeviceBuffer<int64_t> offsets_d(std::span<const int64_t>(offsets));
+      cuda::DeviceBuffer<int64_t> offsets_d{std::span<const int64_t>(offsets)};
       time("quantize_act_grouped bf16", shape, 3.0 * n + scale_bytes, [&] {
         cuda::quantize_act_1x128_grouped<bf16>(q.data(), scales.data(), x16.data(), offsets_d.data(),
                                                groups, rows, dim, false, s);

@@ -163,9 +163,11 @@ TEST_F(RmsnormCuda, Bf16MatchesCpu) {
 }
 
 TEST_F(RmsnormCuda, LaunchersRejectBadArguments) {
-  EXPECT_THROW(cuda::rmsnorm_fwd<float, float>(nullptr, nullptr, nullptr, nullptr, -1, 4, 1e-6, stream_),
+  EXPECT_THROW((cuda::rmsnorm_fwd<float, float>(nullptr, nullptr, nullptr, nullptr, -1, 4, 1e-6,
+                                                stream_)),
                Error);
-  EXPECT_THROW(cuda::rmsnorm_fwd<float, float>(nullptr, nullptr, nullptr, nullptr, 4, 0, 1e-6, stream_),
+  EXPECT_THROW((cuda::rmsnorm_fwd<float, float>(nullptr, nullptr, nullptr, nullptr, 4, 0, 1e-6,
+                                                stream_)),
                Error);
   EXPECT_THROW((cuda::rmsnorm_fwd_quant<float, __nv_bfloat16>(nullptr, nullptr, nullptr, nullptr,
                                                               nullptr, nullptr, 4, 128, 1e-6, false,
@@ -175,12 +177,13 @@ TEST_F(RmsnormCuda, LaunchersRejectBadArguments) {
                                                                       nullptr, nullptr, 4, -2,
                                                                       stream_)),
                Error);
-  EXPECT_THROW(cuda::rmsnorm_bwd_weight<float, float>(nullptr, nullptr, nullptr, nullptr, 4, 4,
-                                                      nullptr, stream_),
+  EXPECT_THROW((cuda::rmsnorm_bwd_weight<float, float>(nullptr, nullptr, nullptr, nullptr, 4, 4,
+                                                       nullptr, stream_)),
                Error);
   // No rows: nothing launched, nothing read.
   cuda::rmsnorm_fwd<float, float>(nullptr, nullptr, nullptr, nullptr, 0, 16, 1e-6, stream_);
-  cuda::rmsnorm_bwd_weight<float, float>(nullptr, nullptr, nullptr, nullptr, 0, 16, nullptr, stream_);
+  cuda::rmsnorm_bwd_weight<float, float>(nullptr, nullptr, nullptr, nullptr, 0, 16, nullptr,
+                                         stream_);
   EXPECT_EQ(cuda::rmsnorm_bwd_weight_workspace_floats(0, 16), 0);
   sync();
 }
