@@ -114,13 +114,17 @@ __global__ void __launch_bounds__(kThreads)
   int64_t base = 0, group_rows = rows;
   if (kGrouped && !detail::find_group(offsets, groups, row0, base, group_rows)) return;
   const int64_t local0 = row0 - base;  // first row of the tile inside its group
-  const int tile_rows = static_cast<int>(detail::min64(kTransposeRows, group_rows - local0));
+  const int tile_rows = static_cast<int>(
+      detail::min64(kTransposeRows, detail::min64(group_rows - local0, rows - row0)));
   const int tile_cols = static_cast<int>(detail::min64(kTransposeCols, cols - col0));
 
   // Stage: thread t reads row t/8 (+32 per pass), columns (t%8)*8 .. +7.
   constexpr int kChunksPerRow = kTransposeCols / kChunk;
   const int stage_col = (threadIdx.x % kChunksPerRow) * kChunk;
-  for (int r = threadIdx.x / kChunksPerRow; r < kTransposeRows; r += kThreads / kChunksPerRow) {
+  constexpr int kStageRowsPerPass = kThreads / kChunksPerRow;  // 32
+#pragma unroll
+  for (int pass = 0; pass < kTransposeRows / kStageRowsPerPass; ++pass) {
+    const int r = threadIdx.x / kChunksPerRow + pass * kStageRowsPerPass;
     float v[kChunk];
     const int valid = tile_cols - stage_col;
     if (r < tile_rows && valid > 0)
