@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -374,9 +375,19 @@ struct Bench {
         xT(K, M, false);
     DeviceBuffer<uint16_t> y(M * N), dx(M * K);
     auto dw = f32_buffer(N * K);
-    DirectGemm fprop(direct_handle, direct_workspace.data(), fp8_spec(M, N, K, true, CUDA_R_16BF));
-    DirectGemm dgrad(direct_handle, direct_workspace.data(), fp8_spec(M, K, N, true, CUDA_R_16BF));
-    DirectGemm wgrad(direct_handle, direct_workspace.data(), fp8_spec(N, K, M, false, CUDA_R_32F));
+    // The plain calls are made without the library's alignment hints; where cuBLASLt's heuristic
+    // refuses one, its column stays empty (reported once per layer) instead of ending the run.
+    auto make_direct = [&](const char* pass, const DirectGemm::Spec& spec) {
+      try {
+        return std::make_unique<DirectGemm>(direct_handle, direct_workspace.data(), spec);
+      } catch (const Error& e) {
+        std::printf("  (%s %s FP8: no plain cuBLASLt column: %s)\n", layer.c_str(), pass, e.what());
+        return std::unique_ptr<DirectGemm>();
+      }
+    };
+    auto fprop = make_direct("Fprop", fp8_spec(M, N, K, true, CUDA_R_16BF));
+    auto dgrad = make_direct("Dgrad", fp8_spec(M, K, N, true, CUDA_R_16BF));
+    auto wgrad = make_direct("Wgrad", fp8_spec(N, K, M, false, CUDA_R_32F));
     record(
         group, layer, "Fprop", "FP8", M, N, K,
         [&] {
@@ -384,8 +395,8 @@ struct Bench {
                             w.scales.data(), cuda::Fp8Scaling::Block128x128, 0.0f, y.data(), N,
                             DataType::BF16, stream);
         },
-        [&] {
-          fprop.run(w.codes.data(), x.codes.data(), y.data(), 0.0f, stream, w.scales.data(),
+        !fprop ? std::function<void()>() : [&] {
+          fprop->run(w.codes.data(), x.codes.data(), y.data(), 0.0f, stream, w.scales.data(),
                     x.scales.data());
         });
     record(
@@ -395,8 +406,8 @@ struct Bench {
                             wT.scales.data(), cuda::Fp8Scaling::Block128x128, 0.0f, dx.data(), K,
                             DataType::BF16, stream);
         },
-        [&] {
-          dgrad.run(wT.codes.data(), dy.codes.data(), dx.data(), 0.0f, stream, wT.scales.data(),
+        !dgrad ? std::function<void()>() : [&] {
+          dgrad->run(wT.codes.data(), dy.codes.data(), dx.data(), 0.0f, stream, wT.scales.data(),
                     dy.scales.data());
         });
     record(
@@ -406,8 +417,8 @@ struct Bench {
                             xT.scales.data(), cuda::Fp8Scaling::Tile1x128, 1.0f, dw.data(), K,
                             DataType::F32, stream);
         },
-        [&] {
-          wgrad.run(xT.codes.data(), dyT.codes.data(), dw.data(), 1.0f, stream, xT.scales.data(),
+        !wgrad ? std::function<void()>() : [&] {
+          wgrad->run(xT.codes.data(), dyT.codes.data(), dw.data(), 1.0f, stream, xT.scales.data(),
                     dyT.scales.data());
         });
   }

@@ -25,7 +25,7 @@
 
 #include "core/cuda_check.h"
 #include "core/error.h"
-#include "cuda_test_util.h"
+#include "cuda_compare_util.h"
 #include "kernels/embedding/embedding.h"
 #include "kernels/embedding/embedding_cuda.h"
 #include "kernels/rope/rope.h"

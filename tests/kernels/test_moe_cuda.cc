@@ -30,7 +30,7 @@
 
 #include "core/cuda_check.h"
 #include "core/error.h"
-#include "cuda_test_util.h"
+#include "cuda_compare_util.h"
 #include "kernels/moe/balance_loss.h"
 #include "kernels/moe/moe_cuda.h"
 #include "kernels/moe/permute.h"

@@ -1,155 +1,378 @@
-// CUDA FP8 E4M3 quantization: 1x128 activation tiles and 128x128 weight blocks (see quant.h).
-// Bit-identical to the CPU reference: same amax (exact), same fp32 divisions through the shared
-// fp8_scale_from_amax, and the hardware cvt.rn.satfinite.e4m3x2.f32 that frugal's
-// float_to_e4m3_bits reproduces.
+// CUDA FP8 E4M3 quantization (see quant.h for layouts and the exact rule): 1x128 activation tiles
+// (plain, grouped per expert, transposed), 128x128 weight blocks (with an optional transposed copy)
+// and the activation dequantizer. Bit-identical to the CPU reference: same amax (exact), the same
+// fp32 divisions through the shared fp8_scale_from_amax, and the hardware cvt.rn.satfinite.e4m3x2
+// that frugal's float_to_e4m3_bits reproduces. bf16 inputs are widened exactly to fp32 first.
 //
-// Activations: one warp per 1x128 tile; lane l holds columns 4l..4l+3 (one 16-byte load when the
-// row is 16-byte aligned, else four masked loads), a shuffle reduction gives amax, and the codes go
-// out as one 4-byte store per lane. Consecutive warps take consecutive rows of one column tile, so
-// a block's scales land side by side in the [tiles, rows] layout.
-// Weights: one 256-thread block per 128x128 block; the block reads its 64 KB twice (amax, then
-// codes; the second read comes from L2). Weights are quantized once per step, off the hot path.
+// Activations [rows, cols]: one half-warp per (tile, row) unit, 8 values per lane (quant_tile.cuh).
+// Transposed activations: one 256-thread block per 128 rows x 64 columns of x; the block stages the
+//   tile in shared memory as fp32 [128][65] (padded: conflict-free column reads), takes each
+//   column's amax, writes the codes column by column into a byte tile, and stores each qT row
+//   segment (128 codes) 4 bytes per lane.
+// Weights: one 256-thread block per 128x128 block; each thread keeps its 16 rows x 4 columns in
+//   registers (one global read), the block reduces amax, then writes q and, for the transposed
+//   copy, stages the codes in shared memory [128][132] to write qT 4 bytes per lane.
+// Dequantization: elementwise over chunks of 8 codes.
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "core/cuda_check.h"
+#include "kernels/cast/vector_access.cuh"
 #include "kernels/quant/quant.h"
+#include "kernels/quant/quant_tile.cuh"
 
 namespace frugal::cuda {
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr int kActWarpsPerBlock = 8;
-constexpr int kWeightThreads = 256;
-constexpr int kValuesPerLane = 4;  // 32 lanes x 4 = one 128-wide row of a tile
-static_assert(kWarpSize * kValuesPerLane == kFp8BlockSize, "a warp covers one 128-wide row");
+using detail::aligned_to;
+using detail::ceil_div;
+using detail::kChunk;
 
-__device__ inline float warp_max(float value) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    value = fmaxf(value, __shfl_xor_sync(0xFFFFFFFFu, value, offset));
-  return value;
+constexpr int kThreads = 256;
+constexpr int64_t kMaxGrid = int64_t{1} << 20;
+
+// Values of x [rows, cols] for act_quant_kernel.
+template <class T, bool kVector>
+struct MatrixSource {
+  const T* x;
+  int64_t cols;
+  __device__ void load(float (&v)[kChunk], int64_t row, int64_t col, int64_t valid) const {
+    detail::load_chunk<kVector>(v, x + row * cols + col, valid);
+  }
+};
+
+template <class T, bool kGrouped>
+void launch_act_quant(uint8_t* q, float* scales, const T* x, const int64_t* offsets, int64_t groups,
+                      int64_t rows, int64_t cols, bool power_of_two_scale, cudaStream_t stream) {
+  const unsigned blocks = detail::act_quant_blocks(rows, cols);
+  if (cols % kChunk == 0 && aligned_to(x, 16) && aligned_to(q, 8))
+    detail::act_quant_kernel<MatrixSource<T, true>, true, kGrouped><<<blocks, kThreads, 0, stream>>>(
+        q, scales, MatrixSource<T, true>{x, cols}, rows, cols, offsets, groups, power_of_two_scale);
+  else
+    detail::act_quant_kernel<MatrixSource<T, false>, false, kGrouped>
+        <<<blocks, kThreads, 0, stream>>>(q, scales, MatrixSource<T, false>{x, cols}, rows, cols,
+                                          offsets, groups, power_of_two_scale);
+  FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
-// Loads the 4 values of this lane at x[0..3], zeros past `valid` (0..4 of them exist).
-template <bool kAligned>
-__device__ inline void load4(float (&v)[4], const float* x, int64_t valid) {
-  if (kAligned && valid >= 4) {
-    const float4 f = *reinterpret_cast<const float4*>(x);
+// ---- dequantization ----------------------------------------------------------------------------
+
+template <class T, bool kVector>
+__global__ void __launch_bounds__(kThreads)
+    dequantize_act_kernel(T* __restrict__ x, const uint8_t* __restrict__ q,
+                          const float* __restrict__ scales, int64_t rows, int64_t cols) {
+  const int64_t chunks_per_row = ceil_div(cols, kChunk);
+  const int64_t total = rows * chunks_per_row;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
+    const int64_t row = i / chunks_per_row;
+    const int64_t col = (i % chunks_per_row) * kChunk;
+    const int64_t valid = cols - col;
+    const float scale = scales[(col / kFp8BlockSize) * rows + row];
+    const uint8_t* codes = q + row * cols + col;
+    uint8_t c[kChunk];
+    if (kVector && valid >= kChunk) {
+      const uint2 packed = *reinterpret_cast<const uint2*>(codes);
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j)
+        c[j] = static_cast<uint8_t>((j < 4 ? packed.x : packed.y) >> (8 * (j % 4)));
+    } else {
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) c[j] = j < valid ? codes[j] : 0;
+    }
+    float v[kChunk];
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) v[j] = detail::e4m3_to_float(c[j]) * scale;
+    detail::store_chunk<kVector>(x + row * cols + col, v, valid);
+  }
+}
+
+// ---- transposed activations --------------------------------------------------------------------
+
+constexpr int kTransposeRows = 128;  // one tile along rows
+constexpr int kTransposeCols = 64;
+
+// x [rows, cols] -> per group g (ungrouped: one group of all rows) qT_g [cols, rows_g] at
+// qT + base*cols, scales_g [rows_g/128][cols] at scales + base/128*cols. Block (row tile, column
+// block). kVector: x rows readable 8 values at a time (cols % 8 == 0, x 16-byte aligned).
+template <class T, bool kVector, bool kGrouped>
+__global__ void __launch_bounds__(kThreads)
+    transpose_quant_kernel(uint8_t* __restrict__ qT, float* __restrict__ scales,
+                           const T* __restrict__ x, int64_t rows, int64_t cols,
+                           const int64_t* __restrict__ offsets, int64_t groups,
+                           bool power_of_two_scale) {
+  __shared__ float tile[kTransposeRows][kTransposeCols + 1];
+  __shared__ __align__(4) uint8_t codes[kTransposeCols][kTransposeRows + 4];
+  __shared__ float partial_amax[kThreads / kTransposeCols][kTransposeCols];
+  __shared__ float column_scale[kTransposeCols];
+
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTransposeRows;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.y) * kTransposeCols;
+  int64_t base = 0, group_rows = rows;
+  if (kGrouped && !detail::find_group(offsets, groups, row0, base, group_rows)) return;
+  const int64_t local0 = row0 - base;  // first row of the tile inside its group
+  const int tile_rows = static_cast<int>(
+      detail::min64(kTransposeRows, detail::min64(group_rows - local0, rows - row0)));
+  const int tile_cols = static_cast<int>(detail::min64(kTransposeCols, cols - col0));
+
+  // Stage: thread t reads row t/8 (+32 per pass), columns (t%8)*8 .. +7.
+  constexpr int kChunksPerRow = kTransposeCols / kChunk;
+  const int stage_col = (threadIdx.x % kChunksPerRow) * kChunk;
+  constexpr int kStageRowsPerPass = kThreads / kChunksPerRow;  // 32
+#pragma unroll
+  for (int pass = 0; pass < kTransposeRows / kStageRowsPerPass; ++pass) {
+    const int r = threadIdx.x / kChunksPerRow + pass * kStageRowsPerPass;
+    float v[kChunk];
+    const int valid = tile_cols - stage_col;
+    if (r < tile_rows && valid > 0)
+      detail::load_chunk<kVector>(v, x + (row0 + r) * cols + col0 + stage_col, valid);
+    else
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) v[j] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j) tile[r][stage_col + j] = v[j];
+  }
+  __syncthreads();
+
+  // Column amax: thread t scans rows (t/64)*32 .. +31 of column t%64.
+  {
+    const int c = threadIdx.x % kTransposeCols;
+    const int part = threadIdx.x / kTransposeCols;
+    constexpr int kRowsPerPart = kTransposeRows / (kThreads / kTransposeCols);
+    float amax = 0.0f;
+    for (int r = part * kRowsPerPart; r < (part + 1) * kRowsPerPart; ++r)
+      amax = fmaxf(amax, fabsf(tile[r][c]));
+    partial_amax[part][c] = amax;
+  }
+  __syncthreads();
+  if (threadIdx.x < kTransposeCols) {
+    const int c = threadIdx.x;
+    float amax = partial_amax[0][c];
+    for (int part = 1; part < kThreads / kTransposeCols; ++part)
+      amax = fmaxf(amax, partial_amax[part][c]);
+    const float scale = fp8_scale_from_amax(amax, power_of_two_scale);
+    column_scale[c] = scale;
+    // scales_g = scales + base/128*cols, [rows_g/128][cols]
+    if (c < tile_cols)
+      scales[(base / kFp8BlockSize + local0 / kFp8BlockSize) * cols + col0 + c] = scale;
+  }
+  __syncthreads();
+
+  // Codes: warp w takes columns w, w+8, ...; lane l quantizes rows l, l+32, l+64, l+96 into the
+  // byte tile, then stores rows 4l..4l+3 of the column's qT segment.
+  const int lane = threadIdx.x % 32;
+  uint8_t* qT_group = qT + base * cols;
+  const bool word_stores = group_rows % 4 == 0 && local0 % 4 == 0 &&
+                           reinterpret_cast<uintptr_t>(qT_group) % 4 == 0;
+  for (int c = threadIdx.x / 32; c < tile_cols; c += kThreads / 32) {
+    const float scale = column_scale[c];
+#pragma unroll
+    for (int k = 0; k < kTransposeRows / 32; ++k) {
+      const int r = lane + 32 * k;
+      codes[c][r] = __nv_cvt_float_to_fp8(tile[r][c] / scale, __NV_SATFINITE, __NV_E4M3);
+    }
+    __syncwarp();
+    const int r = 4 * lane;
+    if (r < tile_rows) {
+      uint8_t* out = qT_group + (col0 + c) * group_rows + local0 + r;
+      const uint32_t word = *reinterpret_cast<const uint32_t*>(&codes[c][r]);
+      if (word_stores && r + 4 <= tile_rows) {
+        *reinterpret_cast<uint32_t*>(out) = word;
+      } else {
+        for (int j = 0; j < 4 && r + j < tile_rows; ++j) out[j] = static_cast<uint8_t>(word >> (8 * j));
+      }
+    }
+  }
+}
+
+// ---- weights -----------------------------------------------------------------------------------
+
+constexpr int kWeightRowsPerPass = kThreads / 32;                      // a warp per row of 128
+constexpr int kWeightPasses = kFp8BlockSize / kWeightRowsPerPass;      // 16 rows per thread
+
+// 4 values at p (kVector: 16-byte aligned and all 4 present), zeros past `valid`.
+template <bool kVector>
+__device__ __forceinline__ void load4(float (&v)[4], const float* p, int64_t valid) {
+  if (kVector && valid >= 4) {
+    const float4 f = *reinterpret_cast<const float4*>(p);
     v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
   } else {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) v[i] = i < valid ? x[i] : 0.0f;
+    for (int i = 0; i < 4; ++i) v[i] = i < valid ? p[i] : 0.0f;
   }
 }
 
-// Quantizes v / scale and stores the codes of the `valid` leading values at q[0..3].
-template <bool kAligned>
-__device__ inline void quantize_store4(uint8_t* q, const float (&v)[4], float scale, int64_t valid) {
-  // x / scale: an IEEE division (the build never uses --use_fast_math), as on the CPU.
-  const float2 low = make_float2(v[0] / scale, v[1] / scale);
-  const float2 high = make_float2(v[2] / scale, v[3] / scale);
-  const uint32_t codes_low = __nv_cvt_float2_to_fp8x2(low, __NV_SATFINITE, __NV_E4M3);
-  const uint32_t codes_high = __nv_cvt_float2_to_fp8x2(high, __NV_SATFINITE, __NV_E4M3);
-  const uint32_t packed = codes_low | (codes_high << 16);  // byte i = code of v[i]
-  if (kAligned && valid >= 4) {
-    *reinterpret_cast<uint32_t*>(q) = packed;
-  } else {
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      if (i < valid) q[i] = static_cast<uint8_t>(packed >> (8 * i));
-  }
-}
-
-__device__ inline float amax4(const float (&v)[4], float amax) {
-#pragma unroll
-  for (int i = 0; i < 4; ++i) amax = fmaxf(amax, fabsf(v[i]));  // fmaxf ignores NaN
-  return amax;
-}
-
-// kAligned: x rows start on 16 bytes and q rows on 4 bytes (cols % 4 == 0, aligned bases).
-template <bool kAligned>
-__global__ void quantize_act_1x128_kernel(uint8_t* __restrict__ q, float* __restrict__ scales,
-                                          const float* __restrict__ x, int64_t rows, int64_t cols,
-                                          int64_t tiles, bool power_of_two_scale) {
-  const int64_t warp = static_cast<int64_t>(blockIdx.x) * kActWarpsPerBlock + threadIdx.x / kWarpSize;
-  if (warp >= rows * tiles) return;  // the whole warp leaves together
-  const int lane = threadIdx.x % kWarpSize;
-  const int64_t tile = warp / rows;
-  const int64_t row = warp % rows;
-  const int64_t col = tile * kFp8BlockSize + lane * kValuesPerLane;
-  const int64_t valid = cols - col;  // may be <= 0 for lanes past the end of a partial tile
-  const int64_t offset = row * cols + col;
-
-  float v[4];
-  load4<kAligned>(v, x + offset, valid);
-  const float amax = warp_max(amax4(v, 0.0f));
-  const float scale = fp8_scale_from_amax(amax, power_of_two_scale);
-  if (valid > 0) quantize_store4<kAligned>(q + offset, v, scale, valid);
-  if (lane == 0) scales[tile * rows + row] = scale;  // [tiles, rows]
-}
-
-template <bool kAligned>
-__global__ void __launch_bounds__(kWeightThreads)
-    quantize_weight_128x128_kernel(uint8_t* __restrict__ q, float* __restrict__ scales,
-                                   const float* __restrict__ w, int64_t rows, int64_t cols,
-                                   bool power_of_two_scale) {
-  constexpr int kRowsPerPass = kWeightThreads / kWarpSize;  // 8 rows of 128 per pass
-  __shared__ float warp_amax[kRowsPerPass];
+// Block (column block, row block) of w [rows, cols]. Lane l of warp k holds columns 4l..4l+3 of
+// rows k, k+8, ..., k+120 of the block in registers. kVector: cols % 4 == 0, w 16-byte aligned and
+// q 4-byte aligned. kTranspose also writes qT [cols, rows] and scalesT [col_blocks][row_blocks].
+template <bool kVector, bool kTranspose>
+__global__ void __launch_bounds__(kThreads)
+    quantize_weight_kernel(uint8_t* __restrict__ q, float* __restrict__ scales,
+                           uint8_t* __restrict__ qT, float* __restrict__ scalesT,
+                           const float* __restrict__ w, int64_t rows, int64_t cols,
+                           bool power_of_two_scale) {
+  __shared__ float warp_amax[kWeightRowsPerPass];
   __shared__ float block_scale;
+  __shared__ __align__(4) uint8_t codes[kTranspose ? kFp8BlockSize : 1][kFp8BlockSize + 4];
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kFp8BlockSize;
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * kFp8BlockSize +
-                      (threadIdx.x % kWarpSize) * kValuesPerLane;
-  const int64_t valid = cols - col;
-  const int64_t row_end = min(rows, row0 + kFp8BlockSize);
-  const int first_row = threadIdx.x / kWarpSize;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kFp8BlockSize;
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int64_t col = col0 + lane * 4;
+  const int64_t valid = cols - col;  // <= 0 for lanes past the end of a partial block
+  const int block_rows = static_cast<int>(detail::min64(kFp8BlockSize, rows - row0));
+  const int block_cols = static_cast<int>(detail::min64(kFp8BlockSize, cols - col0));
 
+  float v[kWeightPasses][4];
   float amax = 0.0f;
-  for (int64_t row = row0 + first_row; row < row_end; row += kRowsPerPass) {
-    float v[4];
-    load4<kAligned>(v, w + row * cols + col, valid);
-    amax = amax4(v, amax);
+#pragma unroll
+  for (int k = 0; k < kWeightPasses; ++k) {
+    const int r = warp + kWeightRowsPerPass * k;
+    if (r < block_rows && valid > 0) {
+      load4<kVector>(v[k], w + (row0 + r) * cols + col, valid);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) v[k][i] = 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) amax = fmaxf(amax, fabsf(v[k][i]));
   }
-  amax = warp_max(amax);
-  if (threadIdx.x % kWarpSize == 0) warp_amax[first_row] = amax;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2)
+    amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
+  if (lane == 0) warp_amax[warp] = amax;
   __syncthreads();
   if (threadIdx.x == 0) {
     float block_amax = warp_amax[0];
-    for (int i = 1; i < kRowsPerPass; ++i) block_amax = fmaxf(block_amax, warp_amax[i]);
-    block_scale = fp8_scale_from_amax(block_amax, power_of_two_scale);
-    scales[static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x] = block_scale;
+    for (int i = 1; i < kWeightRowsPerPass; ++i) block_amax = fmaxf(block_amax, warp_amax[i]);
+    const float scale = fp8_scale_from_amax(block_amax, power_of_two_scale);
+    block_scale = scale;
+    scales[static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x] = scale;
+    if (kTranspose) scalesT[static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y] = scale;
   }
   __syncthreads();
   const float scale = block_scale;
-  if (valid <= 0) return;
-  for (int64_t row = row0 + first_row; row < row_end; row += kRowsPerPass) {
-    float v[4];
-    load4<kAligned>(v, w + row * cols + col, valid);
-    quantize_store4<kAligned>(q + row * cols + col, v, scale, valid);
+
+#pragma unroll
+  for (int k = 0; k < kWeightPasses; ++k) {
+    const int r = warp + kWeightRowsPerPass * k;
+    if (r >= block_rows || valid <= 0) continue;
+    const float2 low = make_float2(v[k][0] / scale, v[k][1] / scale);
+    const float2 high = make_float2(v[k][2] / scale, v[k][3] / scale);
+    const uint32_t packed = static_cast<uint32_t>(__nv_cvt_float2_to_fp8x2(low, __NV_SATFINITE, __NV_E4M3)) |
+                            (static_cast<uint32_t>(__nv_cvt_float2_to_fp8x2(high, __NV_SATFINITE, __NV_E4M3)) << 16);
+    uint8_t* out = q + (row0 + r) * cols + col;
+    if (kVector && valid >= 4) {
+      *reinterpret_cast<uint32_t*>(out) = packed;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if (i < valid) out[i] = static_cast<uint8_t>(packed >> (8 * i));
+    }
+    if (kTranspose) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if (i < valid) codes[lane * 4 + i][r] = static_cast<uint8_t>(packed >> (8 * i));
+    }
+  }
+  if (!kTranspose) return;
+  __syncthreads();
+  // qT row (col0 + c) holds the block's column c: rows row0 .. row0 + block_rows - 1.
+  const bool word_stores = rows % 4 == 0 && reinterpret_cast<uintptr_t>(qT) % 4 == 0;
+  for (int c = warp; c < block_cols; c += kWeightRowsPerPass) {
+    const int r = 4 * lane;
+    if (r >= block_rows) continue;
+    const uint32_t word = *reinterpret_cast<const uint32_t*>(&codes[c][r]);
+    uint8_t* out = qT + (col0 + c) * rows + row0 + r;
+    if (word_stores && r + 4 <= block_rows) {
+      *reinterpret_cast<uint32_t*>(out) = word;
+    } else {
+      for (int j = 0; j < 4 && r + j < block_rows; ++j) out[j] = static_cast<uint8_t>(word >> (8 * j));
+    }
   }
 }
 
-bool aligned(const void* pointer, uintptr_t bytes) {
-  return reinterpret_cast<uintptr_t>(pointer) % bytes == 0;
+template <bool kTranspose>
+void launch_weight_quant(uint8_t* q, float* scales, uint8_t* qT, float* scalesT,
+                         const float* w, int64_t rows, int64_t cols, bool power_of_two_scale,
+                         cudaStream_t stream) {
+  const int64_t row_blocks = fp8_block_count(rows);
+  const int64_t col_blocks = fp8_block_count(cols);
+  FRUGAL_CUDA_REQUIRE(row_blocks <= 65535 && col_blocks <= 0x7FFFFFFF,
+                      "cuda::quantize_weight_128x128: weight too large for one grid");
+  FRUGAL_CUDA_REQUIRE(q != nullptr && scales != nullptr && w != nullptr,
+                      "cuda::quantize_weight_128x128: null pointer");
+  if (kTranspose)
+    FRUGAL_CUDA_REQUIRE(qT != nullptr && scalesT != nullptr,
+                        "cuda::quantize_weight_128x128_with_transpose: null transposed output");
+  const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(row_blocks));
+  if (cols % 4 == 0 && aligned_to(w, 16) && aligned_to(q, 4))
+    quantize_weight_kernel<true, kTranspose><<<grid, kThreads, 0, stream>>>(
+        q, scales, qT, scalesT, w, rows, cols, power_of_two_scale);
+  else
+    quantize_weight_kernel<false, kTranspose><<<grid, kThreads, 0, stream>>>(
+        q, scales, qT, scalesT, w, rows, cols, power_of_two_scale);
+  FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+template <class T, bool kGrouped>
+void launch_transpose_quant(uint8_t* qT, float* scales, const T* x, const int64_t* offsets,
+                            int64_t groups, int64_t rows, int64_t cols, bool power_of_two_scale,
+                            cudaStream_t stream) {
+  const int64_t row_tiles = ceil_div(rows, kTransposeRows);
+  const int64_t col_blocks = ceil_div(cols, kTransposeCols);
+  FRUGAL_CUDA_REQUIRE(row_tiles <= 0x7FFFFFFF && col_blocks <= 65535,
+                      "cuda::transpose_quantize_1x128: matrix too large for one grid");
+  const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_blocks));
+  if (cols % kChunk == 0 && aligned_to(x, 16))
+    transpose_quant_kernel<T, true, kGrouped><<<grid, kThreads, 0, stream>>>(
+        qT, scales, x, rows, cols, offsets, groups, power_of_two_scale);
+  else
+    transpose_quant_kernel<T, false, kGrouped><<<grid, kThreads, 0, stream>>>(
+        qT, scales, x, rows, cols, offsets, groups, power_of_two_scale);
+  FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
-void quantize_act_1x128(uint8_t* q, float* scales, const float* x, int64_t rows, int64_t cols,
+template <class T>
+void quantize_act_1x128(uint8_t* q, float* scales, const T* x, int64_t rows, int64_t cols,
                         bool power_of_two_scale, cudaStream_t stream) {
   FRUGAL_CUDA_REQUIRE(rows >= 0 && cols >= 0, "cuda::quantize_act_1x128: negative shape");
   if (rows == 0 || cols == 0) return;
-  const int64_t tiles = fp8_block_count(cols);
-  const int64_t blocks = (rows * tiles + kActWarpsPerBlock - 1) / kActWarpsPerBlock;
-  FRUGAL_CUDA_REQUIRE(blocks <= 0x7FFFFFFF, "cuda::quantize_act_1x128: too many tiles for one grid");
-  const dim3 grid(static_cast<unsigned>(blocks));
-  const dim3 block(kActWarpsPerBlock * kWarpSize);
-  if (cols % 4 == 0 && aligned(x, 16) && aligned(q, 4))
-    quantize_act_1x128_kernel<true><<<grid, block, 0, stream>>>(q, scales, x, rows, cols, tiles,
-                                                                power_of_two_scale);
+  FRUGAL_CUDA_REQUIRE(q != nullptr && scales != nullptr && x != nullptr,
+                      "cuda::quantize_act_1x128: null pointer");
+  launch_act_quant<T, false>(q, scales, x, nullptr, 0, rows, cols, power_of_two_scale, stream);
+}
+
+template <class T>
+void quantize_act_1x128_grouped(uint8_t* q, float* scales, const T* x, const int64_t* offsets,
+                                int64_t groups, int64_t rows, int64_t cols,
+                                bool power_of_two_scale, cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(rows >= 0 && cols >= 0 && groups >= 0,
+                      "cuda::quantize_act_1x128_grouped: negative shape or group count");
+  if (rows == 0 || cols == 0 || groups == 0) return;
+  FRUGAL_CUDA_REQUIRE(q != nullptr && scales != nullptr && x != nullptr && offsets != nullptr,
+                      "cuda::quantize_act_1x128_grouped: null pointer");
+  launch_act_quant<T, true>(q, scales, x, offsets, groups, rows, cols, power_of_two_scale, stream);
+}
+
+template <class T>
+void dequantize_act_1x128(T* x, const uint8_t* q, const float* scales, int64_t rows, int64_t cols,
+                          cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(rows >= 0 && cols >= 0, "cuda::dequantize_act_1x128: negative shape");
+  if (rows == 0 || cols == 0) return;
+  FRUGAL_CUDA_REQUIRE(q != nullptr && scales != nullptr && x != nullptr,
+                      "cuda::dequantize_act_1x128: null pointer");
+  const int64_t chunks = rows * ceil_div(cols, kChunk);
+  const unsigned blocks = static_cast<unsigned>(std::min(ceil_div(chunks, kThreads), kMaxGrid));
+  if (cols % kChunk == 0 && aligned_to(q, 8) && aligned_to(x, 16))
+    dequantize_act_kernel<T, true><<<blocks, kThreads, 0, stream>>>(x, q, scales, rows, cols);
   else
-    quantize_act_1x128_kernel<false><<<grid, block, 0, stream>>>(q, scales, x, rows, cols, tiles,
-                                                                 power_of_two_scale);
+    dequantize_act_kernel<T, false><<<blocks, kThreads, 0, stream>>>(x, q, scales, rows, cols);
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
@@ -157,19 +380,57 @@ void quantize_weight_128x128(uint8_t* q, float* scales, const float* w, int64_t 
                              bool power_of_two_scale, cudaStream_t stream) {
   FRUGAL_CUDA_REQUIRE(rows >= 0 && cols >= 0, "cuda::quantize_weight_128x128: negative shape");
   if (rows == 0 || cols == 0) return;
-  const int64_t row_blocks = fp8_block_count(rows);
-  const int64_t col_blocks = fp8_block_count(cols);
-  FRUGAL_CUDA_REQUIRE(row_blocks <= 65535 && col_blocks <= 0x7FFFFFFF,
-                      "cuda::quantize_weight_128x128: weight too large for one grid");
-  const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(row_blocks));
-  const dim3 block(kWeightThreads);
-  if (cols % 4 == 0 && aligned(w, 16) && aligned(q, 4))
-    quantize_weight_128x128_kernel<true><<<grid, block, 0, stream>>>(q, scales, w, rows, cols,
-                                                                     power_of_two_scale);
-  else
-    quantize_weight_128x128_kernel<false><<<grid, block, 0, stream>>>(q, scales, w, rows, cols,
-                                                                      power_of_two_scale);
-  FRUGAL_CUDA_CHECK_LAUNCH();
+  launch_weight_quant<false>(q, scales, nullptr, nullptr, w, rows,
+                             cols, power_of_two_scale, stream);
 }
+
+void quantize_weight_128x128_with_transpose(uint8_t* q, float* scales, uint8_t* qT, float* scalesT,
+                                            const float* w, int64_t rows, int64_t cols,
+                                            bool power_of_two_scale, cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(rows >= 0 && cols >= 0,
+                      "cuda::quantize_weight_128x128_with_transpose: negative shape");
+  if (rows == 0 || cols == 0) return;
+  launch_weight_quant<true>(q, scales, qT, scalesT,
+                            w, rows, cols, power_of_two_scale, stream);
+}
+
+template <class T>
+void transpose_quantize_1x128(uint8_t* qT, float* scales, const T* x, int64_t rows, int64_t cols,
+                              bool power_of_two_scale, cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(rows >= 0 && cols >= 0, "cuda::transpose_quantize_1x128: negative shape");
+  if (rows == 0 || cols == 0) return;
+  FRUGAL_CUDA_REQUIRE(qT != nullptr && scales != nullptr && x != nullptr,
+                      "cuda::transpose_quantize_1x128: null pointer");
+  launch_transpose_quant<T, false>(qT, scales, x, nullptr, 0, rows, cols, power_of_two_scale,
+                                   stream);
+}
+
+template <class T>
+void transpose_quantize_1x128_grouped(uint8_t* qT, float* scales, const T* x,
+                                      const int64_t* offsets, int64_t groups, int64_t rows,
+                                      int64_t cols, bool power_of_two_scale, cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(rows >= 0 && cols >= 0 && groups >= 0,
+                      "cuda::transpose_quantize_1x128_grouped: negative shape or group count");
+  if (rows == 0 || cols == 0 || groups == 0) return;
+  FRUGAL_CUDA_REQUIRE(qT != nullptr && scales != nullptr && x != nullptr && offsets != nullptr,
+                      "cuda::transpose_quantize_1x128_grouped: null pointer");
+  launch_transpose_quant<T, true>(qT, scales, x, offsets, groups, rows, cols, power_of_two_scale,
+                                  stream);
+}
+
+#define FRUGAL_INSTANTIATE_QUANT(T)                                                                \
+  template void quantize_act_1x128<T>(uint8_t*, float*, const T*, int64_t, int64_t, bool,         \
+                                      cudaStream_t);                                               \
+  template void quantize_act_1x128_grouped<T>(uint8_t*, float*, const T*, const int64_t*, int64_t, \
+                                              int64_t, int64_t, bool, cudaStream_t);               \
+  template void dequantize_act_1x128<T>(T*, const uint8_t*, const float*, int64_t, int64_t,       \
+                                        cudaStream_t);                                             \
+  template void transpose_quantize_1x128<T>(uint8_t*, float*, const T*, int64_t, int64_t, bool,   \
+                                            cudaStream_t);                                         \
+  template void transpose_quantize_1x128_grouped<T>(uint8_t*, float*, const T*, const int64_t*,   \
+                                                    int64_t, int64_t, int64_t, bool, cudaStream_t);
+FRUGAL_INSTANTIATE_QUANT(float)
+FRUGAL_INSTANTIATE_QUANT(__nv_bfloat16)
+#undef FRUGAL_INSTANTIATE_QUANT
 
 }  // namespace frugal::cuda

@@ -1,11 +1,17 @@
-// CUDA RMSNorm, fp32 (see rmsnorm.h for the formulas):
+// CUDA RMSNorm (see rmsnorm.h for the formulas), x / dx in TX, y / dy in TY (float or bf16),
+// statistics and arithmetic in fp32, w / rstd / dw fp32:
 //   y[n,d] = x * rstd[n] * w[d],  rstd[n] = 1 / sqrt(mean_d(x^2) + eps)
 //   dx = rstd * (dy*w - xhat * mean_d(dy*w*xhat))     (assigned)
 //   dw += sum_n dy * xhat                              (accumulated)
 //
-// fwd / bwd_input: one 256-thread block per row; each thread strides over the row in float4 steps
-// when the row is 16-byte aligned, a block tree reduction gives the row statistic, and a second
-// sweep over the row (now in L1/L2) writes the output.
+// fwd / fwd_quant / bwd_input: one block per row. The row is cut into chunks of 8 values; thread t
+// owns chunks t, t + T, ..., t + (kChunks-1)*T (T = block size) and keeps them in registers across
+// the block reduction, so the row is read from memory once. The block size and kChunks depend on d
+// only (row_config); rows longer than 8 * 256 * kMaxChunks values are swept in several passes and
+// re-read in the second sweep. Every path (vector or element loads, float or bf16 input) adds a
+// thread's values in the same order, so the statistics have the same bits for the same values.
+// fwd_quant: a 1x128 tile is 16 consecutive chunks = the 16 lanes of a half-warp (T is a multiple
+// of 32), so each tile's amax is a half-warp shuffle max of the fp32 y (quant_tile.cuh).
 // bwd_weight: two passes, no atomics, so the bits do not depend on scheduling. Pass 1: block
 // (column group, row chunk) sums dy*x*rstd over its rows into workspace[chunk, d]. Pass 2: each
 // column adds its chunk sums in chunk order to dw. The chunking depends on (n, d) only.
@@ -13,132 +19,209 @@
 #include <cstdint>
 
 #include "core/cuda_check.h"
+#include "kernels/cast/vector_access.cuh"
+#include "kernels/quant/quant_tile.cuh"
 #include "kernels/rmsnorm/rmsnorm.h"
 
 namespace frugal::cuda {
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr int kRowThreads = 256;                 // threads per row in fwd / bwd_input
+using detail::aligned_to;
+using detail::ceil_div;
+using detail::kChunk;
+
+constexpr int kMaxRowThreads = 256;
+constexpr int kMaxChunks = 4;                    // chunks per thread kept in registers
 constexpr int kWeightThreads = 256;              // threads per block in bwd_weight pass 1 and 2
 constexpr int64_t kWeightColumnsPerBlock = 1024; // pass-1 column group (4 columns per thread)
 constexpr int64_t kWeightTargetBlocks = 2048;    // enough pass-1 blocks to fill an H200 twice over
 constexpr int64_t kWeightMinRowsPerChunk = 16;
 
-// Sum over the block, returned to every thread. Fixed shuffle tree then fixed warp order.
-__device__ float block_sum(float value) {
-  __shared__ float warp_sums[kRowThreads / kWarpSize];
-  __shared__ float total;
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    value += __shfl_xor_sync(0xFFFFFFFFu, value, offset);
-  const int warp = threadIdx.x / kWarpSize;
-  if (threadIdx.x % kWarpSize == 0) warp_sums[warp] = value;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float sum = 0.0f;
-    for (int i = 0; i < kRowThreads / kWarpSize; ++i) sum += warp_sums[i];
-    total = sum;
+struct RowConfig {
+  int threads;  // multiple of 32, <= kMaxRowThreads
+  int chunks;   // 1, 2 or 4 (kChunks)
+};
+
+// The smallest kChunks in {1, 2, 4} whose block of <= 256 threads covers the row in one pass;
+// longer rows: 256 threads x 4 chunks per pass.
+RowConfig row_config(int64_t d) {
+  const int64_t chunks = ceil_div(d, kChunk);
+  for (int per_thread = 1; per_thread <= kMaxChunks; per_thread *= 2) {
+    const int64_t threads = ceil_div(ceil_div(chunks, per_thread), 32) * 32;
+    if (threads <= kMaxRowThreads) return {static_cast<int>(threads), per_thread};
   }
-  __syncthreads();
-  return total;
+  return {kMaxRowThreads, kMaxChunks};
 }
 
-// kVector: d % 4 == 0 and every pointer 16-byte aligned, so rows can be read as float4.
-template <bool kVector>
-__global__ void __launch_bounds__(kRowThreads)
-    rmsnorm_fwd_kernel(float* __restrict__ y, float* __restrict__ rstd, const float* __restrict__ x,
-                       const float* __restrict__ w, int64_t d, float eps) {
+// Loads chunk `c` of a row (zeros when c is past the row's end).
+template <bool kVector, class T>
+__device__ __forceinline__ void load_row_chunk(float (&v)[kChunk], const T* row, int64_t c,
+                                               int64_t d) {
+  const int64_t valid = d - c * kChunk;
+  if (valid > 0) {
+    detail::load_chunk<kVector>(v, row + c * kChunk, valid);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kChunk; ++i) v[i] = 0.0f;
+  }
+}
+
+// kVector: d % 8 == 0 and x, y, w 16-byte aligned (q 8-byte aligned when kQuant).
+// kQuant: also q [n, d] and scales [ceil(d/128)][n] of the fp32 y; y may then be null.
+template <class TX, class TY, int kChunks, bool kVector, bool kQuant>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    rmsnorm_fwd_kernel(TY* __restrict__ y, float* __restrict__ rstd, uint8_t* __restrict__ q,
+                       float* __restrict__ scales, const TX* __restrict__ x,
+                       const float* __restrict__ w, int64_t n, int64_t d, float eps,
+                       bool power_of_two_scale) {
   const int64_t row = blockIdx.x;
-  const float* x_row = x + row * d;
-  float* y_row = y + row * d;
+  const TX* x_row = x + row * d;
+  const int64_t chunks = ceil_div(d, kChunk);
+  const int64_t per_pass = static_cast<int64_t>(kChunks) * blockDim.x;
+  float v[kChunks][kChunk];
   float sum_sq = 0.0f;
-  if (kVector) {
-    const float4* x4 = reinterpret_cast<const float4*>(x_row);
-    for (int64_t i = threadIdx.x; i < d / 4; i += kRowThreads) {
-      const float4 v = x4[i];
-      sum_sq += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-    }
-  } else {
-    for (int64_t j = threadIdx.x; j < d; j += kRowThreads) sum_sq += x_row[j] * x_row[j];
+  for (int64_t pass = 0; pass < chunks; pass += per_pass) {  // same count in every thread
+    const int64_t first = pass + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) load_row_chunk<kVector>(v[k], x_row, first + k * blockDim.x, d);
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k)
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) sum_sq += v[k][i] * v[k][i];
   }
-  const float r = 1.0f / sqrtf(block_sum(sum_sq) / static_cast<float>(d) + eps);
+  const float r = 1.0f / sqrtf(detail::block_sum(sum_sq) / static_cast<float>(d) + eps);
   if (threadIdx.x == 0) rstd[row] = r;
-  if (kVector) {
-    const float4* x4 = reinterpret_cast<const float4*>(x_row);
-    const float4* w4 = reinterpret_cast<const float4*>(w);
-    float4* y4 = reinterpret_cast<float4*>(y_row);
-    for (int64_t i = threadIdx.x; i < d / 4; i += kRowThreads) {
-      const float4 v = x4[i], g = w4[i];
-      y4[i] = make_float4(v.x * r * g.x, v.y * r * g.y, v.z * r * g.z, v.w * r * g.w);
+
+  const bool cached = chunks <= per_pass;  // v still holds the whole row
+  for (int64_t pass = 0; pass < chunks; pass += per_pass) {  // same count in every thread
+    const int64_t first = pass + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int64_t c = first + k * blockDim.x;
+      if (!cached) load_row_chunk<kVector>(v[k], x_row, c, d);
+      const int64_t valid = d - c * kChunk;
+      float g[kChunk];
+      load_row_chunk<kVector>(g, w, c, d);
+      float out[kChunk];
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) out[i] = v[k][i] * r * g[i];
+      if (!kQuant || y != nullptr)
+        if (valid > 0) detail::store_chunk<kVector>(y + row * d + c * kChunk, out, valid);
+      if (kQuant) {
+        // Every lane takes part in the shuffle; lanes past the row hold zeros.
+        const float amax = detail::half_warp_max(detail::chunk_amax(out, 0.0f));
+        const float scale = fp8_scale_from_amax(amax, power_of_two_scale);
+        if (valid > 0) {
+          detail::store_codes<kVector>(q + row * d + c * kChunk, detail::quantize8(out, scale), valid);
+          if (c % detail::kLanesPerTile == 0) scales[(c / detail::kLanesPerTile) * n + row] = scale;
+        }
+      }
     }
-  } else {
-    for (int64_t j = threadIdx.x; j < d; j += kRowThreads) y_row[j] = x_row[j] * r * w[j];
   }
 }
 
-template <bool kVector>
-__global__ void __launch_bounds__(kRowThreads)
-    rmsnorm_bwd_input_kernel(float* __restrict__ dx, const float* __restrict__ dy,
-                             const float* __restrict__ x, const float* __restrict__ w,
+// kVector: d % 8 == 0 and dx, dy, x, w 16-byte aligned.
+template <class TX, class TY, int kChunks, bool kVector>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    rmsnorm_bwd_input_kernel(TX* __restrict__ dx, const TY* __restrict__ dy,
+                             const TX* __restrict__ x, const float* __restrict__ w,
                              const float* __restrict__ rstd, int64_t d) {
   const int64_t row = blockIdx.x;
-  const float* x_row = x + row * d;
-  const float* dy_row = dy + row * d;
-  float* dx_row = dx + row * d;
+  const TX* x_row = x + row * d;
+  const TY* dy_row = dy + row * d;
   const float r = rstd[row];
+  const int64_t chunks = ceil_div(d, kChunk);
+  const int64_t per_pass = static_cast<int64_t>(kChunks) * blockDim.x;
+  float xv[kChunks][kChunk], gv[kChunks][kChunk];
   float dot = 0.0f;  // sum_j dy*w*x; times r below gives sum_j dy*w*xhat
-  if (kVector) {
-    const float4* x4 = reinterpret_cast<const float4*>(x_row);
-    const float4* dy4 = reinterpret_cast<const float4*>(dy_row);
-    const float4* w4 = reinterpret_cast<const float4*>(w);
-    for (int64_t i = threadIdx.x; i < d / 4; i += kRowThreads) {
-      const float4 v = x4[i], g = dy4[i], s = w4[i];
-      dot += g.x * s.x * v.x + g.y * s.y * v.y + g.z * s.z * v.z + g.w * s.w * v.w;
+  for (int64_t pass = 0; pass < chunks; pass += per_pass) {  // same count in every thread
+    const int64_t first = pass + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      load_row_chunk<kVector>(xv[k], x_row, first + k * blockDim.x, d);
+      load_row_chunk<kVector>(gv[k], dy_row, first + k * blockDim.x, d);
     }
-  } else {
-    for (int64_t j = threadIdx.x; j < d; j += kRowThreads) dot += dy_row[j] * w[j] * x_row[j];
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      float s[kChunk];
+      load_row_chunk<kVector>(s, w, first + k * blockDim.x, d);
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) dot += gv[k][i] * s[i] * xv[k][i];
+    }
   }
-  const float mean_dot = block_sum(dot) * r / static_cast<float>(d);
+  const float mean_dot = detail::block_sum(dot) * r / static_cast<float>(d);
   const float r_mean_dot = r * mean_dot;  // xhat * mean_dot = x * (r * mean_dot)
-  if (kVector) {
-    const float4* x4 = reinterpret_cast<const float4*>(x_row);
-    const float4* dy4 = reinterpret_cast<const float4*>(dy_row);
-    const float4* w4 = reinterpret_cast<const float4*>(w);
-    float4* dx4 = reinterpret_cast<float4*>(dx_row);
-    for (int64_t i = threadIdx.x; i < d / 4; i += kRowThreads) {
-      const float4 v = x4[i], g = dy4[i], s = w4[i];
-      dx4[i] = make_float4(r * (g.x * s.x - v.x * r_mean_dot), r * (g.y * s.y - v.y * r_mean_dot),
-                           r * (g.z * s.z - v.z * r_mean_dot), r * (g.w * s.w - v.w * r_mean_dot));
+
+  const bool cached = chunks <= per_pass;
+  for (int64_t pass = 0; pass < chunks; pass += per_pass) {  // same count in every thread
+    const int64_t first = pass + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < kChunks; ++k) {
+      const int64_t c = first + k * blockDim.x;
+      const int64_t valid = d - c * kChunk;
+      if (valid <= 0) continue;
+      if (!cached) {
+        load_row_chunk<kVector>(xv[k], x_row, c, d);
+        load_row_chunk<kVector>(gv[k], dy_row, c, d);
+      }
+      float s[kChunk];
+      load_row_chunk<kVector>(s, w, c, d);
+      float out[kChunk];
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) out[i] = r * (gv[k][i] * s[i] - xv[k][i] * r_mean_dot);
+      detail::store_chunk<kVector>(dx + row * d + c * kChunk, out, valid);
     }
+  }
+}
+
+// 4 values at p widened to fp32 (kVector: 16-byte aligned fp32 or 8-byte aligned bf16).
+template <bool kVector>
+__device__ __forceinline__ void load4(float (&v)[4], const float* p) {
+  if (kVector) {
+    const float4 f = *reinterpret_cast<const float4*>(p);
+    v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
   } else {
-    for (int64_t j = threadIdx.x; j < d; j += kRowThreads)
-      dx_row[j] = r * (dy_row[j] * w[j] - x_row[j] * r_mean_dot);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = p[i];
+  }
+}
+template <bool kVector>
+__device__ __forceinline__ void load4(float (&v)[4], const __nv_bfloat16* p) {
+  if (kVector) {
+    const uint2 raw = *reinterpret_cast<const uint2*>(p);
+    v[0] = __uint_as_float(raw.x << 16);
+    v[1] = __uint_as_float(raw.x & 0xFFFF0000u);
+    v[2] = __uint_as_float(raw.y << 16);
+    v[3] = __uint_as_float(raw.y & 0xFFFF0000u);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = __bfloat162float(p[i]);
   }
 }
 
 // Pass 1: partial[chunk, col] = sum over the chunk's rows of dy*x*rstd. Each thread owns 4
-// adjacent columns (one float4 when kVector) and walks the chunk's rows in order.
-template <bool kVector>
+// adjacent columns and walks the chunk's rows in order. kVector: d % 4 == 0, dy and x aligned for
+// 4-value loads, partial 16-byte aligned.
+template <class TX, class TY, bool kVector>
 __global__ void __launch_bounds__(kWeightThreads)
-    rmsnorm_bwd_weight_partial_kernel(float* __restrict__ partial, const float* __restrict__ dy,
-                                      const float* __restrict__ x, const float* __restrict__ rstd,
+    rmsnorm_bwd_weight_partial_kernel(float* __restrict__ partial, const TY* __restrict__ dy,
+                                      const TX* __restrict__ x, const float* __restrict__ rstd,
                                       int64_t n, int64_t d, int64_t rows_per_chunk) {
   const int64_t col = blockIdx.x * kWeightColumnsPerBlock + threadIdx.x * 4;
   if (col >= d) return;
   const int64_t chunk = blockIdx.y;
   const int64_t row_begin = chunk * rows_per_chunk;
-  const int64_t row_end = min(n, row_begin + rows_per_chunk);
+  const int64_t row_end = detail::min64(n, row_begin + rows_per_chunk);
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   if (kVector) {
 #pragma unroll 4
     for (int64_t row = row_begin; row < row_end; ++row) {
       const float r = rstd[row];
-      const float4 g = *reinterpret_cast<const float4*>(dy + row * d + col);
-      const float4 v = *reinterpret_cast<const float4*>(x + row * d + col);
-      acc[0] += g.x * v.x * r;
-      acc[1] += g.y * v.y * r;
-      acc[2] += g.z * v.z * r;
-      acc[3] += g.w * v.w * r;
+      float g[4], v[4];
+      load4<true>(g, dy + row * d + col);
+      load4<true>(v, x + row * d + col);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[i] += g[i] * v[i] * r;
     }
   } else {
     const int valid = d - col < 4 ? static_cast<int>(d - col) : 4;
@@ -146,7 +229,8 @@ __global__ void __launch_bounds__(kWeightThreads)
       const float r = rstd[row];
 #pragma unroll
       for (int i = 0; i < 4; ++i)
-        if (i < valid) acc[i] += dy[row * d + col + i] * x[row * d + col + i] * r;
+        if (i < valid)
+          acc[i] += detail::to_float(dy[row * d + col + i]) * detail::to_float(x[row * d + col + i]) * r;
     }
   }
   float* out = partial + chunk * d + col;
@@ -171,10 +255,6 @@ __global__ void __launch_bounds__(kWeightThreads)
   dw[col] += sum;
 }
 
-bool aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Rows per chunk for bwd_weight: enough chunks to give ~kWeightTargetBlocks pass-1 blocks, but at
 // least kWeightMinRowsPerChunk rows each. A function of (n, d) only.
 int64_t weight_rows_per_chunk(int64_t n, int64_t d) {
@@ -184,32 +264,80 @@ int64_t weight_rows_per_chunk(int64_t n, int64_t d) {
   return rows > kWeightMinRowsPerChunk ? rows : kWeightMinRowsPerChunk;
 }
 
+template <class TX, class TY, bool kQuant>
+void launch_fwd(TY* y, float* rstd, uint8_t* q, float* scales, const TX* x, const float* w,
+                int64_t n, int64_t d, double eps, bool power_of_two_scale, cudaStream_t stream) {
+  const RowConfig config = row_config(d);
+  const bool vector = d % kChunk == 0 && aligned_to(x, 16) && aligned_to(w, 16) &&
+                      aligned_to(y, 16) && (!kQuant || aligned_to(q, 8));
+  const float eps_f = static_cast<float>(eps);
+  const dim3 grid(static_cast<unsigned>(n));
+#define FRUGAL_FWD(CHUNKS, VECTOR)                                                           \
+  rmsnorm_fwd_kernel<TX, TY, CHUNKS, VECTOR, kQuant><<<grid, config.threads, 0, stream>>>( \
+      y, rstd, q, scales, x, w, n, d, eps_f, power_of_two_scale)
+  switch (config.chunks * 2 + (vector ? 1 : 0)) {
+    case 2: FRUGAL_FWD(1, false); break;
+    case 3: FRUGAL_FWD(1, true); break;
+    case 4: FRUGAL_FWD(2, false); break;
+    case 5: FRUGAL_FWD(2, true); break;
+    case 8: FRUGAL_FWD(4, false); break;
+    default: FRUGAL_FWD(4, true); break;
+  }
+#undef FRUGAL_FWD
+  FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
-void rmsnorm_fwd(float* y, float* rstd, const float* x, const float* w, int64_t n, int64_t d,
+template <class TX, class TY>
+void rmsnorm_fwd(TY* y, float* rstd, const TX* x, const float* w, int64_t n, int64_t d,
                  double eps, cudaStream_t stream) {
   FRUGAL_CUDA_REQUIRE(n >= 0 && d > 0, "cuda::rmsnorm_fwd: needs n >= 0 and d > 0");
   FRUGAL_CUDA_REQUIRE(n <= 0x7FFFFFFF, "cuda::rmsnorm_fwd: too many rows for one grid");
   if (n == 0) return;
-  const dim3 grid(static_cast<unsigned>(n));
-  const float eps_f = static_cast<float>(eps);
-  if (d % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(y))
-    rmsnorm_fwd_kernel<true><<<grid, kRowThreads, 0, stream>>>(y, rstd, x, w, d, eps_f);
-  else
-    rmsnorm_fwd_kernel<false><<<grid, kRowThreads, 0, stream>>>(y, rstd, x, w, d, eps_f);
-  FRUGAL_CUDA_CHECK_LAUNCH();
+  FRUGAL_CUDA_REQUIRE(y != nullptr && rstd != nullptr && x != nullptr && w != nullptr,
+                      "cuda::rmsnorm_fwd: null pointer");
+  launch_fwd<TX, TY, false>(y, rstd, nullptr, nullptr, x, w, n, d, eps, false, stream);
 }
 
-void rmsnorm_bwd_input(float* dx, const float* dy, const float* x, const float* w,
-                       const float* rstd, int64_t n, int64_t d, cudaStream_t stream) {
+template <class TX, class TY>
+void rmsnorm_fwd_quant(uint8_t* q, float* scales, TY* y, float* rstd, const TX* x, const float* w,
+                       int64_t n, int64_t d, double eps, bool power_of_two_scale,
+                       cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(n >= 0 && d > 0, "cuda::rmsnorm_fwd_quant: needs n >= 0 and d > 0");
+  FRUGAL_CUDA_REQUIRE(n <= 0x7FFFFFFF, "cuda::rmsnorm_fwd_quant: too many rows for one grid");
+  if (n == 0) return;
+  FRUGAL_CUDA_REQUIRE(q != nullptr && scales != nullptr && rstd != nullptr && x != nullptr &&
+                          w != nullptr,
+                      "cuda::rmsnorm_fwd_quant: null pointer (only y may be null)");
+  launch_fwd<TX, TY, true>(y, rstd, q, scales, x, w, n, d, eps, power_of_two_scale, stream);
+}
+
+template <class TX, class TY>
+void rmsnorm_bwd_input(TX* dx, const TY* dy, const TX* x, const float* w, const float* rstd,
+                       int64_t n, int64_t d, cudaStream_t stream) {
   FRUGAL_CUDA_REQUIRE(n >= 0 && d > 0, "cuda::rmsnorm_bwd_input: needs n >= 0 and d > 0");
   FRUGAL_CUDA_REQUIRE(n <= 0x7FFFFFFF, "cuda::rmsnorm_bwd_input: too many rows for one grid");
   if (n == 0) return;
+  FRUGAL_CUDA_REQUIRE(dx != nullptr && dy != nullptr && x != nullptr && w != nullptr &&
+                          rstd != nullptr,
+                      "cuda::rmsnorm_bwd_input: null pointer");
+  const RowConfig config = row_config(d);
+  const bool vector = d % kChunk == 0 && aligned_to(dx, 16) && aligned_to(dy, 16) &&
+                      aligned_to(x, 16) && aligned_to(w, 16);
   const dim3 grid(static_cast<unsigned>(n));
-  if (d % 4 == 0 && aligned16(dx) && aligned16(dy) && aligned16(x) && aligned16(w))
-    rmsnorm_bwd_input_kernel<true><<<grid, kRowThreads, 0, stream>>>(dx, dy, x, w, rstd, d);
-  else
-    rmsnorm_bwd_input_kernel<false><<<grid, kRowThreads, 0, stream>>>(dx, dy, x, w, rstd, d);
+#define FRUGAL_BWD(CHUNKS, VECTOR)                                                         \
+  rmsnorm_bwd_input_kernel<TX, TY, CHUNKS, VECTOR><<<grid, config.threads, 0, stream>>>( \
+      dx, dy, x, w, rstd, d)
+  switch (config.chunks * 2 + (vector ? 1 : 0)) {
+    case 2: FRUGAL_BWD(1, false); break;
+    case 3: FRUGAL_BWD(1, true); break;
+    case 4: FRUGAL_BWD(2, false); break;
+    case 5: FRUGAL_BWD(2, true); break;
+    case 8: FRUGAL_BWD(4, false); break;
+    default: FRUGAL_BWD(4, true); break;
+  }
+#undef FRUGAL_BWD
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
@@ -218,7 +346,8 @@ int64_t rmsnorm_bwd_weight_workspace_floats(int64_t n, int64_t d) {
   return ceil_div(n, weight_rows_per_chunk(n, d)) * d;
 }
 
-void rmsnorm_bwd_weight(float* dw, const float* dy, const float* x, const float* rstd, int64_t n,
+template <class TX, class TY>
+void rmsnorm_bwd_weight(float* dw, const TY* dy, const TX* x, const float* rstd, int64_t n,
                         int64_t d, float* workspace, cudaStream_t stream) {
   FRUGAL_CUDA_REQUIRE(n >= 0 && d > 0, "cuda::rmsnorm_bwd_weight: needs n >= 0 and d > 0");
   if (n == 0) return;  // dw += 0
@@ -228,12 +357,16 @@ void rmsnorm_bwd_weight(float* dw, const float* dy, const float* x, const float*
   FRUGAL_CUDA_REQUIRE(chunks <= 65535 && column_groups <= 0x7FFFFFFF,
                       "cuda::rmsnorm_bwd_weight: shape too large for one grid");
   FRUGAL_CUDA_REQUIRE(workspace != nullptr, "cuda::rmsnorm_bwd_weight: no workspace");
+  FRUGAL_CUDA_REQUIRE(dw != nullptr && dy != nullptr && x != nullptr && rstd != nullptr,
+                      "cuda::rmsnorm_bwd_weight: null pointer");
   const dim3 partial_grid(static_cast<unsigned>(column_groups), static_cast<unsigned>(chunks));
-  if (d % 4 == 0 && aligned16(dy) && aligned16(x) && aligned16(workspace))
-    rmsnorm_bwd_weight_partial_kernel<true><<<partial_grid, kWeightThreads, 0, stream>>>(
+  const bool vector = d % 4 == 0 && aligned_to(dy, 4 * sizeof(TY)) && aligned_to(x, 4 * sizeof(TX)) &&
+                      aligned_to(workspace, 16);
+  if (vector)
+    rmsnorm_bwd_weight_partial_kernel<TX, TY, true><<<partial_grid, kWeightThreads, 0, stream>>>(
         workspace, dy, x, rstd, n, d, rows_per_chunk);
   else
-    rmsnorm_bwd_weight_partial_kernel<false><<<partial_grid, kWeightThreads, 0, stream>>>(
+    rmsnorm_bwd_weight_partial_kernel<TX, TY, false><<<partial_grid, kWeightThreads, 0, stream>>>(
         workspace, dy, x, rstd, n, d, rows_per_chunk);
   FRUGAL_CUDA_CHECK_LAUNCH();
   const dim3 finish_grid(static_cast<unsigned>(ceil_div(d, kWeightThreads)));
@@ -241,5 +374,19 @@ void rmsnorm_bwd_weight(float* dw, const float* dy, const float* x, const float*
                                                                                chunks, d);
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
+
+#define FRUGAL_INSTANTIATE_RMSNORM(TX, TY)                                                        \
+  template void rmsnorm_fwd<TX, TY>(TY*, float*, const TX*, const float*, int64_t, int64_t,       \
+                                    double, cudaStream_t);                                        \
+  template void rmsnorm_fwd_quant<TX, TY>(uint8_t*, float*, TY*, float*, const TX*, const float*, \
+                                          int64_t, int64_t, double, bool, cudaStream_t);          \
+  template void rmsnorm_bwd_input<TX, TY>(TX*, const TY*, const TX*, const float*, const float*,  \
+                                          int64_t, int64_t, cudaStream_t);                        \
+  template void rmsnorm_bwd_weight<TX, TY>(float*, const TY*, const TX*, const float*, int64_t,   \
+                                           int64_t, float*, cudaStream_t);
+FRUGAL_INSTANTIATE_RMSNORM(float, float)
+FRUGAL_INSTANTIATE_RMSNORM(float, __nv_bfloat16)
+FRUGAL_INSTANTIATE_RMSNORM(__nv_bfloat16, __nv_bfloat16)
+#undef FRUGAL_INSTANTIATE_RMSNORM
 
 }  // namespace frugal::cuda

@@ -1,0 +1,192 @@
+// CUDA RMSNorm against the CPU reference (kernels/rmsnorm), for every instantiated type pair
+// (x, y) = (f32, f32), (f32, bf16), (bf16, bf16), on fresh random inputs, outputs poisoned first:
+//   rmsnorm_fwd        y vs the double CPU reference on the same (bf16-rounded) x: <= 1e-5 of
+//                      max |y| for an fp32 y, <= 1e-2 for a bf16 y; rstd <= 1e-5
+//   rmsnorm_fwd_quant  codes and scales bit-identical to cpu::quantize_act_1x128 of the kernel's own
+//                      fp32 y (x * rstd_gpu * w in fp32, the kernel's arithmetic); its y output equal
+//                      to rmsnorm_fwd's bit for bit; also with y = null; with and without
+//                      power-of-two scales
+//   rmsnorm_bwd_input  dx vs the double CPU reference (given the same fp32 rstd), measured against
+//                      the magnitude of its terms |rstd*dy*w| (dx cancels almost completely for tiny d)
+//   rmsnorm_bwd_weight dw (accumulated onto a random start) vs the double reference, and the same
+//                      bits on a second run
+// Shapes cover one-chunk rows, rows that are not a multiple of 8 or 128, rows longer than one
+// register pass (d > 8192, the streaming path) and device pointers one element off alignment.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "core/error.h"
+#include "kernels/quant/quant.h"
+#include "kernels/rmsnorm/rmsnorm.h"
+
+namespace frugal {
+namespace {
+
+using testing::DeviceArray;
+
+struct RowShape {
+  int64_t rows, cols;
+  bool misaligned;
+};
+
+const RowShape kShapes[] = {{1, 1, false},     {3, 7, false},      {5, 128, false},
+                            {17, 129, false},  {1, 100, false},    {64, 1024, false},
+                            {33, 1030, false}, {9, 5000, false},   {2, 8192, false},
+                            {130, 7168, false}, {12, 1024, true},  {3, 10000, false},
+                            {4, 16384, false}, {5, 16384, true},   {300, 4096, false}};
+
+std::vector<double> widen(const std::vector<float>& values) {
+  return std::vector<double>(values.begin(), values.end());
+}
+std::vector<float> narrow(const std::vector<double>& values) {
+  return std::vector<float>(values.begin(), values.end());
+}
+
+template <class TX, class TY>
+void check_rmsnorm(cudaStream_t stream, const RowShape& shape) {
+  const int64_t n = shape.rows, d = shape.cols;
+  const double eps = 1e-6;
+  const bool mis = shape.misaligned;
+  const std::string text = testing::shape_text(n, d, mis) + " " + testing::type_name<TX>() + "," +
+                           testing::type_name<TY>();
+  const uint64_t seed = testing::case_seed("rmsnorm " + text, 0);
+  // The inputs as the kernel sees them: x in TX, dy in TY.
+  const std::vector<float> x = testing::representable<TX>(testing::random_normal(n * d, seed + 1, 0.0f, 2.0f));
+  const std::vector<float> w = testing::random_normal(d, seed + 2, 1.0f, 0.2f);
+  const std::vector<float> dy = testing::representable<TY>(testing::random_normal(n * d, seed + 3));
+  const std::vector<float> dw_start = testing::random_normal(d, seed + 4, 0.0f, 0.1f);
+
+  // CPU references in double.
+  const std::vector<double> x64 = widen(x), w64 = widen(w), dy64 = widen(dy);
+  std::vector<double> y64(n * d), rstd64(n);
+  cpu::rmsnorm_fwd(y64.data(), rstd64.data(), x64.data(), w64.data(), n, d, eps);
+  // The backward ops get the fp32 rstd, on both sides.
+  const std::vector<float> rstd_in = narrow(rstd64);
+  const std::vector<double> rstd_in64 = widen(rstd_in);
+  std::vector<double> dx64(n * d), dw64(d, 0.0);
+  cpu::rmsnorm_bwd_input(dx64.data(), dy64.data(), x64.data(), w64.data(), rstd_in64.data(), n, d);
+  cpu::rmsnorm_bwd_weight(dw64.data(), dy64.data(), x64.data(), rstd_in64.data(), n, d);
+  std::vector<float> dw_expected(d);
+  for (int64_t j = 0; j < d; ++j) dw_expected[j] = static_cast<float>(dw_start[j] + dw64[j]);
+
+  DeviceArray<TX> x_d(n * d, mis), dx_d(n * d, mis);
+  DeviceArray<TY> y_d(n * d, mis), y_quant_d(n * d, mis), dy_d(n * d, mis);
+  DeviceArray<float> w_d(d, mis), rstd_d(n, mis), rstd_quant_d(n, mis), rstd_in_d(n, mis),
+      dw_d(d, mis), workspace_d(cuda::rmsnorm_bwd_weight_workspace_floats(n, d), mis);
+  x_d.upload(testing::host_values<TX>(x));
+  w_d.upload(w);
+  dy_d.upload(testing::host_values<TY>(dy));
+  rstd_in_d.upload(rstd_in);
+  y_d.poison();
+  rstd_d.poison();
+  dx_d.poison();
+  workspace_d.poison();  // pass 2 reads every partial sum: one left unwritten would give NaN
+
+  cuda::rmsnorm_fwd<TX, TY>(y_d.get(), rstd_d.get(), x_d.get(), w_d.get(), n, d, eps, stream);
+  cuda::rmsnorm_bwd_input<TX, TY>(dx_d.get(), dy_d.get(), x_d.get(), w_d.get(), rstd_in_d.get(), n,
+                                  d, stream);
+  // bwd_weight accumulates: run it twice from the same start and require the same bits.
+  std::vector<float> first_dw;
+  for (int run = 0; run < 2; ++run) {
+    dw_d.upload(dw_start);
+    cuda::rmsnorm_bwd_weight<TX, TY>(dw_d.get(), dy_d.get(), x_d.get(), rstd_in_d.get(), n, d,
+                                     workspace_d.get(), stream);
+    FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+    const std::vector<float> dw_gpu = dw_d.download();
+    if (run == 0) {
+      first_dw = dw_gpu;
+      testing::expect_close("rmsnorm_bwd_weight", text, dw_gpu, dw_expected, testing::kFp32Tolerance);
+    } else {
+      testing::expect_identical_bits("rmsnorm_bwd_weight rerun", text, dw_gpu, first_dw);
+    }
+  }
+  const std::vector<float> y_gpu = testing::to_float(y_d.download());
+  const std::vector<float> rstd_gpu = rstd_d.download();
+  testing::expect_close("rmsnorm_fwd y", text, y_gpu, narrow(y64), testing::tolerance_for<TY>());
+  testing::expect_close("rmsnorm_fwd rstd", text, rstd_gpu, narrow(rstd64), testing::kFp32Tolerance);
+  // dx = rstd * (dy*w - xhat * mean(dy*w*xhat)) cancels almost completely when d is tiny (d = 1:
+  // xhat^2 = x^2/(x^2+eps)), so its error is measured against the terms, max |rstd*dy*w|.
+  double term_scale = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < d; ++j)
+      term_scale = std::max(term_scale, std::fabs(rstd_in64[i] * dy64[i * d + j] * w64[j]));
+  testing::expect_close("rmsnorm_bwd_input", text, testing::to_float(dx_d.download()), narrow(dx64),
+                        testing::tolerance_for<TX>(), term_scale);
+
+  // Fused quantization: the reference quantizes the kernel's own fp32 y, x * rstd * w in fp32.
+  std::vector<float> y32(n * d);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < d; ++j) y32[i * d + j] = x[i * d + j] * rstd_gpu[i] * w[j];
+  const int64_t tiles = fp8_block_count(d);
+  for (bool power_of_two : {false, true}) {
+    for (bool with_y : {true, false}) {
+      std::vector<uint8_t> q(n * d);
+      std::vector<float> scales(tiles * n);
+      cpu::quantize_act_1x128(q.data(), scales.data(), y32.data(), n, d, power_of_two);
+      DeviceArray<uint8_t> q_d(n * d, mis);
+      DeviceArray<float> scales_d(tiles * n, mis);
+      q_d.poison();
+      scales_d.poison();
+      y_quant_d.poison();
+      rstd_quant_d.poison();
+      cuda::rmsnorm_fwd_quant<TX, TY>(q_d.get(), scales_d.get(), with_y ? y_quant_d.get() : nullptr,
+                                      rstd_quant_d.get(), x_d.get(), w_d.get(), n, d, eps,
+                                      power_of_two, stream);
+      FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+      const std::string op = std::string("rmsnorm_fwd_quant") + (power_of_two ? " pow2" : "") +
+                             (with_y ? "" : " y=null");
+      testing::expect_quant_identical(op, text, y32, q_d.download(), q, scales_d.download(), scales);
+      testing::expect_identical_bits(op + " rstd", text, rstd_quant_d.download(), rstd_gpu);
+      if (with_y)
+        testing::expect_identical_bits(op + " y", text, testing::to_float(y_quant_d.download()),
+                                       y_gpu);
+    }
+  }
+}
+
+class RmsnormCuda : public testing::CudaTest {};
+
+TEST_F(RmsnormCuda, Fp32MatchesCpu) {
+  for (const RowShape& shape : kShapes) check_rmsnorm<float, float>(stream_, shape);
+}
+
+TEST_F(RmsnormCuda, Fp32InputBf16OutputMatchesCpu) {
+  for (const RowShape& shape : kShapes) check_rmsnorm<float, __nv_bfloat16>(stream_, shape);
+}
+
+TEST_F(RmsnormCuda, Bf16MatchesCpu) {
+  for (const RowShape& shape : kShapes) check_rmsnorm<__nv_bfloat16, __nv_bfloat16>(stream_, shape);
+}
+
+TEST_F(RmsnormCuda, LaunchersRejectBadArguments) {
+  EXPECT_THROW((cuda::rmsnorm_fwd<float, float>(nullptr, nullptr, nullptr, nullptr, -1, 4, 1e-6,
+                                                stream_)),
+               Error);
+  EXPECT_THROW((cuda::rmsnorm_fwd<float, float>(nullptr, nullptr, nullptr, nullptr, 4, 0, 1e-6,
+                                                stream_)),
+               Error);
+  EXPECT_THROW((cuda::rmsnorm_fwd_quant<float, __nv_bfloat16>(nullptr, nullptr, nullptr, nullptr,
+                                                              nullptr, nullptr, 4, 128, 1e-6, false,
+                                                              stream_)),
+               Error);
+  EXPECT_THROW((cuda::rmsnorm_bwd_input<__nv_bfloat16, __nv_bfloat16>(nullptr, nullptr, nullptr,
+                                                                      nullptr, nullptr, 4, -2,
+                                                                      stream_)),
+               Error);
+  EXPECT_THROW((cuda::rmsnorm_bwd_weight<float, float>(nullptr, nullptr, nullptr, nullptr, 4, 4,
+                                                       nullptr, stream_)),
+               Error);
+  // No rows: nothing launched, nothing read.
+  cuda::rmsnorm_fwd<float, float>(nullptr, nullptr, nullptr, nullptr, 0, 16, 1e-6, stream_);
+  cuda::rmsnorm_bwd_weight<float, float>(nullptr, nullptr, nullptr, nullptr, 0, 16, nullptr,
+                                         stream_);
+  EXPECT_EQ(cuda::rmsnorm_bwd_weight_workspace_floats(0, 16), 0);
+  sync();
+}
+
+}  // namespace
+}  // namespace frugal
