@@ -20,7 +20,8 @@ double estimate_cpu_peak_flops() {
   double mhz = 0;
   bool avx512 = false, fma = false;
   while (std::getline(in, line)) {
-    if (mhz == 0 && line.rfind("cpu MHz", 0) == 0) mhz = std::atof(line.substr(line.find(':') + 1).c_str());
+    if (mhz == 0 && line.rfind("cpu MHz", 0) == 0)
+      mhz = std::atof(line.substr(line.find(':') + 1).c_str());
     if (line.rfind("flags", 0) == 0) {
       avx512 = avx512 || line.find(" avx512f") != std::string::npos;
       fma = fma || line.find(" fma") != std::string::npos;
@@ -54,7 +55,9 @@ std::string CpuEngine::description() const {
   return fmt::format("cpu, fp32, {} threads", omp_get_max_threads());
 }
 
-void CpuEngine::zero_grad() { model_.params().zero_grad(); }
+void CpuEngine::zero_grad() {
+  model_.params().zero_grad();
+}
 
 Losses CpuEngine::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
                                    int64_t seq, const LossWeights& weights, double loss_scale) {
@@ -76,10 +79,16 @@ OptimizerStepInfo CpuEngine::optimizer_step(double lr) {
   return {info.grad_norm, info.skipped};
 }
 
-std::vector<ExpertLoad> CpuEngine::expert_load() { return model_.expert_load(); }
+std::vector<ExpertLoad> CpuEngine::expert_load() {
+  return model_.expert_load();
+}
 
-void CpuEngine::update_balance_bias(double gamma) { model_.update_balance_bias(gamma); }
+void CpuEngine::update_balance_bias(double gamma) {
+  model_.update_balance_bias(gamma);
+}
 
-int64_t CpuEngine::peak_memory_bytes() const { return peak_rss_bytes(); }
+int64_t CpuEngine::peak_memory_bytes() const {
+  return peak_rss_bytes();
+}
 
 }  // namespace frugal

@@ -14,8 +14,8 @@ class CpuEngine : public StepEngine {
 
   std::string description() const override;
   void zero_grad() override;
-  Losses forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
-                          int64_t seq, const LossWeights& weights, double loss_scale) override;
+  Losses forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq,
+                          const LossWeights& weights, double loss_scale) override;
   Losses evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch,
                   int64_t seq) override;
   OptimizerStepInfo optimizer_step(double lr) override;

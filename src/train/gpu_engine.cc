@@ -11,16 +11,22 @@ double gpu_peak_flops(const std::string& device_name, int compute_capability, Re
   struct Peaks {
     double bf16, fp8, fp32;
   };
-  Peaks peaks{989e12, 1979e12, 67e12};                                    // SXM
-  if (device_name.find("PCIe") != std::string::npos) peaks = {756e12, 1513e12, 51e12};
-  else if (device_name.find("NVL") != std::string::npos) peaks = {835e12, 1671e12, 60e12};
+  Peaks peaks{989e12, 1979e12, 67e12};  // SXM
+  if (device_name.find("PCIe") != std::string::npos)
+    peaks = {756e12, 1513e12, 51e12};
+  else if (device_name.find("NVL") != std::string::npos)
+    peaks = {835e12, 1671e12, 60e12};
   else if (device_name.find("H100") == std::string::npos &&
-           device_name.find("H200") == std::string::npos && device_name.find("H800") == std::string::npos)
+           device_name.find("H200") == std::string::npos &&
+           device_name.find("H800") == std::string::npos)
     return 0;  // another sm_90 part (H20, ...): not in this table
   switch (recipe) {
-    case Recipe::Fp32: return peaks.fp32;
-    case Recipe::Bf16: return peaks.bf16;
-    case Recipe::Fp8: return peaks.fp8;
+    case Recipe::Fp32:
+      return peaks.fp32;
+    case Recipe::Bf16:
+      return peaks.bf16;
+    case Recipe::Fp8:
+      return peaks.fp8;
   }
   return 0;
 }
@@ -65,8 +71,8 @@ class GpuEngine : public StepEngine {
 
   void zero_grad() override { model_.zero_grad(); }
 
-  Losses forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
-                          int64_t seq, const LossWeights& weights, double loss_scale) override {
+  Losses forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq,
+                          const LossWeights& weights, double loss_scale) override {
     return model_.forward_backward(tokens, targets, batch, seq, weights, loss_scale);
   }
 
@@ -77,7 +83,8 @@ class GpuEngine : public StepEngine {
 
   OptimizerStepInfo optimizer_step(double lr) override {
     const auto info = optimizer_.step(lr);
-    if (!info.skipped) host_model_current_ = host_optimizer_current_ = false;
+    // Even a skipped step invalidates the host copies: they are re-read rather than assumed equal.
+    host_model_current_ = host_optimizer_current_ = false;
     return {info.grad_norm, info.skipped};
   }
 
@@ -85,7 +92,7 @@ class GpuEngine : public StepEngine {
 
   void update_balance_bias(double gamma) override {
     model_.update_balance_bias(gamma);
-    if (gamma != 0.0) host_model_current_ = false;
+    host_model_current_ = false;
   }
 
   void synchronize() override { ctx_.synchronize(); }

@@ -21,7 +21,9 @@ namespace {
 // BF16), so the vectorized kernels see aligned slices.
 constexpr int64_t kSliceAlignment = 128;
 
-int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+int64_t round_up(int64_t n, int64_t multiple) {
+  return (n + multiple - 1) / multiple * multiple;
+}
 
 float bits_to_float(int32_t bits) {
   float value;
@@ -105,10 +107,9 @@ GpuAdamW::StepInfo GpuAdamW::step(double lr) {
   float* norm = reinterpret_cast<float*>(scalars_.data());
   float* clip_scale = reinterpret_cast<float*>(scalars_.data() + 1);
   int32_t* nonfinite = scalars_.data() + 2;
-  cuda::grad_norm_and_clip(norm, clip_scale, nonfinite, grad_tensors_.data(),
-                           static_cast<int64_t>(grad_tensors_.size()),
-                           static_cast<float>(config_.grad_clip), norm_workspace_.data(),
-                           ctx_.stream);
+  cuda::grad_norm_and_clip(
+      norm, clip_scale, nonfinite, grad_tensors_.data(), static_cast<int64_t>(grad_tensors_.size()),
+      static_cast<float>(config_.grad_clip), norm_workspace_.data(), ctx_.stream);
   FRUGAL_CUDA_CHECK(cudaMemcpyAsync(host_scalars_->values, scalars_.data(), 3 * sizeof(int32_t),
                                     cudaMemcpyDeviceToHost, ctx_.stream));
   FRUGAL_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));

@@ -89,13 +89,13 @@ class GpuAdamW {
   int64_t moment_elements_ = 0;
   int64_t step_count_ = 0;
   int64_t skipped_steps_ = 0;
-  cuda::DeviceArray<float> m_f32_, v_f32_;         // fp32 recipe
-  cuda::DeviceArray<uint16_t> m_bf16_, v_bf16_;    // bf16 / fp8 recipes (BF16 bit patterns)
-  std::vector<cuda::GradTensor> grad_tensors_;     // the trainable gradients, in slot order
+  cuda::DeviceArray<float> m_f32_, v_f32_;       // fp32 recipe
+  cuda::DeviceArray<uint16_t> m_bf16_, v_bf16_;  // bf16 / fp8 recipes (BF16 bit patterns)
+  std::vector<cuda::GradTensor> grad_tensors_;   // the trainable gradients, in slot order
   cuda::DeviceArray<uint8_t> norm_workspace_;
-  cuda::DeviceArray<int32_t> scalars_;             // [0] norm (f32 bits), [1] clip scale, [2] flag
+  cuda::DeviceArray<int32_t> scalars_;  // [0] norm (f32 bits), [1] clip scale, [2] flag
   struct PinnedScalars;
-  std::unique_ptr<PinnedScalars> host_scalars_;    // page-locked copy target of scalars_
+  std::unique_ptr<PinnedScalars> host_scalars_;  // page-locked copy target of scalars_
 };
 
 }  // namespace frugal::gpu

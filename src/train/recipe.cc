@@ -14,9 +14,12 @@ Recipe parse_recipe(std::string_view text) {
 
 std::string_view recipe_name(Recipe recipe) {
   switch (recipe) {
-    case Recipe::Fp32: return "fp32";
-    case Recipe::Bf16: return "bf16";
-    case Recipe::Fp8: return "fp8";
+    case Recipe::Fp32:
+      return "fp32";
+    case Recipe::Bf16:
+      return "bf16";
+    case Recipe::Fp8:
+      return "fp8";
   }
   return "?";
 }

@@ -18,8 +18,9 @@ std::unique_ptr<StepEngine> make_step_engine(const Config& config) {
 #ifdef FRUGAL_HAVE_CUDA
   return make_gpu_engine(config);
 #else
-  fail("train.device = \"cuda\": this frugal was built without the CUDA backend (configure with "
-       "-DFRUGAL_CUDA=ON where nvcc is installed), or set train.device = \"cpu\"");
+  fail(
+      "train.device = \"cuda\": this frugal was built without the CUDA backend (configure with "
+      "-DFRUGAL_CUDA=ON where nvcc is installed), or set train.device = \"cpu\"");
 #endif
 }
 

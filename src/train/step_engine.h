@@ -63,7 +63,8 @@ class StepEngine {
   virtual AdamW<float>& host_optimizer() = 0;
   virtual void upload_host_state() = 0;
 
-  // Forward FLOPs per token of the main model at sequence length seq (Transformer::flops_per_token).
+  // Forward FLOPs per token of the main model at sequence length seq
+  // (Transformer::flops_per_token).
   virtual double flops_per_token(int64_t seq) const = 0;
   // Peak FLOP/s of the hardware at this engine's precision; 0 when unknown (MFU prints "-").
   virtual double peak_flops() const = 0;

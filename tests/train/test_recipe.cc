@@ -1,16 +1,17 @@
 // Training recipes and devices: parsing train.precision / train.device (and their errors), the
 // GPU fallback rule (fp8 needs sm_90; fp32 and bf16 always granted), the CPU's fp32-only rule,
 // the settings in config files and checkpoints' frugal.toml, the trainer's refusals (bf16 on the
-// CPU; train.device = "cuda" in a build without CUDA) and the Hopper peak-FLOP/s table used for MFU.
+// CPU; train.device = "cuda" in a build without CUDA) and the Hopper peak-FLOP/s table used for
+// MFU.
 #include <gtest/gtest.h>
 
 #include <fstream>
 #include <string>
 #include <vector>
 
-#include "test_util.h"
 #include "data/text_source.h"
 #include "io/config_io.h"
+#include "test_util.h"
 #include "train/gpu_engine.h"
 #include "train/recipe.h"
 #include "train/trainer.h"
@@ -20,7 +21,9 @@ namespace {
 
 using ::frugal::testing::error_message;
 
-std::string tiny_path() { return std::string(FRUGAL_SOURCE_DIR) + "/configs/tiny.toml"; }
+std::string tiny_path() {
+  return std::string(FRUGAL_SOURCE_DIR) + "/configs/tiny.toml";
+}
 
 TEST(Recipe, ParsesAndNamesEveryRecipe) {
   for (Recipe r : {Recipe::Fp32, Recipe::Bf16, Recipe::Fp8})
@@ -136,8 +139,8 @@ std::vector<int32_t> byte_corpus(int64_t count) {
 TEST(RecipeTrainer, CpuTrainerRefusesBf16AndFp8) {
   TextDataSource data(byte_corpus(2000), 1);
   for (const char* precision : {"bf16", "fp8"}) {
-    const Config config = load_config(
-        tiny_path(), {"train.seq_len=16", std::string("train.precision=") + precision});
+    const Config config =
+        load_config(tiny_path(), {"train.seq_len=16", std::string("train.precision=") + precision});
     const std::string m = error_message([&] { Trainer t(config, data, nullptr, true); });
     EXPECT_NE(m.find("train.precision = \"" + std::string(precision) + "\""), std::string::npos)
         << m;
@@ -148,10 +151,10 @@ TEST(RecipeTrainer, CpuTrainerRefusesBf16AndFp8) {
 TEST(RecipeTrainer, CpuTrainerNamesItsDevice) {
   ::frugal::testing::TempDir dir;
   TextDataSource data(byte_corpus(2000), 1);
-  const Config config = load_config(
-      tiny_path(), {"train.seq_len=16", "train.micro_batch=2", "train.batch_sequences=2",
-                    "train.steps=1", "train.eval_every=0", "train.threads=1",
-                    "train.out_dir=" + dir.sub("run")});
+  const Config config =
+      load_config(tiny_path(), {"train.seq_len=16", "train.micro_batch=2",
+                                "train.batch_sequences=2", "train.steps=1", "train.eval_every=0",
+                                "train.threads=1", "train.out_dir=" + dir.sub("run")});
   Trainer t(config, data, nullptr, /*quiet=*/false);
   EXPECT_NE(t.engine().description().find("cpu, fp32"), std::string::npos)
       << t.engine().description();
