@@ -142,11 +142,12 @@ int run(int argc, char** argv) {
   std::printf("\n%s on %s\n", config_path.c_str(), engine->description().c_str());
   std::printf("%-10s %10s %8s %6s %10s %10s %10s %12s %9s %9s %10s\n", "recipe", "params", "batch",
               "seq", "ms/step", "median", "min", "tok/s", "MFU bf16", "MFU fp8", "peak mem");
-  std::printf(
-      "%-10s %9.3fB %8lld %6lld %10.1f %10.1f %10.1f %12s %8.1f%% %8.1f%% %10s\n", recipe.c_str(),
-      params / 1e9, static_cast<long long>(batch), static_cast<long long>(seq), mean * 1e3,
-      median(step_seconds) * 1e3, *std::min_element(step_seconds.begin(), step_seconds.end()) * 1e3,
-      format_count(tok_s).c_str(), 100 * mfu_bf16, 100 * mfu_fp8, format_bytes(memory).c_str());
+  std::printf("%-10s %10s %8lld %6lld %10.1f %10.1f %10.1f %12s %8.1f%% %8.1f%% %10s\n",
+              recipe.c_str(), format_count(params).c_str(), static_cast<long long>(batch),
+              static_cast<long long>(seq), mean * 1e3, median(step_seconds) * 1e3,
+              *std::min_element(step_seconds.begin(), step_seconds.end()) * 1e3,
+              format_count(tok_s).c_str(), 100 * mfu_bf16, 100 * mfu_fp8,
+              format_bytes(memory).c_str());
   std::printf(
       "model TFLOP/s %.1f (%.3g GFLOP per token trained), loss %.4f -> %.4f, %lld skipped\n",
       achieved / 1e12, train_flops_per_token / 1e9, first_loss, last_loss,
