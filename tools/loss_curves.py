@@ -119,6 +119,11 @@ def main():
         print(f"validation at step {last}: {val_a[last]:.4f} vs {val_b[last]:.4f}, relative gap "
               f"{100 * figures['relative_gap_val']:+.3f}%")
 
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+            f.write("\n")
+        print(f"wrote {args.json}")
     if args.png:
         try:
             import matplotlib
@@ -145,11 +150,6 @@ def main():
         fig.tight_layout()
         fig.savefig(args.png, dpi=120)
         print(f"wrote {args.png}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
-            f.write("\n")
-        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
