@@ -119,10 +119,13 @@ class GpuEngine : public StepEngine {
   }
 
   // Uploads the host copies that are current (read since the device last changed, and maybe
-  // edited since); a stale copy is older than the device state and must not replace it.
+  // edited since); a stale copy is older than the device state and must not replace it. From
+  // then on the device is the reference: the next read downloads again (so what a caller reads
+  // back is what the device trains with).
   void upload_host_state() override {
     if (host_model_current_) model_.upload(host_.params());
     if (host_optimizer_ && host_optimizer_current_) optimizer_.upload(*host_optimizer_);
+    host_model_current_ = host_optimizer_current_ = false;
   }
 
   double flops_per_token(int64_t seq) const override { return host_.flops_per_token(seq); }

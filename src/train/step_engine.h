@@ -12,9 +12,10 @@
 //
 // Host copies: host_model() and host_optimizer() are the CPU Transformer and AdamW holding the
 // engine's current weights, routing biases, moments and update count, in the checkpoint format
-// (fp32). The CPU engine trains them directly; the GPU engine downloads into them on request (only
-// when the device state changed since the last download). After editing them (resume from a
-// checkpoint, a test poisoning a weight) call upload_host_state() so the device trains from them.
+// (fp32). The CPU engine trains them directly; the GPU engine downloads into them on request (when
+// the device state may differ: after a step, a bias update or an upload). After editing them
+// (resume from a checkpoint, a test poisoning a weight) call upload_host_state() so the device
+// trains from them; a later read returns what the device holds.
 #pragma once
 
 #include <cstdint>
