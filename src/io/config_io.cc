@@ -93,6 +93,7 @@ std::vector<Field> config_fields(Config& c) {
       {"train.save_every", &t.save_every},
       {"train.out_dir", &t.out_dir},
       {"train.precision", &t.precision},
+      {"train.device", &t.device},
       {"train.threads", &t.threads},
       {"optim.lr", &c.optim.lr},
       {"optim.beta1", &c.optim.beta1},

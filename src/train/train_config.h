@@ -65,7 +65,8 @@ struct TrainConfig {
   int64_t eval_batches = 4;
   int64_t save_every = 500;         // 0: only at the end
   std::string out_dir = "runs/default";
-  std::string precision = "fp32";   // "fp32" on the CPU; "bf16" and "fp8" on GPUs
+  std::string precision = "fp32";   // "fp32" (CPU and GPU), "bf16", "fp8" (GPU; train/recipe.h)
+  std::string device = "cpu";       // "cpu" or "cuda" (one GPU)
   int64_t threads = 0;              // 0: all cores
   bool operator==(const TrainConfig&) const = default;
 };

@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <thread>
 
 #include "io/atomic_file.h"
 #include "io/config_io.h"
@@ -19,25 +18,8 @@ extern "C" void openblas_set_num_threads(int);
 
 namespace frugal {
 
-double estimate_cpu_peak_flops() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  double mhz = 0;
-  bool avx512 = false, fma = false;
-  while (std::getline(in, line)) {
-    if (mhz == 0 && line.rfind("cpu MHz", 0) == 0) mhz = std::atof(line.substr(line.find(':') + 1).c_str());
-    if (line.rfind("flags", 0) == 0) {
-      avx512 = avx512 || line.find(" avx512f") != std::string::npos;
-      fma = fma || line.find(" fma") != std::string::npos;
-    }
-  }
-  // FP32 FLOP per cycle per core: two FMA pipes x lanes x 2.
-  double per_cycle = avx512 ? 64 : fma ? 32 : 8;
-  return static_cast<double>(std::thread::hardware_concurrency()) * mhz * 1e6 * per_cycle;
-}
-
 Trainer::Trainer(const Config& config, DataSource& train, DataSource* val, bool quiet)
-    : config_(config), train_(train), val_(val), quiet_(quiet), model_(config.model) {
+    : config_(config), train_(train), val_(val), quiet_(quiet) {
   FRUGAL_CHECK(train.vocab_size() <= config.model.vocab_size,
                "the data's tokenizer has {} ids but model.vocab_size is {}", train.vocab_size(),
                config.model.vocab_size);
@@ -45,14 +27,12 @@ Trainer::Trainer(const Config& config, DataSource& train, DataSource* val, bool 
     omp_set_num_threads(static_cast<int>(config.train.threads));
     openblas_set_num_threads(static_cast<int>(config.train.threads));
   }
-  model_.init_weights(config.train.seed, config.train.init_std);
-  optimizer_ = std::make_unique<AdamW<float>>(config.optim, model_.params());
+  engine_ = make_step_engine(config);
   state_.train_data = train_.state();
   if (val_) val_start_ = val_->state();
-  // MFU is measured against the cores this run uses.
-  const double cores = std::max(1u, std::thread::hardware_concurrency());
-  peak_flops_ = estimate_cpu_peak_flops() * std::min(1.0, omp_get_max_threads() / cores);
 }
+
+Trainer::~Trainer() = default;
 
 void Trainer::log(const std::string& line) const {
   if (quiet_) return;
@@ -104,8 +84,9 @@ void Trainer::resume(const std::string& checkpoint_dir) {
                "{}: the checkpoint's model differs from this run's config ({}); resume with the "
                "same [model] settings",
                checkpoint_dir, difference);
-  load_checkpoint_model(checkpoint_dir, model_);
-  load_checkpoint_training(checkpoint_dir, *optimizer_, state_);
+  load_checkpoint_model(checkpoint_dir, engine_->host_model());
+  load_checkpoint_training(checkpoint_dir, engine_->host_optimizer(), state_);
+  engine_->upload_host_state();
   train_.restore(state_.train_data);
 }
 
@@ -117,8 +98,7 @@ double Trainer::validation_loss() {
   double sum = 0;
   for (int64_t i = 0; i < config_.train.eval_batches; ++i) {
     val_->next_batch(tokens.data(), targets.data(), mb, seq);
-    Transformer<float>::Ctx ctx;
-    sum += model_.forward(ctx, tokens.data(), targets.data(), mb, seq, {0.0, 0.0}, false).main;
+    sum += engine_->evaluate(tokens.data(), targets.data(), mb, seq).main;
   }
   return sum / static_cast<double>(std::max<int64_t>(config_.train.eval_batches, 1));
 }
@@ -131,7 +111,13 @@ TrainSummary Trainer::run(int64_t stop_after) {
   const std::string metrics_path = tc.out_dir + "/metrics.jsonl";
   if (state_.step > 0) truncate_metrics_after(metrics_path, state_.step);
   metrics_.open(metrics_path, /*append=*/state_.step > 0);
-  const double train_flops_per_token = 3.0 * model_.flops_per_token(seq);
+  const double train_flops_per_token = 3.0 * engine_->flops_per_token(seq);
+  const double peak_flops = engine_->peak_flops();
+  if (!announced_) {
+    log("device: " + engine_->description());
+    if (!engine_->recipe_note().empty()) log(engine_->recipe_note());
+    announced_ = true;
+  }
   TrainSummary summary;
   std::vector<int32_t> tokens(mb * seq), targets(mb * seq);
   ProgressBar progress("train", last_step, stderr, !quiet_ && isatty(STDERR_FILENO) != 0);
@@ -144,25 +130,24 @@ TrainSummary Trainer::run(int64_t stop_after) {
     const int64_t micro_batches = sequences / mb;
     const LossWeights weights{schedule_value(tc.mtp_weight, step), tc.balance_alpha};
 
-    model_.params().zero_grad();
+    engine_->zero_grad();
     Losses sum;
     for (int64_t m = 0; m < micro_batches; ++m) {
       train_.next_batch(tokens.data(), targets.data(), mb, seq);
-      Transformer<float>::Ctx ctx;
-      Losses l = model_.forward(ctx, tokens.data(), targets.data(), mb, seq, weights, true);
-      model_.backward_input(ctx, 1.0 / static_cast<double>(micro_batches));
-      model_.backward_weight(ctx);
+      const Losses l = engine_->forward_backward(tokens.data(), targets.data(), mb, seq, weights,
+                                                 1.0 / static_cast<double>(micro_batches));
       sum.total += l.total / micro_batches;
       sum.main += l.main / micro_batches;
       sum.mtp += l.mtp / micro_batches;
       sum.balance += l.balance / micro_batches;
     }
     const double lr = learning_rate(config_.optim, config_.schedule, step);
-    auto info = optimizer_->step(model_.params(), lr);
-    auto load = model_.expert_load();  // read before the bias update resets the counts
+    const OptimizerStepInfo info = engine_->optimizer_step(lr);
+    auto load = engine_->expert_load();  // read before the bias update resets the counts
     // A skipped step leaves the whole model as it was: the routing biases stay too (gamma 0 only
     // restarts the load counters).
-    model_.update_balance_bias(info.skipped ? 0.0 : schedule_value(tc.bias_update_speed, step));
+    engine_->update_balance_bias(info.skipped ? 0.0 : schedule_value(tc.bias_update_speed, step));
+    engine_->synchronize();
     state_.step += 1;
     state_.tokens_seen += sequences * seq;
     state_.train_data = train_.state();
@@ -170,6 +155,7 @@ TrainSummary Trainer::run(int64_t stop_after) {
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double tok_s = static_cast<double>(sequences * seq) / seconds;
+    const int64_t memory = engine_->peak_memory_bytes();
     if (summary.steps_done == 0) summary.first_loss = sum.main;
     summary.last_loss = sum.main;
     summary.steps_done += 1;
@@ -180,7 +166,10 @@ TrainSummary Trainer::run(int64_t stop_after) {
                              {"loss_balance", sum.balance}, {"grad_norm", info.grad_norm},
                              {"lr", lr},                  {"tokens", state_.tokens_seen},
                              {"step_ms", seconds * 1e3},  {"tokens_per_s", tok_s},
-                             {"skipped", info.skipped}};
+                             {"skipped", info.skipped},   {"peak_memory_bytes", memory}};
+    // MFU as the step line computes it; null when the hardware peak is unknown.
+    record["mfu"] = peak_flops > 0 ? nlohmann::json(tok_s * train_flops_per_token / peak_flops)
+                                   : nlohmann::json(nullptr);
     nlohmann::json load_json = nlohmann::json::object();
     for (auto& l : load) load_json[l.layer] = l.max_over_mean;
     record["expert_load_max_over_mean"] = load_json;
@@ -191,9 +180,8 @@ TrainSummary Trainer::run(int64_t stop_after) {
     const bool stopping = stop_flag_ != nullptr && stop_flag_->load();
     const bool last = state_.step == last_step || stopping;
     if (state_.step % std::max<int64_t>(tc.log_every, 1) == 0 || last || state_.step == 1) {
-      StepStats stats{state_.step,   tc.steps, sum.main,           info.grad_norm,
-                      lr,            seconds,  tok_s,              train_flops_per_token,
-                      peak_flops_,   peak_rss_bytes()};
+      StepStats stats{state_.step, tc.steps, sum.main, info.grad_norm,         lr,
+                      seconds,     tok_s,    train_flops_per_token, peak_flops, memory};
       log(format_step_line(stats));
     }
     if (tc.eval_every > 0 && val_ && (state_.step % tc.eval_every == 0 || last)) {
@@ -207,7 +195,8 @@ TrainSummary Trainer::run(int64_t stop_after) {
     metrics_.write(record);
     progress.update(state_.step);
     if ((tc.save_every > 0 && state_.step % tc.save_every == 0) || last) {
-      summary.checkpoint = save_checkpoint(tc.out_dir, config_, model_, *optimizer_, state_);
+      summary.checkpoint = save_checkpoint(tc.out_dir, config_, engine_->host_model(),
+                                           engine_->host_optimizer(), state_);
       if (last) log(fmt::format("saved {}", summary.checkpoint));
     }
     if (stopping) {

@@ -1,11 +1,14 @@
-// The training loop (CPU reference, fp32 master weights):
+// The training loop, the same on every device (train.device picks a StepEngine: the CPU reference
+// or one GPU, train/step_engine.h):
 //   for each step: sequences = batch ramp; micro-batches of train.micro_batch sequences each run
-//   forward, backward_input and backward_weight with loss scale 1/micro_batches (parameter
-//   gradients accumulate); AdamW with global-norm clipping at the scheduled learning rate (a
-//   non-finite gradient skips the update, routing biases included, and is logged); every MoE
-//   layer's routing bias moves by gamma against its load over the step's tokens (spec §2.2).
-// Logs the DESIGN.md step line, JSONL metrics (<out_dir>/metrics.jsonl) with per-layer expert load,
-// periodic validation loss, and checkpoints (train/checkpoint.h).
+//   forward and the whole backward with loss scale 1/micro_batches (parameter gradients
+//   accumulate); AdamW with global-norm clipping at the scheduled learning rate (a non-finite
+//   gradient skips the update, routing biases included, and is logged); every MoE layer's routing
+//   bias moves by gamma against its load over the step's tokens (spec §2.2).
+// Logs the DESIGN.md step line (tokens/s, MFU against the device's peak at the run's precision,
+// peak memory: GPU bytes in use or the process RSS), JSONL metrics (<out_dir>/metrics.jsonl) with
+// the same figures and per-layer expert load, periodic validation loss, and checkpoints
+// (train/checkpoint.h; the same files from either device, so a run can resume on the other).
 #pragma once
 
 #include <atomic>
@@ -17,6 +20,7 @@
 #include "train/adamw.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
+#include "train/step_engine.h"
 #include "train/train_config.h"
 
 namespace frugal {
@@ -33,14 +37,17 @@ struct TrainSummary {
 
 class Trainer {
  public:
-  // val may be null (no validation). `quiet` silences the console (tests).
+  // val may be null (no validation). `quiet` silences the console (tests). Builds the engine of
+  // train.device (errors name train.device / train.precision when this machine cannot run them).
   Trainer(const Config& config, DataSource& train, DataSource* val, bool quiet = false);
+  ~Trainer();
 
   // Continue from a checkpoint directory (weights, routing biases, optimizer moments and step
   // count, step, tokens seen, data position). The checkpoint's [model] must equal this config's;
-  // other sections may differ (e.g. more train.steps). Continuing is bitwise identical to a run
-  // that never stopped: nothing else carries over between steps (MoE load counters restart every
-  // step, the data sources are counter-based, validation always re-reads the same batches).
+  // other sections may differ (e.g. more train.steps, another train.device). Continuing is bitwise
+  // identical to a run that never stopped: nothing else carries over between steps (MoE load
+  // counters restart every step, the data sources are counter-based, validation always re-reads
+  // the same batches).
   void resume(const std::string& checkpoint_dir);
   // Train until config.train.steps (or `stop_after` more steps when >= 0); saves at the end.
   TrainSummary run(int64_t stop_after = -1);
@@ -49,8 +56,13 @@ class Trainer {
   // (summary.interrupted). For Ctrl-C: a signal handler sets the flag. nullptr: no checks.
   void set_stop_flag(const std::atomic<bool>* flag) { stop_flag_ = flag; }
 
-  Transformer<float>& model() { return model_; }
-  const AdamW<float>& optimizer() const { return *optimizer_; }
+  // The current weights and optimizer state as a CPU model and AdamW (on a GPU: copied from the
+  // device when it changed since the last call). After editing them, call host_state_changed()
+  // so that training continues from the edit (a no-op on the CPU, an upload on a GPU).
+  Transformer<float>& model() { return engine_->host_model(); }
+  const AdamW<float>& optimizer() { return engine_->host_optimizer(); }
+  void host_state_changed() { engine_->upload_host_state(); }
+  StepEngine& engine() { return *engine_; }
   const TrainerState& state() const { return state_; }
 
  private:
@@ -61,16 +73,12 @@ class Trainer {
   DataSource* val_;
   nlohmann::json val_start_;  // validation always reads the same batches
   bool quiet_;
-  Transformer<float> model_;
-  std::unique_ptr<AdamW<float>> optimizer_;
+  std::unique_ptr<StepEngine> engine_;
   TrainerState state_;
   MetricsLog metrics_;
   const std::atomic<bool>* stop_flag_ = nullptr;
   ProgressBar* progress_ = nullptr;  // the bar of the running run(), erased before a log line
-  double peak_flops_ = 0;
+  bool announced_ = false;           // the device line was logged
 };
-
-// Peak FP32 FLOP/s of this CPU from /proc/cpuinfo (cores x MHz x FMA lanes); 0 if unknown.
-double estimate_cpu_peak_flops();
 
 }  // namespace frugal

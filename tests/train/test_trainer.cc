@@ -297,6 +297,25 @@ TEST(Trainer, StopRequestSavesAfterTheCurrentStep) {
   EXPECT_EQ(t.state().step, 6);
 }
 
+TEST(Trainer, MetricsCarryMemoryAndMfu) {
+  TempDir dir;
+  Sources data(1234);
+  Trainer t(small_config(dir.sub("run"), {"train.eval_every=0", "train.steps=2"}), data.train,
+            nullptr, true);
+  t.run();
+  const double flops = 3.0 * t.engine().flops_per_token(16), peak = t.engine().peak_flops();
+  auto records = read_metrics(dir.sub("run") + "/metrics.jsonl");
+  ASSERT_EQ(records.size(), 2u);
+  for (const auto& r : records) {
+    EXPECT_GT(r["peak_memory_bytes"].get<int64_t>(), 0);  // the process RSS on the CPU
+    if (peak > 0) {
+      EXPECT_NEAR(r["mfu"].get<double>(), r["tokens_per_s"].get<double>() * flops / peak, 1e-12);
+    } else {
+      EXPECT_TRUE(r["mfu"].is_null());
+    }
+  }
+}
+
 TEST(Trainer, ValidationLossIsDeterministic) {
   TempDir dir;
   Sources data(1234);

@@ -23,10 +23,9 @@
 #include "core/param.h"
 #include "model/config.h"
 #include "model/transformer.h"
+#include "train/recipe.h"  // enum class Recipe { Fp32, Bf16, Fp8 }, visible in CPU-only builds too
 
 namespace frugal {
-
-enum class Recipe { Fp32, Bf16, Fp8 };
 
 namespace gpu {
 

@@ -1,0 +1,227 @@
+// GpuAdamW (see gpu_optimizer.h): moment layout, the step (norm, skip check, fused updates) and
+// the conversions to and from the CPU AdamW's fp32 checkpoint state.
+#ifdef FRUGAL_HAVE_CUDA
+
+#include "train/gpu_optimizer.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "core/cuda_check.h"
+#include "core/dtype.h"
+#include "core/error.h"
+
+namespace frugal::gpu {
+namespace {
+
+// Each tensor's moments start on a multiple of this many elements (512 bytes of fp32, 256 of
+// BF16), so the vectorized kernels see aligned slices.
+constexpr int64_t kSliceAlignment = 128;
+
+int64_t round_up(int64_t n, int64_t multiple) {
+  return (n + multiple - 1) / multiple * multiple;
+}
+
+float bits_to_float(int32_t bits) {
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+}  // namespace
+
+// The copy target of the per-step scalars: page-locked, so the copy is a real async DMA.
+struct GpuAdamW::PinnedScalars {
+  int32_t* values = nullptr;  // [4]
+  PinnedScalars() {
+    FRUGAL_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&values), 4 * sizeof(int32_t)));
+    std::memset(values, 0, 4 * sizeof(int32_t));
+  }
+  ~PinnedScalars() { cudaFreeHost(values); }
+  PinnedScalars(const PinnedScalars&) = delete;
+  PinnedScalars& operator=(const PinnedScalars&) = delete;
+};
+
+GpuAdamW::GpuAdamW(cuda::DeviceContext& ctx, const OptimConfig& config, GpuTransformer& model)
+    : ctx_(ctx), config_(config), model_(model), bf16_moments_(model.recipe() != Recipe::Fp32) {
+  FRUGAL_CHECK(config.beta1 >= 0.0 && config.beta1 < 1.0, "optim.beta1 = {} must be in [0, 1)",
+               config.beta1);
+  FRUGAL_CHECK(config.beta2 >= 0.0 && config.beta2 < 1.0, "optim.beta2 = {} must be in [0, 1)",
+               config.beta2);
+  FRUGAL_CHECK(config.eps > 0.0, "optim.eps = {} must be > 0", config.eps);
+  FRUGAL_CHECK(config.weight_decay >= 0.0, "optim.weight_decay = {} must be >= 0",
+               config.weight_decay);
+  FRUGAL_CHECK(config.grad_clip >= 0.0, "optim.grad_clip = {} must be >= 0 (0 disables clipping)",
+               config.grad_clip);
+
+  const std::vector<DeviceParam>& params = model_.params();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const DeviceParam& p = params[i];
+    if (!p.trainable) continue;
+    FRUGAL_CHECK(p.value != nullptr && p.grad != nullptr && p.count > 0,
+                 "GpuAdamW: trainable parameter {} has no device value or gradient ({} elements)",
+                 p.name, p.count);
+    slots_.push_back({i, moment_elements_, p.count});
+    grad_tensors_.push_back({p.grad, p.count});
+    moment_elements_ += round_up(p.count, kSliceAlignment);
+  }
+  FRUGAL_CHECK(!slots_.empty(), "GpuAdamW: the model has no trainable parameters");
+
+  if (bf16_moments_) {
+    m_bf16_ = cuda::DeviceArray<uint16_t>(ctx_, moment_elements_);
+    v_bf16_ = cuda::DeviceArray<uint16_t>(ctx_, moment_elements_);
+    FRUGAL_CUDA_CHECK(cudaMemsetAsync(m_bf16_.data(), 0, m_bf16_.bytes(), ctx_.stream));
+    FRUGAL_CUDA_CHECK(cudaMemsetAsync(v_bf16_.data(), 0, v_bf16_.bytes(), ctx_.stream));
+  } else {
+    m_f32_ = cuda::DeviceArray<float>(ctx_, moment_elements_);
+    v_f32_ = cuda::DeviceArray<float>(ctx_, moment_elements_);
+    FRUGAL_CUDA_CHECK(cudaMemsetAsync(m_f32_.data(), 0, m_f32_.bytes(), ctx_.stream));
+    FRUGAL_CUDA_CHECK(cudaMemsetAsync(v_f32_.data(), 0, v_f32_.bytes(), ctx_.stream));
+  }
+  const size_t workspace = cuda::grad_norm_workspace_bytes(
+      grad_tensors_.data(), static_cast<int64_t>(grad_tensors_.size()));
+  norm_workspace_ = cuda::DeviceArray<uint8_t>(ctx_, static_cast<int64_t>(workspace));
+  scalars_ = cuda::DeviceArray<int32_t>(ctx_, 4);
+  FRUGAL_CUDA_CHECK(cudaMemsetAsync(scalars_.data(), 0, scalars_.bytes(), ctx_.stream));
+  host_scalars_ = std::make_unique<PinnedScalars>();
+  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+}
+
+GpuAdamW::~GpuAdamW() = default;
+
+const DeviceParam& GpuAdamW::param_of(const Slot& slot) const {
+  return model_.params()[slot.param];
+}
+
+GpuAdamW::StepInfo GpuAdamW::step(double lr) {
+  FRUGAL_CHECK(std::isfinite(lr) && lr >= 0.0, "GpuAdamW: learning rate {} must be finite and >= 0",
+               lr);
+  // The model's parameter list must still be the one the moments were laid out for.
+  FRUGAL_CHECK(model_.params().size() > slots_.back().param &&
+                   param_of(slots_.back()).count == slots_.back().count,
+               "GpuAdamW: the model's parameters changed since the optimizer was made");
+
+  float* norm = reinterpret_cast<float*>(scalars_.data());
+  float* clip_scale = reinterpret_cast<float*>(scalars_.data() + 1);
+  int32_t* nonfinite = scalars_.data() + 2;
+  cuda::grad_norm_and_clip(
+      norm, clip_scale, nonfinite, grad_tensors_.data(), static_cast<int64_t>(grad_tensors_.size()),
+      static_cast<float>(config_.grad_clip), norm_workspace_.data(), ctx_.stream);
+  FRUGAL_CUDA_CHECK(cudaMemcpyAsync(host_scalars_->values, scalars_.data(), 3 * sizeof(int32_t),
+                                    cudaMemcpyDeviceToHost, ctx_.stream));
+  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+
+  StepInfo info;
+  info.grad_norm = bits_to_float(host_scalars_->values[0]);
+  if (host_scalars_->values[2] != 0) {
+    info.skipped = true;
+    info.clip_scale = 0.0;
+    ++skipped_steps_;
+    return info;
+  }
+  info.clip_scale = bits_to_float(host_scalars_->values[1]);
+  ++step_count_;
+  apply_updates(lr);
+  model_.weights_updated();
+  return info;
+}
+
+void GpuAdamW::apply_updates(double lr) {
+  const float* clip_scale = reinterpret_cast<const float*>(scalars_.data() + 1);
+  cuda::AdamWStep step;
+  step.lr = static_cast<float>(lr);
+  step.beta1 = static_cast<float>(config_.beta1);
+  step.beta2 = static_cast<float>(config_.beta2);
+  step.eps = static_cast<float>(config_.eps);
+  step.step = step_count_;
+  for (const Slot& slot : slots_) {
+    const DeviceParam& p = param_of(slot);
+    step.weight_decay = p.weight_decay ? static_cast<float>(config_.weight_decay) : 0.0f;
+    if (bf16_moments_) {
+      auto* m = reinterpret_cast<__nv_bfloat16*>(m_bf16_.data() + slot.offset);
+      auto* v = reinterpret_cast<__nv_bfloat16*>(v_bf16_.data() + slot.offset);
+      cuda::adamw_update<__nv_bfloat16>(p.value, m, v, p.grad, clip_scale, step, slot.count,
+                                        nullptr, ctx_.stream);
+    } else {
+      cuda::adamw_update<float>(p.value, m_f32_.data() + slot.offset, v_f32_.data() + slot.offset,
+                                p.grad, clip_scale, step, slot.count, nullptr, ctx_.stream);
+    }
+  }
+}
+
+void GpuAdamW::check_host_layout(const AdamW<float>& host, const char* what) const {
+  FRUGAL_CHECK(host.state().size() == slots_.size(),
+               "GpuAdamW::{}: the host optimizer has {} trainable tensors, the GPU one {}", what,
+               host.state().size(), slots_.size());
+  for (size_t k = 0; k < slots_.size(); ++k) {
+    const DeviceParam& p = param_of(slots_[k]);
+    const auto& s = host.state()[k];
+    FRUGAL_CHECK(s.name == p.name && static_cast<int64_t>(s.m.size()) == p.count &&
+                     static_cast<int64_t>(s.v.size()) == p.count,
+                 "GpuAdamW::{}: host tensor {} ({} elements) does not match device tensor {} ({} "
+                 "elements)",
+                 what, s.name, s.m.size(), p.name, p.count);
+  }
+}
+
+void GpuAdamW::copy_to_host(void* host, const void* device, size_t bytes) const {
+  FRUGAL_CUDA_CHECK(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
+  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+}
+
+void GpuAdamW::copy_to_device(void* device, const void* host, size_t bytes) {
+  FRUGAL_CUDA_CHECK(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, ctx_.stream));
+  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));  // `host` may be reused at once
+}
+
+void GpuAdamW::download(AdamW<float>& host) const {
+  check_host_layout(host, "download");
+  std::vector<float> m, v;
+  std::vector<uint16_t> bits;
+  for (size_t k = 0; k < slots_.size(); ++k) {
+    const Slot& slot = slots_[k];
+    const size_t n = static_cast<size_t>(slot.count);
+    m.resize(n);
+    v.resize(n);
+    if (bf16_moments_) {
+      bits.resize(n);
+      copy_to_host(bits.data(), m_bf16_.data() + slot.offset, n * sizeof(uint16_t));
+      for (size_t i = 0; i < n; ++i) m[i] = bf16_bits_to_float(bits[i]);
+      copy_to_host(bits.data(), v_bf16_.data() + slot.offset, n * sizeof(uint16_t));
+      for (size_t i = 0; i < n; ++i) v[i] = bf16_bits_to_float(bits[i]);
+    } else {
+      copy_to_host(m.data(), m_f32_.data() + slot.offset, n * sizeof(float));
+      copy_to_host(v.data(), v_f32_.data() + slot.offset, n * sizeof(float));
+    }
+    host.set_state(host.state()[k].name, m, v);
+  }
+  host.set_step_count(step_count_);
+}
+
+void GpuAdamW::upload(const AdamW<float>& host) {
+  check_host_layout(host, "upload");
+  std::vector<uint16_t> bits;
+  for (size_t k = 0; k < slots_.size(); ++k) {
+    const Slot& slot = slots_[k];
+    const auto& s = host.state()[k];
+    const size_t n = static_cast<size_t>(slot.count);
+    if (bf16_moments_) {
+      bits.resize(n);
+      for (size_t i = 0; i < n; ++i) bits[i] = float_to_bf16_bits(s.m[i]);
+      copy_to_device(m_bf16_.data() + slot.offset, bits.data(), n * sizeof(uint16_t));
+      for (size_t i = 0; i < n; ++i) bits[i] = float_to_bf16_bits(s.v[i]);
+      copy_to_device(v_bf16_.data() + slot.offset, bits.data(), n * sizeof(uint16_t));
+    } else {
+      copy_to_device(m_f32_.data() + slot.offset, s.m.data(), n * sizeof(float));
+      copy_to_device(v_f32_.data() + slot.offset, s.v.data(), n * sizeof(float));
+    }
+  }
+  step_count_ = host.step_count();
+}
+
+}  // namespace frugal::gpu
+
+#endif  // FRUGAL_HAVE_CUDA

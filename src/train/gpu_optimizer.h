@@ -1,0 +1,101 @@
+// AdamW on the GPU over GpuTransformer::params(): the update rule, clipping and skip rule of the
+// CPU reference (train/adamw.h), run by the kernels of kernels/adamw/adamw_cuda.h.
+//
+// Per optimizer step:
+//   1. grad_norm_and_clip over every trainable gradient, in a fixed order (deterministic): the
+//      global L2 norm, clip_scale = min(1, grad_clip / (norm + 1e-6)) (1 when grad_clip = 0) and a
+//      non-finite flag, all on the device.
+//   2. One 12-byte device->host copy (norm, clip scale, flag) and a stream synchronize: the only
+//      host round trip of the step. A non-finite norm skips the update: weights, moments and the
+//      update count stay as they were, skipped_steps() counts it.
+//   3. Otherwise the update count t increases and every trainable tensor gets one fused AdamW
+//      kernel (bias-corrected with t, decoupled weight decay only where DeviceParam::weight_decay,
+//      the clip scale read on the device), then GpuTransformer::weights_updated() refreshes the
+//      BF16 / FP8 weight copies. Buffers (the routing biases) are never touched here.
+// State: fp32 master weights live in the model. Moments m, v (same element count as each
+// parameter) are fp32 under the fp32 recipe (the CPU reference's precision) and BF16 under bf16
+// and fp8 (spec §4.3: computed in fp32, stored rounded to nearest even). They live in two device
+// arrays, one slice per trainable tensor in params() order, each slice starting on a 128-element
+// (>= 256-byte) boundary.
+//
+// Checkpoints use the CPU format: download() writes the moments as fp32 into a host AdamW<float>
+// of the same model (and its update count), upload() reads them back (rounding to BF16 when the
+// moments are BF16, which is exact for moments that came from BF16). save_checkpoint /
+// load_checkpoint_training (train/checkpoint.h) then read and write optimizer.safetensors exactly
+// as for the CPU trainer, so CPU and GPU checkpoints are interchangeable.
+//
+// Only for builds with the CUDA backend (FRUGAL_HAVE_CUDA).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/device_context.h"
+#include "kernels/adamw/adamw_cuda.h"
+#include "model/gpu/gpu_transformer.h"
+#include "train/adamw.h"
+#include "train/train_config.h"
+
+namespace frugal::gpu {
+
+class GpuAdamW {
+ public:
+  struct StepInfo {
+    double grad_norm = 0;   // global L2 norm of the gradients before clipping (inf/nan: skipped)
+    double clip_scale = 1;  // factor applied to the gradients (0 when skipped)
+    bool skipped = false;   // the norm was not finite: nothing was updated
+  };
+
+  // Zero moments for every trainable parameter of `model` (whose params() layout is fixed from
+  // here); BF16 moments unless model.recipe() is Recipe::Fp32. Throws on invalid settings like
+  // the CPU AdamW. `ctx` and `model` must outlive the optimizer.
+  GpuAdamW(cuda::DeviceContext& ctx, const OptimConfig& config, GpuTransformer& model);
+  ~GpuAdamW();
+  GpuAdamW(const GpuAdamW&) = delete;
+  GpuAdamW& operator=(const GpuAdamW&) = delete;
+
+  // One update at learning rate `lr` from the accumulated gradients (read, not cleared).
+  StepInfo step(double lr);
+
+  const OptimConfig& config() const { return config_; }
+  int64_t step_count() const { return step_count_; }  // updates applied (bias-correction t)
+  int64_t skipped_steps() const { return skipped_steps_; }
+  bool bf16_moments() const { return bf16_moments_; }
+  int64_t trainable_tensors() const { return static_cast<int64_t>(slots_.size()); }
+
+  // Moments (as fp32) and the update count into / from a CPU AdamW built for the same model
+  // (same trainable names and sizes in the same order; a mismatch is an error naming the tensor).
+  void download(AdamW<float>& host) const;
+  void upload(const AdamW<float>& host);
+
+ private:
+  struct Slot {
+    size_t param = 0;    // index into model.params()
+    int64_t offset = 0;  // first element of this tensor's moments
+    int64_t count = 0;
+  };
+  const DeviceParam& param_of(const Slot& slot) const;
+  void check_host_layout(const AdamW<float>& host, const char* what) const;
+  void apply_updates(double lr);
+  void copy_to_host(void* host, const void* device, size_t bytes) const;
+  void copy_to_device(void* device, const void* host, size_t bytes);
+
+  cuda::DeviceContext& ctx_;
+  OptimConfig config_;
+  GpuTransformer& model_;
+  bool bf16_moments_ = false;
+  std::vector<Slot> slots_;
+  int64_t moment_elements_ = 0;
+  int64_t step_count_ = 0;
+  int64_t skipped_steps_ = 0;
+  cuda::DeviceArray<float> m_f32_, v_f32_;       // fp32 recipe
+  cuda::DeviceArray<uint16_t> m_bf16_, v_bf16_;  // bf16 / fp8 recipes (BF16 bit patterns)
+  std::vector<cuda::GradTensor> grad_tensors_;   // the trainable gradients, in slot order
+  cuda::DeviceArray<uint8_t> norm_workspace_;
+  cuda::DeviceArray<int32_t> scalars_;  // [0] norm (f32 bits), [1] clip scale, [2] flag
+  struct PinnedScalars;
+  std::unique_ptr<PinnedScalars> host_scalars_;  // page-locked copy target of scalars_
+};
+
+}  // namespace frugal::gpu

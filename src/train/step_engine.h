@@ -1,0 +1,82 @@
+// What the training loop (train/trainer.h) asks of the device it trains on. The loop itself (data,
+// schedules, batch ramp, gradient accumulation, logging, checkpoints) is the same everywhere; an
+// engine owns the model and the optimizer state and runs the numeric work:
+//   CpuEngine (train/cpu_engine.h)  Transformer<float> + AdamW<float>, the reference
+//   GpuEngine (train/gpu_engine.h)  GpuTransformer + GpuAdamW on one GPU (train.device = "cuda")
+//
+// One optimizer step, as the trainer runs it:
+//   zero_grad(); forward_backward(micro-batch, loss_scale = 1/micro_batches) per micro-batch
+//   (parameter gradients accumulate); optimizer_step(lr) (skips the update when the gradient norm
+//   is not finite); expert_load(); update_balance_bias(gamma, or 0 after a skipped step);
+//   synchronize() before the step's clock stops.
+//
+// Host copies: host_model() and host_optimizer() are the CPU Transformer and AdamW holding the
+// engine's current weights, routing biases, moments and update count, in the checkpoint format
+// (fp32). The CPU engine trains them directly; the GPU engine downloads into them on request (when
+// the device state may differ: after a step, a bias update or an upload). After editing them
+// (resume from a checkpoint, a test poisoning a weight) call upload_host_state() so the device
+// trains from them; a later read returns what the device holds.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/transformer.h"
+#include "train/adamw.h"
+#include "train/train_config.h"
+
+namespace frugal {
+
+struct OptimizerStepInfo {
+  double grad_norm = 0;  // global L2 norm of the gradients before clipping
+  bool skipped = false;  // the norm was not finite: nothing was updated
+};
+
+class StepEngine {
+ public:
+  virtual ~StepEngine() = default;
+
+  // One line for the log: "cpu, fp32, 2 threads" or "cuda:0 NVIDIA H200 (sm_90), bf16".
+  virtual std::string description() const = 0;
+  // Set when the requested precision could not be granted (e.g. fp8 on an older GPU), else "".
+  virtual std::string recipe_note() const { return ""; }
+
+  virtual void zero_grad() = 0;
+  // One micro-batch: forward, then the whole backward; every trainable gradient accumulates (+=)
+  // d(loss_scale * losses.total)/d(param). tokens/targets: host arrays [batch * seq].
+  virtual Losses forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
+                                  int64_t seq, const LossWeights& weights, double loss_scale) = 0;
+  // Forward only, without loss weights (validation): no gradient, no expert-load counting.
+  virtual Losses evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch,
+                          int64_t seq) = 0;
+  // AdamW with global-norm clipping at `lr`; the gradients are read, not cleared.
+  virtual OptimizerStepInfo optimizer_step(double lr) = 0;
+  // Per MoE layer, the load counted since the last update_balance_bias.
+  virtual std::vector<ExpertLoad> expert_load() = 0;
+  virtual void update_balance_bias(double gamma) = 0;
+  // Waits for queued device work (a no-op on the CPU).
+  virtual void synchronize() {}
+
+  virtual Transformer<float>& host_model() = 0;
+  virtual AdamW<float>& host_optimizer() = 0;
+  virtual void upload_host_state() = 0;
+
+  // Forward FLOPs per token of the main model at sequence length seq
+  // (Transformer::flops_per_token).
+  virtual double flops_per_token(int64_t seq) const = 0;
+  // Peak FLOP/s of the hardware at this engine's precision; 0 when unknown (MFU prints "-").
+  virtual double peak_flops() const = 0;
+  // Peak memory of the run: device bytes in use (GPU), resident set size (CPU).
+  virtual int64_t peak_memory_bytes() const = 0;
+};
+
+// The engine train.device names: "cpu" (train.precision must be fp32) or "cuda" (needs a build with
+// the CUDA backend; fp8 falls back to bf16 on GPUs before sm_90). Weights are initialized from
+// train.seed and train.init_std identically on both, so a CPU and a GPU run start from the same
+// model. Errors name the setting.
+std::unique_ptr<StepEngine> make_step_engine(const Config& config);
+
+}  // namespace frugal
