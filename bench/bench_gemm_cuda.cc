@@ -197,20 +197,6 @@ class DirectGemm {
                                      spec.ldb),
           "layout B");
     check(cublasLtMatrixLayoutCreate(&c_, spec.c_type, spec.m, spec.n, spec.ldc), "layout C");
-    cublasLtMatmulPreference_t preference = nullptr;
-    check(cublasLtMatmulPreferenceCreate(&preference), "PreferenceCreate");
-    const uint64_t bytes = kWorkspaceBytes;
-    check(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                               &bytes, sizeof bytes),
-          "MAX_WORKSPACE_BYTES");
-    cublasLtMatmulHeuristicResult_t result{};
-    int returned = 0;
-    check(cublasLtMatmulAlgoGetHeuristic(handle_, desc_, a_, b_, c_, c_, preference, 1, &result,
-                                         &returned),
-          "AlgoGetHeuristic");
-    cublasLtMatmulPreferenceDestroy(preference);
-    if (returned == 0) throw Error("bench_gemm_cuda: cuBLASLt heuristic returned no algorithm");
-    algo_ = result.algo;
   }
   ~DirectGemm() {
     cublasLtMatrixLayoutDestroy(a_);
@@ -231,6 +217,11 @@ class DirectGemm {
       check(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scales,
                                            sizeof b_scales),
             "B_SCALE_POINTER");
+    // The heuristic runs once, after the scale pointers are set: block scaling needs them.
+    if (!have_algo_) {
+      choose_algo();
+      have_algo_ = true;
+    }
     const float alpha = 1.0f;
     check(cublasLtMatmul(handle_, desc_, &alpha, a, a_, b, b_, &beta, c, c_, c, c_, &algo_,
                          workspace_, kWorkspaceBytes, stream),
@@ -238,6 +229,24 @@ class DirectGemm {
   }
 
  private:
+  void choose_algo() {
+    cublasLtMatmulPreference_t preference = nullptr;
+    check(cublasLtMatmulPreferenceCreate(&preference), "PreferenceCreate");
+    const uint64_t bytes = kWorkspaceBytes;
+    check(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                               &bytes, sizeof bytes),
+          "MAX_WORKSPACE_BYTES");
+    cublasLtMatmulHeuristicResult_t result{};
+    int returned = 0;
+    check(cublasLtMatmulAlgoGetHeuristic(handle_, desc_, a_, b_, c_, c_, preference, 1, &result,
+                                         &returned),
+          "AlgoGetHeuristic");
+    cublasLtMatmulPreferenceDestroy(preference);
+    if (returned == 0) throw Error("bench_gemm_cuda: cuBLASLt heuristic returned no algorithm");
+    algo_ = result.algo;
+  }
+
+  bool have_algo_ = false;
   cublasLtHandle_t handle_;
   void* workspace_;
   cublasLtMatmulDesc_t desc_ = nullptr;
