@@ -38,6 +38,23 @@ void zero_async(cuda::DeviceContext& ctx, void* data, size_t bytes) {
   if (bytes > 0) FRUGAL_CUDA_CHECK(cudaMemsetAsync(data, 0, bytes, ctx.stream));
 }
 
+template <class T>
+void* PinnedArray<T>::pinned_allocate(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* pointer = nullptr;
+  FRUGAL_CUDA_CHECK(cudaMallocHost(&pointer, bytes));
+  return pointer;
+}
+
+template <class T>
+void PinnedArray<T>::pinned_free(void* pointer) noexcept {
+  if (pointer != nullptr) cudaFreeHost(pointer);
+}
+
+template class PinnedArray<int32_t>;
+template class PinnedArray<int64_t>;
+template class PinnedArray<uint8_t>;
+
 ParamRegistry::Storage ParamRegistry::allocate(int64_t count, bool trainable) {
   FRUGAL_CHECK(count > 0, "ParamRegistry: parameter storage of {} elements", count);
   Storage storage;

@@ -16,6 +16,7 @@
 #include <string>
 #include <type_traits>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "core/device_context.h"
@@ -119,6 +120,38 @@ class AsFloat {
  private:
   cuda::DeviceArray<float> copy_;
   const float* pointer_ = nullptr;
+};
+
+// Page-locked host memory (cudaMallocHost): the staging area of the step's few host<->device
+// copies (tokens in, expert offsets and losses out), so they run asynchronously on the stream.
+template <class T>
+class PinnedArray {
+ public:
+  PinnedArray() = default;
+  explicit PinnedArray(int64_t count) : count_(count) { data_ = static_cast<T*>(pinned_allocate(bytes())); }
+  PinnedArray(const PinnedArray&) = delete;
+  PinnedArray& operator=(const PinnedArray&) = delete;
+  PinnedArray(PinnedArray&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), count_(std::exchange(o.count_, 0)) {}
+  PinnedArray& operator=(PinnedArray&& o) noexcept {
+    if (this != &o) {
+      pinned_free(data_);
+      data_ = std::exchange(o.data_, nullptr);
+      count_ = std::exchange(o.count_, 0);
+    }
+    return *this;
+  }
+  ~PinnedArray() { pinned_free(data_); }
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  int64_t size() const { return count_; }
+  size_t bytes() const { return static_cast<size_t>(count_) * sizeof(T); }
+
+ private:
+  static void* pinned_allocate(size_t bytes);
+  static void pinned_free(void* pointer) noexcept;
+  T* data_ = nullptr;
+  int64_t count_ = 0;
 };
 
 // Zeroes `bytes` bytes of device memory on the context's stream.
