@@ -69,6 +69,80 @@ cuda::DeviceArray<T> pad_rows(cuda::DeviceContext& ctx, const T* x, int64_t rows
   return out;
 }
 
+namespace {
+
+// The FP8 halves of GpuLinear (bf16 activations only: fp32 activations never meet an fp8 weight,
+// so these are not instantiated for float).
+void linear_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
+                        GpuLinear<bf16>::Ctx& c, const bf16* x, bf16* y, int64_t rows,
+                        const Fp8Input* x_fp8) {
+  using T = bf16;
+  const int64_t in = weight.in(), out = weight.out();
+  // FP8 Fprop: x in 1x128 tiles along in, W in 128x128 blocks.
+  cuda::DeviceArray<uint8_t> q;
+  cuda::DeviceArray<float> scales;
+  Fp8Input input;
+  if (x_fp8 != nullptr) {
+    input = *x_fp8;
+  } else {
+    q = cuda::DeviceArray<uint8_t>(ctx, rows * in);
+    scales = cuda::DeviceArray<float>(ctx, fp8_block_count(in) * rows);
+    cuda::quantize_act_1x128<T>(q.data(), scales.data(), x, rows, in, kFp8PowerOfTwoScales,
+                                ctx.stream);
+    input = {q.data(), scales.data()};
+  }
+  cuda::gemm_fp8_nt(ctx.blas, rows, out, in, input.q, input.scales, weight.fp8(),
+                    weight.fp8_scales(), cuda::Fp8Scaling::Block128x128, 0.0f, y, out,
+                    cuda::DataType::BF16, ctx.stream);  // [rows, out]
+  // The Wgrad operand: x^T [in, padded_rows] quantized along the rows.
+  const int64_t padded = round_up(rows, kFp8BlockSize);
+  cuda::DeviceArray<T> x_padded;
+  const T* source = x;
+  if (padded != rows) {
+    x_padded = pad_rows<T>(ctx, x, rows, in, padded);
+    source = x_padded.data();
+  }
+  c.xT_q = cuda::DeviceArray<uint8_t>(ctx, in * padded);
+  c.xT_scales = cuda::DeviceArray<float>(ctx, padded / kFp8BlockSize * in);
+  cuda::transpose_quantize_1x128<T>(c.xT_q.data(), c.xT_scales.data(), source, padded, in,
+                                    kFp8PowerOfTwoScales, ctx.stream);
+}
+
+void linear_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
+                         GpuLinear<bf16>::Ctx& c, const bf16* dy, bf16* dx, float beta) {
+  using T = bf16;
+  const int64_t in = weight.in(), out = weight.out(), rows = c.rows;
+  FRUGAL_CHECK(c.xT_q.data() != nullptr, "GpuLinear::backward without a forward");
+  if (dx != nullptr) {
+    // FP8 Dgrad: dy in 1x128 tiles along out, WT [in, out] in 128x128 blocks.
+    cuda::DeviceArray<uint8_t> dy_q(ctx, rows * out);
+    cuda::DeviceArray<float> dy_scales(ctx, fp8_block_count(out) * rows);
+    cuda::quantize_act_1x128<T>(dy_q.data(), dy_scales.data(), dy, rows, out,
+                                kFp8PowerOfTwoScales, ctx.stream);
+    cuda::gemm_fp8_nt(ctx.blas, rows, in, out, dy_q.data(), dy_scales.data(),
+                      weight.fp8_transposed(), weight.fp8_transposed_scales(),
+                      cuda::Fp8Scaling::Block128x128, beta, dx, in, cuda::DataType::BF16,
+                      ctx.stream);  // [rows, in]
+  }
+  // FP8 Wgrad: dW[out, in] += dyT[out, padded] · xT[in, padded]^T, reduction over the rows.
+  const int64_t padded = round_up(rows, kFp8BlockSize);
+  cuda::DeviceArray<T> dy_padded;
+  const T* source = dy;
+  if (padded != rows) {
+    dy_padded = pad_rows<T>(ctx, dy, rows, out, padded);
+    source = dy_padded.data();
+  }
+  cuda::DeviceArray<uint8_t> dyT_q(ctx, out * padded);
+  cuda::DeviceArray<float> dyT_scales(ctx, padded / kFp8BlockSize * out);
+  cuda::transpose_quantize_1x128<T>(dyT_q.data(), dyT_scales.data(), source, padded, out,
+                                    kFp8PowerOfTwoScales, ctx.stream);
+  cuda::gemm_fp8_nt(ctx.blas, out, in, padded, dyT_q.data(), dyT_scales.data(), c.xT_q.data(),
+                    c.xT_scales.data(), cuda::Fp8Scaling::Tile1x128, 1.0f, weight.grad(), in,
+                    cuda::DataType::F32, ctx.stream);  // [out, in] +=
+}
+
+}  // namespace
+
 template <class T>
 GpuLinear<T>::GpuLinear(ParamRegistry& registry, int64_t in, int64_t out, GemmPrecision precision)
     : weight_(registry, 1, out, in, precision) {
@@ -98,34 +172,7 @@ void GpuLinear<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, i
                weight_.operand_type(), 0.0f, y, out, data_type_of<T>(), ctx.stream);  // [rows, out]
     return;
   }
-  // FP8 Fprop: x in 1x128 tiles along in, W in 128x128 blocks.
-  cuda::DeviceArray<uint8_t> q;
-  cuda::DeviceArray<float> scales;
-  Fp8Input input;
-  if (x_fp8 != nullptr) {
-    input = *x_fp8;
-  } else {
-    q = cuda::DeviceArray<uint8_t>(ctx, rows * in);
-    scales = cuda::DeviceArray<float>(ctx, fp8_block_count(in) * rows);
-    cuda::quantize_act_1x128<T>(q.data(), scales.data(), x, rows, in, kFp8PowerOfTwoScales,
-                                ctx.stream);
-    input = {q.data(), scales.data()};
-  }
-  cuda::gemm_fp8_nt(ctx.blas, rows, out, in, input.q, input.scales, weight_.fp8(),
-                    weight_.fp8_scales(), cuda::Fp8Scaling::Block128x128, 0.0f, y, out,
-                    cuda::DataType::BF16, ctx.stream);  // [rows, out]
-  // The Wgrad operand: x^T [in, padded_rows] quantized along the rows.
-  const int64_t padded = round_up(rows, kFp8BlockSize);
-  cuda::DeviceArray<T> x_padded;
-  const T* source = x;
-  if (padded != rows) {
-    x_padded = pad_rows<T>(ctx, x, rows, in, padded);
-    source = x_padded.data();
-  }
-  c.xT_q = cuda::DeviceArray<uint8_t>(ctx, in * padded);
-  c.xT_scales = cuda::DeviceArray<float>(ctx, padded / kFp8BlockSize * in);
-  cuda::transpose_quantize_1x128<T>(c.xT_q.data(), c.xT_scales.data(), source, padded, in,
-                                    kFp8PowerOfTwoScales, ctx.stream);
+  if constexpr (std::is_same_v<T, bf16>) linear_forward_fp8(ctx, weight_, c, x, y, rows, x_fp8);
 }
 
 template <class T>
@@ -147,33 +194,7 @@ void GpuLinear<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx
     c = Ctx{};
     return;
   }
-  FRUGAL_CHECK(c.xT_q.data() != nullptr, "GpuLinear::backward without a forward");
-  if (dx != nullptr) {
-    // FP8 Dgrad: dy in 1x128 tiles along out, WT [in, out] in 128x128 blocks.
-    cuda::DeviceArray<uint8_t> dy_q(ctx, rows * out);
-    cuda::DeviceArray<float> dy_scales(ctx, fp8_block_count(out) * rows);
-    cuda::quantize_act_1x128<T>(dy_q.data(), dy_scales.data(), dy, rows, out,
-                                kFp8PowerOfTwoScales, ctx.stream);
-    cuda::gemm_fp8_nt(ctx.blas, rows, in, out, dy_q.data(), dy_scales.data(),
-                      weight_.fp8_transposed(), weight_.fp8_transposed_scales(),
-                      cuda::Fp8Scaling::Block128x128, beta, dx, in, cuda::DataType::BF16,
-                      ctx.stream);  // [rows, in]
-  }
-  // FP8 Wgrad: dW[out, in] += dyT[out, padded] · xT[in, padded]^T, reduction over the rows.
-  const int64_t padded = round_up(rows, kFp8BlockSize);
-  cuda::DeviceArray<T> dy_padded;
-  const T* source = dy;
-  if (padded != rows) {
-    dy_padded = pad_rows<T>(ctx, dy, rows, out, padded);
-    source = dy_padded.data();
-  }
-  cuda::DeviceArray<uint8_t> dyT_q(ctx, out * padded);
-  cuda::DeviceArray<float> dyT_scales(ctx, padded / kFp8BlockSize * out);
-  cuda::transpose_quantize_1x128<T>(dyT_q.data(), dyT_scales.data(), source, padded, out,
-                                    kFp8PowerOfTwoScales, ctx.stream);
-  cuda::gemm_fp8_nt(ctx.blas, out, in, padded, dyT_q.data(), dyT_scales.data(), c.xT_q.data(),
-                    c.xT_scales.data(), cuda::Fp8Scaling::Tile1x128, 1.0f, weight_.grad(), in,
-                    cuda::DataType::F32, ctx.stream);  // [out, in] +=
+  if constexpr (std::is_same_v<T, bf16>) linear_backward_fp8(ctx, weight_, c, dy, dx, beta);
   c = Ctx{};
 }
 

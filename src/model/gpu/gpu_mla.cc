@@ -3,6 +3,8 @@
 
 #include "model/gpu/gpu_mla.h"
 
+#include <type_traits>
+
 #include "core/error.h"
 #include "kernels/attention/flash_attention_cuda.h"
 #include "kernels/quant/quant.h"
@@ -84,13 +86,15 @@ void GpuMla<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   cuda::DeviceArray<float> x_scales;
   Fp8Input x_fp8;
   const Fp8Input* shared_x = nullptr;
-  if (!q_in.keeps_input_pointer() && !kv_a_proj_.keeps_input_pointer()) {
-    x_q = cuda::DeviceArray<uint8_t>(ctx, rows * hidden_);
-    x_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(hidden_) * rows);
-    cuda::quantize_act_1x128<T>(x_q.data(), x_scales.data(), x, rows, hidden_,
-                                kFp8PowerOfTwoScales, stream);
-    x_fp8 = {x_q.data(), x_scales.data()};
-    shared_x = &x_fp8;
+  if constexpr (std::is_same_v<T, bf16>) {  // fp8 weights only meet bf16 activations
+    if (!q_in.keeps_input_pointer() && !kv_a_proj_.keeps_input_pointer()) {
+      x_q = cuda::DeviceArray<uint8_t>(ctx, rows * hidden_);
+      x_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(hidden_) * rows);
+      cuda::quantize_act_1x128<T>(x_q.data(), x_scales.data(), x, rows, hidden_,
+                                  kFp8PowerOfTwoScales, stream);
+      x_fp8 = {x_q.data(), x_scales.data()};
+      shared_x = &x_fp8;
+    }
   }
 
   // Query path.

@@ -3,6 +3,8 @@
 
 #include "model/gpu/gpu_mlp.h"
 
+#include <type_traits>
+
 #include "core/error.h"
 #include "kernels/quant/quant.h"
 #include "kernels/swiglu/swiglu.h"
@@ -44,10 +46,12 @@ void GpuMlp<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   cuda::swiglu_fwd<T>(h.data(), gu.data(), gu.data() + inter_, rows, inter_, width, ctx.stream);
   down_.forward(ctx, c.down, h.data(), y, rows);  // [rows, hidden]
   if (gate_up_.weight().precision() == GemmPrecision::Fp8) {
-    c.gu_q = cuda::DeviceArray<uint8_t>(ctx, rows * width);
-    c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(width) * rows);
-    cuda::quantize_act_1x128<T>(c.gu_q.data(), c.gu_scales.data(), gu.data(), rows, width,
-                                kFp8PowerOfTwoScales, ctx.stream);
+    if constexpr (std::is_same_v<T, bf16>) {  // fp8 weights only meet bf16 activations
+      c.gu_q = cuda::DeviceArray<uint8_t>(ctx, rows * width);
+      c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(width) * rows);
+      cuda::quantize_act_1x128<T>(c.gu_q.data(), c.gu_scales.data(), gu.data(), rows, width,
+                                  kFp8PowerOfTwoScales, ctx.stream);
+    }
   } else {
     c.gu = std::move(gu);
   }
@@ -69,10 +73,13 @@ void GpuMlp<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
   const T* gu = c.gu.data();
   if (gu == nullptr) {  // fp8: expand the FP8 cache of the SwiGLU input
     FRUGAL_CHECK(c.gu_q.data() != nullptr, "GpuMlp::backward without a forward");
-    gu_dequantized = cuda::DeviceArray<T>(ctx, rows * width);
-    cuda::dequantize_act_1x128<T>(gu_dequantized.data(), c.gu_q.data(), c.gu_scales.data(), rows,
-                                  width, ctx.stream);
-    gu = gu_dequantized.data();
+    if constexpr (std::is_same_v<T, bf16>) {
+      gu_dequantized = cuda::DeviceArray<T>(ctx, rows * width);
+      cuda::dequantize_act_1x128<T>(gu_dequantized.data(), c.gu_q.data(), c.gu_scales.data(),
+                                    rows, width, ctx.stream);
+      gu = gu_dequantized.data();
+    }
+    FRUGAL_CHECK(gu != nullptr, "GpuMlp::backward: no saved SwiGLU input");
   }
   cuda::DeviceArray<T> dgu(ctx, rows * width);  // [rows, 2*inter] = [dg | du]
   cuda::swiglu_bwd<T>(dgu.data(), dgu.data() + inter_, dh.data(), gu, gu + inter_, rows, inter_,

@@ -133,10 +133,12 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   down_.forward(ctx, c.down, h.data(), c.expert_out.data(), offsets);
   if (gate_up_.keeps_input_pointer()) c.xp = std::move(xp);
   if (fp8) {  // the SwiGLU input cached in FP8 (spec §4.4)
-    c.gu_q = cuda::DeviceArray<uint8_t>(ctx, padded * 2 * I);
-    c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(2 * I) * padded);
-    cuda::quantize_act_1x128<T>(c.gu_q.data(), c.gu_scales.data(), gu.data(), padded, 2 * I,
-                                kFp8PowerOfTwoScales, stream);
+    if constexpr (std::is_same_v<T, bf16>) {  // fp8 weights only meet bf16 activations
+      c.gu_q = cuda::DeviceArray<uint8_t>(ctx, padded * 2 * I);
+      c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(2 * I) * padded);
+      cuda::quantize_act_1x128<T>(c.gu_q.data(), c.gu_scales.data(), gu.data(), padded, 2 * I,
+                                  kFp8PowerOfTwoScales, stream);
+    }
   } else {
     c.gu = std::move(gu);
   }
@@ -183,12 +185,15 @@ void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
     c.h.reset();
     cuda::DeviceArray<T> gu_dequantized;
     const T* gu = c.gu.data();
-    if (gu == nullptr) {
-      gu_dequantized = cuda::DeviceArray<T>(ctx, padded * 2 * I);
-      cuda::dequantize_act_1x128<T>(gu_dequantized.data(), c.gu_q.data(), c.gu_scales.data(),
-                                    padded, 2 * I, stream);
-      gu = gu_dequantized.data();
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (gu == nullptr) {  // fp8: expand the FP8 cache of the SwiGLU input
+        gu_dequantized = cuda::DeviceArray<T>(ctx, padded * 2 * I);
+        cuda::dequantize_act_1x128<T>(gu_dequantized.data(), c.gu_q.data(), c.gu_scales.data(),
+                                      padded, 2 * I, stream);
+        gu = gu_dequantized.data();
+      }
     }
+    FRUGAL_CHECK(gu != nullptr, "{}: no saved SwiGLU input", prefix_);
     cuda::DeviceArray<T> dgu(ctx, bound * 2 * I);  // [padded, 2*inter] = [dg | du]
     cuda::swiglu_bwd<T>(dgu.data(), dgu.data() + I, dh.data(), gu, gu + I, padded, I, 2 * I,
                         stream);

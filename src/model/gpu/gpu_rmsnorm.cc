@@ -3,8 +3,6 @@
 
 #include "model/gpu/gpu_rmsnorm.h"
 
-#include <type_traits>
-
 #include "core/error.h"
 #include "kernels/rmsnorm/rmsnorm.h"
 #include "model/gpu/gpu_model_kernels.h"
@@ -30,22 +28,6 @@ void GpuRMSNorm<TX, TY>::forward(cuda::DeviceContext& ctx, Ctx& c, const TX* x, 
   if (rows == 0) return;
   c.rstd = cuda::DeviceArray<float>(ctx, rows);
   cuda::rmsnorm_fwd<TX, TY>(y, c.rstd.data(), x, storage_.value, rows, dim_, eps_, ctx.stream);
-}
-
-template <class TX, class TY>
-void GpuRMSNorm<TX, TY>::forward_quant(cuda::DeviceContext& ctx, Ctx& c, const TX* x, TY* y,
-                                       uint8_t* q, float* scales, int64_t rows) const {
-  c = Ctx{};
-  c.x = x;
-  c.rows = rows;
-  if (rows == 0) return;
-  c.rstd = cuda::DeviceArray<float>(ctx, rows);
-  // FP8 GEMM inputs exist only under the fp8 recipe, whose activations are bf16.
-  if constexpr (std::is_same_v<TY, bf16>)
-    cuda::rmsnorm_fwd_quant<TX, TY>(q, scales, y, c.rstd.data(), x, storage_.value, rows, dim_,
-                                    eps_, kFp8PowerOfTwoScales, ctx.stream);
-  else
-    fail("GpuRMSNorm::forward_quant: FP8 quantization of an fp32 output");
 }
 
 template <class TX, class TY>

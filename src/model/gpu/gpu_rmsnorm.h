@@ -28,10 +28,6 @@ class GpuRMSNorm {
   GpuRMSNorm(ParamRegistry& registry, const std::string& name, int64_t dim, double eps);
 
   void forward(cuda::DeviceContext& ctx, Ctx& c, const TX* x, TY* y, int64_t rows) const;
-  // The same, also quantizing y to FP8 in 1x128 tiles (q [rows, dim], scales
-  // [ceil(dim/128)][rows]) for the next FP8 GEMM; y (TY) is written too.
-  void forward_quant(cuda::DeviceContext& ctx, Ctx& c, const TX* x, TY* y, uint8_t* q,
-                     float* scales, int64_t rows) const;
   // dy [rows, dim] -> dx [rows, dim] (assigned); w.grad += sum dy * x * rstd. Releases ctx.
   void backward(cuda::DeviceContext& ctx, Ctx& c, const TY* dy, TX* dx) const;
 
