@@ -25,13 +25,15 @@ namespace {
 constexpr size_t kAlignment = 256;
 constexpr size_t kSmallLimit = 4096;
 
-size_t round_up(size_t value, size_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+size_t round_up(size_t value, size_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
 
 // The class (block size in bytes) that serves a request of `bytes`.
 size_t size_class(size_t bytes) {
   if (bytes <= kSmallLimit) return round_up(std::max<size_t>(bytes, 1), kAlignment);
-  const int log2 = std::bit_width(bytes) - 1;  // floor(log2(bytes)) >= 12
-  const size_t step = size_t{1} << (log2 - 3);   // 8 classes per power of two, >= 512 bytes
+  const int log2 = std::bit_width(bytes) - 1;   // floor(log2(bytes)) >= 12
+  const size_t step = size_t{1} << (log2 - 3);  // 8 classes per power of two, >= 512 bytes
   return round_up(bytes, step);
 }
 
@@ -176,7 +178,9 @@ DeviceContext::~DeviceContext() {
   }
 }
 
-void DeviceContext::synchronize() { FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream)); }
+void DeviceContext::synchronize() {
+  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
 
 }  // namespace frugal::cuda
 

@@ -14,8 +14,7 @@ GpuBlock<T>::GpuBlock(ParamRegistry& registry, const std::string& prefix, const 
                       int64_t layer_index, Recipe recipe)
     : hidden_(cfg.hidden_size),
       attn_norm_(registry, prefix + ".input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
-      ffn_norm_(registry, prefix + ".post_attention_layernorm", cfg.hidden_size,
-                cfg.rms_norm_eps) {
+      ffn_norm_(registry, prefix + ".post_attention_layernorm", cfg.hidden_size, cfg.rms_norm_eps) {
   attn_ = std::make_unique<GpuMla<T>>(registry, prefix + ".self_attn", cfg, recipe);
   if (cfg.is_moe_layer(layer_index))
     moe_ = std::make_unique<GpuMoe<T>>(registry, prefix + ".mlp", cfg, recipe);
@@ -34,9 +33,9 @@ void GpuBlock<T>::refresh(cuda::DeviceContext& ctx) {
 }
 
 template <class T>
-void GpuBlock<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const float* x, float* y,
-                          int64_t batch, int64_t seq, const RopeInputs& rope,
-                          double balance_alpha, bool count_load, double* balance_loss) {
+void GpuBlock<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const float* x, float* y, int64_t batch,
+                          int64_t seq, const RopeInputs& rope, double balance_alpha,
+                          bool count_load, double* balance_loss) {
   const int64_t rows = batch * seq, n = rows * hidden_;
   c = Ctx{};
   c.rows = rows;
@@ -52,8 +51,8 @@ void GpuBlock<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const float* x, floa
   c.ffn_in = cuda::DeviceArray<T>(ctx, n);
   ffn_norm_.forward(ctx, c.ffn_norm, c.h.data(), c.ffn_in.data(), rows);
   if (moe_) {
-    moe_->forward(ctx, c.moe, c.ffn_in.data(), branch.data(), batch, seq, balance_alpha,
-                  count_load, balance_loss);
+    moe_->forward(ctx, c.moe, c.ffn_in.data(), branch.data(), batch, seq, balance_alpha, count_load,
+                  balance_loss);
   } else {
     mlp_->forward(ctx, c.mlp, c.ffn_in.data(), branch.data(), rows);
     if (!mlp_->keeps_input_pointer()) c.ffn_in.reset();

@@ -45,7 +45,8 @@ class GpuBlock {
                int64_t seq, const RopeInputs& rope, double balance_alpha, bool count_load,
                double* balance_loss);
   // dy -> dx [rows, hidden] fp32 (assigned; dx must not alias dy). dbalance: d(total)/d(balance).
-  void backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, float* dx, double dbalance) const;
+  void backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, float* dx,
+                double dbalance) const;
 
   void refresh(cuda::DeviceContext& ctx);
   GpuMoe<T>* moe() const { return moe_.get(); }

@@ -11,21 +11,25 @@ namespace frugal::gpu {
 
 const char* precision_name(GemmPrecision precision) {
   switch (precision) {
-    case GemmPrecision::Fp32: return "fp32";
-    case GemmPrecision::Bf16: return "bf16";
-    case GemmPrecision::Fp8: return "fp8";
+    case GemmPrecision::Fp32:
+      return "fp32";
+    case GemmPrecision::Bf16:
+      return "bf16";
+    case GemmPrecision::Fp8:
+      return "fp8";
   }
   return "?";
 }
 
 GemmPrecision block_linear_precision(Recipe recipe, int64_t in, int64_t out) {
   switch (recipe) {
-    case Recipe::Fp32: return GemmPrecision::Fp32;
-    case Recipe::Bf16: return GemmPrecision::Bf16;
+    case Recipe::Fp32:
+      return GemmPrecision::Fp32;
+    case Recipe::Bf16:
+      return GemmPrecision::Bf16;
     case Recipe::Fp8:
-      return in % kFp8BlockSize == 0 && out % kFp8BlockSize == 0
-                 ? GemmPrecision::Fp8
-                 : GemmPrecision::Bf16;
+      return in % kFp8BlockSize == 0 && out % kFp8BlockSize == 0 ? GemmPrecision::Fp8
+                                                                 : GemmPrecision::Bf16;
   }
   return GemmPrecision::Fp32;
 }

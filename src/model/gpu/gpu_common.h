@@ -128,7 +128,9 @@ template <class T>
 class PinnedArray {
  public:
   PinnedArray() = default;
-  explicit PinnedArray(int64_t count) : count_(count) { data_ = static_cast<T*>(pinned_allocate(bytes())); }
+  explicit PinnedArray(int64_t count) : count_(count) {
+    data_ = static_cast<T*>(pinned_allocate(bytes()));
+  }
   PinnedArray(const PinnedArray&) = delete;
   PinnedArray& operator=(const PinnedArray&) = delete;
   PinnedArray(PinnedArray&& o) noexcept

@@ -24,9 +24,8 @@ void grouped_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
   {
     cuda::DeviceArray<uint8_t> q(ctx, rows * in);
     cuda::DeviceArray<float> scales(ctx, fp8_block_count(in) * rows);
-    cuda::quantize_act_1x128_grouped<T>(q.data(), scales.data(), x, offsets.device,
-                                        offsets.groups, rows, in, kFp8PowerOfTwoScales,
-                                        ctx.stream);
+    cuda::quantize_act_1x128_grouped<T>(q.data(), scales.data(), x, offsets.device, offsets.groups,
+                                        rows, in, kFp8PowerOfTwoScales, ctx.stream);
     cuda::grouped_gemm_fp8_nt(ctx.blas, offsets.groups, offsets.host, out, in, q.data(),
                               scales.data(), weight.fp8(), weight.fp8_scales(), y,
                               cuda::DataType::BF16, ctx.stream);  // [rows, out]
@@ -61,8 +60,8 @@ void grouped_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
                                             offsets.groups, rows, out, kFp8PowerOfTwoScales,
                                             ctx.stream);
   cuda::grouped_gemm_fp8_wgrad(ctx.blas, offsets.groups, offsets.host, out, in, dyT_q.data(),
-                               dyT_scales.data(), c.xT_q.data(), c.xT_scales.data(),
-                               weight.grad(), /*accumulate=*/true, ctx.stream);
+                               dyT_scales.data(), c.xT_q.data(), c.xT_scales.data(), weight.grad(),
+                               /*accumulate=*/true, ctx.stream);
 }
 
 }  // namespace

@@ -1,9 +1,10 @@
 // The expert matrices of an MoE layer on the GPU: `groups` (= experts) Linears stacked
 // [groups][out][in] (GpuWeight), run as grouped GEMMs over the expert-major permuted rows:
 // group g owns rows [offsets[g], offsets[g+1]) (kernels/moe/moe_cuda.h permutation).
-//   Fprop  y_g  = x_g · W_g^T        grouped_gemm_nt   | grouped_gemm_fp8_nt (x quantized per group)
-//   Dgrad  dx_g = dy_g · W_g         grouped_gemm_nn   | grouped_gemm_fp8_nt (dy quantized, WT_g)
-//   Wgrad  dW_g += dy_g^T · x_g      grouped_gemm_tn   | grouped_gemm_fp8_wgrad (both transposed
+//   Fprop  y_g  = x_g · W_g^T        grouped_gemm_nt   | grouped_gemm_fp8_nt (x quantized per
+//   group) Dgrad  dx_g = dy_g · W_g         grouped_gemm_nn   | grouped_gemm_fp8_nt (dy quantized,
+//   WT_g) Wgrad  dW_g += dy_g^T · x_g      grouped_gemm_tn   | grouped_gemm_fp8_wgrad (both
+//   transposed
 //                                                         and quantized along each group's rows)
 // Under fp8 every group's row count is a multiple of 128 (the permutation pads with zero rows, see
 // kFp8GroupRowAlign) and the forward caches x^T per group in FP8 for Wgrad; under fp32/bf16 the
@@ -31,9 +32,9 @@ template <class T>
 class GpuGroupedLinear {
  public:
   struct Ctx {
-    const T* x = nullptr;                 // fp32/bf16: [rows, in] (kept alive by the caller)
-    cuda::DeviceArray<uint8_t> xT_q;      // fp8: group g's x_g^T [in, rows_g] at offsets[g]*in
-    cuda::DeviceArray<float> xT_scales;   // fp8: group g's [rows_g/128][in] at offsets[g]/128*in
+    const T* x = nullptr;                // fp32/bf16: [rows, in] (kept alive by the caller)
+    cuda::DeviceArray<uint8_t> xT_q;     // fp8: group g's x_g^T [in, rows_g] at offsets[g]*in
+    cuda::DeviceArray<float> xT_scales;  // fp8: group g's [rows_g/128][in] at offsets[g]/128*in
   };
 
   GpuGroupedLinear() = default;

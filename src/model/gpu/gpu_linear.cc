@@ -49,7 +49,8 @@ void GpuWeight::refresh(cuda::DeviceContext& ctx) {
 }
 
 const void* GpuWeight::operand() const {
-  FRUGAL_CHECK(precision_ != GemmPrecision::Fp8, "GpuWeight: an fp8 weight has no fp32/bf16 operand");
+  FRUGAL_CHECK(precision_ != GemmPrecision::Fp8,
+               "GpuWeight: an fp8 weight has no fp32/bf16 operand");
   return precision_ == GemmPrecision::Bf16 ? static_cast<const void*>(bf16_.data())
                                            : static_cast<const void*>(storage_.value);
 }
@@ -73,9 +74,8 @@ namespace {
 
 // The FP8 halves of GpuLinear (bf16 activations only: fp32 activations never meet an fp8 weight,
 // so these are not instantiated for float).
-void linear_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
-                        GpuLinear<bf16>::Ctx& c, const bf16* x, bf16* y, int64_t rows,
-                        const Fp8Input* x_fp8) {
+void linear_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, GpuLinear<bf16>::Ctx& c,
+                        const bf16* x, bf16* y, int64_t rows, const Fp8Input* x_fp8) {
   using T = bf16;
   const int64_t in = weight.in(), out = weight.out();
   // FP8 Fprop: x in 1x128 tiles along in, W in 128x128 blocks.
@@ -108,8 +108,8 @@ void linear_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
                                     kFp8PowerOfTwoScales, ctx.stream);
 }
 
-void linear_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
-                         GpuLinear<bf16>::Ctx& c, const bf16* dy, bf16* dx, float beta) {
+void linear_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, GpuLinear<bf16>::Ctx& c,
+                         const bf16* dy, bf16* dx, float beta) {
   using T = bf16;
   const int64_t in = weight.in(), out = weight.out(), rows = c.rows;
   FRUGAL_CHECK(c.xT_q.data() != nullptr, "GpuLinear::backward without a forward");
@@ -117,8 +117,8 @@ void linear_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
     // FP8 Dgrad: dy in 1x128 tiles along out, WT [in, out] in 128x128 blocks.
     cuda::DeviceArray<uint8_t> dy_q(ctx, rows * out);
     cuda::DeviceArray<float> dy_scales(ctx, fp8_block_count(out) * rows);
-    cuda::quantize_act_1x128<T>(dy_q.data(), dy_scales.data(), dy, rows, out,
-                                kFp8PowerOfTwoScales, ctx.stream);
+    cuda::quantize_act_1x128<T>(dy_q.data(), dy_scales.data(), dy, rows, out, kFp8PowerOfTwoScales,
+                                ctx.stream);
     cuda::gemm_fp8_nt(ctx.blas, rows, in, out, dy_q.data(), dy_scales.data(),
                       weight.fp8_transposed(), weight.fp8_transposed_scales(),
                       cuda::Fp8Scaling::Block128x128, beta, dx, in, cuda::DataType::BF16,
@@ -188,7 +188,8 @@ void GpuLinear<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx
     FRUGAL_CHECK(c.x != nullptr, "GpuLinear::backward without a forward");
     if (dx != nullptr)
       cuda::gemm(ctx.blas, false, false, rows, in, out, 1.0f, dy, out, weight_.operand(), in,
-                 weight_.operand_type(), beta, dx, in, data_type_of<T>(), ctx.stream);  // [rows, in]
+                 weight_.operand_type(), beta, dx, in, data_type_of<T>(),
+                 ctx.stream);  // [rows, in]
     cuda::gemm(ctx.blas, true, false, out, in, rows, 1.0f, dy, out, c.x, in, data_type_of<T>(),
                1.0f, weight_.grad(), in, cuda::DataType::F32, ctx.stream);  // [out, in] +=
     c = Ctx{};
@@ -200,8 +201,8 @@ void GpuLinear<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx
 
 template cuda::DeviceArray<float> pad_rows<float>(cuda::DeviceContext&, const float*, int64_t,
                                                   int64_t, int64_t);
-template cuda::DeviceArray<bf16> pad_rows<bf16>(cuda::DeviceContext&, const bf16*, int64_t,
-                                                 int64_t, int64_t);
+template cuda::DeviceArray<bf16> pad_rows<bf16>(cuda::DeviceContext&, const bf16*, int64_t, int64_t,
+                                                int64_t);
 template class GpuLinear<float>;
 template class GpuLinear<bf16>;
 

@@ -11,8 +11,8 @@
 //
 // GpuLinear<T> runs one matrix with activations in T (float for fp32, __nv_bfloat16 otherwise):
 //   Fprop  y  = x · W^T                 gemm(trans_b)   | x quantized 1x128, gemm_fp8_nt(x_q, W_q)
-//   Dgrad  dx = dy · W                  gemm()          | dy quantized 1x128, gemm_fp8_nt(dy_q, WT_q)
-//   Wgrad  dW += dy^T · x               gemm(trans_a)   | gemm_fp8_nt(dyT_q, xT_q), both
+//   Dgrad  dx = dy · W                  gemm()          | dy quantized 1x128, gemm_fp8_nt(dy_q,
+//   WT_q) Wgrad  dW += dy^T · x               gemm(trans_a)   | gemm_fp8_nt(dyT_q, xT_q), both
 //                                                         transpose-quantized along rows
 // Under fp8 the forward caches x^T in FP8 (1x128 tiles along the rows, the spec's 128x1 tiles of
 // x) for Wgrad instead of keeping x; rows are padded with zeros to a multiple of 128 for the
@@ -79,9 +79,9 @@ template <class T>
 class GpuLinear {
  public:
   struct Ctx {
-    const T* x = nullptr;                  // fp32/bf16: the input (kept alive by the caller)
-    cuda::DeviceArray<uint8_t> xT_q;       // fp8: x^T [in, padded_rows], 1x128 tiles along rows
-    cuda::DeviceArray<float> xT_scales;    // fp8: [padded_rows/128][in]
+    const T* x = nullptr;                // fp32/bf16: the input (kept alive by the caller)
+    cuda::DeviceArray<uint8_t> xT_q;     // fp8: x^T [in, padded_rows], 1x128 tiles along rows
+    cuda::DeviceArray<float> xT_scales;  // fp8: [padded_rows/128][in]
     int64_t rows = 0;
   };
 

@@ -135,8 +135,7 @@ void GpuMla<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   // key_h = [k_nope_h ; k_pe], v_h.
   c.k = cuda::DeviceArray<T>(ctx, rows * heads_ * qk_dim_);  // [rows, heads, qk]
   if (nope_dim_ > 0)
-    cuda::copy_2d<T>(c.k.data(), qk_dim_, kv_b.data(), kv_b_head, rows * heads_, nope_dim_,
-                     stream);
+    cuda::copy_2d<T>(c.k.data(), qk_dim_, kv_b.data(), kv_b_head, rows * heads_, nope_dim_, stream);
   cuda::broadcast_rope_key<T>(c.k.data(), k_pe.data(), rows, heads_, qk_dim_, nope_dim_, rope_dim_,
                               stream);
   c.v = cuda::DeviceArray<T>(ctx, rows * heads_ * v_dim_);  // [rows, heads, v]
@@ -148,9 +147,8 @@ void GpuMla<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   // Attention, then the output projection.
   c.attn_out = cuda::DeviceArray<T>(ctx, rows * heads_ * v_dim_);  // [rows, heads * v]
   c.lse = cuda::DeviceArray<float>(ctx, batch * heads_ * seq);     // [batch, heads, seq]
-  cuda::flash_attention_fwd<T>(c.attn_out.data(), c.lse.data(), c.q.data(), c.k.data(),
-                               c.v.data(), batch, seq, heads_, qk_dim_, v_dim_, softmax_scale_,
-                               stream);
+  cuda::flash_attention_fwd<T>(c.attn_out.data(), c.lse.data(), c.q.data(), c.k.data(), c.v.data(),
+                               batch, seq, heads_, qk_dim_, v_dim_, softmax_scale_, stream);
   o_proj_.forward(ctx, c.o_proj, c.attn_out.data(), y, rows);  // [rows, hidden]
 }
 
@@ -170,12 +168,11 @@ void GpuMla<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx) c
   cuda::DeviceArray<T> dv(ctx, rows * heads_ * v_dim_);
   {
     cuda::DeviceArray<uint8_t> workspace(
-        ctx, static_cast<int64_t>(cuda::flash_attention_bwd_workspace_bytes<T>(
-                 batch, seq, heads_, qk_dim_, v_dim_)));
-    cuda::flash_attention_bwd<T>(dq.data(), dk.data(), dv.data(), d_attn.data(),
-                                 c.attn_out.data(), c.lse.data(), c.q.data(), c.k.data(),
-                                 c.v.data(), batch, seq, heads_, qk_dim_, v_dim_, softmax_scale_,
-                                 workspace.data(), stream);
+        ctx, static_cast<int64_t>(cuda::flash_attention_bwd_workspace_bytes<T>(batch, seq, heads_,
+                                                                               qk_dim_, v_dim_)));
+    cuda::flash_attention_bwd<T>(dq.data(), dk.data(), dv.data(), d_attn.data(), c.attn_out.data(),
+                                 c.lse.data(), c.q.data(), c.k.data(), c.v.data(), batch, seq,
+                                 heads_, qk_dim_, v_dim_, softmax_scale_, workspace.data(), stream);
   }
   d_attn.reset();
   c.q.reset();
@@ -193,8 +190,8 @@ void GpuMla<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx) c
   cuda::copy_2d<T>(d_kv_b.data() + nope_dim_, kv_b_head, dv.data(), v_dim_, rows * heads_, v_dim_,
                    stream);
   cuda::DeviceArray<T> d_k_pe(ctx, rows * rope_dim_);  // [rows, rope]
-  cuda::sum_rope_key_grad<T>(d_k_pe.data(), dk.data(), rows, heads_, qk_dim_, nope_dim_,
-                             rope_dim_, stream);
+  cuda::sum_rope_key_grad<T>(d_k_pe.data(), dk.data(), rows, heads_, qk_dim_, nope_dim_, rope_dim_,
+                             stream);
   dk.reset();
   dv.reset();
   cuda::rope_bwd<T>(d_k_pe.data(), c.rope.cos, c.rope.sin, rope_dim_, c.rope.positions, rows, 1,

@@ -53,8 +53,7 @@ class GpuMla {
 
   GpuMla() = default;
   // Registers the tensors of model/mla.h under prefix (e.g. "model.layers.3.self_attn").
-  GpuMla(ParamRegistry& registry, const std::string& prefix, const ModelConfig& cfg,
-         Recipe recipe);
+  GpuMla(ParamRegistry& registry, const std::string& prefix, const ModelConfig& cfg, Recipe recipe);
 
   // x, y [batch * seq, hidden]; x stays owned by the caller, alive until backward.
   void forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int64_t batch, int64_t seq,

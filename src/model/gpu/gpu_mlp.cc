@@ -12,8 +12,8 @@
 namespace frugal::gpu {
 
 template <class T>
-GpuMlp<T>::GpuMlp(ParamRegistry& registry, const std::string& prefix, int64_t hidden,
-                  int64_t inter, Recipe recipe)
+GpuMlp<T>::GpuMlp(ParamRegistry& registry, const std::string& prefix, int64_t hidden, int64_t inter,
+                  Recipe recipe)
     : hidden_(hidden),
       inter_(inter),
       gate_up_(registry, hidden, 2 * inter, block_linear_precision(recipe, hidden, 2 * inter)),
@@ -75,8 +75,8 @@ void GpuMlp<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
     FRUGAL_CHECK(c.gu_q.data() != nullptr, "GpuMlp::backward without a forward");
     if constexpr (std::is_same_v<T, bf16>) {
       gu_dequantized = cuda::DeviceArray<T>(ctx, rows * width);
-      cuda::dequantize_act_1x128<T>(gu_dequantized.data(), c.gu_q.data(), c.gu_scales.data(),
-                                    rows, width, ctx.stream);
+      cuda::dequantize_act_1x128<T>(gu_dequantized.data(), c.gu_q.data(), c.gu_scales.data(), rows,
+                                    width, ctx.stream);
       gu = gu_dequantized.data();
     }
     FRUGAL_CHECK(gu != nullptr, "GpuMlp::backward: no saved SwiGLU input");

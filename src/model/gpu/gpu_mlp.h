@@ -5,10 +5,11 @@
 // Used for the dense FFN ("model.layers.0.mlp") and the shared experts of an MoE layer
 // ("model.layers.3.mlp.shared_experts", inter = moe_intermediate_size * n_shared_experts).
 // Parameters (registered in the CPU order): prefix.gate_proj.weight [inter, hidden] and
-// prefix.up_proj.weight [inter, hidden] (one storage array, gate rows first), prefix.down_proj.weight
-// [hidden, inter].
-// Saved for backward: gu (under fp8 in FP8, 1x128 tiles, spec §4.4: the SwiGLU input cached in FP8)
-// and h (only when down_proj runs fp32/bf16; under fp8 down_proj keeps its own FP8 copy of h^T).
+// prefix.up_proj.weight [inter, hidden] (one storage array, gate rows first),
+// prefix.down_proj.weight [hidden, inter].
+// Saved for backward: gu (under fp8 in FP8, 1x128 tiles, spec §4.4: the SwiGLU input cached in
+// FP8) and h (only when down_proj runs fp32/bf16; under fp8 down_proj keeps its own FP8 copy of
+// h^T).
 //
 // Accumulation rule: the three weight gradients accumulate (+=); dx is assigned (or added when
 // accumulate_dx). backward computes input and weight gradients together and releases the context.
@@ -26,10 +27,10 @@ class GpuMlp {
  public:
   struct Ctx {
     typename GpuLinear<T>::Ctx gate_up, down;
-    cuda::DeviceArray<T> gu;              // [rows, 2*inter] (fp32/bf16 gate_up)
-    cuda::DeviceArray<uint8_t> gu_q;      // [rows, 2*inter] FP8 codes (fp8 gate_up)
-    cuda::DeviceArray<float> gu_scales;   // [ceil(2*inter/128)][rows]
-    cuda::DeviceArray<T> h;               // [rows, inter] while down_proj needs it
+    cuda::DeviceArray<T> gu;             // [rows, 2*inter] (fp32/bf16 gate_up)
+    cuda::DeviceArray<uint8_t> gu_q;     // [rows, 2*inter] FP8 codes (fp8 gate_up)
+    cuda::DeviceArray<float> gu_scales;  // [ceil(2*inter/128)][rows]
+    cuda::DeviceArray<T> h;              // [rows, inter] while down_proj needs it
     int64_t rows = 0;
   };
 

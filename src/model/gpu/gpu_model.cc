@@ -67,18 +67,18 @@ class GpuModel final : public GpuModelBase {
   // Forward state of one micro-batch, released by the backward.
   struct Run {
     int64_t batch = 0, seq = 0, rows = 0;
-    cuda::DeviceArray<int32_t> ids, targets;          // [rows]
-    std::vector<cuda::DeviceArray<float>> residual;   // [layers+1] stream, [rows, hidden] each
+    cuda::DeviceArray<int32_t> ids, targets;         // [rows]
+    std::vector<cuda::DeviceArray<float>> residual;  // [layers+1] stream, [rows, hidden] each
     std::vector<typename GpuBlock<T>::Ctx> blocks;
     typename GpuRMSNorm<float, float>::Ctx final_norm;
-    cuda::DeviceArray<float> normed;                  // [rows, hidden] fp32
-    cuda::DeviceArray<T> head_in;                     // [rows, hidden] normed in T (bf16 only)
+    cuda::DeviceArray<float> normed;  // [rows, hidden] fp32
+    cuda::DeviceArray<T> head_in;     // [rows, hidden] normed in T (bf16 only)
     typename GpuLinear<T>::Ctx head;
-    cuda::DeviceArray<T> logits;                      // [rows, vocab]
+    cuda::DeviceArray<T> logits;  // [rows, vocab]
     std::vector<MtpRun> mtp;
-    cuda::DeviceArray<double> sums;                   // [1+D] CE sums: main, then depths
-    cuda::DeviceArray<int64_t> valid;                 // [1+D] valid targets
-    cuda::DeviceArray<double> balance;                // [MoE layers] balance losses
+    cuda::DeviceArray<double> sums;     // [1+D] CE sums: main, then depths
+    cuda::DeviceArray<int64_t> valid;   // [1+D] valid targets
+    cuda::DeviceArray<double> balance;  // [MoE layers] balance losses
   };
 
   void forward(Run& run, const LossWeights& weights, bool training);
@@ -149,7 +149,8 @@ template <class T>
 RopeInputs GpuModel<T>::rope_inputs(int64_t batch, int64_t seq) {
   if (seq > rope_positions_) {  // grow the table (first calls only)
     RopeTable table = make_rope_table(cfg_, seq);
-    std::vector<float> cos(table.cos.begin(), table.cos.end()), sin(table.sin.begin(), table.sin.end());
+    std::vector<float> cos(table.cos.begin(), table.cos.end()),
+        sin(table.sin.begin(), table.sin.end());
     rope_cos_ = cuda::DeviceArray<float>(ctx_, static_cast<int64_t>(cos.size()));
     rope_sin_ = cuda::DeviceArray<float>(ctx_, static_cast<int64_t>(sin.size()));
     FRUGAL_CUDA_CHECK(cudaMemcpyAsync(rope_cos_.data(), cos.data(), rope_cos_.bytes(),
@@ -189,9 +190,8 @@ void GpuModel<T>::upload_ids(Run& run, const int32_t* tokens, const int32_t* tar
 }
 
 template <class T>
-Losses GpuModel<T>::run(const int32_t* tokens, const int32_t* targets, int64_t batch,
-                        int64_t seq, const LossWeights& weights, bool training,
-                        double loss_scale) {
+Losses GpuModel<T>::run(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq,
+                        const LossWeights& weights, bool training, double loss_scale) {
   FRUGAL_CHECK(batch > 0 && seq > 0, "GpuTransformer: batch {} and seq {} must be positive", batch,
                seq);
   const int64_t rows = batch * seq, vocab = cfg_.vocab_size;
@@ -301,13 +301,12 @@ void GpuModel<T>::forward(Run& r, const LossWeights& weights, bool training) {
     GpuMtp<T>& module = *mtp_[k - 1];
     double* balance = module.block().moe() ? r.balance.data() + moe_slot++ : nullptr;
     module.forward(ctx_, m.module, m.emb.data(), m.h_prev.data(), m.h_out.data(), m.normed.data(),
-                   batch, mseq, rope_inputs(batch, mseq), weights.balance_alpha, training,
-                   balance);
+                   batch, mseq, rope_inputs(batch, mseq), weights.balance_alpha, training, balance);
     m.logits = cuda::DeviceArray<T>(ctx_, m.rows * vocab);
     head_.forward(ctx_, m.head, m.normed.data(), m.logits.data(), m.rows);
     cuda::DeviceArray<float> token_losses(ctx_, m.rows);
-    cuda::xent_fwd<T>(token_losses.data(), r.sums.data() + k, r.valid.data() + k,
-                      m.logits.data(), m.targets.data(), m.rows, vocab, stream);
+    cuda::xent_fwd<T>(token_losses.data(), r.sums.data() + k, r.valid.data() + k, m.logits.data(),
+                      m.targets.data(), m.rows, vocab, stream);
     prev = m.h_out.data();
     prev_seq = mseq;
   }
@@ -319,12 +318,11 @@ void GpuModel<T>::backward(Run& r, double loss_scale, double mtp_weight) {
   const int64_t depths_run = static_cast<int64_t>(r.mtp.size());
   const cudaStream_t stream = ctx_.stream;
   cuda::DeviceArray<float> scales(ctx_, 1 + depths_run);  // d total / d token loss, per CE term
-  cuda::xent_grad_scales(scales.data(), r.valid.data(), depths_run, loss_scale, mtp_weight,
-                         stream);
+  cuda::xent_grad_scales(scales.data(), r.valid.data(), depths_run, loss_scale, mtp_weight, stream);
 
   // Main head: dlogits in place of the logits, then d(normed) in fp32.
-  cuda::xent_bwd<T>(r.logits.data(), r.logits.data(), r.targets.data(), rows, vocab,
-                    scales.data(), stream);
+  cuda::xent_bwd<T>(r.logits.data(), r.logits.data(), r.targets.data(), rows, vocab, scales.data(),
+                    stream);
   cuda::DeviceArray<float> dnormed(ctx_, rows * d);  // [rows, hidden]
   if constexpr (std::is_same_v<T, float>) {
     head_.backward(ctx_, r.head, r.logits.data(), dnormed.data(), false);

@@ -1,12 +1,11 @@
 // Glue kernels of the GPU model (see gpu_model_kernels.h). Elementwise kernels use a grid-stride
 // loop over 64-bit indices; the head reduction and the loss kernels sum in a fixed order.
-#include "model/gpu/gpu_model_kernels.h"
-
 #include <cuda_bf16.h>
 
 #include <algorithm>
 
 #include "core/cuda_check.h"
+#include "model/gpu/gpu_model_kernels.h"
 
 namespace frugal::cuda {
 namespace {
@@ -18,8 +17,12 @@ int blocks_for(int64_t n) {
   return static_cast<int>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
 }
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(float x) {
+  return x;
+}
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
 
 template <class T>
 __device__ __forceinline__ T from_float(float x);
@@ -92,9 +95,8 @@ __global__ void xent_grad_scales_kernel(float* scales, const int64_t* valid, int
                     : 0.0f;
 }
 
-__global__ void finalize_losses_kernel(DeviceLosses* out, const double* sums,
-                                       const int64_t* valid, int64_t depths,
-                                       const double* balance, int64_t n_balance,
+__global__ void finalize_losses_kernel(DeviceLosses* out, const double* sums, const int64_t* valid,
+                                       int64_t depths, const double* balance, int64_t n_balance,
                                        double mtp_weight) {
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
   DeviceLosses l;
@@ -140,22 +142,22 @@ void fill(float* x, float value, int64_t n, cudaStream_t stream) {
 template <class T>
 void broadcast_rope_key(T* k, const T* k_pe, int64_t rows, int64_t heads, int64_t head_stride,
                         int64_t offset, int64_t rope_dim, cudaStream_t stream) {
-  FRUGAL_CUDA_REQUIRE(rows >= 0 && heads > 0 && rope_dim > 0 && offset >= 0 &&
-                          offset + rope_dim <= head_stride,
-                      "broadcast_rope_key: bad shape");
+  FRUGAL_CUDA_REQUIRE(
+      rows >= 0 && heads > 0 && rope_dim > 0 && offset >= 0 && offset + rope_dim <= head_stride,
+      "broadcast_rope_key: bad shape");
   const int64_t n = rows * heads * rope_dim;
   if (n == 0) return;
-  broadcast_rope_key_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(k, k_pe, rows, heads,
-                                                                      head_stride, offset, rope_dim);
+  broadcast_rope_key_kernel<T>
+      <<<blocks_for(n), kThreads, 0, stream>>>(k, k_pe, rows, heads, head_stride, offset, rope_dim);
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
 template <class T>
 void sum_rope_key_grad(T* d_k_pe, const T* dk, int64_t rows, int64_t heads, int64_t head_stride,
                        int64_t offset, int64_t rope_dim, cudaStream_t stream) {
-  FRUGAL_CUDA_REQUIRE(rows >= 0 && heads > 0 && rope_dim > 0 && offset >= 0 &&
-                          offset + rope_dim <= head_stride,
-                      "sum_rope_key_grad: bad shape");
+  FRUGAL_CUDA_REQUIRE(
+      rows >= 0 && heads > 0 && rope_dim > 0 && offset >= 0 && offset + rope_dim <= head_stride,
+      "sum_rope_key_grad: bad shape");
   const int64_t n = rows * rope_dim;
   if (n == 0) return;
   sum_rope_key_grad_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(

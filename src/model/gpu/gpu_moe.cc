@@ -68,8 +68,7 @@ void GpuMoe<T>::refresh(cuda::DeviceContext& ctx) {
 
 template <class T>
 void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int64_t batch,
-                        int64_t seq, double balance_alpha, bool count_load,
-                        double* balance_loss) {
+                        int64_t seq, double balance_alpha, bool count_load, double* balance_loss) {
   const int64_t rows = batch * seq, E = router_.n_experts, K = router_.top_k, H = hidden_,
                 I = inter_;
   const cudaStream_t stream = ctx.stream;
@@ -132,7 +131,7 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   c.expert_out = cuda::DeviceArray<T>(ctx, bound * H);  // [padded, hidden]
   down_.forward(ctx, c.down, h.data(), c.expert_out.data(), offsets);
   if (gate_up_.keeps_input_pointer()) c.xp = std::move(xp);
-  if (fp8) {  // the SwiGLU input cached in FP8 (spec §4.4)
+  if (fp8) {                                  // the SwiGLU input cached in FP8 (spec §4.4)
     if constexpr (std::is_same_v<T, bf16>) {  // fp8 weights only meet bf16 activations
       c.gu_q = cuda::DeviceArray<uint8_t>(ctx, padded * 2 * I);
       c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(2 * I) * padded);
@@ -237,8 +236,7 @@ template <class T>
 std::vector<int64_t> GpuMoe<T>::load(cuda::DeviceContext& ctx) const {
   std::vector<int64_t> host(static_cast<size_t>(router_.n_experts));
   ctx.synchronize();
-  FRUGAL_CUDA_CHECK(
-      cudaMemcpy(host.data(), load_.data(), load_.bytes(), cudaMemcpyDeviceToHost));
+  FRUGAL_CUDA_CHECK(cudaMemcpy(host.data(), load_.data(), load_.bytes(), cudaMemcpyDeviceToHost));
   return host;
 }
 

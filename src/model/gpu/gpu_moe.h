@@ -37,26 +37,25 @@ class GpuMoe {
   struct Ctx {
     typename GpuGroupedLinear<T>::Ctx gate_up, down;
     typename GpuMlp<T>::Ctx shared;
-    const T* x = nullptr;                        // [rows, hidden] layer input (caller-owned)
-    cuda::DeviceArray<float> scores;             // [rows, E]
-    cuda::DeviceArray<int32_t> topk_idx;         // [rows, K]
-    cuda::DeviceArray<float> topk_weight;        // [rows, K]
-    cuda::DeviceArray<int64_t> expert_offsets;   // [E+1] padded row offsets
-    cuda::DeviceArray<int32_t> assignment_row;   // [rows*K]
-    cuda::DeviceArray<int32_t> row_assignment;   // [padded rows bound]
-    std::vector<int64_t> host_offsets;           // [E+1]
-    cuda::DeviceArray<T> xp;                     // [padded, hidden] (fp32/bf16 experts)
-    cuda::DeviceArray<T> gu;                     // [padded, 2*inter] (fp32/bf16 experts)
-    cuda::DeviceArray<uint8_t> gu_q;             // [padded, 2*inter] FP8 (fp8 experts)
-    cuda::DeviceArray<float> gu_scales;          // [ceil(2*inter/128)][padded]
-    cuda::DeviceArray<T> h;                      // [padded, inter] (fp32/bf16 experts)
-    cuda::DeviceArray<T> expert_out;             // [padded, hidden]
+    const T* x = nullptr;                       // [rows, hidden] layer input (caller-owned)
+    cuda::DeviceArray<float> scores;            // [rows, E]
+    cuda::DeviceArray<int32_t> topk_idx;        // [rows, K]
+    cuda::DeviceArray<float> topk_weight;       // [rows, K]
+    cuda::DeviceArray<int64_t> expert_offsets;  // [E+1] padded row offsets
+    cuda::DeviceArray<int32_t> assignment_row;  // [rows*K]
+    cuda::DeviceArray<int32_t> row_assignment;  // [padded rows bound]
+    std::vector<int64_t> host_offsets;          // [E+1]
+    cuda::DeviceArray<T> xp;                    // [padded, hidden] (fp32/bf16 experts)
+    cuda::DeviceArray<T> gu;                    // [padded, 2*inter] (fp32/bf16 experts)
+    cuda::DeviceArray<uint8_t> gu_q;            // [padded, 2*inter] FP8 (fp8 experts)
+    cuda::DeviceArray<float> gu_scales;         // [ceil(2*inter/128)][padded]
+    cuda::DeviceArray<T> h;                     // [padded, inter] (fp32/bf16 experts)
+    cuda::DeviceArray<T> expert_out;            // [padded, hidden]
     int64_t rows = 0, batch = 0, seq = 0;
     double balance_alpha = 0;
   };
 
-  GpuMoe(ParamRegistry& registry, const std::string& prefix, const ModelConfig& cfg,
-         Recipe recipe);
+  GpuMoe(ParamRegistry& registry, const std::string& prefix, const ModelConfig& cfg, Recipe recipe);
 
   // x, y [batch*seq, hidden]; x stays owned by the caller, alive until backward.
   // balance_loss: one device double, written (0 when balance_alpha is 0).

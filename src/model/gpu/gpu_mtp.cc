@@ -21,8 +21,8 @@ GpuMtp<T>::GpuMtp(ParamRegistry& registry, const std::string& prefix, const Mode
   // Registration in the CPU order: enorm, hnorm, eh_proj, the block, shared_head.norm.
   eh_proj_.register_as(registry, prefix + ".eh_proj.weight");
   block_ = std::make_unique<GpuBlock<T>>(registry, prefix, cfg, layer_index, recipe);
-  head_norm_ =
-      GpuRMSNorm<float, T>(registry, prefix + ".shared_head.norm", cfg.hidden_size, cfg.rms_norm_eps);
+  head_norm_ = GpuRMSNorm<float, T>(registry, prefix + ".shared_head.norm", cfg.hidden_size,
+                                    cfg.rms_norm_eps);
 }
 
 template <class T>
@@ -33,9 +33,8 @@ void GpuMtp<T>::refresh(cuda::DeviceContext& ctx) {
 
 template <class T>
 void GpuMtp<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const float* emb, const float* h_prev,
-                        float* h_out, T* normed, int64_t batch, int64_t seq,
-                        const RopeInputs& rope, double balance_alpha, bool count_load,
-                        double* balance_loss) {
+                        float* h_out, T* normed, int64_t batch, int64_t seq, const RopeInputs& rope,
+                        double balance_alpha, bool count_load, double* balance_loss) {
   const int64_t rows = batch * seq, d = hidden_;
   c = Ctx{};
   c.rows = rows;
@@ -57,7 +56,7 @@ void GpuMtp<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const float* emb, cons
   }
   if (!eh_proj_.keeps_input_pointer()) c.cat.reset();
   block_->forward(ctx, c.block, c.proj.data(), h_out, batch, seq, rope, balance_alpha, count_load,
-                 balance_loss);
+                  balance_loss);
   head_norm_.forward(ctx, c.head_norm, h_out, normed, rows);
 }
 

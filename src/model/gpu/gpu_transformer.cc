@@ -71,7 +71,9 @@ void GpuTransformer::download(ParamStore<float>& host) const {
   impl_->ctx.synchronize();
 }
 
-std::vector<DeviceParam>& GpuTransformer::params() { return impl_->model->registry().params(); }
+std::vector<DeviceParam>& GpuTransformer::params() {
+  return impl_->model->registry().params();
+}
 
 Losses GpuTransformer::forward_backward(const int32_t* tokens, const int32_t* targets,
                                         int64_t batch, int64_t seq, const LossWeights& weights,
@@ -84,9 +86,13 @@ Losses GpuTransformer::evaluate(const int32_t* tokens, const int32_t* targets, i
   return impl_->model->run(tokens, targets, batch, seq, weights, /*training=*/false, 0.0);
 }
 
-void GpuTransformer::zero_grad() { impl_->model->registry().zero_grad(); }
+void GpuTransformer::zero_grad() {
+  impl_->model->registry().zero_grad();
+}
 
-void GpuTransformer::weights_updated() { impl_->model->refresh(); }
+void GpuTransformer::weights_updated() {
+  impl_->model->refresh();
+}
 
 void GpuTransformer::update_balance_bias(double gamma) {
   impl_->model->update_balance_bias(gamma);
@@ -96,9 +102,13 @@ std::vector<ExpertLoad> GpuTransformer::expert_load() const {
   return impl_->model->expert_load();
 }
 
-const ModelConfig& GpuTransformer::config() const { return impl_->cfg; }
+const ModelConfig& GpuTransformer::config() const {
+  return impl_->cfg;
+}
 
-Recipe GpuTransformer::recipe() const { return impl_->recipe; }
+Recipe GpuTransformer::recipe() const {
+  return impl_->recipe;
+}
 
 }  // namespace frugal::gpu
 
