@@ -1,0 +1,97 @@
+// GpuBlock (see gpu_block.h).
+#ifdef FRUGAL_HAVE_CUDA
+
+#include "model/gpu/gpu_block.h"
+
+#include "core/error.h"
+#include "kernels/cast/cast_cuda.h"
+#include "model/gpu/gpu_model_kernels.h"
+
+namespace frugal::gpu {
+
+template <class T>
+GpuBlock<T>::GpuBlock(ParamRegistry& registry, const std::string& prefix, const ModelConfig& cfg,
+                      int64_t layer_index, Recipe recipe)
+    : hidden_(cfg.hidden_size),
+      attn_norm_(registry, prefix + ".input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
+      ffn_norm_(registry, prefix + ".post_attention_layernorm", cfg.hidden_size, cfg.rms_norm_eps) {
+  attn_ = std::make_unique<GpuMla<T>>(registry, prefix + ".self_attn", cfg, recipe);
+  if (cfg.is_moe_layer(layer_index))
+    moe_ = std::make_unique<GpuMoe<T>>(registry, prefix + ".mlp", cfg, recipe);
+  else
+    mlp_ = std::make_unique<GpuMlp<T>>(registry, prefix + ".mlp", cfg.hidden_size,
+                                       cfg.intermediate_size, recipe);
+}
+
+template <class T>
+void GpuBlock<T>::refresh(cuda::DeviceContext& ctx) {
+  attn_->refresh(ctx);
+  if (moe_)
+    moe_->refresh(ctx);
+  else
+    mlp_->refresh(ctx);
+}
+
+template <class T>
+void GpuBlock<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const float* x, float* y, int64_t batch,
+                          int64_t seq, const RopeInputs& rope, double balance_alpha,
+                          bool count_load, double* balance_loss) {
+  const int64_t rows = batch * seq, n = rows * hidden_;
+  c = Ctx{};
+  c.rows = rows;
+  FRUGAL_CHECK(moe_ == nullptr || balance_loss != nullptr,
+               "GpuBlock::forward: an MoE layer needs a balance-loss slot");
+  c.attn_in = cuda::DeviceArray<T>(ctx, n);  // [rows, hidden]
+  attn_norm_.forward(ctx, c.attn_norm, x, c.attn_in.data(), rows);
+  cuda::DeviceArray<T> branch(ctx, n);  // [rows, hidden]
+  attn_->forward(ctx, c.attn, c.attn_in.data(), branch.data(), batch, seq, rope);
+  if (!attn_->keeps_input_pointer()) c.attn_in.reset();
+  c.h = cuda::DeviceArray<float>(ctx, n);
+  cuda::residual_add<T>(c.h.data(), x, branch.data(), n, ctx.stream);  // h = x + attention
+  c.ffn_in = cuda::DeviceArray<T>(ctx, n);
+  ffn_norm_.forward(ctx, c.ffn_norm, c.h.data(), c.ffn_in.data(), rows);
+  if (moe_) {
+    moe_->forward(ctx, c.moe, c.ffn_in.data(), branch.data(), batch, seq, balance_alpha, count_load,
+                  balance_loss);
+  } else {
+    mlp_->forward(ctx, c.mlp, c.ffn_in.data(), branch.data(), rows);
+    if (!mlp_->keeps_input_pointer()) c.ffn_in.reset();
+  }
+  cuda::residual_add<T>(y, c.h.data(), branch.data(), n, ctx.stream);  // y = h + ffn
+}
+
+template <class T>
+void GpuBlock<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, float* dx,
+                           double dbalance) const {
+  const int64_t rows = c.rows, n = rows * hidden_;
+  FRUGAL_CHECK(dx != dy, "GpuBlock::backward: dx must not alias dy");
+  cuda::DeviceArray<float> dh(ctx, n);  // [rows, hidden] gradient of h
+  {
+    AsType<T> dy_t(ctx, dy, n);
+    cuda::DeviceArray<T> d_ffn_in(ctx, n);
+    if (moe_)
+      moe_->backward(ctx, c.moe, dy_t.get(), d_ffn_in.data(), dbalance);
+    else
+      mlp_->backward(ctx, c.mlp, dy_t.get(), d_ffn_in.data(), false);
+    c.ffn_in.reset();
+    ffn_norm_.backward(ctx, c.ffn_norm, d_ffn_in.data(), dh.data());
+  }
+  cuda::axpby<float>(dh.data(), dy, 1.0f, 1.0f, n, ctx.stream);  // dh = dy + d(ffn branch)
+  c.h.reset();
+  {
+    AsType<T> dh_t(ctx, dh.data(), n);
+    cuda::DeviceArray<T> d_attn_in(ctx, n);
+    attn_->backward(ctx, c.attn, dh_t.get(), d_attn_in.data());
+    c.attn_in.reset();
+    attn_norm_.backward(ctx, c.attn_norm, d_attn_in.data(), dx);
+  }
+  cuda::axpby<float>(dx, dh.data(), 1.0f, 1.0f, n, ctx.stream);  // dx = dh + d(attention branch)
+  c = Ctx{};
+}
+
+template class GpuBlock<float>;
+template class GpuBlock<bf16>;
+
+}  // namespace frugal::gpu
+
+#endif  // FRUGAL_HAVE_CUDA

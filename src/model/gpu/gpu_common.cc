@@ -1,0 +1,103 @@
+// ParamRegistry and the precision rules of the GPU model (see gpu_common.h).
+#ifdef FRUGAL_HAVE_CUDA
+
+#include "model/gpu/gpu_common.h"
+
+#include "core/cuda_check.h"
+#include "core/error.h"
+#include "kernels/quant/quant.h"
+
+namespace frugal::gpu {
+
+const char* precision_name(GemmPrecision precision) {
+  switch (precision) {
+    case GemmPrecision::Fp32:
+      return "fp32";
+    case GemmPrecision::Bf16:
+      return "bf16";
+    case GemmPrecision::Fp8:
+      return "fp8";
+  }
+  return "?";
+}
+
+GemmPrecision block_linear_precision(Recipe recipe, int64_t in, int64_t out) {
+  switch (recipe) {
+    case Recipe::Fp32:
+      return GemmPrecision::Fp32;
+    case Recipe::Bf16:
+      return GemmPrecision::Bf16;
+    case Recipe::Fp8:
+      return in % kFp8BlockSize == 0 && out % kFp8BlockSize == 0 ? GemmPrecision::Fp8
+                                                                 : GemmPrecision::Bf16;
+  }
+  return GemmPrecision::Fp32;
+}
+
+GemmPrecision dense_precision(Recipe recipe) {
+  return recipe == Recipe::Fp32 ? GemmPrecision::Fp32 : GemmPrecision::Bf16;
+}
+
+void zero_async(cuda::DeviceContext& ctx, void* data, size_t bytes) {
+  if (bytes > 0) FRUGAL_CUDA_CHECK(cudaMemsetAsync(data, 0, bytes, ctx.stream));
+}
+
+template <class T>
+void* PinnedArray<T>::pinned_allocate(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* pointer = nullptr;
+  FRUGAL_CUDA_CHECK(cudaMallocHost(&pointer, bytes));
+  return pointer;
+}
+
+template <class T>
+void PinnedArray<T>::pinned_free(void* pointer) noexcept {
+  if (pointer != nullptr) cudaFreeHost(pointer);
+}
+
+template class PinnedArray<int32_t>;
+template class PinnedArray<int64_t>;
+template class PinnedArray<uint8_t>;
+
+ParamRegistry::Storage ParamRegistry::allocate(int64_t count, bool trainable) {
+  FRUGAL_CHECK(count > 0, "ParamRegistry: parameter storage of {} elements", count);
+  Storage storage;
+  storage.count = count;
+  arrays_.emplace_back(*ctx_, count);
+  storage.value = arrays_.back().data();
+  zero_async(*ctx_, storage.value, arrays_.back().bytes());
+  if (trainable) {
+    arrays_.emplace_back(*ctx_, count);
+    storage.grad = arrays_.back().data();
+    zero_async(*ctx_, storage.grad, arrays_.back().bytes());
+  }
+  storages_.push_back(storage);
+  return storage;
+}
+
+void ParamRegistry::add(const std::string& name, std::vector<int64_t> shape, ParamKind kind,
+                        float* value, float* grad) {
+  FRUGAL_CHECK(names_.insert(name).second, "ParamRegistry: duplicate parameter name {}", name);
+  DeviceParam p;
+  p.name = name;
+  p.count = 1;
+  for (int64_t d : shape) p.count *= d;
+  p.shape = std::move(shape);
+  p.kind = kind;
+  p.trainable = kind != ParamKind::Buffer;
+  p.weight_decay = kind == ParamKind::Matrix;
+  p.value = value;
+  p.grad = p.trainable ? grad : nullptr;
+  FRUGAL_CHECK(value != nullptr && (!p.trainable || grad != nullptr),
+               "ParamRegistry: {} has no device storage", name);
+  params_.push_back(std::move(p));
+}
+
+void ParamRegistry::zero_grad() {
+  for (const Storage& s : storages_)
+    if (s.grad != nullptr) zero_async(*ctx_, s.grad, static_cast<size_t>(s.count) * sizeof(float));
+}
+
+}  // namespace frugal::gpu
+
+#endif  // FRUGAL_HAVE_CUDA

@@ -1,0 +1,124 @@
+// GpuGroupedLinear (see gpu_grouped_linear.h).
+#ifdef FRUGAL_HAVE_CUDA
+
+#include "model/gpu/gpu_grouped_linear.h"
+
+#include <type_traits>
+
+#include "core/error.h"
+#include "kernels/quant/quant.h"
+
+namespace frugal::gpu {
+
+namespace {
+
+// The FP8 halves (bf16 activations only; not instantiated for float).
+void grouped_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
+                         GpuGroupedLinear<bf16>::Ctx& c, const bf16* x, bf16* y,
+                         const GroupOffsets& offsets) {
+  using T = bf16;
+  const int64_t in = weight.in(), out = weight.out(), rows = offsets.rows;
+  FRUGAL_CHECK(rows % cuda::kFp8GroupRowAlign == 0,
+               "GpuGroupedLinear: {} permuted rows are not padded to {}", rows,
+               cuda::kFp8GroupRowAlign);
+  {
+    cuda::DeviceArray<uint8_t> q(ctx, rows * in);
+    cuda::DeviceArray<float> scales(ctx, fp8_block_count(in) * rows);
+    cuda::quantize_act_1x128_grouped<T>(q.data(), scales.data(), x, offsets.device, offsets.groups,
+                                        rows, in, kFp8PowerOfTwoScales, ctx.stream);
+    cuda::grouped_gemm_fp8_nt(ctx.blas, offsets.groups, offsets.host, out, in, q.data(),
+                              scales.data(), weight.fp8(), weight.fp8_scales(), y,
+                              cuda::DataType::BF16, ctx.stream);  // [rows, out]
+  }
+  c.xT_q = cuda::DeviceArray<uint8_t>(ctx, rows * in);
+  c.xT_scales = cuda::DeviceArray<float>(ctx, rows / kFp8BlockSize * in);
+  cuda::transpose_quantize_1x128_grouped<T>(c.xT_q.data(), c.xT_scales.data(), x, offsets.device,
+                                            offsets.groups, rows, in, kFp8PowerOfTwoScales,
+                                            ctx.stream);
+}
+
+void grouped_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
+                          GpuGroupedLinear<bf16>::Ctx& c, const bf16* dy, bf16* dx,
+                          const GroupOffsets& offsets) {
+  using T = bf16;
+  const int64_t in = weight.in(), out = weight.out(), rows = offsets.rows;
+  FRUGAL_CHECK(c.xT_q.data() != nullptr, "GpuGroupedLinear::backward without a forward");
+  {
+    cuda::DeviceArray<uint8_t> dy_q(ctx, rows * out);
+    cuda::DeviceArray<float> dy_scales(ctx, fp8_block_count(out) * rows);
+    cuda::quantize_act_1x128_grouped<T>(dy_q.data(), dy_scales.data(), dy, offsets.device,
+                                        offsets.groups, rows, out, kFp8PowerOfTwoScales,
+                                        ctx.stream);
+    cuda::grouped_gemm_fp8_nt(ctx.blas, offsets.groups, offsets.host, in, out, dy_q.data(),
+                              dy_scales.data(), weight.fp8_transposed(),
+                              weight.fp8_transposed_scales(), dx, cuda::DataType::BF16,
+                              ctx.stream);  // [rows, in]
+  }
+  cuda::DeviceArray<uint8_t> dyT_q(ctx, rows * out);
+  cuda::DeviceArray<float> dyT_scales(ctx, rows / kFp8BlockSize * out);
+  cuda::transpose_quantize_1x128_grouped<T>(dyT_q.data(), dyT_scales.data(), dy, offsets.device,
+                                            offsets.groups, rows, out, kFp8PowerOfTwoScales,
+                                            ctx.stream);
+  cuda::grouped_gemm_fp8_wgrad(ctx.blas, offsets.groups, offsets.host, out, in, dyT_q.data(),
+                               dyT_scales.data(), c.xT_q.data(), c.xT_scales.data(), weight.grad(),
+                               /*accumulate=*/true, ctx.stream);
+}
+
+}  // namespace
+
+template <class T>
+GpuGroupedLinear<T>::GpuGroupedLinear(ParamRegistry& registry, int64_t groups, int64_t in,
+                                      int64_t out, GemmPrecision precision)
+    : weight_(registry, groups, out, in, precision) {
+  constexpr bool kFloat = std::is_same_v<T, float>;
+  FRUGAL_CHECK((precision == GemmPrecision::Fp32) == kFloat,
+               "GpuGroupedLinear: {} GEMMs with {} activations", precision_name(precision),
+               kFloat ? "fp32" : "bf16");
+}
+
+template <class T>
+void GpuGroupedLinear<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y,
+                                  const GroupOffsets& offsets) const {
+  const int64_t in = weight_.in(), out = weight_.out(), rows = offsets.rows;
+  FRUGAL_CHECK(offsets.groups == weight_.groups(),
+               "GpuGroupedLinear: {} row groups for {} stacked matrices", offsets.groups,
+               weight_.groups());
+  c = Ctx{};
+  if (rows == 0) return;
+  if (weight_.precision() != GemmPrecision::Fp8) {
+    c.x = x;
+    cuda::grouped_gemm_nt(ctx.blas, offsets.groups, offsets.host, out, in, x, weight_.operand(),
+                          weight_.operand_type(), y, data_type_of<T>(), ctx.stream);  // [rows, out]
+    return;
+  }
+  if constexpr (std::is_same_v<T, bf16>) grouped_forward_fp8(ctx, weight_, c, x, y, offsets);
+}
+
+template <class T>
+void GpuGroupedLinear<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
+                                   const GroupOffsets& offsets) const {
+  const int64_t in = weight_.in(), out = weight_.out(), rows = offsets.rows;
+  if (rows == 0) {
+    c = Ctx{};
+    return;
+  }
+  if (weight_.precision() != GemmPrecision::Fp8) {
+    FRUGAL_CHECK(c.x != nullptr, "GpuGroupedLinear::backward without a forward");
+    cuda::grouped_gemm_nn(ctx.blas, offsets.groups, offsets.host, out, in, dy, weight_.operand(),
+                          weight_.operand_type(), dx, data_type_of<T>(), ctx.stream);  // [rows, in]
+    cuda::grouped_gemm_tn(ctx.blas, offsets.groups, offsets.host, out, in, dy, c.x,
+                          data_type_of<T>(), weight_.grad(), cuda::DataType::F32,
+                          /*accumulate=*/true, ctx.stream);  // [groups][out, in] +=
+    c = Ctx{};
+    return;
+  }
+  if constexpr (std::is_same_v<T, bf16>) grouped_backward_fp8(ctx, weight_, c, dy, dx, offsets);
+  c = Ctx{};
+}
+
+template class GpuGroupedLinear<float>;
+template class GpuGroupedLinear<bf16>;
+
+}  // namespace frugal::gpu
+
+#endif  // FRUGAL_HAVE_CUDA

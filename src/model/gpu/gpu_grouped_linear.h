@@ -1,0 +1,63 @@
+// The expert matrices of an MoE layer on the GPU: `groups` (= experts) Linears stacked
+// [groups][out][in] (GpuWeight), run as grouped GEMMs over the expert-major permuted rows:
+// group g owns rows [offsets[g], offsets[g+1]) (kernels/moe/moe_cuda.h permutation).
+//   Fprop  y_g  = x_g · W_g^T        grouped_gemm_nt   | grouped_gemm_fp8_nt (x quantized per
+//   group) Dgrad  dx_g = dy_g · W_g         grouped_gemm_nn   | grouped_gemm_fp8_nt (dy quantized,
+//   WT_g) Wgrad  dW_g += dy_g^T · x_g      grouped_gemm_tn   | grouped_gemm_fp8_wgrad (both
+//   transposed
+//                                                         and quantized along each group's rows)
+// Under fp8 every group's row count is a multiple of 128 (the permutation pads with zero rows, see
+// kFp8GroupRowAlign) and the forward caches x^T per group in FP8 for Wgrad; under fp32/bf16 the
+// context keeps a pointer to x, which the caller keeps alive until backward.
+//
+// Accumulation rule: every W_g.grad accumulates (+=); dx is assigned. backward computes input and
+// weight gradients together and releases the context.
+#pragma once
+
+#include <cstdint>
+
+#include "model/gpu/gpu_linear.h"
+
+namespace frugal::gpu {
+
+// Row blocks of the groups: host and device copies of offsets [groups+1]; rows = offsets[groups].
+struct GroupOffsets {
+  const int64_t* host = nullptr;
+  const int64_t* device = nullptr;
+  int64_t groups = 0;
+  int64_t rows = 0;
+};
+
+template <class T>
+class GpuGroupedLinear {
+ public:
+  struct Ctx {
+    const T* x = nullptr;                // fp32/bf16: [rows, in] (kept alive by the caller)
+    cuda::DeviceArray<uint8_t> xT_q;     // fp8: group g's x_g^T [in, rows_g] at offsets[g]*in
+    cuda::DeviceArray<float> xT_scales;  // fp8: group g's [rows_g/128][in] at offsets[g]/128*in
+  };
+
+  GpuGroupedLinear() = default;
+  GpuGroupedLinear(ParamRegistry& registry, int64_t groups, int64_t in, int64_t out,
+                   GemmPrecision precision);
+
+  // x [rows, in] -> y [rows, out] over the groups' row blocks.
+  void forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y,
+               const GroupOffsets& offsets) const;
+  // dy [rows, out] -> dx [rows, in] (assigned); W_g.grad += dy_g^T x_g. Releases the context.
+  void backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
+                const GroupOffsets& offsets) const;
+
+  bool keeps_input_pointer() const { return weight_.precision() != GemmPrecision::Fp8; }
+  void refresh(cuda::DeviceContext& ctx) { weight_.refresh(ctx); }
+  GpuWeight& weight() { return weight_; }
+  const GpuWeight& weight() const { return weight_; }
+
+ private:
+  GpuWeight weight_;
+};
+
+extern template class GpuGroupedLinear<float>;
+extern template class GpuGroupedLinear<bf16>;
+
+}  // namespace frugal::gpu

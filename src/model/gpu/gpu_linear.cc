@@ -1,0 +1,211 @@
+// GpuWeight and GpuLinear (see gpu_linear.h for the GEMM mapping and the accumulation rule).
+#ifdef FRUGAL_HAVE_CUDA
+
+#include "model/gpu/gpu_linear.h"
+
+#include <type_traits>
+
+#include "core/cuda_check.h"
+#include "core/error.h"
+#include "kernels/quant/quant.h"
+
+namespace frugal::gpu {
+
+GpuWeight::GpuWeight(ParamRegistry& registry, int64_t groups, int64_t out, int64_t in,
+                     GemmPrecision precision)
+    : precision_(precision), groups_(groups), out_(out), in_(in) {
+  FRUGAL_CHECK(groups > 0 && out > 0 && in > 0, "GpuWeight: bad shape [{}][{}][{}]", groups, out,
+               in);
+  if (precision == GemmPrecision::Fp8)
+    FRUGAL_CHECK(out % kFp8BlockSize == 0 && in % kFp8BlockSize == 0,
+                 "GpuWeight: an fp8 weight needs dims that are multiples of {}, got [{}, {}]",
+                 kFp8BlockSize, out, in);
+  storage_ = registry.allocate(count(), /*trainable=*/true);
+  cuda::DeviceContext& ctx = registry.context();
+  if (precision == GemmPrecision::Bf16) {
+    bf16_ = cuda::DeviceArray<bf16>(ctx, count());
+  } else if (precision == GemmPrecision::Fp8) {
+    const int64_t blocks = groups * (out / kFp8BlockSize) * (in / kFp8BlockSize);
+    q_ = cuda::DeviceArray<uint8_t>(ctx, count());
+    qT_ = cuda::DeviceArray<uint8_t>(ctx, count());
+    scales_ = cuda::DeviceArray<float>(ctx, blocks);
+    scalesT_ = cuda::DeviceArray<float>(ctx, blocks);
+  }
+  refresh(ctx);
+}
+
+void GpuWeight::refresh(cuda::DeviceContext& ctx) {
+  if (precision_ == GemmPrecision::Bf16) {
+    cuda::cast<float, bf16>(bf16_.data(), storage_.value, count(), ctx.stream);
+  } else if (precision_ == GemmPrecision::Fp8) {
+    const int64_t matrix = out_ * in_;
+    const int64_t blocks = (out_ / kFp8BlockSize) * (in_ / kFp8BlockSize);
+    for (int64_t g = 0; g < groups_; ++g)
+      cuda::quantize_weight_128x128_with_transpose(
+          q_.data() + g * matrix, scales_.data() + g * blocks, qT_.data() + g * matrix,
+          scalesT_.data() + g * blocks, storage_.value + g * matrix, out_, in_,
+          kFp8PowerOfTwoScales, ctx.stream);
+  }
+}
+
+const void* GpuWeight::operand() const {
+  FRUGAL_CHECK(precision_ != GemmPrecision::Fp8,
+               "GpuWeight: an fp8 weight has no fp32/bf16 operand");
+  return precision_ == GemmPrecision::Bf16 ? static_cast<const void*>(bf16_.data())
+                                           : static_cast<const void*>(storage_.value);
+}
+
+cuda::DataType GpuWeight::operand_type() const {
+  return precision_ == GemmPrecision::Bf16 ? cuda::DataType::BF16 : cuda::DataType::F32;
+}
+
+template <class T>
+cuda::DeviceArray<T> pad_rows(cuda::DeviceContext& ctx, const T* x, int64_t rows, int64_t cols,
+                              int64_t padded_rows) {
+  cuda::DeviceArray<T> out(ctx, padded_rows * cols);
+  FRUGAL_CUDA_CHECK(cudaMemcpyAsync(out.data(), x, static_cast<size_t>(rows * cols) * sizeof(T),
+                                    cudaMemcpyDeviceToDevice, ctx.stream));
+  zero_async(ctx, out.data() + rows * cols,
+             static_cast<size_t>((padded_rows - rows) * cols) * sizeof(T));
+  return out;
+}
+
+namespace {
+
+// The FP8 halves of GpuLinear (bf16 activations only: fp32 activations never meet an fp8 weight,
+// so these are not instantiated for float).
+void linear_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, GpuLinear<bf16>::Ctx& c,
+                        const bf16* x, bf16* y, int64_t rows, const Fp8Input* x_fp8) {
+  using T = bf16;
+  const int64_t in = weight.in(), out = weight.out();
+  // FP8 Fprop: x in 1x128 tiles along in, W in 128x128 blocks.
+  cuda::DeviceArray<uint8_t> q;
+  cuda::DeviceArray<float> scales;
+  Fp8Input input;
+  if (x_fp8 != nullptr) {
+    input = *x_fp8;
+  } else {
+    q = cuda::DeviceArray<uint8_t>(ctx, rows * in);
+    scales = cuda::DeviceArray<float>(ctx, fp8_block_count(in) * rows);
+    cuda::quantize_act_1x128<T>(q.data(), scales.data(), x, rows, in, kFp8PowerOfTwoScales,
+                                ctx.stream);
+    input = {q.data(), scales.data()};
+  }
+  cuda::gemm_fp8_nt(ctx.blas, rows, out, in, input.q, input.scales, weight.fp8(),
+                    weight.fp8_scales(), cuda::Fp8Scaling::Block128x128, 0.0f, y, out,
+                    cuda::DataType::BF16, ctx.stream);  // [rows, out]
+  // The Wgrad operand: x^T [in, padded_rows] quantized along the rows.
+  const int64_t padded = round_up(rows, kFp8BlockSize);
+  cuda::DeviceArray<T> x_padded;
+  const T* source = x;
+  if (padded != rows) {
+    x_padded = pad_rows<T>(ctx, x, rows, in, padded);
+    source = x_padded.data();
+  }
+  c.xT_q = cuda::DeviceArray<uint8_t>(ctx, in * padded);
+  c.xT_scales = cuda::DeviceArray<float>(ctx, padded / kFp8BlockSize * in);
+  cuda::transpose_quantize_1x128<T>(c.xT_q.data(), c.xT_scales.data(), source, padded, in,
+                                    kFp8PowerOfTwoScales, ctx.stream);
+}
+
+void linear_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, GpuLinear<bf16>::Ctx& c,
+                         const bf16* dy, bf16* dx, float beta) {
+  using T = bf16;
+  const int64_t in = weight.in(), out = weight.out(), rows = c.rows;
+  FRUGAL_CHECK(c.xT_q.data() != nullptr, "GpuLinear::backward without a forward");
+  if (dx != nullptr) {
+    // FP8 Dgrad: dy in 1x128 tiles along out, WT [in, out] in 128x128 blocks.
+    cuda::DeviceArray<uint8_t> dy_q(ctx, rows * out);
+    cuda::DeviceArray<float> dy_scales(ctx, fp8_block_count(out) * rows);
+    cuda::quantize_act_1x128<T>(dy_q.data(), dy_scales.data(), dy, rows, out, kFp8PowerOfTwoScales,
+                                ctx.stream);
+    cuda::gemm_fp8_nt(ctx.blas, rows, in, out, dy_q.data(), dy_scales.data(),
+                      weight.fp8_transposed(), weight.fp8_transposed_scales(),
+                      cuda::Fp8Scaling::Block128x128, beta, dx, in, cuda::DataType::BF16,
+                      ctx.stream);  // [rows, in]
+  }
+  // FP8 Wgrad: dW[out, in] += dyT[out, padded] · xT[in, padded]^T, reduction over the rows.
+  const int64_t padded = round_up(rows, kFp8BlockSize);
+  cuda::DeviceArray<T> dy_padded;
+  const T* source = dy;
+  if (padded != rows) {
+    dy_padded = pad_rows<T>(ctx, dy, rows, out, padded);
+    source = dy_padded.data();
+  }
+  cuda::DeviceArray<uint8_t> dyT_q(ctx, out * padded);
+  cuda::DeviceArray<float> dyT_scales(ctx, padded / kFp8BlockSize * out);
+  cuda::transpose_quantize_1x128<T>(dyT_q.data(), dyT_scales.data(), source, padded, out,
+                                    kFp8PowerOfTwoScales, ctx.stream);
+  cuda::gemm_fp8_nt(ctx.blas, out, in, padded, dyT_q.data(), dyT_scales.data(), c.xT_q.data(),
+                    c.xT_scales.data(), cuda::Fp8Scaling::Tile1x128, 1.0f, weight.grad(), in,
+                    cuda::DataType::F32, ctx.stream);  // [out, in] +=
+}
+
+}  // namespace
+
+template <class T>
+GpuLinear<T>::GpuLinear(ParamRegistry& registry, int64_t in, int64_t out, GemmPrecision precision)
+    : weight_(registry, 1, out, in, precision) {
+  // The activation type follows the precision: fp32 GEMMs read float, bf16/fp8 ones bf16.
+  constexpr bool kFloat = std::is_same_v<T, float>;
+  FRUGAL_CHECK((precision == GemmPrecision::Fp32) == kFloat,
+               "GpuLinear: {} GEMMs with {} activations", precision_name(precision),
+               kFloat ? "fp32" : "bf16");
+}
+
+template <class T>
+void GpuLinear<T>::register_as(ParamRegistry& registry, const std::string& name) {
+  registry.add(name, {out(), in()}, ParamKind::Matrix, weight_.value(), weight_.grad());
+}
+
+template <class T>
+void GpuLinear<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int64_t rows,
+                           const Fp8Input* x_fp8) const {
+  FRUGAL_CHECK(rows >= 0, "GpuLinear::forward: {} rows", rows);
+  const int64_t in = weight_.in(), out = weight_.out();
+  c = Ctx{};
+  c.rows = rows;
+  if (rows == 0) return;
+  if (weight_.precision() != GemmPrecision::Fp8) {
+    c.x = x;
+    cuda::gemm(ctx.blas, false, true, rows, out, in, 1.0f, x, in, weight_.operand(), in,
+               weight_.operand_type(), 0.0f, y, out, data_type_of<T>(), ctx.stream);  // [rows, out]
+    return;
+  }
+  if constexpr (std::is_same_v<T, bf16>) linear_forward_fp8(ctx, weight_, c, x, y, rows, x_fp8);
+}
+
+template <class T>
+void GpuLinear<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
+                            bool accumulate_dx) const {
+  const int64_t in = weight_.in(), out = weight_.out(), rows = c.rows;
+  if (rows == 0) {
+    c = Ctx{};
+    return;
+  }
+  const float beta = accumulate_dx ? 1.0f : 0.0f;
+  if (weight_.precision() != GemmPrecision::Fp8) {
+    FRUGAL_CHECK(c.x != nullptr, "GpuLinear::backward without a forward");
+    if (dx != nullptr)
+      cuda::gemm(ctx.blas, false, false, rows, in, out, 1.0f, dy, out, weight_.operand(), in,
+                 weight_.operand_type(), beta, dx, in, data_type_of<T>(),
+                 ctx.stream);  // [rows, in]
+    cuda::gemm(ctx.blas, true, false, out, in, rows, 1.0f, dy, out, c.x, in, data_type_of<T>(),
+               1.0f, weight_.grad(), in, cuda::DataType::F32, ctx.stream);  // [out, in] +=
+    c = Ctx{};
+    return;
+  }
+  if constexpr (std::is_same_v<T, bf16>) linear_backward_fp8(ctx, weight_, c, dy, dx, beta);
+  c = Ctx{};
+}
+
+template cuda::DeviceArray<float> pad_rows<float>(cuda::DeviceContext&, const float*, int64_t,
+                                                  int64_t, int64_t);
+template cuda::DeviceArray<bf16> pad_rows<bf16>(cuda::DeviceContext&, const bf16*, int64_t, int64_t,
+                                                int64_t);
+template class GpuLinear<float>;
+template class GpuLinear<bf16>;
+
+}  // namespace frugal::gpu
+
+#endif  // FRUGAL_HAVE_CUDA

@@ -1,0 +1,201 @@
+// Glue kernels of the GPU model (see gpu_model_kernels.h). Elementwise kernels use a grid-stride
+// loop over 64-bit indices; the head reduction and the loss kernels sum in a fixed order.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "core/cuda_check.h"
+#include "model/gpu/gpu_model_kernels.h"
+
+namespace frugal::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 65535;
+
+int blocks_for(int64_t n) {
+  return static_cast<int>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
+}
+
+__device__ __forceinline__ float to_float(float x) {
+  return x;
+}
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+
+template <class T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+template <class T>
+__global__ void residual_add_kernel(float* out, const float* x, const T* branch, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * kThreads)
+    out[i] = x[i] + to_float(branch[i]);
+}
+
+template <class TD, class TS>
+__global__ void add_into_kernel(TD* dst, const TS* src, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * kThreads)
+    dst[i] = from_float<TD>(to_float(dst[i]) + to_float(src[i]));
+}
+
+__global__ void fill_kernel(float* x, float value, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * kThreads)
+    x[i] = value;
+}
+
+// One thread per (row, head, j).
+template <class T>
+__global__ void broadcast_rope_key_kernel(T* k, const T* k_pe, int64_t rows, int64_t heads,
+                                          int64_t head_stride, int64_t offset, int64_t rope_dim) {
+  const int64_t n = rows * heads * rope_dim;
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * kThreads) {
+    const int64_t j = i % rope_dim;
+    const int64_t rh = i / rope_dim;  // row * heads + head
+    const int64_t r = rh / heads;
+    k[rh * head_stride + offset + j] = k_pe[r * rope_dim + j];
+  }
+}
+
+// One thread per (row, j); heads summed in order.
+template <class T>
+__global__ void sum_rope_key_grad_kernel(T* d_k_pe, const T* dk, int64_t rows, int64_t heads,
+                                         int64_t head_stride, int64_t offset, int64_t rope_dim) {
+  const int64_t n = rows * rope_dim;
+  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * kThreads) {
+    const int64_t j = i % rope_dim;
+    const int64_t r = i / rope_dim;
+    const T* src = dk + r * heads * head_stride + offset + j;
+    float sum = 0.0f;
+    for (int64_t h = 0; h < heads; ++h) sum += to_float(src[h * head_stride]);
+    d_k_pe[i] = from_float<T>(sum);
+  }
+}
+
+__global__ void xent_grad_scales_kernel(float* scales, const int64_t* valid, int64_t depths,
+                                        double loss_scale, double mtp_weight) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  scales[0] = valid[0] > 0 ? static_cast<float>(loss_scale / static_cast<double>(valid[0])) : 0.0f;
+  for (int64_t k = 1; k <= depths; ++k)
+    scales[k] = valid[k] > 0
+                    ? static_cast<float>(loss_scale * mtp_weight / static_cast<double>(valid[k]))
+                    : 0.0f;
+}
+
+__global__ void finalize_losses_kernel(DeviceLosses* out, const double* sums, const int64_t* valid,
+                                       int64_t depths, const double* balance, int64_t n_balance,
+                                       double mtp_weight) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  DeviceLosses l;
+  l.main = valid[0] > 0 ? sums[0] / static_cast<double>(valid[0]) : 0.0;
+  l.tokens = valid[0];
+  double mtp = 0.0;
+  for (int64_t k = 1; k <= depths; ++k)
+    mtp += valid[k] > 0 ? sums[k] / static_cast<double>(valid[k]) : 0.0;
+  if (depths > 0) mtp /= static_cast<double>(depths);
+  l.mtp = mtp;
+  double bal = 0.0;
+  for (int64_t i = 0; i < n_balance; ++i) bal += balance[i];
+  l.balance = bal;
+  l.total = l.main + mtp_weight * mtp * static_cast<double>(depths) + bal;
+  *out = l;
+}
+
+}  // namespace
+
+template <class T>
+void residual_add(float* out, const float* x, const T* branch, int64_t n, cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(n >= 0, "residual_add: negative size");
+  if (n == 0) return;
+  residual_add_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(out, x, branch, n);
+  FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+template <class TD, class TS>
+void add_into(TD* dst, const TS* src, int64_t n, cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(n >= 0, "add_into: negative size");
+  if (n == 0) return;
+  add_into_kernel<TD, TS><<<blocks_for(n), kThreads, 0, stream>>>(dst, src, n);
+  FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+void fill(float* x, float value, int64_t n, cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(n >= 0, "fill: negative size");
+  if (n == 0) return;
+  fill_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, value, n);
+  FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void broadcast_rope_key(T* k, const T* k_pe, int64_t rows, int64_t heads, int64_t head_stride,
+                        int64_t offset, int64_t rope_dim, cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(
+      rows >= 0 && heads > 0 && rope_dim > 0 && offset >= 0 && offset + rope_dim <= head_stride,
+      "broadcast_rope_key: bad shape");
+  const int64_t n = rows * heads * rope_dim;
+  if (n == 0) return;
+  broadcast_rope_key_kernel<T>
+      <<<blocks_for(n), kThreads, 0, stream>>>(k, k_pe, rows, heads, head_stride, offset, rope_dim);
+  FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void sum_rope_key_grad(T* d_k_pe, const T* dk, int64_t rows, int64_t heads, int64_t head_stride,
+                       int64_t offset, int64_t rope_dim, cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(
+      rows >= 0 && heads > 0 && rope_dim > 0 && offset >= 0 && offset + rope_dim <= head_stride,
+      "sum_rope_key_grad: bad shape");
+  const int64_t n = rows * rope_dim;
+  if (n == 0) return;
+  sum_rope_key_grad_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(
+      d_k_pe, dk, rows, heads, head_stride, offset, rope_dim);
+  FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+void xent_grad_scales(float* scales, const int64_t* valid, int64_t depths, double loss_scale,
+                      double mtp_weight, cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(depths >= 0, "xent_grad_scales: negative depth count");
+  xent_grad_scales_kernel<<<1, 1, 0, stream>>>(scales, valid, depths, loss_scale, mtp_weight);
+  FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+void finalize_losses(DeviceLosses* out, const double* sums, const int64_t* valid, int64_t depths,
+                     const double* balance, int64_t n_balance, double mtp_weight,
+                     cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(depths >= 0 && n_balance >= 0, "finalize_losses: negative count");
+  finalize_losses_kernel<<<1, 1, 0, stream>>>(out, sums, valid, depths, balance, n_balance,
+                                              mtp_weight);
+  FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+template void residual_add<float>(float*, const float*, const float*, int64_t, cudaStream_t);
+template void residual_add<__nv_bfloat16>(float*, const float*, const __nv_bfloat16*, int64_t,
+                                          cudaStream_t);
+template void add_into<float, float>(float*, const float*, int64_t, cudaStream_t);
+template void add_into<float, __nv_bfloat16>(float*, const __nv_bfloat16*, int64_t, cudaStream_t);
+template void add_into<__nv_bfloat16, float>(__nv_bfloat16*, const float*, int64_t, cudaStream_t);
+template void add_into<__nv_bfloat16, __nv_bfloat16>(__nv_bfloat16*, const __nv_bfloat16*, int64_t,
+                                                     cudaStream_t);
+template void broadcast_rope_key<float>(float*, const float*, int64_t, int64_t, int64_t, int64_t,
+                                        int64_t, cudaStream_t);
+template void broadcast_rope_key<__nv_bfloat16>(__nv_bfloat16*, const __nv_bfloat16*, int64_t,
+                                                int64_t, int64_t, int64_t, int64_t, cudaStream_t);
+template void sum_rope_key_grad<float>(float*, const float*, int64_t, int64_t, int64_t, int64_t,
+                                       int64_t, cudaStream_t);
+template void sum_rope_key_grad<__nv_bfloat16>(__nv_bfloat16*, const __nv_bfloat16*, int64_t,
+                                               int64_t, int64_t, int64_t, int64_t, cudaStream_t);
+
+}  // namespace frugal::cuda

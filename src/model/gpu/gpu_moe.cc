@@ -1,0 +1,266 @@
+// GpuMoe forward and backward (see gpu_moe.h).
+#ifdef FRUGAL_HAVE_CUDA
+
+#include "model/gpu/gpu_moe.h"
+
+#include <type_traits>
+
+#include "core/cuda_check.h"
+#include "core/error.h"
+#include "kernels/moe/moe_cuda.h"
+#include "kernels/quant/quant.h"
+#include "kernels/swiglu/swiglu.h"
+#include "model/gpu/gpu_model_kernels.h"
+#include "model/moe.h"
+
+namespace frugal::gpu {
+
+template <class T>
+GpuMoe<T>::GpuMoe(ParamRegistry& registry, const std::string& prefix, const ModelConfig& cfg,
+                  Recipe recipe)
+    : prefix_(prefix),
+      router_(router_params(cfg)),
+      hidden_(cfg.hidden_size),
+      inter_(cfg.moe_intermediate_size) {
+  FRUGAL_CHECK(hidden_ > 0 && inter_ > 0 && cfg.n_shared_experts >= 0,
+               "{}: bad MoE sizes (hidden {}, moe_intermediate_size {}, n_shared_experts {})",
+               prefix, hidden_, inter_, cfg.n_shared_experts);
+  cuda::DeviceContext& ctx = registry.context();
+  const int64_t E = router_.n_experts, H = hidden_, I = inter_;
+  // Registration in the CPU order: gate, bias, experts, shared experts.
+  gate_ = GpuLinear<float>(registry, H, E, GemmPrecision::Fp32);
+  gate_.register_as(registry, prefix + ".gate.weight");
+  if (router_.topk_method == cpu::TopkMethod::NoauxTc) {
+    bias_ = registry.allocate(E, /*trainable=*/false);
+    registry.add(prefix + ".gate.e_score_correction_bias", {E}, ParamKind::Buffer, bias_.value,
+                 nullptr);
+  }
+  // One precision for both expert matrices, so they share the permutation's row padding.
+  const GemmPrecision expert_precision = block_linear_precision(recipe, H, I);
+  gate_up_ = GpuGroupedLinear<T>(registry, E, H, 2 * I, expert_precision);
+  down_ = GpuGroupedLinear<T>(registry, E, I, H, expert_precision);
+  for (int64_t e = 0; e < E; ++e) {
+    const std::string name = prefix + ".experts." + std::to_string(e);
+    const int64_t gu_offset = e * 2 * I * H, down_offset = e * H * I;
+    GpuWeight& gu = gate_up_.weight();
+    registry.add(name + ".gate_proj.weight", {I, H}, ParamKind::Matrix, gu.value() + gu_offset,
+                 gu.grad() + gu_offset);
+    registry.add(name + ".up_proj.weight", {I, H}, ParamKind::Matrix,
+                 gu.value() + gu_offset + I * H, gu.grad() + gu_offset + I * H);
+    registry.add(name + ".down_proj.weight", {H, I}, ParamKind::Matrix,
+                 down_.weight().value() + down_offset, down_.weight().grad() + down_offset);
+  }
+  if (cfg.n_shared_experts > 0) {
+    has_shared_ = true;
+    shared_ = GpuMlp<T>(registry, prefix + ".shared_experts", H, I * cfg.n_shared_experts, recipe);
+  }
+  load_ = cuda::DeviceArray<int64_t>(ctx, E);
+  zero_async(ctx, load_.data(), load_.bytes());
+  offsets_staging_ = PinnedArray<int64_t>(E + 1);
+}
+
+template <class T>
+void GpuMoe<T>::refresh(cuda::DeviceContext& ctx) {
+  gate_up_.refresh(ctx);
+  down_.refresh(ctx);
+  if (has_shared_) shared_.refresh(ctx);
+}
+
+template <class T>
+void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int64_t batch,
+                        int64_t seq, double balance_alpha, bool count_load, double* balance_loss) {
+  const int64_t rows = batch * seq, E = router_.n_experts, K = router_.top_k, H = hidden_,
+                I = inter_;
+  const cudaStream_t stream = ctx.stream;
+  c = Ctx{};
+  c.x = x;
+  c.rows = rows;
+  c.batch = batch;
+  c.seq = seq;
+  c.balance_alpha = balance_alpha;
+  zero_async(ctx, balance_loss, sizeof(double));
+  if (rows == 0) return;
+
+  // Router in fp32.
+  {
+    AsFloat<T> x32(ctx, x, rows * H);
+    cuda::DeviceArray<float> logits(ctx, rows * E);  // [rows, E]
+    typename GpuLinear<float>::Ctx gate_ctx;  // the backward widens x again instead of keeping it
+    gate_.forward(ctx, gate_ctx, x32.get(), logits.data(), rows);
+    c.scores = cuda::DeviceArray<float>(ctx, rows * E);
+    c.topk_idx = cuda::DeviceArray<int32_t>(ctx, rows * K);
+    c.topk_weight = cuda::DeviceArray<float>(ctx, rows * K);
+    cuda::router_fwd(c.topk_idx.data(), c.topk_weight.data(), c.scores.data(), logits.data(),
+                     bias_.value, rows, router_, stream);  // [rows, K]
+  }
+
+  // Permutation; the host learns the expert row offsets (the layer's one sync).
+  const bool fp8 = gate_up_.weight().precision() == GemmPrecision::Fp8;
+  const int64_t row_align = fp8 ? cuda::kFp8GroupRowAlign : 1;
+  const int64_t bound = rows * K + E * (row_align - 1);  // padded rows, at most
+  c.expert_offsets = cuda::DeviceArray<int64_t>(ctx, E + 1);
+  c.assignment_row = cuda::DeviceArray<int32_t>(ctx, rows * K);
+  c.row_assignment = cuda::DeviceArray<int32_t>(ctx, bound);
+  {
+    cuda::DeviceArray<int64_t> counts(ctx, E);
+    cuda::DeviceArray<uint8_t> workspace(
+        ctx, static_cast<int64_t>(cuda::expert_permutation_workspace_bytes(rows, K, E)));
+    cuda::build_expert_permutation(c.expert_offsets.data(), counts.data(),
+                                   count_load ? load_.data() : nullptr, c.assignment_row.data(),
+                                   c.row_assignment.data(), c.topk_idx.data(), rows, K, E,
+                                   row_align, workspace.data(), stream);
+    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(offsets_staging_.data(), c.expert_offsets.data(),
+                                      static_cast<size_t>(E + 1) * sizeof(int64_t),
+                                      cudaMemcpyDeviceToHost, stream));
+    ctx.synchronize();
+  }
+  c.host_offsets.assign(offsets_staging_.data(), offsets_staging_.data() + E + 1);
+  const int64_t padded = c.host_offsets[E];
+  FRUGAL_CHECK(padded >= rows * K && padded <= bound,
+               "{}: the permutation reports {} rows for {} assignments (at most {})", prefix_,
+               padded, rows * K, bound);
+  const GroupOffsets offsets{c.host_offsets.data(), c.expert_offsets.data(), E, padded};
+
+  // Routed experts over their row blocks.
+  cuda::DeviceArray<T> xp(ctx, bound * H);  // [padded, hidden]
+  cuda::permute_rows<T>(xp.data(), x, c.row_assignment.data(), padded, K, H, stream);
+  cuda::DeviceArray<T> gu(ctx, bound * 2 * I);  // [padded, 2*inter]
+  gate_up_.forward(ctx, c.gate_up, xp.data(), gu.data(), offsets);
+  cuda::DeviceArray<T> h(ctx, bound * I);  // [padded, inter]
+  cuda::swiglu_fwd<T>(h.data(), gu.data(), gu.data() + I, padded, I, 2 * I, stream);
+  c.expert_out = cuda::DeviceArray<T>(ctx, bound * H);  // [padded, hidden]
+  down_.forward(ctx, c.down, h.data(), c.expert_out.data(), offsets);
+  if (gate_up_.keeps_input_pointer()) c.xp = std::move(xp);
+  if (fp8) {                                  // the SwiGLU input cached in FP8 (spec §4.4)
+    if constexpr (std::is_same_v<T, bf16>) {  // fp8 weights only meet bf16 activations
+      c.gu_q = cuda::DeviceArray<uint8_t>(ctx, padded * 2 * I);
+      c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(2 * I) * padded);
+      cuda::quantize_act_1x128<T>(c.gu_q.data(), c.gu_scales.data(), gu.data(), padded, 2 * I,
+                                  kFp8PowerOfTwoScales, stream);
+    }
+  } else {
+    c.gu = std::move(gu);
+  }
+  if (down_.keeps_input_pointer()) c.h = std::move(h);
+
+  // Shared experts, then the weighted combine.
+  if (has_shared_) shared_.forward(ctx, c.shared, x, y, rows);  // [rows, hidden]
+  cuda::combine_fwd<T>(y, c.expert_out.data(), c.topk_weight.data(), c.assignment_row.data(), rows,
+                       K, H, /*accumulate=*/has_shared_, stream);
+
+  if (balance_alpha != 0.0)
+    cuda::seq_balance_loss_fwd(balance_loss, c.scores.data(), c.topk_idx.data(), batch, seq, E, K,
+                               balance_alpha, stream);
+}
+
+template <class T>
+void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
+                         double dloss_balance) const {
+  const int64_t rows = c.rows, E = router_.n_experts, K = router_.top_k, H = hidden_, I = inter_;
+  const cudaStream_t stream = ctx.stream;
+  if (rows == 0) {
+    c = Ctx{};
+    return;
+  }
+  FRUGAL_CHECK(c.scores.data() != nullptr, "GpuMoe::backward without a forward");
+  if (has_shared_)
+    shared_.backward(ctx, c.shared, dy, dx, false);
+  else
+    zero_async(ctx, dx, static_cast<size_t>(rows * H) * sizeof(T));
+
+  const int64_t padded = c.host_offsets[E];
+  const int64_t bound = c.row_assignment.size();
+  const GroupOffsets offsets{c.host_offsets.data(), c.expert_offsets.data(), E, padded};
+  cuda::DeviceArray<float> dweights(ctx, rows * K);  // [rows, K]
+  {
+    cuda::DeviceArray<T> d_out(ctx, bound * H);  // [padded, hidden]
+    cuda::combine_bwd<T>(d_out.data(), dweights.data(), dy, c.expert_out.data(),
+                         c.topk_weight.data(), c.assignment_row.data(), c.row_assignment.data(),
+                         padded, rows, K, H, stream);
+    c.expert_out.reset();
+    cuda::DeviceArray<T> dh(ctx, bound * I);  // [padded, inter]
+    down_.backward(ctx, c.down, d_out.data(), dh.data(), offsets);
+    d_out.reset();
+    c.h.reset();
+    cuda::DeviceArray<T> gu_dequantized;
+    const T* gu = c.gu.data();
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (gu == nullptr) {  // fp8: expand the FP8 cache of the SwiGLU input
+        gu_dequantized = cuda::DeviceArray<T>(ctx, padded * 2 * I);
+        cuda::dequantize_act_1x128<T>(gu_dequantized.data(), c.gu_q.data(), c.gu_scales.data(),
+                                      padded, 2 * I, stream);
+        gu = gu_dequantized.data();
+      }
+    }
+    FRUGAL_CHECK(gu != nullptr, "{}: no saved SwiGLU input", prefix_);
+    cuda::DeviceArray<T> dgu(ctx, bound * 2 * I);  // [padded, 2*inter] = [dg | du]
+    cuda::swiglu_bwd<T>(dgu.data(), dgu.data() + I, dh.data(), gu, gu + I, padded, I, 2 * I,
+                        stream);
+    dh.reset();
+    gu_dequantized.reset();
+    c.gu.reset();
+    c.gu_q.reset();
+    c.gu_scales.reset();
+    cuda::DeviceArray<T> dxp(ctx, bound * H);  // [padded, hidden]
+    gate_up_.backward(ctx, c.gate_up, dgu.data(), dxp.data(), offsets);
+    c.xp.reset();
+    cuda::unpermute_sum<T>(dx, dxp.data(), c.assignment_row.data(), rows, K, H,
+                           /*accumulate=*/true, stream);
+  }
+
+  // Router: routing-weight and balance-loss gradients into the logits, then the gate.
+  cuda::DeviceArray<float> dscores;
+  if (c.balance_alpha != 0.0 && dloss_balance != 0.0) {
+    dscores = cuda::DeviceArray<float>(ctx, rows * E);
+    cuda::seq_balance_loss_bwd(dscores.data(), c.scores.data(), c.topk_idx.data(), c.batch, c.seq,
+                               E, K, c.balance_alpha, dloss_balance, false, stream);
+  }
+  cuda::DeviceArray<float> dlogits(ctx, rows * E);  // [rows, E]
+  cuda::router_bwd(dlogits.data(), dweights.data(), dscores.data(), c.scores.data(),
+                   c.topk_idx.data(), rows, router_, stream);
+  AsFloat<T> x32(ctx, c.x, rows * H);
+  typename GpuLinear<float>::Ctx gate_ctx;
+  gate_ctx.x = x32.get();
+  gate_ctx.rows = rows;
+  if constexpr (std::is_same_v<T, float>) {
+    gate_.backward(ctx, gate_ctx, dlogits.data(), dx, /*accumulate_dx=*/true);
+  } else {
+    cuda::DeviceArray<float> dx_gate(ctx, rows * H);  // [rows, hidden]
+    gate_.backward(ctx, gate_ctx, dlogits.data(), dx_gate.data(), false);
+    cuda::add_into<T, float>(dx, dx_gate.data(), rows * H, stream);
+  }
+  c = Ctx{};
+}
+
+template <class T>
+std::vector<int64_t> GpuMoe<T>::load(cuda::DeviceContext& ctx) const {
+  std::vector<int64_t> host(static_cast<size_t>(router_.n_experts));
+  ctx.synchronize();
+  FRUGAL_CUDA_CHECK(cudaMemcpy(host.data(), load_.data(), load_.bytes(), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+template <class T>
+void GpuMoe<T>::reset_load(cuda::DeviceContext& ctx) {
+  zero_async(ctx, load_.data(), load_.bytes());
+}
+
+template <class T>
+void GpuMoe<T>::update_bias(cuda::DeviceContext& ctx, double gamma) {
+  if (gamma != 0.0) {
+    FRUGAL_CHECK(has_bias(),
+                 "{}: the bias update (gamma={}) needs topk_method \"noaux_tc\"; set the bias "
+                 "update speed to 0 for this router",
+                 prefix_, gamma);
+    cuda::update_balance_bias(bias_.value, load_.data(), router_.n_experts,
+                              static_cast<float>(gamma), ctx.stream);
+  }
+  reset_load(ctx);
+}
+
+template class GpuMoe<float>;
+template class GpuMoe<bf16>;
+
+}  // namespace frugal::gpu
+
+#endif  // FRUGAL_HAVE_CUDA

@@ -1,0 +1,92 @@
+// DeepSeekMoE feed-forward layer on the GPU (model/moe.h on the device, spec §2):
+//   logits = x · W_g^T                       fp32 GEMM on x widened to fp32 (the router keeps FP32)
+//   (idx, w, scores) = router(logits, bias)  cuda::router_fwd (spec §2.1)
+//   permutation: assignments sorted expert-major (stable), each expert's rows padded to the FP8
+//     tile (128) under fp8; ONE device->host copy of the expert row offsets per layer and forward,
+//     which the grouped GEMMs need on the host
+//   xp = permute(x); gu = xp · [W_gate;W_up]_e^T; h = swiglu(gu); out = h · W_down_e^T (grouped)
+//   y = shared_experts(x) + sum_k w_k out[row(t,k)]    (combine_fwd, k in order)
+// forward writes this layer's complementary sequence-wise balance loss (spec §2.3) to a device
+// double and, when counting, adds the routed tokens per expert to the layer's device load counter
+// (the auxiliary-loss-free bias update of spec §2.2 reads it).
+//
+// Parameters (CPU order, prefix e.g. "model.layers.3.mlp"): gate.weight [E, hidden] (fp32 master,
+// fp32 GEMMs in every recipe), gate.e_score_correction_bias [E] (Buffer, noaux_tc only),
+// experts.{e}.{gate,up,down}_proj.weight (stored stacked: gate|up [E][2*inter][hidden] and down
+// [E][hidden][inter], for the grouped GEMMs), shared_experts.{gate,up,down}_proj.weight.
+//
+// Accumulation rule: parameter gradients accumulate (+=); dx is assigned. The balance-loss
+// gradient flows through the scores into the gate; the selection carries none. backward computes
+// input and weight gradients together and releases the context.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/moe/router.h"
+#include "model/config.h"
+#include "model/gpu/gpu_grouped_linear.h"
+#include "model/gpu/gpu_mlp.h"
+
+namespace frugal::gpu {
+
+template <class T>
+class GpuMoe {
+ public:
+  struct Ctx {
+    typename GpuGroupedLinear<T>::Ctx gate_up, down;
+    typename GpuMlp<T>::Ctx shared;
+    const T* x = nullptr;                       // [rows, hidden] layer input (caller-owned)
+    cuda::DeviceArray<float> scores;            // [rows, E]
+    cuda::DeviceArray<int32_t> topk_idx;        // [rows, K]
+    cuda::DeviceArray<float> topk_weight;       // [rows, K]
+    cuda::DeviceArray<int64_t> expert_offsets;  // [E+1] padded row offsets
+    cuda::DeviceArray<int32_t> assignment_row;  // [rows*K]
+    cuda::DeviceArray<int32_t> row_assignment;  // [padded rows bound]
+    std::vector<int64_t> host_offsets;          // [E+1]
+    cuda::DeviceArray<T> xp;                    // [padded, hidden] (fp32/bf16 experts)
+    cuda::DeviceArray<T> gu;                    // [padded, 2*inter] (fp32/bf16 experts)
+    cuda::DeviceArray<uint8_t> gu_q;            // [padded, 2*inter] FP8 (fp8 experts)
+    cuda::DeviceArray<float> gu_scales;         // [ceil(2*inter/128)][padded]
+    cuda::DeviceArray<T> h;                     // [padded, inter] (fp32/bf16 experts)
+    cuda::DeviceArray<T> expert_out;            // [padded, hidden]
+    int64_t rows = 0, batch = 0, seq = 0;
+    double balance_alpha = 0;
+  };
+
+  GpuMoe(ParamRegistry& registry, const std::string& prefix, const ModelConfig& cfg, Recipe recipe);
+
+  // x, y [batch*seq, hidden]; x stays owned by the caller, alive until backward.
+  // balance_loss: one device double, written (0 when balance_alpha is 0).
+  void forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int64_t batch, int64_t seq,
+               double balance_alpha, bool count_load, double* balance_loss);
+  // dy -> dx [rows, hidden] (assigned). dloss_balance = d(total loss)/d(this layer's balance loss).
+  void backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx, double dloss_balance) const;
+
+  void refresh(cuda::DeviceContext& ctx);
+  // Tokens routed to each expert since the last reset (synchronous copy).
+  std::vector<int64_t> load(cuda::DeviceContext& ctx) const;
+  void reset_load(cuda::DeviceContext& ctx);
+  // b_i += gamma * sign(mean_load - load_i) on the device, then the counter restarts.
+  void update_bias(cuda::DeviceContext& ctx, double gamma);
+  bool has_bias() const { return bias_.value != nullptr; }
+  const std::string& prefix() const { return prefix_; }
+
+ private:
+  std::string prefix_;
+  cpu::RouterParams router_;
+  int64_t hidden_ = 0, inter_ = 0;
+  bool has_shared_ = false;
+  GpuLinear<float> gate_;
+  ParamRegistry::Storage bias_;
+  GpuGroupedLinear<T> gate_up_, down_;  // all experts
+  GpuMlp<T> shared_;
+  cuda::DeviceArray<int64_t> load_;       // [E]
+  PinnedArray<int64_t> offsets_staging_;  // [E+1]
+};
+
+extern template class GpuMoe<float>;
+extern template class GpuMoe<bf16>;
+
+}  // namespace frugal::gpu

@@ -1,0 +1,115 @@
+// GpuTransformer: the facade of gpu_transformer.h over GpuModel<T> (gpu_model.h), plus the
+// parameter transfers to and from a CPU ParamStore.
+#ifdef FRUGAL_HAVE_CUDA
+
+#include "model/gpu/gpu_transformer.h"
+
+#include "core/cuda_check.h"
+#include "core/error.h"
+#include "model/gpu/gpu_model.h"
+
+namespace frugal::gpu {
+namespace {
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+}  // namespace
+
+struct GpuTransformer::Impl {
+  cuda::DeviceContext& ctx;
+  ModelConfig cfg;
+  Recipe recipe;
+  std::unique_ptr<GpuModelBase> model;
+};
+
+GpuTransformer::GpuTransformer(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe)
+    : impl_(std::make_unique<Impl>(Impl{ctx, cfg, recipe, make_gpu_model(ctx, cfg, recipe)})) {}
+
+GpuTransformer::~GpuTransformer() = default;
+
+void GpuTransformer::upload(const ParamStore<float>& host) {
+  std::vector<DeviceParam>& params = impl_->model->registry().params();
+  FRUGAL_CHECK(host.size() == params.size(),
+               "GpuTransformer::upload: the host store has {} tensors, the GPU model {}",
+               host.size(), params.size());
+  for (DeviceParam& p : params) {
+    const Param<float>& h = host.get(p.name);
+    FRUGAL_CHECK(h.shape == p.shape, "GpuTransformer::upload: {} has shape {} on the host, {} here",
+                 p.name, shape_text(h.shape), shape_text(p.shape));
+    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(p.value, h.value.data(),
+                                      static_cast<size_t>(p.count) * sizeof(float),
+                                      cudaMemcpyHostToDevice, impl_->ctx.stream));
+  }
+  impl_->ctx.synchronize();
+  weights_updated();
+  impl_->ctx.synchronize();
+}
+
+void GpuTransformer::download(ParamStore<float>& host) const {
+  std::vector<DeviceParam>& params = impl_->model->registry().params();
+  FRUGAL_CHECK(host.size() == params.size(),
+               "GpuTransformer::download: the host store has {} tensors, the GPU model {}",
+               host.size(), params.size());
+  impl_->ctx.synchronize();
+  for (DeviceParam& p : params) {
+    Param<float>& h = host.get(p.name);
+    FRUGAL_CHECK(h.shape == p.shape,
+                 "GpuTransformer::download: {} has shape {} on the host, {} here", p.name,
+                 shape_text(h.shape), shape_text(p.shape));
+    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(h.value.data(), p.value,
+                                      static_cast<size_t>(p.count) * sizeof(float),
+                                      cudaMemcpyDeviceToHost, impl_->ctx.stream));
+    if (p.grad != nullptr && static_cast<int64_t>(h.grad.size()) == p.count)
+      FRUGAL_CUDA_CHECK(cudaMemcpyAsync(h.grad.data(), p.grad,
+                                        static_cast<size_t>(p.count) * sizeof(float),
+                                        cudaMemcpyDeviceToHost, impl_->ctx.stream));
+  }
+  impl_->ctx.synchronize();
+}
+
+std::vector<DeviceParam>& GpuTransformer::params() {
+  return impl_->model->registry().params();
+}
+
+Losses GpuTransformer::forward_backward(const int32_t* tokens, const int32_t* targets,
+                                        int64_t batch, int64_t seq, const LossWeights& weights,
+                                        double loss_scale) {
+  return impl_->model->run(tokens, targets, batch, seq, weights, /*training=*/true, loss_scale);
+}
+
+Losses GpuTransformer::evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch,
+                                int64_t seq, const LossWeights& weights) {
+  return impl_->model->run(tokens, targets, batch, seq, weights, /*training=*/false, 0.0);
+}
+
+void GpuTransformer::zero_grad() {
+  impl_->model->registry().zero_grad();
+}
+
+void GpuTransformer::weights_updated() {
+  impl_->model->refresh();
+}
+
+void GpuTransformer::update_balance_bias(double gamma) {
+  impl_->model->update_balance_bias(gamma);
+}
+
+std::vector<ExpertLoad> GpuTransformer::expert_load() const {
+  return impl_->model->expert_load();
+}
+
+const ModelConfig& GpuTransformer::config() const {
+  return impl_->cfg;
+}
+
+Recipe GpuTransformer::recipe() const {
+  return impl_->recipe;
+}
+
+}  // namespace frugal::gpu
+
+#endif  // FRUGAL_HAVE_CUDA
