@@ -220,10 +220,6 @@ Losses run_gpu(GpuTransformer& model, const Batch& b) {
                                 kLossScale);
 }
 
-const char* recipe_name(Recipe r) {
-  return r == Recipe::Fp32 ? "fp32" : r == Recipe::Bf16 ? "bf16" : "fp8";
-}
-
 // Relative difference of a loss term (absolute below 1e-6, where a term is essentially zero).
 double loss_error(double got, double want) {
   return std::fabs(got - want) / std::max(std::fabs(want), 1e-6);
