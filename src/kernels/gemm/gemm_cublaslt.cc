@@ -333,6 +333,10 @@ void BlasHandle::Impl::run(const MatmulCall& call, VaryingDim varying, cudaStrea
   } else if (varying == VaryingDim::K) {
     exact = call.k;
     plan_call.k = bucket_of(call.k);
+    // Operands whose rows are the varying reduction (FP8 Wgrad's transposes) have ld = k: the
+    // bucket's plan must see a consistent ld, or cuBLASLt rejects it (ld < k).
+    if (call.lda == call.k) plan_call.lda = plan_call.k;
+    if (call.ldb == call.k) plan_call.ldb = plan_call.k;
   }
   const bool bucketed = plan_call.n != call.n || plan_call.k != call.k;
 
