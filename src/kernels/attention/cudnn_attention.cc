@@ -8,8 +8,8 @@
 // Forward:  S = (q k^T) * scale; causal: S_ij kept where i >= j (GEN_INDEX rows and columns,
 //   CMP_GE, BINARY_SELECT against the lowest float); m = max_j S; E = exp(S - m); l = sum_j E;
 //   lse = m + log l; P = E / l (bf16); out = P v.
-// Backward: D = sum_c dout * out (an fp32 [b, h, s, 1] buffer, times a by-value 1); S as above minus
-//   lse, masked; P = exp(S); dv = P^T dout; dS = (dout v^T - D) * P * scale; dk = dS^T q;
+// Backward: D = sum_c dout * out (times a by-value 1, into an fp32 [b, h, s, 1] buffer); S as above
+//   minus lse, masked; P = exp(S); dv = P^T dout; dS = (dout v^T - D) * P * scale; dk = dS^T q;
 //   dq = dS k, accumulated in an fp32 [b, h, s, dqk] buffer and converted by an IDENTITY op.
 // Scalars (scale, the mask value, 1) are passed by value; everything else is a device pointer.
 #ifdef FRUGAL_HAVE_CUDA
@@ -581,7 +581,7 @@ std::unique_ptr<Plan> build_backward(cudnnHandle_t handle, const flash::Attentio
   return graph.build(handle);
 }
 
-// ---- Plans, handles and scratch, shared by every thread under one mutex --------------------------
+// ---- Plans, handles and scratch, shared by every thread under one mutex -------------------------
 
 struct ShapeKey {
   bool backward;
