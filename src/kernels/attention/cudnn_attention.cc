@@ -358,6 +358,9 @@ std::unique_ptr<Plan> GraphBuilder::build(cudnnHandle_t handle) {
                                    CUDNN_TYPE_BACKEND_DESCRIPTOR, requested, &returned,
                                    config_descriptors.data()),
           heuristics.label() + ": get CUDNN_ATTR_ENGINEHEUR_RESULTS");
+    if (returned <= 0)
+      refusals += "; " + mode_name + ": " + std::to_string(available) +
+                  " engine configs counted, none returned";
     for (int64_t i = 0; i < std::min(returned, requested); ++i) {
       Descriptor plan(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR,
                       configs[i].label() + " execution plan");
