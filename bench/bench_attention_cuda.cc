@@ -1,7 +1,10 @@
 // Throughput of the CUDA flash attention (kernels/attention/flash_attention_cuda.h), bf16, causal,
 // at MLA's training dims (qk 192, v 128), 16 heads, 32768 tokens per call (batch = 32768 / seq),
 // seq 1024, 2048, 4096. Forward and backward timed apart with cudaEvents after warm-up runs; the
-// median of the timed runs is reported.
+// median of the timed runs is reported. Each shape runs twice in the same process: with the
+// backend preference "own" (frugal's kernels) and "cudnn" (cuDNN's fused engine through its graph
+// API, kernels/attention/cudnn_attention.h); the "kernels" column names what actually ran
+// (forward/backward), so a cuDNN row that fell back to frugal's kernels says so.
 // FLOPs (the convention of FlashAttention and of tools/bench_sdpa_torch.py, which runs the same
 // shapes through PyTorch's cuDNN attention for a side-by-side): forward = 2 * batch * heads *
 // seq^2 / 2 * (qk + v) for the causal half; backward = 2.5 x forward.
@@ -26,6 +29,7 @@
 
 #include "core/cuda_check.h"
 #include "core/dtype.h"
+#include "kernels/attention/cudnn_attention.h"
 #include "kernels/attention/flash_attention_cuda.h"
 
 using namespace frugal;
@@ -75,13 +79,15 @@ double median_ms(F&& run, int warmup, int reps, cudaStream_t stream) {
 }
 
 struct Result {
-  std::string dtype;
+  std::string impl, dtype, fwd_kernels, bwd_kernels;
   int64_t batch, seq;
   double fwd_ms, bwd_ms, fwd_tflops, bwd_tflops;
 };
 
 template <class T>
-Result measure(const char* dtype, int64_t seq, int reps, cudaStream_t stream) {
+Result measure(cuda::AttentionBackend backend, const char* dtype, int64_t seq, int reps,
+               cudaStream_t stream) {
+  cuda::set_attention_backend(backend);
   const int64_t batch = kTokens / seq;
   const int64_t qk_count = batch * seq * kHeads * kQkDim, v_count = batch * seq * kHeads * kVDim;
   cuda::DeviceBuffer<T> q(qk_count), k(qk_count), v(v_count), out(v_count), dout(v_count);
@@ -104,9 +110,12 @@ Result measure(const char* dtype, int64_t seq, int reps, cudaStream_t stream) {
                                  lse.data(), q.data(), k.data(), v.data(), batch, seq, kHeads,
                                  kQkDim, kVDim, scale, workspace.data(), stream);
   };
-  Result result{dtype, batch, seq, 0, 0, 0, 0};
+  Result result{backend == cuda::AttentionBackend::own ? "frugal" : "cudnn", dtype, "", "", batch,
+                seq, 0, 0, 0, 0};
   result.fwd_ms = median_ms(forward, 3, reps, stream);
   result.bwd_ms = median_ms(backward, 3, reps, stream);
+  result.fwd_kernels = cuda::flash_attention_backend(false);
+  result.bwd_kernels = cuda::flash_attention_backend(true);
   const double fwd_flops = 2.0 * batch * kHeads * (static_cast<double>(seq) * seq / 2) *
                            (kQkDim + kVDim);
   result.fwd_tflops = fwd_flops / (result.fwd_ms * 1e-3) / 1e12;
@@ -132,24 +141,33 @@ int main(int argc, char** argv) {
     cudaStream_t stream;
     FRUGAL_CUDA_CHECK(cudaStreamCreate(&stream));
     std::vector<Result> results;
-    for (int64_t seq : {1024, 2048, 4096}) results.push_back(measure<__nv_bfloat16>("bf16", seq, reps, stream));
-    if (fp32) results.push_back(measure<float>("fp32", 1024, std::min(reps, 5), stream));
+    for (int64_t seq : {1024, 2048, 4096})
+      for (auto backend : {cuda::AttentionBackend::own, cuda::AttentionBackend::cudnn})
+        results.push_back(measure<__nv_bfloat16>(backend, "bf16", seq, reps, stream));
+    if (fp32)
+      results.push_back(
+          measure<float>(cuda::AttentionBackend::own, "fp32", 1024, std::min(reps, 5), stream));
     FRUGAL_CUDA_CHECK(cudaStreamDestroy(stream));
 
     std::printf("flash attention, causal, heads %lld, qk %lld, v %lld, %s\n",
                 static_cast<long long>(kHeads), static_cast<long long>(kQkDim),
                 static_cast<long long>(kVDim), prop.name);
-    std::printf("%-6s %6s %6s %10s %12s %10s %12s\n", "dtype", "batch", "seq", "fwd ms",
-                "fwd TFLOP/s", "bwd ms", "bwd TFLOP/s");
+    const long long cudnn_version = static_cast<long long>(cuda::cudnn_attention_version());
+    std::printf("cuDNN %lld%s\n", cudnn_version, cudnn_version == 0 ? " (not in this build)" : "");
+    std::printf("%-7s %-11s %-6s %6s %6s %10s %12s %10s %12s\n", "impl", "kernels", "dtype",
+                "batch", "seq", "fwd ms", "fwd TFLOP/s", "bwd ms", "bwd TFLOP/s");
     nlohmann::json json = nlohmann::json::array();
     for (const Result& r : results) {
-      std::printf("%-6s %6lld %6lld %10.3f %12.1f %10.3f %12.1f\n", r.dtype.c_str(),
-                  static_cast<long long>(r.batch), static_cast<long long>(r.seq), r.fwd_ms,
-                  r.fwd_tflops, r.bwd_ms, r.bwd_tflops);
-      json.push_back({{"impl", "frugal"}, {"dtype", r.dtype}, {"batch", r.batch},
+      const std::string kernels = r.fwd_kernels + "/" + r.bwd_kernels;
+      std::printf("%-7s %-11s %-6s %6lld %6lld %10.3f %12.1f %10.3f %12.1f\n", r.impl.c_str(),
+                  kernels.c_str(), r.dtype.c_str(), static_cast<long long>(r.batch),
+                  static_cast<long long>(r.seq), r.fwd_ms, r.fwd_tflops, r.bwd_ms, r.bwd_tflops);
+      json.push_back({{"impl", r.impl}, {"fwd_kernels", r.fwd_kernels},
+                      {"bwd_kernels", r.bwd_kernels}, {"dtype", r.dtype}, {"batch", r.batch},
                       {"seq", r.seq}, {"heads", kHeads}, {"qk_dim", kQkDim}, {"v_dim", kVDim},
                       {"fwd_ms", r.fwd_ms}, {"bwd_ms", r.bwd_ms}, {"fwd_tflops", r.fwd_tflops},
-                      {"bwd_tflops", r.bwd_tflops}, {"device", prop.name}});
+                      {"bwd_tflops", r.bwd_tflops}, {"device", prop.name},
+                      {"cudnn_version", cudnn_version}});
     }
     if (!json_path.empty()) {
       std::ofstream(json_path) << json.dump(2) << "\n";

@@ -5,11 +5,18 @@
 //   bf16: within 1e-2 of max |ref| (lse within 1e-4): the tensor-core kernels at qk 192 / v 128
 //     (seq 1, 63, 128, 300, 1024: inside one tile, odd tails, exact tiles, several blocks), and
 //     the bf16 SIMT fallback (pointers off the 16-byte boundary, or other head dims).
+// Every bf16 case runs twice: with the backend preference "own" (frugal's kernels; the test checks
+// that the expected ones ran) and "cudnn" (cuDNN's fused engine where the call fits it, else
+// frugal's kernels: cudnn_attention.h); same inputs, same tolerances. CudnnRunsTrainingShapes
+// checks that a cuDNN build really runs the training dims (qk 192, v 128, seq % 128 == 0) on cuDNN.
 // Every output is poisoned with 0xFF bytes (NaN in fp32 and bf16) before each run, so an element
 // left unwritten shows as "unwritten". The forward and backward each run twice and must give the
-// same bits (no order-dependent accumulation).
-// Each check prints "CHECK | path | shape | tensor | max err | worst element | ok/FAIL"; the worst
-// element is given as (batch, position, head, column) so a tile-boundary bug shows where it is.
+// same bits (no order-dependent accumulation); cuDNN's backward, which accumulates dq with
+// atomics, must instead be as close to the reference on its second run as on its first.
+// Each check prints "CHECK | path | shape | tensor | max err | worst element | ok/FAIL", the path
+// naming the kernels that ran ("bf16 cudnn", "bf16 sm90", ...); the worst element is given as
+// (batch, position, head, column) so a tile-boundary bug shows where it is. cuDNN's reasons for
+// refusing a call go to stderr ("frugal: cuDNN attention: ...").
 // FRUGAL_TEST_SEED=<n> changes the random inputs.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -23,12 +30,14 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/cuda_check.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/attention/attention.h"
+#include "kernels/attention/cudnn_attention.h"
 #include "kernels/attention/flash_attention_cuda.h"
 
 namespace frugal {
@@ -229,6 +238,11 @@ struct Tolerances {
   double values, lse;
 };
 
+// The kernels that ran a case's forward and backward (cuda::flash_attention_backend).
+struct Ran {
+  std::string forward, backward;
+};
+
 class FlashAttentionCuda : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -238,19 +252,45 @@ class FlashAttentionCuda : public ::testing::Test {
     FRUGAL_CUDA_CHECK(cudaStreamCreate(&stream_));
   }
   void TearDown() override {
+    cuda::set_attention_backend(cuda::AttentionBackend::automatic);
     if (stream_ != nullptr) FRUGAL_CUDA_CHECK(cudaStreamDestroy(stream_));
   }
   void sync() { FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
+  // Runs `c` under the backend preference `backend`; `dtype` ("fp32", "bf16") also seeds the inputs
+  // (the same for every backend). `ran` (optional) receives the kernels that ran.
   template <class T>
-  void run_case(const Case& c, const std::string& path, Tolerances tolerance);
+  void run_case(const Case& c, const std::string& dtype, Tolerances tolerance,
+                cuda::AttentionBackend backend, Ran* ran = nullptr);
 
   cudaStream_t stream_ = nullptr;
 };
 
+// The kernels frugal runs for `c` without cuDNN (flash_attention_cuda.cu).
 template <class T>
-void FlashAttentionCuda::run_case(const Case& c, const std::string& path, Tolerances tolerance) {
-  const std::string label = path + c.text();
+std::string own_kernels(const Case& c) {
+  const bool tensor_cores = std::is_same_v<T, bf16> && c.qk_dim == 192 && c.v_dim == 128 &&
+                            !c.misaligned;
+  return tensor_cores ? "sm90" : "simt";
+}
+
+// The kernels that ran are frugal's expected ones, or (preference cudnn, bf16) cuDNN.
+template <class T>
+void expect_kernels(const Case& c, cuda::AttentionBackend backend, const std::string& ran,
+                    const char* pass) {
+  const std::string own = own_kernels<T>(c);
+  const bool cudnn_allowed = std::is_same_v<T, bf16> && backend != cuda::AttentionBackend::own;
+  EXPECT_TRUE(ran == own || (cudnn_allowed && ran == "cudnn"))
+      << c.text() << " " << pass << " under preference "
+      << cuda::attention_backend_name(backend) << " ran \"" << ran << "\", expected \"" << own
+      << "\"" << (cudnn_allowed ? " or \"cudnn\"" : "");
+}
+
+template <class T>
+void FlashAttentionCuda::run_case(const Case& c, const std::string& dtype, Tolerances tolerance,
+                                  cuda::AttentionBackend backend, Ran* ran) {
+  cuda::set_attention_backend(backend);
+  const std::string label = dtype + c.text();
   // Inputs in T (bf16: rounded), the reference on exactly those values.
   const std::vector<T> q = convert<T>(random_normal(c.qk_size(), case_seed(label, 1), c.q_stddev));
   const std::vector<T> k = convert<T>(random_normal(c.qk_size(), case_seed(label, 2), 1.0f));
@@ -292,28 +332,56 @@ void FlashAttentionCuda::run_case(const Case& c, const std::string& path, Tolera
   };
 
   forward();
+  const std::string forward_kernels = cuda::flash_attention_backend(false);
+  const std::string forward_path = dtype + " " + forward_kernels;
+  expect_kernels<T>(c, backend, forward_kernels, "forward");
   const std::vector<T> out = out_d.download();
   const std::vector<float> lse = lse_d.download();
-  expect_close(path, c, "out", Layout::Tokens, c.v_dim, widen(out), ref.out, tolerance.values);
-  expect_close(path, c, "lse", Layout::Lse, 1, widen(lse), ref.lse, tolerance.lse, 1.0);
+  expect_close(forward_path, c, "out", Layout::Tokens, c.v_dim, widen(out), ref.out,
+               tolerance.values);
+  expect_close(forward_path, c, "lse", Layout::Lse, 1, widen(lse), ref.lse, tolerance.lse, 1.0);
 
   backward();
+  const std::string backward_kernels = cuda::flash_attention_backend(true);
+  const std::string backward_path = dtype + " " + backward_kernels;
+  expect_kernels<T>(c, backend, backward_kernels, "backward");
+  if (ran != nullptr) *ran = Ran{forward_kernels, backward_kernels};
   const std::vector<T> dq = dq_d.download(), dk = dk_d.download(), dv = dv_d.download();
-  expect_close(path, c, "dq", Layout::Tokens, c.qk_dim, widen(dq), ref.dq, tolerance.values);
-  expect_close(path, c, "dk", Layout::Tokens, c.qk_dim, widen(dk), ref.dk, tolerance.values);
-  expect_close(path, c, "dv", Layout::Tokens, c.v_dim, widen(dv), ref.dv, tolerance.values);
+  expect_close(backward_path, c, "dq", Layout::Tokens, c.qk_dim, widen(dq), ref.dq,
+               tolerance.values);
+  expect_close(backward_path, c, "dk", Layout::Tokens, c.qk_dim, widen(dk), ref.dk,
+               tolerance.values);
+  expect_close(backward_path, c, "dv", Layout::Tokens, c.v_dim, widen(dv), ref.dv,
+               tolerance.values);
 
-  // Run both again: the same bits.
+  // Run both again: the same bits (the backward only for frugal's kernels).
   forward();
-  EXPECT_TRUE(bitwise_equal(out, out_d.download())) << path << " " << c.text() << ": out differs between runs";
-  EXPECT_TRUE(bitwise_equal(lse, lse_d.download())) << path << " " << c.text() << ": lse differs between runs";
+  const bool same_forward =
+      bitwise_equal(out, out_d.download()) && bitwise_equal(lse, lse_d.download());
+  std::printf("CHECK | %-10s | %-28s | forward determinism (two runs bitwise equal) | %s\n",
+              forward_path.c_str(), c.text().c_str(), same_forward ? "ok" : "FAIL");
+  EXPECT_TRUE(same_forward) << forward_path << " " << c.text()
+                            << ": out or lse differs between two runs";
+  if (backward_kernels == "cudnn") {
+    // Not bitwise (cuDNN accumulates dq with atomics), but a second run, on reused scratch, must
+    // be as close as the first (a dq accumulator left unzeroed would double dq).
+    backward();
+    const std::string again = backward_path + " again";
+    expect_close(again, c, "dq", Layout::Tokens, c.qk_dim, widen(dq_d.download()), ref.dq,
+                 tolerance.values);
+    expect_close(again, c, "dk", Layout::Tokens, c.qk_dim, widen(dk_d.download()), ref.dk,
+                 tolerance.values);
+    expect_close(again, c, "dv", Layout::Tokens, c.v_dim, widen(dv_d.download()), ref.dv,
+                 tolerance.values);
+    return;
+  }
   backward();
   const bool same = bitwise_equal(dq, dq_d.download()) && bitwise_equal(dk, dk_d.download()) &&
                     bitwise_equal(dv, dv_d.download());
-  std::printf("CHECK | %-10s | %-28s | determinism (two runs bitwise equal) | %s\n", path.c_str(),
-              c.text().c_str(), same ? "ok" : "FAIL");
+  std::printf("CHECK | %-10s | %-28s | backward determinism (two runs bitwise equal) | %s\n",
+              backward_path.c_str(), c.text().c_str(), same ? "ok" : "FAIL");
   std::fflush(stdout);
-  EXPECT_TRUE(same) << path << " " << c.text() << ": dq/dk/dv differ between two runs";
+  EXPECT_TRUE(same) << backward_path << " " << c.text() << ": dq/dk/dv differ between two runs";
 }
 
 constexpr Tolerances kFp32Tolerance{1e-5, 1e-5};
@@ -331,15 +399,22 @@ TEST_F(FlashAttentionCuda, Fp32MatchesCpu) {
       {2, 40, 1, 256, 256},                                // the largest dims
       {2, 31, 2, 24, 16, true},                            // pointers off the 16-byte boundary
   };
-  for (const Case& c : cases) run_case<float>(c, "fp32 simt", kFp32Tolerance);
+  for (const Case& c : cases)
+    run_case<float>(c, "fp32", kFp32Tolerance, cuda::AttentionBackend::own);
+  // fp32 never goes to cuDNN, whatever the preference.
+  run_case<float>(cases[1], "fp32", kFp32Tolerance, cuda::AttentionBackend::cudnn);
 }
+
+constexpr cuda::AttentionBackend kBothBackends[] = {cuda::AttentionBackend::own,
+                                                    cuda::AttentionBackend::cudnn};
 
 TEST_F(FlashAttentionCuda, Bf16TensorCoresMatchCpu) {
   const std::vector<Case> cases = {
       {2, 1, 2, 192, 128},   {2, 63, 2, 192, 128},  {2, 128, 2, 192, 128},
       {2, 300, 2, 192, 128}, {2, 1024, 2, 192, 128}, {2, 129, 3, 192, 128, false, 3.0f},
   };
-  for (const Case& c : cases) run_case<bf16>(c, "bf16 sm90", kBf16Tolerance);
+  for (cuda::AttentionBackend backend : kBothBackends)
+    for (const Case& c : cases) run_case<bf16>(c, "bf16", kBf16Tolerance, backend);
 }
 
 TEST_F(FlashAttentionCuda, Bf16FallbackMatchesCpu) {
@@ -348,7 +423,38 @@ TEST_F(FlashAttentionCuda, Bf16FallbackMatchesCpu) {
       {2, 100, 3, 24, 16},          // dims the tensor-core kernels do not take
       {2, 65, 2, 48, 32},
   };
-  for (const Case& c : cases) run_case<bf16>(c, "bf16 simt", kBf16Tolerance);
+  for (cuda::AttentionBackend backend : kBothBackends)
+    for (const Case& c : cases) run_case<bf16>(c, "bf16", kBf16Tolerance, backend);
+}
+
+// With cuDNN in the build, the training dims at seq % 128 == 0 must run on cuDNN both ways (a
+// failure here means cuDNN refused the graph: its reason is on stderr). Also the preference "own"
+// keeps them off cuDNN, and the backend names read back as set.
+TEST_F(FlashAttentionCuda, CudnnRunsTrainingShapes) {
+  cuda::set_attention_backend(cuda::AttentionBackend::own);
+  EXPECT_EQ(cuda::attention_backend(), cuda::AttentionBackend::own);
+  EXPECT_STREQ(cuda::attention_backend_name(cuda::attention_backend()), "own");
+#ifndef FRUGAL_HAVE_CUDNN
+  EXPECT_EQ(cuda::cudnn_attention_version(), 0);
+  GTEST_SKIP() << "built without cuDNN";
+#else
+  std::printf("cuDNN version %lld\n", static_cast<long long>(cuda::cudnn_attention_version()));
+  EXPECT_GE(cuda::cudnn_attention_version(), 90000);
+  const std::vector<Case> cases = {{2, 128, 2, 192, 128}, {1, 1024, 3, 192, 128},
+                                   {2, 256, 2, 192, 128, false, 3.0f}};
+  for (const Case& c : cases) {
+    Ran ran;
+    run_case<bf16>(c, "bf16", kBf16Tolerance, cuda::AttentionBackend::cudnn, &ran);
+    EXPECT_EQ(ran.forward, "cudnn") << c.text() << ": the forward did not run on cuDNN "
+                                    << "(see \"frugal: cuDNN attention:\" on stderr)";
+    EXPECT_EQ(ran.backward, "cudnn") << c.text() << ": the backward did not run on cuDNN "
+                                     << "(see \"frugal: cuDNN attention:\" on stderr)";
+  }
+  Ran ran;
+  run_case<bf16>(cases[0], "bf16", kBf16Tolerance, cuda::AttentionBackend::own, &ran);
+  EXPECT_EQ(ran.forward, "sm90");
+  EXPECT_EQ(ran.backward, "sm90");
+#endif
 }
 
 TEST_F(FlashAttentionCuda, RejectsBadArguments) {

@@ -1,9 +1,12 @@
 // Entry points of flash_attention_cuda.h: argument checks and the choice of kernel.
 //   T = float: the SIMT kernels (flash_attention_simt.cu), FP32 throughout.
-//   T = __nv_bfloat16: the sm90 tensor-core kernels when qk_dim = 192, v_dim = 128 and every
-//     pointer is 16-byte aligned (sm90_flash_fwd_bf16.cu, sm90_flash_bwd_bf16.cu); otherwise the
-//     SIMT kernels on bf16 data (any head dims up to 256, any alignment).
-// The backward's workspace holds delta [batch, heads, seq] (fp32), filled before the kernels run.
+//   T = __nv_bfloat16: cuDNN's fused engine when the preference and the call allow it
+//     (cudnn_attention.h); else the sm90 tensor-core kernels when qk_dim = 192, v_dim = 128 and
+//     every pointer is 16-byte aligned (sm90_flash_fwd_bf16.cu, sm90_flash_bwd_bf16.cu); otherwise
+//     the SIMT kernels on bf16 data (any head dims up to 256, any alignment).
+// Each call records which kernels ran (flash_attention_backend in cudnn_attention.h).
+// The backward's workspace holds delta [batch, heads, seq] (fp32), filled before frugal's kernels
+// run (the cuDNN path computes its own).
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -12,6 +15,7 @@
 #include <type_traits>
 
 #include "core/cuda_check.h"
+#include "kernels/attention/cudnn_attention.h"
 #include "kernels/attention/flash_attention_cuda.h"
 #include "kernels/attention/flash_attention_launch.h"
 
@@ -65,12 +69,18 @@ void flash_attention_fwd(T* out, float* lse, const T* q, const T* k, const T* v,
                           v != nullptr,
                       "flash_attention_fwd: null tensor");
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if (flash::cudnn_fwd_bf16(out, lse, q, k, v, shape, stream)) {
+      flash::record_backend(false, "cudnn");
+      return;
+    }
     if (sm90_dims(shape) && aligned_16({out, q, k, v})) {
       flash::sm90_fwd_bf16(out, lse, q, k, v, shape, stream);
+      flash::record_backend(false, "sm90");
       return;
     }
   }
   flash::simt_fwd(out, lse, q, k, v, shape, stream);
+  flash::record_backend(false, "simt");
 }
 
 template <class T>
@@ -94,15 +104,23 @@ void flash_attention_bwd(T* dq, T* dk, T* dv, const T* dout, const T* out, const
   FRUGAL_CUDA_REQUIRE(workspace != nullptr && reinterpret_cast<uintptr_t>(workspace) % 4 == 0,
                       "flash_attention_bwd: workspace missing or not 4-byte aligned "
                       "(size it with flash_attention_bwd_workspace_bytes)");
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if (flash::cudnn_bwd_bf16(dq, dk, dv, dout, out, lse, q, k, v, shape, stream)) {
+      flash::record_backend(true, "cudnn");
+      return;
+    }
+  }
   float* delta = static_cast<float*>(workspace);  // [batch, heads, seq]
   flash::launch_delta(delta, dout, out, shape, stream);
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     if (sm90_dims(shape) && aligned_16({dq, dk, dv, dout, q, k, v})) {
       flash::sm90_bwd_bf16(dq, dk, dv, dout, lse, delta, q, k, v, shape, stream);
+      flash::record_backend(true, "sm90");
       return;
     }
   }
   flash::simt_bwd(dq, dk, dv, dout, lse, delta, q, k, v, shape, stream);
+  flash::record_backend(true, "simt");
 }
 
 #define INSTANTIATE(T)                                                                          \
