@@ -99,8 +99,10 @@ int64_t Engine::submit(Request request) {
   s->id = next_id_++;
   s->tokens = request.prompt;
   s->prompt_length = static_cast<int64_t>(request.prompt.size());
-  s->eos = request.eos_tokens.empty() ? std::vector<int32_t>{static_cast<int32_t>(cfg.eos_token_id)}
-                                      : request.eos_tokens;
+  if (!request.ignore_eos)
+    s->eos = request.eos_tokens.empty()
+                 ? std::vector<int32_t>{static_cast<int32_t>(cfg.eos_token_id)}
+                 : request.eos_tokens;
   s->request = std::move(request);
   if (s->request.max_new_tokens == 0) {
     finish(*s, FinishReason::kLength);

@@ -51,6 +51,7 @@ struct Request {
   int64_t max_new_tokens = 128;
   std::vector<std::string> stop;           // stop strings (need EngineOptions::detokenize)
   std::vector<int32_t> eos_tokens;         // empty: the model's eos_token_id
+  bool ignore_eos = false;                 // never stop at an end-of-sequence token
   std::vector<int32_t> suppressed_tokens;  // never sampled nor drafted
 };
 
