@@ -2,9 +2,9 @@
 // Loads the checkpoint's frugal.toml (with the --generate.* overrides, validated) and weights,
 // then generates with the inference engine (infer/engine.h: absorbed MLA over a latent KV cache;
 // with --speculative, MTP drafts verified by the main model) after a document-start token +
-// prompt, until max_new_tokens, the end-of-document token, or the model's context
-// (max_position_embeddings). Only ordinary tokens and the end-of-document token are candidates.
-// The output is the same with and without --speculative.
+// prompt, until max_new_tokens or the end-of-document token, in a context window of
+// train.seq_len tokens (shifted by half when full). Only ordinary tokens and the end-of-document
+// token are candidates. The output is the same with and without --speculative.
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -32,8 +32,9 @@ constexpr const char* kHelp =
     "\n"
     "Samples a continuation of the prompt from a checkpoint written by frugal train (or\n"
     "imported by frugal convert) and streams it to standard output (the prompt, then the\n"
-    "sampled text, then a newline). Sampling stops after max_new_tokens, at the\n"
-    "end-of-document token, or when the model's context (max_position_embeddings) is full.\n"
+    "sampled text, then a newline). Sampling stops after max_new_tokens or at the\n"
+    "end-of-document token. The context window is the trained sequence length\n"
+    "(train.seq_len); when it is full, the last half is kept and generation goes on.\n"
     "The same seed and settings always give the same text.\n"
     "\n"
     "  --prompt TEXT                  the text to continue (default: empty: a new document)\n"
@@ -133,29 +134,43 @@ int cmd_generate(const std::vector<std::string>& argv) {
     std::fflush(stdout);
   };
 
+  // The context window is the trained sequence length (train.seq_len, at most
+  // max_position_embeddings): positions past it were never trained. When a generation fills it,
+  // the last half of the text is kept and read again from position 0 (a context shift), and
+  // sampling continues with the next sampling counter.
+  const int64_t window =
+      std::max<int64_t>(2, std::min(saved.train.seq_len, saved.model.max_position_embeddings));
   infer::EngineOptions options;
   options.max_batch = 1;
   options.speculative = args.has("speculative");
-  // One sequence: a cache for exactly its context (prompt + new tokens + a draft).
-  const int64_t wanted = static_cast<int64_t>(tokens.size()) + saved.generate.max_new_tokens + 1;
-  options.max_context = std::max<int64_t>(2, std::min(saved.model.max_position_embeddings, wanted));
+  options.max_context = window;
   options.on_token = [&](int64_t, int32_t token) {
     generated.push_back(token);
     flush_text(false);
   };
   infer::Engine engine(model, options);
   infer::Request request;
-  request.prompt = tokens;
   request.sampling = sampling_params(saved.generate);
   request.seed = saved.generate.seed;
-  request.max_new_tokens = saved.generate.max_new_tokens;
   request.eos_tokens = {eos >= 0 ? eos : static_cast<int32_t>(saved.model.eos_token_id)};
   request.suppressed_tokens = suppressed;
 
   std::fwrite(prompt.data(), 1, prompt.size(), stdout);
   const auto start = std::chrono::steady_clock::now();
-  engine.submit(request);
-  engine.run();
+  std::vector<int32_t> context = tokens;
+  int64_t remaining = saved.generate.max_new_tokens;
+  while (remaining > 0) {
+    if (static_cast<int64_t>(context.size()) >= window)
+      context.erase(context.begin(), context.end() - window / 2);
+    request.prompt = context;
+    request.max_new_tokens = remaining;
+    request.first_counter = static_cast<uint64_t>(generated.size());
+    engine.submit(request);
+    const infer::Completion done = engine.run().at(0);
+    remaining -= static_cast<int64_t>(done.tokens.size());
+    if (done.reason != infer::FinishReason::kContext) break;
+    context.insert(context.end(), done.tokens.begin(), done.tokens.end());
+  }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   flush_text(true);

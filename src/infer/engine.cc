@@ -58,8 +58,7 @@ struct Engine::Sequence {
 };
 
 Engine::Engine(const Transformer<float>& model, EngineOptions options)
-    : model_(model),
-      im_(model),
+    : im_(model),
       options_(std::move(options)),
       max_context_(resolve_max_context(model.config(), options_)),
       cache_(im_.make_cache(false, options_.page_size, pool_pages(options_, max_context_))) {
@@ -242,7 +241,7 @@ bool Engine::step() {
   for (size_t i = 0; i < active_.size(); ++i) {
     Sequence& s = *active_[i];
     const Plan& p = plans[i];
-    const uint64_t counter = static_cast<uint64_t>(s.generated());
+    const uint64_t counter = s.request.first_counter + static_cast<uint64_t>(s.generated());
     const int32_t token = sample(s, logits.data() + p.last_logit * vocab, counter, false);
     const bool had_draft = s.draft >= 0, accepted = had_draft && token == s.draft;
     s.draft = -1;

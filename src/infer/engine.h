@@ -11,8 +11,8 @@
 //      sequence feeds its whole prompt (prefill), a running one its last sampled token, plus its
 //      draft when speculating;
 //   4. samples each sequence's next token from the logits of its last fed token, with the
-//      request's sampling settings and sampling counter = number of tokens generated so far
-//      (infer/sampler.h), suppressed tokens masked; then checks, after every committed token:
+//      request's sampling settings and sampling counter = first_counter + number of tokens
+//      generated so far (infer/sampler.h), suppressed tokens masked; then checks, after every committed token:
 //      EOS (not included in the output), stop strings (output text cut before the stop string),
 //      max_new_tokens, and the context limit;
 //   5. speculative sequences: with the draft d fed after the last token, the main model's
@@ -48,6 +48,7 @@ struct Request {
   std::vector<int32_t> prompt;             // at least one token
   SamplingParams sampling;                 // temperature 0 = greedy
   uint64_t seed = 0;
+  uint64_t first_counter = 0;              // sampling counter of the first generated token
   int64_t max_new_tokens = 128;
   std::vector<std::string> stop;           // stop strings (need EngineOptions::detokenize)
   std::vector<int32_t> eos_tokens;         // empty: the model's eos_token_id
@@ -118,7 +119,6 @@ class Engine {
   void finish(Sequence& s, FinishReason reason);
   int32_t sample(const Sequence& s, const float* logits, uint64_t counter, bool greedy) const;
 
-  const Transformer<float>& model_;
   InferenceModel im_;
   EngineOptions options_;
   int64_t max_context_ = 0;

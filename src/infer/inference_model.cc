@@ -207,13 +207,28 @@ void InferenceModel::attention(const Layer& L, const float* x, float* y, const R
   std::vector<float> out(static_cast<size_t>(n * heads * vdim));  // [rows, heads * v]
   const int64_t kv_b_head = nope + vdim;
   const int64_t page_size = cache.page_size();
+  // The first entry of each page of each row's sequence (rows of one sequence share the list).
+  std::vector<std::vector<const float*>> pages;
+  std::vector<int64_t> page_list(static_cast<size_t>(n));
+  for (int64_t r = 0; r < n; ++r) {
+    if (r > 0 && rows.sequences[r] == rows.sequences[r - 1]) {
+      page_list[r] = page_list[r - 1];
+      continue;
+    }
+    page_list[r] = static_cast<int64_t>(pages.size());
+    const int64_t count = static_cast<int64_t>(cache.page_table(rows.sequences[r]).size());
+    pages.emplace_back();
+    for (int64_t i = 0; i < count; ++i)
+      pages.back().push_back(cache.page_entries(rows.sequences[r], cache_layer, i));
+  }
 #pragma omp parallel if (n * heads * (max_position + 1) * latent > (1 << 14))
   {
     std::vector<float> q_lat(static_cast<size_t>(latent)), o_lat(q_lat.size()), scores;
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < n * heads; ++task) {
       const int64_t r = task / heads, h = task % heads;
-      const int64_t seq = rows.sequences[r], keys = static_cast<int64_t>(rows.positions[r]) + 1;
+      const std::vector<const float*>& seq_pages = pages[page_list[r]];
+      const int64_t keys = static_cast<int64_t>(rows.positions[r]) + 1;
       const float* q_nope = q.data() + (r * heads + h) * qk;
       const float* q_pe = q_nope + nope;
       const float* w_uk = L.kv_b + h * kv_b_head * latent;  // [nope, latent]
@@ -227,7 +242,7 @@ void InferenceModel::attention(const Layer& L, const float* x, float* y, const R
       scores.resize(static_cast<size_t>(keys));
       float max_score = -std::numeric_limits<float>::infinity();
       for (int64_t j = 0; j < keys; ++j) {
-        const float* e = cache.page_entries(seq, cache_layer, j / page_size) + (j % page_size) * entry;
+        const float* e = seq_pages[j / page_size] + (j % page_size) * entry;
         const float s = (dot(q_lat.data(), e, latent) + dot(q_pe, e + latent, rope)) *
                         static_cast<float>(softmax_scale_);
         scores[j] = s;
@@ -240,7 +255,7 @@ void InferenceModel::attention(const Layer& L, const float* x, float* y, const R
       }
       std::fill(o_lat.begin(), o_lat.end(), 0.0f);
       for (int64_t j = 0; j < keys; ++j) {
-        const float* e = cache.page_entries(seq, cache_layer, j / page_size) + (j % page_size) * entry;
+        const float* e = seq_pages[j / page_size] + (j % page_size) * entry;
         const float pj = scores[j];
         for (int64_t c = 0; c < latent; ++c) o_lat[c] += pj * e[c];
       }
