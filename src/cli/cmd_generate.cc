@@ -1,17 +1,24 @@
-// frugal generate CHECKPOINT [--prompt TEXT] [--generate.key=value ...]
+// frugal generate CHECKPOINT [--prompt TEXT] [--speculative] [--stats] [--generate.key=value ...]
 // Loads the checkpoint's frugal.toml (with the --generate.* overrides, validated) and weights,
-// then samples byte tokens after <|endoftext|> + prompt, with a context window of train.seq_len,
-// until max_new_tokens or an <|endoftext|>. Only byte ids and <|endoftext|> are candidates.
+// then generates with the inference engine (infer/engine.h: absorbed MLA over a latent KV cache;
+// with --speculative, MTP drafts verified by the main model) after a document-start token +
+// prompt, until max_new_tokens or the end-of-document token, in a context window of
+// train.seq_len tokens (shifted by half when full). Only ordinary tokens and the end-of-document
+// token are candidates. The output is the same with and without --speculative.
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
 
 #include "cli/args.h"
 #include "cli/commands.h"
-#include <filesystem>
-#include <optional>
-
 #include "data/byte_tokenizer.h"
 #include "data/tokenizer/tokenizer.h"
+#include "infer/engine.h"
 #include "infer/sampler.h"
 #include "io/config_io.h"
 #include "train/checkpoint.h"
@@ -20,24 +27,48 @@ namespace frugal {
 namespace {
 
 constexpr const char* kHelp =
-    "usage: frugal generate CHECKPOINT_OR_RUN_DIR [--prompt TEXT] [--generate.key=value ...]\n"
+    "usage: frugal generate CHECKPOINT_OR_RUN_DIR [--prompt TEXT] [--speculative] [--stats]\n"
+    "                       [--generate.key=value ...]\n"
     "\n"
-    "Samples a continuation of the prompt from a checkpoint written by frugal train and\n"
-    "streams it to standard output (the prompt, then the sampled bytes, then a newline).\n"
-    "Sampling stops after max_new_tokens or at the end-of-document token. The same seed\n"
-    "and settings always give the same text.\n"
+    "Samples a continuation of the prompt from a checkpoint written by frugal train (or\n"
+    "imported by frugal convert) and streams it to standard output (the prompt, then the\n"
+    "sampled text, then a newline). Sampling stops after max_new_tokens or at the\n"
+    "end-of-document token. The context window is the trained sequence length\n"
+    "(train.seq_len); when it is full, the last half is kept and generation goes on.\n"
+    "The same seed and settings always give the same text.\n"
     "\n"
     "  --prompt TEXT                  the text to continue (default: empty: a new document)\n"
+    "  --speculative                  draft tokens with the model's MTP module and verify them\n"
+    "                                 in the main model's pass (same output, fewer passes)\n"
+    "  --stats                        print tokens/s and draft acceptance to standard error\n"
     "  --generate.max_new_tokens=N    tokens to sample (default from the checkpoint's config)\n"
     "  --generate.temperature=T       0 = greedy\n"
     "  --generate.top_k=K             0 = off\n"
     "  --generate.top_p=P             1 = off\n"
     "  --generate.seed=S              sampling seed\n";
 
+// Hugging Face tokenizers that add a BOS (tokenizer_config.json "add_bos_token": true, as
+// DeepSeek's) start documents with it; frugal's training windows start after an end-of-document
+// token.
+bool starts_with_bos(const std::string& dir) {
+  const std::filesystem::path path = std::filesystem::path(dir) / "tokenizer_config.json";
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return false;
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    const nlohmann::json j = nlohmann::json::parse(text.str());
+    return j.is_object() && j.value("add_bos_token", false) == true;
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: malformed JSON: {}", path.string(), e.what());
+  }
+}
+
 }  // namespace
 
 int cmd_generate(const std::vector<std::string>& argv) {
-  ParsedArgs args = parse_args(argv, {"prompt"}, {"help"});
+  ParsedArgs args = parse_args(argv, {"prompt"}, {"help", "speculative", "stats"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
     return 0;
@@ -60,31 +91,36 @@ int cmd_generate(const std::vector<std::string>& argv) {
                "{}: model.vocab_size = {} is smaller than the tokenizer's {} ids", dir,
                saved.model.vocab_size, tokenizer_vocab);
   const int32_t eos = bpe ? bpe->eos_id().value_or(-1) : ByteTokenizer::kEos;
+  const std::optional<int32_t> bos =
+      bpe ? bpe->bos_id() : std::optional<int32_t>(ByteTokenizer::kBos);
   // Candidates: ordinary tokens and the end-of-document token. Other special tokens (BOS, PAD,
   // FIM, chat roles) are not sampled, and ids past the tokenizer's vocabulary were never trained.
-  std::vector<bool> allowed(static_cast<size_t>(saved.model.vocab_size), false);
-  for (int64_t v = 0; v < tokenizer_vocab; ++v) allowed[v] = true;
+  std::vector<int32_t> suppressed;
+  for (int64_t v = tokenizer_vocab; v < saved.model.vocab_size; ++v)
+    suppressed.push_back(static_cast<int32_t>(v));
   if (bpe) {
     for (SpecialRole role : {SpecialRole::kBos, SpecialRole::kPad, SpecialRole::kFimBegin,
                              SpecialRole::kFimHole, SpecialRole::kFimEnd, SpecialRole::kUser,
                              SpecialRole::kAssistant})
-      if (auto id = bpe->special_id(role)) allowed[*id] = false;
+      if (auto id = bpe->special_id(role); id && *id != eos) suppressed.push_back(*id);
   } else {
-    allowed[ByteTokenizer::kBos] = allowed[ByteTokenizer::kPad] = false;
+    suppressed.push_back(ByteTokenizer::kBos);
+    suppressed.push_back(ByteTokenizer::kPad);
   }
 
   Transformer<float> model(saved.model);
   load_checkpoint_model(dir, model);
   const std::string prompt = args.option("prompt");
   // Training windows start anywhere in the corpus, where documents follow the end-of-document
-  // token, so a generation opens with it: the prompt reads as the start of a new document.
+  // token, so a frugal generation opens with it; imported Hugging Face models open with BOS.
   std::vector<int32_t> tokens;
-  if (eos >= 0) tokens.push_back(eos);
+  if (starts_with_bos(dir) && bos)
+    tokens.push_back(*bos);
+  else if (eos >= 0)
+    tokens.push_back(eos);
   for (int32_t t : bpe ? bpe->encode(prompt) : bytes.encode(prompt)) tokens.push_back(t);
   FRUGAL_CHECK(!tokens.empty(), "the prompt is empty and the tokenizer has no end-of-document token");
-  const int64_t context = saved.train.seq_len;
-  const SamplingParams params = sampling_params(saved.generate);
-  std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+
   std::vector<int32_t> generated;
   size_t printed = 0;  // bytes of the decoded continuation already written
   auto flush_text = [&](bool final) {
@@ -97,21 +133,60 @@ int cmd_generate(const std::vector<std::string>& argv) {
     printed = std::max(printed, stable);
     std::fflush(stdout);
   };
-  for (int64_t i = 0; i < saved.generate.max_new_tokens; ++i) {
-    const int64_t start = std::max<int64_t>(0, static_cast<int64_t>(tokens.size()) - context);
-    std::vector<float> logits =
-        model.last_logits(tokens.data() + start, static_cast<int64_t>(tokens.size()) - start);
-    for (size_t v = 0; v < logits.size(); ++v)
-      if (!allowed[v]) logits[v] = -std::numeric_limits<float>::infinity();
-    int32_t next = sample_token(logits.data(), static_cast<int64_t>(logits.size()), params,
-                                saved.generate.seed, static_cast<uint64_t>(i));
-    if (next == eos) break;
-    tokens.push_back(next);
-    generated.push_back(next);
+
+  // The context window is the trained sequence length (train.seq_len, at most
+  // max_position_embeddings): positions past it were never trained. When a generation fills it,
+  // the last half of the text is kept and read again from position 0 (a context shift), and
+  // sampling continues with the next sampling counter.
+  const int64_t window =
+      std::max<int64_t>(2, std::min(saved.train.seq_len, saved.model.max_position_embeddings));
+  infer::EngineOptions options;
+  options.max_batch = 1;
+  options.speculative = args.has("speculative");
+  options.max_context = window;
+  options.on_token = [&](int64_t, int32_t token) {
+    generated.push_back(token);
     flush_text(false);
+  };
+  infer::Engine engine(model, options);
+  infer::Request request;
+  request.sampling = sampling_params(saved.generate);
+  request.seed = saved.generate.seed;
+  request.eos_tokens = {eos >= 0 ? eos : static_cast<int32_t>(saved.model.eos_token_id)};
+  request.suppressed_tokens = suppressed;
+
+  std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<int32_t> context = tokens;
+  int64_t remaining = saved.generate.max_new_tokens;
+  while (remaining > 0) {
+    if (static_cast<int64_t>(context.size()) >= window)
+      context.erase(context.begin(), context.end() - window / 2);
+    request.prompt = context;
+    request.max_new_tokens = remaining;
+    request.first_counter = static_cast<uint64_t>(generated.size());
+    engine.submit(request);
+    const infer::Completion done = engine.run().at(0);
+    remaining -= static_cast<int64_t>(done.tokens.size());
+    if (done.reason != infer::FinishReason::kContext) break;
+    context.insert(context.end(), done.tokens.begin(), done.tokens.end());
   }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   flush_text(true);
   std::fputs("\n", stdout);
+  if (args.has("stats")) {
+    const infer::EngineStats& s = engine.stats();
+    std::fprintf(stderr, "generated %lld tokens in %.3f s (%.1f tokens/s), %lld main-model passes",
+                 static_cast<long long>(s.generated), seconds,
+                 seconds > 0 ? static_cast<double>(s.generated) / seconds : 0.0,
+                 static_cast<long long>(s.steps));
+    if (options.speculative)
+      std::fprintf(stderr, "; MTP drafts %lld, accepted %lld (%.1f%%)",
+                   static_cast<long long>(s.drafted), static_cast<long long>(s.accepted),
+                   100.0 * s.acceptance());
+    std::fputs("\n", stderr);
+  }
   return 0;
 }
 

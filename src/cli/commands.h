@@ -9,5 +9,6 @@ namespace frugal {
 int cmd_train(const std::vector<std::string>& args);
 int cmd_generate(const std::vector<std::string>& args);
 int cmd_data(const std::vector<std::string>& args);
+int cmd_convert(const std::vector<std::string>& args);
 
 }  // namespace frugal

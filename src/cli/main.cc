@@ -21,6 +21,7 @@ constexpr const char* kUsage =
     "  train      pre-train a model from a TOML config (frugal train configs/tiny.toml)\n"
     "  generate   sample text from a checkpoint (frugal generate runs/tiny --prompt \"...\")\n"
     "  data       tokenizer-train, clean, tokenize, stats: from raw text to token datasets\n"
+    "  convert    import/export Hugging Face DeepSeek-V2/V3 checkpoints (FP8 included)\n"
     "\n"
     "Run 'frugal <command> --help' for a command's options. Every config setting can be\n"
     "overridden on the command line as --section.key=value (e.g. --train.steps=100).\n";
@@ -61,6 +62,7 @@ int main(int argc, char** argv) {
     if (command == "train") return frugal::cmd_train(args);
     if (command == "generate") return frugal::cmd_generate(args);
     if (command == "data") return frugal::cmd_data(args);
+    if (command == "convert") return frugal::cmd_convert(args);
     std::fprintf(stderr, "frugal: unknown command '%s' (see frugal --help)\n", command.c_str());
     return 2;
   } catch (const frugal::Error& e) {
