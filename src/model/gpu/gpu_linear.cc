@@ -72,6 +72,38 @@ cuda::DeviceArray<T> pad_rows(cuda::DeviceContext& ctx, const T* x, int64_t rows
 
 namespace {
 
+// cuBLASLt's 1x128-scaled FP8 operand needs a row count that is a multiple of 16 (MTP layers
+// run batch * (seq - k) rows). Such a call runs on a copy padded with zero rows; the padding's
+// output rows are dropped. out[rows, n] (+)= op over a [rows, k] input quantized here.
+constexpr int64_t kFp8RowMultiple = 16;
+
+void fp8_gemm_rows(cuda::DeviceContext& ctx, const bf16* x, int64_t rows, int64_t k, int64_t n,
+                   const uint8_t* w, const float* w_scales, float beta, bf16* out) {
+  const int64_t padded = round_up(rows, kFp8RowMultiple);
+  cuda::DeviceArray<bf16> x_padded, out_padded;
+  const bf16* source = x;
+  bf16* target = out;
+  if (padded != rows) {
+    x_padded = pad_rows<bf16>(ctx, x, rows, k, padded);
+    source = x_padded.data();
+    out_padded = cuda::DeviceArray<bf16>(ctx, padded * n);
+    target = out_padded.data();
+    if (beta != 0.0f)
+      FRUGAL_CUDA_CHECK(cudaMemcpyAsync(target, out, static_cast<size_t>(rows * n) * sizeof(bf16),
+                                        cudaMemcpyDeviceToDevice, ctx.stream));
+  }
+  cuda::DeviceArray<uint8_t> q(ctx, padded * k);
+  cuda::DeviceArray<float> scales(ctx, fp8_block_count(k) * padded);
+  cuda::quantize_act_1x128<bf16>(q.data(), scales.data(), source, padded, k, kFp8PowerOfTwoScales,
+                                 ctx.stream);
+  cuda::gemm_fp8_nt(ctx.blas, padded, n, k, q.data(), scales.data(), w, w_scales,
+                    cuda::Fp8Scaling::Block128x128, beta, target, n, cuda::DataType::BF16,
+                    ctx.stream);  // [padded, n]
+  if (target != out)
+    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(out, target, static_cast<size_t>(rows * n) * sizeof(bf16),
+                                      cudaMemcpyDeviceToDevice, ctx.stream));
+}
+
 // The FP8 halves of GpuLinear (bf16 activations only: fp32 activations never meet an fp8 weight,
 // so these are not instantiated for float).
 void linear_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, GpuLinear<bf16>::Ctx& c,
@@ -79,21 +111,13 @@ void linear_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, GpuLi
   using T = bf16;
   const int64_t in = weight.in(), out = weight.out();
   // FP8 Fprop: x in 1x128 tiles along in, W in 128x128 blocks.
-  cuda::DeviceArray<uint8_t> q;
-  cuda::DeviceArray<float> scales;
-  Fp8Input input;
-  if (x_fp8 != nullptr) {
-    input = *x_fp8;
+  if (x_fp8 != nullptr && rows % kFp8RowMultiple == 0) {
+    cuda::gemm_fp8_nt(ctx.blas, rows, out, in, x_fp8->q, x_fp8->scales, weight.fp8(),
+                      weight.fp8_scales(), cuda::Fp8Scaling::Block128x128, 0.0f, y, out,
+                      cuda::DataType::BF16, ctx.stream);  // [rows, out]
   } else {
-    q = cuda::DeviceArray<uint8_t>(ctx, rows * in);
-    scales = cuda::DeviceArray<float>(ctx, fp8_block_count(in) * rows);
-    cuda::quantize_act_1x128<T>(q.data(), scales.data(), x, rows, in, kFp8PowerOfTwoScales,
-                                ctx.stream);
-    input = {q.data(), scales.data()};
+    fp8_gemm_rows(ctx, x, rows, in, out, weight.fp8(), weight.fp8_scales(), 0.0f, y);
   }
-  cuda::gemm_fp8_nt(ctx.blas, rows, out, in, input.q, input.scales, weight.fp8(),
-                    weight.fp8_scales(), cuda::Fp8Scaling::Block128x128, 0.0f, y, out,
-                    cuda::DataType::BF16, ctx.stream);  // [rows, out]
   // The Wgrad operand: x^T [in, padded_rows] quantized along the rows.
   const int64_t padded = round_up(rows, kFp8BlockSize);
   cuda::DeviceArray<T> x_padded;
@@ -115,14 +139,8 @@ void linear_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, GpuL
   FRUGAL_CHECK(c.xT_q.data() != nullptr, "GpuLinear::backward without a forward");
   if (dx != nullptr) {
     // FP8 Dgrad: dy in 1x128 tiles along out, WT [in, out] in 128x128 blocks.
-    cuda::DeviceArray<uint8_t> dy_q(ctx, rows * out);
-    cuda::DeviceArray<float> dy_scales(ctx, fp8_block_count(out) * rows);
-    cuda::quantize_act_1x128<T>(dy_q.data(), dy_scales.data(), dy, rows, out, kFp8PowerOfTwoScales,
-                                ctx.stream);
-    cuda::gemm_fp8_nt(ctx.blas, rows, in, out, dy_q.data(), dy_scales.data(),
-                      weight.fp8_transposed(), weight.fp8_transposed_scales(),
-                      cuda::Fp8Scaling::Block128x128, beta, dx, in, cuda::DataType::BF16,
-                      ctx.stream);  // [rows, in]
+    fp8_gemm_rows(ctx, dy, rows, out, in, weight.fp8_transposed(),
+                  weight.fp8_transposed_scales(), beta, dx);  // [rows, in]
   }
   // FP8 Wgrad: dW[out, in] += dyT[out, padded] · xT[in, padded]^T, reduction over the rows.
   const int64_t padded = round_up(rows, kFp8BlockSize);
