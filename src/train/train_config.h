@@ -66,7 +66,12 @@ struct TrainConfig {
   int64_t save_every = 500;         // 0: only at the end
   std::string out_dir = "runs/default";
   std::string precision = "fp32";   // "fp32" on the CPU; "bf16" and "fp8" on GPUs
-  int64_t threads = 0;              // 0: all cores
+  int64_t threads = 0;              // 0: all cores (per process)
+  // Process mesh of a multi-process run (parallel/mesh.h): pipeline stages and the expert-parallel
+  // group size inside data parallelism (dp = ranks / pp). Properties of the run, not of the model:
+  // checkpoints are written with 1 and 1 (any mesh writes the same files and resumes any of them).
+  int64_t pp = 1;
+  int64_t ep = 1;
   bool operator==(const TrainConfig&) const = default;
 };
 

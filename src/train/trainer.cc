@@ -8,11 +8,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
 #include "io/atomic_file.h"
 #include "io/config_io.h"
+#include "io/model_io.h"
 #include "train/schedule.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -36,8 +38,73 @@ double estimate_cpu_peak_flops() {
   return static_cast<double>(std::thread::hardware_concurrency()) * mhz * 1e6 * per_cycle;
 }
 
-Trainer::Trainer(const Config& config, DataSource& train, DataSource* val, bool quiet)
-    : config_(config), train_(train), val_(val), quiet_(quiet), model_(config.model) {
+namespace {
+
+// The experts this rank holds: its EP rank's share, or all of them.
+ExpertShard held_experts(const Config& config, const Mesh* mesh) {
+  if (!mesh || mesh->shape().ep == 1) return {};
+  return expert_shard(config.model.n_routed_experts, mesh->shape().ep, mesh->coords().ep_rank);
+}
+
+// Sums per-micro-batch gradients in micro-batch order (see trainer.h): before micro-batch k >= 1
+// the running sum moves out of Param::grad and the gradients restart from zero; after it they are
+// added to the sum; finish() puts the sum back into Param::grad.
+class GradientSum {
+ public:
+  explicit GradientSum(ParamStore<float>& store) : store_(store) {}
+  void before_micro_batch(int64_t k) {
+    if (k == 0) return;
+    if (sum_.empty()) {
+      for (auto& p : store_.all()) {
+        sum_.emplace_back(p->grad.size(), 0.0f);
+        sum_.back().swap(p->grad);
+      }
+    } else {
+      for (auto& p : store_.all()) std::fill(p->grad.begin(), p->grad.end(), 0.0f);
+    }
+  }
+  void after_micro_batch(int64_t k) {
+    if (k == 0) return;
+    size_t i = 0;
+    for (auto& p : store_.all()) {
+      float* sum = sum_[i++].data();
+      const float* grad = p->grad.data();
+      const int64_t n = static_cast<int64_t>(p->grad.size());
+#pragma omp parallel for schedule(static)
+      for (int64_t j = 0; j < n; ++j) sum[j] += grad[j];
+    }
+  }
+  void finish() {
+    size_t i = 0;
+    if (!sum_.empty())
+      for (auto& p : store_.all()) p->grad.swap(sum_[i++]);
+    sum_.clear();
+  }
+
+ private:
+  ParamStore<float>& store_;
+  std::vector<std::vector<float>> sum_;
+};
+
+// Every MoE layer's load counters become their sum over `group` (rank order; integers).
+void sum_expert_load(Transformer<float>& model, Communicator& group) {
+  for (MoE<float>* moe : model.moe_layers()) {
+    std::vector<int64_t> load = moe->expert_load();
+    group.all_reduce_sum(load.data(), static_cast<int64_t>(load.size()), CommType::I64);
+    moe->set_expert_load(load);
+  }
+}
+
+}  // namespace
+
+Trainer::Trainer(const Config& config, DataSource& train, DataSource* val, bool quiet,
+                 const Mesh* mesh)
+    : config_(config),
+      mesh_(mesh),
+      train_(train),
+      val_(val),
+      quiet_(quiet || (mesh != nullptr && mesh->world().rank() != 0)),
+      model_(config.model, held_experts(config, mesh)) {
   FRUGAL_CHECK(train.vocab_size() <= config.model.vocab_size,
                "the data's tokenizer has {} ids but model.vocab_size is {}", train.vocab_size(),
                config.model.vocab_size);
@@ -46,12 +113,35 @@ Trainer::Trainer(const Config& config, DataSource& train, DataSource* val, bool 
     openblas_set_num_threads(static_cast<int>(config.train.threads));
   }
   model_.init_weights(config.train.seed, config.train.init_std);
-  optimizer_ = std::make_unique<AdamW<float>>(config.optim, model_.params());
+  if (mesh_) {
+    FRUGAL_CHECK(mesh_->shape().pp == 1,
+                 "train.pp = {}: pipeline parallelism is not run by this trainer (use train.pp = 1: "
+                 "data and expert parallelism)",
+                 mesh_->shape().pp);
+    FRUGAL_CHECK(mesh_->shape().ep == config.train.ep,
+                 "the mesh has EP groups of {} but train.ep = {}", mesh_->shape().ep,
+                 config.train.ep);
+    if (mesh_->shape().ep > 1) {
+      expert_parallel_ = std::make_unique<ExpertParallel<float>>(mesh_->ep());
+      attach_expert_parallel(model_, *expert_parallel_);
+    }
+    zero1_ = std::make_unique<Zero1Optimizer>(config.optim, model_, *mesh_);
+  } else {
+    optimizer_ = std::make_unique<AdamW<float>>(config.optim, model_.params());
+  }
   state_.train_data = train_.state();
   if (val_) val_start_ = val_->state();
   // MFU is measured against the cores this run uses.
   const double cores = std::max(1u, std::thread::hardware_concurrency());
   peak_flops_ = estimate_cpu_peak_flops() * std::min(1.0, omp_get_max_threads() / cores);
+}
+
+Trainer::~Trainer() = default;
+
+const AdamW<float>& Trainer::optimizer() const {
+  FRUGAL_CHECK(optimizer_ != nullptr,
+               "Trainer::optimizer(): a multi-process run keeps ZeRO-1 shards (zero1())");
+  return *optimizer_;
 }
 
 void Trainer::log(const std::string& line) const {
@@ -104,8 +194,19 @@ void Trainer::resume(const std::string& checkpoint_dir) {
                "{}: the checkpoint's model differs from this run's config ({}); resume with the "
                "same [model] settings",
                checkpoint_dir, difference);
-  load_checkpoint_model(checkpoint_dir, model_);
-  load_checkpoint_training(checkpoint_dir, *optimizer_, state_);
+  if (zero1_) {
+    // Experts held by other EP ranks are in the file and not in this model.
+    ParamLoadOptions options;
+    for (const GlobalParam& g : global_param_layout(model_))
+      if (!g.local) options.ignore_prefixes.push_back(g.name);
+    load_params(model_.params(), (std::filesystem::path(checkpoint_dir) / "model.safetensors").string(),
+                options);
+    zero1_->load(checkpoint_dir);
+    load_checkpoint_trainer_state(checkpoint_dir, state_);
+  } else {
+    load_checkpoint_model(checkpoint_dir, model_);
+    load_checkpoint_training(checkpoint_dir, *optimizer_, state_);
+  }
   train_.restore(state_.train_data);
 }
 
@@ -113,14 +214,42 @@ double Trainer::validation_loss() {
   if (!val_) return -1;
   val_->restore(val_start_);
   const int64_t mb = config_.train.micro_batch, seq = config_.train.seq_len;
+  const int64_t batches = config_.train.eval_batches, dp = dp_size();
   std::vector<int32_t> tokens(mb * seq), targets(mb * seq);
-  double sum = 0;
-  for (int64_t i = 0; i < config_.train.eval_batches; ++i) {
-    val_->next_batch(tokens.data(), targets.data(), mb, seq);
+  // Batch i runs on dp rank i % dp. Under expert parallelism every rank must run as many forwards
+  // as the others (each is collective): a rank past the last batch repeats it and discards it.
+  const bool collective_forward = expert_parallel_ != nullptr;
+  const int64_t rounds = (batches + dp - 1) / dp * dp;
+  std::vector<double> losses(static_cast<size_t>(batches), 0.0);
+  for (int64_t i = 0; i < rounds; ++i) {
+    if (i < batches) val_->next_batch(tokens.data(), targets.data(), mb, seq);
+    if (i % dp != dp_rank() || (i >= batches && !collective_forward)) continue;
     Transformer<float>::Ctx ctx;
-    sum += model_.forward(ctx, tokens.data(), targets.data(), mb, seq, {0.0, 0.0}, false).main;
+    const double loss =
+        model_.forward(ctx, tokens.data(), targets.data(), mb, seq, {0.0, 0.0}, false).main;
+    if (i < batches) losses[i] = loss;
   }
-  return sum / static_cast<double>(std::max<int64_t>(config_.train.eval_batches, 1));
+  if (mesh_) mesh_->dp().all_reduce_sum(losses.data(), batches, CommType::F64);  // one owner each
+  double sum = 0;
+  for (double loss : losses) sum += loss;
+  return sum / static_cast<double>(std::max<int64_t>(batches, 1));
+}
+
+std::string Trainer::save() {
+  if (!zero1_) return save_checkpoint(config_.train.out_dir, config_, model_, *optimizer_, state_);
+  // ZeRO-1: dp rank 0 gathers every parameter and moment into a single-process model and AdamW.
+  const bool root = dp_rank() == 0;
+  if (root && !full_optimizer_) {
+    if (expert_parallel_) full_model_ = std::make_unique<Transformer<float>>(config_.model);
+    full_optimizer_ = std::make_unique<AdamW<float>>(
+        config_.optim, (full_model_ ? *full_model_ : model_).params());
+  }
+  Transformer<float>* full = full_model_ ? full_model_.get() : &model_;
+  zero1_->gather_full(root ? full : nullptr, root ? full_optimizer_.get() : nullptr);
+  std::string dir;
+  if (root) dir = save_checkpoint(config_.train.out_dir, config_, *full, *full_optimizer_, state_);
+  mesh_->dp().barrier();  // the checkpoint exists for every rank once this returns
+  return dir;
 }
 
 TrainSummary Trainer::run(int64_t stop_after) {
@@ -129,8 +258,10 @@ TrainSummary Trainer::run(int64_t stop_after) {
   const int64_t last_step =
       stop_after >= 0 ? std::min(tc.steps, state_.step + stop_after) : tc.steps;
   const std::string metrics_path = tc.out_dir + "/metrics.jsonl";
-  if (state_.step > 0) truncate_metrics_after(metrics_path, state_.step);
-  metrics_.open(metrics_path, /*append=*/state_.step > 0);
+  const bool writer = dp_rank() == 0;  // logs, metrics and checkpoints
+  if (writer && state_.step > 0) truncate_metrics_after(metrics_path, state_.step);
+  if (writer) metrics_.open(metrics_path, /*append=*/state_.step > 0);
+  const int64_t dp = dp_size();
   const double train_flops_per_token = 3.0 * model_.flops_per_token(seq);
   TrainSummary summary;
   std::vector<int32_t> tokens(mb * seq), targets(mb * seq);
@@ -144,21 +275,50 @@ TrainSummary Trainer::run(int64_t stop_after) {
     const int64_t micro_batches = sequences / mb;
     const LossWeights weights{schedule_value(tc.mtp_weight, step), tc.balance_alpha};
 
+    FRUGAL_CHECK(!expert_parallel_ || micro_batches % dp == 0,
+                 "step {}: {} micro-batches do not split evenly over {} data-parallel ranks, which "
+                 "expert parallelism needs (choose train.batch_sequences and the batch ramp as "
+                 "multiples of train.micro_batch * {})",
+                 step + 1, micro_batches, dp, dp);
+
     model_.params().zero_grad();
-    Losses sum;
-    for (int64_t m = 0; m < micro_batches; ++m) {
+    GradientSum gradient_sum(model_.params());
+    // [micro-batch][total, main, mtp, balance]: each rank fills its own micro-batches.
+    std::vector<double> parts(static_cast<size_t>(micro_batches * 4), 0.0);
+    for (int64_t m = 0, local = 0; m < micro_batches; ++m) {
       train_.next_batch(tokens.data(), targets.data(), mb, seq);
+      if (m % dp != dp_rank()) continue;
+      gradient_sum.before_micro_batch(local);
       Transformer<float>::Ctx ctx;
       Losses l = model_.forward(ctx, tokens.data(), targets.data(), mb, seq, weights, true);
       model_.backward_input(ctx, 1.0 / static_cast<double>(micro_batches));
       model_.backward_weight(ctx);
-      sum.total += l.total / micro_batches;
-      sum.main += l.main / micro_batches;
-      sum.mtp += l.mtp / micro_batches;
-      sum.balance += l.balance / micro_batches;
+      gradient_sum.after_micro_batch(local++);
+      parts[m * 4 + 0] = l.total;
+      parts[m * 4 + 1] = l.main;
+      parts[m * 4 + 2] = l.mtp;
+      parts[m * 4 + 3] = l.balance;
+    }
+    gradient_sum.finish();
+    if (mesh_) {
+      mesh_->dp().all_reduce_sum(parts.data(), micro_batches * 4, CommType::F64);  // one owner each
+      sum_expert_load(model_, mesh_->dp());
+    }
+    Losses sum;
+    for (int64_t m = 0; m < micro_batches; ++m) {
+      sum.total += parts[m * 4 + 0] / micro_batches;
+      sum.main += parts[m * 4 + 1] / micro_batches;
+      sum.mtp += parts[m * 4 + 2] / micro_batches;
+      sum.balance += parts[m * 4 + 3] / micro_batches;
     }
     const double lr = learning_rate(config_.optim, config_.schedule, step);
-    auto info = optimizer_->step(model_.params(), lr);
+    AdamW<float>::StepInfo info;
+    if (zero1_) {
+      zero1_->reduce_gradients();
+      info = zero1_->step(lr);
+    } else {
+      info = optimizer_->step(model_.params(), lr);
+    }
     auto load = model_.expert_load();  // read before the bias update resets the counts
     // A skipped step leaves the whole model as it was: the routing biases stay too (gamma 0 only
     // restarts the load counters).
@@ -188,7 +348,12 @@ TrainSummary Trainer::run(int64_t stop_after) {
     if (info.skipped)
       log(fmt::format("step {}: non-finite gradient norm, update skipped", state_.step));
     // A stop request (Ctrl-C) ends the run after this step, with a checkpoint like any last step.
-    const bool stopping = stop_flag_ != nullptr && stop_flag_->load();
+    bool stopping = stop_flag_ != nullptr && stop_flag_->load();
+    if (mesh_) {  // every rank stops after the same step
+      int32_t requests = stopping ? 1 : 0;
+      mesh_->world().all_reduce_sum(&requests, 1, CommType::I32);
+      stopping = requests > 0;
+    }
     const bool last = state_.step == last_step || stopping;
     if (state_.step % std::max<int64_t>(tc.log_every, 1) == 0 || last || state_.step == 1) {
       StepStats stats{state_.step,   tc.steps, sum.main,           info.grad_norm,
@@ -204,10 +369,10 @@ TrainSummary Trainer::run(int64_t stop_after) {
       log(fmt::format("eval step {} | val loss {:.4f} | mtp loss {:.4f} | expert load max/mean:{}",
                       state_.step, summary.last_val_loss, sum.mtp, loads));
     }
-    metrics_.write(record);
+    if (writer) metrics_.write(record);
     progress.update(state_.step);
     if ((tc.save_every > 0 && state_.step % tc.save_every == 0) || last) {
-      summary.checkpoint = save_checkpoint(tc.out_dir, config_, model_, *optimizer_, state_);
+      summary.checkpoint = save();
       if (last) log(fmt::format("saved {}", summary.checkpoint));
     }
     if (stopping) {
@@ -215,7 +380,7 @@ TrainSummary Trainer::run(int64_t stop_after) {
       break;
     }
   }
-  metrics_.close();
+  if (writer) metrics_.close();
   progress.finish();
   progress_ = nullptr;
   return summary;

@@ -1,0 +1,21 @@
+// Non-virtual parts of the communicator interface (communicator.h): element sizes, and the
+// deterministic host-side sums the MPI communicator uses.
+#include "parallel/communicator.h"
+
+#include "core/error.h"
+
+namespace frugal {
+
+size_t comm_type_size(CommType type) {
+  switch (type) {
+    case CommType::F32: return 4;
+    case CommType::F64: return 8;
+    case CommType::BF16: return 2;
+    case CommType::U8: return 1;
+    case CommType::I32: return 4;
+    case CommType::I64: return 8;
+  }
+  fail("communicator: unknown element type {}", static_cast<int>(type));
+}
+
+}  // namespace frugal
