@@ -43,6 +43,6 @@ void mpi_finalize();
 std::unique_ptr<Communicator> mpi_world_communicator();
 
 // Bytes per peer of one staged piece of a reduction (the staging buffer holds size() of them).
-inline constexpr int64_t kReducePieceBytes = int64_t{4} << 20;
+inline constexpr int64_t kReducePieceBytes = int64_t{1} << 20;
 
 }  // namespace frugal
