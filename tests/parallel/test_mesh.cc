@@ -1,8 +1,10 @@
-// The process mesh: shape checks name the config keys; every group (dp, ep, expert_dp, pp) holds
+// The process mesh: the config keys train.pp / train.ep (validated, saved as 1 in checkpoints);
+// shape checks name the config keys; every group (dp, ep, expert_dp, pp) holds
 // exactly the world ranks mesh.h's formulas say, in order. At 8 ranks the mesh has two pipeline
 // stages, so the stage split is exercised too.
 #include <gtest/gtest.h>
 
+#include "io/config_io.h"
 #include "parallel/mesh.h"
 #include "parallel/mpi_communicator.h"
 #include "test_util.h"
@@ -45,6 +47,19 @@ TEST(MeshShape, ChecksNameTheKeys) {
   EXPECT_EQ(c.dp_rank, 3);
   EXPECT_EQ(c.ep_group, 1);
   EXPECT_EQ(c.ep_rank, 1);
+}
+
+TEST(MeshShape, ConfigKeysAreReadAndChecked) {
+  const std::string tiny = std::string(FRUGAL_SOURCE_DIR) + "/configs/tiny.toml";
+  const Config config = load_config(tiny, {"train.pp=2", "train.ep=4"});
+  EXPECT_EQ(config.train.pp, 2);
+  EXPECT_EQ(config.train.ep, 4);
+  EXPECT_EQ(load_config(tiny).train.ep, 1);
+  EXPECT_NE(error_message([&] { load_config(tiny, {"train.ep=3"}); })
+                .find("train.ep = 3 must divide model.n_routed_experts = 8"),
+            std::string::npos);
+  EXPECT_NE(error_message([&] { load_config(tiny, {"train.pp=0"}); }).find("train.pp = 0"),
+            std::string::npos);
 }
 
 // The world ranks of `group`, in group order.
