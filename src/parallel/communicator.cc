@@ -1,6 +1,8 @@
-// Non-virtual parts of the communicator interface (communicator.h): element sizes, and the
-// deterministic host-side sums the MPI communicator uses.
+// Non-virtual parts of the communicator interface (communicator.h): element sizes, and the error
+// helper of the CUDA-compiled NCCL communicator (nccl_communicator.h).
 #include "parallel/communicator.h"
+
+#include <string>
 
 #include "core/error.h"
 
@@ -17,5 +19,9 @@ size_t comm_type_size(CommType type) {
   }
   fail("communicator: unknown element type {}", static_cast<int>(type));
 }
+
+namespace detail {
+void throw_communicator_error(const std::string& message) { throw Error(message); }
+}  // namespace detail
 
 }  // namespace frugal

@@ -12,10 +12,14 @@
 #include <vector>
 
 #include "core/cuda_check.h"
-#include "core/error.h"
 
 namespace frugal {
 namespace {
+
+// frugal::Error without core/error.h, which nvcc cannot compile (fmt).
+[[noreturn]] void throw_error(const std::string& message) {
+  detail::throw_communicator_error(message);
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -28,12 +32,12 @@ ncclDataType_t nccl_type(CommType type) {
     case CommType::I32: return ncclInt32;
     case CommType::I64: return ncclInt64;
   }
-  throw Error("NCCL: unknown element type " + std::to_string(static_cast<int>(type)));
+  throw_error("NCCL: unknown element type " + std::to_string(static_cast<int>(type)));
 }
 
 void check_cuda_call(cudaError_t status, const char* what, const char* op) {
   if (status != cudaSuccess)
-    throw Error(std::string("NCCL ") + op + ": " + what + " failed: " + cudaGetErrorString(status));
+    throw_error(std::string("NCCL ") + op + ": " + what + " failed: " + cudaGetErrorString(status));
 }
 
 class NcclCommunicator final : public Communicator {
@@ -48,7 +52,7 @@ class NcclCommunicator final : public Communicator {
     if (rank_ == 0) {
       const ncclResult_t r = ncclGetUniqueId(&id);
       if (r != ncclSuccess)
-        throw Error(std::string("NCCL init: ncclGetUniqueId failed: ") + ncclGetErrorString(r));
+        throw_error(std::string("NCCL init: ncclGetUniqueId failed: ") + ncclGetErrorString(r));
     }
     bootstrap.broadcast(&id, static_cast<int64_t>(sizeof(id)), CommType::U8, 0);
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
@@ -124,13 +128,13 @@ class NcclCommunicator final : public Communicator {
   void all_to_all_v(void* recv, std::span<const int64_t> recv_counts, const void* send,
                     std::span<const int64_t> send_counts, CommType type) override {
     if (static_cast<int>(recv_counts.size()) != size_ || static_cast<int>(send_counts.size()) != size_)
-      throw Error("NCCL all_to_all_v: " + std::to_string(recv_counts.size()) + " receive and " +
+      throw_error("NCCL all_to_all_v: " + std::to_string(recv_counts.size()) + " receive and " +
                   std::to_string(send_counts.size()) + " send counts for a group of " +
                   std::to_string(size_) + " ranks");
     int64_t total_send = 0, total_recv = 0;
     for (int r = 0; r < size_; ++r) {
       if (send_counts[r] < 0 || recv_counts[r] < 0)
-        throw Error("NCCL all_to_all_v: negative count for peer " + std::to_string(r));
+        throw_error("NCCL all_to_all_v: negative count for peer " + std::to_string(r));
       total_send += send_counts[r];
       total_recv += recv_counts[r];
     }
@@ -174,7 +178,7 @@ class NcclCommunicator final : public Communicator {
 
   void broadcast(void* data, int64_t count, CommType type, int root) override {
     if (root < 0 || root >= size_)
-      throw Error("NCCL broadcast: root " + std::to_string(root) + " outside the group of " +
+      throw_error("NCCL broadcast: root " + std::to_string(root) + " outside the group of " +
                   std::to_string(size_) + " ranks");
     begin("broadcast", count, data, nullptr);
     call(ncclBroadcast(data, data, static_cast<size_t>(count), nccl_type(type), root, comm_,
@@ -190,7 +194,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   std::unique_ptr<Communicator> split(int color, int key) override {
-    if (color < 0) throw Error("NCCL split: color " + std::to_string(color) + " must be >= 0");
+    if (color < 0) throw_error("NCCL split: color " + std::to_string(color) + " must be >= 0");
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     ncclComm_t sub = nullptr;
@@ -203,6 +207,7 @@ class NcclCommunicator final : public Communicator {
     if (comm_ != nullptr) ncclCommAbort(comm_);
     comm_ = nullptr;
     bootstrap_.abort(message);
+    std::abort();  // not reached: the bootstrap's abort ends the process
   }
 
  private:
@@ -224,7 +229,7 @@ class NcclCommunicator final : public Communicator {
   [[noreturn]] void fail_and_abort(const char* op, const std::string& why) {
     if (comm_ != nullptr) ncclCommAbort(comm_);  // frees peers blocked on this rank too
     comm_ = nullptr;
-    throw Error(where(op) + ": " + why);
+    throw_error(where(op) + ": " + why);
   }
 
   // A non-blocking NCCL call returns ncclSuccess or ncclInProgress (then the communicator must be
@@ -261,16 +266,16 @@ class NcclCommunicator final : public Communicator {
     cudaPointerAttributes attributes{};
     if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) {
       cudaGetLastError();  // clear the sticky-free error of a failed query
-      throw Error(where(op) + ": the " + which + " buffer is not a CUDA allocation");
+      throw_error(where(op) + ": the " + which + " buffer is not a CUDA allocation");
     }
     if (attributes.type != cudaMemoryTypeDevice && attributes.type != cudaMemoryTypeManaged)
-      throw Error(where(op) + ": the " + which + " buffer is host memory; NCCL needs device memory");
+      throw_error(where(op) + ": the " + which + " buffer is host memory; NCCL needs device memory");
   }
 
   // Argument checks, then orders the operation after the input stream's pending work.
   void begin(const char* op, int64_t count, const void* out, const void* in) {
-    if (comm_ == nullptr) throw Error(where(op) + ": the communicator was aborted");
-    if (count < 0) throw Error(where(op) + ": negative element count " + std::to_string(count));
+    if (comm_ == nullptr) throw_error(where(op) + ": the communicator was aborted");
+    if (count < 0) throw_error(where(op) + ": negative element count " + std::to_string(count));
     check_device_pointer(out, op, "output");
     check_device_pointer(in, op, "input");
     check_cuda_call(cudaSetDevice(device_), "cudaSetDevice", op);
@@ -303,8 +308,8 @@ class NcclCommunicator final : public Communicator {
 
   void check_peer(int peer, int tag, const char* op) const {
     if (peer < 0 || peer >= size_ || peer == rank_)
-      throw Error(where(op) + ": peer " + std::to_string(peer) + " is not another rank");
-    if (tag < 0 || tag > 32767) throw Error(where(op) + ": tag " + std::to_string(tag) + " outside [0, 32767]");
+      throw_error(where(op) + ": peer " + std::to_string(peer) + " is not another rank");
+    if (tag < 0 || tag > 32767) throw_error(where(op) + ": tag " + std::to_string(tag) + " outside [0, 32767]");
   }
 
   Communicator& bootstrap_;

@@ -25,6 +25,7 @@
 #include <cuda_runtime_api.h>
 
 #include <memory>
+#include <string>
 
 #include "parallel/communicator.h"
 
@@ -42,5 +43,11 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, in
 // The stream whose pending work every later operation of `comm` (an NCCL communicator) waits for;
 // nullptr for none. Throws when `comm` is not an NCCL communicator.
 void set_input_stream(Communicator& comm, cudaStream_t stream);
+
+namespace detail {
+// Throws frugal::Error(message); defined in communicator.cc for CUDA sources, which cannot include
+// core/error.h (nvcc does not compile fmt).
+[[noreturn]] void throw_communicator_error(const std::string& message);
+}  // namespace detail
 
 }  // namespace frugal
