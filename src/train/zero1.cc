@@ -95,6 +95,9 @@ struct Zero1Optimizer::Group {
   std::vector<int64_t> shard_flat;   // [size + 1]: and flat elements [shard_flat[r], [r+1])
   std::vector<std::pair<size_t, size_t>> buckets;  // chunk ranges, in reduce (backward) order
   std::vector<float> grad, m, v;     // this rank's shard
+  std::vector<int64_t> bucket_params;  // distinct parameters overlapping each bucket
+  std::vector<int64_t> pending;        // of those, not yet marked ready this step
+  size_t next_bucket = 0;              // buckets [0, next_bucket) are reduced this step
 
   int me() const { return comm->rank(); }
   int64_t shard_begin(int r) const { return shard_flat[static_cast<size_t>(r)]; }
@@ -190,11 +193,36 @@ Zero1Optimizer::Zero1Optimizer(const OptimConfig& config, Transformer<float>& mo
       g.buckets.push_back({begin, end});
       end = begin;
     }
+    for (size_t b = 0; b < g.buckets.size(); ++b) {
+      const Param<float>* previous = nullptr;
+      int64_t distinct = 0;
+      for (size_t c = g.buckets[b].first; c < g.buckets[b].second; ++c) {
+        if (g.chunks[c].param == previous) continue;
+        previous = g.chunks[c].param;
+        ++distinct;
+        param_buckets_[previous].push_back({static_cast<size_t>(&group - groups_.data()), b});
+      }
+      g.bucket_params.push_back(distinct);
+    }
     const int64_t mine = g.shard_length(g.me());
     g.grad.assign(static_cast<size_t>(mine), 0.0f);
     g.m.assign(static_cast<size_t>(mine), 0.0f);
     g.v.assign(static_cast<size_t>(mine), 0.0f);
   }
+  reset_readiness();
+}
+
+void Zero1Optimizer::reset_readiness() {
+  for (auto& g : groups_) {
+    g->pending = g->bucket_params;
+    g->next_bucket = 0;
+  }
+}
+
+int64_t Zero1Optimizer::buckets_reduced() const {
+  int64_t n = 0;
+  for (auto& g : groups_) n += static_cast<int64_t>(g->next_bucket);
+  return n;
 }
 
 Zero1Optimizer::~Zero1Optimizer() = default;
@@ -211,24 +239,38 @@ int64_t Zero1Optimizer::num_buckets() const {
   return n;
 }
 
-void Zero1Optimizer::reduce_gradients() {
-  for (auto& group : groups_) {
-    Group& g = *group;
-    const int size = g.comm->size(), me = g.me();
-    for (size_t b = 0; b < g.buckets.size(); ++b) {
-      const int64_t part = g.bucket_max_part(b);
-      if (part == 0) continue;
-      std::vector<float> send(static_cast<size_t>(part * size), 0.0f), recv(static_cast<size_t>(part));
-      for (int r = 0; r < size; ++r) {
-        auto [lo, hi] = g.bucket_part(b, r);
-        g.copy_range(g.buckets[b].first, g.buckets[b].second, lo, hi, /*gradient=*/true,
-                     send.data() + r * part);
-      }
-      g.comm->reduce_scatter_sum(recv.data(), send.data(), part, CommType::F32);
-      auto [lo, hi] = g.bucket_part(b, me);
-      std::copy(recv.begin(), recv.begin() + (hi - lo), g.grad.begin() + (lo - g.shard_begin(me)));
-    }
+void Zero1Optimizer::reduce_bucket(Group& g, size_t b) {
+  const int size = g.comm->size(), me = g.me();
+  const int64_t part = g.bucket_max_part(b);
+  if (part == 0) return;
+  std::vector<float> send(static_cast<size_t>(part * size), 0.0f), recv(static_cast<size_t>(part));
+  for (int r = 0; r < size; ++r) {
+    auto [lo, hi] = g.bucket_part(b, r);
+    g.copy_range(g.buckets[b].first, g.buckets[b].second, lo, hi, /*gradient=*/true,
+                 send.data() + r * part);
   }
+  g.comm->reduce_scatter_sum(recv.data(), send.data(), part, CommType::F32);
+  auto [lo, hi] = g.bucket_part(b, me);
+  std::copy(recv.begin(), recv.begin() + (hi - lo), g.grad.begin() + (lo - g.shard_begin(me)));
+}
+
+void Zero1Optimizer::grad_ready(const Param<float>& param) {
+  auto it = param_buckets_.find(&param);
+  if (it == param_buckets_.end()) return;
+  for (auto [gi, b] : it->second) {
+    Group& g = *groups_[gi];
+    FRUGAL_CHECK(g.pending[b] > 0, "ZeRO-1: gradient of {} marked ready twice in one step",
+                 param.name);
+    --g.pending[b];
+    while (g.next_bucket < g.buckets.size() && g.pending[g.next_bucket] == 0)
+      reduce_bucket(g, g.next_bucket++);
+  }
+}
+
+void Zero1Optimizer::reduce_gradients() {
+  for (auto& group : groups_)
+    while (group->next_bucket < group->buckets.size()) reduce_bucket(*group, group->next_bucket++);
+  reset_readiness();
   reduced_ = true;
 }
 

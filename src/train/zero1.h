@@ -33,6 +33,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "model/transformer.h"
@@ -64,8 +66,16 @@ class Zero1Optimizer {
                  int64_t bucket_elements = kDefaultBucketElements);
   ~Zero1Optimizer();
 
-  // Reduce-scatters every bucket (backward order). Gradients are read, not cleared.
+  // Marks `param`'s gradient final for this step: every bucket whose parameters are all final is
+  // reduce-scattered now, in bucket order within its group (a schedule that finishes layers early
+  // overlaps these with the rest of its backward). Every rank must mark the same parameters in the
+  // same order. Parameters this optimizer does not hold (buffers, other EP ranks') are ignored.
+  void grad_ready(const Param<float>& param);
+  // Reduce-scatters every bucket not reduced yet (in order) and readies the next step. Gradients
+  // are read, not cleared.
   void reduce_gradients();
+  // Buckets reduce-scattered so far in this step (all groups).
+  int64_t buckets_reduced() const;
   // Norm, clipping, AdamW on the shards, all-gather of the parameters. Needs reduce_gradients.
   StepInfo step(double lr);
 
@@ -86,6 +96,8 @@ class Zero1Optimizer {
  private:
   struct Group;
   void all_gather_parameters();
+  void reduce_bucket(Group& g, size_t b);
+  void reset_readiness();
 
   OptimConfig config_;
   Transformer<float>& model_;
@@ -94,6 +106,8 @@ class Zero1Optimizer {
   int64_t num_global_chunks_ = 0;
   int64_t total_trainable_ = 0;
   std::vector<std::unique_ptr<Group>> groups_;
+  // For grad_ready: the (group, bucket) pairs each held parameter overlaps.
+  std::unordered_map<const Param<float>*, std::vector<std::pair<size_t, size_t>>> param_buckets_;
   int64_t step_count_ = 0;
   bool reduced_ = false;
 };
