@@ -134,6 +134,7 @@ Trainer::Trainer(const Config& config, DataSource& train, DataSource* val, bool 
   // MFU is measured against the cores this run uses.
   const double cores = std::max(1u, std::thread::hardware_concurrency());
   peak_flops_ = estimate_cpu_peak_flops() * std::min(1.0, omp_get_max_threads() / cores);
+  if (mesh_) peak_flops_ *= mesh_->world().size();  // the step line's tokens/s is the job's
 }
 
 Trainer::~Trainer() = default;

@@ -45,7 +45,9 @@ TEST(Zero1Checkpoint, TwoRankCheckpointIsTheSingleProcessFileAndResumesOnOneAndF
     EXPECT_EQ(train_run(parallel_test_config(b, kFirst), nullptr).steps_done, 3);
   }
   world->barrier();
-  if (rank == 0) EXPECT_EQ(first_different_file(a + step3, b + step3, checkpoint_files()), "");
+  if (rank == 0) {
+    EXPECT_EQ(first_different_file(a + step3, b + step3, checkpoint_files()), "");
+  }
 
   auto solo = world->split(rank, 0);
   if (rank == 0) {
