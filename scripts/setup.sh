@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build pkg-config git zstd libopenblas-openmp-dev libzstd-dev
-          nlohmann-json3-dev libtomlplusplus-dev libfmt-dev libgtest-dev libpcre2-dev libxxhash-dev)
+          nlohmann-json3-dev libtomlplusplus-dev libfmt-dev libgtest-dev libpcre2-dev libxxhash-dev
+          libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

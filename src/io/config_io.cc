@@ -95,6 +95,8 @@ std::vector<Field> config_fields(Config& c) {
       {"train.precision", &t.precision},
       {"train.device", &t.device},
       {"train.threads", &t.threads},
+      {"train.pp", &t.pp},
+      {"train.ep", &t.ep},
       {"optim.lr", &c.optim.lr},
       {"optim.beta1", &c.optim.beta1},
       {"optim.beta2", &c.optim.beta2},

@@ -66,6 +66,12 @@ void validate_train(const TrainConfig& t, const ModelConfig& m) {
   parse_recipe(t.precision);
   parse_device(t.device);
   FRUGAL_CHECK(t.threads >= 0, "train.threads = {} must be >= 0 (0: all cores)", t.threads);
+  FRUGAL_CHECK(t.pp >= 1, "train.pp = {} must be >= 1", t.pp);
+  FRUGAL_CHECK(t.ep >= 1, "train.ep = {} must be >= 1", t.ep);
+  FRUGAL_CHECK(t.ep == 1 || (m.n_routed_experts > 0 && m.n_routed_experts % t.ep == 0),
+               "train.ep = {} must divide model.n_routed_experts = {} (every expert-parallel rank "
+               "holds the same number of experts)",
+               t.ep, m.n_routed_experts);
   FRUGAL_CHECK(t.seed <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
                "train.seed = {} must fit a signed 64-bit integer", t.seed);
 }

@@ -4,13 +4,13 @@ namespace frugal {
 
 template <class T>
 Block<T>::Block(ParamStore<T>& store, const std::string& prefix, const ModelConfig& cfg,
-                int64_t layer_index)
+                int64_t layer_index, ExpertShard experts)
     : hidden_(cfg.hidden_size),
       attn_norm_(store, prefix + ".input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
       ffn_norm_(store, prefix + ".post_attention_layernorm", cfg.hidden_size, cfg.rms_norm_eps) {
   attn_ = std::make_unique<MLA<T>>(store, prefix + ".self_attn", cfg);
   if (cfg.is_moe_layer(layer_index))
-    moe_ = std::make_unique<MoE<T>>(store, prefix + ".mlp", cfg);
+    moe_ = std::make_unique<MoE<T>>(store, prefix + ".mlp", cfg, experts);
   else
     mlp_ = std::make_unique<MLP<T>>(store, prefix + ".mlp", cfg.hidden_size, cfg.intermediate_size);
 }

@@ -30,8 +30,10 @@ class Block {
     int64_t batch = 0, seq = 0;
   };
 
-  // prefix: "model.layers.<i>"; layer_index decides dense or MoE FFN.
-  Block(ParamStore<T>& store, const std::string& prefix, const ModelConfig& cfg, int64_t layer_index);
+  // prefix: "model.layers.<i>"; layer_index decides dense or MoE FFN; an MoE FFN holds the
+  // routed experts of `experts` (all by default).
+  Block(ParamStore<T>& store, const std::string& prefix, const ModelConfig& cfg, int64_t layer_index,
+        ExpertShard experts = {});
 
   // Returns this layer's balance loss (0 for a dense layer).
   T forward(Ctx& ctx, const T* x, T* y, int64_t batch, int64_t seq, double balance_alpha,

@@ -19,6 +19,12 @@
 // Accumulation rule: parameter gradients accumulate (+=: gate, every expert, shared experts) in
 // backward_weight only; dx is assigned by backward_input, which touches no parameter gradient.
 // The balance-loss gradient flows through P (scores -> logits -> gate weight and x); f has none.
+//
+// Expert parallelism: a layer may hold only a slice of the routed experts (ExpertShard: the
+// parameters keep their global names "experts.{i}"), and an ExpertRunner installed with
+// set_expert_runner then runs the routed experts over the permuted rows instead of the local loop
+// (parallel/expert_parallel.h exchanges the rows with the ranks that own the experts). Router,
+// shared experts, permutation and combine stay here, unchanged.
 #pragma once
 
 #include <algorithm>
@@ -48,6 +54,16 @@ struct ExpertLoadStats {
 };
 ExpertLoadStats expert_load_stats(const std::vector<int64_t>& load);
 
+// The routed experts a process holds: [first, first + count) of the layer's n_routed_experts
+// (count -1: all of them, the single-process model).
+struct ExpertShard {
+  int64_t first = 0;
+  int64_t count = -1;
+};
+
+template <class T>
+class ExpertRunner;
+
 template <class T>
 class MoE {
  public:
@@ -59,14 +75,17 @@ class MoE {
     std::vector<int64_t> expert_offsets;        // [E+1] permuted rows of each expert
     std::vector<int64_t> assignment_row;        // [rows*K] permuted row of assignment t*K+k
     std::vector<T> expert_out;                  // [rows*K, hidden] expert outputs, permuted order
-    std::vector<typename MLP<T>::Ctx> experts;  // [E] (untouched for experts with no token)
+    std::vector<typename MLP<T>::Ctx> experts;  // [E] (untouched for experts with no token); an
+                                                // ExpertRunner keeps its own segments here
+    std::vector<int64_t> runner_layout;         // what an ExpertRunner keeps from forward to backward
     typename MLP<T>::Ctx shared;
     int64_t rows = 0, batch = 0, seq = 0;
     double balance_alpha = 0;
   };
 
   MoE() = default;
-  MoE(ParamStore<T>& store, const std::string& prefix, const ModelConfig& cfg)
+  MoE(ParamStore<T>& store, const std::string& prefix, const ModelConfig& cfg,
+      ExpertShard shard = {})
       : prefix_(prefix), router_(router_params(cfg)), hidden_(cfg.hidden_size) {
     FRUGAL_CHECK(cfg.hidden_size > 0, "model.hidden_size: must be positive, got {}",
                  cfg.hidden_size);
@@ -79,8 +98,13 @@ class MoE {
     gate_ = Linear<T>(store, prefix + ".gate", hidden_, E);
     if (router_.topk_method == cpu::TopkMethod::NoauxTc)
       bias_ = &store.add(prefix + ".gate.e_score_correction_bias", {E}, ParamKind::Buffer);
-    experts_.reserve(E);
-    for (int64_t e = 0; e < E; ++e)
+    first_expert_ = shard.first;
+    const int64_t local = shard.count < 0 ? E - shard.first : shard.count;
+    FRUGAL_CHECK(shard.first >= 0 && local >= 1 && shard.first + local <= E,
+                 "{}: expert shard [{}, {}) is not a non-empty part of the {} routed experts",
+                 prefix, shard.first, shard.first + local, E);
+    experts_.reserve(local);
+    for (int64_t e = first_expert_; e < first_expert_ + local; ++e)
       experts_.emplace_back(store, prefix + ".experts." + std::to_string(e), hidden_,
                             cfg.moe_intermediate_size);
     if (cfg.n_shared_experts > 0) {
@@ -118,12 +142,17 @@ class MoE {
     std::vector<T> xp(rows * K * H);
     cpu::permute_rows(xp.data(), x, sorted_assignment.data(), rows, K, H);  // [rows*K, hidden]
     ctx.expert_out.resize(rows * K * H);
-    ctx.experts.assign(E, typename MLP<T>::Ctx{});
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t begin = ctx.expert_offsets[e], count = ctx.expert_offsets[e + 1] - begin;
-      if (count > 0)
-        experts_[e].forward(ctx.experts[e], xp.data() + begin * H,
-                            ctx.expert_out.data() + begin * H, count);
+    if (runner_) {
+      runner_->forward(*this, ctx, xp.data(), ctx.expert_out.data());
+    } else {
+      require_all_experts();
+      ctx.experts.assign(E, typename MLP<T>::Ctx{});
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t begin = ctx.expert_offsets[e], count = ctx.expert_offsets[e + 1] - begin;
+        if (count > 0)
+          experts_[e].forward(ctx.experts[e], xp.data() + begin * H,
+                              ctx.expert_out.data() + begin * H, count);
+      }
     }
 
     if (has_shared_) shared_.forward(ctx.shared, x, y, rows);  // [rows, hidden]
@@ -150,11 +179,15 @@ class MoE {
     cpu::combine_bwd(d_expert_out.data(), dweights.data(), dy, ctx.expert_out.data(),
                      ctx.topk_weight.data(), ctx.assignment_row.data(), rows, K, H);
     std::vector<T> dxp(rows * K * H);  // [rows*K, hidden] permuted
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t begin = ctx.expert_offsets[e], count = ctx.expert_offsets[e + 1] - begin;
-      if (count > 0)
-        experts_[e].backward_input(ctx.experts[e], d_expert_out.data() + begin * H,
-                                   dxp.data() + begin * H);
+    if (runner_) {
+      runner_->backward_input(*this, ctx, d_expert_out.data(), dxp.data());
+    } else {
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t begin = ctx.expert_offsets[e], count = ctx.expert_offsets[e + 1] - begin;
+        if (count > 0)
+          experts_[e].backward_input(ctx.experts[e], d_expert_out.data() + begin * H,
+                                     dxp.data() + begin * H);
+      }
     }
     cpu::unpermute_sum(dx, dxp.data(), ctx.assignment_row.data(), rows, K, H, /*accumulate=*/true);
 
@@ -179,8 +212,13 @@ class MoE {
   // gate, expert and shared-expert weight gradients += ...; then releases the context.
   void backward_weight(Ctx& ctx) const {
     gate_.backward_weight(ctx.gate);
-    for (int64_t e = 0; e < router_.n_experts && e < static_cast<int64_t>(ctx.experts.size()); ++e)
-      if (ctx.experts[e].rows > 0) experts_[e].backward_weight(ctx.experts[e]);
+    if (runner_) {
+      runner_->backward_weight(*this, ctx);
+    } else {
+      for (int64_t e = 0; e < router_.n_experts && e < static_cast<int64_t>(ctx.experts.size());
+           ++e)
+        if (ctx.experts[e].rows > 0) experts_[e].backward_weight(ctx.experts[e]);
+    }
     if (has_shared_) shared_.backward_weight(ctx.shared);
     ctx = Ctx{};
   }
@@ -188,6 +226,13 @@ class MoE {
   // Tokens routed to each expert [E] since the last update_bias / reset_load.
   const std::vector<int64_t>& expert_load() const { return load_; }
   void reset_load() { std::fill(load_.begin(), load_.end(), int64_t{0}); }
+  // Replaces the counters (e.g. with their sum over data-parallel ranks, so that the bias update
+  // and the log agree on every rank).
+  void set_expert_load(const std::vector<int64_t>& load) {
+    FRUGAL_CHECK(load.size() == load_.size(), "{}: expert load has {} entries, expected {}",
+                 prefix_, load.size(), load_.size());
+    load_ = load;
+  }
   // Spec §2.2 with this layer's counters: b_i += gamma * sign(mean_load - load_i) (0 when equal),
   // then the counters restart. gamma = 0 only resets. A nonzero gamma needs topk_method noaux_tc.
   void update_bias(double gamma) {
@@ -231,8 +276,20 @@ class MoE {
                  prefix_);
     return *bias_;
   }
-  const MLP<T>& expert(int64_t e) const { return experts_.at(e); }
+  // Routed expert e (global index); it must be one this layer holds.
+  const MLP<T>& expert(int64_t e) const {
+    FRUGAL_CHECK(holds_expert(e), "{}: expert {} is not held here (this layer holds [{}, {}))",
+                 prefix_, e, first_expert_, first_expert_ + local_experts());
+    return experts_[static_cast<size_t>(e - first_expert_)];
+  }
   const MLP<T>& shared_experts() const { return shared_; }
+  int64_t first_expert() const { return first_expert_; }
+  int64_t local_experts() const { return static_cast<int64_t>(experts_.size()); }
+  bool holds_expert(int64_t e) const {
+    return e >= first_expert_ && e < first_expert_ + local_experts();
+  }
+  // Installs (or, with nullptr, removes) the runner of the routed experts; not owned.
+  void set_expert_runner(ExpertRunner<T>* runner) { runner_ = runner; }
 
  private:
   std::string prefix_;
@@ -240,10 +297,33 @@ class MoE {
   int64_t hidden_ = 0;
   Linear<T> gate_;
   Param<T>* bias_ = nullptr;
-  std::vector<MLP<T>> experts_;
+  void require_all_experts() const {
+    FRUGAL_CHECK(local_experts() == router_.n_experts,
+                 "{}: holds experts [{}, {}) of {} but no expert-parallel runner is installed",
+                 prefix_, first_expert_, first_expert_ + local_experts(), router_.n_experts);
+  }
+
+  std::vector<MLP<T>> experts_;  // experts [first_expert_, first_expert_ + size)
+  int64_t first_expert_ = 0;
+  ExpertRunner<T>* runner_ = nullptr;
   bool has_shared_ = false;
   MLP<T> shared_;
   std::vector<int64_t> load_;  // [E]
+};
+
+// Runs the routed experts of an MoE layer over its permuted rows in place of the local loop
+// (see the top of this file). ctx.expert_offsets [E+1] says which permuted rows go to which expert.
+template <class T>
+class ExpertRunner {
+ public:
+  virtual ~ExpertRunner() = default;
+  // xp [rows*K, hidden] permuted rows -> out [rows*K, hidden] expert outputs (same order).
+  virtual void forward(const MoE<T>& moe, typename MoE<T>::Ctx& ctx, const T* xp, T* out) = 0;
+  // d_out [rows*K, hidden] -> dxp [rows*K, hidden] (assigned); no parameter gradient.
+  virtual void backward_input(const MoE<T>& moe, typename MoE<T>::Ctx& ctx, const T* d_out,
+                              T* dxp) = 0;
+  // The held experts' weight gradients += ...
+  virtual void backward_weight(const MoE<T>& moe, typename MoE<T>::Ctx& ctx) = 0;
 };
 
 }  // namespace frugal

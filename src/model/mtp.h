@@ -31,12 +31,12 @@ class MtpModule {
   };
 
   MtpModule(ParamStore<T>& store, const std::string& prefix, const ModelConfig& cfg,
-            int64_t layer_index)
+            int64_t layer_index, ExpertShard experts = {})
       : hidden_(cfg.hidden_size),
         enorm_(store, prefix + ".enorm", cfg.hidden_size, cfg.rms_norm_eps),
         hnorm_(store, prefix + ".hnorm", cfg.hidden_size, cfg.rms_norm_eps),
         eh_proj_(store, prefix + ".eh_proj", 2 * cfg.hidden_size, cfg.hidden_size),
-        block_(store, prefix, cfg, layer_index),
+        block_(store, prefix, cfg, layer_index, experts),
         head_norm_(store, prefix + ".shared_head.norm", cfg.hidden_size, cfg.rms_norm_eps) {}
 
   // emb, h_prev -> h_out (block output, fed to depth k+1) and normed (input of the shared head).

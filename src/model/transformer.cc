@@ -8,18 +8,18 @@
 namespace frugal {
 
 template <class T>
-Transformer<T>::Transformer(const ModelConfig& cfg) : cfg_(cfg) {
+Transformer<T>::Transformer(const ModelConfig& cfg, ExpertShard experts) : cfg_(cfg) {
   validate(cfg_);
   embed_ = Embedding<T>(store_, "model.embed_tokens", cfg.vocab_size, cfg.hidden_size);
   for (int64_t i = 0; i < cfg.num_hidden_layers; ++i)
     layers_.push_back(
-        std::make_unique<Block<T>>(store_, "model.layers." + std::to_string(i), cfg, i));
+        std::make_unique<Block<T>>(store_, "model.layers." + std::to_string(i), cfg, i, experts));
   final_norm_ = RMSNorm<T>(store_, "model.norm", cfg.hidden_size, cfg.rms_norm_eps);
   head_ = Linear<T>(store_, "lm_head", cfg.hidden_size, cfg.vocab_size);
   for (int64_t k = 0; k < cfg.num_nextn_predict_layers; ++k) {
     int64_t layer = cfg.num_hidden_layers + k;  // MTP modules follow the main layers (spec §9.1)
     mtp_.push_back(std::make_unique<MtpModule<T>>(store_, "model.layers." + std::to_string(layer),
-                                                  cfg, layer));
+                                                  cfg, layer, experts));
   }
   for (int64_t i = 0; i < cfg.num_hidden_layers; ++i)
     if (layers_[i]->moe()) moe_names_.push_back("model.layers." + std::to_string(i) + ".mlp");

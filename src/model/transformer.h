@@ -67,7 +67,9 @@ class Transformer {
     std::vector<MtpCtx> mtp;
   };
 
-  explicit Transformer(const ModelConfig& cfg);
+  // `experts`: the routed experts every MoE layer holds (all by default; expert parallelism
+  // gives each rank a slice, parallel/expert_parallel.h).
+  explicit Transformer(const ModelConfig& cfg, ExpertShard experts = {});
 
   // Normal(0, std) for matrices (a counter-based stream per parameter name), 1 for norms,
   // 0 for buffers. Independent of the parameter creation order and of the thread count.
@@ -86,6 +88,9 @@ class Transformer {
   void update_balance_bias(double gamma);
   std::vector<ExpertLoad> expert_load() const;
 
+  // The MoE layers: the main layers' in order, then the MTP modules'.
+  std::vector<MoE<T>*> moe_layers() const;
+
   ParamStore<T>& params() { return store_; }
   const ParamStore<T>& params() const { return store_; }
   const ModelConfig& config() const { return cfg_; }
@@ -96,7 +101,6 @@ class Transformer {
  private:
   void run_trunk(Ctx& ctx, const int32_t* tokens, int64_t batch, int64_t seq, bool training,
                  std::vector<T>& normed_out, double* balance);
-  std::vector<MoE<T>*> moe_layers() const;
 
   ModelConfig cfg_;
   ParamStore<T> store_;

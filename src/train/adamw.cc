@@ -5,13 +5,48 @@
 #include <cmath>
 
 namespace frugal {
-namespace {
 
-// Gradients are summed in chunks of this many elements; the chunk partial sums are then added in
-// chunk order, so the result does not depend on the number of threads.
-constexpr int64_t kNormChunk = int64_t{1} << 16;
+template <class T>
+double grad_sum_of_squares(const T* x, int64_t n) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double g = static_cast<double>(x[i]);
+    sum += g * g;
+  }
+  return sum;
+}
 
-}  // namespace
+AdamWScalars adamw_scalars(const OptimConfig& config, double lr, double clip_scale,
+                           int64_t step_count) {
+  AdamWScalars s;
+  s.lr = lr;
+  s.beta1 = config.beta1;
+  s.beta2 = config.beta2;
+  s.eps = config.eps;
+  s.weight_decay = config.weight_decay;
+  s.clip_scale = clip_scale;
+  s.bias_correction1 = 1.0 - std::pow(config.beta1, static_cast<double>(step_count));
+  s.bias_correction2 = 1.0 - std::pow(config.beta2, static_cast<double>(step_count));
+  return s;
+}
+
+template <class T>
+void adamw_update(T* value, const T* grad, T* m, T* v, int64_t n, bool decay_flag,
+                  const AdamWScalars& s) {
+  const double beta1 = s.beta1, beta2 = s.beta2, eps = s.eps, lr = s.lr;
+  const double decay = decay_flag ? lr * s.weight_decay : 0.0;
+  const double clip_scale = s.clip_scale;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const double g = static_cast<double>(grad[i]) * clip_scale;
+    m[i] = static_cast<T>(beta1 * static_cast<double>(m[i]) + (1.0 - beta1) * g);
+    v[i] = static_cast<T>(beta2 * static_cast<double>(v[i]) + (1.0 - beta2) * g * g);
+    const double m_hat = static_cast<double>(m[i]) / s.bias_correction1;
+    const double v_hat = static_cast<double>(v[i]) / s.bias_correction2;
+    const double p = static_cast<double>(value[i]);
+    value[i] = static_cast<T>(p - decay * p - lr * m_hat / (std::sqrt(v_hat) + eps));
+  }
+}
 
 template <class T>
 double global_grad_norm(const ParamStore<T>& store) {
@@ -23,21 +58,15 @@ double global_grad_norm(const ParamStore<T>& store) {
   for (const auto& param : store.all()) {
     if (!param->trainable) continue;
     int64_t n = static_cast<int64_t>(param->grad.size());
-    for (int64_t begin = 0; begin < n; begin += kNormChunk)
-      chunks.push_back({param->grad.data(), begin, std::min(n, begin + kNormChunk)});
+    for (int64_t begin = 0; begin < n; begin += kGradNormChunk)
+      chunks.push_back({param->grad.data(), begin, std::min(n, begin + kGradNormChunk)});
   }
   std::vector<double> partial(chunks.size(), 0.0);
   const int64_t num_chunks = static_cast<int64_t>(chunks.size());
 #pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < num_chunks; ++c) {
-    const T* grad = chunks[c].grad;
-    double sum = 0.0;
-    for (int64_t i = chunks[c].begin; i < chunks[c].end; ++i) {
-      double g = static_cast<double>(grad[i]);
-      sum += g * g;
-    }
-    partial[c] = sum;
-  }
+  for (int64_t c = 0; c < num_chunks; ++c)
+    partial[c] = grad_sum_of_squares(chunks[c].grad + chunks[c].begin,
+                                     chunks[c].end - chunks[c].begin);
   double total = 0.0;
   for (double s : partial) total += s;
   return std::sqrt(total);
@@ -113,35 +142,23 @@ typename AdamW<T>::StepInfo AdamW<T>::step(ParamStore<T>& store, double lr) {
     info.clip_scale = config_.grad_clip / info.grad_norm;
 
   ++step_count_;
-  const double beta1 = config_.beta1, beta2 = config_.beta2, eps = config_.eps;
-  const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step_count_));
-  const double bias_correction2 = 1.0 - std::pow(beta2, static_cast<double>(step_count_));
-  const double clip_scale = info.clip_scale;
-
+  const AdamWScalars scalars = adamw_scalars(config_, lr, info.clip_scale, step_count_);
   k = 0;
   for (const auto& param : store.all()) {
     if (!param->trainable) continue;
     ParamState& state = states_[k++];
-    const double decay = param->weight_decay ? lr * config_.weight_decay : 0.0;
-    const int64_t n = param->numel();
-    T* value = param->value.data();
-    const T* grad = param->grad.data();
-    T* m = state.m.data();
-    T* v = state.v.data();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      const double g = static_cast<double>(grad[i]) * clip_scale;
-      m[i] = static_cast<T>(beta1 * static_cast<double>(m[i]) + (1.0 - beta1) * g);
-      v[i] = static_cast<T>(beta2 * static_cast<double>(v[i]) + (1.0 - beta2) * g * g);
-      const double m_hat = static_cast<double>(m[i]) / bias_correction1;
-      const double v_hat = static_cast<double>(v[i]) / bias_correction2;
-      const double p = static_cast<double>(value[i]);
-      value[i] = static_cast<T>(p - decay * p - lr * m_hat / (std::sqrt(v_hat) + eps));
-    }
+    adamw_update(param->value.data(), param->grad.data(), state.m.data(), state.v.data(),
+                 param->numel(), param->weight_decay, scalars);
   }
   return info;
 }
 
+template double grad_sum_of_squares<float>(const float*, int64_t);
+template double grad_sum_of_squares<double>(const double*, int64_t);
+template void adamw_update<float>(float*, const float*, float*, float*, int64_t, bool,
+                                  const AdamWScalars&);
+template void adamw_update<double>(double*, const double*, double*, double*, int64_t, bool,
+                                   const AdamWScalars&);
 template double global_grad_norm<float>(const ParamStore<float>&);
 template double global_grad_norm<double>(const ParamStore<double>&);
 template class AdamW<float>;

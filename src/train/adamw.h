@@ -34,9 +34,35 @@
 
 namespace frugal {
 
-// L2 norm of all trainable gradients, accumulated in double in a deterministic order.
+// L2 norm of all trainable gradients, accumulated in double in a deterministic order: each
+// parameter's gradient is cut into chunks of kGradNormChunk elements (from its first element),
+// each chunk's sum of squares is accumulated in order (grad_sum_of_squares), and the chunk sums
+// are added in store order. ZeRO-1 (train/zero1.h) computes the same chunks on their owners and
+// adds them in the same order, so its norm is bitwise the same.
 template <class T>
 double global_grad_norm(const ParamStore<T>& store);
+
+inline constexpr int64_t kGradNormChunk = int64_t{1} << 16;
+
+// sum_i x[i]^2 in double, i ascending.
+template <class T>
+double grad_sum_of_squares(const T* x, int64_t n);
+
+// The scalars of one AdamW update (optimizer step `step_count`, 1-based).
+struct AdamWScalars {
+  double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0;
+  double clip_scale = 1;
+  double bias_correction1 = 1, bias_correction2 = 1;  // 1 - beta^step_count
+};
+AdamWScalars adamw_scalars(const OptimConfig& config, double lr, double clip_scale,
+                           int64_t step_count);
+
+// The element-wise update of the rule above on n elements (value, m, v updated in place), with
+// decay when `decay` (the parameter's weight_decay flag). Runs in double, rounds once to T; the
+// result does not depend on the thread count. Shared by AdamW::step and ZeRO-1's shards.
+template <class T>
+void adamw_update(T* value, const T* grad, T* m, T* v, int64_t n, bool decay,
+                  const AdamWScalars& s);
 
 template <class T>
 class AdamW {

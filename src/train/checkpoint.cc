@@ -97,7 +97,11 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
                 {{"format", "pt"}, {"producer", "frugal"}});
     write_file_atomic((temp_dir / "config.json").string(),
                       model_config_to_hf_json(config.model).dump(2) + "\n");
-    write_file_atomic((temp_dir / "frugal.toml").string(), config_to_toml(config));
+    // The process mesh is the run's, not the model's: any mesh writes the same file.
+    Config saved = config;
+    saved.train.pp = 1;
+    saved.train.ep = 1;
+    write_file_atomic((temp_dir / "frugal.toml").string(), config_to_toml(saved));
     // The tokenizer travels with the weights, so generate (and Hugging Face tools) find it there.
     if (config.data.tokenizer != "bytes")
       write_file_atomic((temp_dir / "tokenizer.json").string(), read_small_file(config.data.tokenizer));
@@ -188,6 +192,11 @@ void load_checkpoint_model(const std::string& checkpoint_dir, Transformer<float>
 
 void load_checkpoint_training(const std::string& checkpoint_dir, AdamW<float>& optimizer,
                               TrainerState& state) {
+  load_checkpoint_optimizer(checkpoint_dir, optimizer);
+  load_checkpoint_trainer_state(checkpoint_dir, state);
+}
+
+void load_checkpoint_optimizer(const std::string& checkpoint_dir, AdamW<float>& optimizer) {
   const fs::path dir(checkpoint_dir);
   SafetensorsFile moments = SafetensorsFile::open((dir / "optimizer.safetensors").string());
   std::vector<float> m, v;
@@ -211,7 +220,10 @@ void load_checkpoint_training(const std::string& checkpoint_dir, AdamW<float>& o
   auto it = moments.metadata().find("step_count");
   FRUGAL_CHECK(it != moments.metadata().end(), "{}: no step_count in the metadata", moments.path());
   optimizer.set_step_count(parse_count(it->second, moments.path(), "step_count"));
+}
 
+void load_checkpoint_trainer_state(const std::string& checkpoint_dir, TrainerState& state) {
+  const fs::path dir(checkpoint_dir);
   const std::string path = (dir / "trainer_state.json").string();
   try {
     const nlohmann::json j = nlohmann::json::parse(read_small_file(path));

@@ -2,7 +2,9 @@
 //   model.safetensors      every parameter (FP32 master weights; routing biases included) under
 //                          Hugging Face names, MTP modules as layers num_hidden_layers + k
 //   config.json            the model section as a Hugging Face DeepseekV3 config
-//   frugal.toml            the whole resolved configuration (every hyper-parameter)
+//   frugal.toml            the whole resolved configuration (every hyper-parameter; the process
+//                          mesh train.pp / train.ep as 1: a checkpoint does not depend on the mesh
+//                          that wrote it, and any mesh resumes it)
 //   optimizer.safetensors  AdamW moments "<param>.exp_avg" / "<param>.exp_avg_sq" (+ step count)
 //   trainer_state.json     step, tokens seen, data-source positions
 // and <out_dir>/latest naming the newest one. A save writes into checkpoint-<step>.tmp-<pid>,
@@ -50,5 +52,9 @@ void load_checkpoint_model(const std::string& checkpoint_dir, Transformer<float>
 // Optimizer moments (shape- and dtype-checked, and no extra tensors) and the trainer state.
 void load_checkpoint_training(const std::string& checkpoint_dir, AdamW<float>& optimizer,
                               TrainerState& state);
+// Only optimizer.safetensors: the moments (checked as above) and the update count.
+void load_checkpoint_optimizer(const std::string& checkpoint_dir, AdamW<float>& optimizer);
+// Only trainer_state.json (ZeRO-1 reads its optimizer shards itself, train/zero1.h).
+void load_checkpoint_trainer_state(const std::string& checkpoint_dir, TrainerState& state);
 
 }  // namespace frugal

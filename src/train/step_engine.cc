@@ -1,20 +1,34 @@
-// make_step_engine: train.device and train.precision -> the CPU or the GPU engine.
+// make_step_engine: train.device and train.precision (and the process mesh) -> the CPU or the GPU
+// engine; the StepEngine's default checkpoint loading through the host copies.
 #include "train/step_engine.h"
 
 #include "core/error.h"
+#include "parallel/mesh.h"
+#include "train/checkpoint.h"
 #include "train/cpu_engine.h"
 #include "train/gpu_engine.h"
 #include "train/recipe.h"
 
 namespace frugal {
 
-std::unique_ptr<StepEngine> make_step_engine(const Config& config) {
+void StepEngine::load_checkpoint(const std::string& checkpoint_dir) {
+  load_checkpoint_model(checkpoint_dir, host_model());
+  load_checkpoint_optimizer(checkpoint_dir, host_optimizer());
+  upload_host_state();
+}
+
+std::unique_ptr<StepEngine> make_step_engine(const Config& config, const Mesh* mesh) {
   const Device device = parse_device(config.train.device);
   const Recipe recipe = parse_recipe(config.train.precision);
   if (device == Device::Cpu) {
     cpu_recipe(recipe);
-    return std::make_unique<CpuEngine>(config);
+    return std::make_unique<CpuEngine>(config, mesh);
   }
+  FRUGAL_CHECK(mesh == nullptr || mesh->world().size() == 1,
+               "multi-GPU training: not yet; train.device = \"cuda\" trains on one GPU in one "
+               "process, and this job has {} ranks (launch a single process for the GPU, or set "
+               "train.device = \"cpu\" for data and expert parallelism over the ranks)",
+               mesh ? mesh->world().size() : 1);
 #ifdef FRUGAL_HAVE_CUDA
   return make_gpu_engine(config);
 #else

@@ -1,21 +1,29 @@
 // What the training loop (train/trainer.h) asks of the device it trains on. The loop itself (data,
 // schedules, batch ramp, gradient accumulation, logging, checkpoints) is the same everywhere; an
 // engine owns the model and the optimizer state and runs the numeric work:
-//   CpuEngine (train/cpu_engine.h)  Transformer<float> + AdamW<float>, the reference
-//   GpuEngine (train/gpu_engine.h)  GpuTransformer + GpuAdamW on one GPU (train.device = "cuda")
+//   CpuEngine (train/cpu_engine.h)  Transformer<float> + AdamW<float>, the reference; also one
+//                                   rank of a multi-process run (ZeRO-1 data parallelism, expert
+//                                   parallelism: train/zero1.h, parallel/expert_parallel.h)
+//   GpuEngine (train/gpu_engine.h)  GpuTransformer + GpuAdamW on one GPU (train.device = "cuda"),
+//                                   single process only
 //
 // One optimizer step, as the trainer runs it:
 //   zero_grad(); forward_backward(micro-batch, loss_scale = 1/micro_batches) per micro-batch
 //   (parameter gradients accumulate); optimizer_step(lr) (skips the update when the gradient norm
 //   is not finite); expert_load(); update_balance_bias(gamma, or 0 after a skipped step);
 //   synchronize() before the step's clock stops.
+// In a multi-process run the trainer deals the micro-batches out to the data-parallel ranks (each
+// rank calls forward_backward for its own, with the same loss scale); optimizer_step is then
+// collective and sums the gradients and the MoE load counters over the ranks first.
 //
 // Host copies: host_model() and host_optimizer() are the CPU Transformer and AdamW holding the
 // engine's current weights, routing biases, moments and update count, in the checkpoint format
 // (fp32). The CPU engine trains them directly; the GPU engine downloads into them on request (when
 // the device state may differ: after a step, a bias update or an upload). After editing them
 // (resume from a checkpoint, a test poisoning a weight) call upload_host_state() so the device
-// trains from them; a later read returns what the device holds.
+// trains from them; a later read returns what the device holds. Checkpoints go through
+// load_checkpoint and checkpoint_state, which an engine holding only part of the state (ZeRO-1
+// shards, a slice of the experts) overrides.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +37,8 @@
 #include "train/train_config.h"
 
 namespace frugal {
+
+class Mesh;
 
 struct OptimizerStepInfo {
   double grad_norm = 0;  // global L2 norm of the gradients before clipping
@@ -64,6 +74,19 @@ class StepEngine {
   virtual AdamW<float>& host_optimizer() = 0;
   virtual void upload_host_state() = 0;
 
+  // Reads the weights, routing biases, optimizer moments and update count of a checkpoint
+  // directory (train/checkpoint.h; written by either engine and any mesh) into the engine. Not the
+  // trainer state. Default: into the host copies, then upload_host_state().
+  virtual void load_checkpoint(const std::string& checkpoint_dir);
+  // The whole model and optimizer state as single-process objects, for save_checkpoint. Collective
+  // in a multi-process run (the state is gathered to data-parallel rank 0, which alone gets it;
+  // the other ranks get nulls). Default: the host copies.
+  struct CheckpointState {
+    Transformer<float>* model = nullptr;
+    AdamW<float>* optimizer = nullptr;
+  };
+  virtual CheckpointState checkpoint_state() { return {&host_model(), &host_optimizer()}; }
+
   // Forward FLOPs per token of the main model at sequence length seq
   // (Transformer::flops_per_token).
   virtual double flops_per_token(int64_t seq) const = 0;
@@ -76,7 +99,9 @@ class StepEngine {
 // The engine train.device names: "cpu" (train.precision must be fp32) or "cuda" (needs a build with
 // the CUDA backend; fp8 falls back to bf16 on GPUs before sm_90). Weights are initialized from
 // train.seed and train.init_std identically on both, so a CPU and a GPU run start from the same
-// model. Errors name the setting.
-std::unique_ptr<StepEngine> make_step_engine(const Config& config);
+// model. `mesh`: this process's place in a multi-process run (collective: every rank builds its
+// engine), null for a single process; only the CPU engine runs on a mesh of more than one rank.
+// Errors name the setting.
+std::unique_ptr<StepEngine> make_step_engine(const Config& config, const Mesh* mesh = nullptr);
 
 }  // namespace frugal

@@ -1,3 +1,5 @@
+// The training loop (see trainer.h): data, schedules, batch ramp, the micro-batches of this rank,
+// losses, logging, metrics, validation and checkpoints around a StepEngine.
 #include "train/trainer.h"
 
 #include <omp.h>
@@ -18,8 +20,13 @@ extern "C" void openblas_set_num_threads(int);
 
 namespace frugal {
 
-Trainer::Trainer(const Config& config, DataSource& train, DataSource* val, bool quiet)
-    : config_(config), train_(train), val_(val), quiet_(quiet) {
+Trainer::Trainer(const Config& config, DataSource& train, DataSource* val, bool quiet,
+                 const Mesh* mesh)
+    : config_(config),
+      mesh_(mesh),
+      train_(train),
+      val_(val),
+      quiet_(quiet || (mesh != nullptr && mesh->world().rank() != 0)) {
   FRUGAL_CHECK(train.vocab_size() <= config.model.vocab_size,
                "the data's tokenizer has {} ids but model.vocab_size is {}", train.vocab_size(),
                config.model.vocab_size);
@@ -27,7 +34,7 @@ Trainer::Trainer(const Config& config, DataSource& train, DataSource* val, bool 
     omp_set_num_threads(static_cast<int>(config.train.threads));
     openblas_set_num_threads(static_cast<int>(config.train.threads));
   }
-  engine_ = make_step_engine(config);
+  engine_ = make_step_engine(config, mesh);
   state_.train_data = train_.state();
   if (val_) val_start_ = val_->state();
 }
@@ -84,9 +91,8 @@ void Trainer::resume(const std::string& checkpoint_dir) {
                "{}: the checkpoint's model differs from this run's config ({}); resume with the "
                "same [model] settings",
                checkpoint_dir, difference);
-  load_checkpoint_model(checkpoint_dir, engine_->host_model());
-  load_checkpoint_training(checkpoint_dir, engine_->host_optimizer(), state_);
-  engine_->upload_host_state();
+  engine_->load_checkpoint(checkpoint_dir);
+  load_checkpoint_trainer_state(checkpoint_dir, state_);
   train_.restore(state_.train_data);
 }
 
@@ -94,13 +100,33 @@ double Trainer::validation_loss() {
   if (!val_) return -1;
   val_->restore(val_start_);
   const int64_t mb = config_.train.micro_batch, seq = config_.train.seq_len;
+  const int64_t batches = config_.train.eval_batches, dp = dp_size();
   std::vector<int32_t> tokens(mb * seq), targets(mb * seq);
-  double sum = 0;
-  for (int64_t i = 0; i < config_.train.eval_batches; ++i) {
-    val_->next_batch(tokens.data(), targets.data(), mb, seq);
-    sum += engine_->evaluate(tokens.data(), targets.data(), mb, seq).main;
+  // Batch i runs on dp rank i % dp. Under expert parallelism every rank must run as many forwards
+  // as the others (each is collective): a rank past the last batch repeats it and discards it.
+  const bool collective_forward = expert_parallel();
+  const int64_t rounds = (batches + dp - 1) / dp * dp;
+  std::vector<double> losses(static_cast<size_t>(batches), 0.0);
+  for (int64_t i = 0; i < rounds; ++i) {
+    if (i < batches) val_->next_batch(tokens.data(), targets.data(), mb, seq);
+    if (i % dp != dp_rank() || (i >= batches && !collective_forward)) continue;
+    const double loss = engine_->evaluate(tokens.data(), targets.data(), mb, seq).main;
+    if (i < batches) losses[i] = loss;
   }
-  return sum / static_cast<double>(std::max<int64_t>(config_.train.eval_batches, 1));
+  if (mesh_) mesh_->dp().all_reduce_sum(losses.data(), batches, CommType::F64);  // one owner each
+  double sum = 0;
+  for (double loss : losses) sum += loss;
+  return sum / static_cast<double>(std::max<int64_t>(batches, 1));
+}
+
+std::string Trainer::save() {
+  // Collective in a multi-process run: the engine gathers the state to dp rank 0, which writes.
+  const StepEngine::CheckpointState full = engine_->checkpoint_state();
+  std::string dir;
+  if (full.model != nullptr)
+    dir = save_checkpoint(config_.train.out_dir, config_, *full.model, *full.optimizer, state_);
+  if (mesh_) mesh_->dp().barrier();  // the checkpoint exists for every rank once this returns
+  return dir;
 }
 
 TrainSummary Trainer::run(int64_t stop_after) {
@@ -109,8 +135,10 @@ TrainSummary Trainer::run(int64_t stop_after) {
   const int64_t last_step =
       stop_after >= 0 ? std::min(tc.steps, state_.step + stop_after) : tc.steps;
   const std::string metrics_path = tc.out_dir + "/metrics.jsonl";
-  if (state_.step > 0) truncate_metrics_after(metrics_path, state_.step);
-  metrics_.open(metrics_path, /*append=*/state_.step > 0);
+  const bool writer = dp_rank() == 0;  // logs, metrics and checkpoints
+  if (writer && state_.step > 0) truncate_metrics_after(metrics_path, state_.step);
+  if (writer) metrics_.open(metrics_path, /*append=*/state_.step > 0);
+  const int64_t dp = dp_size();
   const double train_flops_per_token = 3.0 * engine_->flops_per_token(seq);
   const double peak_flops = engine_->peak_flops();
   if (!announced_) {
@@ -130,16 +158,32 @@ TrainSummary Trainer::run(int64_t stop_after) {
     const int64_t micro_batches = sequences / mb;
     const LossWeights weights{schedule_value(tc.mtp_weight, step), tc.balance_alpha};
 
+    FRUGAL_CHECK(!expert_parallel() || micro_batches % dp == 0,
+                 "step {}: {} micro-batches do not split evenly over {} data-parallel ranks, which "
+                 "expert parallelism needs (choose train.batch_sequences and the batch ramp as "
+                 "multiples of train.micro_batch * {})",
+                 step + 1, micro_batches, dp, dp);
+
     engine_->zero_grad();
-    Losses sum;
+    // [micro-batch][total, main, mtp, balance]: each rank fills its own micro-batches.
+    std::vector<double> parts(static_cast<size_t>(micro_batches * 4), 0.0);
     for (int64_t m = 0; m < micro_batches; ++m) {
       train_.next_batch(tokens.data(), targets.data(), mb, seq);
+      if (m % dp != dp_rank()) continue;
       const Losses l = engine_->forward_backward(tokens.data(), targets.data(), mb, seq, weights,
                                                  1.0 / static_cast<double>(micro_batches));
-      sum.total += l.total / micro_batches;
-      sum.main += l.main / micro_batches;
-      sum.mtp += l.mtp / micro_batches;
-      sum.balance += l.balance / micro_batches;
+      parts[m * 4 + 0] = l.total;
+      parts[m * 4 + 1] = l.main;
+      parts[m * 4 + 2] = l.mtp;
+      parts[m * 4 + 3] = l.balance;
+    }
+    if (mesh_) mesh_->dp().all_reduce_sum(parts.data(), micro_batches * 4, CommType::F64);
+    Losses sum;
+    for (int64_t m = 0; m < micro_batches; ++m) {
+      sum.total += parts[m * 4 + 0] / micro_batches;
+      sum.main += parts[m * 4 + 1] / micro_batches;
+      sum.mtp += parts[m * 4 + 2] / micro_batches;
+      sum.balance += parts[m * 4 + 3] / micro_batches;
     }
     const double lr = learning_rate(config_.optim, config_.schedule, step);
     const OptimizerStepInfo info = engine_->optimizer_step(lr);
@@ -177,7 +221,12 @@ TrainSummary Trainer::run(int64_t stop_after) {
     if (info.skipped)
       log(fmt::format("step {}: non-finite gradient norm, update skipped", state_.step));
     // A stop request (Ctrl-C) ends the run after this step, with a checkpoint like any last step.
-    const bool stopping = stop_flag_ != nullptr && stop_flag_->load();
+    bool stopping = stop_flag_ != nullptr && stop_flag_->load();
+    if (mesh_) {  // every rank stops after the same step
+      int32_t requests = stopping ? 1 : 0;
+      mesh_->world().all_reduce_sum(&requests, 1, CommType::I32);
+      stopping = requests > 0;
+    }
     const bool last = state_.step == last_step || stopping;
     if (state_.step % std::max<int64_t>(tc.log_every, 1) == 0 || last || state_.step == 1) {
       StepStats stats{state_.step, tc.steps, sum.main, info.grad_norm,         lr,
@@ -192,11 +241,10 @@ TrainSummary Trainer::run(int64_t stop_after) {
       log(fmt::format("eval step {} | val loss {:.4f} | mtp loss {:.4f} | expert load max/mean:{}",
                       state_.step, summary.last_val_loss, sum.mtp, loads));
     }
-    metrics_.write(record);
+    if (writer) metrics_.write(record);
     progress.update(state_.step);
     if ((tc.save_every > 0 && state_.step % tc.save_every == 0) || last) {
-      summary.checkpoint = save_checkpoint(tc.out_dir, config_, engine_->host_model(),
-                                           engine_->host_optimizer(), state_);
+      summary.checkpoint = save();
       if (last) log(fmt::format("saved {}", summary.checkpoint));
     }
     if (stopping) {
@@ -204,7 +252,7 @@ TrainSummary Trainer::run(int64_t stop_after) {
       break;
     }
   }
-  metrics_.close();
+  if (writer) metrics_.close();
   progress.finish();
   progress_ = nullptr;
   return summary;

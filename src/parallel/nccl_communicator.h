@@ -1,0 +1,53 @@
+// The NCCL communicator: the Communicator interface (communicator.h) for device (GPU) buffers,
+// for builds with CUDA and NCCL (FRUGAL_HAVE_NCCL).
+//
+// Bootstrap: rank 0 of a host communicator (MPI, same ranks) creates the NCCL unique id and
+// broadcasts it; every rank then joins with ncclCommInitRankConfig on the given device. NVLink
+// SHARP (NVLS) is switched off through NCCL_NVLS_ENABLE=0 when the variable is unset (the lent
+// machines do not support NVLink multicast).
+//
+// Streams and completion: every operation is enqueued on the communicator's own stream. If an
+// input stream is set (set_input_stream), that stream's work so far is waited for on the device
+// (an event, no host synchronisation) before the operation; the call then returns when the
+// operation is complete, so its result may be used by any stream or the host.
+//
+// Watchdog: the communicator is non-blocking (ncclConfig blocking = 0); every NCCL call and every
+// operation's completion is polled against a deadline (timeout_seconds). An asynchronous NCCL
+// error, or a deadline passed (a peer died or diverged), aborts the NCCL communicator
+// (ncclCommAbort) and throws frugal::Error naming the operation and the rank; abort() aborts NCCL
+// and then the whole job through the host communicator (MPI_Abort).
+//
+// Sums use NCCL's reduction order (fixed for a given topology and algorithm, not rank order).
+// send/recv: NCCL has no tags; messages between two ranks match in order (the tag is only
+// range-checked). All buffers must be device memory.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <memory>
+#include <string>
+
+#include "parallel/communicator.h"
+
+namespace frugal {
+
+struct NcclOptions {
+  double timeout_seconds = 600;  // watchdog deadline of one operation (and of the set-up)
+};
+
+// Collective over `bootstrap`: an NCCL communicator over the same ranks on CUDA device `device`.
+// `bootstrap` must outlive the result (abort() uses it).
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, int device,
+                                                     const NcclOptions& options = {});
+
+// The stream whose pending work every later operation of `comm` (an NCCL communicator) waits for;
+// nullptr for none. Throws when `comm` is not an NCCL communicator.
+void set_input_stream(Communicator& comm, cudaStream_t stream);
+
+namespace detail {
+// Throws frugal::Error(message); defined in communicator.cc for CUDA sources, which cannot include
+// core/error.h (nvcc does not compile fmt).
+[[noreturn]] void throw_communicator_error(const std::string& message);
+}  // namespace detail
+
+}  // namespace frugal
