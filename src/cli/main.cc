@@ -21,6 +21,8 @@ constexpr const char* kUsage =
     "  train      pre-train a model from a TOML config (frugal train configs/tiny.toml)\n"
     "  generate   sample text from a checkpoint (frugal generate runs/tiny --prompt \"...\")\n"
     "  data       tokenizer-train, clean, tokenize, stats: from raw text to token datasets\n"
+    "  serve      an OpenAI-compatible HTTP API for a checkpoint (frugal serve runs/tiny)\n"
+    "  chat       talk to a checkpoint in the terminal (frugal chat runs/tiny)\n"
     "\n"
     "Run 'frugal <command> --help' for a command's options. Every config setting can be\n"
     "overridden on the command line as --section.key=value (e.g. --train.steps=100).\n";
@@ -61,6 +63,8 @@ int main(int argc, char** argv) {
     if (command == "train") return frugal::cmd_train(args);
     if (command == "generate") return frugal::cmd_generate(args);
     if (command == "data") return frugal::cmd_data(args);
+    if (command == "serve") return frugal::cmd_serve(args);
+    if (command == "chat") return frugal::cmd_chat(args);
     std::fprintf(stderr, "frugal: unknown command '%s' (see frugal --help)\n", command.c_str());
     return 2;
   } catch (const frugal::Error& e) {
