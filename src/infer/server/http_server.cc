@@ -106,6 +106,11 @@ void send_error(httplib::Response& res, const ApiError& error) {
   if (error.status == 401) res.set_header("WWW-Authenticate", "Bearer");
 }
 
+ApiError body_too_large(size_t max_body_bytes) {
+  return {413, fmt::format("the request body exceeds this server's limit of {} bytes", max_body_bytes),
+          "invalid_request_error", "", "request_too_large"};
+}
+
 // What one generation ended with.
 struct Outcome {
   bool done = false;       // the service finished (finish_reason set)
@@ -322,12 +327,16 @@ struct HttpServer::Impl {
     server.set_tcp_nodelay(true);
     // "Expect: 100-continue" with a body over the limit: refuse before the client sends it.
     const size_t max_body = options.max_body_bytes;
+    // (httplib 0.11 writes res as the answer, so its status and body are set here too.)
     server.set_expect_100_continue_handler(
-        [max_body](const httplib::Request& req, httplib::Response&) {
+        [max_body](const httplib::Request& req, httplib::Response& res) {
           const std::string length = req.get_header_value("Content-Length");
           char* end = nullptr;
           const unsigned long long n = std::strtoull(length.c_str(), &end, 10);
-          return !length.empty() && *end == '\0' && n > max_body ? 413 : 100;
+          if (length.empty() || *end != '\0' || n <= max_body) return 100;
+          send_error(res, body_too_large(max_body));
+          res.set_header("Connection", "close");
+          return 413;
         });
 
     auto json_response = [](httplib::Response& res, const json& body) {
@@ -362,12 +371,10 @@ struct HttpServer::Impl {
       if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
       ApiError error{res.status, fmt::format("HTTP error {}", res.status),
                      res.status >= 500 ? "server_error" : "invalid_request_error", "", ""};
-      if (res.status == 404)
+      if (res.status == 404) {
         error.message = fmt::format("unknown URL: {} {}", req.method, req.path);
-      else if (res.status == 413) {
-        error.message = fmt::format("the request body exceeds this server's limit of {} bytes",
-                                    options.max_body_bytes);
-        error.code = "request_too_large";
+      } else if (res.status == 413) {
+        error = body_too_large(options.max_body_bytes);
       } else if (res.status == 400) {
         error.message = "malformed HTTP request";
       }
