@@ -55,9 +55,18 @@ std::string StopStringFilter::push(std::string_view text, bool& stopped) {
   stopped = stopped_;
   if (stopped_) return "";
   held_.append(text);
-  // The earliest complete stop string ends the text.
-  size_t first = std::string::npos;
-  for (const std::string& stop : stops_) first = std::min(first, held_.find(stop));
+  // The stop string that completes first ends the text (of two ending together, the longer):
+  // the same answer whatever pieces the text arrives in.
+  size_t first = std::string::npos, first_end = std::string::npos;
+  for (const std::string& stop : stops_) {
+    const size_t at = held_.find(stop);
+    if (at == std::string::npos) continue;
+    const size_t end = at + stop.size();
+    if (end < first_end || (end == first_end && at < first)) {
+      first = at;
+      first_end = end;
+    }
+  }
   if (first != std::string::npos) {
     stopped = stopped_ = true;
     std::string out = held_.substr(0, first);

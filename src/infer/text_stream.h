@@ -7,7 +7,8 @@
 // valid UTF-8 on its own.
 //
 // StopStringFilter: push() appends text and returns what can no longer be part of a stop string:
-// on the first complete stop string it returns the text before it and reports stopped; otherwise
+// on the first stop string to complete (the one ending earliest in the text; of several ending
+// at the same byte, the longest) it returns the text before it and reports stopped; otherwise
 // it holds back the longest suffix that is a proper prefix of some stop string and returns the
 // rest. finish() returns the held text (it was not a stop string after all). The returned pieces
 // never contain a stop string, and a stop string straddling several pushes is still found.
