@@ -25,14 +25,15 @@
 
 namespace frugal::testing {
 
-// Saves a fresh random tiny model under out_dir (a run directory) and returns out_dir.
+// Saves a fresh random tiny model (seq_len 32 unless overridden) under out_dir (a run directory)
+// and returns out_dir.
 inline std::string make_test_checkpoint(const std::string& out_dir,
                                         std::vector<std::string> overrides = {},
                                         const std::string& tokenizer_json = "",
                                         uint64_t seed = 7) {
+  // Defaults first: later overrides win.
+  overrides.insert(overrides.begin(), {"train.seq_len=32", "data.train_path=unused.txt"});
   overrides.push_back("train.out_dir=" + out_dir);
-  overrides.push_back("data.train_path=unused.txt");
-  overrides.push_back("train.seq_len=32");
   const Config config =
       load_config(std::string(FRUGAL_SOURCE_DIR) + "/configs/tiny.toml", overrides);
   Transformer<float> model(config.model);
