@@ -10,11 +10,7 @@
 // SIGTERM stops it cleanly (exit 0).
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 
 #include <atomic>
 #include <chrono>
@@ -26,9 +22,8 @@
 
 #include "infer/http_test_client.h"
 #include "infer/serve_test_util.h"
+#include "infer/server_process.h"
 #include "test_util.h"
-
-extern char** environ;
 
 namespace frugal {
 namespace {
@@ -51,82 +46,6 @@ int64_t memory_kib(pid_t pid, const std::string& field) {
     if (line.rfind(field + ":", 0) == 0) return std::atoll(line.c_str() + field.size() + 1);
   return -1;
 }
-
-class ServerProcess {
- public:
-  ServerProcess(const std::string& run_dir, const std::string& stderr_path) {
-    int fds[2];
-    FRUGAL_CHECK(::pipe(fds) == 0, "pipe failed");
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclose(&actions, fds[0]);
-    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, stderr_path.c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const std::vector<std::string> args = {
-        FRUGAL_BINARY, "serve", run_dir, "--port", "0", "--max-concurrent", "2", "--max-queue",
-        "64", "--queue-timeout", "60", "--max-body-bytes", std::to_string(kMaxBody),
-        "--max-tokens", std::to_string(kMaxTokens), "--read-timeout", "2", "--write-timeout", "5",
-        "--threads", "1"};
-    std::vector<char*> argv;
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    setenv("OMP_NUM_THREADS", "1", 1);
-    setenv("OPENBLAS_NUM_THREADS", "1", 1);
-    const int rc = posix_spawn(&pid_, FRUGAL_BINARY, &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    ::close(fds[1]);
-    out_ = fds[0];
-    FRUGAL_CHECK(rc == 0, "posix_spawn {} failed: {}", FRUGAL_BINARY, rc);
-    // "frugal serve: ... listening on http://127.0.0.1:PORT"
-    std::string line;
-    while (line.find('\n') == std::string::npos) {
-      pollfd p{out_, POLLIN, 0};
-      if (::poll(&p, 1, 30000) <= 0) break;
-      char buffer[256];
-      const ssize_t n = ::read(out_, buffer, sizeof buffer);
-      if (n <= 0) break;
-      line.append(buffer, static_cast<size_t>(n));
-    }
-    const size_t colon = line.rfind(':');
-    if (line.find("listening on http://127.0.0.1:") != std::string::npos && colon != std::string::npos)
-      port_ = std::atoi(line.c_str() + colon + 1);
-  }
-  ~ServerProcess() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    if (out_ >= 0) ::close(out_);
-  }
-  int port() const { return port_; }
-  pid_t pid() const { return pid_; }
-  bool alive() {
-    if (exited_) return false;
-    int status = 0;
-    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-      exited_ = true;
-      status_ = status;
-    }
-    return !exited_;
-  }
-  // SIGTERM, then the exit status (-1 if still running after `timeout`).
-  int terminate(std::chrono::seconds timeout) {
-    if (alive()) ::kill(pid_, SIGTERM);
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (alive() && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    if (!exited_) return -1;
-    return WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
-  }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-  int port_ = 0;
-  bool exited_ = false;
-  int status_ = 0;
-};
 
 struct Tally {
   std::mutex mutex;
@@ -261,7 +180,11 @@ TEST(ServeLoad, ConcurrentMixedTrafficFromAnotherProcess) {
   std::signal(SIGPIPE, SIG_IGN);
   TempDir dir("serve_load");
   make_test_checkpoint(dir.path("run"), {"train.seq_len=128"});  // every chat prompt fits
-  ServerProcess server(dir.path("run"), dir.path("serve.err"));
+  ServerProcess server(
+      {dir.path("run"), "--max-concurrent", "2", "--max-queue", "64", "--queue-timeout", "60",
+       "--max-body-bytes", std::to_string(kMaxBody), "--max-tokens", std::to_string(kMaxTokens),
+       "--read-timeout", "2", "--write-timeout", "5", "--threads", "1"},
+      dir.path("serve.err"));
   ASSERT_GT(server.port(), 0) << read_bytes(dir.path("serve.err"));
   const int port = server.port();
 
