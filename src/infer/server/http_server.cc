@@ -325,6 +325,12 @@ struct HttpServer::Impl {
     server.set_keep_alive_timeout(options.keep_alive_timeout_s);
     server.set_keep_alive_max_count(100);
     server.set_tcp_nodelay(true);
+    // httplib's default sets SO_REUSEPORT, which lets a second server bind the same port and
+    // silently take half the connections; SO_REUSEADDR alone still allows a quick restart.
+    server.set_socket_options([](socket_t sock) {
+      int yes = 1;
+      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    });
     // "Expect: 100-continue" with a body over the limit: refuse before the client sends it.
     const size_t max_body = options.max_body_bytes;
     // (httplib 0.11 writes res as the answer, so its status and body are set here too.)
