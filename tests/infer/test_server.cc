@@ -395,8 +395,40 @@ TEST_F(ServerTest, MalformedHttpAndOversizedBodies) {
       "application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
       size_t{10} << 30);
   expect_error(send_raw(port_, head), 413, "", "request_too_large", "100-continue");
+  // A chunked body over the limit.
+  std::string chunked =
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n";
+  for (int i = 0; i < 20; ++i) chunked += fmt::format("1000\r\n{}\r\n", std::string(4096, ' '));
+  chunked += "0\r\n\r\n";
+  expect_error(send_raw(port_, chunked), 413, "", "request_too_large", "chunked");
   // The server still works.
   EXPECT_EQ(post("/v1/completions", completion_body("x", {{"max_tokens", 2}})).status, 200);
+}
+
+// The body is JSON whatever the Content-Type says: curl -d sends form encoding (which httplib
+// would cap at 8 KiB), and a chunked body is read like any other.
+TEST_F(ServerTest, BodyIsJsonWhateverItsEncoding) {
+  start();
+  const std::string body = completion_body(std::string(40, 'p') + std::string(20000, ' '),
+                                           {{"max_tokens", 2}}).dump();
+  const std::string form = fmt::format(
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: "
+      "application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{}",
+      body.size(), body);
+  HttpResponse r = send_raw(port_, form);
+  // (20040 prompt tokens exceed the 64-token limit: parsed as JSON, then refused as too long.)
+  expect_error(r, 400, "prompt", "context_length_exceeded", "form-encoded JSON");
+  const std::string small = completion_body("pq", {{"max_tokens", 2}}).dump();
+  const std::string chunked = fmt::format(
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n{:x}\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+      5, small.substr(0, 5), small.size() - 5, small.substr(5));
+  r = send_raw(port_, chunked);
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_EQ(fake_.last_request().prompt, (std::vector<int32_t>{'p', 'q'}));
+  expect_error(http_post(port_, "/v1/completions", small, {"Content-Type: multipart/form-data; boundary=x"}),
+               400, "", "", "multipart");
 }
 
 TEST_F(ServerTest, ApiKey) {

@@ -214,11 +214,43 @@ struct HttpServer::Impl {
     return {500, "generation failed: " + out.error, "server_error", "", ""};
   }
 
-  void handle_generation(const httplib::Request& req, httplib::Response& res, Endpoint endpoint) {
+  // Reads the body ourselves (whatever its Content-Type: httplib would cap form-encoded bodies,
+  // curl's default, at 8 KiB), at most max_body_bytes. False with res set when it cannot.
+  bool read_body(const httplib::Request& req, httplib::Response& res,
+                 const httplib::ContentReader& reader, std::string& body) const {
+    if (req.get_header_value("Content-Type").rfind("multipart/", 0) == 0) {
+      send_error(res, {400, "the request body must be JSON, not multipart", "invalid_request_error",
+                       "", ""});
+      return false;  // (httplib skips an unread body before the connection's next request)
+    }
+    bool too_large = false;
+    const bool ok = reader([&](const char* data, size_t length) {
+      if (body.size() + length > options.max_body_bytes) {
+        too_large = true;
+        return false;
+      }
+      body.append(data, length);
+      return true;
+    });
+    if (too_large || (!ok && res.status == 413)) {  // over the limit: ours, or httplib's
+      send_error(res, body_too_large(options.max_body_bytes));
+      return false;
+    }
+    if (!ok) {  // (httplib closes the connection after a failed read)
+      send_error(res, {400, "could not read the request body", "invalid_request_error", "", ""});
+      return false;
+    }
+    return true;
+  }
+
+  void handle_generation(const httplib::Request& req, httplib::Response& res,
+                         const httplib::ContentReader& reader, Endpoint endpoint) {
     if (!authorized(req, res)) return;
+    std::string body;
+    if (!read_body(req, res, reader, body)) return;
     ApiRequest api;
     try {
-      api = parse_api_request(endpoint, req.body, service, options.limits, next_random());
+      api = parse_api_request(endpoint, body, service, options.limits, next_random());
     } catch (const ApiException& e) {
       send_error(res, e.error());
       return;
@@ -364,11 +396,13 @@ struct HttpServer::Impl {
                    send_error(res, {404, fmt::format("the model '{}' does not exist", id),
                                     "invalid_request_error", "model", "model_not_found"});
                });
-    server.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      handle_generation(req, res, Endpoint::kCompletions);
+    server.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res,
+                                          const httplib::ContentReader& reader) {
+      handle_generation(req, res, reader, Endpoint::kCompletions);
     });
-    server.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      handle_generation(req, res, Endpoint::kChatCompletions);
+    server.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res,
+                                               const httplib::ContentReader& reader) {
+      handle_generation(req, res, reader, Endpoint::kChatCompletions);
     });
     // Errors httplib produces itself (no route, body too large, malformed HTTP) get an OpenAI
     // error object too; responses that already carry one are left alone.
