@@ -36,8 +36,11 @@ std::unique_ptr<SimpleService> SimpleService::load(const std::string& path,
   load_checkpoint_model(dir, *model);
   std::string name = model_name;
   if (name.empty()) {
-    std::filesystem::path p(path);
+    std::filesystem::path p = std::filesystem::absolute(path).lexically_normal();
     if (!p.has_filename()) p = p.parent_path();  // "runs/tiny/" -> "runs/tiny"
+    // A checkpoint inside a run directory takes the run's name.
+    if (p.filename().string().rfind("checkpoint-", 0) == 0 && p.has_parent_path())
+      p = p.parent_path();
     name = p.filename().string();
     if (name.empty() || name == "." || name == "..") name = "frugal";
   }

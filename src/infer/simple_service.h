@@ -40,7 +40,8 @@ namespace frugal {
 class SimpleService : public GenerationService {
  public:
   // Loads a checkpoint or run directory (its `latest` checkpoint) like frugal generate. The model
-  // name defaults to the directory's name as given; threads = 0 keeps OpenMP's default.
+  // name defaults to the run directory's name ("runs/tiny" and "runs/tiny/checkpoint-00000100"
+  // are both "tiny"); threads = 0 keeps OpenMP's default.
   static std::unique_ptr<SimpleService> load(const std::string& checkpoint_or_run_dir,
                                              const std::string& model_name = "", int threads = 0);
 

@@ -75,6 +75,9 @@ SimpleService* SimpleServiceTest::service_ = nullptr;
 
 TEST_F(SimpleServiceTest, LoadNamesTheModelAfterTheDirectory) {
   EXPECT_EQ(service_->model_name(), "bytes");
+  const std::string checkpoint = resolve_checkpoint(dir_->path("bytes"));
+  EXPECT_NE(checkpoint, dir_->path("bytes"));
+  EXPECT_EQ(SimpleService::load(checkpoint + "/")->model_name(), "bytes");
   EXPECT_EQ(service_->context_length(), 32);
   EXPECT_EQ(service_->vocab_size(), ByteTokenizer::kVocabSize);
   EXPECT_FALSE(service_->has_chat_tokens());

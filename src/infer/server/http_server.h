@@ -22,6 +22,9 @@
 //   - http_threads worker threads (0: max_concurrent + max_queue + 4) and at most
 //     max_pending_connections accepted connections waiting for a worker (then accepting pauses
 //     and the kernel's backlog holds further clients).
+// A streaming client that hangs up cancels its generation at the next write; a non-streaming one
+// cannot be noticed (httplib gives no access to the socket) and its generation runs to its end,
+// bounded by max_tokens and request_timeout_s.
 // stop() cancels running generations, refuses new ones and returns once run() has returned.
 #pragma once
 
