@@ -10,5 +10,7 @@ int cmd_train(const std::vector<std::string>& args);
 int cmd_generate(const std::vector<std::string>& args);
 int cmd_data(const std::vector<std::string>& args);
 int cmd_convert(const std::vector<std::string>& args);
+int cmd_serve(const std::vector<std::string>& args);
+int cmd_chat(const std::vector<std::string>& args);
 
 }  // namespace frugal

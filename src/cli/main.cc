@@ -22,6 +22,8 @@ constexpr const char* kUsage =
     "  generate   sample text from a checkpoint (frugal generate runs/tiny --prompt \"...\")\n"
     "  data       tokenizer-train, clean, tokenize, stats: from raw text to token datasets\n"
     "  convert    import/export Hugging Face DeepSeek-V2/V3 checkpoints (FP8 included)\n"
+    "  serve      an OpenAI-compatible HTTP API for a checkpoint (frugal serve runs/tiny)\n"
+    "  chat       talk to a checkpoint in the terminal (frugal chat runs/tiny)\n"
     "\n"
     "Run 'frugal <command> --help' for a command's options. Every config setting can be\n"
     "overridden on the command line as --section.key=value (e.g. --train.steps=100).\n";
@@ -63,6 +65,8 @@ int main(int argc, char** argv) {
     if (command == "generate") return frugal::cmd_generate(args);
     if (command == "data") return frugal::cmd_data(args);
     if (command == "convert") return frugal::cmd_convert(args);
+    if (command == "serve") return frugal::cmd_serve(args);
+    if (command == "chat") return frugal::cmd_chat(args);
     std::fprintf(stderr, "frugal: unknown command '%s' (see frugal --help)\n", command.c_str());
     return 2;
   } catch (const frugal::Error& e) {
