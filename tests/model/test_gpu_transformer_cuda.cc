@@ -525,7 +525,7 @@ TEST(GpuTransformer, WarmStepsMakeNoCudaMallocAndReleaseTheirActivations) {
     std::printf(
         "CHECK | %s | allocator | cudaMalloc calls after steps 1,2,3: %lld %lld %lld | resident "
         "%.1f MiB | step peak %.1f MiB | reserved %.1f MiB | %s\n",
-        recipe_name(recipe), static_cast<long long>(calls[0]), static_cast<long long>(calls[1]),
+        std::string(recipe_name(recipe)).c_str(), static_cast<long long>(calls[0]), static_cast<long long>(calls[1]),
         static_cast<long long>(calls[2]), resident / 1048576.0,
         ctx.allocator.peak_bytes_in_use() / 1048576.0, ctx.allocator.bytes_reserved() / 1048576.0,
         ok ? "ok" : "FAIL");
