@@ -114,6 +114,7 @@ class RankBuilder {
     send_forward(f);
     send_backward(b);
   }
+  int deferred_weights() const { return static_cast<int>(deferred_.size()); }
   std::vector<Step> finish() {
     while (!deferred_.empty()) weight();
     return std::move(steps_);
@@ -169,20 +170,26 @@ std::vector<int> iota_range(int begin, int end) {
 }
 
 // 1F1B and ZB1P on rank r: min(P-r-1, C) warm-up forwards, then forward/backward pairs, then the
-// remaining backwards. ZB1P runs the cool-down backwards without their W and drains the W queue
-// last, so the backwards that gate the previous stage are not delayed by weight gradients.
+// remaining backwards. ZB1P is ZB-H1 of the Zero Bubble paper (Qi et al. 2023): the same F and B
+// order, with every W held back until r+1 of them wait on rank r (rank r defers r), so warm-up
+// forwards plus deferred W's are P-1 on every rank and the backwards that gate the upstream stages
+// run as early as the last rank allows; the r W's still queued after the last B fill the tail.
+// Peak activations (F done, B not) stay 1F1B's: P on rank 0.
 std::vector<Step> one_f_one_b(const Schedule& s, int rank, bool zero_bubble) {
   std::vector<int> mbs[2] = {iota_range(0, s.micro_batches), {}};
   int stage[2] = {rank, -1};
   RankBuilder rb(s, rank, mbs, stage);
+  const auto backward = [&] {
+    rb.backward(0, zero_bubble);
+    if (zero_bubble && rb.deferred_weights() > rank) rb.weight();
+  };
   const int warmup = std::min(s.stages - rank - 1, s.micro_batches);
   for (int i = 0; i < warmup; ++i) rb.forward(0);
   for (int i = 0; i < s.micro_batches - warmup; ++i) {
     rb.forward(0);
-    rb.backward(0, zero_bubble);
-    if (zero_bubble) rb.weight();
+    backward();
   }
-  for (int i = 0; i < warmup; ++i) rb.backward(0, zero_bubble);
+  for (int i = 0; i < warmup; ++i) backward();
   return rb.finish();
 }
 
