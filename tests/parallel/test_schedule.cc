@@ -25,6 +25,10 @@ int count_ops(const std::vector<Step>& steps, Op op, int chunk = -1) {
   return n;
 }
 
+int rank_count(ScheduleKind kind, int stages) {
+  return kind == ScheduleKind::DualPipeV ? stages / 2 : stages;
+}
+
 double max_of(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
 
 TEST(Schedule, EveryKindIsCompleteAndDeadlockFree) {
@@ -106,9 +110,8 @@ TEST(Schedule, DualPipePhaseCountsMatchTheSpecTable) {
 // Table 2 with uniform stage times: 1F1B's simulated idle time per rank equals (PP-1)(F+B) and
 // ZB1P's (ZB-H1) (PP-1)(F+B-2W) exactly; DualPipe/DualPipeV beat ZB1P and keep a bubble that does
 // not grow with the micro-batch count. Their Table 2 row (PP/2-1)(F&B+B-3W) is the idle time of the
-// worst rank (the middle ranks idle more than the edge ranks) when F equals b, the input part of the
-// backward; these costs have F > b, and the lists then idle (PP/2-1)(F-b) more, see
-// DualPipeBubbleAgainstTable2.
+// worst rank when F equals b, the input part of the backward; these costs have F > b, and the
+// lists then idle (PP/2-1)(F-b) more (see DualPipeBubbleAgainstTable2).
 TEST(Schedule, BubblesAgainstTable2) {
   const double F = 2, b = 1.5, W = 1, FB = 3.5;  // B = b + W = 2.5, FB < F + B
   StepCosts costs{F, b, W, FB, 0};
@@ -200,12 +203,15 @@ TEST(Schedule, ZB1PIsZeroBubbleH1) {
 }
 
 // Table 2's DualPipe/DualPipeV row against the simulated lists, for W <= F, W <= b and an
-// overlapped pair that costs between max(F, b+W) and F+b+W. With F == b the worst rank idles
-// exactly (PP/2-1)(F&B+B-3W). With F > b it idles (PP/2-1)(F-b) more: on the critical path of the
-// warm-up and of the turn between the two directions, a rank waits PP/2-1 times on a forward that
-// its neighbour produces (alone, or as the F half of an overlapped step, which like the reference
-// starts once both of its inputs are in), where the formula charges an input backward b. With
-// F < b the lists stay at or below the formula. The steady state is bubble-free in all cases.
+// overlapped pair that costs between max(F, b+W) and F+b+W. The worst rank (a middle one: the
+// edge ranks idle less or the same) first waits (PP/2-1)F for the first forward to cross the
+// ranks before it, and in the cool-down waits PP/2-1 times for a backward gradient, each wait
+// longer by exactly what a shorter b saves it. For F >= b that adds up to (PP/2-1)(F&B + F - 2W),
+// which does not depend on b; Table 2 writes B - 3W = b - 2W where these lists have F - 2W, so the
+// row is exact for F == b (the zero-bubble analyses' F = B assumption) and (PP/2-1)(F-b) below
+// the simulated idle for F > b. For F < b the lists stay at or below the row. The steady state is bubble-free, and
+// the lists follow the spec's phase table, so this is how the reference's order prices out here,
+// not a defect of the lists.
 TEST(Schedule, DualPipeBubbleAgainstTable2) {
   const double values[] = {0.5, 1, 1.5, 2, 3};
   for (double f : values)
@@ -226,6 +232,8 @@ TEST(Schedule, DualPipeBubbleAgainstTable2) {
                 EXPECT_NEAR(max_of(r.idle), formula + (p / 2 - 1) * (f - b), 1e-9) << where;
               else
                 EXPECT_LE(max_of(r.idle), formula + 1e-9) << where;
+              const int middle = kind == ScheduleKind::DualPipe ? p / 2 - 1 : rank_count(kind, p) - 1;
+              EXPECT_DOUBLE_EQ(r.idle[middle], max_of(r.idle)) << where << " middle rank";
             }
         }
       }
