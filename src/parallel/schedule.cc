@@ -20,24 +20,36 @@ ScheduleKind parse_schedule_kind(const std::string& name, const std::string& key
 
 const char* schedule_kind_name(ScheduleKind kind) {
   switch (kind) {
-    case ScheduleKind::OneFOneB: return "1f1b";
-    case ScheduleKind::ZB1P: return "zb1p";
-    case ScheduleKind::DualPipe: return "dualpipe";
-    case ScheduleKind::DualPipeV: return "dualpipev";
+    case ScheduleKind::OneFOneB:
+      return "1f1b";
+    case ScheduleKind::ZB1P:
+      return "zb1p";
+    case ScheduleKind::DualPipe:
+      return "dualpipe";
+    case ScheduleKind::DualPipeV:
+      return "dualpipev";
   }
   return "?";
 }
 
 const char* op_name(Op op) {
   switch (op) {
-    case Op::Forward: return "F";
-    case Op::BackwardInput: return "B";
-    case Op::BackwardWeight: return "W";
-    case Op::ForwardBackward: return "FB";
-    case Op::RecvForward: return "recv_fwd";
-    case Op::SendForward: return "send_fwd";
-    case Op::RecvBackward: return "recv_bwd";
-    case Op::SendBackward: return "send_bwd";
+    case Op::Forward:
+      return "F";
+    case Op::BackwardInput:
+      return "B";
+    case Op::BackwardWeight:
+      return "W";
+    case Op::ForwardBackward:
+      return "FB";
+    case Op::RecvForward:
+      return "recv_fwd";
+    case Op::SendForward:
+      return "send_fwd";
+    case Op::RecvBackward:
+      return "recv_bwd";
+    case Op::SendBackward:
+      return "send_bwd";
   }
   return "?";
 }
@@ -45,9 +57,12 @@ const char* op_name(Op op) {
 int Schedule::rank_of(int micro_batch, int stage) const {
   switch (kind) {
     case ScheduleKind::OneFOneB:
-    case ScheduleKind::ZB1P: return stage;
-    case ScheduleKind::DualPipe: return micro_batch < micro_batches / 2 ? stage : stages - 1 - stage;
-    case ScheduleKind::DualPipeV: return stage < ranks ? stage : stages - 1 - stage;
+    case ScheduleKind::ZB1P:
+      return stage;
+    case ScheduleKind::DualPipe:
+      return micro_batch < micro_batches / 2 ? stage : stages - 1 - stage;
+    case ScheduleKind::DualPipeV:
+      return stage < ranks ? stage : stages - 1 - stage;
   }
   return -1;
 }
@@ -55,12 +70,14 @@ int Schedule::rank_of(int micro_batch, int stage) const {
 int Schedule::chunk_of(int micro_batch, int stage) const {
   switch (kind) {
     case ScheduleKind::OneFOneB:
-    case ScheduleKind::ZB1P: return 0;
+    case ScheduleKind::ZB1P:
+      return 0;
     case ScheduleKind::DualPipe: {
       const int rank = rank_of(micro_batch, stage);
       return stage == std::min(rank, stages - 1 - rank) ? 0 : 1;
     }
-    case ScheduleKind::DualPipeV: return stage < ranks ? 0 : 1;
+    case ScheduleKind::DualPipeV:
+      return stage < ranks ? 0 : 1;
   }
   return -1;
 }
@@ -201,7 +218,7 @@ std::vector<Step> dual_pipe(const Schedule& s, int rank, int h, int n, int c,
   RankBuilder rb(s, rank, chunk_micro_batches, chunk_stage);
   const bool middle = h == n - 1;  // does not overlap its first F/B pair (smaller bubble)
   for (int i = 0; i < 2 * (n - h - 1); ++i) rb.forward(0);  // 1: F0
-  for (int i = 0; i < h + 1; ++i) {                          // 2: F0 F1
+  for (int i = 0; i < h + 1; ++i) {                         // 2: F0 F1
     rb.forward(0);
     rb.forward(1);
   }
@@ -295,10 +312,13 @@ Schedule build_schedule(ScheduleKind kind, int stages, int micro_batches) {
 double table2_bubble(ScheduleKind kind, int stages, double f, double b, double w, double fb) {
   const double p = stages;
   switch (kind) {
-    case ScheduleKind::OneFOneB: return (p - 1) * (f + b);
-    case ScheduleKind::ZB1P: return (p - 1) * (f + b - 2 * w);
+    case ScheduleKind::OneFOneB:
+      return (p - 1) * (f + b);
+    case ScheduleKind::ZB1P:
+      return (p - 1) * (f + b - 2 * w);
     case ScheduleKind::DualPipe:
-    case ScheduleKind::DualPipeV: return (p / 2 - 1) * (fb + b - 3 * w);
+    case ScheduleKind::DualPipeV:
+      return (p / 2 - 1) * (fb + b - 3 * w);
   }
   return 0;
 }

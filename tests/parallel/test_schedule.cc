@@ -2,9 +2,8 @@
 // DualPipe phases have the step counts of the spec's table, the simulated 1F1B and ZB1P bubbles
 // equal Table 2's formulas (ZB1P within its stated cost assumptions), the DualPipe ones equal it
 // when F = b and exceed it by a stated amount otherwise, and the activation peaks match Table 2.
-#include <gtest/gtest.h>
-
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
@@ -25,7 +24,9 @@ int count_ops(const std::vector<Step>& steps, Op op, int chunk = -1) {
   return n;
 }
 
-double max_of(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
+double max_of(const std::vector<double>& v) {
+  return *std::max_element(v.begin(), v.end());
+}
 
 TEST(Schedule, EveryKindIsCompleteAndDeadlockFree) {
   for (auto kind : {ScheduleKind::OneFOneB, ScheduleKind::ZB1P}) {
@@ -33,7 +34,8 @@ TEST(Schedule, EveryKindIsCompleteAndDeadlockFree) {
       for (int c : {1, 2, 3, 5, 8, 16}) {
         const Schedule s = build_schedule(kind, p, c);
         ASSERT_EQ(s.ranks, p);
-        EXPECT_NO_THROW(simulate_schedule(s, {})) << schedule_kind_name(kind) << " " << p << " " << c;
+        EXPECT_NO_THROW(simulate_schedule(s, {}))
+            << schedule_kind_name(kind) << " " << p << " " << c;
       }
   }
   for (int p : {2, 4, 6, 8})
@@ -61,8 +63,9 @@ TEST(Schedule, RejectsImpossibleShapes) {
             std::string::npos);
   EXPECT_NE(error_message([] { build_schedule(ScheduleKind::OneFOneB, 0, 3); }).find("stages"),
             std::string::npos);
-  EXPECT_NE(error_message([] { parse_schedule_kind("gpipe", "train.pp_schedule"); })
-                .find("train.pp_schedule"),
+  EXPECT_NE(error_message([] {
+              parse_schedule_kind("gpipe", "train.pp_schedule");
+            }).find("train.pp_schedule"),
             std::string::npos);
 }
 
@@ -126,18 +129,21 @@ TEST(Schedule, BubblesAgainstTable2) {
       if (p > 2) {
         EXPECT_LT(max_of(dp.idle), max_of(zb.idle)) << "dualpipe p=" << p;
       }
-      EXPECT_NEAR(max_of(dp.idle), formula_dual + (p / 2 - 1) * (F - b), 1e-9) << "dualpipe p=" << p;
-      EXPECT_NEAR(max_of(dv.idle), formula_dual + (p / 2 - 1) * (F - b), 1e-9) << "dualpipev p=" << p;
+      EXPECT_NEAR(max_of(dp.idle), formula_dual + (p / 2 - 1) * (F - b), 1e-9)
+          << "dualpipe p=" << p;
+      EXPECT_NEAR(max_of(dv.idle), formula_dual + (p / 2 - 1) * (F - b), 1e-9)
+          << "dualpipev p=" << p;
       if (dual_bubble[0] < 0) {
         dual_bubble[0] = max_of(dp.idle);
         dual_bubble[1] = max_of(dv.idle);
       }
       EXPECT_DOUBLE_EQ(max_of(dp.idle), dual_bubble[0]) << "dualpipe bubble grows with c=" << c;
       EXPECT_DOUBLE_EQ(max_of(dv.idle), dual_bubble[1]) << "dualpipev bubble grows with c=" << c;
-      std::printf("PP=%d C=%d idle (max over ranks): 1f1b %.2f (table 2: %.2f)  zb1p %.2f (%.2f)  "
-                  "dualpipe %.2f  dualpipev %.2f (%.2f)\n",
-                  p, c, max_of(one.idle), formula_1f1b, max_of(zb.idle), formula_zb,
-                  max_of(dp.idle), max_of(dv.idle), formula_dual);
+      std::printf(
+          "PP=%d C=%d idle (max over ranks): 1f1b %.2f (table 2: %.2f)  zb1p %.2f (%.2f)  "
+          "dualpipe %.2f  dualpipev %.2f (%.2f)\n",
+          p, c, max_of(one.idle), formula_1f1b, max_of(zb.idle), formula_zb, max_of(dp.idle),
+          max_of(dv.idle), formula_dual);
     }
   }
 }
@@ -152,7 +158,7 @@ TEST(Schedule, ZB1PIsZeroBubbleH1) {
   struct Costs {
     double f, b, w;
   };
-  const Costs supported[] = {{1, 1, 1},   {2, 1.5, 1}, {1, 2, 1},  {1.5, 1, 1},
+  const Costs supported[] = {{1, 1, 1},   {2, 1.5, 1},  {1, 2, 1}, {1.5, 1, 1},
                              {3, 2, 0.5}, {1, 1, 0.25}, {2, 3, 2}, {0.75, 0.5, 0.5}};
   for (const Costs& k : supported)
     for (int p : {2, 3, 4, 8})
@@ -183,7 +189,8 @@ TEST(Schedule, ZB1PIsZeroBubbleH1) {
   // Outside the assumptions: a W longer than F or b, or fewer micro-batches than stages.
   const Costs long_w[] = {{1, 1, 2}, {1, 2, 1.5}, {2, 1, 1.5}, {0.5, 1, 1}};
   auto check_outside = [](const Costs& k, int p, int c) {
-    const auto r = simulate_schedule(build_schedule(ScheduleKind::ZB1P, p, c), {k.f, k.b, k.w, 0, 0});
+    const auto r =
+        simulate_schedule(build_schedule(ScheduleKind::ZB1P, p, c), {k.f, k.b, k.w, 0, 0});
     const std::string where = fmt::format("F={} b={} W={} PP={} C={}", k.f, k.b, k.w, p, c);
     EXPECT_GT(max_of(r.idle), table2_bubble(ScheduleKind::ZB1P, p, k.f, k.b + k.w, k.w, 0) + 1e-9)
         << where;
@@ -228,7 +235,8 @@ TEST(Schedule, DualPipeBubbleAgainstTable2) {
                 EXPECT_NEAR(max_of(r.idle), formula + (p / 2 - 1) * (f - b), 1e-9) << where;
               else
                 EXPECT_LE(max_of(r.idle), formula + 1e-9) << where;
-              // Rank PP/2-1 sits in the middle of both: DualPipe's h = PP/2-1, DualPipeV's last rank.
+              // Rank PP/2-1 sits in the middle of both: DualPipe's h = PP/2-1, DualPipeV's last
+              // rank.
               EXPECT_DOUBLE_EQ(r.idle[p / 2 - 1], max_of(r.idle)) << where << " middle rank";
             }
         }
@@ -260,18 +268,24 @@ TEST(Schedule, SimulatorRejectsBrokenLists) {
   Schedule s = build_schedule(ScheduleKind::OneFOneB, 2, 2);
   Schedule missing_recv = s;
   auto& r1 = missing_recv.steps[1];
-  r1.erase(std::find_if(r1.begin(), r1.end(), [](const Step& st) { return st.op == Op::RecvForward; }));
-  EXPECT_NE(error_message([&] { simulate_schedule(missing_recv, {}); }).find("without receiving its input"),
+  r1.erase(
+      std::find_if(r1.begin(), r1.end(), [](const Step& st) { return st.op == Op::RecvForward; }));
+  EXPECT_NE(error_message([&] {
+              simulate_schedule(missing_recv, {});
+            }).find("without receiving its input"),
             std::string::npos);
   Schedule dropped_w = s;
   auto& r0 = dropped_w.steps[0];
-  r0.erase(std::find_if(r0.begin(), r0.end(), [](const Step& st) { return st.op == Op::BackwardWeight; }));
+  r0.erase(std::find_if(r0.begin(), r0.end(),
+                        [](const Step& st) { return st.op == Op::BackwardWeight; }));
   EXPECT_NE(error_message([&] { simulate_schedule(dropped_w, {}); }).find("never runs its W"),
             std::string::npos);
   Schedule swapped = s;
   auto& r1b = swapped.steps[1];
-  auto f = std::find_if(r1b.begin(), r1b.end(), [](const Step& st) { return st.op == Op::Forward; });
-  auto b = std::find_if(r1b.begin(), r1b.end(), [](const Step& st) { return st.op == Op::BackwardInput; });
+  auto f =
+      std::find_if(r1b.begin(), r1b.end(), [](const Step& st) { return st.op == Op::Forward; });
+  auto b = std::find_if(r1b.begin(), r1b.end(),
+                        [](const Step& st) { return st.op == Op::BackwardInput; });
   std::iter_swap(f, b);
   EXPECT_NE(error_message([&] { simulate_schedule(swapped, {}); }).find("B before its F"),
             std::string::npos);
