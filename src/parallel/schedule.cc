@@ -20,24 +20,36 @@ ScheduleKind parse_schedule_kind(const std::string& name, const std::string& key
 
 const char* schedule_kind_name(ScheduleKind kind) {
   switch (kind) {
-    case ScheduleKind::OneFOneB: return "1f1b";
-    case ScheduleKind::ZB1P: return "zb1p";
-    case ScheduleKind::DualPipe: return "dualpipe";
-    case ScheduleKind::DualPipeV: return "dualpipev";
+    case ScheduleKind::OneFOneB:
+      return "1f1b";
+    case ScheduleKind::ZB1P:
+      return "zb1p";
+    case ScheduleKind::DualPipe:
+      return "dualpipe";
+    case ScheduleKind::DualPipeV:
+      return "dualpipev";
   }
   return "?";
 }
 
 const char* op_name(Op op) {
   switch (op) {
-    case Op::Forward: return "F";
-    case Op::BackwardInput: return "B";
-    case Op::BackwardWeight: return "W";
-    case Op::ForwardBackward: return "FB";
-    case Op::RecvForward: return "recv_fwd";
-    case Op::SendForward: return "send_fwd";
-    case Op::RecvBackward: return "recv_bwd";
-    case Op::SendBackward: return "send_bwd";
+    case Op::Forward:
+      return "F";
+    case Op::BackwardInput:
+      return "B";
+    case Op::BackwardWeight:
+      return "W";
+    case Op::ForwardBackward:
+      return "FB";
+    case Op::RecvForward:
+      return "recv_fwd";
+    case Op::SendForward:
+      return "send_fwd";
+    case Op::RecvBackward:
+      return "recv_bwd";
+    case Op::SendBackward:
+      return "send_bwd";
   }
   return "?";
 }
@@ -45,9 +57,12 @@ const char* op_name(Op op) {
 int Schedule::rank_of(int micro_batch, int stage) const {
   switch (kind) {
     case ScheduleKind::OneFOneB:
-    case ScheduleKind::ZB1P: return stage;
-    case ScheduleKind::DualPipe: return micro_batch < micro_batches / 2 ? stage : stages - 1 - stage;
-    case ScheduleKind::DualPipeV: return stage < ranks ? stage : stages - 1 - stage;
+    case ScheduleKind::ZB1P:
+      return stage;
+    case ScheduleKind::DualPipe:
+      return micro_batch < micro_batches / 2 ? stage : stages - 1 - stage;
+    case ScheduleKind::DualPipeV:
+      return stage < ranks ? stage : stages - 1 - stage;
   }
   return -1;
 }
@@ -55,12 +70,14 @@ int Schedule::rank_of(int micro_batch, int stage) const {
 int Schedule::chunk_of(int micro_batch, int stage) const {
   switch (kind) {
     case ScheduleKind::OneFOneB:
-    case ScheduleKind::ZB1P: return 0;
+    case ScheduleKind::ZB1P:
+      return 0;
     case ScheduleKind::DualPipe: {
       const int rank = rank_of(micro_batch, stage);
       return stage == std::min(rank, stages - 1 - rank) ? 0 : 1;
     }
-    case ScheduleKind::DualPipeV: return stage < ranks ? 0 : 1;
+    case ScheduleKind::DualPipeV:
+      return stage < ranks ? 0 : 1;
   }
   return -1;
 }
@@ -114,6 +131,7 @@ class RankBuilder {
     send_forward(f);
     send_backward(b);
   }
+  int deferred_weights() const { return static_cast<int>(deferred_.size()); }
   std::vector<Step> finish() {
     while (!deferred_.empty()) weight();
     return std::move(steps_);
@@ -169,20 +187,26 @@ std::vector<int> iota_range(int begin, int end) {
 }
 
 // 1F1B and ZB1P on rank r: min(P-r-1, C) warm-up forwards, then forward/backward pairs, then the
-// remaining backwards. ZB1P runs the cool-down backwards without their W and drains the W queue
-// last, so the backwards that gate the previous stage are not delayed by weight gradients.
+// remaining backwards. ZB1P is ZB-H1 of the Zero Bubble paper (Qi et al. 2023): the same F and B
+// order, with every W held back until r+1 of them wait on rank r (rank r defers r), so warm-up
+// forwards plus deferred W's are P-1 on every rank and the backwards that gate the upstream stages
+// run as early as the last rank allows; the r W's still queued after the last B fill the tail.
+// Peak activations (F done, B not) stay 1F1B's: P on rank 0.
 std::vector<Step> one_f_one_b(const Schedule& s, int rank, bool zero_bubble) {
   std::vector<int> mbs[2] = {iota_range(0, s.micro_batches), {}};
   int stage[2] = {rank, -1};
   RankBuilder rb(s, rank, mbs, stage);
+  const auto backward = [&] {
+    rb.backward(0, zero_bubble);
+    if (zero_bubble && rb.deferred_weights() > rank) rb.weight();
+  };
   const int warmup = std::min(s.stages - rank - 1, s.micro_batches);
   for (int i = 0; i < warmup; ++i) rb.forward(0);
   for (int i = 0; i < s.micro_batches - warmup; ++i) {
     rb.forward(0);
-    rb.backward(0, zero_bubble);
-    if (zero_bubble) rb.weight();
+    backward();
   }
-  for (int i = 0; i < warmup; ++i) rb.backward(0, zero_bubble);
+  for (int i = 0; i < warmup; ++i) backward();
   return rb.finish();
 }
 
@@ -194,7 +218,7 @@ std::vector<Step> dual_pipe(const Schedule& s, int rank, int h, int n, int c,
   RankBuilder rb(s, rank, chunk_micro_batches, chunk_stage);
   const bool middle = h == n - 1;  // does not overlap its first F/B pair (smaller bubble)
   for (int i = 0; i < 2 * (n - h - 1); ++i) rb.forward(0);  // 1: F0
-  for (int i = 0; i < h + 1; ++i) {                          // 2: F0 F1
+  for (int i = 0; i < h + 1; ++i) {                         // 2: F0 F1
     rb.forward(0);
     rb.forward(1);
   }
@@ -288,10 +312,13 @@ Schedule build_schedule(ScheduleKind kind, int stages, int micro_batches) {
 double table2_bubble(ScheduleKind kind, int stages, double f, double b, double w, double fb) {
   const double p = stages;
   switch (kind) {
-    case ScheduleKind::OneFOneB: return (p - 1) * (f + b);
-    case ScheduleKind::ZB1P: return (p - 1) * (f + b - 2 * w);
+    case ScheduleKind::OneFOneB:
+      return (p - 1) * (f + b);
+    case ScheduleKind::ZB1P:
+      return (p - 1) * (f + b - 2 * w);
     case ScheduleKind::DualPipe:
-    case ScheduleKind::DualPipeV: return (p / 2 - 1) * (fb + b - 3 * w);
+    case ScheduleKind::DualPipeV:
+      return (p / 2 - 1) * (fb + b - 3 * w);
   }
   return 0;
 }

@@ -78,7 +78,10 @@ Schedule build_schedule(ScheduleKind kind, int stages, int micro_batches);
 
 // Bubble of Table 2 (spec §5.2) in time units, for stage-chunk times F (forward), B (full
 // backward), W (weight part of B) and FB (an overlapped F&B pair). For the ZB1P, DualPipe and
-// DualPipeV rows, `stages` is PP (the stage count).
+// DualPipeV rows, `stages` is PP (the stage count). The lists of build_schedule reach it in
+// simulate_schedule with uniform costs: 1F1B always; ZB1P (ZB-H1) when W <= F, W <= B - W and
+// micro_batches >= stages; DualPipe/DualPipeV (worst rank) when F equals the input backward B - W
+// (tests/parallel/test_schedule.cc gives the excess otherwise).
 double table2_bubble(ScheduleKind kind, int stages, double f, double b, double w, double fb);
 
 }  // namespace frugal::pipeline
