@@ -24,6 +24,14 @@ inline bool aligned_to(const void* pointer, uintptr_t bytes) {
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// Blocks of a grid-stride loop over `work_items` with `threads` threads per block: one item per
+// thread, but at most kMaxGridBlocks (the loop covers the rest).
+constexpr int64_t kMaxGridBlocks = int64_t{1} << 20;
+inline unsigned grid_stride_blocks(int64_t work_items, int threads) {
+  const int64_t blocks = ceil_div(work_items, threads);
+  return static_cast<unsigned>(blocks < kMaxGridBlocks ? blocks : kMaxGridBlocks);
+}
+
 __device__ __forceinline__ float to_float(float value) { return value; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 value) { return __bfloat162float(value); }
 

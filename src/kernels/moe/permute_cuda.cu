@@ -339,6 +339,24 @@ void permute_rows(T* xp, const T* x, const int32_t* row_assignment, int64_t padd
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+
+// gather_sum_kernel over `tokens` output rows, on the vector path when every row allows it.
+template <class T>
+void launch_gather_sum(T* out, const T* rows_in, const float* weights,
+                       const int32_t* assignment_row, int64_t tokens, int64_t top_k, int64_t hidden,
+                       bool accumulate, cudaStream_t stream) {
+  if (rows_vectorizable<T>(hidden, {out, rows_in}))
+    gather_sum_kernel<T, kVector<T>><<<row_blocks(tokens), kRowWarps * kWarpSize, 0, stream>>>(
+        out, rows_in, weights, assignment_row, tokens, top_k, hidden, accumulate);
+  else
+    gather_sum_kernel<T, 1><<<row_blocks(tokens), kRowWarps * kWarpSize, 0, stream>>>(
+        out, rows_in, weights, assignment_row, tokens, top_k, hidden, accumulate);
+  FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
 template <class T>
 void unpermute_sum(T* dx, const T* dxp, const int32_t* assignment_row, int64_t tokens,
                    int64_t top_k, int64_t hidden, bool accumulate, cudaStream_t stream) {
@@ -346,13 +364,7 @@ void unpermute_sum(T* dx, const T* dxp, const int32_t* assignment_row, int64_t t
   if (tokens == 0) return;
   FRUGAL_CUDA_REQUIRE(dx != nullptr && dxp != nullptr && assignment_row != nullptr,
                       "unpermute_sum: null tensor");
-  if (rows_vectorizable<T>(hidden, {dx, dxp}))
-    gather_sum_kernel<T, kVector<T>><<<row_blocks(tokens), kRowWarps * kWarpSize, 0, stream>>>(
-        dx, dxp, nullptr, assignment_row, tokens, top_k, hidden, accumulate);
-  else
-    gather_sum_kernel<T, 1><<<row_blocks(tokens), kRowWarps * kWarpSize, 0, stream>>>(
-        dx, dxp, nullptr, assignment_row, tokens, top_k, hidden, accumulate);
-  FRUGAL_CUDA_CHECK_LAUNCH();
+  launch_gather_sum(dx, dxp, nullptr, assignment_row, tokens, top_k, hidden, accumulate, stream);
 }
 
 template <class T>
@@ -364,13 +376,8 @@ void combine_fwd(T* y, const T* expert_out, const float* weights, const int32_t*
   FRUGAL_CUDA_REQUIRE(y != nullptr && expert_out != nullptr && weights != nullptr &&
                           assignment_row != nullptr,
                       "combine_fwd: null tensor");
-  if (rows_vectorizable<T>(hidden, {y, expert_out}))
-    gather_sum_kernel<T, kVector<T>><<<row_blocks(tokens), kRowWarps * kWarpSize, 0, stream>>>(
-        y, expert_out, weights, assignment_row, tokens, top_k, hidden, accumulate);
-  else
-    gather_sum_kernel<T, 1><<<row_blocks(tokens), kRowWarps * kWarpSize, 0, stream>>>(
-        y, expert_out, weights, assignment_row, tokens, top_k, hidden, accumulate);
-  FRUGAL_CUDA_CHECK_LAUNCH();
+  launch_gather_sum(y, expert_out, weights, assignment_row, tokens, top_k, hidden, accumulate,
+                    stream);
 }
 
 template <class T>
