@@ -4,12 +4,15 @@
 //   - DeviceArray<T>: device elements, optionally one element past a 16-byte boundary (so the
 //     launchers take their element-by-element paths), with upload / download / poison (0xFF bytes:
 //     NaN as fp32 and bf16, the never-written E4M3 code 0xFF)
-//   - bf16 host conversions through core/dtype.h (round to nearest even)
+//   - bf16 host conversions through core/dtype.h (round to nearest even), as __nv_bfloat16 values
+//     or as uint16_t bit patterns (to_bf16_bits / from_bf16_bits, as_bf16 for device pointers)
 //   - checks that print one line "CHECK | op | shape | metric | ok/FAIL" (the format
 //     scripts/gpu_round.sh summarizes) and, on failure, the first offending index with both values:
 //       expect_close:     max_i |gpu_i - cpu_i| / scale <= tolerance (scale: max_i |cpu_i| unless
 //                         given), and no non-finite GPU value where the CPU's is finite
 //       expect_identical_bits / expect_quant_identical: bit for bit (FP8 codes and scales)
+//       expect_equal:     integer arrays (or bit patterns) exactly
+//       expect_same_bits: two runs of an op give the same bits
 #pragma once
 
 #include <cuda_bf16.h>
@@ -42,7 +45,7 @@ inline uint64_t base_seed() {
 }
 
 // A seed per (op, shape, input) so each case gets its own numbers.
-inline uint64_t case_seed(const std::string& label, uint64_t salt) {
+inline uint64_t case_seed(const std::string& label, uint64_t salt = 0) {
   uint64_t h = 1469598103934665603ull ^ base_seed();
   for (char c : label) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
   return h ^ (salt * 0x9E3779B97F4A7C15ull);
@@ -85,6 +88,25 @@ inline std::vector<float> round_bf16(const std::vector<float>& values) {
   std::vector<float> out(values.size());
   for (size_t i = 0; i < values.size(); ++i) out[i] = round_to_bf16(values[i]);
   return out;
+}
+
+// The same as bit patterns: device buffers of uint16_t are passed to the ops as __nv_bfloat16.
+inline std::vector<uint16_t> to_bf16_bits(const std::vector<float>& values) {
+  std::vector<uint16_t> bits(values.size());
+  for (size_t i = 0; i < values.size(); ++i) bits[i] = float_to_bf16_bits(values[i]);
+  return bits;
+}
+inline std::vector<float> from_bf16_bits(const std::vector<uint16_t>& bits) {
+  std::vector<float> out(bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) out[i] = bf16_bits_to_float(bits[i]);
+  return out;
+}
+inline __nv_bfloat16* as_bf16(uint16_t* p) { return reinterpret_cast<__nv_bfloat16*>(p); }
+inline const __nv_bfloat16* as_bf16(const uint16_t* p) {
+  return reinterpret_cast<const __nv_bfloat16*>(p);
+}
+inline std::vector<double> to_double(const std::vector<float>& values) {
+  return std::vector<double>(values.begin(), values.end());
 }
 
 // Host values of element type T from fp32 (bf16: rounded) and the fp32 values T holds.
@@ -148,19 +170,21 @@ class DeviceArray {
 // `scale`: the magnitude errors are measured against (0: max |cpu|). An output that is a difference
 // of much larger terms passes the terms' magnitude, since rounding of the terms is all either side
 // can resolve.
-inline bool expect_close(const std::string& op, const std::string& shape,
-                         const std::vector<float>& gpu, const std::vector<float>& cpu,
-                         double tolerance, double scale = 0) {
+// G, R: float or double (the GPU's values and the reference's).
+template <class G, class R>
+bool expect_close(const std::string& op, const std::string& shape, const std::vector<G>& gpu,
+                  const std::vector<R>& cpu, double tolerance, double scale = 0) {
   EXPECT_EQ(gpu.size(), cpu.size()) << op << " " << shape;
   if (gpu.size() != cpu.size()) return false;
   if (scale == 0)
-    for (float c : cpu) scale = std::max(scale, std::fabs(double{c}));
+    for (R c : cpu) scale = std::max(scale, std::fabs(static_cast<double>(c)));
   if (scale == 0) scale = 1;
   double max_error = 0;
   int64_t not_finite = 0, bad = 0, first_bad = -1;
   for (size_t i = 0; i < cpu.size(); ++i) {
-    const bool unwritten = !std::isfinite(gpu[i]) && std::isfinite(cpu[i]);
-    const double error = unwritten ? INFINITY : std::fabs(double{gpu[i]} - double{cpu[i]}) / scale;
+    const double g = static_cast<double>(gpu[i]), c = static_cast<double>(cpu[i]);
+    const bool unwritten = !std::isfinite(g) && std::isfinite(c);
+    const double error = unwritten ? INFINITY : std::fabs(g - c) / scale;
     if (unwritten) ++not_finite;
     else max_error = std::max(max_error, error);
     if (unwritten || error > tolerance) {
@@ -176,10 +200,17 @@ inline bool expect_close(const std::string& op, const std::string& shape,
                 "%.9g (scale %.3g, tolerance %.1e)\n",
                 op.c_str(), shape.c_str(), static_cast<long long>(bad), cpu.size(),
                 static_cast<long long>(not_finite), static_cast<long long>(first_bad),
-                gpu[first_bad], cpu[first_bad], scale, tolerance);
+                static_cast<double>(gpu[first_bad]), static_cast<double>(cpu[first_bad]), scale,
+                tolerance);
   EXPECT_TRUE(ok) << op << " " << shape << ": max rel err " << max_error << ", " << bad
                   << " bad elements, first at " << first_bad;
   return ok;
+}
+// fp32 on both sides (also for braced lists).
+inline bool expect_close(const std::string& op, const std::string& shape,
+                         const std::vector<float>& gpu, const std::vector<float>& cpu,
+                         double tolerance, double scale = 0) {
+  return expect_close<float, float>(op, shape, gpu, cpu, tolerance, scale);
 }
 
 // Same bits (floats compared as their bit patterns).
@@ -232,6 +263,47 @@ inline bool expect_quant_identical(const std::string& op, const std::string& tex
   EXPECT_EQ(code_mismatches, 0) << op << " " << text;
   EXPECT_EQ(scale_mismatches, 0) << op << " " << text;
   return ok;
+}
+
+// Exact equality of integer arrays (or bit patterns), with the first mismatches printed.
+template <class A, class B>
+bool expect_equal(const std::string& op, const std::string& shape, const std::vector<A>& gpu,
+                  const std::vector<B>& cpu) {
+  EXPECT_EQ(gpu.size(), cpu.size()) << op << " " << shape;
+  if (gpu.size() != cpu.size()) return false;
+  int64_t mismatches = 0;
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    if (static_cast<int64_t>(gpu[i]) == static_cast<int64_t>(cpu[i])) continue;
+    if (++mismatches <= 5)
+      std::printf("  %s %s: element %zu gpu %lld expected %lld\n", op.c_str(), shape.c_str(), i,
+                  static_cast<long long>(gpu[i]), static_cast<long long>(cpu[i]));
+  }
+  std::printf("CHECK | %-28s | %-22s | %lld/%zu differ | %s\n", op.c_str(), shape.c_str(),
+              static_cast<long long>(mismatches), cpu.size(), mismatches == 0 ? "ok" : "FAIL");
+  EXPECT_EQ(mismatches, 0) << op << " " << shape;
+  return mismatches == 0;
+}
+
+template <class T>
+std::vector<uint64_t> bit_patterns(const std::vector<T>& values) {
+  static_assert(sizeof(T) <= sizeof(uint64_t));
+  std::vector<uint64_t> bits(values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    uint64_t b = 0;
+    std::memcpy(&b, &values[i], sizeof(T));
+    bits[i] = b;
+  }
+  return bits;
+}
+
+// Two runs of an op must give the same bits.
+template <class T>
+void expect_same_bits(const std::string& op, const std::string& shape, const std::vector<T>& first,
+                      const std::vector<T>& second) {
+  const bool same = bit_patterns(first) == bit_patterns(second);
+  std::printf("CHECK | %-28s | %-22s | %s | %s\n", (op + " rerun").c_str(), shape.c_str(),
+              same ? "same bits" : "bits differ", same ? "ok" : "FAIL");
+  EXPECT_TRUE(same) << op << " " << shape << ": two runs differ";
 }
 
 // A test fixture with its own stream; skips nothing: no device is a failure.

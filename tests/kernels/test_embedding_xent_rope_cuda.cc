@@ -25,7 +25,7 @@
 
 #include "core/cuda_check.h"
 #include "core/error.h"
-#include "cuda_compare_util.h"
+#include "cuda_test_util.h"
 #include "kernels/embedding/embedding.h"
 #include "kernels/embedding/embedding_cuda.h"
 #include "kernels/rope/rope.h"
@@ -36,7 +36,7 @@
 namespace frugal {
 namespace {
 
-using namespace cuda_test;
+using namespace testing;
 
 class KernelsCuda : public CudaTest {};
 
@@ -53,14 +53,14 @@ auto device_ptr(H* p) {
 template <class H>
 std::vector<H> encode(const std::vector<float>& x) {
   if constexpr (kIsBf16<H>)
-    return to_bf16(x);
+    return to_bf16_bits(x);
   else
     return x;
 }
 template <class H>
 std::vector<float> decode(const std::vector<H>& x) {
   if constexpr (kIsBf16<H>)
-    return from_bf16(x);
+    return from_bf16_bits(x);
   else
     return x;
 }

@@ -39,30 +39,16 @@
 #include "kernels/attention/attention.h"
 #include "kernels/attention/cudnn_attention.h"
 #include "kernels/attention/flash_attention_cuda.h"
+#include "cuda_test_util.h"
 
 namespace frugal {
 namespace {
 
 using bf16 = __nv_bfloat16;
 
-uint64_t base_seed() {
-  const char* text = std::getenv("FRUGAL_TEST_SEED");
-  return text != nullptr ? std::strtoull(text, nullptr, 10) : 20240917;
-}
-
-uint64_t case_seed(const std::string& label, uint64_t salt) {
-  uint64_t h = 1469598103934665603ull ^ base_seed();
-  for (char c : label) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
-  return h ^ (salt * 0x9E3779B97F4A7C15ull);
-}
-
-std::vector<float> random_normal(int64_t count, uint64_t seed, float stddev) {
-  std::mt19937_64 gen(seed);
-  std::normal_distribution<float> dist(0.0f, stddev);
-  std::vector<float> values(count);
-  for (float& v : values) v = dist(gen);
-  return values;
-}
+using testing::case_seed;
+using testing::DeviceArray;
+using testing::random_normal;
 
 struct Case {
   int64_t batch, seq, heads, qk_dim, v_dim;
@@ -109,30 +95,6 @@ std::vector<double> widen(const std::vector<T>& x) {
   for (size_t i = 0; i < x.size(); ++i) out[i] = to_double(x[i]);
   return out;
 }
-
-// `count` device elements, optionally starting one element past the allocation.
-template <class T>
-class DeviceArray {
- public:
-  DeviceArray(int64_t count, bool misaligned)
-      : count_(count), offset_(misaligned ? 1 : 0), buffer_(static_cast<size_t>(count + 1)) {}
-  T* get() { return buffer_.data() + offset_; }
-  void upload(const std::vector<T>& host) {
-    ASSERT_EQ(static_cast<int64_t>(host.size()), count_);
-    FRUGAL_CUDA_CHECK(cudaMemcpy(get(), host.data(), count_ * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> download() {
-    std::vector<T> host(count_);
-    FRUGAL_CUDA_CHECK(cudaMemcpy(host.data(), get(), count_ * sizeof(T), cudaMemcpyDeviceToHost));
-    return host;
-  }
-  void poison() { FRUGAL_CUDA_CHECK(cudaMemset(get(), 0xFF, count_ * sizeof(T))); }
-
- private:
-  int64_t count_;
-  int64_t offset_;
-  cuda::DeviceBuffer<T> buffer_;
-};
 
 struct Reference {
   std::vector<double> out, lse, dq, dk, dv;
@@ -243,27 +205,19 @@ struct Ran {
   std::string forward, backward;
 };
 
-class FlashAttentionCuda : public ::testing::Test {
+// CudaTest's stream; every test leaves the attention backend on automatic.
+class FlashAttentionCuda : public testing::CudaTest {
  protected:
-  void SetUp() override {
-    int devices = 0;
-    FRUGAL_CUDA_CHECK(cudaGetDeviceCount(&devices));
-    ASSERT_GT(devices, 0) << "no CUDA device";
-    FRUGAL_CUDA_CHECK(cudaStreamCreate(&stream_));
-  }
   void TearDown() override {
     cuda::set_attention_backend(cuda::AttentionBackend::automatic);
-    if (stream_ != nullptr) FRUGAL_CUDA_CHECK(cudaStreamDestroy(stream_));
+    CudaTest::TearDown();
   }
-  void sync() { FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
   // Runs `c` under the backend preference `backend`; `dtype` ("fp32", "bf16") also seeds the inputs
   // (the same for every backend). `ran` (optional) receives the kernels that ran.
   template <class T>
   void run_case(const Case& c, const std::string& dtype, Tolerances tolerance,
                 cuda::AttentionBackend backend, Ran* ran = nullptr);
-
-  cudaStream_t stream_ = nullptr;
 };
 
 // The kernels frugal runs for `c` without cuDNN (flash_attention_cuda.cu).
@@ -292,10 +246,10 @@ void FlashAttentionCuda::run_case(const Case& c, const std::string& dtype, Toler
   cuda::set_attention_backend(backend);
   const std::string label = dtype + c.text();
   // Inputs in T (bf16: rounded), the reference on exactly those values.
-  const std::vector<T> q = convert<T>(random_normal(c.qk_size(), case_seed(label, 1), c.q_stddev));
-  const std::vector<T> k = convert<T>(random_normal(c.qk_size(), case_seed(label, 2), 1.0f));
-  const std::vector<T> v = convert<T>(random_normal(c.v_size(), case_seed(label, 3), 1.0f));
-  const std::vector<T> dout = convert<T>(random_normal(c.v_size(), case_seed(label, 4), 1.0f));
+  const std::vector<T> q = convert<T>(random_normal(c.qk_size(), case_seed(label, 1), 0.0f, c.q_stddev));
+  const std::vector<T> k = convert<T>(random_normal(c.qk_size(), case_seed(label, 2), 0.0f, 1.0f));
+  const std::vector<T> v = convert<T>(random_normal(c.v_size(), case_seed(label, 3), 0.0f, 1.0f));
+  const std::vector<T> dout = convert<T>(random_normal(c.v_size(), case_seed(label, 4), 0.0f, 1.0f));
   const Reference ref = reference(c, widen(q), widen(k), widen(v), widen(dout));
 
   DeviceArray<T> q_d(c.qk_size(), c.misaligned), k_d(c.qk_size(), c.misaligned),

@@ -40,6 +40,7 @@
 #include "kernels/gemm/gemm_cuda_internal.h"
 #include "kernels/gemm/gemm_fp8.h"
 #include "kernels/quant/quant.h"
+#include "cuda_test_util.h"
 #include "test_util.h"
 
 namespace frugal {
@@ -52,24 +53,8 @@ constexpr double kBf16InF32OutTolerance = 1e-4;
 constexpr double kBf16OutTolerance = 1e-2;
 constexpr double kFp8F32OutTolerance = 1e-3;
 
-uint64_t base_seed() {
-  const char* text = std::getenv("FRUGAL_TEST_SEED");
-  return text != nullptr ? std::strtoull(text, nullptr, 10) : 20250611;
-}
-
-uint64_t case_seed(const std::string& label) {
-  uint64_t h = 1469598103934665603ull ^ base_seed();
-  for (char c : label) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
-  return h;
-}
-
-std::vector<float> random_normal(int64_t count, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> values(count);
-  for (float& v : values) v = dist(gen);
-  return values;
-}
+using testing::case_seed;
+using testing::random_normal;
 
 // [rows, cols] normal values whose magnitude changes by powers of two from row to row and from
 // one 128-column tile to the next, so that a misplaced FP8 scale shows.
@@ -203,19 +188,9 @@ void expect_close(const std::string& what, const std::string& shape, const std::
   EXPECT_LE(rel, tolerance) << what << " " << shape;
 }
 
-class GemmCuda : public ::testing::Test {
+// CudaTest's stream and a cuBLASLt handle.
+class GemmCuda : public testing::CudaTest {
  protected:
-  void SetUp() override {
-    int devices = 0;
-    FRUGAL_CUDA_CHECK(cudaGetDeviceCount(&devices));
-    ASSERT_GT(devices, 0) << "no CUDA device";
-    FRUGAL_CUDA_CHECK(cudaStreamCreate(&stream_));
-  }
-  void TearDown() override {
-    if (stream_ != nullptr) FRUGAL_CUDA_CHECK(cudaStreamDestroy(stream_));
-  }
-  void sync() { FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
-  cudaStream_t stream_ = nullptr;
   cuda::BlasHandle blas_;
 };
 

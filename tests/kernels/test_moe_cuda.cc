@@ -30,7 +30,7 @@
 
 #include "core/cuda_check.h"
 #include "core/error.h"
-#include "cuda_compare_util.h"
+#include "cuda_test_util.h"
 #include "kernels/moe/balance_loss.h"
 #include "kernels/moe/moe_cuda.h"
 #include "kernels/moe/permute.h"
@@ -42,7 +42,7 @@ namespace {
 using cpu::RouterParams;
 using cpu::ScoringFunc;
 using cpu::TopkMethod;
-using namespace cuda_test;
+using namespace testing;
 
 class MoeCuda : public CudaTest {};
 
@@ -380,7 +380,7 @@ auto device_ptr(H* p) {
 template <class H>
 std::vector<H> encode(const std::vector<float>& x) {
   if constexpr (std::is_same_v<H, uint16_t>)
-    return to_bf16(x);
+    return to_bf16_bits(x);
   else
     return x;
 }
@@ -388,7 +388,7 @@ std::vector<H> encode(const std::vector<float>& x) {
 template <class H>
 std::vector<float> decode(const std::vector<H>& x) {
   if constexpr (std::is_same_v<H, uint16_t>)
-    return from_bf16(x);
+    return from_bf16_bits(x);
   else
     return x;
 }

@@ -35,7 +35,6 @@ using detail::ceil_div;
 using detail::kChunk;
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t{1} << 20;
 
 struct AdamWConstants {
   double beta1, one_minus_beta1, beta2, one_minus_beta2;
@@ -190,8 +189,7 @@ void adamw_update(float* w, M* m, M* v, const float* grad, const float* clip_sca
   c.decay = c.lr * static_cast<double>(step.weight_decay);
   c.eps = step.eps;
   auto* w_bf16 = static_cast<__nv_bfloat16*>(weight_bf16);
-  const int64_t blocks = ceil_div(ceil_div(n, kChunk), kThreads);
-  const unsigned grid = static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
+  const unsigned grid = detail::grid_stride_blocks(ceil_div(n, kChunk), kThreads);
   const bool vector = aligned_to(w, 16) && aligned_to(m, 16) && aligned_to(v, 16) &&
                       aligned_to(grad, 16) && (w_bf16 == nullptr || aligned_to(w_bf16, 16));
   if (vector)

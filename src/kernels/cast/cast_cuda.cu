@@ -21,12 +21,7 @@ using detail::ceil_div;
 using detail::kChunk;
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t{1} << 20;
-
-unsigned grid_for(int64_t work_items) {
-  const int64_t blocks = ceil_div(work_items, kThreads);
-  return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
-}
+unsigned grid_for(int64_t work_items) { return detail::grid_stride_blocks(work_items, kThreads); }
 
 template <class T, class U, bool kVector>
 __global__ void __launch_bounds__(kThreads)

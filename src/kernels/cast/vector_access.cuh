@@ -1,5 +1,6 @@
-// Device helpers shared by the elementwise and row kernels (cast, rmsnorm, swiglu, quant, adamw):
-// loads and stores of 8 consecutive float / __nv_bfloat16 values, widened to or narrowed from fp32.
+// Device helpers shared by the elementwise and row kernels (cast, rmsnorm, swiglu, quant, adamw,
+// embedding, xent, permute, rope, the GPU model's glue kernels): loads and stores of consecutive
+// float / __nv_bfloat16 values, widened to or narrowed from fp32.
 //
 // A "chunk" is 8 consecutive elements. The vector forms need the chunk's address 16-byte aligned
 // (fp32: two 16-byte accesses, bf16: one) and all 8 elements present; the partial forms touch only
@@ -23,6 +24,14 @@ inline bool aligned_to(const void* pointer, uintptr_t bytes) {
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// Blocks of a grid-stride loop over `work_items` with `threads` threads per block: one item per
+// thread, but at most kMaxGridBlocks (the loop covers the rest).
+constexpr int64_t kMaxGridBlocks = int64_t{1} << 20;
+inline unsigned grid_stride_blocks(int64_t work_items, int threads) {
+  const int64_t blocks = ceil_div(work_items, threads);
+  return static_cast<unsigned>(blocks < kMaxGridBlocks ? blocks : kMaxGridBlocks);
+}
+
 __device__ __forceinline__ float to_float(float value) { return value; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 value) { return __bfloat162float(value); }
 
@@ -35,6 +44,29 @@ __device__ __forceinline__ float from_float<float>(float value) {
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float value) {
   return __float2bfloat16_rn(value);
+}
+
+// N consecutive T moved as one access of sizeof(T) * N bytes (the address must be aligned to that).
+template <class T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// N values at p (aligned to sizeof(T) * N) in one access, widened to fp32.
+template <class T, int N>
+__device__ __forceinline__ void load_pack(float (&v)[N], const T* p) {
+  const Pack<T, N> pack = *reinterpret_cast<const Pack<T, N>*>(p);
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = to_float(pack.v[i]);
+}
+
+// N values narrowed to T and stored at p (aligned to sizeof(T) * N) in one access.
+template <class T, int N>
+__device__ __forceinline__ void store_pack(T* p, const float (&v)[N]) {
+  Pack<T, N> pack;
+#pragma unroll
+  for (int i = 0; i < N; ++i) pack.v[i] = from_float<T>(v[i]);
+  *reinterpret_cast<Pack<T, N>*>(p) = pack;
 }
 
 // 8 values at p (16-byte aligned) widened to fp32.

@@ -21,6 +21,7 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include "core/cuda_check.h"
+#include "kernels/cast/vector_access.cuh"
 #include "kernels/embedding/embedding_cuda.h"
 
 namespace frugal::cuda {
@@ -33,23 +34,10 @@ constexpr int64_t kBwdColumns = 4 * kBwdThreads;  // 4 columns per thread
 constexpr int kBwdUnroll = 8;           // dout rows loaded ahead of their additions
 constexpr size_t kAlign = 256;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <class T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
+using detail::from_float;
+using detail::load_pack;
+using detail::store_pack;
+using detail::to_float;
 
 // kVector: d % 4 == 0 and table/out aligned: a float4 of the table becomes 4 T at once.
 template <class T, bool kVector>
@@ -63,13 +51,9 @@ __global__ void __launch_bounds__(kFwdWarps* kWarpSize)
   T* dst = out + row * d;
   if (kVector) {
     for (int64_t j = lane * 4; j < d; j += kWarpSize * 4) {
-      const float4 v = *reinterpret_cast<const float4*>(src + j);
-      Pack<T, 4> p;
-      p.v[0] = from_float<T>(v.x);
-      p.v[1] = from_float<T>(v.y);
-      p.v[2] = from_float<T>(v.z);
-      p.v[3] = from_float<T>(v.w);
-      *reinterpret_cast<Pack<T, 4>*>(dst + j) = p;
+      const float4 v4 = *reinterpret_cast<const float4*>(src + j);
+      const float v[4] = {v4.x, v4.y, v4.z, v4.w};
+      store_pack<T, 4>(dst + j, v);
     }
   } else {
     for (int64_t j = lane; j < d; j += kWarpSize) dst[j] = from_float<T>(src[j]);
@@ -121,9 +105,7 @@ __global__ void __launch_bounds__(kBwdThreads)
     for (int u = 0; u < kBwdUnroll; ++u) {
       const T* g = dout + static_cast<int64_t>(sorted_tokens[q + u]) * d + col;
       if (kVector) {
-        const Pack<T, 4> pk = *reinterpret_cast<const Pack<T, 4>*>(g);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) v[u][i] = to_float(pk.v[i]);
+        load_pack<T, 4>(v[u], g);
       } else {
 #pragma unroll
         for (int i = 0; i < 4; ++i) v[u][i] = i < valid ? to_float(g[i]) : 0.0f;

@@ -483,34 +483,42 @@ void gemm_batched(BlasHandle& blas, bool trans_a, bool trans_b, int64_t m, int64
 
 // ---- Grouped (MoE) GEMMs: one cuBLASLt call per non-empty group ---------------------------------
 
-void grouped_gemm_nt(BlasHandle& blas, int64_t groups, const int64_t* host_offsets, int64_t n,
-                     int64_t k, const void* x, const void* w, DataType ab_type, void* y,
-                     DataType c_type, cudaStream_t stream) {
-  const char* what = "grouped_gemm_nt";
+namespace {
+
+// out_g[rows, out_cols] = in_g[rows, in_cols] · W_g (trans_w: W_g^T), W_g [N, K] the g-th of the
+// weights; rows of group g are host_offsets[g]..host_offsets[g+1] of in and out.
+void grouped_rows_times_weight(BlasHandle& blas, const char* what, bool trans_w, int64_t groups,
+                               const int64_t* host_offsets, int64_t n, int64_t k, const void* in,
+                               int64_t in_cols, const void* w, DataType ab_type, void* out,
+                               int64_t out_cols, DataType c_type, cudaStream_t stream) {
   gemm_detail::check_group_offsets(what, groups, host_offsets, 1);
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t begin = host_offsets[g], rows = host_offsets[g + 1] - begin;
     if (rows == 0) continue;
-    // y_g[rows,N] = x_g[rows,K] · W_g[N,K]^T
-    dense_gemm(blas, false, true, rows, n, k, 1.0f, offset_ptr(x, begin * k, ab_type), k, 0,
+    dense_gemm(blas, false, trans_w, rows, out_cols, in_cols, 1.0f,
+               offset_ptr(in, begin * in_cols, ab_type), in_cols, 0,
                offset_ptr(w, g * n * k, ab_type), k, 0, ab_type, 0.0f,
-               offset_ptr(y, begin * n, c_type), n, 0, c_type, 1, VaryingDim::N, stream, what);
+               offset_ptr(out, begin * out_cols, c_type), out_cols, 0, c_type, 1, VaryingDim::N,
+               stream, what);
   }
 }
 
+}  // namespace
+
+// y_g[rows,N] = x_g[rows,K] · W_g[N,K]^T
+void grouped_gemm_nt(BlasHandle& blas, int64_t groups, const int64_t* host_offsets, int64_t n,
+                     int64_t k, const void* x, const void* w, DataType ab_type, void* y,
+                     DataType c_type, cudaStream_t stream) {
+  grouped_rows_times_weight(blas, "grouped_gemm_nt", true, groups, host_offsets, n, k, x, k, w,
+                            ab_type, y, n, c_type, stream);
+}
+
+// dx_g[rows,K] = dy_g[rows,N] · W_g[N,K]
 void grouped_gemm_nn(BlasHandle& blas, int64_t groups, const int64_t* host_offsets, int64_t n,
                      int64_t k, const void* dy, const void* w, DataType ab_type, void* dx,
                      DataType c_type, cudaStream_t stream) {
-  const char* what = "grouped_gemm_nn";
-  gemm_detail::check_group_offsets(what, groups, host_offsets, 1);
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t begin = host_offsets[g], rows = host_offsets[g + 1] - begin;
-    if (rows == 0) continue;
-    // dx_g[rows,K] = dy_g[rows,N] · W_g[N,K]
-    dense_gemm(blas, false, false, rows, k, n, 1.0f, offset_ptr(dy, begin * n, ab_type), n, 0,
-               offset_ptr(w, g * n * k, ab_type), k, 0, ab_type, 0.0f,
-               offset_ptr(dx, begin * k, c_type), k, 0, c_type, 1, VaryingDim::N, stream, what);
-  }
+  grouped_rows_times_weight(blas, "grouped_gemm_nn", false, groups, host_offsets, n, k, dy, n, w,
+                            ab_type, dx, k, c_type, stream);
 }
 
 void grouped_gemm_tn(BlasHandle& blas, int64_t groups, const int64_t* host_offsets, int64_t n,

@@ -25,6 +25,7 @@
 #include <initializer_list>
 
 #include "core/cuda_check.h"
+#include "kernels/cast/vector_access.cuh"
 #include "kernels/moe/moe_cuda.h"
 
 namespace frugal::cuda {
@@ -148,39 +149,12 @@ __global__ void __launch_bounds__(kSortThreads)
 
 // ---- row ops -----------------------------------------------------------------------------------
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
 // N consecutive elements moved as one access (N = 16 bytes / sizeof(T) on the vector path).
-template <class T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-template <class T, int N>
-__device__ __forceinline__ void load_floats(float (&out)[N], const T* p) {
-  const Pack<T, N> pack = *reinterpret_cast<const Pack<T, N>*>(p);
-#pragma unroll
-  for (int i = 0; i < N; ++i) out[i] = to_float(pack.v[i]);
-}
-
-template <class T, int N>
-__device__ __forceinline__ void store_floats(T* p, const float (&in)[N]) {
-  Pack<T, N> pack;
-#pragma unroll
-  for (int i = 0; i < N; ++i) pack.v[i] = from_float<T>(in[i]);
-  *reinterpret_cast<Pack<T, N>*>(p) = pack;
-}
+using detail::from_float;
+using detail::load_pack;
+using detail::Pack;
+using detail::store_pack;
+using detail::to_float;
 
 template <class T, int N>
 __global__ void __launch_bounds__(kRowWarps* kWarpSize)
@@ -194,7 +168,7 @@ __global__ void __launch_bounds__(kRowWarps* kWarpSize)
   T* dst = xp + p * hidden;
   if (a < 0) {
     float zeros[N] = {};
-    for (int64_t j = lane * N; j < hidden; j += kWarpSize * N) store_floats<T, N>(dst + j, zeros);
+    for (int64_t j = lane * N; j < hidden; j += kWarpSize * N) store_pack<T, N>(dst + j, zeros);
     return;
   }
   const T* src = x + (a / top_k) * hidden;
@@ -215,7 +189,7 @@ __global__ void __launch_bounds__(kRowWarps* kWarpSize)
   for (int64_t j = lane * N; j < hidden; j += kWarpSize * N) {
     float acc[N];
     if (accumulate) {
-      load_floats<T, N>(acc, out + j);
+      load_pack<T, N>(acc, out + j);
     } else {
 #pragma unroll
       for (int i = 0; i < N; ++i) acc[i] = 0.0f;
@@ -225,7 +199,7 @@ __global__ void __launch_bounds__(kRowWarps* kWarpSize)
       const int32_t row = assignment_row[t * top_k + k];
       if (row < 0) continue;
       float v[N];
-      load_floats<T, N>(v, src + static_cast<int64_t>(row) * hidden + j);
+      load_pack<T, N>(v, src + static_cast<int64_t>(row) * hidden + j);
       if (weights != nullptr) {
         const float w = weights[t * top_k + k];
 #pragma unroll
@@ -235,7 +209,7 @@ __global__ void __launch_bounds__(kRowWarps* kWarpSize)
         for (int i = 0; i < N; ++i) acc[i] += v[i];
       }
     }
-    store_floats<T, N>(out + j, acc);
+    store_pack<T, N>(out + j, acc);
   }
 }
 
@@ -253,7 +227,7 @@ __global__ void __launch_bounds__(kRowWarps* kWarpSize)
   T* d_out = d_expert_out + p * hidden;
   if (a < 0) {  // padding row
     float zeros[N] = {};
-    for (int64_t j = lane * N; j < hidden; j += kWarpSize * N) store_floats<T, N>(d_out + j, zeros);
+    for (int64_t j = lane * N; j < hidden; j += kWarpSize * N) store_pack<T, N>(d_out + j, zeros);
     return;
   }
   const float w = weights[a];
@@ -262,14 +236,14 @@ __global__ void __launch_bounds__(kRowWarps* kWarpSize)
   float dot = 0.0f;
   for (int64_t j = lane * N; j < hidden; j += kWarpSize * N) {
     float gv[N], ov[N], dv[N];
-    load_floats<T, N>(gv, g + j);
-    load_floats<T, N>(ov, out + j);
+    load_pack<T, N>(gv, g + j);
+    load_pack<T, N>(ov, out + j);
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       dv[i] = __fmul_rn(w, gv[i]);
       dot += gv[i] * ov[i];
     }
-    store_floats<T, N>(d_out + j, dv);
+    store_pack<T, N>(d_out + j, dv);
   }
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
     dot += __shfl_xor_sync(kFullMask, dot, offset);
@@ -365,6 +339,24 @@ void permute_rows(T* xp, const T* x, const int32_t* row_assignment, int64_t padd
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+
+// gather_sum_kernel over `tokens` output rows, on the vector path when every row allows it.
+template <class T>
+void launch_gather_sum(T* out, const T* rows_in, const float* weights,
+                       const int32_t* assignment_row, int64_t tokens, int64_t top_k, int64_t hidden,
+                       bool accumulate, cudaStream_t stream) {
+  if (rows_vectorizable<T>(hidden, {out, rows_in}))
+    gather_sum_kernel<T, kVector<T>><<<row_blocks(tokens), kRowWarps * kWarpSize, 0, stream>>>(
+        out, rows_in, weights, assignment_row, tokens, top_k, hidden, accumulate);
+  else
+    gather_sum_kernel<T, 1><<<row_blocks(tokens), kRowWarps * kWarpSize, 0, stream>>>(
+        out, rows_in, weights, assignment_row, tokens, top_k, hidden, accumulate);
+  FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
 template <class T>
 void unpermute_sum(T* dx, const T* dxp, const int32_t* assignment_row, int64_t tokens,
                    int64_t top_k, int64_t hidden, bool accumulate, cudaStream_t stream) {
@@ -372,13 +364,7 @@ void unpermute_sum(T* dx, const T* dxp, const int32_t* assignment_row, int64_t t
   if (tokens == 0) return;
   FRUGAL_CUDA_REQUIRE(dx != nullptr && dxp != nullptr && assignment_row != nullptr,
                       "unpermute_sum: null tensor");
-  if (rows_vectorizable<T>(hidden, {dx, dxp}))
-    gather_sum_kernel<T, kVector<T>><<<row_blocks(tokens), kRowWarps * kWarpSize, 0, stream>>>(
-        dx, dxp, nullptr, assignment_row, tokens, top_k, hidden, accumulate);
-  else
-    gather_sum_kernel<T, 1><<<row_blocks(tokens), kRowWarps * kWarpSize, 0, stream>>>(
-        dx, dxp, nullptr, assignment_row, tokens, top_k, hidden, accumulate);
-  FRUGAL_CUDA_CHECK_LAUNCH();
+  launch_gather_sum(dx, dxp, nullptr, assignment_row, tokens, top_k, hidden, accumulate, stream);
 }
 
 template <class T>
@@ -390,13 +376,8 @@ void combine_fwd(T* y, const T* expert_out, const float* weights, const int32_t*
   FRUGAL_CUDA_REQUIRE(y != nullptr && expert_out != nullptr && weights != nullptr &&
                           assignment_row != nullptr,
                       "combine_fwd: null tensor");
-  if (rows_vectorizable<T>(hidden, {y, expert_out}))
-    gather_sum_kernel<T, kVector<T>><<<row_blocks(tokens), kRowWarps * kWarpSize, 0, stream>>>(
-        y, expert_out, weights, assignment_row, tokens, top_k, hidden, accumulate);
-  else
-    gather_sum_kernel<T, 1><<<row_blocks(tokens), kRowWarps * kWarpSize, 0, stream>>>(
-        y, expert_out, weights, assignment_row, tokens, top_k, hidden, accumulate);
-  FRUGAL_CUDA_CHECK_LAUNCH();
+  launch_gather_sum(y, expert_out, weights, assignment_row, tokens, top_k, hidden, accumulate,
+                    stream);
 }
 
 template <class T>

@@ -31,7 +31,6 @@ using detail::ceil_div;
 using detail::kChunk;
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxGrid = int64_t{1} << 20;
 
 // Values of x [rows, cols] for act_quant_kernel.
 template <class T, bool kVector>
@@ -368,7 +367,7 @@ void dequantize_act_1x128(T* x, const uint8_t* q, const float* scales, int64_t r
   FRUGAL_CUDA_REQUIRE(q != nullptr && scales != nullptr && x != nullptr,
                       "cuda::dequantize_act_1x128: null pointer");
   const int64_t chunks = rows * ceil_div(cols, kChunk);
-  const unsigned blocks = static_cast<unsigned>(std::min(ceil_div(chunks, kThreads), kMaxGrid));
+  const unsigned blocks = detail::grid_stride_blocks(chunks, kThreads);
   if (cols % kChunk == 0 && aligned_to(q, 8) && aligned_to(x, 16))
     dequantize_act_kernel<T, true><<<blocks, kThreads, 0, stream>>>(x, q, scales, rows, cols);
   else

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "core/cuda_check.h"
+#include "kernels/cast/vector_access.cuh"
 #include "kernels/rope/rope_cuda.h"
 
 namespace frugal::cuda {
@@ -20,18 +21,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
+using detail::from_float;
+using detail::to_float;
 
 template <class T>
 __global__ void __launch_bounds__(kThreads)

@@ -23,7 +23,6 @@ using detail::ceil_div;
 using detail::kChunk;
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t{1} << 20;
 
 __device__ __forceinline__ float stable_sigmoid(float g) {
   if (g >= 0.0f) return 1.0f / (1.0f + expf(-g));
@@ -107,8 +106,7 @@ struct SwigluSource {
 };
 
 unsigned grid_for(int64_t rows, int64_t cols) {
-  const int64_t blocks = ceil_div(rows * ceil_div(cols, kChunk), kThreads);
-  return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
+  return detail::grid_stride_blocks(rows * ceil_div(cols, kChunk), kThreads);
 }
 
 // Every row start of a [rows, ld] array at p is 16-byte aligned (one row: only p matters).

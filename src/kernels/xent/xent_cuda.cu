@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "core/cuda_check.h"
+#include "kernels/cast/vector_access.cuh"
 #include "kernels/xent/xent_cuda.h"
 
 namespace frugal::cuda {
@@ -29,23 +30,10 @@ constexpr int kRowThreads = 512;
 constexpr int kRowWarps = kRowThreads / kWarpSize;
 constexpr int kSumThreads = 1024;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <class T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
+using detail::from_float;
+using detail::load_pack;
+using detail::store_pack;
+using detail::to_float;
 
 // Running max and sum of exp(x - max); an empty state is (-inf, 0).
 struct SoftmaxStat {
@@ -72,13 +60,6 @@ __device__ __forceinline__ void add_pack(SoftmaxStat& st, const float (&v)[N]) {
   if (st.max == -INFINITY) return;  // only -inf so far: contributes nothing
 #pragma unroll
   for (int i = 0; i < N; ++i) st.sum += expf(v[i] - st.max);
-}
-
-template <class T, int N>
-__device__ __forceinline__ void load_pack(float (&v)[N], const T* p) {
-  const Pack<T, N> pack = *reinterpret_cast<const Pack<T, N>*>(p);
-#pragma unroll
-  for (int i = 0; i < N; ++i) v[i] = to_float(pack.v[i]);
 }
 
 // logsumexp of one row, returned to every thread of the block. N elements per access (1 on the
@@ -142,14 +123,14 @@ __global__ void __launch_bounds__(kRowThreads)
   for (int64_t j = static_cast<int64_t>(threadIdx.x) * N; j < vocab; j += kRowThreads * N) {
     float v[N];
     load_pack<T, N>(v, row + j);
-    Pack<T, N> out;
+    float out[N];
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       float g = expf(v[i] - lse) * scale;
       if (j + i == target) g -= scale;
-      out.v[i] = from_float<T>(g);
+      out[i] = g;
     }
-    *reinterpret_cast<Pack<T, N>*>(drow + j) = out;
+    store_pack<T, N>(drow + j, out);
   }
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "core/cuda_check.h"
+#include "kernels/cast/vector_access.cuh"
 #include "model/gpu/gpu_model_kernels.h"
 
 namespace frugal::cuda {
@@ -17,23 +18,8 @@ int blocks_for(int64_t n) {
   return static_cast<int>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
 }
 
-__device__ __forceinline__ float to_float(float x) {
-  return x;
-}
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-
-template <class T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
+using detail::from_float;
+using detail::to_float;
 
 template <class T>
 __global__ void residual_add_kernel(float* out, const float* x, const T* branch, int64_t n) {
