@@ -1,0 +1,204 @@
+// The pipeline runner (see pipeline_runner.h): one rank's step list, executed in order.
+#include "parallel/pipeline_runner.h"
+
+#include <algorithm>
+#include <type_traits>
+
+namespace frugal {
+
+namespace {
+
+template <class T>
+CommType comm_type_of() {
+  return std::is_same_v<T, double> ? CommType::F64 : CommType::F32;
+}
+
+}  // namespace
+
+template <class T>
+PipelineRunner<T>::PipelineRunner(const ModelConfig& cfg, pipeline::Schedule schedule,
+                                  Communicator& comm, ExpertShard experts)
+    : cfg_(cfg), schedule_(std::move(schedule)), comm_(comm) {
+  using pipeline::ScheduleKind;
+  FRUGAL_CHECK(comm_.size() == schedule_.ranks,
+               "pipeline: the {} schedule needs {} ranks, the communicator has {}",
+               pipeline::schedule_kind_name(schedule_.kind), schedule_.ranks, comm_.size());
+  const int r = comm_.rank(), p = schedule_.stages;
+  std::vector<int> held;
+  switch (schedule_.kind) {
+    case ScheduleKind::OneFOneB:
+    case ScheduleKind::ZB1P: held = {r}; break;
+    case ScheduleKind::DualPipe: held = {std::min(r, p - 1 - r), p - 1 - std::min(r, p - 1 - r)}; break;
+    case ScheduleKind::DualPipeV: held = {r, p - 1 - r}; break;
+  }
+  for (int s : held)  // ascending stage order: the copies on ranks r and P-1-r list the same tensors
+    stages_.push_back(std::make_unique<PipelineStage<T>>(store_, cfg_, s, p, experts));
+
+  if (schedule_.kind == ScheduleKind::DualPipe) {
+    copies_ = comm_.split(std::min(r, p - 1 - r), r);
+  } else if (schedule_.ranks > 1) {
+    // The last stage's embedding copy (MTP) lives on another rank than the first stage's.
+    const int first_rank = schedule_.rank_of(0, 0), last_rank = schedule_.rank_of(0, p - 1);
+    sum_embedding_ = cfg_.num_nextn_predict_layers > 0 && first_rank != last_rank;
+    const bool holder = r == first_rank || r == last_rank;
+    std::unique_ptr<Communicator> group = comm_.split(holder ? 0 : 1 + r, r);
+    if (holder && sum_embedding_) embed_holders_ = std::move(group);
+  }
+}
+
+template <class T>
+PipelineStage<T>& PipelineRunner<T>::stage(int index) {
+  for (auto& s : stages_)
+    if (s->stage() == index) return *s;
+  fail("pipeline: rank {} was given stage {} by the schedule but does not hold it", comm_.rank(),
+       index);
+}
+
+template <class T>
+int PipelineRunner<T>::tag(int micro_batch, int stage, bool gradient) const {
+  return 2 * (micro_batch * schedule_.stages + stage) + (gradient ? 1 : 0);
+}
+
+template <class T>
+std::vector<Losses> PipelineRunner<T>::step(const int32_t* tokens, const int32_t* targets,
+                                            int64_t micro_batch_sequences, int64_t seq,
+                                            const LossWeights& weights, bool training) {
+  using pipeline::Op;
+  const int micro_batches = schedule_.micro_batches;
+  const int64_t rows = micro_batch_sequences * seq, d = cfg_.hidden_size;
+  const double loss_scale = 1.0 / static_cast<double>(micro_batches);
+  const CommType type = comm_type_of<T>();
+
+  std::map<Key, typename PipelineStage<T>::Ctx> contexts;
+  std::map<Key, std::vector<T>> activations;  // output of (micro_batch, stage)   [rows, hidden]
+  std::map<Key, std::vector<T>> gradients;    // input gradient of (micro_batch, stage)
+  // Per micro-batch: layer balances [L + D], main, mtp, depths run, tokens (summed over ranks).
+  const int64_t balance_entries = cfg_.num_hidden_layers + cfg_.num_nextn_predict_layers;
+  const int64_t record = balance_entries + 4;
+  std::vector<double> records(static_cast<size_t>(micro_batches * record), 0.0);
+
+  auto take = [](std::map<Key, std::vector<T>>& map, const Key& key, const char* what) {
+    auto it = map.find(key);
+    FRUGAL_CHECK(it != map.end(), "pipeline: the {} of micro-batch {} stage {} is not here", what,
+                 key.first, key.second);
+    std::vector<T> out = std::move(it->second);
+    map.erase(it);
+    return out;
+  };
+  auto forward = [&](const pipeline::Work& w) {
+    PipelineStage<T>& st = stage(w.stage);
+    std::vector<T> input;
+    if (!st.first()) input = take(activations, {w.micro_batch, w.stage - 1}, "activation");
+    const int64_t offset = static_cast<int64_t>(w.micro_batch) * rows;
+    std::vector<T> output;
+    StageLosses part = st.forward(contexts[{w.micro_batch, w.stage}], input.data(), tokens + offset,
+                                  targets + offset, micro_batch_sequences, seq, weights, training,
+                                  output);
+    double* rec = records.data() + w.micro_batch * record;
+    for (int64_t i = 0; i < balance_entries; ++i)
+      if (part.layer_balance[i] != 0) rec[i] = part.layer_balance[i];
+    if (st.last()) {
+      rec[balance_entries] = part.main;
+      rec[balance_entries + 1] = part.mtp;
+      rec[balance_entries + 2] = part.mtp_depths_run;
+      rec[balance_entries + 3] = part.tokens;
+    } else {
+      activations[{w.micro_batch, w.stage}] = std::move(output);
+    }
+  };
+  auto backward_input = [&](const pipeline::Work& w) {
+    PipelineStage<T>& st = stage(w.stage);
+    std::vector<T> doutput;
+    if (!st.last()) doutput = take(gradients, {w.micro_batch, w.stage + 1}, "gradient");
+    std::vector<T> dinput;
+    auto it = contexts.find({w.micro_batch, w.stage});
+    FRUGAL_CHECK(it != contexts.end(), "pipeline: B of micro-batch {} stage {} before its F",
+                 w.micro_batch, w.stage);
+    st.backward_input(it->second, doutput.data(), dinput, loss_scale);
+    if (!st.first()) gradients[{w.micro_batch, w.stage}] = std::move(dinput);
+  };
+  auto backward_weight = [&](const pipeline::Work& w) {
+    auto it = contexts.find({w.micro_batch, w.stage});
+    FRUGAL_CHECK(it != contexts.end(), "pipeline: W of micro-batch {} stage {} before its F",
+                 w.micro_batch, w.stage);
+    stage(w.stage).backward_weight(it->second);
+    contexts.erase(it);
+  };
+
+  for (const pipeline::Step& s : schedule_.steps[comm_.rank()]) {
+    const pipeline::Work& w = s.work;
+    switch (s.op) {
+      case Op::Forward: forward(w); break;
+      case Op::BackwardInput: backward_input(w); break;
+      case Op::BackwardWeight: backward_weight(w); break;
+      case Op::ForwardBackward:  // no overlap on the CPU: F, then the other chunk's B and W
+        forward(w);
+        backward_input(s.other);
+        backward_weight(s.other);
+        break;
+      case Op::RecvForward: {
+        std::vector<T>& buffer = activations[{w.micro_batch, w.stage - 1}];
+        buffer.resize(rows * d);
+        comm_.recv(buffer.data(), rows * d, type, s.peer, tag(w.micro_batch, w.stage - 1, false));
+        break;
+      }
+      case Op::SendForward: {
+        std::vector<T> buffer = take(activations, {w.micro_batch, w.stage}, "activation");
+        comm_.send(buffer.data(), rows * d, type, s.peer, tag(w.micro_batch, w.stage, false));
+        break;
+      }
+      case Op::RecvBackward: {
+        std::vector<T>& buffer = gradients[{w.micro_batch, w.stage + 1}];
+        buffer.resize(rows * d);
+        comm_.recv(buffer.data(), rows * d, type, s.peer, tag(w.micro_batch, w.stage + 1, true));
+        break;
+      }
+      case Op::SendBackward: {
+        std::vector<T> buffer = take(gradients, {w.micro_batch, w.stage}, "gradient");
+        comm_.send(buffer.data(), rows * d, type, s.peer, tag(w.micro_batch, w.stage, true));
+        break;
+      }
+    }
+  }
+  FRUGAL_CHECK(contexts.empty() && activations.empty() && gradients.empty(),
+               "pipeline: rank {} ended the {} step with {} contexts, {} activations and {} "
+               "gradients left (a W, send or consumer missing from its list)",
+               comm_.rank(), pipeline::schedule_kind_name(schedule_.kind), contexts.size(),
+               activations.size(), gradients.size());
+
+  sum_shared_gradients();
+
+  // Every entry was set on exactly one rank (zeros elsewhere): the sum is exact.
+  comm_.all_reduce_sum(records.data(), static_cast<int64_t>(records.size()), CommType::F64);
+  std::vector<Losses> out;
+  for (int m = 0; m < micro_batches; ++m) {
+    const double* rec = records.data() + m * record;
+    StageLosses all;
+    all.layer_balance.assign(rec, rec + balance_entries);
+    all.main = rec[balance_entries];
+    all.mtp = rec[balance_entries + 1];
+    all.mtp_depths_run = rec[balance_entries + 2];
+    all.tokens = rec[balance_entries + 3];
+    out.push_back(finish_losses(all, weights, cfg_.num_nextn_predict_layers));
+  }
+  return out;
+}
+
+template <class T>
+void PipelineRunner<T>::sum_shared_gradients() {
+  const CommType type = comm_type_of<T>();
+  if (copies_ && copies_->size() > 1) {
+    for (auto& p : store_.all())
+      if (p->trainable)
+        copies_->all_reduce_sum(p->grad_data(), static_cast<int64_t>(p->grad.size()), type);
+  }
+  if (embed_holders_) {
+    Param<T>& table = store_.get("model.embed_tokens.weight");
+    embed_holders_->all_reduce_sum(table.grad_data(), static_cast<int64_t>(table.grad.size()), type);
+  }
+}
+
+template class PipelineRunner<float>;
+template class PipelineRunner<double>;
+
+}  // namespace frugal

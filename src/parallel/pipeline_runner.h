@@ -1,0 +1,73 @@
+// The pipeline runner: executes this rank's step list of a pipeline schedule (schedule.h) for one
+// training step, over a Communicator whose ranks are the schedule's ranks, with the CPU model cut
+// into PipelineStages (pipeline_stage.h):
+//   F   forward of (micro_batch, stage): input from the previous stage ([rows, hidden], received or
+//       produced by this rank's other stage), output kept for SendForward or the next stage here
+//   B   backward for the input: from the gradient of the output (received or local), the input
+//       gradient kept for SendBackward or the previous stage here
+//   W   backward for the weights of an earlier B, when the schedule lists it (deferral as listed)
+//   FB  DualPipe's overlapped pair, run as F then B then W (no overlap on the CPU)
+// Messages: [rows, hidden] activations and gradients, tag 2*(micro_batch*stages + stage) (+1 for
+// gradients) of the stage that produced them. Sends are the Communicator's send (MPI_Isend then
+// wait): the schedules assume buffered sends, which MPI gives for small messages (eager protocol).
+// rows = micro-batch sequences * seq. Every rank receives the whole step's tokens and targets.
+//
+// Parameters: rank r holds the stages the schedule gives it in one ParamStore (names as the
+// single-process Transformer): 1F1B/ZB1P stage r; DualPipeV stages r and 2R-1-r; DualPipe stages
+// min(r, P-1-r) and P-1-min(..) (the same two on ranks r and P-1-r: two copies). Shared gradients
+// are summed at the end of step(): DualPipe's two copies by an all-reduce between ranks r and
+// P-1-r (every tensor); the embedding copy of the last stage (MTP) with the first stage's when they
+// sit on different ranks (1F1B and ZB1P with MTP); on one rank they are one tensor already.
+//
+// Accumulation rule: parameter gradients accumulate (+=) over the step's micro-batches with loss
+// scale 1/micro_batches; call params().zero_grad() before each step (the shared-gradient sums add
+// whatever the copies hold).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "parallel/communicator.h"
+#include "parallel/pipeline_stage.h"
+#include "parallel/schedule.h"
+
+namespace frugal {
+
+template <class T>
+class PipelineRunner {
+ public:
+  // comm.size() must equal schedule.ranks; every rank constructs its runner (collective: it splits
+  // communicators for the shared-gradient sums).
+  PipelineRunner(const ModelConfig& cfg, pipeline::Schedule schedule, Communicator& comm,
+                 ExpertShard experts = {});
+
+  // tokens, targets: [micro_batches, micro_batch_sequences, seq], the same on every rank.
+  // Returns each micro-batch's Losses (bitwise what Transformer<T>::forward reports), on every rank.
+  std::vector<Losses> step(const int32_t* tokens, const int32_t* targets,
+                           int64_t micro_batch_sequences, int64_t seq, const LossWeights& weights,
+                           bool training = true);
+
+  ParamStore<T>& params() { return store_; }
+  const pipeline::Schedule& schedule() const { return schedule_; }
+  // This rank's stages, in stage order.
+  const std::vector<std::unique_ptr<PipelineStage<T>>>& stages() const { return stages_; }
+
+ private:
+  using Key = std::pair<int, int>;  // (micro_batch, stage)
+  PipelineStage<T>& stage(int index);
+  int tag(int micro_batch, int stage, bool gradient) const;
+  void sum_shared_gradients();
+
+  ModelConfig cfg_;
+  pipeline::Schedule schedule_;
+  Communicator& comm_;
+  ParamStore<T> store_;
+  std::vector<std::unique_ptr<PipelineStage<T>>> stages_;
+  std::unique_ptr<Communicator> copies_;         // DualPipe: ranks r and P-1-r
+  std::unique_ptr<Communicator> embed_holders_;  // the first and last stage's ranks (2 ranks)
+  bool sum_embedding_ = false;
+};
+
+}  // namespace frugal

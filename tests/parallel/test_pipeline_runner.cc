@@ -1,0 +1,239 @@
+// Pipeline parallelism on the CPU model against the single-process Transformer, tiny config with
+// 2 x ranks decoder layers (dense first, then MoE; one MTP module), float, 2 sequences of 6 tokens
+// per micro-batch:
+//   - stages chained in one process (2, 3 and 4 stages, one ParamStore per stage): every
+//     micro-batch's losses and every gradient BITWISE Transformer<float>'s;
+//   - one step of each schedule (1F1B and ZB1P: stages = ranks, 2 x ranks micro-batches; DualPipe:
+//     stages = ranks, 2 x ranks micro-batches; DualPipeV: 2 x ranks stages, 2 x ranks
+//     micro-batches) under MPI against Transformer<float> accumulating the same micro-batches
+//     (forward, backward_input(1/M), backward_weight each): every micro-batch's Losses BITWISE;
+//     gradients BITWISE for every tensor that one rank accumulates in micro-batch order (1F1B,
+//     ZB1P, DualPipeV: all but the embedding when the MTP module sits on another stage), within
+//     1e-6 relative (L2 over the tensor) where the sum is grouped differently: the embedding
+//     (first-stage and MTP contributions summed apart), and with DualPipe every tensor (the two
+//     parameter copies' sums added).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "core/rng.h"
+#include "model/tiny_model_config.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/pipeline_runner.h"
+
+namespace frugal {
+namespace {
+
+using pipeline::ScheduleKind;
+
+constexpr int64_t kSequences = 2, kSeq = 6;
+
+ModelConfig pipeline_config(int64_t layers) {
+  ModelConfig cfg = testing::tiny_model_config();
+  cfg.num_hidden_layers = layers;
+  return cfg;
+}
+
+struct Batch {
+  std::vector<int32_t> tokens, targets;  // [micro_batches, kSequences, kSeq]
+};
+
+Batch random_batch(const ModelConfig& cfg, int micro_batches, uint64_t seed) {
+  Batch b;
+  const int64_t n = micro_batches * kSequences * kSeq;
+  RandomStream rng(seed, 7);
+  for (int64_t i = 0; i < n; ++i) {
+    b.tokens.push_back(static_cast<int32_t>(rng.uniform(2 * i) * static_cast<double>(cfg.vocab_size)) %
+                       static_cast<int32_t>(cfg.vocab_size));
+    // Some ignored targets (< 0), as padding makes.
+    const double u = rng.uniform(2 * i + 1);
+    b.targets.push_back(u < 0.1 ? -1 : static_cast<int32_t>(u * static_cast<double>(cfg.vocab_size)) %
+                                          static_cast<int32_t>(cfg.vocab_size));
+  }
+  return b;
+}
+
+std::unique_ptr<Transformer<float>> reference_model(const ModelConfig& cfg) {
+  auto model = std::make_unique<Transformer<float>>(cfg);
+  model->init_weights(5, 0.3);
+  // Non-zero routing biases, so the stages' copies of them matter.
+  for (auto& p : model->params().all())
+    if (!p->trainable)
+      for (size_t i = 0; i < p->value.size(); ++i) p->value[i] = 0.01f * static_cast<float>(i % 3);
+  return model;
+}
+
+// Copies every tensor of `store` from the reference by name.
+void copy_values(const ParamStore<float>& reference, ParamStore<float>& store) {
+  for (auto& p : store.all()) p->value = reference.get(p->name).value;
+}
+
+std::vector<Losses> reference_step(Transformer<float>& model, const Batch& batch, int micro_batches,
+                                   const LossWeights& weights) {
+  std::vector<Losses> out;
+  const int64_t rows = kSequences * kSeq;
+  for (int m = 0; m < micro_batches; ++m) {
+    Transformer<float>::Ctx ctx;
+    out.push_back(model.forward(ctx, batch.tokens.data() + m * rows, batch.targets.data() + m * rows,
+                                kSequences, kSeq, weights, true));
+    model.backward_input(ctx, 1.0 / micro_batches);
+    model.backward_weight(ctx);
+  }
+  return out;
+}
+
+bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+double relative_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    norm += double(b[i]) * b[i];
+  }
+  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+}
+
+void expect_same_losses(const std::vector<Losses>& got, const std::vector<Losses>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t m = 0; m < want.size(); ++m) {
+    EXPECT_EQ(got[m].total, want[m].total) << "micro-batch " << m;
+    EXPECT_EQ(got[m].main, want[m].main) << "micro-batch " << m;
+    EXPECT_EQ(got[m].mtp, want[m].mtp) << "micro-batch " << m;
+    EXPECT_EQ(got[m].balance, want[m].balance) << "micro-batch " << m;
+    EXPECT_EQ(got[m].tokens, want[m].tokens) << "micro-batch " << m;
+  }
+}
+
+TEST(PipelineStage, ChainedStagesAreBitwiseTheTransformer) {
+  for (int stages : {2, 3, 4}) {
+    const ModelConfig cfg = pipeline_config(4);
+    auto reference = reference_model(cfg);
+    std::vector<ParamStore<float>> stores(stages);
+    std::vector<std::unique_ptr<PipelineStage<float>>> parts;
+    size_t tensors = 0;
+    for (int s = 0; s < stages; ++s) {
+      parts.push_back(std::make_unique<PipelineStage<float>>(stores[s], cfg, s, stages));
+      copy_values(reference->params(), stores[s]);  // throws if a name is not the Transformer's
+      tensors += stores[s].size();
+    }
+    // The stages hold the Transformer's tensors, the embedding twice (first stage and MTP).
+    EXPECT_EQ(tensors, reference->params().size() + 1) << stages << " stages";
+
+    const int micro_batches = 3;
+    const Batch batch = random_batch(cfg, micro_batches, 21);
+    const LossWeights weights;
+    const std::vector<Losses> want = reference_step(*reference, batch, micro_batches, weights);
+    std::vector<Losses> got;
+    const int64_t rows = kSequences * kSeq;
+    for (int m = 0; m < micro_batches; ++m) {
+      std::vector<PipelineStage<float>::Ctx> ctx(stages);
+      std::vector<float> act, next;
+      StageLosses all;
+      all.layer_balance.assign(cfg.num_hidden_layers + cfg.num_nextn_predict_layers, 0.0);
+      for (int s = 0; s < stages; ++s) {
+        StageLosses part = parts[s]->forward(ctx[s], act.data(), batch.tokens.data() + m * rows,
+                                             batch.targets.data() + m * rows, kSequences, kSeq,
+                                             weights, true, next);
+        for (size_t i = 0; i < all.layer_balance.size(); ++i) all.layer_balance[i] += part.layer_balance[i];
+        if (parts[s]->last()) {
+          all.main = part.main;
+          all.mtp = part.mtp;
+          all.mtp_depths_run = part.mtp_depths_run;
+          all.tokens = part.tokens;
+        }
+        act = std::move(next);
+      }
+      got.push_back(finish_losses(all, weights, cfg.num_nextn_predict_layers));
+      std::vector<float> grad, dinput;
+      for (int s = stages; s-- > 0;) {
+        parts[s]->backward_input(ctx[s], grad.data(), dinput, 1.0 / micro_batches);
+        grad = std::move(dinput);
+      }
+      for (int s = stages; s-- > 0;) parts[s]->backward_weight(ctx[s]);
+    }
+    expect_same_losses(got, want);
+    for (int s = 0; s < stages; ++s)
+      for (auto& p : stores[s].all()) {
+        const auto& ref = reference->params().get(p->name);
+        if (p->name == "model.embed_tokens.weight") {
+          // Split between the first stage (main) and the last (MTP): summed, it is within rounding.
+          std::vector<float> sum = stores[0].get(p->name).grad;
+          const auto& mtp_part = stores[stages - 1].get(p->name).grad;
+          for (size_t i = 0; i < sum.size(); ++i) sum[i] += mtp_part[i];
+          EXPECT_LE(relative_l2(sum, ref.grad), 1e-6);
+        } else {
+          EXPECT_TRUE(bitwise_equal(p->grad, ref.grad)) << p->name << " at " << stages << " stages";
+        }
+      }
+  }
+}
+
+TEST(PipelineStage, LayerSplitIsEvenAndRefusesEmptyStages) {
+  EXPECT_EQ(layers_of_stage(7, 3, 0), (std::pair<int64_t, int64_t>{0, 3}));
+  EXPECT_EQ(layers_of_stage(7, 3, 1), (std::pair<int64_t, int64_t>{3, 5}));
+  EXPECT_EQ(layers_of_stage(7, 3, 2), (std::pair<int64_t, int64_t>{5, 7}));
+  EXPECT_THROW(layers_of_stage(2, 3, 0), Error);
+}
+
+struct Case {
+  ScheduleKind kind;
+  int stages, micro_batches;
+};
+
+class PipelineRunnerTest : public ::testing::TestWithParam<ScheduleKind> {
+ protected:
+  void SetUp() override { world = mpi_world_communicator(); }
+  Case make_case() const {
+    const int p = world->size();
+    switch (GetParam()) {
+      case ScheduleKind::DualPipeV: return {GetParam(), 2 * p, 2 * p};
+      default: return {GetParam(), p, 2 * p};
+    }
+  }
+  std::unique_ptr<Communicator> world;
+};
+
+TEST_P(PipelineRunnerTest, OneStepMatchesTheSingleProcessGradients) {
+  const Case c = make_case();
+  const ModelConfig cfg = pipeline_config(2 * world->size());
+  auto reference = reference_model(cfg);
+  PipelineRunner<float> runner(cfg, pipeline::build_schedule(c.kind, c.stages, c.micro_batches),
+                               *world);
+  copy_values(reference->params(), runner.params());
+  const Batch batch = random_batch(cfg, c.micro_batches, 33);
+  const LossWeights weights;
+  const std::vector<Losses> want = reference_step(*reference, batch, c.micro_batches, weights);
+  const std::vector<Losses> got =
+      runner.step(batch.tokens.data(), batch.targets.data(), kSequences, kSeq, weights);
+  expect_same_losses(got, want);
+
+  const bool embedding_apart = cfg.num_nextn_predict_layers > 0;
+  int bitwise = 0, close = 0;
+  for (auto& p : runner.params().all()) {
+    if (!p->trainable) continue;
+    const auto& ref = reference->params().get(p->name);
+    const bool grouped_differently =
+        c.kind == ScheduleKind::DualPipe || (embedding_apart && p->name == "model.embed_tokens.weight");
+    if (grouped_differently) {
+      EXPECT_LE(relative_l2(p->grad, ref.grad), 1e-6) << p->name;
+      ++close;
+    } else {
+      EXPECT_TRUE(bitwise_equal(p->grad, ref.grad)) << p->name << " on rank " << world->rank();
+      ++bitwise;
+    }
+  }
+  EXPECT_GT(bitwise + close, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Schedules, PipelineRunnerTest,
+                         ::testing::Values(ScheduleKind::OneFOneB, ScheduleKind::ZB1P,
+                                           ScheduleKind::DualPipe, ScheduleKind::DualPipeV),
+                         [](const auto& info) {
+                           return std::string(pipeline::schedule_kind_name(info.param));
+                         });
+
+}  // namespace
+}  // namespace frugal
