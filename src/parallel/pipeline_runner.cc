@@ -2,6 +2,8 @@
 #include "parallel/pipeline_runner.h"
 
 #include <algorithm>
+#include <cmath>
+#include <string>
 #include <type_traits>
 
 namespace frugal {
@@ -198,6 +200,108 @@ void PipelineRunner<T>::sum_shared_gradients() {
   }
 }
 
+template <class T>
+bool PipelineRunner<T>::counts_in_norm(const std::string& name) const {
+  const int r = comm_.rank(), p = schedule_.stages;
+  if (schedule_.kind == pipeline::ScheduleKind::DualPipe) return r < p - 1 - r;
+  if (embed_holders_ && name == "model.embed_tokens.weight") return stages_.front()->first();
+  return true;
+}
+
+namespace {
+
+// The position of a tensor's group in the Transformer's creation order: the embedding, the main
+// layers, the final norm, the head, the MTP layers. Within a group, a stage creates the tensors in
+// the Transformer's order (the same module constructors).
+int64_t tensor_group(const std::string& name, int64_t layers) {
+  const std::string prefix = "model.layers.";
+  if (name.rfind("model.embed_tokens.", 0) == 0) return 0;
+  if (name.rfind("model.norm.", 0) == 0) return layers + 1;
+  if (name.rfind("lm_head.", 0) == 0) return layers + 2;
+  FRUGAL_CHECK(name.rfind(prefix, 0) == 0, "pipeline: unexpected tensor name {}", name);
+  const int64_t layer = std::stoll(name.substr(prefix.size()));
+  return layer < layers ? 1 + layer : layers + 3 + (layer - layers);
+}
+
+}  // namespace
+
+template <class T>
+double PipelineRunner<T>::global_grad_norm() {
+  // This rank's records, one per counted group: [group, chunk count, chunk sums...].
+  std::map<int64_t, std::vector<double>> groups;
+  for (auto& p : store_.all()) {
+    if (!p->trainable || !counts_in_norm(p->name)) continue;
+    std::vector<double>& sums = groups[tensor_group(p->name, cfg_.num_hidden_layers)];
+    const int64_t n = static_cast<int64_t>(p->grad.size());
+    for (int64_t begin = 0; begin < n; begin += kGradNormChunk)
+      sums.push_back(grad_sum_of_squares(p->grad.data() + begin, std::min(n, begin + kGradNormChunk) - begin));
+  }
+  std::vector<double> local;
+  for (auto& [group, sums] : groups) {
+    local.push_back(static_cast<double>(group));
+    local.push_back(static_cast<double>(sums.size()));
+    local.insert(local.end(), sums.begin(), sums.end());
+  }
+  const int size = comm_.size();
+  int64_t length = static_cast<int64_t>(local.size());
+  std::vector<int64_t> lengths(size);
+  comm_.all_gather(lengths.data(), &length, 1, CommType::I64);
+  const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  local.resize(longest, 0.0);
+  std::vector<double> all(longest * size);
+  comm_.all_gather(all.data(), local.data(), longest, CommType::F64);
+  std::map<int64_t, std::vector<double>> ordered;  // every rank's groups, in Transformer order
+  for (int r = 0; r < size; ++r)
+    for (int64_t i = r * longest; i < r * longest + lengths[r];) {
+      const int64_t group = static_cast<int64_t>(all[i]), count = static_cast<int64_t>(all[i + 1]);
+      FRUGAL_CHECK(!ordered.count(group), "pipeline: tensor group {} counted on two ranks", group);
+      ordered[group].assign(all.begin() + i + 2, all.begin() + i + 2 + count);
+      i += 2 + count;
+    }
+  double total = 0.0;
+  for (auto& [group, sums] : ordered)
+    for (double s : sums) total += s;
+  return std::sqrt(total);
+}
+
+template <class T>
+PipelineAdamW<T>::PipelineAdamW(const OptimConfig& config, PipelineRunner<T>& runner)
+    : config_(config), runner_(runner) {
+  AdamW<T>(config, ParamStore<T>{});  // validates the configuration as AdamW does
+  for (auto& p : runner.params().all())
+    if (p->trainable) {
+      m_.emplace_back(p->value.size(), T(0));
+      v_.emplace_back(p->value.size(), T(0));
+    }
+}
+
+template <class T>
+typename AdamW<T>::StepInfo PipelineAdamW<T>::step(double lr) {
+  FRUGAL_CHECK(std::isfinite(lr) && lr >= 0.0, "AdamW: learning rate {} must be finite and >= 0",
+               lr);
+  typename AdamW<T>::StepInfo info;
+  info.grad_norm = runner_.global_grad_norm();
+  if (!std::isfinite(info.grad_norm)) {
+    info.skipped = true;
+    info.clip_scale = 0.0;
+    return info;
+  }
+  if (config_.grad_clip > 0.0 && info.grad_norm > config_.grad_clip)
+    info.clip_scale = config_.grad_clip / info.grad_norm;
+  ++step_count_;
+  const AdamWScalars scalars = adamw_scalars(config_, lr, info.clip_scale, step_count_);
+  size_t k = 0;
+  for (auto& p : runner_.params().all()) {
+    if (!p->trainable) continue;
+    adamw_update(p->value.data(), p->grad.data(), m_[k].data(), v_[k].data(), p->numel(),
+                 p->weight_decay, scalars);
+    ++k;
+  }
+  return info;
+}
+
+template class PipelineAdamW<float>;
+template class PipelineAdamW<double>;
 template class PipelineRunner<float>;
 template class PipelineRunner<double>;
 

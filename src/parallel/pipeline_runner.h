@@ -32,6 +32,7 @@
 #include "parallel/communicator.h"
 #include "parallel/pipeline_stage.h"
 #include "parallel/schedule.h"
+#include "train/adamw.h"
 
 namespace frugal {
 
@@ -48,6 +49,14 @@ class PipelineRunner {
   std::vector<Losses> step(const int32_t* tokens, const int32_t* targets,
                            int64_t micro_batch_sequences, int64_t seq, const LossWeights& weights,
                            bool training = true);
+
+  // L2 norm of the whole model's gradients (every tensor once: DualPipe's second copies and the
+  // MTP stage's embedding copy left out), on every rank. The per-chunk sums of squares of
+  // global_grad_norm (train/adamw.h) are gathered and added in the single-process Transformer's
+  // tensor order, so equal gradients give bitwise its norm.
+  double global_grad_norm();
+  // Whether this rank's copy of tensor `name` is the one counted in global_grad_norm.
+  bool counts_in_norm(const std::string& name) const;
 
   ParamStore<T>& params() { return store_; }
   const pipeline::Schedule& schedule() const { return schedule_; }
@@ -68,6 +77,24 @@ class PipelineRunner {
   std::unique_ptr<Communicator> copies_;         // DualPipe: ranks r and P-1-r
   std::unique_ptr<Communicator> embed_holders_;  // the first and last stage's ranks (2 ranks)
   bool sum_embedding_ = false;
+};
+
+// AdamW (train/adamw.h, same update rule and scalars) over the tensors of this rank of a pipeline:
+// the clipping norm is the whole model's (PipelineRunner::global_grad_norm). Every copy of a shared
+// tensor holds the summed gradient after step(), so the copies receive the same update and stay
+// equal. Call it on every rank (the norm is collective).
+template <class T>
+class PipelineAdamW {
+ public:
+  PipelineAdamW(const OptimConfig& config, PipelineRunner<T>& runner);
+  typename AdamW<T>::StepInfo step(double lr);
+  int64_t step_count() const { return step_count_; }
+
+ private:
+  OptimConfig config_;
+  PipelineRunner<T>& runner_;
+  int64_t step_count_ = 0;
+  std::vector<std::vector<T>> m_, v_;  // per trainable tensor, in store order
 };
 
 }  // namespace frugal
