@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 #include <string>
 #include <type_traits>
 
@@ -36,6 +37,7 @@ PipelineRunner<T>::PipelineRunner(const ModelConfig& cfg, pipeline::Schedule sch
   for (int s : held)  // ascending stage order: the copies on ranks r and P-1-r list the same tensors
     stages_.push_back(std::make_unique<PipelineStage<T>>(store_, cfg_, s, p, experts));
 
+  plan_communication();
   if (schedule_.kind == ScheduleKind::DualPipe) {
     copies_ = comm_.split(std::min(r, p - 1 - r), r);
   } else if (schedule_.ranks > 1) {
@@ -45,6 +47,82 @@ PipelineRunner<T>::PipelineRunner(const ModelConfig& cfg, pipeline::Schedule sch
     const bool holder = r == first_rank || r == last_rank;
     std::unique_ptr<Communicator> group = comm_.split(holder ? 0 : 1 + r, r);
     if (holder && sum_embedding_) embed_holders_ = std::move(group);
+  }
+}
+
+template <class T>
+void PipelineRunner<T>::plan_communication() {
+  using pipeline::Op;
+  const int ranks = schedule_.ranks;
+  auto message_of = [](const pipeline::Step& s) {
+    switch (s.op) {
+      case Op::SendForward: return Message{false, s.work.micro_batch, s.work.stage};
+      case Op::RecvForward: return Message{false, s.work.micro_batch, s.work.stage - 1};
+      case Op::SendBackward: return Message{true, s.work.micro_batch, s.work.stage};
+      case Op::RecvBackward: return Message{true, s.work.micro_batch, s.work.stage + 1};
+      default: return Message{};
+    }
+  };
+  auto is_send = [](Op op) { return op == Op::SendForward || op == Op::SendBackward; };
+  auto is_recv = [](Op op) { return op == Op::RecvForward || op == Op::RecvBackward; };
+  std::vector<size_t> next(ranks, 0);
+  std::vector<std::set<Message>> early(ranks);  // received by an exchange before their Recv step
+  std::vector<std::vector<Action>> plans(ranks);
+  std::set<std::pair<int, int>> pairs;          // ranks that exchange
+  auto current = [&](int r) -> const pipeline::Step* {
+    return next[r] < schedule_.steps[r].size() ? &schedule_.steps[r][next[r]] : nullptr;
+  };
+  for (bool unfinished = true; unfinished;) {
+    bool progress = false;
+    unfinished = false;
+    for (int r = 0; r < ranks; ++r) {
+      while (const pipeline::Step* s = current(r)) {
+        if (!is_send(s->op) && !is_recv(s->op)) {
+          plans[r].push_back({ActionKind::Compute, next[r], {}, {}, -1});
+        } else if (is_recv(s->op) && early[r].erase(message_of(*s))) {
+          // already here (an exchange brought it)
+        } else {
+          const int p = s->peer;
+          FRUGAL_CHECK(p >= 0 && p < ranks && p != r, "pipeline: rank {} step {} names peer {}",
+                       r, next[r], p);
+          const pipeline::Step* other = current(p);
+          if (other == nullptr || other->peer != r) break;
+          if (is_send(s->op) && is_recv(other->op) && message_of(*other) == message_of(*s)) {
+            plans[r].push_back({ActionKind::Send, 0, message_of(*s), {}, p});
+            plans[p].push_back({ActionKind::Recv, 0, {}, message_of(*s), r});
+          } else if (is_recv(s->op) && is_send(other->op) && message_of(*other) == message_of(*s)) {
+            plans[r].push_back({ActionKind::Recv, 0, {}, message_of(*s), p});
+            plans[p].push_back({ActionKind::Send, 0, message_of(*s), {}, r});
+          } else if (is_send(s->op) && is_send(other->op)) {  // opposite sends: one exchange
+            plans[r].push_back({ActionKind::Exchange, 0, message_of(*s), message_of(*other), p});
+            plans[p].push_back({ActionKind::Exchange, 0, message_of(*other), message_of(*s), r});
+            early[r].insert(message_of(*other));
+            early[p].insert(message_of(*s));
+            pairs.insert({std::min(r, p), std::max(r, p)});
+          } else {
+            break;
+          }
+          ++next[p];
+        }
+        ++next[r];
+        progress = true;
+      }
+      if (current(r) != nullptr) unfinished = true;
+    }
+    if (unfinished && !progress) {
+      std::string waiting;
+      for (int r = 0; r < ranks; ++r)
+        if (const pipeline::Step* s = current(r))
+          waiting += fmt::format(" rank {} at {} (peer {});", r, pipeline::op_name(s->op), s->peer);
+      fail("pipeline: the {} schedule cannot run with blocking sends:{}",
+           pipeline::schedule_kind_name(schedule_.kind), waiting);
+    }
+  }
+  plan_ = std::move(plans[comm_.rank()]);
+  for (const auto& [a, b] : pairs) {  // collective: every rank splits for every pair, in order
+    const bool member = comm_.rank() == a || comm_.rank() == b;
+    std::unique_ptr<Communicator> group = comm_.split(member ? 0 : 1, comm_.rank());
+    if (member) pair_groups_[comm_.rank() == a ? b : a] = std::move(group);
   }
 }
 
@@ -127,37 +205,50 @@ std::vector<Losses> PipelineRunner<T>::step(const int32_t* tokens, const int32_t
     contexts.erase(it);
   };
 
-  for (const pipeline::Step& s : schedule_.steps[comm_.rank()]) {
-    const pipeline::Work& w = s.work;
-    switch (s.op) {
-      case Op::Forward: forward(w); break;
-      case Op::BackwardInput: backward_input(w); break;
-      case Op::BackwardWeight: backward_weight(w); break;
-      case Op::ForwardBackward:  // no overlap on the CPU: F, then the other chunk's B and W
-        forward(w);
-        backward_input(s.other);
-        backward_weight(s.other);
+  auto buffer_of = [&](const Message& m) -> std::map<Key, std::vector<T>>& {
+    return m.gradient ? gradients : activations;
+  };
+  for (const Action& a : plan_) {
+    switch (a.kind) {
+      case ActionKind::Compute: {
+        const pipeline::Step& s = schedule_.steps[comm_.rank()][a.step];
+        switch (s.op) {
+          case Op::Forward: forward(s.work); break;
+          case Op::BackwardInput: backward_input(s.work); break;
+          case Op::BackwardWeight: backward_weight(s.work); break;
+          case Op::ForwardBackward:  // no overlap on the CPU: F, then the other chunk's B and W
+            forward(s.work);
+            backward_input(s.other);
+            backward_weight(s.other);
+            break;
+          default: fail("pipeline: step {} is not a compute step", pipeline::op_name(s.op));
+        }
         break;
-      case Op::RecvForward: {
-        std::vector<T>& buffer = activations[{w.micro_batch, w.stage - 1}];
+      }
+      case ActionKind::Send: {
+        std::vector<T> buffer = take(buffer_of(a.send), {a.send.micro_batch, a.send.stage},
+                                     a.send.gradient ? "gradient" : "activation");
+        comm_.send(buffer.data(), rows * d, type, a.peer,
+                   tag(a.send.micro_batch, a.send.stage, a.send.gradient));
+        break;
+      }
+      case ActionKind::Recv: {
+        std::vector<T>& buffer = buffer_of(a.recv)[{a.recv.micro_batch, a.recv.stage}];
         buffer.resize(rows * d);
-        comm_.recv(buffer.data(), rows * d, type, s.peer, tag(w.micro_batch, w.stage - 1, false));
+        comm_.recv(buffer.data(), rows * d, type, a.peer,
+                   tag(a.recv.micro_batch, a.recv.stage, a.recv.gradient));
         break;
       }
-      case Op::SendForward: {
-        std::vector<T> buffer = take(activations, {w.micro_batch, w.stage}, "activation");
-        comm_.send(buffer.data(), rows * d, type, s.peer, tag(w.micro_batch, w.stage, false));
-        break;
-      }
-      case Op::RecvBackward: {
-        std::vector<T>& buffer = gradients[{w.micro_batch, w.stage + 1}];
-        buffer.resize(rows * d);
-        comm_.recv(buffer.data(), rows * d, type, s.peer, tag(w.micro_batch, w.stage + 1, true));
-        break;
-      }
-      case Op::SendBackward: {
-        std::vector<T> buffer = take(gradients, {w.micro_batch, w.stage}, "gradient");
-        comm_.send(buffer.data(), rows * d, type, s.peer, tag(w.micro_batch, w.stage, true));
+      case ActionKind::Exchange: {
+        std::vector<T> out = take(buffer_of(a.send), {a.send.micro_batch, a.send.stage},
+                                  a.send.gradient ? "gradient" : "activation");
+        std::vector<T>& in = buffer_of(a.recv)[{a.recv.micro_batch, a.recv.stage}];
+        in.resize(rows * d);
+        Communicator& pair = *pair_groups_.at(a.peer);
+        const int64_t n = rows * d;
+        const int64_t counts[2][2] = {{0, n}, {n, 0}};  // [my index in the pair][to index]
+        const std::span<const int64_t> my_counts(counts[pair.rank()], 2);
+        pair.all_to_all_v(in.data(), my_counts, out.data(), my_counts, type);
         break;
       }
     }

@@ -8,9 +8,15 @@
 //   W   backward for the weights of an earlier B, when the schedule lists it (deferral as listed)
 //   FB  DualPipe's overlapped pair, run as F then B then W (no overlap on the CPU)
 // Messages: [rows, hidden] activations and gradients, tag 2*(micro_batch*stages + stage) (+1 for
-// gradients) of the stage that produced them. Sends are the Communicator's send (MPI_Isend then
-// wait): the schedules assume buffered sends, which MPI gives for small messages (eager protocol).
-// rows = micro-batch sequences * seq. Every rank receives the whole step's tokens and targets.
+// gradients) of the stage that produced them. rows = micro-batch sequences * seq. Every rank
+// receives the whole step's tokens and targets.
+// Blocking sends: the schedules are written for buffered sends, but the Communicator's send waits
+// for its receiver once a message is past MPI's eager limit, and two neighbours that send to each
+// other at the same moment (1F1B's steady state: an activation one way, a gradient the other)
+// would then wait forever. So the constructor plays all ranks' lists with rendezvous semantics and
+// fuses every such pair of opposite sends into one exchange (an all_to_all_v in a group of the two
+// ranks; the receive it anticipates later does nothing). Every rank plans identically; a list that
+// cannot run even so is refused with the ranks that would wait.
 //
 // Parameters: rank r holds the stages the schedule gives it in one ParamStore (names as the
 // single-process Transformer): 1F1B/ZB1P stage r; DualPipeV stages r and 2R-1-r; DualPipe stages
@@ -24,6 +30,7 @@
 // whatever the copies hold).
 #pragma once
 
+#include <compare>
 #include <map>
 #include <memory>
 #include <utility>
@@ -65,6 +72,21 @@ class PipelineRunner {
 
  private:
   using Key = std::pair<int, int>;  // (micro_batch, stage)
+  // A message: gradient or activation, micro-batch, the stage that produced it.
+  struct Message {
+    bool gradient = false;
+    int micro_batch = 0, stage = 0;
+    auto operator<=>(const Message&) const = default;
+  };
+  // One thing this rank does, in order: a compute step of its list, or a communication.
+  enum class ActionKind { Compute, Send, Recv, Exchange };
+  struct Action {
+    ActionKind kind = ActionKind::Compute;
+    size_t step = 0;       // Compute: index into this rank's step list
+    Message send, recv;    // Send / Recv / Exchange (both)
+    int peer = -1;
+  };
+  void plan_communication();
   PipelineStage<T>& stage(int index);
   int tag(int micro_batch, int stage, bool gradient) const;
   void sum_shared_gradients();
@@ -74,6 +96,8 @@ class PipelineRunner {
   Communicator& comm_;
   ParamStore<T> store_;
   std::vector<std::unique_ptr<PipelineStage<T>>> stages_;
+  std::vector<Action> plan_;                                // this rank's actions
+  std::map<int, std::unique_ptr<Communicator>> pair_groups_;  // peer -> group {this rank, peer}
   std::unique_ptr<Communicator> copies_;         // DualPipe: ranks r and P-1-r
   std::unique_ptr<Communicator> embed_holders_;  // the first and last stage's ranks (2 ranks)
   bool sum_embedding_ = false;
