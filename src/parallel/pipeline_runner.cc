@@ -292,6 +292,22 @@ void PipelineRunner<T>::sum_shared_gradients() {
 }
 
 template <class T>
+void PipelineRunner<T>::update_balance_bias(double gamma) {
+  for (auto& st : stages_)
+    for (MoE<T>* moe : st->moe_layers()) {
+      if (copies_ && copies_->size() > 1) {  // rank order: integers, exact
+        std::vector<int64_t> load = moe->expert_load();
+        copies_->all_reduce_sum(load.data(), static_cast<int64_t>(load.size()), CommType::I64);
+        moe->set_expert_load(load);
+      }
+      if (moe->has_bias())
+        moe->update_bias(gamma);
+      else
+        moe->reset_load();  // methods without a selection bias have nothing to update
+    }
+}
+
+template <class T>
 bool PipelineRunner<T>::counts_in_norm(const std::string& name) const {
   const int r = comm_.rank(), p = schedule_.stages;
   if (schedule_.kind == pipeline::ScheduleKind::DualPipe) return r < p - 1 - r;

@@ -57,6 +57,11 @@ class PipelineRunner {
                            int64_t micro_batch_sequences, int64_t seq, const LossWeights& weights,
                            bool training = true);
 
+  // Aux-loss-free balancing (spec §2.2) of this rank's MoE layers, as Transformer::
+  // update_balance_bias: each layer's bias moves by gamma against the load its stage counted (with
+  // DualPipe, the load of both copies summed first, so the copies stay equal). Collective.
+  void update_balance_bias(double gamma);
+
   // L2 norm of the whole model's gradients (every tensor once: DualPipe's second copies and the
   // MTP stage's embedding copy left out), on every rank. The per-chunk sums of squares of
   // global_grad_norm (train/adamw.h) are gathered and added in the single-process Transformer's
