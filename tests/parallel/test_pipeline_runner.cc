@@ -386,6 +386,29 @@ TEST(PipelineRunner, RefusesAScheduleForAnotherRankCount) {
   }
 }
 
+// A step list that would wait forever (each rank first waits for the other's message) is refused
+// when the runner is built, on every rank, naming where the ranks wait.
+TEST(PipelineRunner, RefusesStepListsThatWouldDeadlock) {
+  auto world = mpi_world_communicator();
+  const int p = world->size();
+  pipeline::Schedule schedule = pipeline::build_schedule(ScheduleKind::OneFOneB, p, 2);
+  // Rank 1 now waits for micro-batch 0's gradient from rank 0 before anything else.
+  auto& first_steps = schedule.steps[1];
+  first_steps.insert(first_steps.begin(),
+                     pipeline::Step{pipeline::Op::RecvBackward, {0, 0, 1}, {}, 0});
+  schedule.steps[0].insert(schedule.steps[0].begin(),
+                           pipeline::Step{pipeline::Op::RecvBackward, {0, 1, 0}, {}, 1});
+  try {
+    PipelineRunner<float> runner(pipeline_config(2 * p), schedule, *world);
+    ADD_FAILURE() << "a deadlocking step list was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot run with blocking sends"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("rank 0 at recv_bwd (peer 1)"), std::string::npos)
+        << e.what();
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Schedules, PipelineRunnerTest,
                          ::testing::Values(ScheduleKind::OneFOneB, ScheduleKind::ZB1P,
                                            ScheduleKind::DualPipe, ScheduleKind::DualPipeV),
