@@ -1,0 +1,415 @@
+// The pipeline runner (see pipeline_runner.h): one rank's step list, executed in order.
+#include "parallel/pipeline_runner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <string>
+#include <type_traits>
+
+namespace frugal {
+
+namespace {
+
+template <class T>
+CommType comm_type_of() {
+  return std::is_same_v<T, double> ? CommType::F64 : CommType::F32;
+}
+
+}  // namespace
+
+template <class T>
+PipelineRunner<T>::PipelineRunner(const ModelConfig& cfg, pipeline::Schedule schedule,
+                                  Communicator& comm, ExpertShard experts)
+    : cfg_(cfg), schedule_(std::move(schedule)), comm_(comm) {
+  using pipeline::ScheduleKind;
+  FRUGAL_CHECK(comm_.size() == schedule_.ranks,
+               "pipeline: the {} schedule needs {} ranks, the communicator has {}",
+               pipeline::schedule_kind_name(schedule_.kind), schedule_.ranks, comm_.size());
+  const int r = comm_.rank(), p = schedule_.stages;
+  std::vector<int> held;
+  switch (schedule_.kind) {
+    case ScheduleKind::OneFOneB:
+    case ScheduleKind::ZB1P: held = {r}; break;
+    case ScheduleKind::DualPipe: held = {std::min(r, p - 1 - r), p - 1 - std::min(r, p - 1 - r)}; break;
+    case ScheduleKind::DualPipeV: held = {r, p - 1 - r}; break;
+  }
+  for (int s : held)  // ascending stage order: the copies on ranks r and P-1-r list the same tensors
+    stages_.push_back(std::make_unique<PipelineStage<T>>(store_, cfg_, s, p, experts));
+
+  plan_communication();
+  if (schedule_.kind == ScheduleKind::DualPipe) {
+    copies_ = comm_.split(std::min(r, p - 1 - r), r);
+  } else if (schedule_.ranks > 1) {
+    // The last stage's embedding copy (MTP) lives on another rank than the first stage's.
+    const int first_rank = schedule_.rank_of(0, 0), last_rank = schedule_.rank_of(0, p - 1);
+    sum_embedding_ = cfg_.num_nextn_predict_layers > 0 && first_rank != last_rank;
+    const bool holder = r == first_rank || r == last_rank;
+    std::unique_ptr<Communicator> group = comm_.split(holder ? 0 : 1 + r, r);
+    if (holder && sum_embedding_) embed_holders_ = std::move(group);
+  }
+}
+
+template <class T>
+void PipelineRunner<T>::plan_communication() {
+  using pipeline::Op;
+  const int ranks = schedule_.ranks;
+  auto message_of = [](const pipeline::Step& s) {
+    switch (s.op) {
+      case Op::SendForward: return Message{false, s.work.micro_batch, s.work.stage};
+      case Op::RecvForward: return Message{false, s.work.micro_batch, s.work.stage - 1};
+      case Op::SendBackward: return Message{true, s.work.micro_batch, s.work.stage};
+      case Op::RecvBackward: return Message{true, s.work.micro_batch, s.work.stage + 1};
+      default: return Message{};
+    }
+  };
+  auto is_send = [](Op op) { return op == Op::SendForward || op == Op::SendBackward; };
+  auto is_recv = [](Op op) { return op == Op::RecvForward || op == Op::RecvBackward; };
+  std::vector<size_t> next(ranks, 0);
+  std::vector<std::set<Message>> early(ranks);  // received by an exchange before their Recv step
+  std::vector<std::vector<Action>> plans(ranks);
+  std::set<std::pair<int, int>> pairs;          // ranks that exchange
+  auto current = [&](int r) -> const pipeline::Step* {
+    return next[r] < schedule_.steps[r].size() ? &schedule_.steps[r][next[r]] : nullptr;
+  };
+  for (bool unfinished = true; unfinished;) {
+    bool progress = false;
+    unfinished = false;
+    for (int r = 0; r < ranks; ++r) {
+      while (const pipeline::Step* s = current(r)) {
+        if (!is_send(s->op) && !is_recv(s->op)) {
+          plans[r].push_back({ActionKind::Compute, next[r], {}, {}, -1});
+        } else if (is_recv(s->op) && early[r].erase(message_of(*s))) {
+          // already here (an exchange brought it)
+        } else {
+          const int p = s->peer;
+          FRUGAL_CHECK(p >= 0 && p < ranks && p != r, "pipeline: rank {} step {} names peer {}",
+                       r, next[r], p);
+          const pipeline::Step* other = current(p);
+          if (other == nullptr || other->peer != r) break;
+          if (is_send(s->op) && is_recv(other->op) && message_of(*other) == message_of(*s)) {
+            plans[r].push_back({ActionKind::Send, 0, message_of(*s), {}, p});
+            plans[p].push_back({ActionKind::Recv, 0, {}, message_of(*s), r});
+          } else if (is_recv(s->op) && is_send(other->op) && message_of(*other) == message_of(*s)) {
+            plans[r].push_back({ActionKind::Recv, 0, {}, message_of(*s), p});
+            plans[p].push_back({ActionKind::Send, 0, message_of(*s), {}, r});
+          } else if (is_send(s->op) && is_send(other->op)) {  // opposite sends: one exchange
+            plans[r].push_back({ActionKind::Exchange, 0, message_of(*s), message_of(*other), p});
+            plans[p].push_back({ActionKind::Exchange, 0, message_of(*other), message_of(*s), r});
+            early[r].insert(message_of(*other));
+            early[p].insert(message_of(*s));
+            pairs.insert({std::min(r, p), std::max(r, p)});
+          } else {
+            break;
+          }
+          ++next[p];
+        }
+        ++next[r];
+        progress = true;
+      }
+      if (current(r) != nullptr) unfinished = true;
+    }
+    if (unfinished && !progress) {
+      std::string waiting;
+      for (int r = 0; r < ranks; ++r)
+        if (const pipeline::Step* s = current(r))
+          waiting += fmt::format(" rank {} at {} (peer {});", r, pipeline::op_name(s->op), s->peer);
+      fail("pipeline: the {} schedule cannot run with blocking sends:{}",
+           pipeline::schedule_kind_name(schedule_.kind), waiting);
+    }
+  }
+  plan_ = std::move(plans[comm_.rank()]);
+  for (const auto& [a, b] : pairs) {  // collective: every rank splits for every pair, in order
+    const bool member = comm_.rank() == a || comm_.rank() == b;
+    std::unique_ptr<Communicator> group = comm_.split(member ? 0 : 1, comm_.rank());
+    if (member) pair_groups_[comm_.rank() == a ? b : a] = std::move(group);
+  }
+}
+
+template <class T>
+PipelineStage<T>& PipelineRunner<T>::stage(int index) {
+  for (auto& s : stages_)
+    if (s->stage() == index) return *s;
+  fail("pipeline: rank {} was given stage {} by the schedule but does not hold it", comm_.rank(),
+       index);
+}
+
+template <class T>
+int PipelineRunner<T>::tag(int micro_batch, int stage, bool gradient) const {
+  return 2 * (micro_batch * schedule_.stages + stage) + (gradient ? 1 : 0);
+}
+
+template <class T>
+std::vector<Losses> PipelineRunner<T>::step(const int32_t* tokens, const int32_t* targets,
+                                            int64_t micro_batch_sequences, int64_t seq,
+                                            const LossWeights& weights, bool training) {
+  using pipeline::Op;
+  const int micro_batches = schedule_.micro_batches;
+  const int64_t rows = micro_batch_sequences * seq, d = cfg_.hidden_size;
+  const double loss_scale = 1.0 / static_cast<double>(micro_batches);
+  const CommType type = comm_type_of<T>();
+
+  std::map<Key, typename PipelineStage<T>::Ctx> contexts;
+  std::map<Key, std::vector<T>> activations;  // output of (micro_batch, stage)   [rows, hidden]
+  std::map<Key, std::vector<T>> gradients;    // input gradient of (micro_batch, stage)
+  // Per micro-batch: layer balances [L + D], main, mtp, depths run, tokens (summed over ranks).
+  const int64_t balance_entries = cfg_.num_hidden_layers + cfg_.num_nextn_predict_layers;
+  const int64_t record = balance_entries + 4;
+  std::vector<double> records(static_cast<size_t>(micro_batches * record), 0.0);
+
+  auto take = [](std::map<Key, std::vector<T>>& map, const Key& key, const char* what) {
+    auto it = map.find(key);
+    FRUGAL_CHECK(it != map.end(), "pipeline: the {} of micro-batch {} stage {} is not here", what,
+                 key.first, key.second);
+    std::vector<T> out = std::move(it->second);
+    map.erase(it);
+    return out;
+  };
+  auto forward = [&](const pipeline::Work& w) {
+    PipelineStage<T>& st = stage(w.stage);
+    std::vector<T> input;
+    if (!st.first()) input = take(activations, {w.micro_batch, w.stage - 1}, "activation");
+    const int64_t offset = static_cast<int64_t>(w.micro_batch) * rows;
+    std::vector<T> output;
+    StageLosses part = st.forward(contexts[{w.micro_batch, w.stage}], input.data(), tokens + offset,
+                                  targets + offset, micro_batch_sequences, seq, weights, training,
+                                  output);
+    double* rec = records.data() + w.micro_batch * record;
+    for (int64_t i = 0; i < balance_entries; ++i)
+      if (part.layer_balance[i] != 0) rec[i] = part.layer_balance[i];
+    if (st.last()) {
+      rec[balance_entries] = part.main;
+      rec[balance_entries + 1] = part.mtp;
+      rec[balance_entries + 2] = part.mtp_depths_run;
+      rec[balance_entries + 3] = part.tokens;
+    } else {
+      activations[{w.micro_batch, w.stage}] = std::move(output);
+    }
+  };
+  auto backward_input = [&](const pipeline::Work& w) {
+    PipelineStage<T>& st = stage(w.stage);
+    std::vector<T> doutput;
+    if (!st.last()) doutput = take(gradients, {w.micro_batch, w.stage + 1}, "gradient");
+    std::vector<T> dinput;
+    auto it = contexts.find({w.micro_batch, w.stage});
+    FRUGAL_CHECK(it != contexts.end(), "pipeline: B of micro-batch {} stage {} before its F",
+                 w.micro_batch, w.stage);
+    st.backward_input(it->second, doutput.data(), dinput, loss_scale);
+    if (!st.first()) gradients[{w.micro_batch, w.stage}] = std::move(dinput);
+  };
+  auto backward_weight = [&](const pipeline::Work& w) {
+    auto it = contexts.find({w.micro_batch, w.stage});
+    FRUGAL_CHECK(it != contexts.end(), "pipeline: W of micro-batch {} stage {} before its F",
+                 w.micro_batch, w.stage);
+    stage(w.stage).backward_weight(it->second);
+    contexts.erase(it);
+  };
+
+  auto buffer_of = [&](const Message& m) -> std::map<Key, std::vector<T>>& {
+    return m.gradient ? gradients : activations;
+  };
+  for (const Action& a : plan_) {
+    switch (a.kind) {
+      case ActionKind::Compute: {
+        const pipeline::Step& s = schedule_.steps[comm_.rank()][a.step];
+        switch (s.op) {
+          case Op::Forward: forward(s.work); break;
+          case Op::BackwardInput: backward_input(s.work); break;
+          case Op::BackwardWeight: backward_weight(s.work); break;
+          case Op::ForwardBackward:  // no overlap on the CPU: F, then the other chunk's B and W
+            forward(s.work);
+            backward_input(s.other);
+            backward_weight(s.other);
+            break;
+          default: fail("pipeline: step {} is not a compute step", pipeline::op_name(s.op));
+        }
+        break;
+      }
+      case ActionKind::Send: {
+        std::vector<T> buffer = take(buffer_of(a.send), {a.send.micro_batch, a.send.stage},
+                                     a.send.gradient ? "gradient" : "activation");
+        comm_.send(buffer.data(), rows * d, type, a.peer,
+                   tag(a.send.micro_batch, a.send.stage, a.send.gradient));
+        break;
+      }
+      case ActionKind::Recv: {
+        std::vector<T>& buffer = buffer_of(a.recv)[{a.recv.micro_batch, a.recv.stage}];
+        buffer.resize(rows * d);
+        comm_.recv(buffer.data(), rows * d, type, a.peer,
+                   tag(a.recv.micro_batch, a.recv.stage, a.recv.gradient));
+        break;
+      }
+      case ActionKind::Exchange: {
+        std::vector<T> out = take(buffer_of(a.send), {a.send.micro_batch, a.send.stage},
+                                  a.send.gradient ? "gradient" : "activation");
+        std::vector<T>& in = buffer_of(a.recv)[{a.recv.micro_batch, a.recv.stage}];
+        in.resize(rows * d);
+        Communicator& pair = *pair_groups_.at(a.peer);
+        const int64_t n = rows * d;
+        const int64_t counts[2][2] = {{0, n}, {n, 0}};  // [my index in the pair][to index]
+        const std::span<const int64_t> my_counts(counts[pair.rank()], 2);
+        pair.all_to_all_v(in.data(), my_counts, out.data(), my_counts, type);
+        break;
+      }
+    }
+  }
+  FRUGAL_CHECK(contexts.empty() && activations.empty() && gradients.empty(),
+               "pipeline: rank {} ended the {} step with {} contexts, {} activations and {} "
+               "gradients left (a W, send or consumer missing from its list)",
+               comm_.rank(), pipeline::schedule_kind_name(schedule_.kind), contexts.size(),
+               activations.size(), gradients.size());
+
+  sum_shared_gradients();
+
+  // Every entry was set on exactly one rank (zeros elsewhere): the sum is exact.
+  comm_.all_reduce_sum(records.data(), static_cast<int64_t>(records.size()), CommType::F64);
+  std::vector<Losses> out;
+  for (int m = 0; m < micro_batches; ++m) {
+    const double* rec = records.data() + m * record;
+    StageLosses all;
+    all.layer_balance.assign(rec, rec + balance_entries);
+    all.main = rec[balance_entries];
+    all.mtp = rec[balance_entries + 1];
+    all.mtp_depths_run = rec[balance_entries + 2];
+    all.tokens = rec[balance_entries + 3];
+    out.push_back(finish_losses(all, weights, cfg_.num_nextn_predict_layers));
+  }
+  return out;
+}
+
+template <class T>
+void PipelineRunner<T>::sum_shared_gradients() {
+  const CommType type = comm_type_of<T>();
+  if (copies_ && copies_->size() > 1) {
+    for (auto& p : store_.all())
+      if (p->trainable)
+        copies_->all_reduce_sum(p->grad_data(), static_cast<int64_t>(p->grad.size()), type);
+  }
+  if (embed_holders_) {
+    Param<T>& table = store_.get("model.embed_tokens.weight");
+    embed_holders_->all_reduce_sum(table.grad_data(), static_cast<int64_t>(table.grad.size()), type);
+  }
+}
+
+template <class T>
+void PipelineRunner<T>::update_balance_bias(double gamma) {
+  for (auto& st : stages_)
+    for (MoE<T>* moe : st->moe_layers()) {
+      if (copies_ && copies_->size() > 1) {  // rank order: integers, exact
+        std::vector<int64_t> load = moe->expert_load();
+        copies_->all_reduce_sum(load.data(), static_cast<int64_t>(load.size()), CommType::I64);
+        moe->set_expert_load(load);
+      }
+      if (moe->has_bias())
+        moe->update_bias(gamma);
+      else
+        moe->reset_load();  // methods without a selection bias have nothing to update
+    }
+}
+
+template <class T>
+bool PipelineRunner<T>::counts_in_norm(const std::string& name) const {
+  const int r = comm_.rank(), p = schedule_.stages;
+  if (schedule_.kind == pipeline::ScheduleKind::DualPipe) return r < p - 1 - r;
+  if (embed_holders_ && name == "model.embed_tokens.weight") return stages_.front()->first();
+  return true;
+}
+
+namespace {
+
+// The position of a tensor's group in the Transformer's creation order: the embedding, the main
+// layers, the final norm, the head, the MTP layers. Within a group, a stage creates the tensors in
+// the Transformer's order (the same module constructors).
+int64_t tensor_group(const std::string& name, int64_t layers) {
+  const std::string prefix = "model.layers.";
+  if (name.rfind("model.embed_tokens.", 0) == 0) return 0;
+  if (name.rfind("model.norm.", 0) == 0) return layers + 1;
+  if (name.rfind("lm_head.", 0) == 0) return layers + 2;
+  FRUGAL_CHECK(name.rfind(prefix, 0) == 0, "pipeline: unexpected tensor name {}", name);
+  const int64_t layer = std::stoll(name.substr(prefix.size()));
+  return layer < layers ? 1 + layer : layers + 3 + (layer - layers);
+}
+
+}  // namespace
+
+template <class T>
+double PipelineRunner<T>::global_grad_norm() {
+  // This rank's records, one per counted group: [group, chunk count, chunk sums...].
+  std::map<int64_t, std::vector<double>> groups;
+  for (auto& p : store_.all()) {
+    if (!p->trainable || !counts_in_norm(p->name)) continue;
+    std::vector<double>& sums = groups[tensor_group(p->name, cfg_.num_hidden_layers)];
+    const int64_t n = static_cast<int64_t>(p->grad.size());
+    for (int64_t begin = 0; begin < n; begin += kGradNormChunk)
+      sums.push_back(grad_sum_of_squares(p->grad.data() + begin, std::min(n, begin + kGradNormChunk) - begin));
+  }
+  std::vector<double> local;
+  for (auto& [group, sums] : groups) {
+    local.push_back(static_cast<double>(group));
+    local.push_back(static_cast<double>(sums.size()));
+    local.insert(local.end(), sums.begin(), sums.end());
+  }
+  const int size = comm_.size();
+  int64_t length = static_cast<int64_t>(local.size());
+  std::vector<int64_t> lengths(size);
+  comm_.all_gather(lengths.data(), &length, 1, CommType::I64);
+  const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  local.resize(longest, 0.0);
+  std::vector<double> all(longest * size);
+  comm_.all_gather(all.data(), local.data(), longest, CommType::F64);
+  std::map<int64_t, std::vector<double>> ordered;  // every rank's groups, in Transformer order
+  for (int r = 0; r < size; ++r)
+    for (int64_t i = r * longest; i < r * longest + lengths[r];) {
+      const int64_t group = static_cast<int64_t>(all[i]), count = static_cast<int64_t>(all[i + 1]);
+      FRUGAL_CHECK(!ordered.count(group), "pipeline: tensor group {} counted on two ranks", group);
+      ordered[group].assign(all.begin() + i + 2, all.begin() + i + 2 + count);
+      i += 2 + count;
+    }
+  double total = 0.0;
+  for (auto& [group, sums] : ordered)
+    for (double s : sums) total += s;
+  return std::sqrt(total);
+}
+
+template <class T>
+PipelineAdamW<T>::PipelineAdamW(const OptimConfig& config, PipelineRunner<T>& runner)
+    : config_(config), runner_(runner) {
+  AdamW<T>(config, ParamStore<T>{});  // validates the configuration as AdamW does
+  for (auto& p : runner.params().all())
+    if (p->trainable) {
+      m_.emplace_back(p->value.size(), T(0));
+      v_.emplace_back(p->value.size(), T(0));
+    }
+}
+
+template <class T>
+typename AdamW<T>::StepInfo PipelineAdamW<T>::step(double lr) {
+  FRUGAL_CHECK(std::isfinite(lr) && lr >= 0.0, "AdamW: learning rate {} must be finite and >= 0",
+               lr);
+  typename AdamW<T>::StepInfo info;
+  info.grad_norm = runner_.global_grad_norm();
+  if (!std::isfinite(info.grad_norm)) {
+    info.skipped = true;
+    info.clip_scale = 0.0;
+    return info;
+  }
+  if (config_.grad_clip > 0.0 && info.grad_norm > config_.grad_clip)
+    info.clip_scale = config_.grad_clip / info.grad_norm;
+  ++step_count_;
+  const AdamWScalars scalars = adamw_scalars(config_, lr, info.clip_scale, step_count_);
+  size_t k = 0;
+  for (auto& p : runner_.params().all()) {
+    if (!p->trainable) continue;
+    adamw_update(p->value.data(), p->grad.data(), m_[k].data(), v_[k].data(), p->numel(),
+                 p->weight_decay, scalars);
+    ++k;
+  }
+  return info;
+}
+
+template class PipelineAdamW<float>;
+template class PipelineAdamW<double>;
+template class PipelineRunner<float>;
+template class PipelineRunner<double>;
+
+}  // namespace frugal
