@@ -203,6 +203,7 @@ void EngineService::engine_thread_main() {
         step_error = std::current_exception();
       }
     }
+    // (Every job delivered to stays alive: in running_, finished or rejected.)
     std::vector<std::pair<Job*, int32_t>> deliveries;
     for (const auto& [id, token] : step_tokens_) {
       Job* job = running_.at(id).get();
@@ -210,7 +211,7 @@ void EngineService::engine_thread_main() {
       ++job->committed;
       deliveries.emplace_back(job, token);
     }
-    std::vector<std::shared_ptr<Job>> finished;  // keeps the delivered-to jobs alive too
+    std::vector<std::pair<std::shared_ptr<Job>, infer::FinishReason>> finished;
     for (const infer::Completion& c : completions) {
       auto it = running_.find(c.id);
       if (it == running_.end()) continue;
@@ -225,8 +226,7 @@ void EngineService::engine_thread_main() {
         }
         continue;
       }
-      job->reason = c.reason;
-      finished.push_back(std::move(job));
+      finished.emplace_back(std::move(job), c.reason);
     }
     if (step_error) {  // the engine's state is unknown: every request in it fails
       for (auto& [id, job] : running_) {
@@ -240,8 +240,9 @@ void EngineService::engine_thread_main() {
     std::lock_guard<std::mutex> lock(mutex_);
     for (const auto& [job, token] : deliveries) job->tokens.push_back(token);
     for (const auto& [job, token] : deliveries) job->ready.notify_all();
-    for (auto& job : finished) {
+    for (auto& [job, reason] : finished) {
       job->finished = true;
+      job->reason = reason;
       job->ready.notify_all();
     }
     for (auto& [job, error] : rejected) {
