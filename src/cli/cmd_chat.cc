@@ -1,7 +1,7 @@
 // frugal chat CHECKPOINT [--system TEXT] [--generate.key=value ...]: a conversation in the
 // terminal. Each line read from standard input is a user message; the reply streams to standard
 // output as it is sampled, followed by a newline. The conversation is kept (in the model's chat
-// format, infer/simple_service.h); when it outgrows the model's context the oldest turns are
+// format, infer/engine_service.h); when it outgrows the model's context the oldest turns are
 // dropped. Commands: /reset forgets the conversation (the system message stays), /quit (or end
 // of input) exits. Ctrl-C cuts a reply short; at the prompt it exits.
 // Standard output carries only the replies, so a pipe gets exactly "reply\n" per message;
@@ -17,7 +17,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core/error.h"
-#include "infer/simple_service.h"
+#include "infer/engine_service.h"
 #include "io/config_io.h"
 #include "train/checkpoint.h"
 
@@ -63,7 +63,10 @@ int cmd_chat(const std::vector<std::string>& argv) {
     threads = std::atoi(args.option("threads").c_str());
     FRUGAL_CHECK(threads >= 1, "--threads '{}' must be a positive integer", args.option("threads"));
   }
-  std::unique_ptr<SimpleService> service = SimpleService::load(dir, "", threads);
+  EngineServiceOptions service_options;
+  service_options.threads = threads;
+  service_options.max_batch = 1;  // one conversation
+  std::unique_ptr<EngineService> service = EngineService::load(dir, "", service_options);
 
   const bool interactive = isatty(STDIN_FILENO) != 0;
   struct sigaction action = {};

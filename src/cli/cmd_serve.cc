@@ -1,7 +1,8 @@
 // frugal serve CHECKPOINT [options]: the OpenAI-compatible HTTP API (infer/server/http_server.h)
-// over a checkpoint (infer/simple_service.h). Prints one line "frugal serve: ... listening on
-// http://HOST:PORT" on standard output once it accepts connections; SIGINT or SIGTERM stops it
-// (running generations are cancelled) and it exits 0.
+// over a checkpoint (infer/engine_service.h: the batching inference engine, --speculative for MTP
+// drafting). Prints one line "frugal serve: ... listening on http://HOST:PORT" on standard output
+// once it accepts connections; SIGINT or SIGTERM stops it (running generations are cancelled) and
+// it exits 0.
 #include <pthread.h>
 #include <signal.h>
 
@@ -16,7 +17,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "infer/server/http_server.h"
-#include "infer/simple_service.h"
+#include "infer/engine_service.h"
 
 namespace frugal {
 namespace {
@@ -33,7 +34,8 @@ constexpr const char* kHelp =
     "  --api-key KEY           require 'Authorization: Bearer KEY' on /v1/* (default: the\n"
     "                          FRUGAL_API_KEY environment variable; unset = no key)\n"
     "  --model-name NAME       the model id clients use (default: the directory's name)\n"
-    "  --max-concurrent N      requests generating at once (default 2)\n"
+    "  --max-concurrent N      requests generating at once, decoded together in one batch\n"
+    "                          (default 2)\n"
     "  --max-queue N           requests waiting for a slot, first come first served; more are\n"
     "                          answered 429 with Retry-After (default 16)\n"
     "  --queue-timeout S       seconds a request waits for a slot before a 429 (default 30)\n"
@@ -45,6 +47,8 @@ constexpr const char* kHelp =
     "  --read-timeout S        per socket read (default 10)\n"
     "  --write-timeout S       per socket write; slower readers are dropped (default 10)\n"
     "  --threads N             compute threads (default: all cores)\n"
+    "  --speculative           draft tokens with the model's MTP module and verify them in\n"
+    "                          the main model's pass (same output, fewer passes)\n"
     "  --log-requests          one line per request on standard error\n";
 
 int64_t int_option(const ParsedArgs& args, const std::string& name, int64_t fallback, int64_t low,
@@ -88,7 +92,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
       {"host", "port", "api-key", "model-name", "max-concurrent", "max-queue", "queue-timeout",
        "max-body-bytes", "max-prompt-tokens", "max-tokens", "request-timeout", "read-timeout",
        "write-timeout", "threads"},
-      {"help", "log-requests"});
+      {"help", "log-requests", "speculative"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
     return 0;
@@ -128,8 +132,12 @@ int cmd_serve(const std::vector<std::string>& argv) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);  // every thread created from here on
 
-  std::unique_ptr<SimpleService> service =
-      SimpleService::load(args.positional[0], args.option("model-name"), threads);
+  EngineServiceOptions service_options;
+  service_options.threads = threads;
+  service_options.max_batch = options.max_concurrent;
+  service_options.speculative = args.has("speculative");
+  std::unique_ptr<EngineService> service =
+      EngineService::load(args.positional[0], args.option("model-name"), service_options);
   options.limits.max_prompt_tokens =
       int_option(args, "max-prompt-tokens", service->context_length(), 1, int64_t{1} << 30);
   HttpServer server(*service, options);

@@ -320,6 +320,28 @@ std::vector<Completion> Engine::take_finished() {
   return out;
 }
 
+bool Engine::cancel(int64_t id) {
+  for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+    if ((*it)->id != id) continue;
+    waiting_.erase(it);  // a waiting (or preempted) sequence holds no cache pages
+    return true;
+  }
+  for (size_t i = 0; i < active_.size(); ++i) {
+    Sequence& s = *active_[i];
+    if (s.id != id) continue;
+    cache_.close_sequence(s.main_seq);
+    if (s.mtp_seq >= 0) mtp_cache_->close_sequence(s.mtp_seq);
+    active_.erase(active_.begin() + static_cast<std::ptrdiff_t>(i));
+    return true;
+  }
+  for (auto it = finished_.begin(); it != finished_.end(); ++it) {
+    if (it->id != id) continue;
+    finished_.erase(it);
+    return true;
+  }
+  return false;
+}
+
 std::vector<Completion> Engine::run() {
   while (step()) {
   }

@@ -104,6 +104,10 @@ class Engine {
   std::vector<Completion> run();
   // Completions finished since the last call, by id.
   std::vector<Completion> take_finished();
+  // Drops request `id` wherever it is (waiting, active: its cache pages are freed at once, or
+  // finished but not taken); it never appears in take_finished(). Returns false for an unknown or
+  // already taken id. Not to be called from on_token (i.e. during step()).
+  bool cancel(int64_t id);
 
   const EngineStats& stats() const { return stats_; }
   int64_t active() const { return static_cast<int64_t>(active_.size()); }

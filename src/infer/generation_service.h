@@ -1,8 +1,8 @@
 // The seam between the HTTP server / terminal chat and whatever generates tokens.
 //
 // A GenerationService turns a prompt (token ids) into a stream of text deltas. The server and
-// `frugal chat` only ever talk to this interface; SimpleService (a checkpoint re-run in full for
-// every token) implements it today, and a batching engine can replace it behind the same calls.
+// `frugal chat` only ever talk to this interface; EngineService (infer/engine_service.h: the
+// batching inference engine over a checkpoint) implements it.
 //
 // Contract of generate():
 //   - it may be called from many threads at once; the service schedules the work itself;

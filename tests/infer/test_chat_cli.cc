@@ -1,5 +1,5 @@
 // `frugal chat` with its input piped: standard output is exactly one line per reply, each reply the
-// one SimpleService gives for the conversation so far (greedy, so exact); the conversation is
+// one EngineService gives for the conversation so far (greedy, so exact); the conversation is
 // kept between messages; /reset forgets it; /quit ends the session (later lines are not read);
 // --system opens the conversation; unknown commands are reported on stderr and skipped; a
 // conversation longer than the context drops its oldest turns; sampled replies repeat for a seed.
@@ -7,7 +7,7 @@
 
 #include "cli/cli_test_util.h"
 #include "infer/serve_test_util.h"
-#include "infer/simple_service.h"
+#include "infer/engine_service.h"
 
 namespace frugal {
 namespace {
@@ -22,7 +22,7 @@ class ChatCli : public ::testing::Test {
     dir_ = new TempDir("chat_cli");
     make_test_checkpoint(dir_->path("long"), {"train.seq_len=256"});
     make_test_checkpoint(dir_->path("short"));  // 32 tokens of context
-    service_ = SimpleService::load(dir_->path("long"), "", 1).release();
+    service_ = EngineService::load(dir_->path("long"), "", {.threads = 1}).release();
   }
   static void TearDownTestSuite() {
     delete service_;
@@ -52,11 +52,11 @@ class ChatCli : public ::testing::Test {
   }
 
   static TempDir* dir_;
-  static SimpleService* service_;
+  static EngineService* service_;
 };
 
 TempDir* ChatCli::dir_ = nullptr;
-SimpleService* ChatCli::service_ = nullptr;
+EngineService* ChatCli::service_ = nullptr;
 
 TEST_F(ChatCli, KeepsTheConversation) {
   const std::string first = reply({{"user", "hello"}});

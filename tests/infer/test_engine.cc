@@ -7,7 +7,9 @@
 //     accepted and rejected (a model whose MTP module nearly knows the next token), and every
 //     cache page comes back after a run (rollback frees what it should);
 //   - EOS, stop strings, max_new_tokens, the context limit, suppressed tokens; bad requests and
-//     options are errors.
+//     options are errors;
+//   - cancel() drops a waiting, active or finished request, frees its cache pages at once, and
+//     leaves the other requests' tokens unchanged.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -307,6 +309,40 @@ TEST(Engine, StopConditions) {
   ASSERT_EQ(done.size(), 2u);
   EXPECT_EQ(done[0].reason, FinishReason::kLength);
   EXPECT_EQ(done[1].reason, FinishReason::kContext);
+}
+
+TEST(Engine, CancelDropsARequestAndFreesItsPages) {
+  const ModelConfig cfg = testing::infer_config();
+  Transformer<float> model(cfg);
+  testing::randomize(model, 61);
+  for (bool speculative : {false, true}) {
+    EngineOptions options;
+    options.max_batch = 2;
+    options.speculative = speculative;
+    const std::vector<Request> requests = mixed_requests(cfg.vocab_size);
+    const std::vector<Completion> alone = run_all(model, requests, options);
+    Engine engine(model, options);
+    for (const Request& r : requests) engine.submit(r);
+    ASSERT_TRUE(engine.step());  // 0 and 1 active, 2.. waiting
+    ASSERT_TRUE(engine.step());
+    ASSERT_EQ(engine.active(), 2);
+    const int64_t free_before = engine.cache().free_pages();
+    EXPECT_TRUE(engine.cancel(1));  // active: its pages come back at once
+    EXPECT_EQ(engine.active(), 1);
+    EXPECT_GT(engine.cache().free_pages(), free_before);
+    EXPECT_TRUE(engine.cancel(3));  // waiting
+    EXPECT_EQ(engine.waiting(), 2);
+    EXPECT_FALSE(engine.cancel(3));
+    EXPECT_FALSE(engine.cancel(99));
+    while (engine.step()) {
+    }
+    EXPECT_TRUE(engine.cancel(4));  // finished, not taken
+    const std::vector<Completion> rest = engine.take_finished();
+    ASSERT_EQ(rest.size(), 2u);
+    expect_same_tokens({rest[0], rest[1]}, {alone[0], alone[2]}, "after cancelling");
+    EXPECT_FALSE(engine.cancel(0));  // already taken
+    EXPECT_EQ(engine.cache().free_pages(), engine.cache().total_pages());
+  }
 }
 
 TEST(Engine, BadRequestsAndOptions) {

@@ -1,5 +1,6 @@
 // The serve and chat subcommands' command lines: help texts; every bad argument (missing or
-// unknown checkpoint, unknown option, non-numeric or out-of-range number, a port already taken)
+// unknown checkpoint, unknown option, non-numeric or out-of-range number, a port already taken,
+// --speculative for a model without an MTP module)
 // is exactly one "frugal: ..." line on stderr naming the problem, with a non-zero exit.
 #include <gtest/gtest.h>
 
@@ -27,6 +28,7 @@ class ServeCli : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new TempDir("serve_cli");
     make_test_checkpoint(dir_->path("run"));
+    make_test_checkpoint(dir_->path("no_mtp"), {"model.num_nextn_predict_layers=0"});
   }
   static void TearDownTestSuite() { delete dir_; }
   static Result run(const std::string& args) { return run_frugal(dir_->path(), args); }
@@ -43,7 +45,7 @@ TEST_F(ServeCli, HelpTexts) {
   EXPECT_EQ(serve.code, 0);
   for (const char* option : {"--host", "--port", "--api-key", "--max-concurrent", "--max-queue",
                              "--queue-timeout", "--max-body-bytes", "--max-prompt-tokens",
-                             "--max-tokens", "--request-timeout"})
+                             "--max-tokens", "--request-timeout", "--speculative"})
     EXPECT_NE(serve.out.find(option), std::string::npos) << option;
   Result chat = run("chat --help");
   EXPECT_EQ(chat.code, 0);
@@ -71,6 +73,7 @@ TEST_F(ServeCli, ServeErrors) {
   expect_one_error_line(run("serve run --queue-timeout soon"), "--queue-timeout", "bad seconds");
   expect_one_error_line(run("serve run --max-body-bytes 10"), "--max-body-bytes", "tiny limit");
   expect_one_error_line(run("serve run --generate.seed=1"), "--generate.seed", "config setting");
+  expect_one_error_line(run("serve no_mtp --port 0 --speculative"), "MTP", "no MTP module");
 }
 
 TEST_F(ServeCli, PortAlreadyTaken) {

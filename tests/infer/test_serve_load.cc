@@ -183,7 +183,8 @@ TEST(ServeLoad, ConcurrentMixedTrafficFromAnotherProcess) {
   ServerProcess server(
       {dir.path("run"), "--max-concurrent", "2", "--max-queue", "64", "--queue-timeout", "60",
        "--max-body-bytes", std::to_string(kMaxBody), "--max-tokens", std::to_string(kMaxTokens),
-       "--read-timeout", "2", "--write-timeout", "5", "--threads", "1"},
+       "--read-timeout", "2", "--write-timeout", "5", "--threads", "1",
+       "--speculative"},  // the engine's hardest path: MTP drafts, cancelled mid-stream too
       dir.path("serve.err"));
   ASSERT_GT(server.port(), 0) << read_bytes(dir.path("serve.err"));
   const int port = server.port();

@@ -5,7 +5,7 @@
 // for malformed JSON, wrong types, unsupported parameters (n > 1, ...), unknown models and paths,
 // oversized bodies (413) and bad API keys (401); admission control (429 beyond the queue, FIFO
 // queueing, queue timeout); a client hanging up cancels its generation; request timeouts; service
-// failures; and the same protocol over a real checkpoint (SimpleService). Without cpp-httplib in
+// failures; and the same protocol over a real checkpoint (EngineService). Without cpp-httplib in
 // the build, `frugal serve` must say so.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "infer/server/http_server.h"
-#include "infer/simple_service.h"
+#include "infer/engine_service.h"
 #include "infer/http_test_client.h"
 #include "infer/serve_test_util.h"
 #include "test_util.h"
@@ -584,11 +584,11 @@ TEST_F(ServerTest, StopCancelsRunningGenerations) {
   EXPECT_EQ(chunks.back()["error"]["type"], "server_error");  // "shutting down"
 }
 
-// The protocol over a real checkpoint: the server's answers are SimpleService's.
-TEST_F(ServerTest, SimpleServiceEndToEnd) {
+// The protocol over a real checkpoint: the server's answers are EngineService's.
+TEST_F(ServerTest, EngineServiceEndToEnd) {
   TempDir dir("serve");
   make_test_checkpoint(dir.path("run"));
-  auto service = SimpleService::load(dir.path("run"), "tiny", 1);
+  auto service = EngineService::load(dir.path("run"), "tiny", {.threads = 1});
   ASSERT_EQ(service->model_name(), "tiny");
   start(options(), service.get());
   // What the service generates directly, greedily.
