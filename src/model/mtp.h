@@ -11,6 +11,8 @@
 // Accumulation rule: parameter gradients accumulate (+=); activation gradients are assigned.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -19,6 +21,23 @@
 #include "model/rmsnorm.h"
 
 namespace frugal {
+
+// The inputs of MTP depth k (spec §3.1) from the previous depth: for sequence b and position
+// i < seq - k, the token and target at i + k of the batch, and the previous depth's output row
+// (b, i) of prev [batch, prev_seq, d]. shifted, shifted_targets [batch * (seq-k)];
+// h_prev [batch * (seq-k), d].
+template <class T>
+void mtp_depth_inputs(int32_t* shifted, int32_t* shifted_targets, T* h_prev, const int32_t* tokens,
+                      const int32_t* targets, const T* prev, int64_t batch, int64_t seq,
+                      int64_t prev_seq, int64_t k, int64_t d) {
+  const int64_t mseq = seq - k;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < mseq; ++i) {
+      shifted[b * mseq + i] = tokens[b * seq + i + k];
+      shifted_targets[b * mseq + i] = targets[b * seq + i + k];
+      std::copy_n(prev + (b * prev_seq + i) * d, d, h_prev + (b * mseq + i) * d);
+    }
+}
 
 template <class T>
 class MtpModule {

@@ -388,13 +388,10 @@ typename AdamW<T>::StepInfo PipelineAdamW<T>::step(double lr) {
                lr);
   typename AdamW<T>::StepInfo info;
   info.grad_norm = runner_.global_grad_norm();
-  if (!std::isfinite(info.grad_norm)) {
-    info.skipped = true;
-    info.clip_scale = 0.0;
-    return info;
-  }
-  if (config_.grad_clip > 0.0 && info.grad_norm > config_.grad_clip)
-    info.clip_scale = config_.grad_clip / info.grad_norm;
+  const ClipDecision clip = clip_for_norm(info.grad_norm, config_.grad_clip);
+  info.clip_scale = clip.clip_scale;
+  info.skipped = clip.skip;
+  if (clip.skip) return info;
   ++step_count_;
   const AdamWScalars scalars = adamw_scalars(config_, lr, info.clip_scale, step_count_);
   size_t k = 0;

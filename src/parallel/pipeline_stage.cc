@@ -132,12 +132,8 @@ StageLosses PipelineStage<T>::forward(Ctx& ctx, const T* input, const int32_t* t
     std::vector<int32_t> shifted(mrows);
     std::vector<T> h_prev(mrows * d);
     m.targets.resize(mrows);
-    for (int64_t b = 0; b < batch; ++b)
-      for (int64_t i = 0; i < m.seq; ++i) {
-        shifted[b * m.seq + i] = tokens[b * seq + i + k];
-        m.targets[b * m.seq + i] = targets[b * seq + i + k];
-        std::copy_n(prev.begin() + (b * prev_seq + i) * d, d, h_prev.begin() + (b * m.seq + i) * d);
-      }
+    mtp_depth_inputs(shifted.data(), m.targets.data(), h_prev.data(), tokens, targets,
+                     prev.data(), batch, seq, prev_seq, static_cast<int64_t>(k), d);
     std::vector<T> emb(mrows * d), h_out(mrows * d), mnormed(mrows * d);
     embed_forward(m.embed, shifted.data(), emb.data(), mrows);
     losses.layer_balance[cfg_.num_hidden_layers + static_cast<int64_t>(k) - 1] =

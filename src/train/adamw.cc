@@ -133,13 +133,10 @@ typename AdamW<T>::StepInfo AdamW<T>::step(ParamStore<T>& store, double lr) {
 
   StepInfo info;
   info.grad_norm = global_grad_norm(store);
-  if (!std::isfinite(info.grad_norm)) {
-    info.skipped = true;
-    info.clip_scale = 0.0;
-    return info;
-  }
-  if (config_.grad_clip > 0.0 && info.grad_norm > config_.grad_clip)
-    info.clip_scale = config_.grad_clip / info.grad_norm;
+  const ClipDecision clip = clip_for_norm(info.grad_norm, config_.grad_clip);
+  info.clip_scale = clip.clip_scale;
+  info.skipped = clip.skip;
+  if (clip.skip) return info;
 
   ++step_count_;
   const AdamWScalars scalars = adamw_scalars(config_, lr, info.clip_scale, step_count_);

@@ -24,6 +24,8 @@
 // update bitwise identical to an uninterrupted run.
 #pragma once
 
+#include <cmath>
+
 #include <cstdint>
 #include <string>
 #include <unordered_map>
@@ -47,6 +49,19 @@ inline constexpr int64_t kGradNormChunk = int64_t{1} << 16;
 // sum_i x[i]^2 in double, i ascending.
 template <class T>
 double grad_sum_of_squares(const T* x, int64_t n);
+
+// Global-norm clipping for a gradient norm: the factor applied to the gradients (1 when not
+// clipped, grad_clip / grad_norm when above grad_clip > 0) or, for a norm that is not finite, a
+// skipped step (factor 0). Shared by AdamW, ZeRO-1 and the pipeline optimizer.
+struct ClipDecision {
+  double clip_scale = 1;
+  bool skip = false;
+};
+inline ClipDecision clip_for_norm(double grad_norm, double grad_clip) {
+  if (!std::isfinite(grad_norm)) return {0.0, true};
+  if (grad_clip > 0.0 && grad_norm > grad_clip) return {grad_clip / grad_norm, false};
+  return {};
+}
 
 // The scalars of one AdamW update (optimizer step `step_count`, 1-based).
 struct AdamWScalars {
