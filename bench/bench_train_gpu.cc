@@ -8,6 +8,9 @@
 //       [--section.key=value ...]
 //   e.g. build/bench_train_gpu configs/bench-1b.toml fp8 8 4096 20 --json bench/results/x.json
 // Any config override (--optim.lr=..., --model.num_hidden_layers=4) applies before the run.
+// With FRUGAL_PROFILE=1 (CUDA builds) the GPU time of the model's sections (core/gpu_profiler.h)
+// over the timed steps is printed per step and written into the JSON as "profile". Sections nest
+// (e.g. attn.core.fwd inside attn.fwd inside layers.fwd), so the percentages do not add to 100.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -16,6 +19,9 @@
 #include <vector>
 
 #include "core/error.h"
+#ifdef FRUGAL_HAVE_CUDA
+#include "core/gpu_profiler.h"
+#endif
 #include "core/rng.h"
 #include "io/config_io.h"
 #include "train/gpu_engine.h"
@@ -108,6 +114,9 @@ int run(int argc, char** argv) {
   double first_loss = 0, last_loss = 0;
   int64_t skipped = 0;
   for (int64_t step = 0; step < warmup + steps; ++step) {
+#ifdef FRUGAL_HAVE_CUDA
+    if (step == warmup) cuda::gpu_profiler().reset();  // the warmup's sections are not reported
+#endif
     fill_batch(step);
     const auto start = std::chrono::steady_clock::now();
     engine->zero_grad();
@@ -153,6 +162,24 @@ int run(int argc, char** argv) {
       achieved / 1e12, train_flops_per_token / 1e9, first_loss, last_loss,
       static_cast<long long>(skipped));
 
+  // Section profile over the timed steps: per step, and as a share of the mean step time.
+  nlohmann::json profile = nlohmann::json::array();
+#ifdef FRUGAL_HAVE_CUDA
+  if (cuda::gpu_profiler().enabled()) {
+    const double n_steps = static_cast<double>(steps);
+    std::printf("\nGPU sections over %lld timed steps (nested sections overlap)\n",
+                static_cast<long long>(steps));
+    std::printf("%-26s %10s %10s %8s\n", "section", "calls/step", "ms/step", "% step");
+    for (const cuda::GpuProfiler::Row& row : cuda::gpu_profiler().report()) {
+      const double calls = static_cast<double>(row.calls) / n_steps, ms = row.total_ms / n_steps;
+      const double share = 100.0 * ms / (mean * 1e3);
+      std::printf("%-26s %10.1f %10.2f %7.1f%%\n", row.name.c_str(), calls, ms, share);
+      profile.push_back(
+          {{"section", row.name}, {"calls_per_step", calls}, {"ms_per_step", ms}, {"percent", share}});
+    }
+  }
+#endif
+
   if (!json_path.empty()) {
     std::vector<double> step_ms;
     for (double s : step_seconds) step_ms.push_back(s * 1e3);
@@ -179,7 +206,8 @@ int run(int argc, char** argv) {
         {"peak_memory_bytes", memory},
         {"first_loss", first_loss},
         {"last_loss", last_loss},
-        {"skipped_steps", skipped}};
+        {"skipped_steps", skipped},
+        {"profile", profile}};
     std::ofstream out(json_path);
     FRUGAL_CHECK(out.good(), "cannot write {}", json_path);
     out << result.dump(2) << "\n";

@@ -72,8 +72,11 @@ class ScopedSection {
       slot_ = p.start(stream, name);
     }
   }
-  ~ScopedSection() {
+  ~ScopedSection() { close(); }
+  // Ends the section before the scope does (for sections that end mid-function); idempotent.
+  void close() {
     if (slot_ >= 0) gpu_profiler().stop(stream_, slot_);
+    slot_ = -1;
   }
   ScopedSection(const ScopedSection&) = delete;
   ScopedSection& operator=(const ScopedSection&) = delete;

@@ -13,6 +13,7 @@
 #include "core/cuda_check.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/gpu_profiler.h"
 
 namespace frugal::gpu {
 namespace {
@@ -104,6 +105,7 @@ GpuAdamW::StepInfo GpuAdamW::step(double lr) {
                    param_of(slots_.back()).count == slots_.back().count,
                "GpuAdamW: the model's parameters changed since the optimizer was made");
 
+  cuda::ScopedSection section(ctx_.stream, "optimizer");
   float* norm = reinterpret_cast<float*>(scalars_.data());
   float* clip_scale = reinterpret_cast<float*>(scalars_.data() + 1);
   int32_t* nonfinite = scalars_.data() + 2;
@@ -125,6 +127,7 @@ GpuAdamW::StepInfo GpuAdamW::step(double lr) {
   info.clip_scale = bits_to_float(host_scalars_->values[1]);
   ++step_count_;
   apply_updates(lr);
+  cuda::ScopedSection refresh_section(ctx_.stream, "optimizer.refresh");
   model_.weights_updated();
   return info;
 }

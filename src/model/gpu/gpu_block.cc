@@ -4,6 +4,7 @@
 #include "model/gpu/gpu_block.h"
 
 #include "core/error.h"
+#include "core/gpu_profiler.h"
 #include "kernels/cast/cast_cuda.h"
 #include "model/gpu/gpu_model_kernels.h"
 
@@ -42,19 +43,32 @@ void GpuBlock<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const float* x, floa
   FRUGAL_CHECK(moe_ == nullptr || balance_loss != nullptr,
                "GpuBlock::forward: an MoE layer needs a balance-loss slot");
   c.attn_in = cuda::DeviceArray<T>(ctx, n);  // [rows, hidden]
-  attn_norm_.forward(ctx, c.attn_norm, x, c.attn_in.data(), rows);
+  {
+    cuda::ScopedSection section(ctx.stream, "norm.fwd");
+    attn_norm_.forward(ctx, c.attn_norm, x, c.attn_in.data(), rows);
+  }
   cuda::DeviceArray<T> branch(ctx, n);  // [rows, hidden]
-  attn_->forward(ctx, c.attn, c.attn_in.data(), branch.data(), batch, seq, rope);
+  {
+    cuda::ScopedSection section(ctx.stream, "attn.fwd");
+    attn_->forward(ctx, c.attn, c.attn_in.data(), branch.data(), batch, seq, rope);
+  }
   if (!attn_->keeps_input_pointer()) c.attn_in.reset();
   c.h = cuda::DeviceArray<float>(ctx, n);
   cuda::residual_add<T>(c.h.data(), x, branch.data(), n, ctx.stream);  // h = x + attention
   c.ffn_in = cuda::DeviceArray<T>(ctx, n);
-  ffn_norm_.forward(ctx, c.ffn_norm, c.h.data(), c.ffn_in.data(), rows);
+  {
+    cuda::ScopedSection section(ctx.stream, "norm.fwd");
+    ffn_norm_.forward(ctx, c.ffn_norm, c.h.data(), c.ffn_in.data(), rows);
+  }
   if (moe_) {
+    cuda::ScopedSection section(ctx.stream, "moe.fwd");
     moe_->forward(ctx, c.moe, c.ffn_in.data(), branch.data(), batch, seq, balance_alpha, count_load,
                   balance_loss);
   } else {
-    mlp_->forward(ctx, c.mlp, c.ffn_in.data(), branch.data(), rows);
+    {
+      cuda::ScopedSection section(ctx.stream, "mlp.fwd");
+      mlp_->forward(ctx, c.mlp, c.ffn_in.data(), branch.data(), rows);
+    }
     if (!mlp_->keeps_input_pointer()) c.ffn_in.reset();
   }
   cuda::residual_add<T>(y, c.h.data(), branch.data(), n, ctx.stream);  // y = h + ffn
@@ -69,11 +83,15 @@ void GpuBlock<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, fl
   {
     AsType<T> dy_t(ctx, dy, n);
     cuda::DeviceArray<T> d_ffn_in(ctx, n);
-    if (moe_)
+    if (moe_) {
+      cuda::ScopedSection section(ctx.stream, "moe.bwd");
       moe_->backward(ctx, c.moe, dy_t.get(), d_ffn_in.data(), dbalance);
-    else
+    } else {
+      cuda::ScopedSection section(ctx.stream, "mlp.bwd");
       mlp_->backward(ctx, c.mlp, dy_t.get(), d_ffn_in.data(), false);
+    }
     c.ffn_in.reset();
+    cuda::ScopedSection section(ctx.stream, "norm.bwd");
     ffn_norm_.backward(ctx, c.ffn_norm, d_ffn_in.data(), dh.data());
   }
   cuda::axpby<float>(dh.data(), dy, 1.0f, 1.0f, n, ctx.stream);  // dh = dy + d(ffn branch)
@@ -81,8 +99,12 @@ void GpuBlock<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, fl
   {
     AsType<T> dh_t(ctx, dh.data(), n);
     cuda::DeviceArray<T> d_attn_in(ctx, n);
-    attn_->backward(ctx, c.attn, dh_t.get(), d_attn_in.data());
+    {
+      cuda::ScopedSection section(ctx.stream, "attn.bwd");
+      attn_->backward(ctx, c.attn, dh_t.get(), d_attn_in.data());
+    }
     c.attn_in.reset();
+    cuda::ScopedSection section(ctx.stream, "norm.bwd");
     attn_norm_.backward(ctx, c.attn_norm, d_attn_in.data(), dx);
   }
   cuda::axpby<float>(dx, dh.data(), 1.0f, 1.0f, n, ctx.stream);  // dx = dh + d(attention branch)

@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "core/gpu_profiler.h"
 #include "kernels/attention/flash_attention_cuda.h"
 #include "kernels/quant/quant.h"
 #include "kernels/rope/rope_cuda.h"
@@ -147,8 +148,11 @@ void GpuMla<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   // Attention, then the output projection.
   c.attn_out = cuda::DeviceArray<T>(ctx, rows * heads_ * v_dim_);  // [rows, heads * v]
   c.lse = cuda::DeviceArray<float>(ctx, batch * heads_ * seq);     // [batch, heads, seq]
-  cuda::flash_attention_fwd<T>(c.attn_out.data(), c.lse.data(), c.q.data(), c.k.data(), c.v.data(),
-                               batch, seq, heads_, qk_dim_, v_dim_, softmax_scale_, stream);
+  {
+    cuda::ScopedSection section(stream, "attn.core.fwd");
+    cuda::flash_attention_fwd<T>(c.attn_out.data(), c.lse.data(), c.q.data(), c.k.data(), c.v.data(),
+                                 batch, seq, heads_, qk_dim_, v_dim_, softmax_scale_, stream);
+  }
   o_proj_.forward(ctx, c.o_proj, c.attn_out.data(), y, rows);  // [rows, hidden]
 }
 
@@ -167,6 +171,7 @@ void GpuMla<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx) c
   cuda::DeviceArray<T> dq(ctx, rows * heads_ * qk_dim_), dk(ctx, rows * heads_ * qk_dim_);
   cuda::DeviceArray<T> dv(ctx, rows * heads_ * v_dim_);
   {
+    cuda::ScopedSection section(stream, "attn.core.bwd");
     cuda::DeviceArray<uint8_t> workspace(
         ctx, static_cast<int64_t>(cuda::flash_attention_bwd_workspace_bytes<T>(batch, seq, heads_,
                                                                                qk_dim_, v_dim_)));

@@ -12,6 +12,7 @@
 
 #include "core/cuda_check.h"
 #include "core/error.h"
+#include "core/gpu_profiler.h"
 #include "kernels/cast/cast_cuda.h"
 #include "kernels/embedding/embedding_cuda.h"
 #include "kernels/rope/rope.h"
@@ -247,7 +248,11 @@ void GpuModel<T>::forward(Run& r, const LossWeights& weights, bool training) {
   // Trunk on the fp32 stream.
   r.residual.resize(layers_.size() + 1);
   r.residual[0] = cuda::DeviceArray<float>(ctx_, rows * d);  // [rows, hidden]
-  cuda::embedding_fwd<float>(r.residual[0].data(), embed_.value, r.ids.data(), rows, d, stream);
+  {
+    cuda::ScopedSection section(stream, "embed.fwd");
+    cuda::embedding_fwd<float>(r.residual[0].data(), embed_.value, r.ids.data(), rows, d, stream);
+  }
+  cuda::ScopedSection layers_section(stream, "layers.fwd");
   r.blocks.resize(layers_.size());
   int64_t moe_slot = 0;
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -256,10 +261,15 @@ void GpuModel<T>::forward(Run& r, const LossWeights& weights, bool training) {
     layers_[i]->forward(ctx_, r.blocks[i], r.residual[i].data(), r.residual[i + 1].data(), batch,
                         seq, rope, weights.balance_alpha, training, balance);
   }
+  layers_section.close();
   r.normed = cuda::DeviceArray<float>(ctx_, rows * d);
-  final_norm_.forward(ctx_, r.final_norm, r.residual.back().data(), r.normed.data(), rows);
+  {
+    cuda::ScopedSection section(stream, "norm.fwd");
+    final_norm_.forward(ctx_, r.final_norm, r.residual.back().data(), r.normed.data(), rows);
+  }
 
   // Head and next-token loss.
+  cuda::ScopedSection head_section(stream, "head+xent.fwd");
   const T* head_in = nullptr;
   if constexpr (std::is_same_v<T, float>) {
     head_in = r.normed.data();
@@ -276,7 +286,10 @@ void GpuModel<T>::forward(Run& r, const LossWeights& weights, bool training) {
                       r.targets.data(), rows, vocab, stream);
   }
 
+  head_section.close();
+
   // Multi-token prediction: depth k sees positions [0, seq-k) of the previous depth.
+  cuda::ScopedSection mtp_section(stream, "mtp.fwd");
   const float* prev = r.normed.data();  // [batch, prev_seq, hidden]
   int64_t prev_seq = seq;
   r.mtp.reserve(mtp_.size());
@@ -302,6 +315,7 @@ void GpuModel<T>::forward(Run& r, const LossWeights& weights, bool training) {
     double* balance = module.block().moe() ? r.balance.data() + moe_slot++ : nullptr;
     module.forward(ctx_, m.module, m.emb.data(), m.h_prev.data(), m.h_out.data(), m.normed.data(),
                    batch, mseq, rope_inputs(batch, mseq), weights.balance_alpha, training, balance);
+    cuda::ScopedSection mtp_head_section(stream, "head+xent.fwd");
     m.logits = cuda::DeviceArray<T>(ctx_, m.rows * vocab);
     head_.forward(ctx_, m.head, m.normed.data(), m.logits.data(), m.rows);
     cuda::DeviceArray<float> token_losses(ctx_, m.rows);
@@ -321,6 +335,7 @@ void GpuModel<T>::backward(Run& r, double loss_scale, double mtp_weight) {
   cuda::xent_grad_scales(scales.data(), r.valid.data(), depths_run, loss_scale, mtp_weight, stream);
 
   // Main head: dlogits in place of the logits, then d(normed) in fp32.
+  cuda::ScopedSection head_section(stream, "head+xent.bwd");
   cuda::xent_bwd<T>(r.logits.data(), r.logits.data(), r.targets.data(), rows, vocab, scales.data(),
                     stream);
   cuda::DeviceArray<float> dnormed(ctx_, rows * d);  // [rows, hidden]
@@ -333,21 +348,27 @@ void GpuModel<T>::backward(Run& r, double loss_scale, double mtp_weight) {
   }
   r.logits.reset();
   r.head_in.reset();
+  head_section.close();
 
   auto embedding_backward = [&](const float* dout, const int32_t* ids, int64_t n) {
+    cuda::ScopedSection section(stream, "embed.bwd");
     cuda::DeviceArray<uint8_t> workspace(
         ctx_, static_cast<int64_t>(cuda::embedding_bwd_workspace_bytes(n, vocab)));
     cuda::embedding_bwd_weight<float>(embed_.grad, dout, ids, n, d, vocab, workspace.data(),
                                       stream);
   };
   // MTP depths from the deepest: each passes d(h_prev) to the depth before it.
+  cuda::ScopedSection mtp_section(stream, "mtp.bwd");
   cuda::DeviceArray<float> dh_next;  // gradient w.r.t. the current depth's h_out, from depth k+1
   for (int64_t k = depths_run; k >= 1; --k) {
     MtpRun& m = r.mtp[k - 1];
-    cuda::xent_bwd<T>(m.logits.data(), m.logits.data(), m.targets.data(), m.rows, vocab,
-                      scales.data() + k, stream);
     cuda::DeviceArray<T> dmnormed(ctx_, m.rows * d);
-    head_.backward(ctx_, m.head, m.logits.data(), dmnormed.data(), false);
+    {
+      cuda::ScopedSection mtp_head_section(stream, "head+xent.bwd");
+      cuda::xent_bwd<T>(m.logits.data(), m.logits.data(), m.targets.data(), m.rows, vocab,
+                        scales.data() + k, stream);
+      head_.backward(ctx_, m.head, m.logits.data(), dmnormed.data(), false);
+    }
     m.logits.reset();
     cuda::DeviceArray<float> demb(ctx_, m.rows * d), dh_prev(ctx_, m.rows * d);
     mtp_[k - 1]->backward(ctx_, m.module, dh_next.data(), dmnormed.data(), demb.data(),
@@ -366,17 +387,23 @@ void GpuModel<T>::backward(Run& r, double loss_scale, double mtp_weight) {
   dh_next.reset();
   r.mtp.clear();
   r.normed.reset();
+  mtp_section.close();
 
   // Trunk, last layer first.
   cuda::DeviceArray<float> dy(ctx_, rows * d);
-  final_norm_.backward(ctx_, r.final_norm, dnormed.data(), dy.data());
+  {
+    cuda::ScopedSection section(stream, "norm.bwd");
+    final_norm_.backward(ctx_, r.final_norm, dnormed.data(), dy.data());
+  }
   dnormed.reset();
+  cuda::ScopedSection layers_section(stream, "layers.bwd");
   for (size_t i = layers_.size(); i-- > 0;) {
     cuda::DeviceArray<float> dx(ctx_, rows * d);
     layers_[i]->backward(ctx_, r.blocks[i], dy.data(), dx.data(), loss_scale);
     r.residual[i + 1].reset();
     dy = std::move(dx);
   }
+  layers_section.close();
   embedding_backward(dy.data(), r.ids.data(), rows);
   r = Run{};
 }

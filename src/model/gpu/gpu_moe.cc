@@ -7,6 +7,7 @@
 
 #include "core/cuda_check.h"
 #include "core/error.h"
+#include "core/gpu_profiler.h"
 #include "kernels/moe/moe_cuda.h"
 #include "kernels/quant/quant.h"
 #include "kernels/swiglu/swiglu.h"
@@ -82,6 +83,7 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   if (rows == 0) return;
 
   // Router in fp32.
+  cuda::ScopedSection route_section(stream, "moe.route+permute.fwd");
   {
     AsFloat<T> x32(ctx, x, rows * H);
     cuda::DeviceArray<float> logits(ctx, rows * E);  // [rows, E]
@@ -109,6 +111,7 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
                                    count_load ? load_.data() : nullptr, c.assignment_row.data(),
                                    c.row_assignment.data(), c.topk_idx.data(), rows, K, E,
                                    row_align, workspace.data(), stream);
+    cuda::ScopedSection sync_section(stream, "host_sync");
     FRUGAL_CUDA_CHECK(cudaMemcpyAsync(offsets_staging_.data(), c.expert_offsets.data(),
                                       static_cast<size_t>(E + 1) * sizeof(int64_t),
                                       cudaMemcpyDeviceToHost, stream));
@@ -124,6 +127,8 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   // Routed experts over their row blocks.
   cuda::DeviceArray<T> xp(ctx, bound * H);  // [padded, hidden]
   cuda::permute_rows<T>(xp.data(), x, c.row_assignment.data(), padded, K, H, stream);
+  route_section.close();
+  cuda::ScopedSection experts_section(stream, "moe.experts.fwd");
   cuda::DeviceArray<T> gu(ctx, bound * 2 * I);  // [padded, 2*inter]
   gate_up_.forward(ctx, c.gate_up, xp.data(), gu.data(), offsets);
   cuda::DeviceArray<T> h(ctx, bound * I);  // [padded, inter]
@@ -142,9 +147,14 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
     c.gu = std::move(gu);
   }
   if (down_.keeps_input_pointer()) c.h = std::move(h);
+  experts_section.close();
 
   // Shared experts, then the weighted combine.
-  if (has_shared_) shared_.forward(ctx, c.shared, x, y, rows);  // [rows, hidden]
+  if (has_shared_) {
+    cuda::ScopedSection section(stream, "moe.shared.fwd");
+    shared_.forward(ctx, c.shared, x, y, rows);  // [rows, hidden]
+  }
+  cuda::ScopedSection combine_section(stream, "moe.combine.fwd");
   cuda::combine_fwd<T>(y, c.expert_out.data(), c.topk_weight.data(), c.assignment_row.data(), rows,
                        K, H, /*accumulate=*/has_shared_, stream);
 
@@ -163,21 +173,26 @@ void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
     return;
   }
   FRUGAL_CHECK(c.scores.data() != nullptr, "GpuMoe::backward without a forward");
-  if (has_shared_)
+  if (has_shared_) {
+    cuda::ScopedSection section(stream, "moe.shared.bwd");
     shared_.backward(ctx, c.shared, dy, dx, false);
-  else
+  } else {
     zero_async(ctx, dx, static_cast<size_t>(rows * H) * sizeof(T));
+  }
 
   const int64_t padded = c.host_offsets[E];
   const int64_t bound = c.row_assignment.size();
   const GroupOffsets offsets{c.host_offsets.data(), c.expert_offsets.data(), E, padded};
   cuda::DeviceArray<float> dweights(ctx, rows * K);  // [rows, K]
   {
+    cuda::ScopedSection combine_section(stream, "moe.combine.bwd");
     cuda::DeviceArray<T> d_out(ctx, bound * H);  // [padded, hidden]
     cuda::combine_bwd<T>(d_out.data(), dweights.data(), dy, c.expert_out.data(),
                          c.topk_weight.data(), c.assignment_row.data(), c.row_assignment.data(),
                          padded, rows, K, H, stream);
     c.expert_out.reset();
+    combine_section.close();
+    cuda::ScopedSection experts_section(stream, "moe.experts.bwd");
     cuda::DeviceArray<T> dh(ctx, bound * I);  // [padded, inter]
     down_.backward(ctx, c.down, d_out.data(), dh.data(), offsets);
     d_out.reset();
@@ -204,11 +219,14 @@ void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
     cuda::DeviceArray<T> dxp(ctx, bound * H);  // [padded, hidden]
     gate_up_.backward(ctx, c.gate_up, dgu.data(), dxp.data(), offsets);
     c.xp.reset();
+    experts_section.close();
+    cuda::ScopedSection unpermute_section(stream, "moe.unpermute.bwd");
     cuda::unpermute_sum<T>(dx, dxp.data(), c.assignment_row.data(), rows, K, H,
                            /*accumulate=*/true, stream);
   }
 
   // Router: routing-weight and balance-loss gradients into the logits, then the gate.
+  cuda::ScopedSection route_section(stream, "moe.route+permute.bwd");
   cuda::DeviceArray<float> dscores;
   if (c.balance_alpha != 0.0 && dloss_balance != 0.0) {
     dscores = cuda::DeviceArray<float>(ctx, rows * E);
