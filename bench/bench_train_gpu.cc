@@ -174,8 +174,10 @@ int run(int argc, char** argv) {
       const double calls = static_cast<double>(row.calls) / n_steps, ms = row.total_ms / n_steps;
       const double share = 100.0 * ms / (mean * 1e3);
       std::printf("%-26s %10.1f %10.2f %7.1f%%\n", row.name.c_str(), calls, ms, share);
-      profile.push_back(
-          {{"section", row.name}, {"calls_per_step", calls}, {"ms_per_step", ms}, {"percent", share}});
+      profile.push_back({{"section", row.name},
+                         {"calls_per_step", calls},
+                         {"ms_per_step", ms},
+                         {"percent", share}});
     }
   }
 #endif

@@ -54,9 +54,9 @@ class GpuProfiler {
   cudaEvent_t take_event();
 
   bool enabled_ = false;
-  std::vector<Pair> pairs_;          // sections recorded since the last reset()
-  std::vector<cudaEvent_t> pool_;    // every event created
-  size_t pool_used_ = 0;             // events of pool_ handed out since the last reset()
+  std::vector<Pair> pairs_;        // sections recorded since the last reset()
+  std::vector<cudaEvent_t> pool_;  // every event created
+  size_t pool_used_ = 0;           // events of pool_ handed out since the last reset()
 };
 
 // The process-wide profiler.

@@ -150,8 +150,9 @@ void GpuMla<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   c.lse = cuda::DeviceArray<float>(ctx, batch * heads_ * seq);     // [batch, heads, seq]
   {
     cuda::ScopedSection section(stream, "attn.core.fwd");
-    cuda::flash_attention_fwd<T>(c.attn_out.data(), c.lse.data(), c.q.data(), c.k.data(), c.v.data(),
-                                 batch, seq, heads_, qk_dim_, v_dim_, softmax_scale_, stream);
+    cuda::flash_attention_fwd<T>(c.attn_out.data(), c.lse.data(), c.q.data(), c.k.data(),
+                                 c.v.data(), batch, seq, heads_, qk_dim_, v_dim_, softmax_scale_,
+                                 stream);
   }
   o_proj_.forward(ctx, c.o_proj, c.attn_out.data(), y, rows);  // [rows, hidden]
 }
