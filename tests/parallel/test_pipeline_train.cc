@@ -1,14 +1,14 @@
 // Pipeline parallelism through the trainer (train/pipeline_engine.h), 2 ranks = 2 pipeline ranks,
 // against the single-process run of the same config: tiny model with 4 decoder layers (dense,
-// then MoE; MTP), 4 micro-batches of 1 sequence per step, 3 steps, no validation. For the 1F1B and
-// DualPipeV schedules:
+// then MoE; MTP), 4 micro-batches of 1 sequence per step, 3 steps, no validation. For each schedule
+// (1F1B, ZB1P, DualPipe, DualPipeV):
 //   - every logged loss and gradient norm of metrics.jsonl within 1e-6 relative of the single
 //     process's (the pipeline accumulates the micro-batch gradients in place, the CPU engine sums
 //     separately computed ones, so the float summation order differs), written by rank 0 only;
 //   - the final checkpoint (gathered to rank 0): model.safetensors and optimizer.safetensors within
 //     1e-6 relative L2 as wholes and 1e-5 per tensor (parallel_test_util.h), trainer_state.json
 //     and config.json byte for byte.
-// Also: an unknown or impossible schedule is refused
+// Also: a resumed pipeline run writes the uninterrupted run's checkpoint byte for byte; an unknown or impossible schedule is refused
 // by config validation naming train.pp_schedule, and validation (eval_every > 0) by name.
 #include <gtest/gtest.h>
 
@@ -55,7 +55,32 @@ TEST_P(PipelineTrain, MatchesTheSingleProcessRun) {
   world->barrier();
 }
 
-INSTANTIATE_TEST_SUITE_P(Schedules, PipelineTrain, ::testing::Values("1f1b", "dualpipev"));
+INSTANTIATE_TEST_SUITE_P(Schedules, PipelineTrain,
+                         ::testing::Values("1f1b", "zb1p", "dualpipe", "dualpipev"));
+
+// A pipeline run resumed from its step-2 checkpoint writes, at step 3, byte for byte the files of
+// the uninterrupted run (the gathered state reloads exactly into the stages).
+TEST(PipelineTrainResume, ResumedRunWritesTheSameCheckpoint) {
+  auto world = mpi_world_communicator();
+  SharedTempDir dir(*world);
+  std::vector<std::string> extra = pipeline_overrides("dualpipev");
+  extra.push_back("train.pp=2");
+  extra.push_back("train.save_every=2");
+  const Config config = parallel_test_config(dir.path("full"), extra);
+  Mesh mesh(*world, mesh_shape(world->size(), config.train, config.model));
+  train_run(config, &mesh);
+  world->barrier();
+  const Config resumed = parallel_test_config(dir.path("resumed"), extra);
+  const TrainSummary summary =
+      train_run(resumed, &mesh, dir.path("full") + "/checkpoint-00000002");
+  EXPECT_EQ(summary.steps_done, 1);
+  if (world->rank() == 0)
+    EXPECT_EQ(first_different_file(dir.path("full") + "/checkpoint-00000003",
+                                   dir.path("resumed") + "/checkpoint-00000003",
+                                   checkpoint_files()),
+              "");
+  world->barrier();
+}
 
 TEST(PipelineTrainConfig, RefusesBadSchedulesAndValidation) {
   auto world = mpi_world_communicator();
