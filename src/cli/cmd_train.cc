@@ -51,7 +51,10 @@ constexpr const char* kHelp =
     "CPU with data parallelism over the N ranks (ZeRO-1: optimizer state sharded) and, with E > 1,\n"
     "expert parallelism inside it (each group of E ranks shares out the routed experts).\n"
     "The micro-batches of a step are dealt out to the ranks; the result is the single-process\n"
-    "one, and the checkpoints are the files a single process writes (any N resumes them).\n";
+    "one, and the checkpoints are the files a single process writes (any N resumes them).\n"
+    "Pipeline: mpirun -np P frugal train CONFIG --train.pp=P [--train.pp_schedule=1f1b|zb1p|\n"
+    "dualpipe|dualpipev] splits the layers over P ranks (no data or expert parallelism with it;\n"
+    "train.eval_every must be 0).\n";
 
 // Set by the first SIGINT/SIGTERM: the run stops after the current step and saves a checkpoint.
 // The handler then restores the default action, so a second Ctrl-C ends the process at once.

@@ -96,6 +96,7 @@ std::vector<Field> config_fields(Config& c) {
       {"train.device", &t.device},
       {"train.threads", &t.threads},
       {"train.pp", &t.pp},
+      {"train.pp_schedule", &t.pp_schedule},
       {"train.ep", &t.ep},
       {"optim.lr", &c.optim.lr},
       {"optim.beta1", &c.optim.beta1},

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "io/config_io.h"
+#include "parallel/schedule.h"
 #include "train/recipe.h"
 
 namespace frugal {
@@ -67,6 +68,7 @@ void validate_train(const TrainConfig& t, const ModelConfig& m) {
   parse_device(t.device);
   FRUGAL_CHECK(t.threads >= 0, "train.threads = {} must be >= 0 (0: all cores)", t.threads);
   FRUGAL_CHECK(t.pp >= 1, "train.pp = {} must be >= 1", t.pp);
+  pipeline::parse_schedule_kind(t.pp_schedule, "train.pp_schedule");
   FRUGAL_CHECK(t.ep >= 1, "train.ep = {} must be >= 1", t.ep);
   FRUGAL_CHECK(t.ep == 1 || (m.n_routed_experts > 0 && m.n_routed_experts % t.ep == 0),
                "train.ep = {} must divide model.n_routed_experts = {} (every expert-parallel rank "
@@ -74,6 +76,26 @@ void validate_train(const TrainConfig& t, const ModelConfig& m) {
                t.ep, m.n_routed_experts);
   FRUGAL_CHECK(t.seed <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
                "train.seed = {} must fit a signed 64-bit integer", t.seed);
+}
+
+// train.pp > 1: the pipeline trains with a fixed micro-batch count that its schedule must accept.
+void validate_pipeline(const Config& config) {
+  const TrainConfig& t = config.train;
+  if (t.pp == 1) return;
+  const pipeline::ScheduleKind kind = pipeline::parse_schedule_kind(t.pp_schedule, "train.pp_schedule");
+  FRUGAL_CHECK(config.batch_ramp.ramp_tokens <= 0,
+               "train.pp = {}: the pipeline runs a fixed number of micro-batches per step, so "
+               "batch_ramp.ramp_tokens must be 0 (no batch ramp)",
+               t.pp);
+  const int64_t micro_batches = t.batch_sequences / t.micro_batch;
+  try {
+    pipeline::build_schedule(kind, pipeline_stage_count(kind, static_cast<int>(t.pp)),
+                             static_cast<int>(micro_batches));
+  } catch (const Error& e) {
+    fail("train.pp_schedule = \"{}\" with train.pp = {} and {} micro-batches per step "
+         "(train.batch_sequences / train.micro_batch): {}",
+         t.pp_schedule, t.pp, micro_batches, e.what());
+  }
 }
 
 void validate_optim(const OptimConfig& o) {
@@ -157,6 +179,7 @@ void validate(const Config& config) {
   validate_optim(config.optim);
   validate_schedule(config.schedule);
   validate_batch_ramp(config.batch_ramp, config.train);
+  validate_pipeline(config);
   validate_data(config.data, config.model);
   validate_generate(config.generate);
 }

@@ -118,6 +118,11 @@ class PipelineAdamW {
   PipelineAdamW(const OptimConfig& config, PipelineRunner<T>& runner);
   typename AdamW<T>::StepInfo step(double lr);
   int64_t step_count() const { return step_count_; }
+  // Checkpoints: the update count and the moments, one array per trainable tensor of
+  // runner.params() in store order.
+  void set_step_count(int64_t steps) { step_count_ = steps; }
+  std::vector<std::vector<T>>& first_moments() { return m_; }
+  std::vector<std::vector<T>>& second_moments() { return v_; }
 
  private:
   OptimConfig config_;

@@ -75,6 +75,11 @@ struct Schedule {
 // stages >= 1 and micro_batches >= 1 for 1F1B/ZB1P; DualPipe needs an even stage count >= 2 and an
 // even micro-batch count >= 2*stages; DualPipeV an even stage count >= 2 and micro_batches >= stages.
 Schedule build_schedule(ScheduleKind kind, int stages, int micro_batches);
+// The model stages of a schedule over `ranks` pipeline ranks: 2 * ranks for DualPipeV (two chunks
+// per rank, V-shaped), else ranks (DualPipe's two chunks per rank are copies of the same stages).
+inline int pipeline_stage_count(ScheduleKind kind, int ranks) {
+  return kind == ScheduleKind::DualPipeV ? 2 * ranks : ranks;
+}
 
 // Bubble of Table 2 (spec §5.2) in time units, for stage-chunk times F (forward), B (full
 // backward), W (weight part of B) and FB (an overlapped F&B pair). For the ZB1P, DualPipe and

@@ -100,6 +100,7 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
     // The process mesh is the run's, not the model's: any mesh writes the same file.
     Config saved = config;
     saved.train.pp = 1;
+    saved.train.pp_schedule = TrainConfig{}.pp_schedule;
     saved.train.ep = 1;
     write_file_atomic((temp_dir / "frugal.toml").string(), config_to_toml(saved));
     // The tokenizer travels with the weights, so generate (and Hugging Face tools) find it there.

@@ -7,6 +7,7 @@
 #include "train/checkpoint.h"
 #include "train/cpu_engine.h"
 #include "train/gpu_engine.h"
+#include "train/pipeline_engine.h"
 #include "train/recipe.h"
 
 namespace frugal {
@@ -17,11 +18,17 @@ void StepEngine::load_checkpoint(const std::string& checkpoint_dir) {
   upload_host_state();
 }
 
+std::vector<Losses> StepEngine::forward_backward_step(const int32_t*, const int32_t*, int64_t,
+                                                      int64_t, int64_t, const LossWeights&) {
+  fail("this engine ({}) runs micro-batches one at a time (forward_backward)", description());
+}
+
 std::unique_ptr<StepEngine> make_step_engine(const Config& config, const Mesh* mesh) {
   const Device device = parse_device(config.train.device);
   const Recipe recipe = parse_recipe(config.train.precision);
   if (device == Device::Cpu) {
     cpu_recipe(recipe);
+    if (mesh != nullptr && mesh->shape().pp > 1) return make_pipeline_engine(config, *mesh);
     return std::make_unique<CpuEngine>(config, mesh);
   }
   FRUGAL_CHECK(mesh == nullptr || mesh->world().size() == 1,

@@ -59,6 +59,15 @@ class StepEngine {
   // d(loss_scale * losses.total)/d(param). tokens/targets: host arrays [batch * seq].
   virtual Losses forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
                                   int64_t seq, const LossWeights& weights, double loss_scale) = 0;
+  // Engines that run a whole step's micro-batches together (the pipeline, train/pipeline_engine.h)
+  // return true: the trainer then calls forward_backward_step once per step instead of
+  // forward_backward per micro-batch.
+  virtual bool runs_whole_step() const { return false; }
+  // tokens/targets: [micro_batches, batch, seq]. The same gradients as forward_backward per
+  // micro-batch with loss_scale 1/micro_batches; returns each micro-batch's Losses.
+  virtual std::vector<Losses> forward_backward_step(const int32_t* tokens, const int32_t* targets,
+                                                    int64_t micro_batches, int64_t batch,
+                                                    int64_t seq, const LossWeights& weights);
   // Forward only, without loss weights (validation): no gradient, no expert-load counting.
   virtual Losses evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch,
                           int64_t seq) = 0;

@@ -72,6 +72,9 @@ struct TrainConfig {
   // group size inside data parallelism (dp = ranks / pp). Properties of the run, not of the model:
   // checkpoints are written with 1 and 1 (any mesh writes the same files and resumes any of them).
   int64_t pp = 1;
+  // The pipeline schedule when pp > 1 (parallel/schedule.h): "1f1b", "zb1p", "dualpipe",
+  // "dualpipev".
+  std::string pp_schedule = "1f1b";
   int64_t ep = 1;
   bool operator==(const TrainConfig&) const = default;
 };

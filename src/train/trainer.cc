@@ -125,7 +125,7 @@ std::string Trainer::save() {
   std::string dir;
   if (full.model != nullptr)
     dir = save_checkpoint(config_.train.out_dir, config_, *full.model, *full.optimizer, state_);
-  if (mesh_) mesh_->dp().barrier();  // the checkpoint exists for every rank once this returns
+  if (mesh_) mesh_->world().barrier();  // the checkpoint exists for every rank once this returns
   return dir;
 }
 
@@ -135,7 +135,8 @@ TrainSummary Trainer::run(int64_t stop_after) {
   const int64_t last_step =
       stop_after >= 0 ? std::min(tc.steps, state_.step + stop_after) : tc.steps;
   const std::string metrics_path = tc.out_dir + "/metrics.jsonl";
-  const bool writer = dp_rank() == 0;  // logs, metrics and checkpoints
+  // Logs, metrics and checkpoints: world rank 0 (dp rank 0 of the first pipeline stage).
+  const bool writer = mesh_ == nullptr || mesh_->world().rank() == 0;
   if (writer && state_.step > 0) truncate_metrics_after(metrics_path, state_.step);
   if (writer) metrics_.open(metrics_path, /*append=*/state_.step > 0);
   const int64_t dp = dp_size();
@@ -167,15 +168,28 @@ TrainSummary Trainer::run(int64_t stop_after) {
     engine_->zero_grad();
     // [micro-batch][total, main, mtp, balance]: each rank fills its own micro-batches.
     std::vector<double> parts(static_cast<size_t>(micro_batches * 4), 0.0);
-    for (int64_t m = 0; m < micro_batches; ++m) {
-      train_.next_batch(tokens.data(), targets.data(), mb, seq);
-      if (m % dp != dp_rank()) continue;
-      const Losses l = engine_->forward_backward(tokens.data(), targets.data(), mb, seq, weights,
-                                                 1.0 / static_cast<double>(micro_batches));
+    auto record_losses = [&parts](int64_t m, const Losses& l) {
       parts[m * 4 + 0] = l.total;
       parts[m * 4 + 1] = l.main;
       parts[m * 4 + 2] = l.mtp;
       parts[m * 4 + 3] = l.balance;
+    };
+    if (engine_->runs_whole_step()) {
+      // The pipeline (dp = 1): every micro-batch of the step at once, the same on every rank.
+      std::vector<int32_t> step_tokens(micro_batches * mb * seq), step_targets(step_tokens.size());
+      for (int64_t m = 0; m < micro_batches; ++m)
+        train_.next_batch(step_tokens.data() + m * mb * seq, step_targets.data() + m * mb * seq,
+                          mb, seq);
+      const std::vector<Losses> losses = engine_->forward_backward_step(
+          step_tokens.data(), step_targets.data(), micro_batches, mb, seq, weights);
+      for (int64_t m = 0; m < micro_batches; ++m) record_losses(m, losses[m]);
+    } else {
+      for (int64_t m = 0; m < micro_batches; ++m) {
+        train_.next_batch(tokens.data(), targets.data(), mb, seq);
+        if (m % dp != dp_rank()) continue;
+        record_losses(m, engine_->forward_backward(tokens.data(), targets.data(), mb, seq, weights,
+                                                   1.0 / static_cast<double>(micro_batches)));
+      }
     }
     if (mesh_) mesh_->dp().all_reduce_sum(parts.data(), micro_batches * 4, CommType::F64);
     Losses sum;

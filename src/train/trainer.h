@@ -22,8 +22,10 @@
 // the micro-batches of a step must then divide evenly over the dp ranks. Validation batches are
 // spread over the ranks the same way. Only dp rank 0 logs, writes metrics and checkpoints (the
 // files a single process writes: the engine gathers the state to it). A stop request on any rank
-// stops every rank after the same step. Pipeline parallelism (train.pp > 1) is not run here, nor
-// several GPUs (train.device = "cuda" on a mesh of more than one rank is refused).
+// stops every rank after the same step. Pipeline parallelism (train.pp > 1, dp = 1: one rank per
+// pipeline rank, train/pipeline_engine.h) runs each step's micro-batches at once through the
+// engine (StepEngine::runs_whole_step); world rank 0 logs, writes metrics and checkpoints. Several
+// GPUs are not run here (train.device = "cuda" on a mesh of more than one rank is refused).
 #pragma once
 
 #include <atomic>
