@@ -28,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/cuda_check.h"
+#include "core/cuda_timer.h"
 #include "core/dtype.h"
 #include "kernels/attention/cudnn_attention.h"
 #include "kernels/attention/flash_attention_cuda.h"
@@ -58,24 +59,7 @@ std::vector<T> random_values(int64_t count, uint64_t seed) {
 
 template <class F>
 double median_ms(F&& run, int warmup, int reps, cudaStream_t stream) {
-  for (int i = 0; i < warmup; ++i) run();
-  cudaEvent_t start, stop;
-  FRUGAL_CUDA_CHECK(cudaEventCreate(&start));
-  FRUGAL_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<double> times;
-  for (int i = 0; i < reps; ++i) {
-    FRUGAL_CUDA_CHECK(cudaEventRecord(start, stream));
-    run();
-    FRUGAL_CUDA_CHECK(cudaEventRecord(stop, stream));
-    FRUGAL_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    FRUGAL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    times.push_back(ms);
-  }
-  FRUGAL_CUDA_CHECK(cudaEventDestroy(start));
-  FRUGAL_CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+  return cuda::CudaTimer(stream).median_us(run, reps, warmup) / 1000.0;
 }
 
 struct Result {

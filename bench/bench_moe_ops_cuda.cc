@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/cuda_check.h"
+#include "core/cuda_timer.h"
 #include "core/error.h"
 #include "kernels/embedding/embedding_cuda.h"
 #include "kernels/moe/moe_cuda.h"
@@ -34,37 +35,6 @@ namespace {
 constexpr int64_t kTokens = 32768, kHidden = 1024, kExperts = 64, kTopK = 6, kVocab = 32768;
 constexpr int kReps = 20;
 
-class Timer {
- public:
-  explicit Timer(cudaStream_t stream) : stream_(stream) {
-    FRUGAL_CUDA_CHECK(cudaEventCreate(&start_));
-    FRUGAL_CUDA_CHECK(cudaEventCreate(&stop_));
-  }
-  ~Timer() {
-    cudaEventDestroy(start_);
-    cudaEventDestroy(stop_);
-  }
-  double median_us(const std::function<void()>& launch) {
-    for (int i = 0; i < 3; ++i) launch();
-    FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    std::vector<double> times;
-    for (int i = 0; i < kReps; ++i) {
-      FRUGAL_CUDA_CHECK(cudaEventRecord(start_, stream_));
-      launch();
-      FRUGAL_CUDA_CHECK(cudaEventRecord(stop_, stream_));
-      FRUGAL_CUDA_CHECK(cudaEventSynchronize(stop_));
-      float ms = 0;
-      FRUGAL_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
-      times.push_back(1000.0 * ms);
-    }
-    std::sort(times.begin(), times.end());
-    return times[times.size() / 2];
-  }
-
- private:
-  cudaStream_t stream_;
-  cudaEvent_t start_ = nullptr, stop_ = nullptr;
-};
 
 // Random bytes of a float distribution (N(0,1) as fp32, or its bf16 halves), uploaded in blocks.
 void fill_normal(void* device, int64_t floats, uint64_t seed) {
@@ -128,7 +98,7 @@ struct Routing {
 };
 
 template <class T>
-void time_row_ops(Report& report, Timer& timer, cudaStream_t stream, Routing& r, const char* dtype) {
+void time_row_ops(Report& report, cuda::CudaTimer& timer, cudaStream_t stream, Routing& r, const char* dtype) {
   const int64_t n = kTokens * kTopK, s = sizeof(T), rows = r.padded_rows;
   const std::string shape = std::to_string(kTokens) + "x" + std::to_string(kHidden) + " K" +
                             std::to_string(kTopK);
@@ -140,28 +110,28 @@ void time_row_ops(Report& report, Timer& timer, cudaStream_t stream, Routing& r,
   const double token_bytes = double(kTokens * kHidden * s), row_bytes = double(n * kHidden * s);
   report.add("permute_rows", dtype, shape, timer.median_us([&] {
     cuda::permute_rows(xp.data(), x.data(), r.row_assignment.data(), rows, kTopK, kHidden, stream);
-  }), 2 * row_bytes);
+  }, kReps), 2 * row_bytes);
   report.add("unpermute_sum", dtype, shape, timer.median_us([&] {
     cuda::unpermute_sum(y.data(), dxp.data(), r.assignment_row.data(), kTokens, kTopK, kHidden,
                         false, stream);
-  }), row_bytes + token_bytes);
+  }, kReps), row_bytes + token_bytes);
   report.add("combine_fwd", dtype, shape, timer.median_us([&] {
     cuda::combine_fwd(y.data(), dxp.data(), r.weights.data(), r.assignment_row.data(), kTokens,
                       kTopK, kHidden, false, stream);
-  }), row_bytes + token_bytes);
+  }, kReps), row_bytes + token_bytes);
   report.add("combine_fwd +=", dtype, shape, timer.median_us([&] {
     cuda::combine_fwd(y.data(), dxp.data(), r.weights.data(), r.assignment_row.data(), kTokens,
                       kTopK, kHidden, true, stream);
-  }), row_bytes + 2 * token_bytes);
+  }, kReps), row_bytes + 2 * token_bytes);
   report.add("combine_bwd", dtype, shape, timer.median_us([&] {
     cuda::combine_bwd(xp.data(), dweights.data(), x.data(), dxp.data(), r.weights.data(),
                       r.assignment_row.data(), r.row_assignment.data(), rows, kTokens, kTopK,
                       kHidden, stream);
-  }), 2 * row_bytes + token_bytes);
+  }, kReps), 2 * row_bytes + token_bytes);
 }
 
 template <class T>
-void time_xent_embedding(Report& report, Timer& timer, cudaStream_t stream, const char* dtype) {
+void time_xent_embedding(Report& report, cuda::CudaTimer& timer, cudaStream_t stream, const char* dtype) {
   const int64_t s = sizeof(T);
   const std::string xent_shape = std::to_string(kTokens) + "x" + std::to_string(kVocab);
   cuda::DeviceBuffer<T> logits(kTokens * kVocab);
@@ -180,10 +150,10 @@ void time_xent_embedding(Report& report, Timer& timer, cudaStream_t stream, cons
   report.add("xent_fwd", dtype, xent_shape, timer.median_us([&] {
     cuda::xent_fwd(losses.data(), loss_sum.data(), valid.data(), logits.data(), ids.data(), kTokens,
                    kVocab, stream);
-  }), logit_bytes);
+  }, kReps), logit_bytes);
   report.add("xent_bwd (in place)", dtype, xent_shape, timer.median_us([&] {
     cuda::xent_bwd(logits.data(), logits.data(), ids.data(), kTokens, kVocab, scale.data(), stream);
-  }), 2 * logit_bytes);
+  }, kReps), 2 * logit_bytes);
 
   const std::string emb_shape = std::to_string(kTokens) + "x" + std::to_string(kHidden) + " V" +
                                 std::to_string(kVocab);
@@ -195,11 +165,11 @@ void time_xent_embedding(Report& report, Timer& timer, cudaStream_t stream, cons
   const int64_t unique = static_cast<int64_t>(std::set<int32_t>(host_ids.begin(), host_ids.end()).size());
   report.add("embedding_fwd", dtype, emb_shape, timer.median_us([&] {
     cuda::embedding_fwd(out.data(), table.data(), ids.data(), kTokens, kHidden, stream);
-  }), double(kTokens * kHidden * (4 + s)));
+  }, kReps), double(kTokens * kHidden * (4 + s)));
   report.add("embedding_bwd_weight", dtype, emb_shape, timer.median_us([&] {
     cuda::embedding_bwd_weight(dtable.data(), out.data(), ids.data(), kTokens, kHidden, kVocab,
                                workspace.data(), stream);
-  }), double(kTokens * kHidden * s + 2 * unique * kHidden * 4));
+  }, kReps), double(kTokens * kHidden * s + 2 * unique * kHidden * 4));
 }
 
 }  // namespace
@@ -210,7 +180,7 @@ int main(int argc, char** argv) {
     FRUGAL_CUDA_CHECK(cudaGetDeviceProperties(&properties, 0));
     cudaStream_t stream;
     FRUGAL_CUDA_CHECK(cudaStreamCreate(&stream));
-    Timer timer(stream);
+    cuda::CudaTimer timer(stream);
     Report report;
     std::printf("%s (%d SMs); median of %d runs after 3 warm-ups\n", properties.name,
                 properties.multiProcessorCount, kReps);
@@ -221,7 +191,7 @@ int main(int argc, char** argv) {
       FRUGAL_CUDA_CHECK(cudaMemset(a.data(), 1, bytes));
       report.add("device copy (ceiling)", "-", "256 MiB", timer.median_us([&] {
         FRUGAL_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, stream));
-      }), 2.0 * bytes);
+      }, kReps), 2.0 * bytes);
     }
 
     cpu::RouterParams params;
@@ -247,13 +217,13 @@ int main(int argc, char** argv) {
     report.add("router_fwd (greedy)", "fp32", route_shape, timer.median_us([&] {
       cuda::router_fwd(r.topk_idx.data(), r.weights.data(), r.scores.data(), r.logits.data(),
                        nullptr, kTokens, params, stream);
-    }), double(kTokens * kExperts * 8));
+    }, kReps), double(kTokens * kExperts * 8));
     report.add("build_expert_permutation", "int", route_shape, timer.median_us([&] {
       cuda::build_expert_permutation(r.offsets.data(), r.counts.data(), nullptr,
                                      r.assignment_row.data(), r.row_assignment.data(),
                                      r.topk_idx.data(), kTokens, kTopK, kExperts, 1,
                                      r.workspace.data(), stream);
-    }), 0.0);
+    }, kReps), 0.0);
     r.padded_rows = n;
     time_row_ops<__nv_bfloat16>(report, timer, stream, r, "bf16");
     time_row_ops<float>(report, timer, stream, r, "fp32");

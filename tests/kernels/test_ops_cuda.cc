@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cuda_timer.h"
 #include "cuda_test_util.h"
 #include "core/cuda_check.h"
 #include "core/error.h"
@@ -93,38 +94,6 @@ void fill_random(bf16* device, int64_t count, uint64_t seed, float mean = 0, flo
   FRUGAL_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
-class Timer {
- public:
-  explicit Timer(cudaStream_t stream) : stream_(stream) {
-    FRUGAL_CUDA_CHECK(cudaEventCreate(&start_));
-    FRUGAL_CUDA_CHECK(cudaEventCreate(&stop_));
-  }
-  ~Timer() {
-    cudaEventDestroy(start_);
-    cudaEventDestroy(stop_);
-  }
-  // Median time of one launch in microseconds, after 3 warm-up launches.
-  double median_us(const std::function<void()>& launch, int reps) {
-    for (int i = 0; i < 3; ++i) launch();
-    FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    std::vector<double> times;
-    for (int i = 0; i < reps; ++i) {
-      FRUGAL_CUDA_CHECK(cudaEventRecord(start_, stream_));
-      launch();
-      FRUGAL_CUDA_CHECK(cudaEventRecord(stop_, stream_));
-      FRUGAL_CUDA_CHECK(cudaEventSynchronize(stop_));
-      float ms = 0;
-      FRUGAL_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
-      times.push_back(1000.0 * ms);
-    }
-    std::sort(times.begin(), times.end());
-    return times[times.size() / 2];
-  }
-
- private:
-  cudaStream_t stream_;
-  cudaEvent_t start_ = nullptr, stop_ = nullptr;
-};
 
 TEST_F(OpsCuda, TimingBandwidth) {
   if (!timing_enabled()) GTEST_SKIP() << "set FRUGAL_CUDA_TIMING=1 to time the CUDA ops";
@@ -133,7 +102,7 @@ TEST_F(OpsCuda, TimingBandwidth) {
   FRUGAL_CUDA_CHECK(cudaGetDeviceProperties(&properties, 0));
   std::printf("timing on %s (%d SMs), median of %d runs after 3 warm-ups\n", properties.name,
               properties.multiProcessorCount, reps);
-  Timer timer(stream_);
+  cuda::CudaTimer timer(stream_);
   cudaStream_t s = stream_;
   const int64_t rows = 8 * 4096;
   for (int64_t dim : {int64_t{1024}, int64_t{7168}}) {

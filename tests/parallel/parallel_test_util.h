@@ -19,6 +19,7 @@
 #include "parallel/mesh.h"
 #include "parallel/mpi_communicator.h"
 #include "test_util.h"
+#include "train/train_test_util.h"
 #include "train/trainer.h"
 
 namespace frugal::testing {
@@ -55,17 +56,6 @@ class SharedTempDir {
   std::filesystem::path path_;
 };
 
-// Words drawn from a small vocabulary: structured enough that the loss moves.
-inline std::vector<int32_t> synthetic_tokens(int64_t count, uint64_t seed) {
-  const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. ", "dog ", "ran\n"};
-  RandomStream rng(seed, 0);
-  std::vector<int32_t> tokens;
-  for (uint64_t i = 0; static_cast<int64_t>(tokens.size()) < count; ++i)
-    for (const char* c = words[static_cast<int>(rng.uniform(i) * 8) % 8]; *c; ++c)
-      tokens.push_back(static_cast<unsigned char>(*c));
-  tokens.resize(count);
-  return tokens;
-}
 
 // The tiny preset at sequence length 16, 3 steps, validation at step 2 and 3 over 3 batches (an
 // uneven share for 2 and 4 ranks), one thread, a routing bias that moves fast enough to matter.
@@ -157,12 +147,7 @@ inline void expect_close_checkpoint(const std::string& dir, const std::string& r
 }
 
 inline std::vector<nlohmann::json> read_metrics(const std::string& out_dir) {
-  std::ifstream in(std::filesystem::path(out_dir) / "metrics.jsonl");
-  std::vector<nlohmann::json> records;
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) records.push_back(nlohmann::json::parse(line));
-  return records;
+  return read_metrics_file((std::filesystem::path(out_dir) / "metrics.jsonl").string());
 }
 
 // The logged values that must agree with a single process: losses, gradient norm, validation.

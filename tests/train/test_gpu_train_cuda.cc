@@ -42,6 +42,7 @@
 #include "io/config_io.h"
 #include "model/gpu/gpu_transformer.h"
 #include "test_util.h"
+#include "train/train_test_util.h"
 #include "train/adamw.h"
 #include "train/gpu_optimizer.h"
 #include "train/trainer.h"
@@ -51,28 +52,15 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::frugal::testing::TempDir;
+using ::frugal::testing::synthetic_tokens;
+
+std::vector<nlohmann::json> read_metrics(const std::string& path) {
+  return ::frugal::testing::read_metrics_file(path);
+}
 
 // ---- helpers -----------------------------------------------------------------------------------
 
-std::vector<nlohmann::json> read_metrics(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<nlohmann::json> records;
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) records.push_back(nlohmann::json::parse(line));
-  return records;
-}
 
-std::vector<int32_t> synthetic_tokens(int64_t count, uint64_t seed) {
-  const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. ", "dog ", "ran\n"};
-  RandomStream rng(seed, 0);
-  std::vector<int32_t> tokens;
-  for (uint64_t i = 0; static_cast<int64_t>(tokens.size()) < count; ++i)
-    for (const char* c = words[static_cast<int>(rng.uniform(i) * 8) % 8]; *c; ++c)
-      tokens.push_back(static_cast<unsigned char>(*c));
-  tokens.resize(count);
-  return tokens;
-}
 
 struct Sources {
   explicit Sources(uint64_t seed)

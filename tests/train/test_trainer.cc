@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "test_util.h"
+#include "train/train_test_util.h"
 #include "core/rng.h"
 #include "data/text_source.h"
 #include "io/config_io.h"
@@ -28,27 +29,13 @@ namespace fs = std::filesystem;
 using ::frugal::testing::TempDir;
 
 using ::frugal::testing::read_bytes;
+using ::frugal::testing::synthetic_tokens;
 
 std::vector<nlohmann::json> read_metrics(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<nlohmann::json> records;
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) records.push_back(nlohmann::json::parse(line));
-  return records;
+  return ::frugal::testing::read_metrics_file(path);
 }
 
-// Words drawn from a small vocabulary: structured enough that the loss moves.
-std::vector<int32_t> synthetic_tokens(int64_t count, uint64_t seed) {
-  const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. ", "dog ", "ran\n"};
-  RandomStream rng(seed, 0);
-  std::vector<int32_t> tokens;
-  for (uint64_t i = 0; static_cast<int64_t>(tokens.size()) < count; ++i)
-    for (const char* c = words[static_cast<int>(rng.uniform(i) * 8) % 8]; *c; ++c)
-      tokens.push_back(static_cast<unsigned char>(*c));
-  tokens.resize(count);
-  return tokens;
-}
+
 
 Config small_config(const std::string& out_dir, std::vector<std::string> extra = {}) {
   std::vector<std::string> overrides = {
