@@ -58,7 +58,18 @@ struct Engine::Sequence {
 };
 
 Engine::Engine(const Transformer<float>& model, EngineOptions options)
-    : im_(model),
+    : Engine(std::make_unique<InferenceModel>(model), std::move(options)) {}
+
+Engine::Engine(const GenerationModel& model, EngineOptions options)
+    : Engine(std::unique_ptr<GenerationModel>(), model, std::move(options)) {}
+
+Engine::Engine(std::unique_ptr<GenerationModel> owned, EngineOptions options)
+    : Engine(std::move(owned), *owned, std::move(options)) {}
+
+Engine::Engine(std::unique_ptr<GenerationModel> owned, const GenerationModel& model,
+               EngineOptions options)
+    : owned_model_(std::move(owned)),
+      im_(model),
       options_(std::move(options)),
       max_context_(resolve_max_context(model.config(), options_)),
       cache_(im_.make_cache(false, options_.page_size, pool_pages(options_, max_context_))) {

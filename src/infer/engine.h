@@ -88,9 +88,12 @@ struct EngineOptions {
 
 class Engine {
  public:
-  // Keeps a reference to `model` (which must outlive the engine). Throws frugal::Error on bad
-  // options (e.g. speculative without an MTP module, a cache smaller than one context).
+  // Runs the CPU reference model (InferenceModel) over `model`, which must outlive the engine.
+  // Throws frugal::Error on bad options (e.g. speculative without an MTP module, a cache smaller
+  // than one context).
   Engine(const Transformer<float>& model, EngineOptions options);
+  // Runs `model` (CPU or GPU), which must outlive the engine.
+  Engine(const GenerationModel& model, EngineOptions options);
   ~Engine();
 
   // Validates the request (prompt ids in the vocabulary, sampling settings, stop strings) and
@@ -117,13 +120,17 @@ class Engine {
 
  private:
   struct Sequence;
+  Engine(std::unique_ptr<GenerationModel> owned, EngineOptions options);
+  Engine(std::unique_ptr<GenerationModel> owned, const GenerationModel& model,
+         EngineOptions options);
   void preempt(size_t active_index);
   // Appends a committed token (or finishes at EOS); returns true when the sequence finished.
   bool commit(Sequence& s, int32_t token);
   void finish(Sequence& s, FinishReason reason);
   int32_t sample(const Sequence& s, const float* logits, uint64_t counter, bool greedy) const;
 
-  InferenceModel im_;
+  std::unique_ptr<GenerationModel> owned_model_;  // the CPU model of the first constructor
+  const GenerationModel& im_;
   EngineOptions options_;
   int64_t max_context_ = 0;
   PagedLatentCache cache_;

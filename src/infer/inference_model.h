@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "infer/generation_model.h"
 #include "infer/latent_cache.h"
 #include "kernels/moe/router.h"
 #include "kernels/rope/rope.h"
@@ -39,46 +40,25 @@
 
 namespace frugal::infer {
 
-// The rows of one forward pass: for each, its token, its position in its sequence and the cache
-// sequence it belongs to. Rows of one sequence must come in increasing position order, and the
-// cache must hold room for them (PagedLatentCache::grow) before the forward.
-struct Rows {
-  std::vector<int32_t> tokens;
-  std::vector<int32_t> positions;
-  std::vector<int64_t> sequences;
-
-  void add(int32_t token, int64_t position, int64_t sequence) {
-    tokens.push_back(token);
-    positions.push_back(static_cast<int32_t>(position));
-    sequences.push_back(sequence);
-  }
-  int64_t size() const { return static_cast<int64_t>(tokens.size()); }
-  void clear() {
-    tokens.clear();
-    positions.clear();
-    sequences.clear();
-  }
-};
-
-class InferenceModel {
+class InferenceModel final : public GenerationModel {
  public:
   // Keeps a reference to `model`, which must outlive this object (and not change during use).
   explicit InferenceModel(const Transformer<float>& model);
 
-  const ModelConfig& config() const { return cfg_; }
-  int64_t entry_dim() const { return cfg_.kv_lora_rank + cfg_.qk_rope_head_dim; }
-  bool has_mtp() const { return cfg_.num_nextn_predict_layers > 0; }
+  const ModelConfig& config() const override { return cfg_; }
+  std::string describe() const override { return "cpu"; }
   // A cache for the main model (num_hidden_layers layers) or for MTP depth 1 (one layer).
-  PagedLatentCache make_cache(bool mtp, int64_t page_size, int64_t num_pages) const;
+  PagedLatentCache make_cache(bool mtp, int64_t page_size, int64_t num_pages) const override;
 
   // Main model over `rows`. Writes each row's latent entry into `cache`, then attends over
   // positions [0, position] of its sequence. logits [logit_rows.size(), vocab] for the rows named
   // in logit_rows; hidden (optional) [rows, hidden]: final-normed hidden states (MTP's input).
   void forward(const Rows& rows, PagedLatentCache& cache, const std::vector<int64_t>& logit_rows,
-               std::vector<float>* logits, std::vector<float>* hidden) const;
+               std::vector<float>* logits, std::vector<float>* hidden) const override;
   // MTP depth 1 over `rows` (tokens t_{p+1}, positions p), hidden [rows, hidden] = h_p.
   void forward_mtp(const Rows& rows, const float* hidden, PagedLatentCache& cache,
-                   const std::vector<int64_t>& logit_rows, std::vector<float>* logits) const;
+                   const std::vector<int64_t>& logit_rows,
+                   std::vector<float>* logits) const override;
 
  private:
   struct Mlp {

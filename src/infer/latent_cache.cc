@@ -6,14 +6,15 @@
 namespace frugal::infer {
 
 PagedLatentCache::PagedLatentCache(int64_t layers, int64_t entry_dim, int64_t page_size,
-                                   int64_t num_pages)
+                                   int64_t num_pages, bool host_storage)
     : layers_(layers), entry_dim_(entry_dim), page_size_(page_size), num_pages_(num_pages) {
   FRUGAL_CHECK(layers > 0 && entry_dim > 0, "latent cache: {} layers of {} floats per entry",
                layers, entry_dim);
   FRUGAL_CHECK(page_size > 0, "latent cache: page size {} must be positive", page_size);
   FRUGAL_CHECK(num_pages > 0 && num_pages < (int64_t{1} << 31),
                "latent cache: page count {} must be in [1, 2^31)", num_pages);
-  pool_.assign(static_cast<size_t>(num_pages * layers * page_size * entry_dim), 0.0f);
+  if (host_storage)
+    pool_.assign(static_cast<size_t>(num_pages * layers * page_size * entry_dim), 0.0f);
   free_.reserve(static_cast<size_t>(num_pages));
   for (int64_t p = num_pages; p-- > 0;) free_.push_back(static_cast<int32_t>(p));  // page 0 first
 }
@@ -76,6 +77,7 @@ void PagedLatentCache::truncate(int64_t seq, int64_t length) {
 
 const float* PagedLatentCache::page_entries(int64_t seq, int64_t layer, int64_t page_index) const {
   const Sequence& s = state(seq);
+  FRUGAL_CHECK(!pool_.empty(), "latent cache: the entries live in the model's own storage");
   FRUGAL_CHECK(layer >= 0 && layer < layers_ && page_index >= 0 &&
                    page_index < static_cast<int64_t>(s.pages.size()),
                "latent cache: sequence {} has no page {} of layer {}", seq, page_index, layer);

@@ -10,16 +10,23 @@
 //                     wholly past n
 //   close_sequence    every page back to the free list
 // Entries are written by the model after grow() and read by attention for positions < length.
+//
+// The host pool is the CPU model's storage. A model that keeps the entries elsewhere (the GPU
+// model: device BF16 in the same [page][layer][slot][entry] layout) builds the cache with
+// host_storage = false and attaches its storage, which lives as long as the cache; the page
+// bookkeeping is the same either way.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace frugal::infer {
 
 class PagedLatentCache {
  public:
-  PagedLatentCache(int64_t layers, int64_t entry_dim, int64_t page_size, int64_t num_pages);
+  PagedLatentCache(int64_t layers, int64_t entry_dim, int64_t page_size, int64_t num_pages,
+                   bool host_storage = true);
 
   int64_t open_sequence();               // a new empty sequence; ids of closed ones are reused
   void close_sequence(int64_t seq);
@@ -28,7 +35,12 @@ class PagedLatentCache {
 
   int64_t length(int64_t seq) const { return state(seq).length; }
   const std::vector<int32_t>& page_table(int64_t seq) const { return state(seq).pages; }
-  // [entry_dim] of (layer, position); position < length(seq).
+  // Storage kept elsewhere by the model that made this cache (null unless attached).
+  void attach_storage(std::shared_ptr<void> storage) { storage_ = std::move(storage); }
+  void* storage() const { return storage_.get(); }
+  bool host_storage() const { return !pool_.empty(); }
+
+  // [entry_dim] of (layer, position); position < length(seq). Host storage only.
   float* entry(int64_t seq, int64_t layer, int64_t position);
   const float* entry(int64_t seq, int64_t layer, int64_t position) const;
   // The first of page_size consecutive entries (stride entry_dim) of page `page_index` of seq.
@@ -52,7 +64,8 @@ class PagedLatentCache {
   Sequence& state(int64_t seq);
 
   int64_t layers_, entry_dim_, page_size_, num_pages_;
-  std::vector<float> pool_;       // [num_pages, layers, page_size, entry_dim]
+  std::vector<float> pool_;       // [num_pages, layers, page_size, entry_dim] or empty
+  std::shared_ptr<void> storage_;  // the model's own storage when pool_ is empty
   std::vector<int32_t> free_;     // free pages; the next taken is free_.back()
   std::vector<Sequence> sequences_;
   std::vector<int64_t> closed_ids_;
