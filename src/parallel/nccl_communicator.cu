@@ -199,6 +199,10 @@ class NcclCommunicator final : public Communicator {
     config.blocking = 0;
     ncclComm_t sub = nullptr;
     call(ncclCommSplit(comm_, color, key, &sub, &config), "split", "ncclCommSplit");
+    // Non-blocking mode: the split completes like a collective of the parent, and the new
+    // handle is filled in only once the parent's state leaves ncclInProgress (even when the call
+    // itself returned ncclSuccess), so wait on the parent before reading it.
+    wait_ready("split");
     if (sub == nullptr) fail_and_abort("split", "ncclCommSplit returned no communicator");
     return std::make_unique<NcclCommunicator>(bootstrap_, device_, options_, sub);
   }
