@@ -11,6 +11,7 @@
 #ifdef FRUGAL_HAVE_CUDA
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "core/cuda_check.h"
@@ -321,8 +322,68 @@ float* BlasHandle::Impl::scratch_floats(size_t floats, cudaStream_t stream) {
   return scale_scratch;
 }
 
+BlasHandle::Impl::~Impl() {
+  for (Lane& lane : lanes) {
+    if (lane.workspace != nullptr) cudaFree(lane.workspace);
+    if (lane.done != nullptr) cudaEventDestroy(lane.done);
+    if (lane.stream != nullptr) cudaStreamDestroy(lane.stream);
+  }
+  if (fork != nullptr) cudaEventDestroy(fork);
+}
+
+// ---- GroupLanes ---------------------------------------------------------------------------------
+
+namespace {
+
+int lane_count_setting() {
+  static const int count = [] {
+    const char* text = std::getenv("FRUGAL_GEMM_LANES");
+    const int value = text != nullptr ? std::atoi(text) : 4;
+    return std::clamp(value, 1, 8);
+  }();
+  return count;
+}
+
+}  // namespace
+
+GroupLanes::GroupLanes(BlasHandle::Impl& blas, cudaStream_t stream) : blas_(blas), stream_(stream) {
+  const int wanted = lane_count_setting();
+  if (wanted <= 1) return;
+  if (blas_.fork == nullptr)
+    FRUGAL_CUDA_CHECK(cudaEventCreateWithFlags(&blas_.fork, cudaEventDisableTiming));
+  while (static_cast<int>(blas_.lanes.size()) < wanted) {
+    BlasHandle::Impl::Lane lane;
+    FRUGAL_CUDA_CHECK(cudaStreamCreateWithFlags(&lane.stream, cudaStreamNonBlocking));
+    FRUGAL_CUDA_CHECK(cudaEventCreateWithFlags(&lane.done, cudaEventDisableTiming));
+    if (blas_.workspace_bytes > 0)
+      FRUGAL_CUDA_CHECK(cudaMalloc(&lane.workspace, blas_.workspace_bytes));
+    blas_.lanes.push_back(lane);
+  }
+  // Everything queued on `stream` so far (the inputs, padded scales) precedes every lane's work.
+  FRUGAL_CUDA_CHECK(cudaEventRecord(blas_.fork, stream_));
+  count_ = wanted;
+  for (int i = 0; i < count_; ++i)
+    FRUGAL_CUDA_CHECK(cudaStreamWaitEvent(blas_.lanes[i].stream, blas_.fork, 0));
+}
+
+GroupLanes::~GroupLanes() {
+  // Destructors do not throw: a failing record/wait means the context is already broken, and the
+  // next checked CUDA call reports it.
+  for (int i = 0; i < count_; ++i) {
+    cudaEventRecord(blas_.lanes[i].done, blas_.lanes[i].stream);
+    cudaStreamWaitEvent(stream_, blas_.lanes[i].done, 0);
+  }
+}
+
+std::pair<cudaStream_t, int> GroupLanes::next() {
+  if (count_ == 0) return {stream_, -1};
+  const int lane = static_cast<int>(calls_++ % count_);
+  return {blas_.lanes[lane].stream, lane};
+}
+
 void BlasHandle::Impl::run(const MatmulCall& call, VaryingDim varying, cudaStream_t stream,
-                           const char* what) {
+                           const char* what, int lane) {
+  void* const call_workspace = lane >= 0 ? lanes[lane].workspace : workspace;
   const int64_t align_a = alignment_of(call.a), align_b = alignment_of(call.b),
                 align_c = alignment_of(call.c);
   MatmulCall plan_call = call;
@@ -371,8 +432,8 @@ void BlasHandle::Impl::run(const MatmulCall& call, VaryingDim varying, cudaStrea
   }
   const float alpha = call.alpha, beta = call.beta;
   check_status(cublasLtMatmul(handle, &plan->desc, &alpha, call.a, &layouts.a, call.b, &layouts.b,
-                              &beta, call.c, &layouts.c, call.c, &layouts.c, &plan->algo, workspace,
-                              workspace_bytes, stream),
+                              &beta, call.c, &layouts.c, call.c, &layouts.c, &plan->algo,
+                              call_workspace, workspace_bytes, stream),
                "cublasLtMatmul", what, call);
 }
 
@@ -389,7 +450,7 @@ void dense_gemm(BlasHandle& blas, bool trans_a, bool trans_b, int64_t m, int64_t
                 float alpha, const void* a, int64_t lda, int64_t stride_a, const void* b,
                 int64_t ldb, int64_t stride_b, DataType ab_type, float beta, void* c, int64_t ldc,
                 int64_t stride_c, DataType c_type, int64_t batch, VaryingDim varying,
-                cudaStream_t stream, const char* what) {
+                cudaStream_t stream, const char* what, int lane = -1) {
   FRUGAL_CHECK(ab_type == DataType::F32 || ab_type == DataType::BF16,
                "{}: A and B must be F32 or BF16, got {} (E4M3 operands go through gemm_fp8_nt)",
                what, gemm_detail::type_name(ab_type));
@@ -437,7 +498,7 @@ void dense_gemm(BlasHandle& blas, bool trans_a, bool trans_b, int64_t m, int64_t
   call.c = c;
   call.alpha = alpha;
   call.beta = beta;
-  blas.impl().run(call, varying, stream, what);
+  blas.impl().run(call, varying, stream, what, lane);
 }
 
 const char* offset_ptr(const void* base, int64_t elements, DataType type) {
@@ -492,14 +553,16 @@ void grouped_rows_times_weight(BlasHandle& blas, const char* what, bool trans_w,
                                int64_t in_cols, const void* w, DataType ab_type, void* out,
                                int64_t out_cols, DataType c_type, cudaStream_t stream) {
   gemm_detail::check_group_offsets(what, groups, host_offsets, 1);
+  GroupLanes lanes(blas.impl(), stream);
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t begin = host_offsets[g], rows = host_offsets[g + 1] - begin;
     if (rows == 0) continue;
+    const auto [lane_stream, lane] = lanes.next();
     dense_gemm(blas, false, trans_w, rows, out_cols, in_cols, 1.0f,
                offset_ptr(in, begin * in_cols, ab_type), in_cols, 0,
                offset_ptr(w, g * n * k, ab_type), k, 0, ab_type, 0.0f,
                offset_ptr(out, begin * out_cols, c_type), out_cols, 0, c_type, 1, VaryingDim::N,
-               stream, what);
+               lane_stream, what, lane);
   }
 }
 
@@ -526,13 +589,16 @@ void grouped_gemm_tn(BlasHandle& blas, int64_t groups, const int64_t* host_offse
                      DataType c_type, bool accumulate, cudaStream_t stream) {
   const char* what = "grouped_gemm_tn";
   gemm_detail::check_group_offsets(what, groups, host_offsets, 1);
+  GroupLanes lanes(blas.impl(), stream);
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t begin = host_offsets[g], rows = host_offsets[g + 1] - begin;
     if (rows == 0 && accumulate) continue;  // adds nothing; without accumulate dW_g becomes 0
+    const auto [lane_stream, lane] = lanes.next();
     // dW_g[N,K] (+)= dy_g[rows,N]^T · x_g[rows,K]
     dense_gemm(blas, true, false, n, k, rows, 1.0f, offset_ptr(dy, begin * n, ab_type), n, 0,
                offset_ptr(x, begin * k, ab_type), k, 0, ab_type, accumulate ? 1.0f : 0.0f,
-               offset_ptr(dw, g * n * k, c_type), k, 0, c_type, 1, VaryingDim::K, stream, what);
+               offset_ptr(dw, g * n * k, c_type), k, 0, c_type, 1, VaryingDim::K, lane_stream,
+               what, lane);
   }
 }
 

@@ -28,6 +28,8 @@
 #include <cstdint>
 #include <memory>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "kernels/gemm/gemm_cuda.h"
 
@@ -101,6 +103,15 @@ struct BlasHandle::Impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  // Side streams for the per-group calls of grouped GEMMs (GroupLanes below), each with its own
+  // cuBLASLt workspace; made on first use.
+  struct Lane {
+    cudaStream_t stream = nullptr;
+    cudaEvent_t done = nullptr;
+    void* workspace = nullptr;
+  };
+  std::vector<Lane> lanes;
+  cudaEvent_t fork = nullptr;
   // Scratch for padded FP8 block scales, grown on demand (stream-ordered reuse, one stream).
   float* scale_scratch = nullptr;
   size_t scale_scratch_floats = 0;
@@ -109,11 +120,36 @@ struct BlasHandle::Impl {
       plans;
 
   // Runs one cuBLASLt call through the plan cache; `what` names the public call in errors.
+  // lane >= 0: on lanes[lane]'s workspace (the call's stream must be that lane's).
   void run(const gemm_detail::MatmulCall& call, gemm_detail::VaryingDim varying,
-           cudaStream_t stream, const char* what);
+           cudaStream_t stream, const char* what, int lane = -1);
+  ~Impl();
   // At least `floats` floats of scratch, valid until the next call on this handle.
   float* scratch_floats(size_t floats, cudaStream_t stream);
   size_t plan_count() const { return plans.size(); }
+};
+
+// The groups of a grouped GEMM are independent (disjoint outputs), and one expert's GEMM is often
+// about one wave of the GPU: issued back to back on one stream, each waits for the previous one's
+// tail. GroupLanes spreads them round-robin over a few side streams that start after everything
+// queued on `stream` so far, and makes `stream` wait for all of them when it goes out of scope.
+// Results are the same as on one stream (each group's call is the same cuBLASLt call).
+// FRUGAL_GEMM_LANES=n sets the lane count (1: everything on `stream`, as before; default 4).
+class GroupLanes {
+ public:
+  GroupLanes(BlasHandle::Impl& blas, cudaStream_t stream);
+  ~GroupLanes();  // joins: `stream` waits for every lane used
+  GroupLanes(const GroupLanes&) = delete;
+  GroupLanes& operator=(const GroupLanes&) = delete;
+
+  // The stream and lane index for the next group's call (lane -1: the caller's stream).
+  std::pair<cudaStream_t, int> next();
+
+ private:
+  BlasHandle::Impl& blas_;
+  cudaStream_t stream_;
+  int count_ = 0;    // lanes in use (0: none, everything on stream_)
+  int64_t calls_ = 0;
 };
 
 }  // namespace frugal::cuda

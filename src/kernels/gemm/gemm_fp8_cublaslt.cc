@@ -51,7 +51,7 @@ size_t c_bytes(DataType type) {
 void fp8_gemm(BlasHandle& blas, int64_t m, int64_t n, int64_t k, const uint8_t* a,
               const float* a_scales, const uint8_t* b, const float* b_scales_cublas,
               Fp8Scaling b_scaling, float beta, void* c, int64_t ldc, DataType c_type,
-              VaryingDim varying, cudaStream_t stream, const char* what) {
+              VaryingDim varying, cudaStream_t stream, const char* what, int lane = -1) {
   FRUGAL_CHECK(c_type == DataType::F32 || c_type == DataType::BF16,
                "{}: C must be F32 or BF16, got {}", what, gemm_detail::type_name(c_type));
   FRUGAL_CHECK(m >= 0 && n >= 0 && k >= 0, "{}: negative extent (m={} n={} k={})", what, m, n, k);
@@ -101,7 +101,7 @@ void fp8_gemm(BlasHandle& blas, int64_t m, int64_t n, int64_t k, const uint8_t* 
   call.b_scales = a_scales;
   call.alpha = 1.0f;
   call.beta = beta;
-  blas.impl().run(call, varying, stream, what);
+  blas.impl().run(call, varying, stream, what, lane);
 }
 
 // The 128x128 block scales of `matrices` stacked [rows, K] weights in cuBLASLt's layout: the
@@ -149,14 +149,16 @@ void grouped_gemm_fp8_nt(BlasHandle& blas, int64_t groups, const int64_t* host_o
   const auto [group_scales, scales_stride] =
       k > 0 && k % 16 == 0 ? block_scales_for_cublas(blas, b_scales, groups, n, k, stream)
                            : std::pair<const float*, int64_t>{b_scales, 0};
+  GroupLanes lanes(blas.impl(), stream);  // after the scale padding, which the lanes wait for
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t begin = host_offsets[g], rows = host_offsets[g + 1] - begin;
     if (rows == 0) continue;
+    const auto [lane_stream, lane] = lanes.next();
     // c_g[rows,N] = a_g[rows,K] · b_g[N,K]^T
     fp8_gemm(blas, rows, n, k, a + begin * k, a_scales + begin * k_blocks, b + g * n * k,
              group_scales + g * scales_stride, Fp8Scaling::Block128x128, 0.0f,
              static_cast<char*>(c) + begin * n * static_cast<int64_t>(c_bytes(c_type)), n, c_type,
-             VaryingDim::N, stream, what);
+             VaryingDim::N, lane_stream, what, lane);
   }
 }
 
@@ -167,6 +169,7 @@ void grouped_gemm_fp8_wgrad(BlasHandle& blas, int64_t groups, const int64_t* hos
   const char* what = "grouped_gemm_fp8_wgrad";
   gemm_detail::check_group_offsets(what, groups, host_offsets, kFp8GroupRowAlign);
   FRUGAL_CHECK(n >= 0 && k >= 0, "{}: negative extent (n={} k={})", what, n, k);
+  GroupLanes lanes(blas.impl(), stream);
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t begin = host_offsets[g], rows = host_offsets[g + 1] - begin;
     float* dw_g = dw + g * n * k;
@@ -175,11 +178,12 @@ void grouped_gemm_fp8_wgrad(BlasHandle& blas, int64_t groups, const int64_t* hos
       if (!accumulate) gemm_detail::scale_matrix(dw_g, DataType::F32, n, k, k, 1, 0, 0.0f, stream);
       continue;
     }
+    const auto [lane_stream, lane] = lanes.next();
     // dW_g[N,K] (+)= dyT_g[N,rows] · xT_g[K,rows]^T, both tile-scaled along rows.
     const int64_t tile_row = begin / kFp8BlockSize;
     fp8_gemm(blas, n, k, rows, dyT + begin * n, dyT_scales + tile_row * n, xT + begin * k,
              xT_scales + tile_row * k, Fp8Scaling::Tile1x128, accumulate ? 1.0f : 0.0f, dw_g, k,
-             DataType::F32, VaryingDim::K, stream, what);
+             DataType::F32, VaryingDim::K, lane_stream, what, lane);
   }
 }
 
