@@ -1,5 +1,11 @@
 // GpuInferenceModel (infer/gpu/gpu_inference_model.h) against the CPU reference InferenceModel on
 // the same Transformer<float> weights:
+// MoE routing: a top-k choice on a near tie between expert scores can flip under the GPU's BF16
+// rounding, and then that row's FFN output (and logits) legitimately differ from the CPU's by far
+// more than rounding. So most comparisons route every token to every expert
+// (num_experts_per_tok = n_routed_experts, topk_group = n_group: no choice can flip, while the
+// router's weights, the permutation, grouped GEMMs and combine all still run), and one case keeps
+// real top-k routing and allows a few rows (at most 1 in 5) off tolerance.
 //   - main-model logits and hidden states: a prefill of two sequences of different lengths whose
 //     cache pages are interleaved and shuffled (several pages each), then decode rows of both
 //     sequences together; V3-style (compressed queries, noaux_tc MoE with a shared expert, YaRN,
@@ -64,6 +70,48 @@ ModelConfig fp8_config() {
   return c;
 }
 
+// Every token to every expert: no routing choice left to flip (see the top of the file).
+ModelConfig all_experts(ModelConfig c) {
+  c.num_experts_per_tok = c.n_routed_experts;
+  c.topk_group = c.n_group;
+  return c;
+}
+
+enum class Routing { AllExperts, TopK };
+
+// Logits [rows, vocab]: all rows within tolerance (AllExperts), or at most 1 row in 5 off (TopK:
+// the rows whose expert choice flipped on a near tie). Each row's error is measured against its
+// own max |cpu|.
+void check_logits(const std::string& op, const std::string& shape, const std::vector<float>& gpu,
+                  const std::vector<float>& cpu, int64_t vocab, double tolerance,
+                  Routing routing) {
+  if (routing == Routing::AllExperts) {
+    testing::expect_close(op, shape, gpu, cpu, tolerance);
+    return;
+  }
+  ASSERT_EQ(gpu.size(), cpu.size()) << op;
+  const int64_t rows = static_cast<int64_t>(cpu.size()) / vocab;
+  int64_t off = 0;
+  double worst = 0, worst_kept = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    double scale = 0, error = 0;
+    for (int64_t v = 0; v < vocab; ++v) scale = std::max(scale, std::fabs(double(cpu[r * vocab + v])));
+    for (int64_t v = 0; v < vocab; ++v) {
+      const double g = gpu[r * vocab + v], c = cpu[r * vocab + v];
+      error = std::max(error, std::isfinite(g) ? std::fabs(g - c) / std::max(scale, 1e-30) : INFINITY);
+    }
+    worst = std::max(worst, error);
+    if (error > tolerance) ++off;
+    else worst_kept = std::max(worst_kept, error);
+  }
+  const bool ok = off * 5 <= rows && std::isfinite(worst_kept);
+  std::printf("CHECK | %-28s | %-22s | %lld/%lld rows off, max rel err %9.2e (%9.2e within) | %s\n",
+              op.c_str(), shape.c_str(), static_cast<long long>(off), static_cast<long long>(rows),
+              worst, worst_kept, ok ? "ok" : "FAIL");
+  EXPECT_TRUE(ok) << op << " " << shape << ": " << off << " of " << rows
+                  << " rows off tolerance (more than routing flips explain)";
+}
+
 double weight_std(const ModelConfig& cfg) { return 1.5 / std::sqrt(double(cfg.hidden_size)); }
 
 // Two sequences whose pages interleave, after a third took and returned pages (so the free list
@@ -98,7 +146,7 @@ std::vector<int64_t> all_rows(int64_t n) {
 }
 
 void compare_forward(const std::string& name, const ModelConfig& cfg, DecodeWeights weights,
-                     double tolerance, uint64_t seed) {
+                     double tolerance, uint64_t seed, Routing routing = Routing::AllExperts) {
   Transformer<float> model(cfg);
   testing::randomize(model, seed, weight_std(cfg));
   const InferenceModel cpu_model(model);
@@ -137,10 +185,10 @@ void compare_forward(const std::string& name, const ModelConfig& cfg, DecodeWeig
   cpu_model.forward(cpu_rows, cpu_cache, all_rows(cpu_rows.size()), &cpu_logits, &cpu_hidden);
   gpu_model.forward(gpu_rows, gpu_cache, all_rows(gpu_rows.size()), &gpu_logits, &gpu_hidden);
   const std::string prefill_shape = std::to_string(cpu_rows.size()) + " rows";
-  testing::expect_close(label + " prefill logits", prefill_shape, gpu_logits, cpu_logits,
-                        tolerance);
-  testing::expect_close(label + " prefill hidden", prefill_shape, gpu_hidden, cpu_hidden,
-                        tolerance);
+  check_logits(label + " prefill logits", prefill_shape, gpu_logits, cpu_logits, cfg.vocab_size,
+               tolerance, routing);
+  check_logits(label + " prefill hidden", prefill_shape, gpu_hidden, cpu_hidden,
+               cfg.hidden_size, tolerance, routing);
 
   // Decode steps: one row per sequence (b first this time), logits of the second row only on
   // the last step (logit_rows is a subset).
@@ -158,8 +206,8 @@ void compare_forward(const std::string& name, const ModelConfig& cfg, DecodeWeig
         step + 1 == kDecodeSteps ? std::vector<int64_t>{1} : std::vector<int64_t>{0, 1};
     cpu_model.forward(cpu_rows, cpu_cache, logit_rows, &cpu_logits, nullptr);
     gpu_model.forward(gpu_rows, gpu_cache, logit_rows, &gpu_logits, nullptr);
-    testing::expect_close(label + " decode logits", "step " + std::to_string(step), gpu_logits,
-                          cpu_logits, tolerance);
+    check_logits(label + " decode logits", "step " + std::to_string(step), gpu_logits,
+                 cpu_logits, cfg.vocab_size, tolerance, routing);
   }
 
   if (!gpu_model.has_mtp()) return;
@@ -180,26 +228,33 @@ void compare_forward(const std::string& name, const ModelConfig& cfg, DecodeWeig
                                   cpu_hidden.begin() + mtp_rows * cfg.hidden_size);
   cpu_model.forward_mtp(cpu_rows, hidden.data(), cpu_mtp, all_rows(mtp_rows), &cpu_logits);
   gpu_model.forward_mtp(gpu_rows, hidden.data(), gpu_mtp, all_rows(mtp_rows), &gpu_logits);
-  testing::expect_close(label + " mtp logits", std::to_string(mtp_rows) + " rows", gpu_logits,
-                        cpu_logits, tolerance);
+  check_logits(label + " mtp logits", std::to_string(mtp_rows) + " rows", gpu_logits,
+               cpu_logits, cfg.vocab_size, tolerance, routing);
 }
 
 TEST(GpuInferenceModel, MatchesTheCpuReferenceV3Bf16) {
-  compare_forward("v3-tiny", testing::infer_config(), DecodeWeights::Bf16, kBf16LogitTolerance,
-                  41);
+  compare_forward("v3-tiny", all_experts(testing::infer_config()), DecodeWeights::Bf16,
+                  kBf16LogitTolerance, 41);
+}
+
+TEST(GpuInferenceModel, MatchesTheCpuReferenceV3TopKRouting) {
+  compare_forward("v3-tiny top-k", testing::infer_config(), DecodeWeights::Bf16,
+                  kBf16LogitTolerance, 42, Routing::TopK);
 }
 
 TEST(GpuInferenceModel, MatchesTheCpuReferenceV2Bf16) {
-  compare_forward("v2-tiny", testing::infer_config_v2(), DecodeWeights::Bf16, kBf16LogitTolerance,
-                  43);
+  compare_forward("v2-tiny", all_experts(testing::infer_config_v2()), DecodeWeights::Bf16,
+                  kBf16LogitTolerance, 43);
 }
 
 TEST(GpuInferenceModel, MatchesTheCpuReferenceDims128Bf16) {
-  compare_forward("dims128", fp8_config(), DecodeWeights::Bf16, kBf16LogitTolerance, 47);
+  compare_forward("dims128", all_experts(fp8_config()), DecodeWeights::Bf16, kBf16LogitTolerance,
+                  47);
 }
 
 TEST(GpuInferenceModel, MatchesTheCpuReferenceDims128Fp8) {
-  compare_forward("dims128", fp8_config(), DecodeWeights::Fp8, kFp8LogitTolerance, 47);
+  compare_forward("dims128", all_experts(fp8_config()), DecodeWeights::Fp8, kFp8LogitTolerance,
+                  47);
 }
 
 TEST(GpuInferenceModel, Fp8NeedsDimsOf128) {
@@ -265,7 +320,7 @@ int64_t clear_prefix(const InferenceModel& cpu_model, const std::vector<int32_t>
 }
 
 TEST(GpuInferenceModel, EngineGreedyMatchesTheCpuEngine) {
-  const ModelConfig cfg = testing::infer_config();
+  const ModelConfig cfg = all_experts(testing::infer_config());
   Transformer<float> model(cfg);
   testing::randomize(model, 53, weight_std(cfg));
   const InferenceModel cpu_model(model);
