@@ -16,10 +16,11 @@
 // MoE routing: a top-k choice on a near tie between expert scores can flip under the GPU's BF16
 // rounding, and then that row's FFN output (and, through the cache, later rows) legitimately
 // differ from the CPU's by far more than rounding. So the comparisons use routings without near
-// ties: every token to every expert (num_experts_per_tok = n_routed_experts, topk_group = n_group),
-// or real group-limited top-k whose choice the routing bias settles (bias 2 * e, scores in (0, 1): every token
-// picks the same experts, the others stay empty); the router's weights, the permutation, grouped
-// GEMMs (empty groups included) and combine all run either way.
+// ties: every token to every expert (num_experts_per_tok = n_routed_experts,
+// topk_group = n_group), or real group-limited top-k whose choice the routing bias settles
+// (bias 2 * e, scores in (0, 1): every token picks the same experts, the others stay empty); the
+// router's weights, the permutation, grouped GEMMs (empty groups included) and combine all run
+// either way.
 // Each comparison prints a CHECK line (tests/kernels/cuda_test_util.h) with its error.
 #include <gtest/gtest.h>
 

@@ -171,19 +171,17 @@ struct GpuInferenceModel::Impl {
     std::vector<float> host;
     DeviceArray<float> staging;
 
-    std::span<float> read(const std::string& name) {
+    const std::vector<int64_t>& shape_of(const std::string& name) const {
       auto it = shapes.find(name);
       FRUGAL_CHECK(it != shapes.end(), "GpuInferenceModel: no tensor {} in the model's layout",
                    name);
-      host.resize(static_cast<size_t>(shape_numel(it->second)));
-      source(name, it->second, std::span<float>(host));
-      return std::span<float>(host);
+      return it->second;
     }
-    int64_t numel(const std::string& name) const {
-      auto it = shapes.find(name);
-      FRUGAL_CHECK(it != shapes.end(), "GpuInferenceModel: no tensor {} in the model's layout",
-                   name);
-      return shape_numel(it->second);
+    std::span<float> read(const std::string& name) {
+      const std::vector<int64_t>& shape = shape_of(name);
+      host.resize(static_cast<size_t>(shape_numel(shape)));
+      source(name, shape, std::span<float>(host));
+      return std::span<float>(host);
     }
     // Host staging -> device fp32 at `dst` (synchronous: the host buffer is reused next).
     void upload(float* dst, std::span<const float> values) {
@@ -202,7 +200,7 @@ struct GpuInferenceModel::Impl {
       Matrix mat;
       mat.groups = static_cast<int64_t>(groups.size());
       for (const std::string& name : groups[0]) {
-        const std::vector<int64_t>& shape = shapes.at(name);
+        const std::vector<int64_t>& shape = shape_of(name);
         FRUGAL_CHECK(shape.size() == 2, "GpuInferenceModel: {} is not a matrix", name);
         mat.out += shape[0];
         mat.in = shape[1];
@@ -339,7 +337,8 @@ struct GpuInferenceModel::Impl {
     DeviceArray<uint8_t> y_padded;
     void* target = y;
     if (padded != rows) {
-      y_padded = DeviceArray<uint8_t>(ctx, padded * mat.out * static_cast<int64_t>(type_bytes(y_type)));
+      y_padded = DeviceArray<uint8_t>(
+          ctx, padded * mat.out * static_cast<int64_t>(type_bytes(y_type)));
       target = y_padded.data();
     }
     cuda::gemm_fp8_nt(ctx.blas, padded, mat.out, mat.in, q.data(), scales.data(), mat.q.data(),
@@ -627,7 +626,9 @@ struct GpuInferenceModel::Impl {
     FRUGAL_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
   }
 
-  static bf16* pool_of(const PagedLatentCache& cache) { return static_cast<bf16*>(cache.storage()); }
+  static bf16* pool_of(const PagedLatentCache& cache) {
+    return static_cast<bf16*>(cache.storage());
+  }
 };
 
 GpuInferenceModel::GpuInferenceModel(cuda::DeviceContext& ctx, const ModelConfig& cfg,
