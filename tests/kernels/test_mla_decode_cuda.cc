@@ -199,6 +199,14 @@ TEST_F(MlaDecodeCuda, SixtyFourRowsOf300AndSmallHeadCount) {
   check(make_inputs(lora128, {17, 300, 1}, {0, 0, 1}, 16, 1, "lora128 r3 L17,300,1 p16"));
 }
 
+TEST_F(MlaDecodeCuda, OtherShapesRunThePlainKernel) {
+  // Not tensor-core shapes: small test models and unusual dims.
+  const ModelDims tiny{"tiny h4 lora32 rope16", 4, 32, 16};
+  check(make_inputs(tiny, {1, 17, 300}, {0, 1, 1}, 4, 2, "tiny r3 L1,17,300 p4"));
+  const ModelDims odd{"h24 lora384 rope64", 24, 384, 64};
+  check(make_inputs(odd, mixed_lengths(8, 700, 5), own_sequences(8), 16, 2, "h24 r8 L1..700 p16"));
+}
+
 TEST_F(MlaDecodeCuda, RepeatedRunsGiveSameBits) {
   for (const auto& in : {make_inputs(kV2Lite, {4096, 17, 300}, {0, 1, 2}, 64, 1, "V2-Lite rerun"),
                          make_inputs(kV3, mixed_lengths(64, 300, 3), own_sequences(64), 16, 2,
@@ -231,10 +239,8 @@ TEST_F(MlaDecodeCuda, RejectsUnsupportedArguments) {
   };
   MlaDecodeShape s = in.shape;
   s.heads = 24;
-  expect_message(attempt(s, q.get(), 1 << 20), "multiple of 16", "24 heads");
-  s = in.shape;
-  s.kv_lora = 384;
-  expect_message(attempt(s, q.get(), 1 << 20), "supported (kv_lora, rope)", "kv_lora 384");
+  s.kv_lora = 1024;  // entry_dim 1088: beyond the plain kernel, and not a tensor-core shape
+  expect_message(attempt(s, q.get(), 1 << 20), "entry dims above 1024", "24 heads, kv_lora 1024");
   s = in.shape;
   s.layer = 3;
   expect_message(attempt(s, q.get(), 1 << 20), "layer outside", "layer 3 of 3");

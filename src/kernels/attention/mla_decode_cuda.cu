@@ -4,7 +4,8 @@
 //   q [rows, heads, D] bf16, D = kv_lora + rope; out [rows, heads, kv_lora] bf16;
 //   cache [num_pages, layers, page_size, D] bf16 through page_table [sequences, max_pages].
 //
-// Supported: heads a multiple of 16; (kv_lora, rope) in {(128, 64), (256, 64), (512, 64)};
+// Tensor-core path: heads a multiple of 16; (kv_lora, rope) in {(128, 64), (256, 64), (512, 64)}.
+// Other shapes (entry_dim <= 1024) run a plain one-warp-per-head kernel (small test models).
 // q and cache 16-byte aligned, out 4-byte aligned.
 //
 // Kernel 1 (one thread block per (head group, KV split, row); a head group is 32 heads = two
@@ -338,13 +339,79 @@ int shared_bytes_for(const MlaDecodeShape& shape) {
   }
 }
 
+// The tensor-core kernel's shapes; anything else runs the plain kernel below.
+bool tensor_core_shape(const MlaDecodeShape& shape) {
+  return shape.heads >= 16 && shape.heads % 16 == 0 && shape.rope == 64 &&
+         (shape.kv_lora == 128 || shape.kv_lora == 256 || shape.kv_lora == 512);
+}
+
+// Plain kernel for the other shapes (small test models, unusual dims): one warp per (row, head),
+// four heads per block; lanes split the entry's elements, the dot product is a warp reduction,
+// the softmax is online in fp32, each lane accumulates its own kv_lora columns. No split-KV.
+constexpr int kPlainWarps = 4;
+constexpr int kPlainMaxPerLane = 32;  // entry_dim <= 32 * 32 = 1024
+
+__global__ void mla_decode_plain_kernel(__nv_bfloat16* out, const __nv_bfloat16* q,
+                                        const __nv_bfloat16* cache, const int32_t* page_table,
+                                        const int32_t* row_sequence, const int32_t* lengths,
+                                        MlaDecodeShape shape, float scale) {
+  const int lane = threadIdx.x % 32;
+  const int64_t head = static_cast<int64_t>(blockIdx.y) * kPlainWarps + threadIdx.x / 32;
+  const int64_t row = blockIdx.x;
+  if (head >= shape.heads) return;
+  const int64_t dim = shape.kv_lora + shape.rope;
+  const __nv_bfloat16* q_row = q + (row * shape.heads + head) * dim;
+  float q_lane[kPlainMaxPerLane];
+  float acc[kPlainMaxPerLane];
+#pragma unroll
+  for (int i = 0; i < kPlainMaxPerLane; ++i) {
+    const int64_t c = lane + 32 * i;
+    q_lane[i] = c < dim ? __bfloat162float(q_row[c]) : 0.f;
+    acc[i] = 0.f;
+  }
+  const int32_t* pages = page_table + static_cast<int64_t>(row_sequence[row]) * shape.max_pages;
+  const int64_t length = lengths[row];
+  float running_max = -INFINITY, sum = 0.f;
+  for (int64_t j = 0; j < length; ++j) {
+    const int64_t page = pages[j / shape.page_size];
+    const __nv_bfloat16* entry =
+        cache + ((page * shape.layers + shape.layer) * shape.page_size + j % shape.page_size) * dim;
+    float partial = 0.f;
+#pragma unroll
+    for (int i = 0; i < kPlainMaxPerLane; ++i) {
+      const int64_t c = lane + 32 * i;
+      if (c < dim) partial += q_lane[i] * __bfloat162float(entry[c]);
+    }
+    for (int offset = 16; offset > 0; offset /= 2)
+      partial += __shfl_xor_sync(0xffffffffu, partial, offset);
+    const float score = partial * scale;
+    const float new_max = fmaxf(running_max, score);
+    const float correction = running_max == -INFINITY ? 0.f : __expf(running_max - new_max);
+    const float weight = __expf(score - new_max);
+    sum = sum * correction + weight;
+#pragma unroll
+    for (int i = 0; i < kPlainMaxPerLane; ++i) {
+      const int64_t c = lane + 32 * i;
+      if (c < shape.kv_lora) acc[i] = acc[i] * correction + weight * __bfloat162float(entry[c]);
+    }
+    running_max = new_max;
+  }
+  const float inverse = sum > 0.f ? 1.f / sum : 0.f;
+  __nv_bfloat16* out_row = out + (row * shape.heads + head) * shape.kv_lora;
+#pragma unroll
+  for (int i = 0; i < kPlainMaxPerLane; ++i) {
+    const int64_t c = lane + 32 * i;
+    if (c < shape.kv_lora) out_row[c] = __float2bfloat16(acc[i] * inverse);
+  }
+}
+
 void require_supported(const MlaDecodeShape& shape) {
   FRUGAL_CUDA_REQUIRE(shape.rows >= 0, "mla_decode_attention: negative row count");
-  FRUGAL_CUDA_REQUIRE(shape.heads >= 16 && shape.heads % 16 == 0,
-                      "mla_decode_attention: heads must be a positive multiple of 16");
-  FRUGAL_CUDA_REQUIRE(shape.rope == 64 && (shape.kv_lora == 128 || shape.kv_lora == 256 ||
-                                           shape.kv_lora == 512),
-                      "mla_decode_attention: supported (kv_lora, rope): (128|256|512, 64)");
+  FRUGAL_CUDA_REQUIRE(shape.heads >= 1 && shape.kv_lora >= 1 && shape.rope >= 0,
+                      "mla_decode_attention: heads and kv_lora must be positive, rope >= 0");
+  FRUGAL_CUDA_REQUIRE(tensor_core_shape(shape) || shape.entry_dim() <= 32 * kPlainMaxPerLane,
+                      "mla_decode_attention: entry dims above 1024 need heads % 16 == 0 and "
+                      "(kv_lora, rope) in (128|256|512, 64)");
   FRUGAL_CUDA_REQUIRE(shape.layers >= 1 && shape.layer >= 0 && shape.layer < shape.layers,
                       "mla_decode_attention: layer outside the pool's layers");
   FRUGAL_CUDA_REQUIRE(shape.page_size >= 1 && shape.max_pages >= 1,
@@ -403,8 +470,9 @@ void launch_for_heads(const Params& params, int head_tiles, int64_t blocks, cuda
 
 size_t mla_decode_workspace_bytes(const MlaDecodeShape& shape, int64_t max_length) {
   require_supported(shape);
+  if (!tensor_core_shape(shape) || shape.rows == 0) return 0;
   const SplitPlan plan = plan_splits(shape, max_length);
-  if (plan.splits <= 1 || shape.rows == 0) return 0;
+  if (plan.splits <= 1) return 0;
   const int64_t partials = plan.splits * shape.rows * shape.heads;
   return static_cast<size_t>(partials * (shape.kv_lora + 1)) * sizeof(float);
 }
@@ -425,6 +493,16 @@ void mla_decode_attention(__nv_bfloat16* out, const __nv_bfloat16* q, const __nv
                       "mla_decode_attention: q and cache must be 16-byte aligned");
   FRUGAL_CUDA_REQUIRE(reinterpret_cast<uintptr_t>(out) % 4 == 0,
                       "mla_decode_attention: out must be 4-byte aligned");
+  if (!tensor_core_shape(shape)) {
+    const dim3 grid(static_cast<unsigned>(shape.rows),
+                    static_cast<unsigned>((shape.heads + kPlainWarps - 1) / kPlainWarps));
+    FRUGAL_CUDA_REQUIRE(shape.rows <= 0x7fffffff && grid.y <= 65535,
+                        "mla_decode_attention: too many rows or heads for the plain kernel");
+    mla_decode_plain_kernel<<<grid, 32 * kPlainWarps, 0, stream>>>(
+        out, q, cache, page_table, row_sequence, lengths, shape, shape.softmax_scale);
+    FRUGAL_CUDA_CHECK_LAUNCH();
+    return;
+  }
   const SplitPlan plan = plan_splits(shape, max_length);
   const size_t needed = mla_decode_workspace_bytes(shape, max_length);
   FRUGAL_CUDA_REQUIRE(workspace_bytes >= needed,
