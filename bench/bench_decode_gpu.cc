@@ -220,46 +220,54 @@ int run(int argc, char** argv) {
   FRUGAL_CHECK(o.checkpoint.empty() || o.overrides.empty(),
                "--checkpoint takes no --section.key settings (the checkpoint's config is used)");
   if (!positional.empty()) o.config_path = positional[0];
+  FRUGAL_CHECK(o.new_tokens >= 2, "--new {} must be >= 2 (the first token comes from the prefill)",
+               o.new_tokens);
 
-  cuda::DeviceContext ctx(0);
-  infer::GpuInferenceOptions model_options;
-  model_options.weights = o.weights;
-  std::unique_ptr<infer::GpuInferenceModel> model;
-  std::string source;
-  const auto load_start = std::chrono::steady_clock::now();
+  // The config first: its mistakes show before a device or a long load is touched.
+  Config config;  // outlives the model
+  std::string source, checkpoint_dir;
   if (o.checkpoint.empty()) {
-    const Config config = load_config(o.config_path, o.overrides);
-    model = std::make_unique<infer::GpuInferenceModel>(
-        ctx, config.model, infer::random_weights(o.seed, 0.006), model_options);
+    config = load_config(o.config_path, o.overrides);
     source = o.config_path + " (random weights)";
   } else {
-    const std::string dir = resolve_checkpoint(o.checkpoint);
-    const Config config = load_checkpoint_config(dir);
-    Transformer<float> host(config.model);  // freed once the device copy is built
-    load_checkpoint_model(dir, host);
-    model = std::make_unique<infer::GpuInferenceModel>(ctx, config.model, infer::weights_of(host),
-                                                       model_options);
-    source = dir;
+    checkpoint_dir = resolve_checkpoint(o.checkpoint);
+    config = load_checkpoint_config(checkpoint_dir);
+    source = checkpoint_dir;
   }
-  ctx.synchronize();
-  const double load_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
-  const ModelConfig& cfg = model->config();
-  FRUGAL_CHECK(!o.speculative || model->has_mtp(),
+  const ModelConfig& cfg = config.model;
+  FRUGAL_CHECK(!o.speculative || cfg.num_nextn_predict_layers > 0,
                "--speculative needs an MTP module, and {} has num_nextn_predict_layers = 0",
                source);
   FRUGAL_CHECK(o.prompt + o.new_tokens + 1 <= cfg.max_position_embeddings,
-               "--prompt {} + --new {} exceed max_position_embeddings {}", o.prompt, o.new_tokens,
-               cfg.max_position_embeddings);
-  std::printf("%s on %s: weights %s on the device, loaded in %.1f s\n", source.c_str(),
-              model->describe().c_str(), format_bytes(static_cast<int64_t>(model->weight_bytes())).c_str(),
-              load_s);
-
+               "--prompt {} + --new {} + 1 exceed max_position_embeddings {}", o.prompt,
+               o.new_tokens, cfg.max_position_embeddings);
   std::unique_ptr<std::ofstream> json;
   if (!o.json_path.empty()) {
     json = std::make_unique<std::ofstream>(o.json_path);
     FRUGAL_CHECK(json->good(), "cannot write {}", o.json_path);
   }
+
+  cuda::DeviceContext ctx(0);
+  infer::GpuInferenceOptions model_options;
+  model_options.weights = o.weights;
+  std::unique_ptr<infer::GpuInferenceModel> model;
+  const auto load_start = std::chrono::steady_clock::now();
+  if (o.checkpoint.empty()) {
+    model = std::make_unique<infer::GpuInferenceModel>(
+        ctx, cfg, infer::random_weights(o.seed, 0.006), model_options);
+  } else {
+    Transformer<float> host(cfg);  // freed once the device copy is built
+    load_checkpoint_model(checkpoint_dir, host);
+    model = std::make_unique<infer::GpuInferenceModel>(ctx, cfg, infer::weights_of(host),
+                                                       model_options);
+  }
+  ctx.synchronize();
+  const double load_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+  std::printf("%s on %s: weights %s on the device, loaded in %.1f s\n", source.c_str(),
+              model->describe().c_str(),
+              format_bytes(static_cast<int64_t>(model->weight_bytes())).c_str(), load_s);
+
   struct Row {
     RunResult result;
     std::optional<RunResult> plain;  // the matching plain run, for speculative rows

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -121,11 +122,12 @@ int cmd_generate(const std::vector<std::string>& argv) {
     suppressed.push_back(ByteTokenizer::kPad);
   }
 
-  // The host model, then the model the engine runs (the GPU copy is independent of the host
-  // one once built, but both are kept until the end: the engine goes first).
-  Transformer<float> model(saved.model);
-  load_checkpoint_model(dir, model);
-  const GenerationBackend backend(model, device, weights);
+  // The host model, then the model the engine runs: on the CPU the reference reads the host
+  // model (kept to the end); a GPU copy is independent of it, so the host model is freed.
+  auto model = std::make_unique<Transformer<float>>(saved.model);
+  load_checkpoint_model(dir, *model);
+  const GenerationBackend backend(*model, device, weights);
+  if (device != "cpu") model.reset();
   const std::string prompt = args.option("prompt");
   // Training windows start anywhere in the corpus, where documents follow the end-of-document
   // token, so a frugal generation opens with it; imported Hugging Face models open with BOS.

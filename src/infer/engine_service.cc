@@ -49,6 +49,7 @@ void check_generation_device(const std::string& device, const std::string& weigh
 struct GenerationBackend::Impl {
   std::unique_ptr<infer::InferenceModel> cpu;
 #ifdef FRUGAL_HAVE_CUDA
+  ModelConfig config;  // the GPU model's, independent of the host model's lifetime
   // Declared before the model, destroyed after it.
   std::unique_ptr<cuda::DeviceContext> context;
   std::unique_ptr<infer::GpuInferenceModel> gpu;
@@ -67,8 +68,9 @@ GenerationBackend::GenerationBackend(const Transformer<float>& model, const std:
   infer::GpuInferenceOptions options;
   options.weights = weights.empty() ? infer::DecodeWeights::Bf16
                                     : infer::parse_decode_weights(weights);
+  impl_->config = model.config();
   impl_->context = std::make_unique<cuda::DeviceContext>(0);
-  impl_->gpu = std::make_unique<infer::GpuInferenceModel>(*impl_->context, model.config(),
+  impl_->gpu = std::make_unique<infer::GpuInferenceModel>(*impl_->context, impl_->config,
                                                           infer::weights_of(model), options);
 #endif
 }
