@@ -1,8 +1,8 @@
 // frugal serve CHECKPOINT [options]: the OpenAI-compatible HTTP API (infer/server/http_server.h)
 // over a checkpoint (infer/engine_service.h: the batching inference engine, --speculative for MTP
-// drafting; --device cuda runs it on GPU 0, --weights bf16|fp8). Prints one line "frugal serve: ... listening on http://HOST:PORT" on standard output
-// once it accepts connections; SIGINT or SIGTERM stops it (running generations are cancelled) and
-// it exits 0.
+// drafting; --device cuda runs it on GPU 0, --weights bf16|fp8). Prints one line
+// "frugal serve: ... listening on http://HOST:PORT" on standard output once it accepts
+// connections; SIGINT or SIGTERM stops it (running generations are cancelled) and it exits 0.
 #include <pthread.h>
 #include <signal.h>
 
