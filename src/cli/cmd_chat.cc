@@ -2,8 +2,9 @@
 // [--generate.key=value ...]: a conversation in the terminal. Each line read from standard input
 // is a user message; the reply streams to standard output as it is sampled, followed by a newline.
 // The conversation is kept (in the model's chat format, infer/engine_service.h); when it outgrows
-// the model's context the oldest turns are dropped. Commands: /reset forgets the conversation (the system message stays), /quit (or end
-// of input) exits. Ctrl-C cuts a reply short; at the prompt it exits.
+// the model's context the oldest turns are dropped. Commands: /reset forgets the conversation
+// (the system message stays), /quit (or end of input) exits. Ctrl-C cuts a reply short; at the
+// prompt it exits.
 // Standard output carries only the replies, so a pipe gets exactly "reply\n" per message;
 // prompts and notices go to standard error, and only when standard input is a terminal.
 #include <signal.h>
