@@ -1,9 +1,10 @@
-// frugal chat CHECKPOINT [--system TEXT] [--generate.key=value ...]: a conversation in the
-// terminal. Each line read from standard input is a user message; the reply streams to standard
-// output as it is sampled, followed by a newline. The conversation is kept (in the model's chat
-// format, infer/engine_service.h); when it outgrows the model's context the oldest turns are
-// dropped. Commands: /reset forgets the conversation (the system message stays), /quit (or end
-// of input) exits. Ctrl-C cuts a reply short; at the prompt it exits.
+// frugal chat CHECKPOINT [--system TEXT] [--device cpu|cuda] [--weights bf16|fp8]
+// [--generate.key=value ...]: a conversation in the terminal. Each line read from standard input
+// is a user message; the reply streams to standard output as it is sampled, followed by a newline.
+// The conversation is kept (in the model's chat format, infer/engine_service.h); when it outgrows
+// the model's context the oldest turns are dropped. Commands: /reset forgets the conversation
+// (the system message stays), /quit (or end of input) exits. Ctrl-C cuts a reply short; at the
+// prompt it exits.
 // Standard output carries only the replies, so a pipe gets exactly "reply\n" per message;
 // prompts and notices go to standard error, and only when standard input is a terminal.
 #include <signal.h>
@@ -25,7 +26,8 @@ namespace frugal {
 namespace {
 
 constexpr const char* kHelp =
-    "usage: frugal chat CHECKPOINT_OR_RUN_DIR [--system TEXT] [--generate.key=value ...]\n"
+    "usage: frugal chat CHECKPOINT_OR_RUN_DIR [--system TEXT] [--device cpu|cuda]\n"
+    "                   [--weights bf16|fp8] [--generate.key=value ...]\n"
     "\n"
     "Chats with a checkpoint in the terminal: type a message and press Enter; the reply\n"
     "streams back. The conversation is kept until /reset; /quit or end of input exits.\n"
@@ -33,6 +35,9 @@ constexpr const char* kHelp =
     "\n"
     "  --system TEXT                  a system message that opens the conversation\n"
     "  --threads N                    compute threads (default: all cores)\n"
+    "  --device cpu|cuda              where the model runs (default cpu; cuda: GPU 0, needs a\n"
+    "                                 build with CUDA)\n"
+    "  --weights bf16|fp8             GPU weight format (default bf16; fp8: block-scaled FP8)\n"
     "  --generate.max_new_tokens=N    longest reply in tokens (default from the checkpoint)\n"
     "  --generate.temperature=T       0 = greedy\n"
     "  --generate.top_k=K             0 = off\n"
@@ -45,7 +50,7 @@ void on_interrupt(int) { interrupted = true; }
 }  // namespace
 
 int cmd_chat(const std::vector<std::string>& argv) {
-  ParsedArgs args = parse_args(argv, {"system", "threads"}, {"help"});
+  ParsedArgs args = parse_args(argv, {"system", "threads", "device", "weights"}, {"help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
     return 0;
@@ -53,6 +58,9 @@ int cmd_chat(const std::vector<std::string>& argv) {
   FRUGAL_CHECK(args.positional.size() == 1, "chat takes one checkpoint or run directory");
   for (const std::string& o : args.overrides)
     FRUGAL_CHECK(o.rfind("generate.", 0) == 0, "chat accepts only --generate.* settings, got --{}", o);
+  const std::string device = args.option("device", "cpu");
+  const std::string weights = args.option("weights");
+  check_generation_device(device, weights);
   const std::string dir = resolve_checkpoint(args.positional[0]);
   const Config saved = load_config(dir + "/frugal.toml", args.overrides);
   const GenerateConfig& settings = saved.generate;
@@ -66,6 +74,8 @@ int cmd_chat(const std::vector<std::string>& argv) {
   EngineServiceOptions service_options;
   service_options.threads = threads;
   service_options.max_batch = 1;  // one conversation
+  service_options.device = device;
+  service_options.weights = weights;
   std::unique_ptr<EngineService> service = EngineService::load(dir, "", service_options);
 
   const bool interactive = isatty(STDIN_FILENO) != 0;

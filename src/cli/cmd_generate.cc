@@ -1,15 +1,19 @@
-// frugal generate CHECKPOINT [--prompt TEXT] [--speculative] [--stats] [--generate.key=value ...]
+// frugal generate CHECKPOINT [--prompt TEXT] [--speculative] [--stats] [--device cpu|cuda]
+//                 [--weights bf16|fp8] [--generate.key=value ...]
 // Loads the checkpoint's frugal.toml (with the --generate.* overrides, validated) and weights,
 // then generates with the inference engine (infer/engine.h: absorbed MLA over a latent KV cache;
 // with --speculative, MTP drafts verified by the main model) after a document-start token +
 // prompt, until max_new_tokens or the end-of-document token, in a context window of
 // train.seq_len tokens (shifted by half when full). Only ordinary tokens and the end-of-document
-// token are candidates. The output is the same with and without --speculative.
+// token are candidates. The output is the same with and without --speculative. With --device
+// cuda the engine runs a GPU model loaded from the checkpoint (GenerationBackend,
+// infer/engine_service.h) in BF16 or FP8 weights: the same algorithm, BF16/FP8 rounding.
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -19,6 +23,7 @@
 #include "data/byte_tokenizer.h"
 #include "data/tokenizer/tokenizer.h"
 #include "infer/engine.h"
+#include "infer/engine_service.h"
 #include "infer/sampler.h"
 #include "io/config_io.h"
 #include "train/checkpoint.h"
@@ -28,7 +33,7 @@ namespace {
 
 constexpr const char* kHelp =
     "usage: frugal generate CHECKPOINT_OR_RUN_DIR [--prompt TEXT] [--speculative] [--stats]\n"
-    "                       [--generate.key=value ...]\n"
+    "                       [--device cpu|cuda] [--weights bf16|fp8] [--generate.key=value ...]\n"
     "\n"
     "Samples a continuation of the prompt from a checkpoint written by frugal train (or\n"
     "imported by frugal convert) and streams it to standard output (the prompt, then the\n"
@@ -41,6 +46,10 @@ constexpr const char* kHelp =
     "  --speculative                  draft tokens with the model's MTP module and verify them\n"
     "                                 in the main model's pass (same output, fewer passes)\n"
     "  --stats                        print tokens/s and draft acceptance to standard error\n"
+    "  --device cpu|cuda              where the model runs (default cpu; cuda: GPU 0, needs a\n"
+    "                                 build with CUDA)\n"
+    "  --weights bf16|fp8             GPU weight format (default bf16; fp8: block-scaled FP8\n"
+    "                                 matrices, faster, slightly different numbers)\n"
     "  --generate.max_new_tokens=N    tokens to sample (default from the checkpoint's config)\n"
     "  --generate.temperature=T       0 = greedy\n"
     "  --generate.top_k=K             0 = off\n"
@@ -68,7 +77,8 @@ bool starts_with_bos(const std::string& dir) {
 }  // namespace
 
 int cmd_generate(const std::vector<std::string>& argv) {
-  ParsedArgs args = parse_args(argv, {"prompt"}, {"help", "speculative", "stats"});
+  ParsedArgs args =
+      parse_args(argv, {"prompt", "device", "weights"}, {"help", "speculative", "stats"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
     return 0;
@@ -76,6 +86,10 @@ int cmd_generate(const std::vector<std::string>& argv) {
   FRUGAL_CHECK(args.positional.size() == 1, "generate takes one checkpoint or run directory");
   for (const std::string& o : args.overrides)
     FRUGAL_CHECK(o.rfind("generate.", 0) == 0, "generate accepts only --generate.* settings, got --{}", o);
+
+  const std::string device = args.option("device", "cpu");
+  const std::string weights = args.option("weights");
+  check_generation_device(device, weights);
 
   const std::string dir = resolve_checkpoint(args.positional[0]);
   // The checkpoint's resolved config with the --generate.* overrides applied (and validated).
@@ -108,8 +122,12 @@ int cmd_generate(const std::vector<std::string>& argv) {
     suppressed.push_back(ByteTokenizer::kPad);
   }
 
-  Transformer<float> model(saved.model);
-  load_checkpoint_model(dir, model);
+  // The host model, then the model the engine runs: on the CPU the reference reads the host
+  // model (kept to the end); a GPU copy is independent of it, so the host model is freed.
+  auto model = std::make_unique<Transformer<float>>(saved.model);
+  load_checkpoint_model(dir, *model);
+  const GenerationBackend backend(*model, device, weights);
+  if (device != "cpu") model.reset();
   const std::string prompt = args.option("prompt");
   // Training windows start anywhere in the corpus, where documents follow the end-of-document
   // token, so a frugal generation opens with it; imported Hugging Face models open with BOS.
@@ -148,7 +166,7 @@ int cmd_generate(const std::vector<std::string>& argv) {
     generated.push_back(token);
     flush_text(false);
   };
-  infer::Engine engine(model, options);
+  infer::Engine engine(backend.model(), options);
   infer::Request request;
   request.sampling = sampling_params(saved.generate);
   request.seed = saved.generate.seed;
@@ -177,10 +195,11 @@ int cmd_generate(const std::vector<std::string>& argv) {
   std::fputs("\n", stdout);
   if (args.has("stats")) {
     const infer::EngineStats& s = engine.stats();
-    std::fprintf(stderr, "generated %lld tokens in %.3f s (%.1f tokens/s), %lld main-model passes",
+    std::fprintf(stderr,
+                 "generated %lld tokens in %.3f s (%.1f tokens/s), %lld main-model passes on %s",
                  static_cast<long long>(s.generated), seconds,
                  seconds > 0 ? static_cast<double>(s.generated) / seconds : 0.0,
-                 static_cast<long long>(s.steps));
+                 static_cast<long long>(s.steps), backend.describe().c_str());
     if (options.speculative)
       std::fprintf(stderr, "; MTP drafts %lld, accepted %lld (%.1f%%)",
                    static_cast<long long>(s.drafted), static_cast<long long>(s.accepted),

@@ -1,8 +1,8 @@
 // frugal serve CHECKPOINT [options]: the OpenAI-compatible HTTP API (infer/server/http_server.h)
 // over a checkpoint (infer/engine_service.h: the batching inference engine, --speculative for MTP
-// drafting). Prints one line "frugal serve: ... listening on http://HOST:PORT" on standard output
-// once it accepts connections; SIGINT or SIGTERM stops it (running generations are cancelled) and
-// it exits 0.
+// drafting; --device cuda runs it on GPU 0, --weights bf16|fp8). Prints one line
+// "frugal serve: ... listening on http://HOST:PORT" on standard output once it accepts
+// connections; SIGINT or SIGTERM stops it (running generations are cancelled) and it exits 0.
 #include <pthread.h>
 #include <signal.h>
 
@@ -47,6 +47,9 @@ constexpr const char* kHelp =
     "  --read-timeout S        per socket read (default 10)\n"
     "  --write-timeout S       per socket write; slower readers are dropped (default 10)\n"
     "  --threads N             compute threads (default: all cores)\n"
+    "  --device cpu|cuda       where the model runs (default cpu; cuda: GPU 0, needs a build\n"
+    "                          with CUDA)\n"
+    "  --weights bf16|fp8      GPU weight format (default bf16; fp8: block-scaled FP8 matrices)\n"
     "  --speculative           draft tokens with the model's MTP module and verify them in\n"
     "                          the main model's pass (same output, fewer passes)\n"
     "  --log-requests          one line per request on standard error\n";
@@ -91,7 +94,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
       argv,
       {"host", "port", "api-key", "model-name", "max-concurrent", "max-queue", "queue-timeout",
        "max-body-bytes", "max-prompt-tokens", "max-tokens", "request-timeout", "read-timeout",
-       "write-timeout", "threads"},
+       "write-timeout", "threads", "device", "weights"},
       {"help", "log-requests", "speculative"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
@@ -136,6 +139,9 @@ int cmd_serve(const std::vector<std::string>& argv) {
   service_options.threads = threads;
   service_options.max_batch = options.max_concurrent;
   service_options.speculative = args.has("speculative");
+  service_options.device = args.option("device", "cpu");
+  service_options.weights = args.option("weights");
+  check_generation_device(service_options.device, service_options.weights);
   std::unique_ptr<EngineService> service =
       EngineService::load(args.positional[0], args.option("model-name"), service_options);
   options.limits.max_prompt_tokens =
@@ -156,9 +162,9 @@ int cmd_serve(const std::vector<std::string>& argv) {
     signalled = true;
     server.stop();
   });
-  std::printf("frugal serve: model %s (context %lld tokens) listening on http://%s:%d\n",
+  std::printf("frugal serve: model %s (context %lld tokens, %s) listening on http://%s:%d\n",
               service->model_name().c_str(), static_cast<long long>(service->context_length()),
-              options.host.c_str(), port);
+              service->device_description().c_str(), options.host.c_str(), port);
   std::fflush(stdout);
   server.run();
   if (!signalled) pthread_kill(signal_thread.native_handle(), SIGTERM);  // wake it to exit

@@ -11,8 +11,13 @@
 
 #include "data/byte_tokenizer.h"
 #include "data/tokenizer/utf8.h"
+#include "infer/inference_model.h"
 #include "infer/text_stream.h"
 #include "train/checkpoint.h"
+#ifdef FRUGAL_HAVE_CUDA
+#include "core/device_context.h"
+#include "infer/gpu/gpu_inference_model.h"
+#endif
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -25,6 +30,61 @@ constexpr const char* kPlainAssistant = "Assistant:";
 constexpr const char* kTurnSeparator = "\n\n";
 
 }  // namespace
+
+void check_generation_device(const std::string& device, const std::string& weights) {
+  if (device == "cpu") {
+    FRUGAL_CHECK(weights.empty(), "--weights {} applies to --device cuda only (the CPU runs fp32)",
+                 weights);
+    return;
+  }
+  FRUGAL_CHECK(device == "cuda", "--device '{}': expected cpu or cuda", device);
+#ifdef FRUGAL_HAVE_CUDA
+  if (!weights.empty()) infer::parse_decode_weights(weights);  // throws naming the value
+#else
+  fail("--device cuda: this frugal was built without CUDA; rebuild with the CUDA toolkit "
+       "(cmake -DFRUGAL_CUDA=ON) or use --device cpu");
+#endif
+}
+
+struct GenerationBackend::Impl {
+  std::unique_ptr<infer::InferenceModel> cpu;
+#ifdef FRUGAL_HAVE_CUDA
+  ModelConfig config;  // the GPU model's, independent of the host model's lifetime
+  // Declared before the model, destroyed after it.
+  std::unique_ptr<cuda::DeviceContext> context;
+  std::unique_ptr<infer::GpuInferenceModel> gpu;
+#endif
+};
+
+GenerationBackend::GenerationBackend(const Transformer<float>& model, const std::string& device,
+                                     const std::string& weights)
+    : impl_(std::make_unique<Impl>()) {
+  check_generation_device(device, weights);
+  if (device == "cpu") {
+    impl_->cpu = std::make_unique<infer::InferenceModel>(model);
+    return;
+  }
+#ifdef FRUGAL_HAVE_CUDA
+  infer::GpuInferenceOptions options;
+  options.weights = weights.empty() ? infer::DecodeWeights::Bf16
+                                    : infer::parse_decode_weights(weights);
+  impl_->config = model.config();
+  impl_->context = std::make_unique<cuda::DeviceContext>(0);
+  impl_->gpu = std::make_unique<infer::GpuInferenceModel>(*impl_->context, impl_->config,
+                                                          infer::weights_of(model), options);
+#endif
+}
+
+GenerationBackend::~GenerationBackend() = default;
+
+const infer::GenerationModel& GenerationBackend::model() const {
+#ifdef FRUGAL_HAVE_CUDA
+  if (impl_->gpu) return *impl_->gpu;
+#endif
+  return *impl_->cpu;
+}
+
+std::string GenerationBackend::describe() const { return model().describe(); }
 
 // One generate() call. The engine thread owns the fields marked so; the rest are under mutex_.
 struct EngineService::Job {
@@ -46,6 +106,7 @@ struct EngineService::Job {
 std::unique_ptr<EngineService> EngineService::load(const std::string& path,
                                                    const std::string& model_name,
                                                    EngineServiceOptions options) {
+  check_generation_device(options.device, options.weights);  // before a long load
   const std::string dir = resolve_checkpoint(path);
   const Config config = load_checkpoint_config(dir);
   std::optional<Tokenizer> tokenizer;
@@ -115,7 +176,8 @@ EngineService::EngineService(std::unique_ptr<Transformer<float>> model,
   engine_options.max_context = window_;
   engine_options.speculative = options_.speculative;
   engine_options.on_token = [this](int64_t id, int32_t token) { step_tokens_.emplace_back(id, token); };
-  engine_ = std::make_unique<infer::Engine>(*model_, std::move(engine_options));
+  backend_ = std::make_unique<GenerationBackend>(*model_, options_.device, options_.weights);
+  engine_ = std::make_unique<infer::Engine>(backend_->model(), std::move(engine_options));
   engine_thread_ = std::thread([this] { engine_thread_main(); });
 }
 

@@ -1,6 +1,7 @@
-// EngineService: a GenerationService over a frugal checkpoint on the CPU, generating with the
-// inference engine (infer/engine.h: paged latent KV cache, absorbed MLA, continuous batching,
-// optionally MTP speculative decoding), as `frugal generate` does.
+// EngineService: a GenerationService over a frugal checkpoint, generating with the inference
+// engine (infer/engine.h: paged latent KV cache, absorbed MLA, continuous batching, optionally MTP
+// speculative decoding), as `frugal generate` does, on the CPU or (options.device "cuda") on GPU 0
+// (GenerationBackend below).
 //
 // Threads: one engine thread owns the Engine. generate() (any thread) queues its request under a
 // mutex and waits; the engine thread submits queued requests, calls engine.step() while any are
@@ -42,21 +43,56 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <thread>
 #include <unordered_map>
 
 #include "data/tokenizer/tokenizer.h"
 #include "infer/engine.h"
+#include "infer/generation_model.h"
 #include "infer/generation_service.h"
 #include "model/transformer.h"
 
 namespace frugal {
+
+// Checks a device / weights pair as GenerationBackend takes it, before anything is loaded:
+// device "cpu" or "cuda" ("cuda" only in a CUDA build), weights "" or, on "cuda", "bf16" / "fp8".
+// Throws frugal::Error naming the value.
+void check_generation_device(const std::string& device, const std::string& weights);
+
+// The model a generation runs on, built from a loaded checkpoint model:
+//   device "cpu":  the CPU reference (infer::InferenceModel) over `model`, which must outlive the
+//                  backend;
+//   device "cuda": a cuda::DeviceContext on GPU 0 and an infer::GpuInferenceModel loaded from
+//                  `model` (weights "bf16", the default, or "fp8"); the backend owns both, and
+//                  `model` is no longer read once the constructor returns.
+// Engines built over model() must be destroyed before the backend (their caches live in the
+// device context's memory). The GPU model is used by one thread at a time; any thread may use
+// it (GPU 0 is every thread's default device).
+class GenerationBackend {
+ public:
+  GenerationBackend(const Transformer<float>& model, const std::string& device = "cpu",
+                    const std::string& weights = "");
+  ~GenerationBackend();
+  GenerationBackend(const GenerationBackend&) = delete;
+  GenerationBackend& operator=(const GenerationBackend&) = delete;
+
+  const infer::GenerationModel& model() const;
+  // "cpu", or the GPU model's description (device, weight format).
+  std::string describe() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 struct EngineServiceOptions {
   int threads = 0;           // compute threads of the engine thread (0 = OpenMP's default)
   int64_t max_batch = 8;     // requests decoded together; more wait in the engine's queue
   int64_t cache_tokens = 0;  // KV cache positions (0: max_batch full contexts)
   bool speculative = false;  // MTP drafts verified by the main model (needs an MTP module)
+  std::string device = "cpu";  // "cpu" or "cuda" (GenerationBackend)
+  std::string weights{};       // on "cuda": "bf16" (default) or "fp8"
 };
 
 class EngineService : public GenerationService {
@@ -92,6 +128,8 @@ class EngineService : public GenerationService {
   // in the streamed text). Validates like generate().
   infer::Request engine_request(const GenerationRequest& request) const;
   const Transformer<float>& model() const { return *model_; }
+  // Where the engine runs ("cpu", or the GPU model's description).
+  std::string device_description() const { return backend_->describe(); }
   // The engine's window (positions per sequence).
   int64_t window() const { return window_; }
   // Engine statistics so far and requests now in the engine (read under the service's lock).
@@ -106,6 +144,7 @@ class EngineService : public GenerationService {
   void cancel(const std::shared_ptr<Job>& job);
 
   std::unique_ptr<Transformer<float>> model_;
+  std::unique_ptr<GenerationBackend> backend_;  // over model_; outlives engine_
   std::optional<Tokenizer> tokenizer_;
   std::string model_name_;
   int64_t context_length_ = 0;
