@@ -69,8 +69,11 @@ WeightSource random_weights(uint64_t seed, double std) {
       std::fill(out.begin(), out.end(), 1.0f);
     } else {
       const RandomStream rng(seed, hash_name(name));
-      for (size_t i = 0; i < out.size(); ++i)
-        out[i] = static_cast<float>(std * rng.normal(static_cast<uint64_t>(i)));
+      const int64_t count = static_cast<int64_t>(out.size());
+      // Counter-based: element i depends only on (seed, name, i), so threads change nothing.
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < count; ++i)
+        out[static_cast<size_t>(i)] = static_cast<float>(std * rng.normal(static_cast<uint64_t>(i)));
     }
   };
 }
