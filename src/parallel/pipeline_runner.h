@@ -53,9 +53,18 @@ class PipelineRunner {
 
   // tokens, targets: [micro_batches, micro_batch_sequences, seq], the same on every rank.
   // Returns each micro-batch's Losses (bitwise what Transformer<T>::forward reports), on every rank.
+  // loss_scale: each micro-batch's loss weight in the gradients; < 0 means 1 / micro_batches (a
+  // data-parallel replica of the pipeline passes 1 / the micro-batches of all replicas).
   std::vector<Losses> step(const int32_t* tokens, const int32_t* targets,
                            int64_t micro_batch_sequences, int64_t seq, const LossWeights& weights,
-                           bool training = true);
+                           bool training = true, double loss_scale = -1.0);
+
+  // Forward only (validation) of one batch: tokens, targets [batch, seq], the same on every rank.
+  // The stages run in order (stage s on the rank of micro-batch 0's stage s), each receiving its
+  // input from the previous one; the last stage's Losses (loss weights 0, no load counting) are
+  // summed over the ranks (one owner per entry, exact), so every rank returns bitwise
+  // Transformer<T>::forward's Losses. Collective over the pipeline ranks.
+  Losses evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq);
 
   // Aux-loss-free balancing (spec §2.2) of this rank's MoE layers, as Transformer::
   // update_balance_bias: each layer's bias moves by gamma against the load its stage counted (with
@@ -95,6 +104,9 @@ class PipelineRunner {
   PipelineStage<T>& stage(int index);
   int tag(int micro_batch, int stage, bool gradient) const;
   void sum_shared_gradients();
+  // Adds one stage's record (see step) into `rec`: [L + D balances, main, mtp, depths run, tokens].
+  void add_record(const PipelineStage<T>& st, const StageLosses& part, double* rec) const;
+  Losses finish_record(const double* rec, const LossWeights& weights) const;
 
   ModelConfig cfg_;
   pipeline::Schedule schedule_;
