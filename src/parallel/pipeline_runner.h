@@ -26,8 +26,10 @@
 // sit on different ranks (1F1B and ZB1P with MTP); on one rank they are one tensor already.
 //
 // Accumulation rule: parameter gradients accumulate (+=) over the step's micro-batches with loss
-// scale 1/micro_batches; call params().zero_grad() before each step (the shared-gradient sums add
-// whatever the copies hold).
+// scale 1/micro_batches (or the scale step() is given); call params().zero_grad() before each step
+// (the shared-gradient sums add whatever the copies hold).
+//
+// Validation: evaluate() runs one batch forward through the stages in stage order (no schedule).
 #pragma once
 
 #include <compare>
@@ -123,7 +125,9 @@ class PipelineRunner {
 // AdamW (train/adamw.h, same update rule and scalars) over the tensors of this rank of a pipeline:
 // the clipping norm is the whole model's (PipelineRunner::global_grad_norm). Every copy of a shared
 // tensor holds the summed gradient after step(), so the copies receive the same update and stay
-// equal. Call it on every rank (the norm is collective).
+// equal. Call it on every rank (the norm is collective). (The training engine uses ZeRO-1 over each
+// stage's data-parallel group instead: train/pipeline_engine.h; this is the optimizer of one
+// pipeline without data parallelism, the reference the runner tests train with.)
 template <class T>
 class PipelineAdamW {
  public:

@@ -39,8 +39,14 @@ pipeline::Schedule engine_schedule(const Config& config, const Mesh& mesh) {
                "(every replica of the pipeline plays the same schedule)",
                mesh.shape().pp, dp, micro_batches);
   const auto kind = pipeline::parse_schedule_kind(t.pp_schedule, "train.pp_schedule");
-  return pipeline::build_schedule(kind, pipeline::pipeline_stage_count(kind, mesh.shape().pp),
-                                  static_cast<int>(micro_batches / dp));
+  try {
+    return pipeline::build_schedule(kind, pipeline::pipeline_stage_count(kind, mesh.shape().pp),
+                                    static_cast<int>(micro_batches / dp));
+  } catch (const Error& e) {
+    fail("train.pp_schedule = \"{}\" with train.pp = {} and {} micro-batches per step over {} "
+         "data-parallel ranks ({} per pipeline; train.batch_sequences / train.micro_batch / dp): {}",
+         t.pp_schedule, mesh.shape().pp, micro_batches, dp, micro_batches / dp, e.what());
+  }
 }
 
 // "model.layers.3.mlp.experts.5.up_proj.weight" with expert index `e` instead of 5.

@@ -13,7 +13,8 @@
 //   ValidationIsTheSingleProcessForward (each schedule x ep): the engine's evaluate (a forward-only
 //     pass through the stages, each dp replica its own batch) returns bitwise the main, MTP and
 //     total losses of the single-process Transformer's forward of that batch.
-//   Refusals: a micro-batch count that does not split over dp is refused by name.
+//   Refusals: a micro-batch count that does not split over dp, and one that splits into too few
+//     per pipeline for DualPipe (accepted by the config check, which knows no dp), by name.
 #include <gtest/gtest.h>
 
 #include <tuple>
@@ -135,6 +136,13 @@ TEST(PipelineMeshConfig, RefusesMicroBatchesThatDoNotSplitOverDp) {
   Mesh mesh(*world, mesh_shape(world->size(), config.train, config.model));
   const std::string message = error_message([&] { make_step_engine(config, &mesh); });
   EXPECT_NE(message.find("train.batch_sequences"), std::string::npos) << message;
+  // DualPipe needs an even count >= 2 * pp per pipeline: 2 * dp micro-batches give 2 each.
+  std::vector<std::string> few = with_mesh(mesh_overrides("dualpipe", dp), 1);
+  few.push_back("train.batch_sequences=" + std::to_string(2 * dp));
+  const Config dualpipe = parallel_test_config(dir.path("y"), few);
+  const std::string refused = error_message([&] { make_step_engine(dualpipe, &mesh); });
+  EXPECT_NE(refused.find("train.pp_schedule = \"dualpipe\""), std::string::npos) << refused;
+  EXPECT_NE(refused.find("2 per pipeline"), std::string::npos) << refused;
   world->barrier();
 }
 

@@ -75,11 +75,12 @@ TEST(PipelineTrainResume, ResumedRunWritesTheSameCheckpoint) {
   const TrainSummary summary =
       train_run(resumed, &mesh, dir.path("full") + "/checkpoint-00000002");
   EXPECT_EQ(summary.steps_done, 1);
-  if (world->rank() == 0)
+  if (world->rank() == 0) {
     EXPECT_EQ(first_different_file(dir.path("full") + "/checkpoint-00000003",
                                    dir.path("resumed") + "/checkpoint-00000003",
                                    checkpoint_files()),
               "");
+  }
   world->barrier();
 }
 
