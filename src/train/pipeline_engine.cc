@@ -61,8 +61,8 @@ std::string with_expert_index(const std::string& name, int64_t e) {
 // The whole model's tensors as ZeRO-1 sees this rank of the pipeline: local = this rank's copy;
 // another EP rank's expert of a layer this rank holds is not local; the tensors of other stages
 // are `elsewhere`; `counted` is the runner's choice of the copy the norm counts.
-std::vector<GlobalParam> pipeline_layout(const Transformer<float>& whole, PipelineRunner<float>& runner,
-                                         const ExpertShard& held) {
+std::vector<GlobalParam> pipeline_layout(const Transformer<float>& whole,
+                                         PipelineRunner<float>& runner, const ExpertShard& held) {
   std::vector<GlobalParam> layout = global_param_layout(whole);
   for (GlobalParam& g : layout) {
     g.local = runner.params().find(g.name);
@@ -84,8 +84,7 @@ PipelineEngine::PipelineEngine(const Config& config, const Mesh& mesh)
   full_model_ = std::make_unique<Transformer<float>>(config.model);
   full_model_->init_weights(config.train.seed, config.train.init_std);
   full_optimizer_ = std::make_unique<AdamW<float>>(config.optim, full_model_->params());
-  ExpertShard held;
-  held.first = 0;
+  ExpertShard held;  // every expert, or this rank's EP slice
   if (mesh.shape().ep > 1)
     held = expert_shard(config.model.n_routed_experts, mesh.shape().ep, mesh.coords().ep_rank);
   runner_ = std::make_unique<PipelineRunner<float>>(config.model, std::move(schedule), mesh.pp(),
