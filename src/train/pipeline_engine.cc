@@ -44,7 +44,8 @@ pipeline::Schedule engine_schedule(const Config& config, const Mesh& mesh) {
                                     static_cast<int>(micro_batches / dp));
   } catch (const Error& e) {
     fail("train.pp_schedule = \"{}\" with train.pp = {} and {} micro-batches per step over {} "
-         "data-parallel ranks ({} per pipeline; train.batch_sequences / train.micro_batch / dp): {}",
+         "data-parallel ranks ({} per pipeline; train.batch_sequences / train.micro_batch / "
+         "dp): {}",
          t.pp_schedule, mesh.shape().pp, micro_batches, dp, micro_batches / dp, e.what());
   }
 }
