@@ -5,8 +5,9 @@
 //
 // Under an MPI launcher with several ranks (mpirun -np N, srun) every rank runs this: MPI starts,
 // the mesh comes from the world size and train.pp / train.ep (parallel/mesh.h), and the trainer
-// runs data (ZeRO-1) and expert parallelism on the CPU engine (train.device = "cuda" is refused
-// there: one GPU, one process); rank 0 prints, logs and writes checkpoints. An error
+// runs data (ZeRO-1) and expert parallelism on the CPU engine, or with train.pp > 1 the pipeline
+// engine over pp x dp (x ep) (train.device = "cuda" is refused there: one GPU, one process);
+// world rank 0 prints, logs and writes checkpoints. An error
 // on any rank prints "frugal: rank R: <message>" and ends every rank (MPI_Abort).
 #include <omp.h>
 
@@ -52,9 +53,10 @@ constexpr const char* kHelp =
     "expert parallelism inside it (each group of E ranks shares out the routed experts).\n"
     "The micro-batches of a step are dealt out to the ranks; the result is the single-process\n"
     "one, and the checkpoints are the files a single process writes (any N resumes them).\n"
-    "Pipeline: mpirun -np P frugal train CONFIG --train.pp=P [--train.pp_schedule=1f1b|zb1p|\n"
-    "dualpipe|dualpipev] splits the layers over P ranks (no data or expert parallelism with it;\n"
-    "train.eval_every must be 0).\n";
+    "Pipeline: mpirun -np N frugal train CONFIG --train.pp=P [--train.pp_schedule=1f1b|zb1p|\n"
+    "dualpipe|dualpipev] [--train.ep=E] splits the layers over P stages; the N/P ranks of a stage\n"
+    "are its data-parallel group (ZeRO-1, E > 1: expert parallelism inside it), each running the\n"
+    "schedule over its share of the step's micro-batches (a multiple of N/P; no batch ramp).\n";
 
 // Set by the first SIGINT/SIGTERM: the run stops after the current step and saves a checkpoint.
 // The handler then restores the default action, so a second Ctrl-C ends the process at once.

@@ -142,11 +142,12 @@ int PipelineRunner<T>::tag(int micro_batch, int stage, bool gradient) const {
 template <class T>
 std::vector<Losses> PipelineRunner<T>::step(const int32_t* tokens, const int32_t* targets,
                                             int64_t micro_batch_sequences, int64_t seq,
-                                            const LossWeights& weights, bool training) {
+                                            const LossWeights& weights, bool training,
+                                            double loss_scale) {
   using pipeline::Op;
   const int micro_batches = schedule_.micro_batches;
   const int64_t rows = micro_batch_sequences * seq, d = cfg_.hidden_size;
-  const double loss_scale = 1.0 / static_cast<double>(micro_batches);
+  if (loss_scale < 0) loss_scale = 1.0 / static_cast<double>(micro_batches);
   const CommType type = comm_type_of<T>();
 
   std::map<Key, typename PipelineStage<T>::Ctx> contexts;
@@ -174,17 +175,8 @@ std::vector<Losses> PipelineRunner<T>::step(const int32_t* tokens, const int32_t
     StageLosses part = st.forward(contexts[{w.micro_batch, w.stage}], input.data(), tokens + offset,
                                   targets + offset, micro_batch_sequences, seq, weights, training,
                                   output);
-    double* rec = records.data() + w.micro_batch * record;
-    for (int64_t i = 0; i < balance_entries; ++i)
-      if (part.layer_balance[i] != 0) rec[i] = part.layer_balance[i];
-    if (st.last()) {
-      rec[balance_entries] = part.main;
-      rec[balance_entries + 1] = part.mtp;
-      rec[balance_entries + 2] = part.mtp_depths_run;
-      rec[balance_entries + 3] = part.tokens;
-    } else {
-      activations[{w.micro_batch, w.stage}] = std::move(output);
-    }
+    add_record(st, part, records.data() + w.micro_batch * record);
+    if (!st.last()) activations[{w.micro_batch, w.stage}] = std::move(output);
   };
   auto backward_input = [&](const pipeline::Work& w) {
     PipelineStage<T>& st = stage(w.stage);
@@ -264,17 +256,67 @@ std::vector<Losses> PipelineRunner<T>::step(const int32_t* tokens, const int32_t
   // Every entry was set on exactly one rank (zeros elsewhere): the sum is exact.
   comm_.all_reduce_sum(records.data(), static_cast<int64_t>(records.size()), CommType::F64);
   std::vector<Losses> out;
-  for (int m = 0; m < micro_batches; ++m) {
-    const double* rec = records.data() + m * record;
-    StageLosses all;
-    all.layer_balance.assign(rec, rec + balance_entries);
-    all.main = rec[balance_entries];
-    all.mtp = rec[balance_entries + 1];
-    all.mtp_depths_run = rec[balance_entries + 2];
-    all.tokens = rec[balance_entries + 3];
-    out.push_back(finish_losses(all, weights, cfg_.num_nextn_predict_layers));
-  }
+  for (int m = 0; m < micro_batches; ++m)
+    out.push_back(finish_record(records.data() + m * record, weights));
   return out;
+}
+
+template <class T>
+void PipelineRunner<T>::add_record(const PipelineStage<T>& st, const StageLosses& part,
+                                   double* rec) const {
+  const int64_t balance_entries = cfg_.num_hidden_layers + cfg_.num_nextn_predict_layers;
+  for (int64_t i = 0; i < balance_entries; ++i)
+    if (part.layer_balance[i] != 0) rec[i] = part.layer_balance[i];
+  if (st.last()) {
+    rec[balance_entries] = part.main;
+    rec[balance_entries + 1] = part.mtp;
+    rec[balance_entries + 2] = part.mtp_depths_run;
+    rec[balance_entries + 3] = part.tokens;
+  }
+}
+
+template <class T>
+Losses PipelineRunner<T>::finish_record(const double* rec, const LossWeights& weights) const {
+  const int64_t balance_entries = cfg_.num_hidden_layers + cfg_.num_nextn_predict_layers;
+  StageLosses all;
+  all.layer_balance.assign(rec, rec + balance_entries);
+  all.main = rec[balance_entries];
+  all.mtp = rec[balance_entries + 1];
+  all.mtp_depths_run = rec[balance_entries + 2];
+  all.tokens = rec[balance_entries + 3];
+  return finish_losses(all, weights, cfg_.num_nextn_predict_layers);
+}
+
+template <class T>
+Losses PipelineRunner<T>::evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch,
+                                   int64_t seq) {
+  const int64_t n = batch * seq * cfg_.hidden_size;
+  const CommType type = comm_type_of<T>();
+  const int me = comm_.rank();
+  const LossWeights weights{0.0, 0.0};
+  std::vector<double> record(
+      static_cast<size_t>(cfg_.num_hidden_layers + cfg_.num_nextn_predict_layers + 4), 0.0);
+  std::vector<T> x;  // the running activation [batch * seq, hidden], on the rank of the stage
+  for (int s = 0; s < schedule_.stages; ++s) {
+    const int owner = schedule_.rank_of(0, s);
+    const int previous = s > 0 ? schedule_.rank_of(0, s - 1) : owner;
+    if (owner != me) {
+      if (previous == me) comm_.send(x.data(), n, type, owner, tag(0, s - 1, false));
+      continue;
+    }
+    if (previous != me) {
+      x.resize(static_cast<size_t>(n));
+      comm_.recv(x.data(), n, type, previous, tag(0, s - 1, false));
+    }
+    typename PipelineStage<T>::Ctx ctx;
+    std::vector<T> output;
+    PipelineStage<T>& st = stage(s);
+    add_record(st, st.forward(ctx, x.data(), tokens, targets, batch, seq, weights, false, output),
+               record.data());
+    x = std::move(output);
+  }
+  comm_.all_reduce_sum(record.data(), static_cast<int64_t>(record.size()), CommType::F64);
+  return finish_record(record.data(), weights);
 }
 
 template <class T>

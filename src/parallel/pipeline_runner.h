@@ -26,8 +26,10 @@
 // sit on different ranks (1F1B and ZB1P with MTP); on one rank they are one tensor already.
 //
 // Accumulation rule: parameter gradients accumulate (+=) over the step's micro-batches with loss
-// scale 1/micro_batches; call params().zero_grad() before each step (the shared-gradient sums add
-// whatever the copies hold).
+// scale 1/micro_batches (or the scale step() is given); call params().zero_grad() before each step
+// (the shared-gradient sums add whatever the copies hold).
+//
+// Validation: evaluate() runs one batch forward through the stages in stage order (no schedule).
 #pragma once
 
 #include <compare>
@@ -53,9 +55,18 @@ class PipelineRunner {
 
   // tokens, targets: [micro_batches, micro_batch_sequences, seq], the same on every rank.
   // Returns each micro-batch's Losses (bitwise what Transformer<T>::forward reports), on every rank.
+  // loss_scale: each micro-batch's loss weight in the gradients; < 0 means 1 / micro_batches (a
+  // data-parallel replica of the pipeline passes 1 / the micro-batches of all replicas).
   std::vector<Losses> step(const int32_t* tokens, const int32_t* targets,
                            int64_t micro_batch_sequences, int64_t seq, const LossWeights& weights,
-                           bool training = true);
+                           bool training = true, double loss_scale = -1.0);
+
+  // Forward only (validation) of one batch: tokens, targets [batch, seq], the same on every rank.
+  // The stages run in order (stage s on the rank of micro-batch 0's stage s), each receiving its
+  // input from the previous one; the last stage's Losses (loss weights 0, no load counting) are
+  // summed over the ranks (one owner per entry, exact), so every rank returns bitwise
+  // Transformer<T>::forward's Losses. Collective over the pipeline ranks.
+  Losses evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq);
 
   // Aux-loss-free balancing (spec §2.2) of this rank's MoE layers, as Transformer::
   // update_balance_bias: each layer's bias moves by gamma against the load its stage counted (with
@@ -95,6 +106,9 @@ class PipelineRunner {
   PipelineStage<T>& stage(int index);
   int tag(int micro_batch, int stage, bool gradient) const;
   void sum_shared_gradients();
+  // Adds one stage's record (see step) into `rec`: [L + D balances, main, mtp, depths run, tokens].
+  void add_record(const PipelineStage<T>& st, const StageLosses& part, double* rec) const;
+  Losses finish_record(const double* rec, const LossWeights& weights) const;
 
   ModelConfig cfg_;
   pipeline::Schedule schedule_;
@@ -111,7 +125,9 @@ class PipelineRunner {
 // AdamW (train/adamw.h, same update rule and scalars) over the tensors of this rank of a pipeline:
 // the clipping norm is the whole model's (PipelineRunner::global_grad_norm). Every copy of a shared
 // tensor holds the summed gradient after step(), so the copies receive the same update and stay
-// equal. Call it on every rank (the norm is collective).
+// equal. Call it on every rank (the norm is collective). (The training engine uses ZeRO-1 over each
+// stage's data-parallel group instead: train/pipeline_engine.h; this is the optimizer of one
+// pipeline without data parallelism, the reference the runner tests train with.)
 template <class T>
 class PipelineAdamW {
  public:

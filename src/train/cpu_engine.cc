@@ -60,8 +60,8 @@ CpuEngine::CpuEngine(const Config& config, const Mesh* mesh)
   model_.init_weights(config.train.seed, config.train.init_std);
   if (mesh_) {
     FRUGAL_CHECK(mesh_->shape().pp == 1,
-                 "train.pp = {}: pipeline parallelism is not run by this trainer (use train.pp = 1: "
-                 "data and expert parallelism)",
+                 "train.pp = {}: the CPU engine runs train.pp = 1 (data and expert parallelism); "
+                 "pipelines run on the pipeline engine (make_step_engine picks it)",
                  mesh_->shape().pp);
     FRUGAL_CHECK(mesh_->shape().ep == config.train.ep,
                  "the mesh has EP groups of {} but train.ep = {}", mesh_->shape().ep,

@@ -1,6 +1,6 @@
-// The pipeline training engine (see pipeline_engine.h): a PipelineRunner step per training step,
-// PipelineAdamW, and host copies of the whole model gathered by summing each tensor's counted copy
-// over the pipeline ranks.
+// The pipeline training engine (see pipeline_engine.h): a PipelineRunner step per training step
+// over this dp rank's micro-batches, ZeRO-1 over each stage's dp group, and host copies of the
+// whole model gathered by summing each tensor's counted copy over the pipeline ranks.
 #include "train/pipeline_engine.h"
 
 #include <omp.h>
@@ -26,22 +26,55 @@ int64_t moe_layer_index(const std::string& name) {
 
 pipeline::Schedule engine_schedule(const Config& config, const Mesh& mesh) {
   const TrainConfig& t = config.train;
-  FRUGAL_CHECK(mesh.shape().dp == 1 && mesh.shape().ep == 1 && t.ep == 1,
-               "train.pp = {} on {} ranks (dp {}, ep {}): pipeline parallelism runs with one rank "
-               "per stage only (launch exactly train.pp ranks, train.ep = 1); pipeline with data "
-               "or expert parallelism is not supported",
-               mesh.shape().pp, mesh.world().size(), mesh.shape().dp, t.ep);
-  FRUGAL_CHECK(t.eval_every == 0,
-               "train.eval_every = {}: validation is not run through the pipeline; set "
-               "train.eval_every = 0 with train.pp > 1",
-               t.eval_every);
+  FRUGAL_CHECK(mesh.shape().ep == t.ep, "the mesh has EP groups of {} but train.ep = {}",
+               mesh.shape().ep, t.ep);
   FRUGAL_CHECK(config.batch_ramp.ramp_tokens <= 0,
                "train.pp = {}: the pipeline runs a fixed number of micro-batches per step "
                "(batch_ramp.ramp_tokens must be 0)",
                mesh.shape().pp);
+  const int64_t micro_batches = t.batch_sequences / t.micro_batch, dp = mesh.shape().dp;
+  FRUGAL_CHECK(micro_batches % dp == 0,
+               "train.pp = {} with {} data-parallel ranks: the {} micro-batches of a step "
+               "(train.batch_sequences / train.micro_batch) must split evenly over the dp ranks "
+               "(every replica of the pipeline plays the same schedule)",
+               mesh.shape().pp, dp, micro_batches);
   const auto kind = pipeline::parse_schedule_kind(t.pp_schedule, "train.pp_schedule");
-  return pipeline::build_schedule(kind, pipeline::pipeline_stage_count(kind, mesh.shape().pp),
-                                  static_cast<int>(t.batch_sequences / t.micro_batch));
+  try {
+    return pipeline::build_schedule(kind, pipeline::pipeline_stage_count(kind, mesh.shape().pp),
+                                    static_cast<int>(micro_batches / dp));
+  } catch (const Error& e) {
+    fail("train.pp_schedule = \"{}\" with train.pp = {} and {} micro-batches per step over {} "
+         "data-parallel ranks ({} per pipeline; train.batch_sequences / train.micro_batch / "
+         "dp): {}",
+         t.pp_schedule, mesh.shape().pp, micro_batches, dp, micro_batches / dp, e.what());
+  }
+}
+
+// "model.layers.3.mlp.experts.5.up_proj.weight" with expert index `e` instead of 5.
+std::string with_expert_index(const std::string& name, int64_t e) {
+  const std::string key = ".experts.";
+  const size_t at = name.find(key);
+  FRUGAL_CHECK(at != std::string::npos, "{} is not a routed expert's tensor", name);
+  const size_t begin = at + key.size(), end = name.find('.', begin);
+  return name.substr(0, begin) + std::to_string(e) + name.substr(end);
+}
+
+// The whole model's tensors as ZeRO-1 sees this rank of the pipeline: local = this rank's copy;
+// another EP rank's expert of a layer this rank holds is not local; the tensors of other stages
+// are `elsewhere`; `counted` is the runner's choice of the copy the norm counts.
+std::vector<GlobalParam> pipeline_layout(const Transformer<float>& whole,
+                                         PipelineRunner<float>& runner, const ExpertShard& held) {
+  std::vector<GlobalParam> layout = global_param_layout(whole);
+  for (GlobalParam& g : layout) {
+    g.local = runner.params().find(g.name);
+    if (g.local == nullptr) {
+      const bool peer_expert =
+          g.expert >= 0 && runner.params().find(with_expert_index(g.name, held.first)) != nullptr;
+      g.elsewhere = !peer_expert;
+    }
+    g.counted = !g.elsewhere && runner.counts_in_norm(g.name);
+  }
+  return layout;
 }
 
 }  // namespace
@@ -52,8 +85,18 @@ PipelineEngine::PipelineEngine(const Config& config, const Mesh& mesh)
   full_model_ = std::make_unique<Transformer<float>>(config.model);
   full_model_->init_weights(config.train.seed, config.train.init_std);
   full_optimizer_ = std::make_unique<AdamW<float>>(config.optim, full_model_->params());
-  runner_ = std::make_unique<PipelineRunner<float>>(config.model, std::move(schedule), mesh.pp());
-  optimizer_ = std::make_unique<PipelineAdamW<float>>(config.optim, *runner_);
+  ExpertShard held;  // every expert, or this rank's EP slice
+  if (mesh.shape().ep > 1)
+    held = expert_shard(config.model.n_routed_experts, mesh.shape().ep, mesh.coords().ep_rank);
+  runner_ = std::make_unique<PipelineRunner<float>>(config.model, std::move(schedule), mesh.pp(),
+                                                    held);
+  if (mesh.shape().ep > 1) {
+    expert_parallel_ = std::make_unique<ExpertParallel<float>>(mesh.ep());
+    for (const auto& st : runner_->stages())
+      for (MoE<float>* moe : st->moe_layers()) expert_parallel_->attach(*moe);
+  }
+  layout_ = pipeline_layout(*full_model_, *runner_, held);
+  zero1_ = std::make_unique<Zero1Optimizer>(config.optim, layout_, mesh, mesh.world());
   upload_host_state();
   const double cores = std::max(1u, std::thread::hardware_concurrency());
   peak_flops_ = estimate_cpu_peak_flops() * std::min(1.0, omp_get_max_threads() / cores) *
@@ -67,9 +110,9 @@ std::unique_ptr<StepEngine> make_pipeline_engine(const Config& config, const Mes
 }
 
 std::string PipelineEngine::description() const {
-  return fmt::format("cpu, fp32, {} threads per rank, {} ranks: pipeline {} over {} stages, {} "
-                     "micro-batches per step",
-                     omp_get_max_threads(), mesh_.world().size(),
+  return fmt::format("cpu, fp32, {} threads per rank, {} ranks: {}; pipeline {} over {} stages, "
+                     "{} micro-batches per step per pipeline",
+                     omp_get_max_threads(), mesh_.world().size(), describe(mesh_.shape()),
                      pipeline::schedule_kind_name(runner_->schedule().kind),
                      runner_->schedule().stages, runner_->schedule().micro_batches);
 }
@@ -85,18 +128,41 @@ std::vector<Losses> PipelineEngine::forward_backward_step(const int32_t* tokens,
                                                           const int32_t* targets,
                                                           int64_t micro_batches, int64_t batch,
                                                           int64_t seq, const LossWeights& weights) {
-  FRUGAL_CHECK(micro_batches == runner_->schedule().micro_batches,
-               "the pipeline schedule was built for {} micro-batches per step, this step has {}",
-               runner_->schedule().micro_batches, micro_batches);
-  return runner_->step(tokens, targets, batch, seq, weights, /*training=*/true);
+  const int64_t dp = mesh_.shape().dp, mine = runner_->schedule().micro_batches;
+  FRUGAL_CHECK(micro_batches == mine * dp,
+               "the pipeline schedule was built for {} micro-batches per step ({} per dp rank), "
+               "this step has {}",
+               mine * dp, mine, micro_batches);
+  // This rank's micro-batches m = dp_rank + k * dp, contiguous: [mine, batch, seq].
+  const int64_t rows = batch * seq, rank = mesh_.coords().dp_rank;
+  std::vector<int32_t> my_tokens(static_cast<size_t>(mine * rows)), my_targets(my_tokens.size());
+  for (int64_t k = 0; k < mine; ++k) {
+    std::copy_n(tokens + (rank + k * dp) * rows, rows, my_tokens.begin() + k * rows);
+    std::copy_n(targets + (rank + k * dp) * rows, rows, my_targets.begin() + k * rows);
+  }
+  const std::vector<Losses> ran =
+      runner_->step(my_tokens.data(), my_targets.data(), batch, seq, weights, /*training=*/true,
+                    1.0 / static_cast<double>(micro_batches));
+  std::vector<Losses> out(static_cast<size_t>(micro_batches));
+  for (int64_t k = 0; k < mine; ++k) out[rank + k * dp] = ran[k];
+  return out;
 }
 
-Losses PipelineEngine::evaluate(const int32_t*, const int32_t*, int64_t, int64_t) {
-  fail("validation is not run through the pipeline (set train.eval_every = 0 with train.pp > 1)");
+Losses PipelineEngine::evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch,
+                                int64_t seq) {
+  return runner_->evaluate(tokens, targets, batch, seq);
 }
 
 OptimizerStepInfo PipelineEngine::optimizer_step(double lr) {
-  const auto info = optimizer_->step(lr);
+  // Every MoE layer's load counters become their sum over the dp group (rank order; integers).
+  for (const auto& st : runner_->stages())
+    for (MoE<float>* moe : st->moe_layers()) {
+      std::vector<int64_t> load = moe->expert_load();
+      mesh_.dp().all_reduce_sum(load.data(), static_cast<int64_t>(load.size()), CommType::I64);
+      moe->set_expert_load(load);
+    }
+  zero1_->reduce_gradients();
+  const auto info = zero1_->step(lr);
   return {info.grad_norm, info.skipped};
 }
 
@@ -137,26 +203,29 @@ std::vector<ExpertLoad> PipelineEngine::expert_load() {
 void PipelineEngine::update_balance_bias(double gamma) { runner_->update_balance_bias(gamma); }
 
 void PipelineEngine::gather_host_state() {
-  // One buffer: every tensor's values, then (trainable) its m and v, in the
-  // whole model's order; each rank writes the copies it counts and zeros elsewhere.
-  std::map<std::string, size_t> moment_index;  // name -> index in this rank's PipelineAdamW
-  size_t k = 0;
-  for (const auto& p : runner_->params().all())
-    if (p->trainable) moment_index[p->name] = k++;
+  // Each stage's shards and experts to its dp rank 0, into the host copies (its tensors only).
+  const bool root = mesh_.coords().dp_rank == 0;
+  zero1_->gather_full(root ? full_model_.get() : nullptr, root ? full_optimizer_.get() : nullptr);
+  if (!root) return;
+  // Then one buffer over the dp-rank-0 pipeline: every tensor's values, then (trainable) its m and
+  // v, in the whole model's order; each rank writes the tensors whose counted copy it holds and
+  // zeros elsewhere.
+  std::map<std::string, const AdamW<float>::ParamState*> states;
+  for (const auto& st : full_optimizer_->state()) states[st.name] = &st;
+  std::map<std::string, const GlobalParam*> mine;
+  for (const GlobalParam& g : layout_)
+    if (!g.elsewhere && runner_->counts_in_norm(g.name)) mine[g.name] = &g;
   std::vector<float> buffer;
   for (const auto& p : full_model_->params().all()) {
     const size_t n = p->value.size();
     const size_t at = buffer.size();
     buffer.resize(at + (p->trainable ? 3 * n : n), 0.0f);
-    Param<float>* mine = runner_->params().find(p->name);
-    if (mine == nullptr || !runner_->counts_in_norm(p->name)) continue;
-    std::copy(mine->value.begin(), mine->value.end(), buffer.begin() + at);
+    if (!mine.count(p->name)) continue;
+    std::copy(p->value.begin(), p->value.end(), buffer.begin() + at);
     if (p->trainable) {
-      const size_t i = moment_index.at(p->name);
-      const auto& m = optimizer_->first_moments()[i];
-      const auto& v = optimizer_->second_moments()[i];
-      std::copy(m.begin(), m.end(), buffer.begin() + at + n);
-      std::copy(v.begin(), v.end(), buffer.begin() + at + 2 * n);
+      const auto* state = states.at(p->name);
+      std::copy(state->m.begin(), state->m.end(), buffer.begin() + at + n);
+      std::copy(state->v.begin(), state->v.end(), buffer.begin() + at + 2 * n);
     }
   }
   mesh_.pp().all_reduce_sum(buffer.data(), static_cast<int64_t>(buffer.size()), CommType::F32);
@@ -172,7 +241,7 @@ void PipelineEngine::gather_host_state() {
       at += 2 * n;
     }
   }
-  full_optimizer_->set_step_count(optimizer_->step_count());
+  full_optimizer_->set_step_count(zero1_->step_count());
 }
 
 Transformer<float>& PipelineEngine::host_model() { return *full_model_; }
@@ -180,18 +249,9 @@ Transformer<float>& PipelineEngine::host_model() { return *full_model_; }
 AdamW<float>& PipelineEngine::host_optimizer() { return *full_optimizer_; }
 
 void PipelineEngine::upload_host_state() {
-  std::map<std::string, const AdamW<float>::ParamState*> states;
-  for (const auto& s : full_optimizer_->state()) states[s.name] = &s;
-  size_t k = 0;
-  for (const auto& p : runner_->params().all()) {
-    const Param<float>& source = full_model_->params().get(p->name);
-    p->value = source.value;
-    if (!p->trainable) continue;
-    optimizer_->first_moments()[k] = states.at(p->name)->m;
-    optimizer_->second_moments()[k] = states.at(p->name)->v;
-    ++k;
-  }
-  optimizer_->set_step_count(full_optimizer_->step_count());
+  for (const auto& p : runner_->params().all())
+    p->value = full_model_->params().get(p->name).value;
+  zero1_->load_state(*full_optimizer_);
 }
 
 StepEngine::CheckpointState PipelineEngine::checkpoint_state() {

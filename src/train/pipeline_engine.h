@@ -1,37 +1,57 @@
-// The pipeline training engine (train.pp > 1, train.device = "cpu", one rank per stage: dp = 1,
-// ep = 1): parallel/pipeline_runner.h's PipelineRunner<float> and PipelineAdamW<float> behind the
-// StepEngine interface. It runs a whole step at once (runs_whole_step): the trainer hands it the
-// step's micro-batches [micro_batches, batch, seq] and it plays the schedule train.pp_schedule
-// ("1f1b", "zb1p", "dualpipe", "dualpipev") over the mesh's pp communicator. The micro-batch count
-// is fixed when the engine is built (train.batch_sequences / train.micro_batch; no batch ramp).
+// The pipeline training engine (train.pp > 1, train.device = "cpu"): parallel/pipeline_runner.h's
+// PipelineRunner<float> behind the StepEngine interface, on a mesh pp x dp (parallel/mesh.h) with
+// optional expert parallelism inside dp. It runs a whole step at once (runs_whole_step): the
+// trainer hands every rank the step's micro-batches [micro_batches, batch, seq]; dp rank d keeps
+// micro-batches d, d + dp, ... (the CPU engine's deal) and plays the schedule train.pp_schedule
+// ("1f1b", "zb1p", "dualpipe", "dualpipev") over them on the mesh's pp communicator (the pipeline
+// of the stages' dp rank d). The micro-batch count is fixed when the engine is built
+// (train.batch_sequences / train.micro_batch, a multiple of dp; no batch ramp); the returned
+// Losses are the micro-batches this rank ran, zeros for the others (the trainer sums over dp).
+//
+// Expert parallelism (train.ep > 1): each stage's MoE layers hold the routed experts of this rank's
+// EP slice and exchange tokens with the EP group of the stage (ExpertParallel); the EP ranks of a
+// stage play the same step list, so their collectives meet in order.
+//
+// Optimizer: ZeRO-1 (train/zero1.h) over the stage's tensors: dense gradients reduce-scattered
+// over the stage's dp group, held experts' over expert_dp, after the runner summed the shared
+// gradients (DualPipe's two copies, the MTP stage's embedding copy). The layout numbers the whole
+// model's norm chunks; a chunk's sum of squares comes from its one owner of the counted copy and
+// the sums are all-reduced over the world, so the norm is bitwise the single process's norm of the
+// same gradients. optimizer_step first sums the stages' MoE load counters over dp (as CpuEngine).
 //
 // Every rank also holds the whole model as a single-process Transformer<float> and AdamW<float>
-// (the host copies; fp32, CPU): initialized from train.seed / train.init_std like CpuEngine, and
-// copied into the stages. They are brought up to date by gather_host_state() (collective: each
-// tensor is taken from the one rank whose copy global_grad_norm counts, others add zeros, and
-// summed over the ranks, so every rank's host copies hold the pipeline's state), which
-// checkpoint_state() calls (handing the state to rank 0 only, which writes the single-process
-// files); host_model() and host_optimizer() are not collective and return the host copies as of
-// the last gather, load or upload. upload_host_state() copies the host copies back into this
-// rank's stages (resume).
+// (the host copies; fp32, CPU, every expert): initialized from train.seed / train.init_std like
+// CpuEngine, and copied into the stages. gather_host_state() brings them up to date on the dp rank
+// 0 ranks (collective over the mesh: ZeRO-1 gathers each stage's shards and experts to its dp rank
+// 0, then each tensor is taken from the one stage whose copy the norm counts, others add zeros,
+// summed over the dp-rank-0 pipeline); checkpoint_state() calls it and hands the state to world
+// rank 0 only, which writes the single-process files. host_model() and host_optimizer() are not
+// collective and return the host copies as of the last gather, load or upload.
+// upload_host_state() copies the host copies into this rank's stages and ZeRO-1 shards (resume: the
+// default load_checkpoint reads any checkpoint into the host copies, then uploads).
 //
-// Validation (evaluate) is not run through the pipeline: train.eval_every must be 0 with pp > 1.
-// Gradient accumulation: the runner's (+= over micro-batches, loss scale 1/micro_batches), so the
-// step's gradients equal CpuEngine's up to float summation order.
+// Validation (evaluate): a forward-only pass of one batch through the stages (PipelineRunner::
+// evaluate), collective over the pp group (and the EP group with ep > 1); bitwise the single
+// process's losses.
+// Gradient accumulation: the runner's (+= over this rank's micro-batches, loss scale 1/(all
+// micro-batches)), then the rank-order sum over dp, so the step's gradients equal CpuEngine's up to
+// float summation order.
 #pragma once
 
 #include <memory>
 #include <vector>
 
+#include "parallel/expert_parallel.h"
 #include "parallel/mesh.h"
 #include "parallel/pipeline_runner.h"
 #include "train/step_engine.h"
+#include "train/zero1.h"
 
 namespace frugal {
 
 class PipelineEngine : public StepEngine {
  public:
-  // Collective over the mesh (every rank builds its engine). Checks dp = 1 and ep = 1.
+  // Collective over the mesh (every rank builds its engine). Checks the micro-batch count.
   PipelineEngine(const Config& config, const Mesh& mesh);
   ~PipelineEngine() override;
 
@@ -59,8 +79,9 @@ class PipelineEngine : public StepEngine {
   int64_t peak_memory_bytes() const override;
 
   const PipelineRunner<float>& runner() const { return *runner_; }
-  // Sums every rank's counted copy of the weights, routing biases and AdamW state into the host
-  // copies on every rank. Collective over the pipeline ranks.
+  const Zero1Optimizer& zero1() const { return *zero1_; }
+  // Gathers the weights, routing biases and AdamW state of every stage into the host copies of
+  // the dp rank 0 ranks (see above). Collective over the mesh.
   void gather_host_state();
 
  private:
@@ -69,7 +90,9 @@ class PipelineEngine : public StepEngine {
   std::unique_ptr<Transformer<float>> full_model_;
   std::unique_ptr<AdamW<float>> full_optimizer_;
   std::unique_ptr<PipelineRunner<float>> runner_;
-  std::unique_ptr<PipelineAdamW<float>> optimizer_;
+  std::unique_ptr<ExpertParallel<float>> expert_parallel_;  // ep > 1
+  std::unique_ptr<Zero1Optimizer> zero1_;
+  std::vector<GlobalParam> layout_;  // the whole model's tensors, as zero1_ sees them
   double peak_flops_ = 0;
 };
 

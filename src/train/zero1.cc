@@ -85,6 +85,7 @@ struct Zero1Optimizer::Group {
     int64_t length;
     int64_t flat;    // first element in the group's flat list
     int64_t global;  // index among the whole model's norm chunks
+    bool counted;    // the norm counts this copy
   };
   Communicator* comm = nullptr;
   std::vector<Chunk> chunks;
@@ -143,11 +144,18 @@ struct Zero1Optimizer::Group {
 
 Zero1Optimizer::Zero1Optimizer(const OptimConfig& config, Transformer<float>& model,
                                const Mesh& mesh, int64_t bucket_elements)
-    : config_(config), model_(model), mesh_(mesh) {
+    : Zero1Optimizer(config, global_param_layout(model), mesh, mesh.dp(), bucket_elements) {}
+
+Zero1Optimizer::Zero1Optimizer(const OptimConfig& config, std::vector<GlobalParam> layout,
+                               const Mesh& mesh, Communicator& norm_group,
+                               int64_t bucket_elements)
+    : config_(config), mesh_(mesh), norm_group_(norm_group), layout_(std::move(layout)) {
   FRUGAL_CHECK(bucket_elements >= 1, "ZeRO-1: bucket size {} must be >= 1", bucket_elements);
   AdamW<float> check_config(config, ParamStore<float>{});  // same option checks as AdamW
-  layout_ = global_param_layout(model);
   const bool expert_group = mesh.shape().ep > 1;
+  int64_t n_experts = 0;
+  for (const GlobalParam& g : layout_) n_experts = std::max(n_experts, g.expert + 1);
+  experts_per_rank_ = std::max<int64_t>(1, n_experts / mesh.shape().ep);
   auto dense = std::make_unique<Group>();
   dense->comm = &mesh.dp();
   auto experts = std::make_unique<Group>();
@@ -157,13 +165,13 @@ Zero1Optimizer::Zero1Optimizer(const OptimConfig& config, Transformer<float>& mo
     total_trainable_ += g.numel;
     const int64_t first_chunk = num_global_chunks_;
     num_global_chunks_ += (g.numel + kGradNormChunk - 1) / kGradNormChunk;
-    if (!g.local) continue;
+    if (!g.local) continue;  // another EP rank's expert, or another stage's tensor
     Group& group = expert_group && g.expert >= 0 ? *experts : *dense;
     group.params.push_back(g.local);
     group.param_flat.push_back(group.total);
     for (int64_t begin = 0, c = first_chunk; begin < g.numel; begin += kGradNormChunk, ++c) {
       const int64_t length = std::min(kGradNormChunk, g.numel - begin);
-      group.chunks.push_back({g.local, begin, length, group.total, c});
+      group.chunks.push_back({g.local, begin, length, group.total, c, g.counted});
       group.total += length;
     }
   }
@@ -286,10 +294,11 @@ Zero1Optimizer::StepInfo Zero1Optimizer::step(double lr) {
     const int me = g.me();
     for (size_t c = g.shard_chunk[me]; c < g.shard_chunk[me + 1]; ++c) {
       const Group::Chunk& k = g.chunks[c];
+      if (!k.counted) continue;  // a second copy: its twin's owner counts the chunk
       partial[k.global] = grad_sum_of_squares(g.grad.data() + (k.flat - g.shard_begin(me)), k.length);
     }
   }
-  mesh_.dp().all_reduce_sum(partial.data(), num_global_chunks_, CommType::F64);
+  norm_group_.all_reduce_sum(partial.data(), num_global_chunks_, CommType::F64);
   double total = 0.0;
   for (double s : partial) total += s;
   StepInfo info;
@@ -395,11 +404,10 @@ void Zero1Optimizer::gather_full(Transformer<float>* full_model, AdamW<float>* f
   for (size_t gi = 0; gi < groups_.size(); ++gi)
     for (size_t i = 0; i < groups_[gi]->params.size(); ++i)
       flat_of[groups_[gi]->params[i]->name] = {gi, groups_[gi]->param_flat[i]};
-  const auto moe_layers = model_.moe_layers();
-  const int64_t experts_per_rank =
-      experts_apart && !moe_layers.empty() ? moe_layers.front()->local_experts() : 1;
+  const int64_t experts_per_rank = experts_per_rank_;
   std::vector<int64_t> peer_offset(peer_values.size(), 0);
   for (const GlobalParam& gp : layout_) {
+    if (gp.elsewhere) continue;  // another pipeline stage gathers it
     Param<float>& target = full_model->params().get(gp.name);
     FRUGAL_CHECK(target.numel() == gp.numel, "ZeRO-1 gather_full: {} has {} elements here, {} in "
                  "the full model", gp.name, gp.numel, target.numel());
@@ -445,6 +453,41 @@ void Zero1Optimizer::load(const std::string& checkpoint_dir) {
   }
   FRUGAL_CHECK(steps >= 0, "{}: step_count = '{}' is not a non-negative integer", path, it->second);
 
+  fill_shards([&](const Param<float>& param, std::vector<float>& m, std::vector<float>& v) {
+    for (const std::string& name : {param.name + ".exp_avg", param.name + ".exp_avg_sq"}) {
+      FRUGAL_CHECK(file.contains(name), "{}: tensor {} is missing", path, name);
+      const TensorInfo& info = file.info(name);
+      FRUGAL_CHECK(info.dtype == DType::F32, "{}: tensor {} has dtype {}, expected F32", path,
+                   name, dtype_name(info.dtype));
+      FRUGAL_CHECK(static_cast<int64_t>(info.numel()) == param.numel(),
+                   "{}: tensor {} has {} elements, the parameter has {}", path, name,
+                   info.numel(), param.numel());
+    }
+    file.read_as(param.name + ".exp_avg", m);
+    file.read_as(param.name + ".exp_avg_sq", v);
+  });
+  step_count_ = steps;
+}
+
+void Zero1Optimizer::load_state(const AdamW<float>& full) {
+  std::unordered_map<std::string, const AdamW<float>::ParamState*> states;
+  for (const auto& s : full.state()) states[s.name] = &s;
+  fill_shards([&](const Param<float>& param, std::vector<float>& m, std::vector<float>& v) {
+    auto it = states.find(param.name);
+    FRUGAL_CHECK(it != states.end(), "ZeRO-1 load_state: the optimizer has no state for {}",
+                 param.name);
+    FRUGAL_CHECK(static_cast<int64_t>(it->second->m.size()) == param.numel(),
+                 "ZeRO-1 load_state: {} has {} moments, the parameter {} elements", param.name,
+                 it->second->m.size(), param.numel());
+    m = it->second->m;
+    v = it->second->v;
+  });
+  step_count_ = full.step_count();
+}
+
+void Zero1Optimizer::fill_shards(
+    const std::function<void(const Param<float>&, std::vector<float>&, std::vector<float>&)>&
+        read) {
   for (auto& group : groups_) {
     Group& g = *group;
     const int me = g.me();
@@ -453,17 +496,7 @@ void Zero1Optimizer::load(const std::string& checkpoint_dir) {
     for (size_t c = g.shard_chunk[me]; c < g.shard_chunk[me + 1]; ++c) {
       const Group::Chunk& k = g.chunks[c];
       if (k.param != loaded) {
-        for (const std::string& name : {k.param->name + ".exp_avg", k.param->name + ".exp_avg_sq"}) {
-          FRUGAL_CHECK(file.contains(name), "{}: tensor {} is missing", path, name);
-          const TensorInfo& info = file.info(name);
-          FRUGAL_CHECK(info.dtype == DType::F32, "{}: tensor {} has dtype {}, expected F32", path,
-                       name, dtype_name(info.dtype));
-          FRUGAL_CHECK(static_cast<int64_t>(info.numel()) == k.param->numel(),
-                       "{}: tensor {} has {} elements, the parameter has {}", path, name,
-                       info.numel(), k.param->numel());
-        }
-        file.read_as(k.param->name + ".exp_avg", m);
-        file.read_as(k.param->name + ".exp_avg_sq", v);
+        read(*k.param, m, v);
         loaded = k.param;
       }
       const int64_t at = k.flat - g.shard_begin(me);
@@ -471,7 +504,6 @@ void Zero1Optimizer::load(const std::string& checkpoint_dir) {
       std::copy_n(v.begin() + k.offset, k.length, g.v.begin() + at);
     }
   }
-  step_count_ = steps;
 }
 
 }  // namespace frugal

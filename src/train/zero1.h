@@ -27,10 +27,18 @@
 // Checkpoints: gather_full() assembles, on dp rank 0, a single-process model and AdamW holding
 // every parameter and moment (from the shards and the other EP ranks' experts), which
 // save_checkpoint writes: the files are the ones a single process writes. load() reads this rank's
-// shards from any checkpoint's optimizer.safetensors (written by any mesh).
+// shards from any checkpoint's optimizer.safetensors (written by any mesh), load_state() from a
+// single-process AdamW.
+//
+// Pipeline stages (train/pipeline_engine.h): the optimizer can also be built from an explicit
+// layout of the whole model in which the tensors of other stages are marked `elsewhere` (numbered
+// among the norm chunks, never held or gathered here) and a stage's second copies of a tensor
+// (DualPipe, the MTP stage's embedding) are marked not `counted`; the norm's chunk sums are then
+// all-reduced over a group spanning every stage (the world), where each chunk has one owner.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -51,6 +59,8 @@ struct GlobalParam {
   bool trainable = true;
   int64_t expert = -1;            // routed expert index, -1 for any other parameter
   Param<float>* local = nullptr;  // this rank's copy, null when another EP rank holds it
+  bool elsewhere = false;         // held by another pipeline stage (chunk numbering only)
+  bool counted = true;            // this rank's copy is the one the gradient norm counts
 };
 
 // The whole model's parameters in store order, from a model that may hold a slice of the experts.
@@ -64,6 +74,11 @@ class Zero1Optimizer {
   // Collective over the mesh's stage. The model holds the experts of this rank's EP slice.
   Zero1Optimizer(const OptimConfig& config, Transformer<float>& model, const Mesh& mesh,
                  int64_t bucket_elements = kDefaultBucketElements);
+  // A pipeline stage's optimizer: `layout` is the whole model's (global_param_layout of a whole
+  // model, with local pointing at this rank's tensors, elsewhere and counted set as above);
+  // `norm_group` sums the norm's chunk sums (the mesh's world). Collective over the stage.
+  Zero1Optimizer(const OptimConfig& config, std::vector<GlobalParam> layout, const Mesh& mesh,
+                 Communicator& norm_group, int64_t bucket_elements = kDefaultBucketElements);
   ~Zero1Optimizer();
 
   // Marks `param`'s gradient final for this step: every bucket whose parameters are all final is
@@ -92,16 +107,23 @@ class Zero1Optimizer {
   void gather_full(Transformer<float>* full_model, AdamW<float>* full_optimizer);
   // Reads this rank's shards and the step count from <checkpoint_dir>/optimizer.safetensors.
   void load(const std::string& checkpoint_dir);
+  // Reads this rank's shards and the step count from a single-process AdamW of the whole model.
+  void load_state(const AdamW<float>& full);
 
  private:
   struct Group;
   void all_gather_parameters();
   void reduce_bucket(Group& g, size_t b);
   void reset_readiness();
+  // Fills this rank's moment shards: read(name, m, v) yields a held parameter's whole moments.
+  void fill_shards(
+      const std::function<void(const Param<float>&, std::vector<float>&, std::vector<float>&)>&
+          read);
 
   OptimConfig config_;
-  Transformer<float>& model_;
   const Mesh& mesh_;
+  Communicator& norm_group_;
+  int64_t experts_per_rank_ = 1;  // routed experts per EP rank
   std::vector<GlobalParam> layout_;
   int64_t num_global_chunks_ = 0;
   int64_t total_trainable_ = 0;

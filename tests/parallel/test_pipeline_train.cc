@@ -8,8 +8,9 @@
 //   - the final checkpoint (gathered to rank 0): model.safetensors and optimizer.safetensors within
 //     1e-6 relative L2 as wholes and 1e-5 per tensor (parallel_test_util.h), trainer_state.json
 //     and config.json byte for byte.
-// Also: a resumed pipeline run writes the uninterrupted run's checkpoint byte for byte; an unknown or impossible schedule is refused
-// by config validation naming train.pp_schedule, and validation (eval_every > 0) by name.
+// Also: a resumed pipeline run writes the uninterrupted run's checkpoint byte for byte; an unknown
+// or impossible schedule is refused by config validation naming train.pp_schedule. (Validation and
+// pipelines with data and expert parallelism: test_pipeline_mesh.cc.)
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -74,15 +75,16 @@ TEST(PipelineTrainResume, ResumedRunWritesTheSameCheckpoint) {
   const TrainSummary summary =
       train_run(resumed, &mesh, dir.path("full") + "/checkpoint-00000002");
   EXPECT_EQ(summary.steps_done, 1);
-  if (world->rank() == 0)
+  if (world->rank() == 0) {
     EXPECT_EQ(first_different_file(dir.path("full") + "/checkpoint-00000003",
                                    dir.path("resumed") + "/checkpoint-00000003",
                                    checkpoint_files()),
               "");
+  }
   world->barrier();
 }
 
-TEST(PipelineTrainConfig, RefusesBadSchedulesAndValidation) {
+TEST(PipelineTrainConfig, RefusesBadSchedules) {
   auto world = mpi_world_communicator();
   SharedTempDir dir(*world);
   const std::string message = error_message([&] {
@@ -96,14 +98,6 @@ TEST(PipelineTrainConfig, RefusesBadSchedulesAndValidation) {
                                          "train.pp_schedule=dualpipe", "train.eval_every=0"});
   });
   EXPECT_NE(dualpipe.find("train.pp_schedule = \"dualpipe\""), std::string::npos) << dualpipe;
-  // Validation is not run through the pipeline: eval_every > 0 is refused by name.
-  std::vector<std::string> extra = pipeline_overrides("1f1b");
-  extra.push_back("train.pp=2");
-  extra.push_back("train.eval_every=2");
-  const Config config = parallel_test_config(dir.path("eval"), extra);
-  Mesh mesh(*world, mesh_shape(world->size(), config.train, config.model));
-  const std::string eval = error_message([&] { train_run(config, &mesh); });
-  EXPECT_NE(eval.find("train.eval_every"), std::string::npos) << eval;
   world->barrier();
 }
 
