@@ -5,8 +5,8 @@
 //
 // Under an MPI launcher with several ranks (mpirun -np N, srun) every rank runs this: MPI starts,
 // the mesh comes from the world size and train.pp / train.ep (parallel/mesh.h), and the trainer
-// runs data (ZeRO-1) and expert parallelism on the CPU engine (train.device = "cuda" is refused
-// there: one GPU, one process); rank 0 prints, logs and writes checkpoints. An error
+// runs data (ZeRO-1) and expert parallelism on the CPU engine (train.device = "cuda": data
+// parallelism only, one GPU per rank, train/gpu_engine.h); rank 0 prints, logs and writes checkpoints. An error
 // on any rank prints "frugal: rank R: <message>" and ends every rank (MPI_Abort).
 #include <omp.h>
 
