@@ -59,18 +59,20 @@ RankInput make_input(int rank, int64_t tokens, int64_t hidden) {
 template <class T>
 cuda::DeviceArray<T> upload(cuda::DeviceContext& ctx, const std::vector<T>& host) {
   cuda::DeviceArray<T> out(ctx, std::max<int64_t>(static_cast<int64_t>(host.size()), 1));
-  if (!host.empty())
+  if (!host.empty()) {
     EXPECT_EQ(cudaMemcpy(out.data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
               cudaSuccess);
+  }
   return out;
 }
 
 template <class T>
 std::vector<T> download(const T* device, int64_t count) {
   std::vector<T> out(static_cast<size_t>(count));
-  if (count > 0)
+  if (count > 0) {
     EXPECT_EQ(cudaMemcpy(out.data(), device, out.size() * sizeof(T), cudaMemcpyDeviceToHost),
               cudaSuccess);
+  }
   return out;
 }
 
