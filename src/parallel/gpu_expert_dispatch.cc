@@ -120,6 +120,7 @@ void GpuExpertDispatch::plan(const int32_t* topk_idx, int64_t tokens, int64_t to
     staging_ = cuda::DeviceArray<bf16>(ctx_, staging_rows * hidden_);
     staging2_ = cuda::DeviceArray<bf16>(ctx_, staging_rows * hidden_);
   }
+  combined_ = false;
   ctx_.synchronize();  // the host index arrays are freed on return
 }
 
@@ -149,16 +150,49 @@ void GpuExpertDispatch::dispatch(bf16* received, const bf16* x) {
 
 void GpuExpertDispatch::combine(bf16* y, const bf16* expert_out, const float* weights) {
   FRUGAL_CHECK(tokens_ >= 0, "GpuExpertDispatch::combine before plan");
-  const int64_t H = hidden_;
+  const int64_t assignments = tokens_ * top_k_, H = hidden_;
+  if (returned_.size() < std::max<int64_t>(assignments, 1) * H)
+    returned_ = cuda::DeviceArray<bf16>(ctx_, std::max<int64_t>(assignments, 1) * H);
   if (received_ > 0)  // [received, hidden] source-major
     cuda::permute_rows<bf16>(staging2_.data(), expert_out, to_source_major_.data(), received_, 1,
                              H, ctx_.stream);
   // [assignments, hidden] back in this rank's owner-major order
+  comm_.all_to_all_v(returned_.data(), times(send_rows_, H), staging2_.data(),
+                     times(recv_rows_, H), CommType::BF16);
+  if (tokens_ > 0)
+    cuda::combine_fwd<bf16>(y, returned_.data(), weights, assignment_row_.data(), tokens_, top_k_,
+                            H, /*accumulate=*/false, ctx_.stream);
+  combined_ = true;
+}
+
+void GpuExpertDispatch::dispatch_backward(bf16* dx, const bf16* d_received) {
+  FRUGAL_CHECK(tokens_ >= 0, "GpuExpertDispatch::dispatch_backward before plan");
+  const int64_t H = hidden_;
+  if (received_ > 0)  // [received, hidden] source-major
+    cuda::permute_rows<bf16>(staging2_.data(), d_received, to_source_major_.data(), received_, 1,
+                             H, ctx_.stream);
+  // [assignments, hidden] in this rank's owner-major order
   comm_.all_to_all_v(staging_.data(), times(send_rows_, H), staging2_.data(),
                      times(recv_rows_, H), CommType::BF16);
   if (tokens_ > 0)
-    cuda::combine_fwd<bf16>(y, staging_.data(), weights, assignment_row_.data(), tokens_, top_k_,
-                            H, /*accumulate=*/false, ctx_.stream);
+    cuda::unpermute_sum<bf16>(dx, staging_.data(), assignment_row_.data(), tokens_, top_k_, H,
+                              /*accumulate=*/false, ctx_.stream);
+}
+
+void GpuExpertDispatch::combine_backward(bf16* d_expert_out, float* d_weights, const bf16* dy,
+                                         const float* weights) {
+  FRUGAL_CHECK(combined_, "GpuExpertDispatch::combine_backward needs the combine of this plan");
+  const int64_t assignments = tokens_ * top_k_, H = hidden_;
+  if (tokens_ > 0)  // [assignments, hidden] owner-major, d_weights [tokens, K]
+    cuda::combine_bwd<bf16>(staging_.data(), d_weights, dy, returned_.data(), weights,
+                            assignment_row_.data(), row_assignment_.data(), assignments, tokens_,
+                            top_k_, H, ctx_.stream);
+  // [received, hidden] source-major at the owners
+  comm_.all_to_all_v(staging2_.data(), times(recv_rows_, H), staging_.data(),
+                     times(send_rows_, H), CommType::BF16);
+  if (received_ > 0)  // expert-major
+    cuda::permute_rows<bf16>(d_expert_out, staging2_.data(), to_expert_major_.data(), received_, 1,
+                             H, ctx_.stream);
 }
 
 }  // namespace frugal::gpu

@@ -16,8 +16,13 @@
 //                   source-major, all-to-all-v back to the tokens' ranks, then
 //                   y[t] = sum_k w[t,k] * out_back[row(t,k)] (cuda::combine_fwd, k in order, fp32
 //                   accumulation, BF16 result).
-// The backward of dispatch is a combine without weights (an unpermute-sum) and vice versa; this
-// file provides the forward exchanges and the layouts a backward reuses.
+// The backward mirrors them over the same layouts:
+//   dispatch_backward(d_received)  d_received (expert-major) reordered source-major, all-to-all-v
+//                   back to the tokens' ranks, dx[t] = sum_k d_back[row(t,k)] (cuda::unpermute_sum)
+//   combine_backward(dy)  at the tokens' rank d_back[row(t,k)] = w[t,k] * dy[t] and
+//                   d_weights[t,k] = dy[t] . out_back[row(t,k)] (cuda::combine_bwd, using the rows
+//                   the last combine brought back), then d_back sent to the experts' owners and
+//                   reordered expert-major: d_expert_out [received, hidden].
 //
 // `comm` is an NCCL communicator over the EP group (nccl_communicator.h) whose input stream is the
 // context's stream; its operations return complete. Only for builds with CUDA (FRUGAL_HAVE_CUDA).
@@ -50,6 +55,13 @@ class GpuExpertDispatch {
   // sum_k weights[t,k] * expert_out[row of (t,k)]; weights [tokens, top_k] (device). Collective.
   void combine(__nv_bfloat16* y, const __nv_bfloat16* expert_out, const float* weights);
 
+  // dx [tokens, hidden] (assigned) from d_received [received_rows(), hidden]. Collective.
+  void dispatch_backward(__nv_bfloat16* dx, const __nv_bfloat16* d_received);
+  // After combine: dy [tokens, hidden] -> d_expert_out [received_rows(), hidden] (expert-major)
+  // and d_weights [tokens, top_k] (fp32, assigned). Collective.
+  void combine_backward(__nv_bfloat16* d_expert_out, float* d_weights, const __nv_bfloat16* dy,
+                        const float* weights);
+
   int64_t local_experts() const { return local_experts_; }
   int64_t first_local_expert() const { return first_local_expert_; }
   int64_t received_rows() const { return received_; }
@@ -70,6 +82,8 @@ class GpuExpertDispatch {
   cuda::DeviceArray<int32_t> to_source_major_;  // [received]: expert-major row of source-major row
   cuda::DeviceArray<__nv_bfloat16> staging_;    // [max(tokens*K, received), hidden]
   cuda::DeviceArray<__nv_bfloat16> staging2_;   // [max(tokens*K, received), hidden]
+  cuda::DeviceArray<__nv_bfloat16> returned_;   // [tokens*K, hidden] rows the last combine got back
+  bool combined_ = false;                       // returned_ matches the current plan
   std::vector<int64_t> send_rows_, recv_rows_, local_offsets_;
 };
 

@@ -7,13 +7,18 @@
 //     sources in rank order and tokens ascending inside a source, bit for bit (pure data movement),
 //     with local_offsets, received_rows, send_rows and recv_rows matching the host count;
 //   - combine: with each expert e scaling its rows by (e + 1) / 2 (on the host, rounded to BF16),
-//     y[t] = sum_k w[t,k] * out(t,k) within one BF16 rounding of the fp32 sum (2^-7 relative).
+//     y[t] = sum_k w[t,k] * out(t,k) within one BF16 rounding of the fp32 sum (2^-7 relative);
+//   - combine_backward: at the owners, d_expert_out of the row of (t,k) = w[t,k] * dy[t] (one BF16
+//     rounding, 2^-8 relative), in the dispatch's row order; at the tokens' rank
+//     d_weights[t,k] = dy[t] . out(t,k) within 1e-5 of the sum of |terms| (fp32 accumulation);
+//   - dispatch_backward of the experts' outputs: dx[t] = sum_k out(t,k) within one BF16 rounding.
 // Outputs are poisoned before each call.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -34,6 +39,7 @@ struct RankInput {
   std::vector<uint16_t> x;        // [tokens, hidden] BF16 bits
   std::vector<int32_t> topk;      // [tokens, K]
   std::vector<float> weights;     // [tokens, K]
+  std::vector<uint16_t> dy;       // [tokens, hidden] BF16 bits: the gradient of y
 };
 
 RankInput make_input(int rank, int64_t tokens, int64_t hidden) {
@@ -53,6 +59,8 @@ RankInput make_input(int rank, int64_t tokens, int64_t hidden) {
       in.weights.push_back(uniform(gen));
     }
   }
+  in.dy.resize(in.x.size());
+  for (auto& v : in.dy) v = float_to_bf16_bits(normal(gen));
   return in;
 }
 
@@ -104,6 +112,7 @@ class GpuDispatch : public ::testing::Test {
 
     // What this rank must receive, expert-major, and what each rank sends it.
     std::vector<uint16_t> expected;
+    std::vector<std::array<int64_t, 3>> origin;  // (source, token, k) of each expected row
     std::vector<int64_t> offsets(local + 1, 0), recv_rows(size, 0), send_rows(size, 0);
     for (int64_t e = 0; e < local; ++e) {
       for (int s = 0; s < size; ++s)
@@ -112,6 +121,7 @@ class GpuDispatch : public ::testing::Test {
             if (inputs[s].topk[t * kTopK + k] == first + e) {
               expected.insert(expected.end(), inputs[s].x.begin() + t * hidden,
                               inputs[s].x.begin() + (t + 1) * hidden);
+              origin.push_back({s, t, k});
               ++recv_rows[s];
               ++offsets[e + 1];
             }
@@ -175,6 +185,67 @@ class GpuDispatch : public ::testing::Test {
       }
     EXPECT_EQ(bad, 0) << "combined elements off by more than one BF16 rounding; worst relative "
                       << worst;
+
+    // combine_backward: d_expert_out at the owners, d_weights here.
+    auto dy = upload(*ctx, mine.dy);
+    cuda::DeviceArray<__nv_bfloat16> d_out(*ctx, std::max<int64_t>(received, 1) * hidden);
+    cuda::DeviceArray<float> d_weights(*ctx, std::max<int64_t>(mine.tokens, 1) * kTopK);
+    ASSERT_EQ(cudaMemset(d_out.data(), 0xCD, d_out.bytes()), cudaSuccess);
+    ASSERT_EQ(cudaMemset(d_weights.data(), 0xCD, d_weights.bytes()), cudaSuccess);
+    dispatch.combine_backward(d_out.data(), d_weights.data(),
+                              reinterpret_cast<const __nv_bfloat16*>(dy.data()), weights.data());
+    ctx->synchronize();
+    const auto d_out_bits =
+        download(reinterpret_cast<const uint16_t*>(d_out.data()), received * hidden);
+    int64_t bad_rows = 0;
+    for (int64_t row = 0; row < received; ++row) {
+      const auto [s, t, k] = origin[row];
+      const float w = inputs[s].weights[t * kTopK + k];
+      for (int64_t h = 0; h < hidden; ++h) {
+        const float ref = w * bf16_bits_to_float(inputs[s].dy[t * hidden + h]);
+        const float value = bf16_bits_to_float(d_out_bits[row * hidden + h]);
+        if (!(std::fabs(value - ref) <= std::fabs(ref) / 256 + 1e-6f)) {
+          ++bad_rows;
+          break;
+        }
+      }
+    }
+    EXPECT_EQ(bad_rows, 0) << "d_expert_out rows wrong, of " << received;
+    const auto d_weights_host = download(d_weights.data(), mine.tokens * kTopK);
+    int64_t bad_weights = 0;
+    for (int64_t t = 0; t < mine.tokens; ++t)
+      for (int64_t k = 0; k < kTopK; ++k) {
+        const int32_t e = mine.topk[t * kTopK + k];
+        double ref = 0, magnitude = 0;
+        for (int64_t h = 0; h < hidden; ++h) {
+          const double o = bf16_bits_to_float(float_to_bf16_bits(
+              bf16_bits_to_float(mine.x[t * hidden + h]) * expert_scale(e)));
+          const double term = o * bf16_bits_to_float(mine.dy[t * hidden + h]);
+          ref += term;
+          magnitude += std::fabs(term);
+        }
+        if (!(std::fabs(d_weights_host[t * kTopK + k] - ref) <= 1e-5 * magnitude + 1e-6))
+          ++bad_weights;
+      }
+    EXPECT_EQ(bad_weights, 0) << "d_weights wrong, of " << mine.tokens * kTopK;
+
+    // dispatch_backward of the experts' outputs: dx[t] = sum_k out(t,k).
+    cuda::DeviceArray<__nv_bfloat16> dx(*ctx, std::max<int64_t>(mine.tokens, 1) * hidden);
+    ASSERT_EQ(cudaMemset(dx.data(), 0xCD, dx.bytes()), cudaSuccess);
+    dispatch.dispatch_backward(dx.data(), reinterpret_cast<const __nv_bfloat16*>(out.data()));
+    ctx->synchronize();
+    const auto dx_bits = download(reinterpret_cast<const uint16_t*>(dx.data()), mine.tokens * hidden);
+    int64_t bad_dx = 0;
+    for (int64_t t = 0; t < mine.tokens; ++t)
+      for (int64_t h = 0; h < hidden; ++h) {
+        double ref = 0;
+        for (int64_t k = 0; k < kTopK; ++k)
+          ref += bf16_bits_to_float(float_to_bf16_bits(
+              bf16_bits_to_float(mine.x[t * hidden + h]) * expert_scale(mine.topk[t * kTopK + k])));
+        const double value = bf16_bits_to_float(dx_bits[t * hidden + h]);
+        if (!(std::fabs(value - ref) <= std::fabs(ref) / 128 + 1e-5)) ++bad_dx;
+      }
+    EXPECT_EQ(bad_dx, 0) << "dx elements wrong, of " << mine.tokens * hidden;
   }
 
   std::unique_ptr<Communicator> host;
@@ -183,7 +254,7 @@ class GpuDispatch : public ::testing::Test {
   int rank = 0, size = 1;
 };
 
-TEST_F(GpuDispatch, DispatchDeliversEveryRowAndCombineSumsThemBack) {
+TEST_F(GpuDispatch, DispatchCombineAndTheirBackwardsMoveEveryRow) {
   run_case(128, false);
   run_case(67, false);
 }
