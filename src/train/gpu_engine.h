@@ -2,6 +2,17 @@
 // and GpuAdamW (train/gpu_optimizer.h) on one GPU (device 0 of the visible ones), behind the
 // StepEngine interface the trainer drives.
 //
+// Data parallelism (a Mesh of dp > 1 ranks, train.pp = train.ep = 1; builds with NCCL): each
+// process drives the GPU of its local rank on its node (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID
+// or SLURM_LOCALID; else the world rank), holds a whole replica (weights, gradients, moments) and
+// runs its own micro-batches. optimizer_step first sums every MoE layer's expert-load counters and
+// then every gradient over the dp group through an NCCL communicator bootstrapped from the mesh's
+// dp group (parallel/gpu_data_parallel.h: in place, small tensors bucketed), then runs the
+// unchanged GpuAdamW on every rank: the replicas make the same update and stay bitwise equal. This
+// is plain all-reduce data parallelism (every rank keeps the whole optimizer state), not ZeRO-1.
+// dp rank 0 alone returns the checkpoint state (the files a single process writes); every rank
+// loads a checkpoint whole. The MFU peak is the whole job's.
+//
 // The weights start on the host: a CPU Transformer<float> of the same config is initialized from
 // train.seed / train.init_std exactly as the CPU engine does, then uploaded, so CPU and GPU runs
 // start from identical weights. That host model stays as the engine's host copy (values only: its
@@ -23,7 +34,11 @@
 
 namespace frugal {
 
-std::unique_ptr<StepEngine> make_gpu_engine(const Config& config);
+class Mesh;
+
+// `mesh`: null for one process; else this rank's place in a data-parallel run (collective: every
+// rank of the mesh constructs its engine).
+std::unique_ptr<StepEngine> make_gpu_engine(const Config& config, const Mesh* mesh = nullptr);
 
 // Dense (no sparsity) tensor-core peak FLOP/s of Hopper GPUs from NVIDIA's datasheets, by recipe:
 // bf16 / fp8 GEMMs, and fp32 for the fp32 recipe (no TF32: the CUDA-core FMA peak).

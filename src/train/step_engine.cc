@@ -31,13 +31,16 @@ std::unique_ptr<StepEngine> make_step_engine(const Config& config, const Mesh* m
     if (mesh != nullptr && mesh->shape().pp > 1) return make_pipeline_engine(config, *mesh);
     return std::make_unique<CpuEngine>(config, mesh);
   }
-  FRUGAL_CHECK(mesh == nullptr || mesh->world().size() == 1,
-               "multi-GPU training: not yet; train.device = \"cuda\" trains on one GPU in one "
-               "process, and this job has {} ranks (launch a single process for the GPU, or set "
-               "train.device = \"cpu\" for data and expert parallelism over the ranks)",
+  // Several GPUs: data parallelism only (pipeline and expert parallelism run on the CPU engine).
+  const bool several = mesh != nullptr && mesh->world().size() > 1;
+  FRUGAL_CHECK(!several || (mesh->shape().pp == 1 && mesh->shape().ep == 1),
+               "multi-GPU training runs data parallelism only: pipeline and expert parallelism on "
+               "GPUs are not yet built (train.device = \"cuda\", train.pp = {}, train.ep = {}, {} "
+               "ranks); set train.pp = train.ep = 1, or train.device = \"cpu\"",
+               mesh ? mesh->shape().pp : 1, mesh ? mesh->shape().ep : 1,
                mesh ? mesh->world().size() : 1);
 #ifdef FRUGAL_HAVE_CUDA
-  return make_gpu_engine(config);
+  return make_gpu_engine(config, several ? mesh : nullptr);
 #else
   fail(
       "train.device = \"cuda\": this frugal was built without the CUDA backend (configure with "

@@ -8,8 +8,9 @@
 //     and the weights and moments as wholes (relative L2; each tensor within 1e-5, see
 //     parallel_test_util.h); the data state stays identical.
 // In both, every rank ends with the same parameters and routing biases (the all-gathered ZeRO-1
-// shards and the load summed over ranks agree). Also: train.device = "cuda" with several ranks is
-// refused (multi-GPU training is not built yet).
+// shards and the load summed over ranks agree). Also: train.device = "cuda" with expert
+// parallelism is refused (multi-GPU training runs data parallelism only; see
+// tests/parallel/test_gpu_dp_cuda.cc for GPU data parallelism).
 #include <gtest/gtest.h>
 
 #include "parallel_test_util.h"
@@ -85,21 +86,28 @@ TEST_F(DataParallel, TwoMicroBatchesPerRankAgreeWithin1e6Relative) {
   expect_same_metrics(par, ref, 1e-6);
 }
 
-// Several processes train on the CPU engine only: train.device = "cuda" on a mesh of more than one
-// rank is refused on every rank (before any collective), naming the setting; and the CPU engine
-// of a mesh has no single-process optimizer to hand out.
-TEST_F(DataParallel, CudaOnSeveralRanksIsRefusedAndTheOptimizerIsSharded) {
+// Several GPUs run data parallelism only: train.device = "cuda" with train.ep = 2 on a mesh of
+// more than one rank is refused on every rank (before any collective or CUDA call, in CPU and
+// CUDA builds alike), naming the settings; and the CPU engine of a mesh has no single-process
+// optimizer to hand out.
+TEST_F(DataParallel, CudaExpertParallelismIsRefusedAndTheOptimizerIsSharded) {
   SharedTempDir dir(*world);
   Config config = parallel_test_config(dir.path("run"), {});
-  Mesh mesh(*world, mesh_shape(ranks, config.train, config.model));
   TextDataSource train(synthetic_tokens(3000, 11), config.train.seed, 0, 1,
                        ByteTokenizer::kVocabSize, "train");
-  config.train.device = "cuda";
-  const std::string message =
-      error_message([&] { Trainer trainer(config, train, nullptr, true, &mesh); });
-  EXPECT_NE(message.find("multi-GPU training: not yet"), std::string::npos) << message;
-  EXPECT_NE(message.find("train.device"), std::string::npos) << message;
-  EXPECT_NE(message.find(std::to_string(ranks) + " ranks"), std::string::npos) << message;
+  {
+    Config ep_config = parallel_test_config(dir.path("run-ep"), {"train.ep=2"});
+    Mesh ep_mesh(*world, mesh_shape(ranks, ep_config.train, ep_config.model));
+    ep_config.train.device = "cuda";
+    const std::string message =
+        error_message([&] { Trainer trainer(ep_config, train, nullptr, true, &ep_mesh); });
+    EXPECT_NE(message.find("multi-GPU training runs data parallelism only"), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("train.ep = 2"), std::string::npos) << message;
+    EXPECT_NE(message.find("train.device"), std::string::npos) << message;
+    EXPECT_NE(message.find(std::to_string(ranks) + " ranks"), std::string::npos) << message;
+  }
+  Mesh mesh(*world, mesh_shape(ranks, config.train, config.model));
 
   config.train.device = "cpu";
   Trainer trainer(config, train, nullptr, true, &mesh);

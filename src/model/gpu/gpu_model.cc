@@ -51,6 +51,7 @@ class GpuModel final : public GpuModelBase {
   void refresh() override;
   void update_balance_bias(double gamma) override;
   std::vector<ExpertLoad> expert_load() override;
+  std::vector<DeviceLoadCounter> expert_load_counters() override;
   ParamRegistry& registry() override { return registry_; }
 
  private:
@@ -416,6 +417,13 @@ void GpuModel<T>::update_balance_bias(double gamma) {
     else
       moe->reset_load(ctx_);  // routers without a selection bias have nothing to update
   }
+}
+
+template <class T>
+std::vector<DeviceLoadCounter> GpuModel<T>::expert_load_counters() {
+  std::vector<DeviceLoadCounter> out;
+  for (GpuMoe<T>* moe : moe_layers_) out.push_back(moe->load_counter());
+  return out;
 }
 
 template <class T>

@@ -33,6 +33,7 @@ class GpuModelBase {
   virtual void refresh() = 0;
   virtual void update_balance_bias(double gamma) = 0;
   virtual std::vector<ExpertLoad> expert_load() = 0;
+  virtual std::vector<DeviceLoadCounter> expert_load_counters() = 0;
   virtual ParamRegistry& registry() = 0;
 };
 

@@ -68,6 +68,8 @@ class GpuMoe {
   // Tokens routed to each expert since the last reset (synchronous copy).
   std::vector<int64_t> load(cuda::DeviceContext& ctx) const;
   void reset_load(cuda::DeviceContext& ctx);
+  // The device counter load() reads (int64 [n_routed_experts]).
+  DeviceLoadCounter load_counter() { return {load_.data(), router_.n_experts}; }
   // b_i += gamma * sign(mean_load - load_i) on the device, then the counter restarts.
   void update_bias(cuda::DeviceContext& ctx, double gamma);
   bool has_bias() const { return bias_.value != nullptr; }

@@ -102,6 +102,10 @@ std::vector<ExpertLoad> GpuTransformer::expert_load() const {
   return impl_->model->expert_load();
 }
 
+std::vector<DeviceLoadCounter> GpuTransformer::expert_load_counters() {
+  return impl_->model->expert_load_counters();
+}
+
 const ModelConfig& GpuTransformer::config() const {
   return impl_->cfg;
 }

@@ -40,6 +40,13 @@ struct DeviceParam {
   float* grad = nullptr;        // [count] fp32 gradient (device); null when not trainable
 };
 
+// One MoE layer's device counter of the tokens routed to each expert (int64 [experts]) since the
+// last update_balance_bias: a data-parallel engine sums it over its ranks in place.
+struct DeviceLoadCounter {
+  int64_t* counts = nullptr;
+  int64_t experts = 0;
+};
+
 class GpuTransformer {
  public:
   GpuTransformer(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe);
@@ -65,6 +72,8 @@ class GpuTransformer {
   // Spec §2.2 on the device from the load counted since the last call.
   void update_balance_bias(double gamma);
   std::vector<ExpertLoad> expert_load() const;
+  // The MoE layers' load counters (CPU order: main layers, then MTP blocks).
+  std::vector<DeviceLoadCounter> expert_load_counters();
 
   const ModelConfig& config() const;
   Recipe recipe() const;

@@ -1,0 +1,61 @@
+// Data-parallel gradient summation on GPUs: the fp32 gradients of one model replica per rank are
+// summed over the data-parallel group through NCCL (an NCCL Communicator, nccl_communicator.h),
+// in place, so every rank ends with the same summed gradient (NCCL's all-reduce hands every rank
+// the same result) and runs the same optimizer step.
+//
+// The gradient arrays (device pointers + element counts, any order, possibly overlapping or
+// adjacent, e.g. the experts of one MoE layer viewing one stacked storage) are first merged into
+// their union of disjoint address ranges ("spans"). Spans of at least `bucket_elements` are
+// all-reduced in place; smaller ones are packed, in address order, into a staging bucket of
+// `bucket_elements` floats, which is all-reduced whole and copied back (so a model of many small
+// tensors costs a few collectives per step, not one per tensor). Copies run on the context's
+// stream; the communicator must have that stream as its input stream (set_input_stream), and each
+// of its operations returns complete, so the copies back are ordered after it.
+//
+// Sums of two ranks are exact in any order (a + b); with more ranks NCCL's order (not rank order).
+// Only for builds with CUDA and NCCL (FRUGAL_HAVE_NCCL).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/device_context.h"
+#include "parallel/communicator.h"
+
+namespace frugal::gpu {
+
+struct DeviceSpan {
+  float* data = nullptr;  // device
+  int64_t count = 0;
+};
+
+// The union of `arrays` as disjoint, non-adjacent spans in increasing address order (empty arrays
+// dropped).
+std::vector<DeviceSpan> merge_device_spans(std::vector<DeviceSpan> arrays);
+
+class GradientAllReducer {
+ public:
+  static constexpr int64_t kDefaultBucketElements = int64_t{1} << 24;  // 64 MiB of fp32
+
+  // `ctx` and `comm` must outlive the reducer; the arrays keep their addresses.
+  GradientAllReducer(cuda::DeviceContext& ctx, Communicator& comm, std::vector<DeviceSpan> arrays,
+                     int64_t bucket_elements = kDefaultBucketElements);
+
+  // Every array becomes its sum over the ranks of `comm` (collective).
+  void all_reduce();
+
+  int64_t spans() const { return static_cast<int64_t>(spans_.size()); }
+  int64_t collectives_per_call() const { return collectives_; }  // all-reduces per all_reduce()
+
+ private:
+  void flush(size_t first, size_t end, int64_t elements);
+
+  cuda::DeviceContext& ctx_;
+  Communicator& comm_;
+  std::vector<DeviceSpan> spans_;
+  int64_t bucket_elements_;
+  cuda::DeviceArray<float> bucket_;  // staging of the small spans
+  int64_t collectives_ = 0;
+};
+
+}  // namespace frugal::gpu

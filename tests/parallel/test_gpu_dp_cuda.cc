@@ -1,0 +1,162 @@
+// GPU data parallelism (label cuda; run with one GPU per rank on one node, e.g.
+// `mpirun -np 2 build/test_parallel_gpu_dp_cuda` on a 2-GPU machine; every test is skipped when
+// the node has fewer GPUs than ranks). The tiny model (dense + MoE layer with a routing bias that
+// moves, MTP), 3 steps, validation at steps 2 and 3, trained by the trainer with
+// train.device = "cuda" as this rank of a dp = ranks mesh, one micro-batch of 2 sequences per rank
+// (batch = 2 * ranks), against ONE GPU running the same batch as `ranks` micro-batches (gradient
+// accumulation) on rank 0:
+//   - fp32 recipe: every step's losses, gradient norm and validation loss within 1e-6 relative;
+//     the checkpoints' weights, routing biases and moments within 1e-6 relative (L2) as wholes and
+//     1e-5 per tensor (the bound of the CPU data-parallel test: AdamW's g / (sqrt(v) + eps) turns a
+//     last-bit difference of a near-zero gradient into a larger one in that weight); the step 1
+//     expert load (integer counts summed over the ranks) exactly; trainer state and config files
+//     byte for byte. Why not bitwise: the single GPU adds micro-batch 1's gradient into micro-batch
+//     0's inside the backward kernels (GEMM beta = 1, possibly another algorithm, several
+//     contributions to one tensor in their own order), the ranks compute each from zero and NCCL
+//     adds them (exact for two terms, any order); so only rounding differs.
+//   - bf16 recipe (BF16 weight copies and moments): a master weight nudged by rounding may round
+//     to another BF16 copy, so the runs drift further apart: losses, norms within 1e-3 relative,
+//     weights 1e-4 whole / 1e-3 per tensor, moments 1e-2 whole / 5e-2 per tensor. A data-parallel
+//     step that lost a rank's gradient or the summed load would miss these by orders of magnitude
+//     (the gradient norm alone by ~30%, a routing bias by 2 * gamma).
+// In both, every rank ends with bitwise the same weights and routing biases (NCCL hands every rank
+// the same sum), only dp rank 0 writes the checkpoint, and the log line names the ranks.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+
+#include "parallel_test_util.h"
+
+namespace frugal {
+namespace {
+
+using namespace ::frugal::testing;
+
+std::vector<float> all_values(Trainer& trainer) {
+  std::vector<float> out;
+  for (auto& p : trainer.model().params().all())
+    out.insert(out.end(), p->value.begin(), p->value.end());
+  return out;
+}
+
+struct Tolerances {
+  double metrics;                   // relative, every logged loss / norm / validation loss
+  double model_whole, model_tensor;  // relative L2 of model.safetensors
+  double moments_whole, moments_tensor;  // relative L2 of optimizer.safetensors
+};
+
+class GpuDataParallel : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    world = mpi_world_communicator();
+    ranks = world->size();
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < ranks)
+      GTEST_SKIP() << "needs one GPU per rank (" << devices << " GPUs, " << ranks << " ranks)";
+  }
+
+  // Trains the data-parallel run (into par/) on every rank, then the single-GPU run (into ref/) on
+  // rank 0, and compares them on rank 0.
+  void compare(const std::string& precision, const Tolerances& tol) {
+    SharedTempDir dir(*world);
+    const std::vector<std::string> extra = {
+        "train.device=cuda", "train.precision=" + precision, "train.micro_batch=2",
+        "train.batch_sequences=" + std::to_string(2 * ranks)};
+    const std::string par = dir.path("par"), ref = dir.path("ref");
+    const Config config = parallel_test_config(par, extra);
+    Mesh mesh(*world, mesh_shape(ranks, config.train, config.model));
+    {
+      TextDataSource train(synthetic_tokens(3000, 11), config.train.seed, 0, 1,
+                           ByteTokenizer::kVocabSize, "train");
+      TextDataSource val(synthetic_tokens(600, 12), config.train.seed, 0, 1,
+                         ByteTokenizer::kVocabSize, "validation");
+      Trainer trainer(config, train, &val, true, &mesh);
+      const std::string description = trainer.engine().description();
+      EXPECT_NE(description.find(std::to_string(ranks) + " ranks"), std::string::npos)
+          << description;
+      EXPECT_NE(description.find("cuda:"), std::string::npos) << description;
+      const TrainSummary summary = trainer.run();
+      EXPECT_EQ(summary.steps_done, 3);
+      EXPECT_EQ(summary.skipped_steps, 0);
+      EXPECT_EQ(summary.checkpoint.empty(), world->rank() != 0) << "only dp rank 0 saves";
+      EXPECT_TRUE(same_on_every_rank(*world, all_values(trainer)))
+          << "the replicas' weights or routing biases differ after 3 steps";
+    }
+    if (world->rank() == 0) {
+      const Config ref_config = parallel_test_config(ref, extra);
+      const TrainSummary summary = train_run(ref_config, nullptr);
+      EXPECT_EQ(summary.steps_done, 3);
+      expect_same_metrics(par, ref, tol.metrics);
+      const auto a = read_metrics(par), b = read_metrics(ref);
+      ASSERT_FALSE(b.empty());
+      ASSERT_FALSE(a.empty());
+      if (precision == "fp32")
+        EXPECT_EQ(a[0]["expert_load_max_over_mean"], b[0]["expert_load_max_over_mean"])
+            << "the expert load of step 1 was not summed over the ranks";
+      const std::string pa = par + "/checkpoint-00000003", pb = ref + "/checkpoint-00000003";
+      const Deviation model = relative_deviation(pa + "/model.safetensors",
+                                                 pb + "/model.safetensors");
+      const Deviation moments = relative_deviation(pa + "/optimizer.safetensors",
+                                                   pb + "/optimizer.safetensors");
+      std::printf("%s, %d ranks vs one GPU: model %.3g whole, %.3g worst (%s); moments %.3g "
+                  "whole, %.3g worst (%s)\n",
+                  precision.c_str(), ranks, model.whole, model.worst_tensor,
+                  model.worst_name.c_str(), moments.whole, moments.worst_tensor,
+                  moments.worst_name.c_str());
+      for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+        std::printf("  step %zu: loss %.9g vs %.9g, grad_norm %.9g vs %.9g\n", i + 1,
+                    a[i]["loss"].get<double>(), b[i]["loss"].get<double>(),
+                    a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>());
+      EXPECT_LE(model.whole, tol.model_whole);
+      EXPECT_LE(model.worst_tensor, tol.model_tensor) << model.worst_name;
+      EXPECT_LE(moments.whole, tol.moments_whole);
+      EXPECT_LE(moments.worst_tensor, tol.moments_tensor) << moments.worst_name;
+      EXPECT_EQ(first_different_file(pa, pb, {"trainer_state.json", "config.json"}), "");
+    }
+    world->barrier();
+  }
+
+  std::unique_ptr<Communicator> world;
+  int ranks = 1;
+};
+
+TEST_F(GpuDataParallel, Fp32EqualsOneGpuWithGradientAccumulation) {
+  compare("fp32", {1e-6, 1e-6, 1e-5, 1e-6, 1e-5});
+}
+
+TEST_F(GpuDataParallel, Bf16AgreesWithOneGpuWithinBf16Rounding) {
+  compare("bf16", {1e-3, 1e-4, 1e-3, 1e-2, 5e-2});
+}
+
+// The checkpoint a data-parallel GPU run writes resumes (every rank reads it whole) and continues
+// like an uninterrupted run: 3 steps straight equal 2 steps, resume, 1 step, bit for bit (the same
+// ranks, the same kernels, the same sums).
+TEST_F(GpuDataParallel, ResumeContinuesBitForBit) {
+  SharedTempDir dir(*world);
+  const std::vector<std::string> extra = {
+      "train.device=cuda", "train.precision=fp32", "train.micro_batch=2",
+      "train.batch_sequences=" + std::to_string(2 * ranks), "train.save_every=2"};
+  const Config straight = parallel_test_config(dir.path("straight"), extra);
+  Mesh mesh(*world, mesh_shape(ranks, straight.train, straight.model));
+  train_run(straight, &mesh);
+  Config first = parallel_test_config(dir.path("resumed"), extra);
+  first.train.steps = 2;
+  train_run(first, &mesh);
+  world->barrier();
+  const Config second = parallel_test_config(dir.path("resumed"), extra);
+  train_run(second, &mesh, dir.path("resumed") + "/checkpoint-00000002");
+  world->barrier();
+  if (world->rank() == 0) {
+    EXPECT_EQ(first_different_file(dir.path("straight") + "/checkpoint-00000003",
+                                   dir.path("resumed") + "/checkpoint-00000003",
+                                   {"model.safetensors", "optimizer.safetensors",
+                                    "trainer_state.json"}),
+              "");
+    expect_same_metrics(dir.path("resumed"), dir.path("straight"), 0.0);
+  }
+  world->barrier();
+}
+
+}  // namespace
+}  // namespace frugal
