@@ -49,12 +49,13 @@ using infer::PagedLatentCache;
 using infer::Rows;
 
 // Relative RMS error ||gpu - cpu||_2 / ||cpu||_2. The GPU rounds every GEMM input, the absorbed
-// query, o_lat and the latent cache to BF16 (2^-9 relative each), or quantizes the Linears'
-// inputs and weights to E4M3 (2^-4): a few dozen such roundings over the layers give about
-// 0.5e-2 (BF16) and 5e-2 (FP8) of RMS error; a wrong index, scale or position gives O(1).
-// The max error relative to max |cpu| is printed too (3-5x the RMS error here: noise, not a bug).
-constexpr double kBf16LogitTolerance = 1.5e-2;
-constexpr double kFp8LogitTolerance = 1.2e-1;
+// query, o_lat and the latent cache to BF16, or quantizes the Linears' inputs and weights to E4M3
+// (2^-4 relative precision). Measured on an H200: one layer (the MTP checks) 0.4-0.6e-2 in BF16
+// and 6-9e-2 in FP8; the tiny main models, whose random weights (std 1.5/sqrt(hidden)) grow the
+// activations layer by layer, 0.6-2.4e-2 in BF16 and 0.12-0.28 in FP8. A wrong index, scale,
+// position or expert gives O(1). The max error relative to max |cpu| is printed too.
+constexpr double kBf16LogitTolerance = 4e-2;
+constexpr double kFp8LogitTolerance = 4e-1;
 // The engine test's "clear prefix" margin (relative to max |logit|): above the largest max error
 // the BF16 comparisons have shown (4.3e-2).
 constexpr double kClearMargin = 8e-2;
