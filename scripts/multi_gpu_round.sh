@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Multi-GPU round, run ON A MACHINE WITH 2+ GPUS from the repository root: builds the NCCL tests,
+# the GPU data-parallel tests and the dispatch benchmark, runs them under mpirun (one GPU per
+# rank, NCCL_NVLS_ENABLE=0), then trains bench-1b for a few steps on 1 GPU and on N GPUs (data
+# parallel) with the same global batch and prints the step lines (tokens/s).
+#
+#   scripts/multi_gpu_round.sh [--ranks N] [--data DIR] [--steps S]
+#
+# Needs .carry/gpu-deps like scripts/gpu_round.sh (run that first on a fresh machine, or this
+# script configures build-gpu itself). Logs go to $OUT/multi_gpu when OUT is set.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+ranks=2
+data=../shared/data
+steps=6
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --ranks) ranks=$2; shift 2 ;;
+    --data) data=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
+    *) echo "multi_gpu_round: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+build=${FRUGAL_BUILD_DIR:-build-gpu}
+logs=${OUT:+$OUT/multi_gpu}
+logs=${logs:-$build/multi_gpu}
+mkdir -p "$logs"
+export NCCL_NVLS_ENABLE=0
+deps=$PWD/.carry/gpu-deps
+for lib in pcre2-8 xxhash; do ln -sfn "/usr/lib/x86_64-linux-gnu/lib$lib.so.0" "$deps/lib/lib$lib.so"; done
+export PKG_CONFIG_PATH="$deps/pkgconfig"
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRUGAL_CUDA=ON \
+  -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DFRUGAL_EXTRA_INCLUDE="$deps/include" \
+  > "$logs/configure.log" 2>&1 || { tail "$logs/configure.log"; exit 1; }
+ninja -C "$build" -j"$(nproc)" frugal test_parallel_nccl_cuda test_parallel_gpu_dp_cuda \
+  test_parallel_gpu_dispatch_cuda bench_dispatch_cuda > "$logs/build.log" 2>&1 \
+  || { grep -E "error" "$logs/build.log" | head -30; exit 1; }
+mpi=(mpirun --allow-run-as-root --oversubscribe -np "$ranks" -x NCCL_NVLS_ENABLE=0
+     -x OMP_NUM_THREADS=4)
+failures=0
+for t in test_parallel_nccl_cuda test_parallel_gpu_dp_cuda test_parallel_gpu_dispatch_cuda; do
+  timeout 300 "${mpi[@]}" "$build/$t" > "$logs/$t.log" 2>&1
+  rc=$?
+  [ $rc -eq 0 ] || failures=$((failures + 1))
+  echo "== $t (np $ranks): exit $rc"
+  grep -E "^CHECK|FAILED|PASSED|SKIPPED" "$logs/$t.log" | sort -u | head -40
+done
+echo "== bench_dispatch_cuda (np $ranks)"
+timeout 300 "${mpi[@]}" "$build/bench_dispatch_cuda" "$logs/bench_dispatch.json" 2>&1 \
+  | tee "$logs/bench_dispatch.log" | tail -25
+
+train_text=$data/gutenberg_en_train.txt.zst
+if [ -f "$train_text" ]; then
+  common=(configs/bench-1b.toml --train.device=cuda --train.precision=bf16 --train.steps="$steps"
+          --train.eval_every=0 --train.save_every=0 --train.log_every=1 --train.micro_batch=8
+          --train.batch_sequences=$((8 * ranks)) --data.train_path="$train_text"
+          --data.val_path="$data/gutenberg_en_val.txt.zst" --data.tokenizer=bytes)
+  echo "== bench-1b, bf16, global batch $((8 * ranks)) x 4096: 1 GPU"
+  rm -rf /tmp/mg1 /tmp/mgN
+  timeout 400 "$build/frugal" train "${common[@]}" --train.out_dir=/tmp/mg1 > "$logs/train_1gpu.log" 2>&1
+  grep -E "^step" "$logs/train_1gpu.log" | tail -n 3
+  echo "== bench-1b, bf16, same global batch: $ranks GPUs (data parallel)"
+  timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.out_dir=/tmp/mgN \
+    > "$logs/train_${ranks}gpu.log" 2>&1
+  grep -E "^(mesh|nccl|device)|^step" "$logs/train_${ranks}gpu.log" | tail -n 5
+fi
+echo "multi_gpu_round: $failures test program(s) failed"
+[ "$failures" -eq 0 ]
