@@ -23,7 +23,9 @@ std::vector<DeviceSpan> merge_device_spans(std::vector<DeviceSpan> arrays) {
     if (!merged.empty()) {
       DeviceSpan& last = merged.back();
       const uintptr_t last_end = reinterpret_cast<uintptr_t>(last.data + last.count);
-      if (reinterpret_cast<uintptr_t>(s.data) <= last_end) {  // overlapping or adjacent
+      // Overlapping only: arrays that merely touch may come from different cudaMalloc blocks,
+      // and no copy or collective may run across two allocations.
+      if (reinterpret_cast<uintptr_t>(s.data) < last_end) {
         const uintptr_t end = std::max(last_end, reinterpret_cast<uintptr_t>(s.data + s.count));
         last.count = static_cast<int64_t>((end - reinterpret_cast<uintptr_t>(last.data)) /
                                           sizeof(float));

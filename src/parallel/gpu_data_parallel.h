@@ -3,9 +3,10 @@
 // in place, so every rank ends with the same summed gradient (NCCL's all-reduce hands every rank
 // the same result) and runs the same optimizer step.
 //
-// The gradient arrays (device pointers + element counts, any order, possibly overlapping or
-// adjacent, e.g. the experts of one MoE layer viewing one stacked storage) are first merged into
-// their union of disjoint address ranges ("spans"). Spans of at least `bucket_elements` are
+// The gradient arrays (device pointers + element counts, any order, possibly overlapping) are
+// first merged into their union of disjoint address ranges ("spans"). Arrays that only touch stay
+// apart: two blocks of the caching allocator can be adjacent in address space and still be
+// different cudaMalloc allocations, and no copy or collective may cross one. Spans of at least `bucket_elements` are
 // all-reduced in place; smaller ones are packed, in address order, into a staging bucket of
 // `bucket_elements` floats, which is all-reduced whole and copied back (so a model of many small
 // tensors costs a few collectives per step, not one per tensor). Copies run on the context's
@@ -29,8 +30,8 @@ struct DeviceSpan {
   int64_t count = 0;
 };
 
-// The union of `arrays` as disjoint, non-adjacent spans in increasing address order (empty arrays
-// dropped).
+// The union of `arrays` as disjoint spans in increasing address order: overlapping arrays merged,
+// touching ones kept apart, empty arrays dropped.
 std::vector<DeviceSpan> merge_device_spans(std::vector<DeviceSpan> arrays);
 
 class GradientAllReducer {
