@@ -62,7 +62,9 @@ if [ -f "$train_text" ]; then
   echo "== bench-1b, bf16, same global batch: $ranks GPUs (data parallel)"
   timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.out_dir=/tmp/mgN \
     > "$logs/train_${ranks}gpu.log" 2>&1
-  grep -E "^(mesh|nccl|device)|^step" "$logs/train_${ranks}gpu.log" | tail -n 5
+  grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu.log" | tail -n 6
 fi
 echo "multi_gpu_round: $failures test program(s) failed"
+# Few files come back from the GPU machine: pack the logs.
+[ -n "${OUT:-}" ] && tar czf "$OUT/multi_gpu.tgz" -C "$(dirname "$logs")" "$(basename "$logs")" && rm -rf "$logs"
 [ "$failures" -eq 0 ]
