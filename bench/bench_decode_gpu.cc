@@ -334,9 +334,10 @@ int run(int argc, char** argv) {
     }
   }
 
-  std::printf("\n%s on %s, %s weights, prompt %lld, new %lld, greedy\n", source.c_str(),
-              model->describe().c_str(), infer::decode_weights_name(o.weights),
-              static_cast<long long>(o.prompt), static_cast<long long>(o.new_tokens));
+  // describe() names the device and the weights' precision.
+  std::printf("\n%s on %s, prompt %lld, new %lld, greedy\n", source.c_str(),
+              model->describe().c_str(), static_cast<long long>(o.prompt),
+              static_cast<long long>(o.new_tokens));
   std::printf("%6s %5s %11s %13s %12s %10s %7s %10s %8s %8s %10s\n", "batch", "spec",
               "prefill ms", "prefill tok/s", "decode tok/s", "ms/step", "steps", "accept",
               "speedup", "same", "peak mem");
