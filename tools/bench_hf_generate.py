@@ -29,90 +29,11 @@ import argparse
 import json
 import sys
 import time
-import tomllib
 
-# [model] keys of a frugal preset that DeepseekV3Config / DeepseekV2Config take as they are.
-HF_KEYS = (
-    "vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "num_key_value_heads", "n_shared_experts", "n_routed_experts",
-    "routed_scaling_factor", "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "v_head_dim",
-    "qk_nope_head_dim", "n_group", "topk_group", "num_experts_per_tok", "first_k_dense_replace",
-    "norm_topk_prob", "max_position_embeddings", "rms_norm_eps", "hidden_act", "bos_token_id",
-    "eos_token_id", "tie_word_embeddings", "attention_bias",
-)
-# Keys of the preset's [model.rope_scaling] table that Hugging Face's YaRN takes.
-YARN_KEYS = ("factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
-             "original_max_position_embeddings")
-
+from hf_preset import PresetError, build_config, format_bytes, format_count, read_preset
 
 def fail(message):
     sys.exit(f"bench_hf_generate: {message}")
-
-
-def read_preset(path):
-    try:
-        with open(path, "rb") as f:
-            preset = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        fail(f"{path}: {exc}")
-    model = preset.get("model", {})
-    missing = [k for k in HF_KEYS if k not in model]
-    if missing:
-        fail(f"{path}: [model] lacks {', '.join(missing)}")
-    if model.get("model_type", "deepseek_v3") not in ("deepseek_v3", "deepseek_v2"):
-        fail(f"{path}: model_type {model.get('model_type')!r} is neither deepseek_v3 nor deepseek_v2")
-    rope_type = (model.get("rope_scaling", {}) or {}).get("type", "none")
-    if rope_type not in ("none", "", "yarn"):
-        fail(f"{path}: rope_scaling {rope_type} is not supported here (none or yarn)")
-    return preset
-
-
-def build_config(transformers, preset, init_std, attn_implementation):
-    """The preset's Hugging Face config; the rope keywords differ across transformers versions."""
-    model = preset["model"]
-    model_type = model.get("model_type", "deepseek_v3")
-    class_name = {"deepseek_v3": "DeepseekV3Config", "deepseek_v2": "DeepseekV2Config"}[model_type]
-    config_class = getattr(transformers, class_name, None)
-    if config_class is None:
-        fail(f"transformers {transformers.__version__} has no {class_name} (model_type "
-             f"{model_type}); a newer transformers is needed")
-    base = {k: model[k] for k in HF_KEYS}
-    if base["q_lora_rank"] == 0:
-        base["q_lora_rank"] = None  # a plain q_proj (V2-Lite)
-    base.update(initializer_range=init_std, attention_dropout=0.0, use_cache=True,
-                pad_token_id=model["eos_token_id"])
-    if model_type == "deepseek_v3":
-        base["rope_interleave"] = True
-    else:
-        base["topk_method"] = model.get("topk_method", "greedy")
-    theta = float(model.get("rope_theta", 10000.0))
-    scaling = model.get("rope_scaling", {}) or {}
-    if scaling.get("type", "none") == "yarn":
-        rope = {"rope_type": "yarn", **{k: scaling[k] for k in YARN_KEYS if k in scaling}}
-    else:
-        rope = {"rope_type": "default"}
-    notes = []
-    for rope_kw in ({"rope_parameters": {**rope, "rope_theta": theta}},
-                    {"rope_theta": theta,
-                     "rope_scaling": None if rope["rope_type"] == "default" else rope}):
-        try:
-            return config_class(**base, **rope_kw, attn_implementation=attn_implementation)
-        except Exception as exc:  # noqa: BLE001 - try the next keyword style
-            notes.append(f"{sorted(rope_kw)}: {exc!r}")
-    fail(f"could not build {class_name}: " + " | ".join(notes))
-
-
-def format_count(value):
-    for limit, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= limit:
-            scaled = value / limit
-            return f"{scaled:.{2 if scaled < 10 else 1 if scaled < 100 else 0}f}{suffix}"
-    return f"{value:.0f}"
-
-
-def format_bytes(count):
-    gib = count / 2**30
-    return f"{count / 2**20:.0f} MiB" if gib < 1 else f"{gib:.1f} GiB" if gib < 10 else f"{gib:.0f} GiB"
 
 
 def parse_batches(text):
@@ -138,7 +59,10 @@ def main():
     batches = parse_batches(args.batches)
     if args.prompt < 1 or args.new < 2:
         fail("--prompt must be >= 1 and --new >= 2 (decode time is generate(new) - generate(1))")
-    preset = read_preset(args.config)
+    try:
+        preset = read_preset(args.config)
+    except PresetError as exc:
+        fail(str(exc))
 
     try:
         import torch
@@ -157,8 +81,11 @@ def main():
     if args.prompt + args.new > model_cfg["max_position_embeddings"]:
         fail(f"--prompt {args.prompt} + --new {args.new} exceed max_position_embeddings "
              f"{model_cfg['max_position_embeddings']}")
-    cfg = build_config(transformers, preset, preset.get("train", {}).get("init_std", 0.006),
-                       args.attn)
+    try:
+        cfg = build_config(transformers, preset, preset.get("train", {}).get("init_std", 0.006),
+                           args.attn)
+    except PresetError as exc:
+        fail(str(exc))
     torch.manual_seed(args.seed)
     load_start = time.perf_counter()
     with torch.device("cuda"):

@@ -31,62 +31,30 @@ import json
 import statistics
 import sys
 import time
-import tomllib
 
 import torch
 
+import transformers
+from hf_preset import PresetError, build_config, format_bytes, format_count, read_preset
+
 try:
-    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+    from transformers import DeepseekV3ForCausalLM
 except ImportError as exc:  # pragma: no cover - needs transformers >= 4.5x with DeepSeek-V3
     sys.exit(f"bench_hf_train: transformers without DeepseekV3ForCausalLM: {exc}")
 
 H200_DENSE_BF16 = 989e12
 H200_DENSE_FP8 = 1979e12
 
-# [model] keys of a frugal preset that DeepseekV3Config takes as they are.
-HF_KEYS = (
-    "vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "num_key_value_heads", "n_shared_experts", "n_routed_experts",
-    "routed_scaling_factor", "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "v_head_dim",
-    "qk_nope_head_dim", "n_group", "topk_group", "num_experts_per_tok", "first_k_dense_replace",
-    "norm_topk_prob", "max_position_embeddings", "rms_norm_eps", "hidden_act", "bos_token_id",
-    "eos_token_id", "tie_word_embeddings", "attention_bias",
-)
 
-
-def read_preset(path):
-    with open(path, "rb") as f:
-        preset = tomllib.load(f)
-    model = preset.get("model", {})
-    missing = [k for k in HF_KEYS if k not in model]
-    if missing:
-        sys.exit(f"bench_hf_train: {path}: [model] lacks {', '.join(missing)}")
-    scaling = model.get("rope_scaling", {}) or {}
-    if scaling.get("type", "none") not in ("none", ""):
-        sys.exit(f"bench_hf_train: {path}: rope_scaling {scaling.get('type')} is not supported here "
-                 "(the benchmark presets use plain RoPE)")
-    return preset
-
-
-def build_config(preset, init_std, attn_implementation):
-    """A DeepseekV3Config from the preset; the rope keyword differs across transformers versions."""
-    model = preset["model"]
-    base = {k: model[k] for k in HF_KEYS}
-    if base["q_lora_rank"] == 0:
-        base["q_lora_rank"] = None
-    base.update(initializer_range=init_std, rope_interleave=True, attention_dropout=0.0,
-                use_cache=False, pad_token_id=None)
-    theta = float(model.get("rope_theta", 10000.0))
-    notes = []
-    for rope_kw in ({"rope_parameters": {"rope_type": "default", "rope_theta": theta}},
-                    {"rope_theta": theta, "rope_scaling": None}):
-        try:
-            cfg = DeepseekV3Config(**base, **rope_kw, attn_implementation=attn_implementation)
-        except Exception as exc:  # noqa: BLE001 - try the next keyword style
-            notes.append(f"{sorted(rope_kw)}: {exc!r}")
-            continue
-        return cfg
-    sys.exit("bench_hf_train: could not build DeepseekV3Config: " + " | ".join(notes))
+def build_v3_config(preset, init_std, attn_implementation):
+    """A DeepseekV3Config from the preset (hf_preset.build_config), for training: no KV cache."""
+    if preset["model"].get("model_type", "deepseek_v3") != "deepseek_v3":
+        sys.exit("bench_hf_train: the preset's model_type must be deepseek_v3")
+    try:
+        return build_config(transformers, preset, init_std, attn_implementation, use_cache=False,
+                            pad_token_id=None)
+    except PresetError as exc:
+        sys.exit(f"bench_hf_train: {exc}")
 
 
 def train_flops_per_token(model, cfg, seq):
@@ -170,19 +138,6 @@ def measure(cfg, preset, args, batch, checkpointing):
     }
 
 
-def format_count(value):
-    for limit, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= limit:
-            scaled = value / limit
-            return f"{scaled:.{2 if scaled < 10 else 1 if scaled < 100 else 0}f}{suffix}"
-    return f"{value:.0f}"
-
-
-def format_bytes(count):
-    gib = count / 2**30
-    return f"{count / 2**20:.0f} MiB" if gib < 1 else f"{gib:.1f} GiB" if gib < 10 else f"{gib:.0f} GiB"
-
-
 def print_table(results):
     print(f"{'recipe':<10} {'params':>10} {'batch':>8} {'seq':>6} {'ms/step':>10} {'median':>10} "
           f"{'min':>10} {'tok/s':>12} {'MFU bf16':>9} {'MFU fp8':>9} {'peak mem':>10}  ckpt")
@@ -216,8 +171,11 @@ def main():
     if args.steps < 1 or args.batch < 1 or args.seq < 2:
         sys.exit("bench_hf_train: --steps, --batch must be >= 1 and --seq >= 2")
 
-    preset = read_preset(args.config)
-    cfg = build_config(preset, preset.get("train", {}).get("init_std", 0.006), args.attn)
+    try:
+        preset = read_preset(args.config)
+    except PresetError as exc:
+        sys.exit(f"bench_hf_train: {exc}")
+    cfg = build_v3_config(preset, preset.get("train", {}).get("init_std", 0.006), args.attn)
     print(f"{args.config}: DeepseekV3ForCausalLM on {torch.cuda.get_device_name()}, {args.dtype}, "
           f"attention {args.attn}, torch {torch.__version__}")
 
