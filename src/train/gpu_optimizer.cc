@@ -167,8 +167,8 @@ void GpuAdamW::build_update_table(std::vector<cuda::AdamWSegment> segments) {
     update_table_ = cuda::adamw_multi_prepare<__nv_bfloat16>(
         segments.data(), count, update_table_memory_.data(), bytes, ctx_.stream);
   else
-    update_table_ = cuda::adamw_multi_prepare<float>(segments.data(), count,
-                                                     update_table_memory_.data(), bytes, ctx_.stream);
+    update_table_ = cuda::adamw_multi_prepare<float>(
+        segments.data(), count, update_table_memory_.data(), bytes, ctx_.stream);
   segments_ = std::move(segments);
 }
 

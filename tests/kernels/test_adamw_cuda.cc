@@ -8,13 +8,13 @@
 //   a clip scale of 0 (non-finite norm) changes nothing; misaligned pointers and odd sizes
 //   adamw_update_multi<f32 / bf16>: over many segments of odd sizes (0, 1, 7, 129, 4096 + 3, tile
 //     edges 8191..8193, ...) and over 400 random ones, mixed weight decay, null and non-null
-//     weight_bf16, aligned and misaligned, laid out in arenas with guard gaps: after each of 3 steps
-//     (clip scale 0.37) the whole arenas (w, m, v, weight_bf16, guards included) are bit-identical
-//     to one adamw_update per segment, the guards and the weight_bf16 of null segments untouched,
-//     weight_bf16 = bf16(w), and each segment equals the CPU (adamw_update<float> of train/adamw.h;
-//     the bf16 emulation) within 1e-6; a clip scale of 0 changes nothing; bad segments and tables
-//     are rejected. FRUGAL_CUDA_TIMING=1: per-tensor launches vs one launch over the ~2270
-//     tensors of bench-1b
+//     weight_bf16, aligned and misaligned, laid out in arenas with guard gaps: after each of 3
+//     steps (clip scale 0.37) the whole arenas (w, m, v, weight_bf16, guards included) are
+//     bit-identical to one adamw_update per segment, the guards and the weight_bf16 of null
+//     segments untouched, weight_bf16 = bf16(w), and each segment equals the CPU
+//     (adamw_update<float> of train/adamw.h; the bf16 emulation) within 1e-6; a clip scale of 0
+//     changes nothing; bad segments and tables are rejected. FRUGAL_CUDA_TIMING=1: per-tensor
+//     launches vs one launch over the ~2270 tensors of bench-1b
 //   grad_norm_and_clip: norm vs the double sum of squares (<= 1e-5 relative), clip scale
 //     min(1, max_norm / (norm + 1e-6)) (1 when max_norm <= 0), nonfinite flag with an injected NaN and
 //     an injected Inf, over more tensors than one launch batch, the same bits on a second run
@@ -229,7 +229,7 @@ TEST_F(AdamWCuda, ZeroClipScaleSkipsTheStep) {
   EXPECT_EQ(written, 0) << "a skipped step wrote weight_bf16";
 }
 
-// ---- many tensors in one launch ------------------------------------------------------------------
+// ---- many tensors in one launch -----------------------------------------------------------------
 
 struct MultiCase {
   int64_t count;
@@ -288,7 +288,8 @@ void expect_arena_identical(const std::string& op, const std::string& text,
     if (std::bit_cast<uint32_t>(multi[i]) != std::bit_cast<uint32_t>(reference[i]) && differ++ == 0)
       first = static_cast<int64_t>(i);
   std::printf("CHECK | %-28s | %-22s | %lld/%zu differ from per-tensor | %s\n", op.c_str(),
-              text.c_str(), static_cast<long long>(differ), multi.size(), differ == 0 ? "ok" : "FAIL");
+              text.c_str(), static_cast<long long>(differ), multi.size(),
+              differ == 0 ? "ok" : "FAIL");
   if (differ != 0)
     std::printf("  %s %s: first at %s: multi %.9g per-tensor %.9g\n", op.c_str(), text.c_str(),
                 place_text(layout, cases, first).c_str(), multi[first], reference[first]);
@@ -306,8 +307,8 @@ void expect_untouched(const std::string& op, const std::string& text, const std:
     const int32_t k = layout.owner[i];
     const bool protected_element =
         k < 0 || (null_segments_too && !cases[static_cast<size_t>(k)].with_bf16);
-    if (protected_element && std::bit_cast<uint32_t>(now[i]) != std::bit_cast<uint32_t>(initial[i]) &&
-        changed++ == 0)
+    const bool written = std::bit_cast<uint32_t>(now[i]) != std::bit_cast<uint32_t>(initial[i]);
+    if (protected_element && written && changed++ == 0)
       first = static_cast<int64_t>(i);
   }
   std::printf("CHECK | %-28s | %-22s | %lld guard values written | %s\n", op.c_str(), text.c_str(),
@@ -355,8 +356,8 @@ void expect_segments_close(const std::string& op, const std::string& text,
               ok ? "ok" : "FAIL");
   if (!ok) {
     const size_t at = static_cast<size_t>(layout.offsets[worst_segment] + worst_index);
-    std::printf("  %s %s: %lld segments off; worst %s element %lld: gpu %.9g host %.9g\n", op.c_str(),
-                text.c_str(), static_cast<long long>(bad_segments),
+    std::printf("  %s %s: %lld segments off; worst %s element %lld: gpu %.9g host %.9g\n",
+                op.c_str(), text.c_str(), static_cast<long long>(bad_segments),
                 case_text(static_cast<size_t>(worst_segment), cases[worst_segment]).c_str(),
                 static_cast<long long>(worst_index), gpu[at], host[at]);
   }
@@ -522,12 +523,15 @@ void check_multi_update(cudaStream_t stream, const std::vector<MultiCase>& cases
 // Odd sizes around the chunk (8), the block (2048) and the tile (8192) sizes, an empty segment,
 // mixed decay, copies and alignment.
 std::vector<MultiCase> odd_cases() {
-  return {{1, 0.1f, true, false},        {7, 0.0f, false, true},     {129, 0.01f, true, true},
-          {4096 + 3, 0.1f, false, false}, {0, 0.1f, true, false},     {8, 0.0f, true, false},
-          {2047, 0.1f, true, true},       {2049, 0.0f, false, false}, {8191, 0.01f, true, false},
-          {8192, 0.1f, true, false},      {8193, 0.01f, false, true}, {2 * 8192 + 5, 0.0f, true, true},
-          {100000, 0.1f, true, false},    {2, 0.1f, false, false},    {0, 0.0f, false, true},
-          {33, 0.0f, true, true},         {3 * 8192 - 1, 0.01f, true, false}};
+  return {{1, 0.1f, true, false},       {7, 0.0f, false, true},
+          {129, 0.01f, true, true},      {4096 + 3, 0.1f, false, false},
+          {0, 0.1f, true, false},        {8, 0.0f, true, false},
+          {2047, 0.1f, true, true},      {2049, 0.0f, false, false},
+          {8191, 0.01f, true, false},    {8192, 0.1f, true, false},
+          {8193, 0.01f, false, true},    {2 * 8192 + 5, 0.0f, true, true},
+          {100000, 0.1f, true, false},   {2, 0.1f, false, false},
+          {0, 0.0f, false, true},        {33, 0.0f, true, true},
+          {3 * 8192 - 1, 0.01f, true, false}};
 }
 
 // Many segments (the tile search over a long table), sizes from 1 to 40000, random attributes.
@@ -601,13 +605,14 @@ TEST_F(AdamWCuda, MultiTensorRejectsBadSegments) {
   const cuda::AdamWMultiTable table = prepare(good, memory.get(), bytes);
   EXPECT_EQ(table.segments, 2);
   EXPECT_THROW(cuda::adamw_update_multi<__nv_bfloat16>(table, nullptr, s, stream_), Error);
-  EXPECT_THROW(cuda::adamw_update_multi<float>(cuda::AdamWMultiTable{}, nullptr, s, stream_), Error);
+  EXPECT_THROW(cuda::adamw_update_multi<float>(cuda::AdamWMultiTable{}, nullptr, s, stream_),
+               Error);
   s.step = 0;
   EXPECT_THROW(cuda::adamw_update_multi<float>(table, nullptr, s, stream_), Error);
   sync();
 }
 
-// ---- timing: per-tensor launches vs one launch ---------------------------------------------------
+// ---- timing: per-tensor launches vs one launch --------------------------------------------------
 
 bool timing_enabled() {
   const char* text = std::getenv("FRUGAL_CUDA_TIMING");
