@@ -86,6 +86,7 @@ GpuAdamW::GpuAdamW(cuda::DeviceContext& ctx, const OptimConfig& config, GpuTrans
   const size_t workspace = cuda::grad_norm_workspace_bytes(
       grad_tensors_.data(), static_cast<int64_t>(grad_tensors_.size()));
   norm_workspace_ = cuda::DeviceArray<uint8_t>(ctx_, static_cast<int64_t>(workspace));
+  build_norm_table();
   scalars_ = cuda::DeviceArray<int32_t>(ctx_, 4);
   FRUGAL_CUDA_CHECK(cudaMemsetAsync(scalars_.data(), 0, scalars_.bytes(), ctx_.stream));
   host_scalars_ = std::make_unique<PinnedScalars>();
@@ -111,9 +112,9 @@ GpuAdamW::StepInfo GpuAdamW::step(double lr) {
   float* norm = reinterpret_cast<float*>(scalars_.data());
   float* clip_scale = reinterpret_cast<float*>(scalars_.data() + 1);
   int32_t* nonfinite = scalars_.data() + 2;
-  cuda::grad_norm_and_clip(
-      norm, clip_scale, nonfinite, grad_tensors_.data(), static_cast<int64_t>(grad_tensors_.size()),
-      static_cast<float>(config_.grad_clip), norm_workspace_.data(), ctx_.stream);
+  cuda::grad_norm_and_clip(norm, clip_scale, nonfinite, norm_table_,
+                           static_cast<float>(config_.grad_clip), norm_workspace_.data(),
+                           ctx_.stream);
   FRUGAL_CUDA_CHECK(cudaMemcpyAsync(host_scalars_->values, scalars_.data(), 3 * sizeof(int32_t),
                                     cudaMemcpyDeviceToHost, ctx_.stream));
   FRUGAL_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
@@ -172,6 +173,15 @@ void GpuAdamW::build_update_table(std::vector<cuda::AdamWSegment> segments) {
   segments_ = std::move(segments);
 }
 
+void GpuAdamW::build_norm_table() {
+  const int64_t count = static_cast<int64_t>(grad_tensors_.size());
+  const size_t bytes = cuda::grad_norm_table_bytes(count);
+  if (norm_table_memory_.size() < static_cast<int64_t>(bytes))
+    norm_table_memory_ = cuda::DeviceArray<uint8_t>(ctx_, static_cast<int64_t>(bytes));
+  norm_table_ = cuda::grad_norm_prepare(grad_tensors_.data(), count, norm_table_memory_.data(),
+                                        bytes, ctx_.stream);
+}
+
 void GpuAdamW::refresh_pointers() {
   bool moved = false;
   for (size_t k = 0; k < slots_.size() && !moved; ++k) {
@@ -180,6 +190,7 @@ void GpuAdamW::refresh_pointers() {
   }
   if (!moved) return;
   for (size_t k = 0; k < slots_.size(); ++k) grad_tensors_[k].data = param_of(slots_[k]).grad;
+  build_norm_table();
   build_update_table(current_segments());
 }
 

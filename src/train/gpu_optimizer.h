@@ -2,9 +2,9 @@
 // CPU reference (train/adamw.h), run by the kernels of kernels/adamw/adamw_cuda.h.
 //
 // Per optimizer step:
-//   1. grad_norm_and_clip over every trainable gradient, in a fixed order (deterministic): the
-//      global L2 norm, clip_scale = min(1, grad_clip / (norm + 1e-6)) (1 when grad_clip = 0) and a
-//      non-finite flag, all on the device.
+//   1. grad_norm_and_clip over every trainable gradient (a table prepared once: two launches), in
+//      a fixed order (deterministic): the global L2 norm, clip_scale = min(1, grad_clip / (norm +
+//      1e-6)) (1 when grad_clip = 0) and a non-finite flag, all on the device.
 //   2. One 12-byte device->host copy (norm, clip scale, flag) and a stream synchronize: the only
 //      host round trip of the step. A non-finite norm skips the update: weights, moments and the
 //      update count stay as they were, skipped_steps() counts it.
@@ -84,8 +84,11 @@ class GpuAdamW {
   // The segment of each slot as the model's params() give it now.
   std::vector<cuda::AdamWSegment> current_segments() const;
   void build_update_table(std::vector<cuda::AdamWSegment> segments);
-  // The update table and the gradient list hold raw device pointers: if any trainable parameter's
-  // value or gradient pointer differs from the table's (a host comparison per step), rebuild both.
+  // The gradient-norm table (from grad_tensors_).
+  void build_norm_table();
+  // The update table and the gradient tables hold raw device pointers: if any trainable
+  // parameter's value or gradient pointer differs from the table's (a host comparison per step),
+  // rebuild them.
   void refresh_pointers();
   void copy_to_host(void* host, const void* device, size_t bytes) const;
   void copy_to_device(void* device, const void* host, size_t bytes);
@@ -105,6 +108,8 @@ class GpuAdamW {
   cuda::DeviceArray<uint8_t> update_table_memory_;
   cuda::AdamWMultiTable update_table_;
   cuda::DeviceArray<uint8_t> norm_workspace_;
+  cuda::DeviceArray<uint8_t> norm_table_memory_;
+  cuda::GradNormTable norm_table_;  // grad_tensors_ prepared: pass 1 in one launch
   cuda::DeviceArray<int32_t> scalars_;  // [0] norm (f32 bits), [1] clip scale, [2] flag
   struct PinnedScalars;
   std::unique_ptr<PinnedScalars> host_scalars_;  // page-locked copy target of scalars_

@@ -17,7 +17,8 @@
 //     launches vs one launch over the ~2270 tensors of bench-1b
 //   grad_norm_and_clip: norm vs the double sum of squares (<= 1e-5 relative), clip scale
 //     min(1, max_norm / (norm + 1e-6)) (1 when max_norm <= 0), nonfinite flag with an injected NaN and
-//     an injected Inf, over more tensors than one launch batch, the same bits on a second run
+//     an injected Inf, over more tensors than one launch batch, the same bits on a second run; the
+//     prepared-table form (grad_norm_prepare) gives the same bits as the per-call form every time
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -739,9 +740,10 @@ struct NormRun {
   int32_t nonfinite;
 };
 
-NormRun run_grad_norm(cudaStream_t stream, const std::vector<cuda::GradTensor>& tensors,
-                      float max_norm) {
-  const size_t bytes = cuda::grad_norm_workspace_bytes(tensors.data(), static_cast<int64_t>(tensors.size()));
+NormRun run_grad_norm_once(cudaStream_t stream, const std::vector<cuda::GradTensor>& tensors,
+                           float max_norm, bool prepared) {
+  const size_t bytes = cuda::grad_norm_workspace_bytes(tensors.data(),
+                                                       static_cast<int64_t>(tensors.size()));
   DeviceArray<uint8_t> workspace(static_cast<int64_t>(bytes));
   DeviceArray<float> norm_d(1), clip_d(1);
   DeviceArray<int32_t> nonfinite_d(1);
@@ -749,10 +751,42 @@ NormRun run_grad_norm(cudaStream_t stream, const std::vector<cuda::GradTensor>& 
   norm_d.poison();
   clip_d.poison();
   nonfinite_d.poison();
-  cuda::grad_norm_and_clip(norm_d.get(), clip_d.get(), nonfinite_d.get(), tensors.data(),
-                           static_cast<int64_t>(tensors.size()), max_norm, workspace.get(), stream);
-  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (prepared) {
+    const int64_t count = static_cast<int64_t>(tensors.size());
+    const size_t table_bytes = cuda::grad_norm_table_bytes(count);
+    DeviceArray<uint8_t> table_memory(static_cast<int64_t>(table_bytes));
+    table_memory.poison();
+    const cuda::GradNormTable table =
+        cuda::grad_norm_prepare(tensors.data(), count, table_memory.get(), table_bytes, stream);
+    cuda::grad_norm_and_clip(norm_d.get(), clip_d.get(), nonfinite_d.get(), table, max_norm,
+                             workspace.get(), stream);
+    FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+  } else {
+    cuda::grad_norm_and_clip(norm_d.get(), clip_d.get(), nonfinite_d.get(), tensors.data(),
+                             static_cast<int64_t>(tensors.size()), max_norm, workspace.get(),
+                             stream);
+    FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
   return {norm_d.download()[0], clip_d.download()[0], nonfinite_d.download()[0]};
+}
+
+// Runs the per-call form and the prepared-table form; they must agree bit for bit (returns the
+// per-call result).
+NormRun run_grad_norm(cudaStream_t stream, const std::vector<cuda::GradTensor>& tensors,
+                      float max_norm) {
+  const NormRun direct = run_grad_norm_once(stream, tensors, max_norm, false);
+  const NormRun table = run_grad_norm_once(stream, tensors, max_norm, true);
+  const bool same = std::bit_cast<uint32_t>(direct.norm) == std::bit_cast<uint32_t>(table.norm) &&
+                    std::bit_cast<uint32_t>(direct.clip) == std::bit_cast<uint32_t>(table.clip) &&
+                    direct.nonfinite == table.nonfinite;
+  const std::string text = std::to_string(tensors.size()) + " tensors max " +
+                           std::to_string(max_norm);
+  std::printf("CHECK | %-28s | %-22s | norm %.9g/%.9g clip %.9g/%.9g flag %d/%d | %s\n",
+              "grad_norm table = per-call", text.c_str(), table.norm, direct.norm, table.clip,
+              direct.clip, table.nonfinite, direct.nonfinite, same ? "ok" : "FAIL");
+  EXPECT_TRUE(same) << "grad_norm_and_clip with a prepared table differs from the per-call form: "
+                    << text;
+  return direct;
 }
 
 TEST_F(AdamWCuda, GradNormAndClip) {
@@ -832,6 +866,26 @@ TEST_F(AdamWCuda, LaunchersRejectBadArguments) {
                Error);
   DeviceArray<float> out(3);
   DeviceArray<int32_t> flag(1);
+  {
+    DeviceArray<uint8_t> memory(static_cast<int64_t>(cuda::grad_norm_table_bytes(2)) + 16);
+    const cuda::GradTensor bad[2] = {{out.get(), 3}, {nullptr, 5}};
+    EXPECT_THROW(cuda::grad_norm_prepare(bad, 2, memory.get(), cuda::grad_norm_table_bytes(2),
+                                         stream_),
+                 Error);
+    const cuda::GradTensor good[2] = {{out.get(), 3}, {out.get(), 2}};
+    EXPECT_THROW(cuda::grad_norm_prepare(good, 2, memory.get(),
+                                         cuda::grad_norm_table_bytes(2) - 1, stream_),
+                 Error);
+    EXPECT_THROW(cuda::grad_norm_prepare(good, 2, memory.get() + 8,
+                                         cuda::grad_norm_table_bytes(2), stream_),
+                 Error);
+    cuda::GradNormTable unprepared;
+    unprepared.tensors = 2;  // tensors but no table memory
+    unprepared.blocks = 2;
+    EXPECT_THROW(cuda::grad_norm_and_clip(out.get(), out.get() + 1, flag.get(), unprepared, 1.0f,
+                                          memory.get(), stream_),
+                 Error);
+  }
   EXPECT_THROW(cuda::grad_norm_and_clip(out.get(), out.get() + 1, flag.get(), nullptr, 0, 1.0f,
                                         nullptr, stream_),
                Error);

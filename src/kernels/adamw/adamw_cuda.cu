@@ -222,14 +222,11 @@ __device__ double block_sum_double(double value) {
   return total;
 }
 
-__global__ void __launch_bounds__(kThreads)
-    grad_norm_partial_kernel(double* __restrict__ partials, NormBatch batch) {
-  const int64_t block = blockIdx.x;
-  int j = 0;
-  while (j + 1 < batch.tensors && batch.first_block[j + 1] <= block) ++j;
-  const float* data = batch.data[j];
-  const int64_t begin = (block - batch.first_block[j]) * kNormChunk;
-  const int64_t count = detail::min64(kNormChunk, batch.count[j] - begin);
+// The sum of squares of data[begin, begin + count) (count <= kNormChunk) over the block, returned
+// to thread 0: a fixed per-thread order (explicit fused multiply-adds) and a fixed tree. Shared by
+// both pass-1 kernels, so they give the same partials.
+__device__ __forceinline__ double norm_block_partial(const float* data, int64_t begin,
+                                                     int64_t count) {
   const bool vector = reinterpret_cast<uintptr_t>(data) % 16 == 0;
   double sum = 0.0;
   for (int64_t c = threadIdx.x; c * kChunk < count; c += kThreads) {
@@ -240,9 +237,48 @@ __global__ void __launch_bounds__(kThreads)
     else
       detail::load_chunk<false>(x, data + begin + c * kChunk, valid);
 #pragma unroll
-    for (int i = 0; i < kChunk; ++i) sum += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    for (int i = 0; i < kChunk; ++i) {
+      const double value = static_cast<double>(x[i]);
+      sum = __fma_rn(value, value, sum);
+    }
   }
-  const double total = block_sum_double(sum);
+  return block_sum_double(sum);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    grad_norm_partial_kernel(double* __restrict__ partials, NormBatch batch) {
+  const int64_t block = blockIdx.x;
+  int j = 0;
+  while (j + 1 < batch.tensors && batch.first_block[j + 1] <= block) ++j;
+  const int64_t begin = (block - batch.first_block[j]) * kNormChunk;
+  const double total = norm_block_partial(batch.data[j], begin,
+                                          detail::min64(kNormChunk, batch.count[j] - begin));
+  if (threadIdx.x == 0) partials[block] = total;
+}
+
+// A prepared table (grad_norm_prepare): `tensors` records of non-empty tensors, then
+// first_block[tensors + 1]; one block per kNormChunk elements of every tensor, in one launch.
+struct NormRecord {
+  const float* data;
+  int64_t count;
+};
+
+__global__ void __launch_bounds__(kThreads)
+    grad_norm_partial_table_kernel(double* __restrict__ partials,
+                                   const NormRecord* __restrict__ records,
+                                   const int64_t* __restrict__ first_block, int64_t tensors) {
+  const int64_t block = blockIdx.x;
+  int64_t low = 0, high = tensors - 1;  // the last j with first_block[j] <= block
+  while (low < high) {
+    const int64_t middle = (low + high + 1) / 2;
+    if (first_block[middle] <= block)
+      low = middle;
+    else
+      high = middle - 1;
+  }
+  const NormRecord r = records[low];
+  const int64_t begin = (block - first_block[low]) * kNormChunk;
+  const double total = norm_block_partial(r.data, begin, detail::min64(kNormChunk, r.count - begin));
   if (threadIdx.x == 0) partials[block] = total;
 }
 
@@ -434,6 +470,75 @@ void grad_norm_and_clip(float* norm, float* clip_scale, int32_t* nonfinite,
   }
   grad_norm_finish_kernel<<<1, kFinishThreads, 0, stream>>>(norm, clip_scale, nonfinite, partials,
                                                             partial_base, max_norm);
+  FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+size_t grad_norm_table_bytes(int64_t count) {
+  FRUGAL_CUDA_REQUIRE(count >= 0, "cuda::grad_norm_table_bytes: negative tensor count");
+  return static_cast<size_t>(count) * sizeof(NormRecord) +
+         static_cast<size_t>(count + 1) * sizeof(int64_t);
+}
+
+GradNormTable grad_norm_prepare(const GradTensor* tensors, int64_t count, void* table_memory,
+                                size_t table_bytes, cudaStream_t stream) {
+  ADAMW_REQUIRE(count >= 0 && (count == 0 || tensors != nullptr),
+                "cuda::grad_norm_prepare: bad tensor list (" + text(count) + " tensors)");
+  std::vector<NormRecord> records;
+  std::vector<int64_t> first_block{0};
+  for (int64_t i = 0; i < count; ++i) {
+    const GradTensor& t = tensors[i];
+    ADAMW_REQUIRE(t.count >= 0 && (t.count == 0 || t.data != nullptr),
+                  "cuda::grad_norm_prepare: tensor " + text(i) + " (" + text(t.count) +
+                      " elements) has a negative size or no data");
+    if (t.count == 0) continue;
+    records.push_back({t.data, t.count});
+    first_block.push_back(first_block.back() + norm_blocks(t.count));
+  }
+  GradNormTable table;
+  table.device = table_memory;
+  table.tensors = static_cast<int64_t>(records.size());
+  table.blocks = first_block.back();
+  ADAMW_REQUIRE(table.blocks <= 0x7FFFFFFF,
+                "cuda::grad_norm_prepare: too many chunks (" + text(table.blocks) + ")");
+  if (records.empty()) return table;
+  const size_t record_bytes = records.size() * sizeof(NormRecord);
+  const size_t prefix_bytes = first_block.size() * sizeof(int64_t);
+  FRUGAL_CUDA_REQUIRE(table_memory != nullptr && aligned_to(table_memory, 16),
+                      "cuda::grad_norm_prepare: needs 16-byte aligned table memory");
+  ADAMW_REQUIRE(table_bytes >= record_bytes + prefix_bytes,
+                "cuda::grad_norm_prepare: table memory of " +
+                    text(static_cast<int64_t>(table_bytes)) + " bytes, " +
+                    text(static_cast<int64_t>(record_bytes + prefix_bytes)) + " needed");
+  auto* base = static_cast<unsigned char*>(table_memory);
+  FRUGAL_CUDA_CHECK(
+      cudaMemcpyAsync(base, records.data(), record_bytes, cudaMemcpyHostToDevice, stream));
+  FRUGAL_CUDA_CHECK(cudaMemcpyAsync(base + record_bytes, first_block.data(), prefix_bytes,
+                                    cudaMemcpyHostToDevice, stream));
+  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host vectors go out of scope
+  return table;
+}
+
+void grad_norm_and_clip(float* norm, float* clip_scale, int32_t* nonfinite,
+                        const GradNormTable& table, float max_norm, void* workspace,
+                        cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(norm != nullptr && clip_scale != nullptr && nonfinite != nullptr,
+                      "cuda::grad_norm_and_clip: null output");
+  FRUGAL_CUDA_REQUIRE(workspace != nullptr && aligned_to(workspace, sizeof(double)),
+                      "cuda::grad_norm_and_clip: needs an 8-byte aligned workspace");
+  ADAMW_REQUIRE(table.tensors >= 0 && table.blocks >= table.tensors &&
+                    (table.tensors == 0 || table.device != nullptr),
+                "cuda::grad_norm_and_clip: table not prepared (" + text(table.tensors) +
+                    " tensors, " + text(table.blocks) + " blocks)");
+  auto* partials = static_cast<double*>(workspace);
+  if (table.tensors > 0) {
+    const auto* records = static_cast<const NormRecord*>(table.device);
+    const auto* first_block = reinterpret_cast<const int64_t*>(records + table.tensors);
+    grad_norm_partial_table_kernel<<<static_cast<unsigned>(table.blocks), kThreads, 0, stream>>>(
+        partials, records, first_block, table.tensors);
+    FRUGAL_CUDA_CHECK_LAUNCH();
+  }
+  grad_norm_finish_kernel<<<1, kFinishThreads, 0, stream>>>(norm, clip_scale, nonfinite, partials,
+                                                            table.blocks, max_norm);
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 

@@ -75,10 +75,28 @@ struct GradTensor {
 size_t grad_norm_workspace_bytes(const GradTensor* tensors, int64_t count);
 // Writes, on the device: norm[0] = sqrt(sum of squares) (fp32; inf/nan when a gradient is not
 // finite), clip_scale[0] = min(1, max_norm / (norm + 1e-6)) (1 when max_norm <= 0; 0 when the norm
-// is not finite, and then nonfinite[0] = 1 else 0). `tensors` is a host array; the kernel reads a
-// device copy kept in the workspace.
+// is not finite, and then nonfinite[0] = 1 else 0). `tensors` is a host array; the kernel reads
+// the list from its launch parameters, up to 128 tensors per pass-1 launch.
 void grad_norm_and_clip(float* norm, float* clip_scale, int32_t* nonfinite,
                         const GradTensor* tensors, int64_t count, float max_norm, void* workspace,
+                        cudaStream_t stream);
+
+// The same with the tensor list prepared once (a fixed list, as the optimizer's): pass 1 is one
+// launch however many tensors there are, and the partials, hence norm, clip scale and flag, are
+// bit-identical to the form above for the same list. grad_norm_prepare checks the tensors (errors
+// name the index), writes the table into `table_memory` (16-byte aligned, at least
+// grad_norm_table_bytes(count) bytes) with a copy on `stream` and synchronizes the stream. The
+// workspace is the same as above (grad_norm_workspace_bytes of the same list).
+struct GradNormTable {
+  const void* device = nullptr;  // tensor records, then the block prefix
+  int64_t tensors = 0;           // non-empty tensors in the table
+  int64_t blocks = 0;            // pass-1 blocks (= partials in the workspace)
+};
+size_t grad_norm_table_bytes(int64_t count);
+GradNormTable grad_norm_prepare(const GradTensor* tensors, int64_t count, void* table_memory,
+                                size_t table_bytes, cudaStream_t stream);
+void grad_norm_and_clip(float* norm, float* clip_scale, int32_t* nonfinite,
+                        const GradNormTable& table, float max_norm, void* workspace,
                         cudaStream_t stream);
 
 }  // namespace frugal::cuda
