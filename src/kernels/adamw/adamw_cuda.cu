@@ -13,19 +13,22 @@
 // (what grad_norm_and_clip writes when the norm is not finite) is a skipped step, as on the CPU:
 // nothing is written. A null clip_scale means 1.
 //
-// adamw_update_multi: the same element update (one shared device function, so the same expressions
-// and roundings; lr * weight_decay is formed per segment on the device with __dmul_rn, the product
-// the single-tensor launcher forms on the host) over a fixed table of segments in one launch. The
-// table (built once by adamw_multi_prepare) holds one 64-byte record per non-empty segment and the
-// prefix of their tile counts; a tile is 8192 elements (256 threads x 4 chunks of 8) of one segment.
-// Blocks run a grid-stride loop over tiles and find a tile's segment by binary search in the prefix.
-// The vector path is chosen per segment (all its arrays 16-byte aligned).
+// adamw_update_multi: the same element update (one shared device function, so the same
+// expressions and roundings; lr * weight_decay is formed per segment on the device with __dmul_rn,
+// the product the single-tensor launcher forms on the host) over a fixed table of segments in one
+// launch. The table (built once by adamw_multi_prepare) holds one 64-byte record per non-empty
+// segment and the prefix of their tile counts; a tile is 8192 elements (256 threads x 4 chunks of
+// 8) of one segment. Blocks run a grid-stride loop over tiles and find a tile's segment by binary
+// search in the prefix. The vector path is chosen per segment (all its arrays 16-byte aligned).
 //
 // grad_norm_and_clip: pass 1 cuts every tensor into chunks of kNormChunk elements; one block per
 // chunk sums the squares in double (fixed per-thread order, fixed tree) into its own slot of the
 // workspace. The tensor table travels in the kernel parameters, kNormBatch tensors per launch, so
 // nothing is copied from the host. Pass 2, one block, adds the partials in a fixed order and writes
-// norm, clip scale and the non-finite flag. No atomics: the same bits on every run.
+// norm, clip scale and the non-finite flag. No atomics: the same bits on every run. With a table
+// prepared once (grad_norm_prepare: tensor records and their block prefix in device memory), pass 1
+// is a single launch whose blocks find their tensor by binary search; the blocks, their partials
+// and their order are the same as in the batched form, so the results are the same bits.
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -278,7 +281,8 @@ __global__ void __launch_bounds__(kThreads)
   }
   const NormRecord r = records[low];
   const int64_t begin = (block - first_block[low]) * kNormChunk;
-  const double total = norm_block_partial(r.data, begin, detail::min64(kNormChunk, r.count - begin));
+  const double total =
+      norm_block_partial(r.data, begin, detail::min64(kNormChunk, r.count - begin));
   if (threadIdx.x == 0) partials[block] = total;
 }
 
