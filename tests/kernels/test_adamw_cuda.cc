@@ -731,6 +731,40 @@ TEST_F(AdamWCuda, TimingBench1bPerTensorVsMulti) {
                                grad.data(), clip.data(), reps);
   time_bench_1b<float>(stream_, sizes, offsets, total, w.data(), m.data(), v.data(), grad.data(),
                        clip.data(), reps);
+
+  // The gradient norm over the same tensors: per-call (128 tensors per pass-1 launch) vs a table.
+  std::vector<cuda::GradTensor> tensors;
+  int64_t elements = 0;
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    tensors.push_back({grad.data() + offsets[k], sizes[k]});
+    elements += sizes[k];
+  }
+  const int64_t count = static_cast<int64_t>(tensors.size());
+  cuda::DeviceBuffer<uint8_t> workspace(cuda::grad_norm_workspace_bytes(tensors.data(), count));
+  cuda::DeviceBuffer<uint8_t> table_memory(cuda::grad_norm_table_bytes(count));
+  const cuda::GradNormTable table = cuda::grad_norm_prepare(
+      tensors.data(), count, table_memory.data(), table_memory.bytes(), stream_);
+  cuda::DeviceBuffer<float> outputs(2);
+  cuda::DeviceBuffer<int32_t> flag(1);
+  cuda::CudaTimer timer(stream_);
+  const double per_call_us = timer.median_us(
+      [&] {
+        cuda::grad_norm_and_clip(outputs.data(), outputs.data() + 1, flag.data(), tensors.data(),
+                                 count, 1.0f, workspace.data(), stream_);
+      },
+      reps);
+  const double table_us = timer.median_us(
+      [&] {
+        cuda::grad_norm_and_clip(outputs.data(), outputs.data() + 1, flag.data(), table, 1.0f,
+                                 workspace.data(), stream_);
+      },
+      reps);
+  const double bytes = 4.0 * static_cast<double>(elements);
+  const std::string shape = std::to_string(count) + " tensors";
+  std::printf("TIMING | grad_norm per-call batches     | %-22s | %10.1f us | %7.0f GB/s\n",
+              shape.c_str(), per_call_us, bytes / (per_call_us * 1e-6) / 1e9);
+  std::printf("TIMING | grad_norm prepared table       | %-22s | %10.1f us | %7.0f GB/s | %.2fx\n",
+              shape.c_str(), table_us, bytes / (table_us * 1e-6) / 1e9, per_call_us / table_us);
 }
 
 // ---- gradient norm ---------------------------------------------------------------------------------
