@@ -14,7 +14,8 @@
 //     segments untouched, weight_bf16 = bf16(w), and each segment equals the CPU
 //     (adamw_update<float> of train/adamw.h; the bf16 emulation) within 1e-6; a clip scale of 0
 //     changes nothing; bad segments and tables are rejected. FRUGAL_CUDA_TIMING=1: per-tensor
-//     launches vs one launch over the ~2270 tensors of bench-1b
+//     launches vs one launch over the ~2270 tensors of bench-1b (and the gradient norm, per-call
+//     vs prepared table)
 //   grad_norm_and_clip: norm vs the double sum of squares (<= 1e-5 relative), clip scale
 //     min(1, max_norm / (norm + 1e-6)) (1 when max_norm <= 0), nonfinite flag with an injected NaN and
 //     an injected Inf, over more tensors than one launch batch, the same bits on a second run; the
