@@ -82,9 +82,11 @@ GpuAdamW::GpuAdamW(cuda::DeviceContext& ctx, const OptimConfig& config, GpuTrans
     FRUGAL_CUDA_CHECK(cudaMemsetAsync(m_f32_.data(), 0, m_f32_.bytes(), ctx_.stream));
     FRUGAL_CUDA_CHECK(cudaMemsetAsync(v_f32_.data(), 0, v_f32_.bytes(), ctx_.stream));
   }
+  build_update_table(current_segments());
   const size_t workspace = cuda::grad_norm_workspace_bytes(
       grad_tensors_.data(), static_cast<int64_t>(grad_tensors_.size()));
   norm_workspace_ = cuda::DeviceArray<uint8_t>(ctx_, static_cast<int64_t>(workspace));
+  build_norm_table();
   scalars_ = cuda::DeviceArray<int32_t>(ctx_, 4);
   FRUGAL_CUDA_CHECK(cudaMemsetAsync(scalars_.data(), 0, scalars_.bytes(), ctx_.stream));
   host_scalars_ = std::make_unique<PinnedScalars>();
@@ -104,14 +106,15 @@ GpuAdamW::StepInfo GpuAdamW::step(double lr) {
   FRUGAL_CHECK(model_.params().size() > slots_.back().param &&
                    param_of(slots_.back()).count == slots_.back().count,
                "GpuAdamW: the model's parameters changed since the optimizer was made");
+  refresh_pointers();
 
   cuda::ScopedSection section(ctx_.stream, "optimizer");
   float* norm = reinterpret_cast<float*>(scalars_.data());
   float* clip_scale = reinterpret_cast<float*>(scalars_.data() + 1);
   int32_t* nonfinite = scalars_.data() + 2;
-  cuda::grad_norm_and_clip(
-      norm, clip_scale, nonfinite, grad_tensors_.data(), static_cast<int64_t>(grad_tensors_.size()),
-      static_cast<float>(config_.grad_clip), norm_workspace_.data(), ctx_.stream);
+  cuda::grad_norm_and_clip(norm, clip_scale, nonfinite, norm_table_,
+                           static_cast<float>(config_.grad_clip), norm_workspace_.data(),
+                           ctx_.stream);
   FRUGAL_CUDA_CHECK(cudaMemcpyAsync(host_scalars_->values, scalars_.data(), 3 * sizeof(int32_t),
                                     cudaMemcpyDeviceToHost, ctx_.stream));
   FRUGAL_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
@@ -132,6 +135,65 @@ GpuAdamW::StepInfo GpuAdamW::step(double lr) {
   return info;
 }
 
+std::vector<cuda::AdamWSegment> GpuAdamW::current_segments() const {
+  std::vector<cuda::AdamWSegment> segments;
+  segments.reserve(slots_.size());
+  for (const Slot& slot : slots_) {
+    const DeviceParam& p = param_of(slot);
+    cuda::AdamWSegment s;
+    s.w = p.value;
+    s.grad = p.grad;
+    // (DeviceArray::data() const gives const pointers; the moments are this optimizer's own.)
+    if (bf16_moments_) {
+      s.m = const_cast<uint16_t*>(m_bf16_.data()) + slot.offset;
+      s.v = const_cast<uint16_t*>(v_bf16_.data()) + slot.offset;
+    } else {
+      s.m = const_cast<float*>(m_f32_.data()) + slot.offset;
+      s.v = const_cast<float*>(v_f32_.data()) + slot.offset;
+    }
+    s.weight_bf16 = nullptr;  // the model's weights_updated() refreshes its copies afterwards
+    s.count = slot.count;
+    s.weight_decay = p.weight_decay ? static_cast<float>(config_.weight_decay) : 0.0f;
+    segments.push_back(s);
+  }
+  return segments;
+}
+
+void GpuAdamW::build_update_table(std::vector<cuda::AdamWSegment> segments) {
+  const int64_t count = static_cast<int64_t>(segments.size());
+  const size_t bytes = cuda::adamw_multi_table_bytes(count);
+  if (update_table_memory_.size() < static_cast<int64_t>(bytes))
+    update_table_memory_ = cuda::DeviceArray<uint8_t>(ctx_, static_cast<int64_t>(bytes));
+  if (bf16_moments_)
+    update_table_ = cuda::adamw_multi_prepare<__nv_bfloat16>(
+        segments.data(), count, update_table_memory_.data(), bytes, ctx_.stream);
+  else
+    update_table_ = cuda::adamw_multi_prepare<float>(
+        segments.data(), count, update_table_memory_.data(), bytes, ctx_.stream);
+  segments_ = std::move(segments);
+}
+
+void GpuAdamW::build_norm_table() {
+  const int64_t count = static_cast<int64_t>(grad_tensors_.size());
+  const size_t bytes = cuda::grad_norm_table_bytes(count);
+  if (norm_table_memory_.size() < static_cast<int64_t>(bytes))
+    norm_table_memory_ = cuda::DeviceArray<uint8_t>(ctx_, static_cast<int64_t>(bytes));
+  norm_table_ = cuda::grad_norm_prepare(grad_tensors_.data(), count, norm_table_memory_.data(),
+                                        bytes, ctx_.stream);
+}
+
+void GpuAdamW::refresh_pointers() {
+  bool moved = false;
+  for (size_t k = 0; k < slots_.size() && !moved; ++k) {
+    const DeviceParam& p = param_of(slots_[k]);
+    moved = p.value != segments_[k].w || p.grad != segments_[k].grad;
+  }
+  if (!moved) return;
+  for (size_t k = 0; k < slots_.size(); ++k) grad_tensors_[k].data = param_of(slots_[k]).grad;
+  build_norm_table();
+  build_update_table(current_segments());
+}
+
 void GpuAdamW::apply_updates(double lr) {
   const float* clip_scale = reinterpret_cast<const float*>(scalars_.data() + 1);
   cuda::AdamWStep step;
@@ -139,20 +201,11 @@ void GpuAdamW::apply_updates(double lr) {
   step.beta1 = static_cast<float>(config_.beta1);
   step.beta2 = static_cast<float>(config_.beta2);
   step.eps = static_cast<float>(config_.eps);
-  step.step = step_count_;
-  for (const Slot& slot : slots_) {
-    const DeviceParam& p = param_of(slot);
-    step.weight_decay = p.weight_decay ? static_cast<float>(config_.weight_decay) : 0.0f;
-    if (bf16_moments_) {
-      auto* m = reinterpret_cast<__nv_bfloat16*>(m_bf16_.data() + slot.offset);
-      auto* v = reinterpret_cast<__nv_bfloat16*>(v_bf16_.data() + slot.offset);
-      cuda::adamw_update<__nv_bfloat16>(p.value, m, v, p.grad, clip_scale, step, slot.count,
-                                        nullptr, ctx_.stream);
-    } else {
-      cuda::adamw_update<float>(p.value, m_f32_.data() + slot.offset, v_f32_.data() + slot.offset,
-                                p.grad, clip_scale, step, slot.count, nullptr, ctx_.stream);
-    }
-  }
+  step.step = step_count_;  // weight decay: per segment, from the table
+  if (bf16_moments_)
+    cuda::adamw_update_multi<__nv_bfloat16>(update_table_, clip_scale, step, ctx_.stream);
+  else
+    cuda::adamw_update_multi<float>(update_table_, clip_scale, step, ctx_.stream);
 }
 
 void GpuAdamW::check_host_layout(const AdamW<float>& host, const char* what) const {

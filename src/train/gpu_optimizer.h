@@ -2,16 +2,19 @@
 // CPU reference (train/adamw.h), run by the kernels of kernels/adamw/adamw_cuda.h.
 //
 // Per optimizer step:
-//   1. grad_norm_and_clip over every trainable gradient, in a fixed order (deterministic): the
-//      global L2 norm, clip_scale = min(1, grad_clip / (norm + 1e-6)) (1 when grad_clip = 0) and a
-//      non-finite flag, all on the device.
+//   1. grad_norm_and_clip over every trainable gradient (a table prepared once: two launches), in
+//      a fixed order (deterministic): the global L2 norm, clip_scale = min(1, grad_clip / (norm +
+//      1e-6)) (1 when grad_clip = 0) and a non-finite flag, all on the device.
 //   2. One 12-byte device->host copy (norm, clip scale, flag) and a stream synchronize: the only
 //      host round trip of the step. A non-finite norm skips the update: weights, moments and the
 //      update count stay as they were, skipped_steps() counts it.
-//   3. Otherwise the update count t increases and every trainable tensor gets one fused AdamW
-//      kernel (bias-corrected with t, decoupled weight decay only where DeviceParam::weight_decay,
-//      the clip scale read on the device), then GpuTransformer::weights_updated() refreshes the
-//      BF16 / FP8 weight copies. Buffers (the routing biases) are never touched here.
+//   3. Otherwise the update count t increases and one fused AdamW launch (adamw_update_multi)
+//      updates every trainable tensor (bias-corrected with t, decoupled weight decay only where
+//      DeviceParam::weight_decay, the clip scale read on the device; bit-identical to one
+//      adamw_update per tensor), then GpuTransformer::weights_updated() refreshes the BF16 / FP8
+//      weight copies. Buffers (the routing biases) are never touched here. The launch's segment
+//      table (pointers, sizes, decay of every tensor) is built in the constructor and rebuilt only
+//      if a parameter's value or gradient pointer changes.
 // State: fp32 master weights live in the model. Moments m, v (same element count as each
 // parameter) are fp32 under the fp32 recipe (the CPU reference's precision) and BF16 under bf16
 // and fp8 (spec §4.3: computed in fp32, stored rounded to nearest even). They live in two device
@@ -78,6 +81,15 @@ class GpuAdamW {
   const DeviceParam& param_of(const Slot& slot) const;
   void check_host_layout(const AdamW<float>& host, const char* what) const;
   void apply_updates(double lr);
+  // The segment of each slot as the model's params() give it now.
+  std::vector<cuda::AdamWSegment> current_segments() const;
+  void build_update_table(std::vector<cuda::AdamWSegment> segments);
+  // The gradient-norm table (from grad_tensors_).
+  void build_norm_table();
+  // The update table and the gradient tables hold raw device pointers: if any trainable
+  // parameter's value or gradient pointer differs from the table's (a host comparison per step),
+  // rebuild them.
+  void refresh_pointers();
   void copy_to_host(void* host, const void* device, size_t bytes) const;
   void copy_to_device(void* device, const void* host, size_t bytes);
 
@@ -92,7 +104,12 @@ class GpuAdamW {
   cuda::DeviceArray<float> m_f32_, v_f32_;       // fp32 recipe
   cuda::DeviceArray<uint16_t> m_bf16_, v_bf16_;  // bf16 / fp8 recipes (BF16 bit patterns)
   std::vector<cuda::GradTensor> grad_tensors_;   // the trainable gradients, in slot order
+  std::vector<cuda::AdamWSegment> segments_;     // what update_table_ was built from, slot order
+  cuda::DeviceArray<uint8_t> update_table_memory_;
+  cuda::AdamWMultiTable update_table_;
   cuda::DeviceArray<uint8_t> norm_workspace_;
+  cuda::DeviceArray<uint8_t> norm_table_memory_;
+  cuda::GradNormTable norm_table_;  // grad_tensors_ prepared: pass 1 in one launch
   cuda::DeviceArray<int32_t> scalars_;  // [0] norm (f32 bits), [1] clip scale, [2] flag
   struct PinnedScalars;
   std::unique_ptr<PinnedScalars> host_scalars_;  // page-locked copy target of scalars_

@@ -1,5 +1,6 @@
-// The optimizer step on the GPU: one fused AdamW kernel over a tensor, global gradient norm and
-// clipping on the device, and the non-finite check that makes the trainer skip a step.
+// The optimizer step on the GPU: one fused AdamW kernel over a tensor (adamw_update) or over a
+// fixed list of tensors in one launch (adamw_update_multi), global gradient norm and clipping on
+// the device, and the non-finite check that makes the trainer skip a step.
 //
 // Per element (decoupled weight decay, bias-corrected, as train/adamw.h):
 //   g  = grad * clip_scale[0]
@@ -26,6 +27,44 @@ template <class M>
 void adamw_update(float* w, M* m, M* v, const float* grad, const float* clip_scale,
                   const AdamWStep& step, int64_t n, void* weight_bf16, cudaStream_t stream);
 
+// ---- many tensors in one launch -----------------------------------------------------------------
+// The same update over a list of tensors ("segments"), each with its own weight decay, in one
+// kernel launch. Every element gets exactly adamw_update's arithmetic: the results are
+// bit-identical to calling adamw_update once per segment (step.weight_decay = the segment's).
+struct AdamWSegment {
+  float* w = nullptr;           // [count] fp32 master weights (updated)
+  void* m = nullptr;            // [count] first moments, of the M given to the calls below
+  void* v = nullptr;            // [count] second moments, M
+  const float* grad = nullptr;  // [count]
+  void* weight_bf16 = nullptr;  // [count] __nv_bfloat16 copy of the updated weights, or null
+  int64_t count = 0;            // 0 is allowed (the segment is left out)
+  float weight_decay = 0;       // replaces AdamWStep::weight_decay for this segment (>= 0)
+};
+
+// A fixed segment list prepared for adamw_update_multi: a device table in caller-owned memory plus
+// what the launcher needs on the host. Valid as long as that memory and the segments' arrays are;
+// prepare again when any pointer or size changes.
+struct AdamWMultiTable {
+  const void* device = nullptr;  // the table (segment records, then the tile prefix)
+  int64_t segments = 0;          // non-empty segments in the table
+  int64_t tiles = 0;             // units of work (a block's share of one segment)
+  int moment_bytes = 0;          // sizeof(M) the table was prepared for
+};
+// Device bytes the table needs for `count` segments (an upper bound: empty ones are left out).
+size_t adamw_multi_table_bytes(int64_t count);
+// Checks the segments (sizes >= 0, no null array in a non-empty one, weight_decay >= 0; errors name
+// the segment index), writes the table into `table_memory` (16-byte aligned, at least
+// adamw_multi_table_bytes(count) bytes) with a copy on `stream`, and synchronizes the stream (so
+// `segments` may be released at once). Done once per segment list, not per step.
+template <class M>
+AdamWMultiTable adamw_multi_prepare(const AdamWSegment* segments, int64_t count,
+                                    void* table_memory, size_t table_bytes, cudaStream_t stream);
+// One launch: every segment of `table` updated as adamw_update<M> would (clip_scale as there: null
+// means 1, exactly 0 skips the step and writes nothing). step.weight_decay is ignored.
+template <class M>
+void adamw_update_multi(const AdamWMultiTable& table, const float* clip_scale,
+                        const AdamWStep& step, cudaStream_t stream);
+
 // Sum of squares of many gradient tensors, in a fixed order (the same bits every run):
 // pass 1 writes one partial per (tensor, chunk) into `partials`, pass 2 sums them in order.
 struct GradTensor {
@@ -36,10 +75,28 @@ struct GradTensor {
 size_t grad_norm_workspace_bytes(const GradTensor* tensors, int64_t count);
 // Writes, on the device: norm[0] = sqrt(sum of squares) (fp32; inf/nan when a gradient is not
 // finite), clip_scale[0] = min(1, max_norm / (norm + 1e-6)) (1 when max_norm <= 0; 0 when the norm
-// is not finite, and then nonfinite[0] = 1 else 0). `tensors` is a host array; the kernel reads a
-// device copy kept in the workspace.
+// is not finite, and then nonfinite[0] = 1 else 0). `tensors` is a host array; the kernel reads
+// the list from its launch parameters, up to 128 tensors per pass-1 launch.
 void grad_norm_and_clip(float* norm, float* clip_scale, int32_t* nonfinite,
                         const GradTensor* tensors, int64_t count, float max_norm, void* workspace,
+                        cudaStream_t stream);
+
+// The same with the tensor list prepared once (a fixed list, as the optimizer's): pass 1 is one
+// launch however many tensors there are, and the partials, hence norm, clip scale and flag, are
+// bit-identical to the form above for the same list. grad_norm_prepare checks the tensors (errors
+// name the index), writes the table into `table_memory` (16-byte aligned, at least
+// grad_norm_table_bytes(count) bytes) with a copy on `stream` and synchronizes the stream. The
+// workspace is the same as above (grad_norm_workspace_bytes of the same list).
+struct GradNormTable {
+  const void* device = nullptr;  // tensor records, then the block prefix
+  int64_t tensors = 0;           // non-empty tensors in the table
+  int64_t blocks = 0;            // pass-1 blocks (= partials in the workspace)
+};
+size_t grad_norm_table_bytes(int64_t count);
+GradNormTable grad_norm_prepare(const GradTensor* tensors, int64_t count, void* table_memory,
+                                size_t table_bytes, cudaStream_t stream);
+void grad_norm_and_clip(float* norm, float* clip_scale, int32_t* nonfinite,
+                        const GradNormTable& table, float max_norm, void* workspace,
                         cudaStream_t stream);
 
 }  // namespace frugal::cuda
