@@ -323,9 +323,11 @@ class GpuEngine : public StepEngine {
       Param<float>& local = local_store_.add(name, whole.shape, kind_of(whole));
       local.trainable = whole.trainable;
       local.weight_decay = whole.weight_decay;
-      if (!local.trainable) std::vector<float>().swap(local.grad);
+      std::vector<float>().swap(local.grad);
     }
     local_optimizer_ = std::make_unique<AdamW<float>>(config_.optim, local_store_);
+    // The AdamW keeps its own moments: the store's values only sized them.
+    for (const auto& param : local_store_.all()) std::vector<float>().swap(param->value);
     for (const auto* set : {&dense_norm_tensors_, &expert_norm_tensors_})
       norm_workspace_bytes_ = std::max(
           norm_workspace_bytes_,
@@ -333,6 +335,10 @@ class GpuEngine : public StepEngine {
                                                              static_cast<int64_t>(set->size())));
     norm_workspace_ = cuda::DeviceArray<uint8_t>(
         ctx_, static_cast<int64_t>(std::max<size_t>(norm_workspace_bytes_, 1)));
+    std::vector<gpu::DeviceSpan> all_grads;
+    for (const gpu::DeviceParam& p : model_.params())
+      if (p.trainable && p.grad != nullptr) all_grads.push_back({p.grad, p.count});
+    clip_spans_ = gpu::merge_device_spans(std::move(all_grads));
     norm_scalars_ = cuda::DeviceArray<float>(ctx_, 4);
     norm_flags_ = cuda::DeviceArray<int32_t>(ctx_, 2);
   }
@@ -366,10 +372,9 @@ class GpuEngine : public StepEngine {
     if (!std::isfinite(norm)) return {norm, true};  // every rank sees the same norm
     const double clip = config_.optim.grad_clip;
     const float scale = clip > 0 ? std::min(1.0f, static_cast<float>(clip / (norm + 1e-6))) : 1.0f;
-    if (scale < 1.0f)
-      for (const gpu::DeviceParam& p : model_.params())
-        if (p.trainable && p.grad != nullptr)
-          cuda::scale_in_place(p.grad, p.count, scale, ctx_.stream);
+    if (scale < 1.0f)  // over disjoint spans: a gradient array is scaled once
+      for (const gpu::DeviceSpan& span : clip_spans_)
+        cuda::scale_in_place(span.data, span.count, scale, ctx_.stream);
     const auto info = optimizer_.step(lr);
     FRUGAL_CHECK(!info.skipped,
                  "EP rank {}: the local AdamW skipped a step whose global gradient norm {} is "
@@ -435,9 +440,11 @@ class GpuEngine : public StepEngine {
   std::unique_ptr<gpu::GradientAllReducer> expert_reducer_;  // expert_dp > 1
   int64_t first_local_expert_ = 0, local_experts_ = 0;
   std::vector<std::string> local_names_;          // model_.params() names, in order
-  ParamStore<float> local_store_;                 // this rank's tensors (for local_optimizer_)
+  ParamStore<float> local_store_;  // this rank's names and shapes (values released), for
+                                   // local_optimizer_
   std::unique_ptr<AdamW<float>> local_optimizer_;  // the GPU optimizer's checkpoint layout
-  std::vector<cuda::GradTensor> dense_norm_tensors_, expert_norm_tensors_;
+  std::vector<cuda::GradTensor> dense_norm_tensors_, expert_norm_tensors_;  // as GpuAdamW counts
+  std::vector<gpu::DeviceSpan> clip_spans_;  // every trainable gradient, disjoint
   size_t norm_workspace_bytes_ = 0;
   cuda::DeviceArray<uint8_t> norm_workspace_;
   cuda::DeviceArray<float> norm_scalars_;  // [dense norm, clip, expert norm, clip]
