@@ -248,7 +248,12 @@ class GpuEngine : public StepEngine {
         optimizer_.upload(*local_optimizer_);
       }
     }
-    host_model_current_ = host_optimizer_current_ = false;
+    // Expert parallelism: the fp32 weights went up exactly, so a current host model stays current
+    // (reading it again would be collective, and a caller may read it on one rank alone: the
+    // parameter count frugal train prints); BF16 moments may have been rounded, so the optimizer
+    // copy is read again.
+    if (ep_comm_ == nullptr) host_model_current_ = false;
+    host_optimizer_current_ = false;
   }
 
   // Data parallelism: dp rank 0 writes the checkpoint (every replica holds the same state).
