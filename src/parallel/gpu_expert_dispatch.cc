@@ -55,8 +55,8 @@ void GpuExpertDispatch::plan(const int32_t* topk_idx, int64_t tokens, int64_t to
     cuda::DeviceArray<uint8_t> workspace(
         ctx_, static_cast<int64_t>(cuda::expert_permutation_workspace_bytes(tokens, top_k, E)));
     cuda::build_expert_permutation(expert_offsets_.data(), expert_counts_.data(), load,
-                                   assignment_row_.data(), row_assignment_.data(), topk_idx,
-                                   tokens, top_k, E, /*row_align=*/1, workspace.data(), stream);
+                                   assignment_row_.data(), row_assignment_.data(), topk_idx, tokens,
+                                   top_k, E, /*row_align=*/1, workspace.data(), stream);
   } else {
     FRUGAL_CUDA_CHECK(cudaMemsetAsync(expert_counts_.data(), 0, expert_counts_.bytes(), stream));
   }
@@ -122,8 +122,7 @@ void GpuExpertDispatch::plan(const int32_t* topk_idx, int64_t tokens, int64_t to
 }
 
 void GpuExpertDispatch::reserve_staging(int64_t rows, size_t element_bytes) {
-  const int64_t bytes =
-      std::max<int64_t>(rows, 1) * hidden_ * static_cast<int64_t>(element_bytes);
+  const int64_t bytes = std::max<int64_t>(rows, 1) * hidden_ * static_cast<int64_t>(element_bytes);
   if (staging_.size() < bytes) {
     staging_ = cuda::DeviceArray<uint8_t>(ctx_, bytes);
     staging2_ = cuda::DeviceArray<uint8_t>(ctx_, bytes);
@@ -156,8 +155,7 @@ void GpuExpertDispatch::dispatch_t(P* received, const P* x) {
   P* staging = reinterpret_cast<P*>(staging_.data());
   P* staging2 = reinterpret_cast<P*>(staging2_.data());
   if (assignments > 0)  // xp [assignments, hidden], owner-major
-    cuda::permute_rows<P>(staging, x, row_assignment_.data(), assignments, top_k_, H,
-                          ctx_.stream);
+    cuda::permute_rows<P>(staging, x, row_assignment_.data(), assignments, top_k_, H, ctx_.stream);
   // [received, hidden] source-major
   comm_.all_to_all_v(staging2, times(recv_rows_, H), staging, times(send_rows_, H),
                      payload_type<P>());
@@ -174,7 +172,8 @@ void GpuExpertDispatch::combine_t(P* y, const P* expert_out, const float* weight
   reserve_staging(std::max(assignments, received_), sizeof(P));
   const int64_t returned_bytes =
       std::max<int64_t>(assignments, 1) * H * static_cast<int64_t>(sizeof(P));
-  if (returned_.size() < returned_bytes) returned_ = cuda::DeviceArray<uint8_t>(ctx_, returned_bytes);
+  if (returned_.size() < returned_bytes)
+    returned_ = cuda::DeviceArray<uint8_t>(ctx_, returned_bytes);
   P* staging2 = reinterpret_cast<P*>(staging2_.data());
   P* returned = reinterpret_cast<P*>(returned_.data());
   if (received_ > 0)  // [received, hidden] source-major
@@ -235,8 +234,7 @@ template void GpuExpertDispatch::combine_t<bf16>(bf16*, const bf16*, const float
 template void GpuExpertDispatch::combine_t<float>(float*, const float*, const float*, bool);
 template void GpuExpertDispatch::dispatch_backward_t<bf16>(bf16*, const bf16*, bool);
 template void GpuExpertDispatch::dispatch_backward_t<float>(float*, const float*, bool);
-template void GpuExpertDispatch::combine_backward_t<bf16>(bf16*, float*, const bf16*,
-                                                          const float*);
+template void GpuExpertDispatch::combine_backward_t<bf16>(bf16*, float*, const bf16*, const float*);
 template void GpuExpertDispatch::combine_backward_t<float>(float*, float*, const float*,
                                                            const float*);
 

@@ -46,10 +46,10 @@ double gpu_peak_flops(const std::string& device_name, int compute_capability, Re
 
 #include "core/cuda_check.h"
 #include "core/device_context.h"
+#include "kernels/adamw/adamw_cuda.h"
 #include "model/gpu/gpu_transformer.h"
 #include "parallel/gpu_data_parallel.h"
 #include "parallel/mesh.h"
-#include "kernels/adamw/adamw_cuda.h"
 #include "train/gpu_engine_kernels.h"
 #include "train/gpu_optimizer.h"
 #ifdef FRUGAL_HAVE_NCCL
@@ -150,11 +150,11 @@ class GpuEngine : public StepEngine {
                           mesh_->world().size(), describe(mesh_->shape()),
                           reducer_->collectives_per_call());
     if (ep_comm_ != nullptr)
-      text += fmt::format(", experts {}..{} of {} here (EP {} of {}), tokens dispatched through "
-                          "NCCL",
-                          first_local_expert_, first_local_expert_ + local_experts_ - 1,
-                          config_.model.n_routed_experts, mesh_->coords().ep_rank,
-                          mesh_->shape().ep);
+      text += fmt::format(
+          ", experts {}..{} of {} here (EP {} of {}), tokens dispatched through "
+          "NCCL",
+          first_local_expert_, first_local_expert_ + local_experts_ - 1,
+          config_.model.n_routed_experts, mesh_->coords().ep_rank, mesh_->shape().ep);
     return text;
   }
   std::string recipe_note() const override { return choice_.note; }
@@ -240,8 +240,7 @@ class GpuEngine : public StepEngine {
         for (const auto& state : host_optimizer_->state()) whole[state.name] = &state;
         for (const auto& state : local_optimizer_->state()) {
           const auto it = whole.find(state.name);
-          FRUGAL_CHECK(it != whole.end(), "the optimizer state has no moments for {}",
-                       state.name);
+          FRUGAL_CHECK(it != whole.end(), "the optimizer state has no moments for {}", state.name);
           local_optimizer_->set_state(state.name, it->second->m, it->second->v);
         }
         local_optimizer_->set_step_count(host_optimizer_->step_count());
@@ -318,8 +317,8 @@ class GpuEngine : public StepEngine {
     if (mesh_->shape().expert_dp() > 1) {
       expert_dp_comm_ = make_nccl_communicator(mesh_->expert_dp(), ctx_.device);
       set_input_stream(*expert_dp_comm_, ctx_.stream);
-      expert_reducer_ =
-          std::make_unique<gpu::GradientAllReducer>(ctx_, *expert_dp_comm_, std::move(expert_grads));
+      expert_reducer_ = std::make_unique<gpu::GradientAllReducer>(ctx_, *expert_dp_comm_,
+                                                                  std::move(expert_grads));
     }
 #endif
     // The host store of this rank's tensors (shapes only matter) and its AdamW.
@@ -336,8 +335,9 @@ class GpuEngine : public StepEngine {
     for (const auto* set : {&dense_norm_tensors_, &expert_norm_tensors_})
       norm_workspace_bytes_ = std::max(
           norm_workspace_bytes_,
-          set->empty() ? 0 : cuda::grad_norm_workspace_bytes(set->data(),
-                                                             static_cast<int64_t>(set->size())));
+          set->empty()
+              ? 0
+              : cuda::grad_norm_workspace_bytes(set->data(), static_cast<int64_t>(set->size())));
     norm_workspace_ = cuda::DeviceArray<uint8_t>(
         ctx_, static_cast<int64_t>(std::max<size_t>(norm_workspace_bytes_, 1)));
     std::vector<gpu::DeviceSpan> all_grads;
@@ -441,12 +441,12 @@ class GpuEngine : public StepEngine {
   std::unique_ptr<Communicator> dp_comm_;               // data parallelism only
   std::unique_ptr<gpu::GradientAllReducer> reducer_;  // (declared after ctx_: freed first)
   // Expert parallelism only (ep_comm_ is declared before model_, which uses it).
-  std::unique_ptr<Communicator> expert_dp_comm_;              // expert_dp > 1
+  std::unique_ptr<Communicator> expert_dp_comm_;             // expert_dp > 1
   std::unique_ptr<gpu::GradientAllReducer> expert_reducer_;  // expert_dp > 1
   int64_t first_local_expert_ = 0, local_experts_ = 0;
-  std::vector<std::string> local_names_;          // model_.params() names, in order
-  ParamStore<float> local_store_;  // this rank's names and shapes (values released), for
-                                   // local_optimizer_
+  std::vector<std::string> local_names_;  // model_.params() names, in order
+  ParamStore<float> local_store_;         // this rank's names and shapes (values released), for
+                                          // local_optimizer_
   std::unique_ptr<AdamW<float>> local_optimizer_;  // the GPU optimizer's checkpoint layout
   std::vector<cuda::GradTensor> dense_norm_tensors_, expert_norm_tensors_;  // as GpuAdamW counts
   std::vector<gpu::DeviceSpan> clip_spans_;  // every trainable gradient, disjoint

@@ -13,8 +13,7 @@ namespace {
 
 __global__ void scale_in_place_kernel(float* __restrict__ x, int64_t n, float scale) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += stride)
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
     x[i] *= scale;
 }
 

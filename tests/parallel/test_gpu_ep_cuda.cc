@@ -84,7 +84,8 @@ class GpuExpertParallel : public ::testing::Test {
                          ByteTokenizer::kVocabSize, "validation");
       Trainer trainer(config, train, &val, true, &mesh);
       const std::string description = trainer.engine().description();
-      const int64_t local = config.model.n_routed_experts / 2, first = mesh.coords().ep_rank * local;
+      const int64_t local = config.model.n_routed_experts / 2,
+                    first = mesh.coords().ep_rank * local;
       const std::string experts = "experts " + std::to_string(first) + ".." +
                                   std::to_string(first + local - 1) + " of " +
                                   std::to_string(config.model.n_routed_experts);
@@ -123,11 +124,11 @@ class GpuExpertParallel : public ::testing::Test {
           relative_deviation(pa + "/model.safetensors", pb + "/model.safetensors");
       const Deviation moments =
           relative_deviation(pa + "/optimizer.safetensors", pb + "/optimizer.safetensors");
-      std::printf("%s, EP 2 on %d ranks vs one GPU: model %.3g whole, %.3g worst (%s); moments "
-                  "%.3g whole, %.3g worst (%s)\n",
-                  precision.c_str(), ranks, model.whole, model.worst_tensor,
-                  model.worst_name.c_str(), moments.whole, moments.worst_tensor,
-                  moments.worst_name.c_str());
+      std::printf(
+          "%s, EP 2 on %d ranks vs one GPU: model %.3g whole, %.3g worst (%s); moments "
+          "%.3g whole, %.3g worst (%s)\n",
+          precision.c_str(), ranks, model.whole, model.worst_tensor, model.worst_name.c_str(),
+          moments.whole, moments.worst_tensor, moments.worst_name.c_str());
       EXPECT_LE(model.whole, tol.model_whole);
       EXPECT_LE(model.worst_tensor, tol.model_tensor)
           << model.worst_name << " (an expert here: its owner's weights did not reach the "
@@ -178,11 +179,11 @@ TEST_F(GpuExpertParallel, ResumeContinuesBitForBit) {
   train_run(second, &mesh, dir.path("resumed") + "/checkpoint-00000002");
   world->barrier();
   if (world->rank() == 0) {
-    EXPECT_EQ(first_different_file(dir.path("straight") + "/checkpoint-00000003",
-                                   dir.path("resumed") + "/checkpoint-00000003",
-                                   {"model.safetensors", "optimizer.safetensors",
-                                    "trainer_state.json"}),
-              "")
+    EXPECT_EQ(
+        first_different_file(dir.path("straight") + "/checkpoint-00000003",
+                             dir.path("resumed") + "/checkpoint-00000003",
+                             {"model.safetensors", "optimizer.safetensors", "trainer_state.json"}),
+        "")
         << "resuming did not give each rank back its experts, their moments or the step count";
     expect_same_metrics(dir.path("resumed"), dir.path("straight"), 0.0);
   }

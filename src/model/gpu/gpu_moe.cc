@@ -128,8 +128,8 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
     route_section.close();
     forward_ep(ctx, c, x, y, count_load);
     if (balance_alpha != 0.0)
-      cuda::seq_balance_loss_fwd(balance_loss, c.scores.data(), c.topk_idx.data(), batch, seq, E,
-                                 K, balance_alpha, stream);
+      cuda::seq_balance_loss_fwd(balance_loss, c.scores.data(), c.topk_idx.data(), batch, seq, E, K,
+                                 balance_alpha, stream);
     return;
   }
 
@@ -305,9 +305,9 @@ void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, b
   c.host_offsets.assign(static_cast<size_t>(EL + 1), 0);
   for (int64_t l = 0; l < EL; ++l) {
     const int64_t n = received_offsets[l + 1] - received_offsets[l];
-    const int64_t block = fp8 ? (n + cuda::kFp8GroupRowAlign - 1) / cuda::kFp8GroupRowAlign *
-                                    cuda::kFp8GroupRowAlign
-                              : n;
+    const int64_t block =
+        fp8 ? (n + cuda::kFp8GroupRowAlign - 1) / cuda::kFp8GroupRowAlign * cuda::kFp8GroupRowAlign
+            : n;
     c.host_offsets[l + 1] = c.host_offsets[l] + block;
   }
   const int64_t local_rows = c.host_offsets[EL];
@@ -360,8 +360,8 @@ void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, b
       if constexpr (std::is_same_v<T, bf16>) {
         c.gu_q = cuda::DeviceArray<uint8_t>(ctx, local_rows * 2 * I);
         c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(2 * I) * local_rows);
-        cuda::quantize_act_1x128<T>(c.gu_q.data(), c.gu_scales.data(), gu.data(), local_rows,
-                                    2 * I, kFp8PowerOfTwoScales, stream);
+        cuda::quantize_act_1x128<T>(c.gu_q.data(), c.gu_scales.data(), gu.data(), local_rows, 2 * I,
+                                    kFp8PowerOfTwoScales, stream);
       }
       if (received > 0)  // back to the received rows
         cuda::permute_rows<T>(expert_out.data(), out.data(), c.unpad_map.data(), received, 1, H,

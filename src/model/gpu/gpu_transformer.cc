@@ -30,8 +30,7 @@ struct GpuTransformer::Impl {
 
 GpuTransformer::GpuTransformer(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe,
                                Communicator* ep_comm)
-    : impl_(std::make_unique<Impl>(Impl{ctx, cfg, recipe,
-                                        ep_comm != nullptr && ep_comm->size() > 1,
+    : impl_(std::make_unique<Impl>(Impl{ctx, cfg, recipe, ep_comm != nullptr && ep_comm->size() > 1,
                                         make_gpu_model(ctx, cfg, recipe, ep_comm)})) {}
 
 GpuTransformer::~GpuTransformer() = default;
