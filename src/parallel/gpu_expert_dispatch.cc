@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 #include "core/cuda_check.h"
 #include "core/error.h"
@@ -35,7 +36,8 @@ GpuExpertDispatch::GpuExpertDispatch(cuda::DeviceContext& ctx, Communicator& com
   local_offsets_.assign(static_cast<size_t>(local_experts_ + 1), 0);
 }
 
-void GpuExpertDispatch::plan(const int32_t* topk_idx, int64_t tokens, int64_t top_k) {
+void GpuExpertDispatch::plan(const int32_t* topk_idx, int64_t tokens, int64_t top_k,
+                             int64_t* load) {
   FRUGAL_CHECK(tokens >= 0 && top_k > 0 && top_k <= n_experts_,
                "GpuExpertDispatch::plan: {} tokens, top_k {} of {} experts", tokens, top_k,
                n_experts_);
@@ -52,9 +54,9 @@ void GpuExpertDispatch::plan(const int32_t* topk_idx, int64_t tokens, int64_t to
   if (assignments > 0) {
     cuda::DeviceArray<uint8_t> workspace(
         ctx_, static_cast<int64_t>(cuda::expert_permutation_workspace_bytes(tokens, top_k, E)));
-    cuda::build_expert_permutation(expert_offsets_.data(), expert_counts_.data(), nullptr,
-                                   assignment_row_.data(), row_assignment_.data(), topk_idx,
-                                   tokens, top_k, E, /*row_align=*/1, workspace.data(), stream);
+    cuda::build_expert_permutation(expert_offsets_.data(), expert_counts_.data(), load,
+                                   assignment_row_.data(), row_assignment_.data(), topk_idx, tokens,
+                                   top_k, E, /*row_align=*/1, workspace.data(), stream);
   } else {
     FRUGAL_CUDA_CHECK(cudaMemsetAsync(expert_counts_.data(), 0, expert_counts_.bytes(), stream));
   }
@@ -115,13 +117,16 @@ void GpuExpertDispatch::plan(const int32_t* topk_idx, int64_t tokens, int64_t to
   FRUGAL_CUDA_CHECK(cudaMemcpyAsync(to_source_major_.data(), to_source_major.data(),
                                     to_source_major.size() * sizeof(int32_t),
                                     cudaMemcpyHostToDevice, stream));
-  const int64_t staging_rows = std::max<int64_t>({assignments, received_, 1});
-  if (staging_.size() < staging_rows * hidden_) {
-    staging_ = cuda::DeviceArray<bf16>(ctx_, staging_rows * hidden_);
-    staging2_ = cuda::DeviceArray<bf16>(ctx_, staging_rows * hidden_);
-  }
-  combined_ = false;
+  combined_bytes_ = 0;
   ctx_.synchronize();  // the host index arrays are freed on return
+}
+
+void GpuExpertDispatch::reserve_staging(int64_t rows, size_t element_bytes) {
+  const int64_t bytes = std::max<int64_t>(rows, 1) * hidden_ * static_cast<int64_t>(element_bytes);
+  if (staging_.size() < bytes) {
+    staging_ = cuda::DeviceArray<uint8_t>(ctx_, bytes);
+    staging2_ = cuda::DeviceArray<uint8_t>(ctx_, bytes);
+  }
 }
 
 namespace {
@@ -132,68 +137,106 @@ std::vector<int64_t> times(const std::vector<int64_t>& rows, int64_t hidden) {
   return out;
 }
 
+template <class P>
+constexpr CommType payload_type() {
+  if constexpr (std::is_same_v<P, float>)
+    return CommType::F32;
+  else
+    return CommType::BF16;
+}
+
 }  // namespace
 
-void GpuExpertDispatch::dispatch(bf16* received, const bf16* x) {
+template <class P>
+void GpuExpertDispatch::dispatch_t(P* received, const P* x) {
   FRUGAL_CHECK(tokens_ >= 0, "GpuExpertDispatch::dispatch before plan");
   const int64_t assignments = tokens_ * top_k_, H = hidden_;
+  reserve_staging(std::max(assignments, received_), sizeof(P));
+  P* staging = reinterpret_cast<P*>(staging_.data());
+  P* staging2 = reinterpret_cast<P*>(staging2_.data());
   if (assignments > 0)  // xp [assignments, hidden], owner-major
-    cuda::permute_rows<bf16>(staging_.data(), x, row_assignment_.data(), assignments, top_k_, H,
-                             ctx_.stream);
+    cuda::permute_rows<P>(staging, x, row_assignment_.data(), assignments, top_k_, H, ctx_.stream);
   // [received, hidden] source-major
-  comm_.all_to_all_v(staging2_.data(), times(recv_rows_, H), staging_.data(),
-                     times(send_rows_, H), CommType::BF16);
+  comm_.all_to_all_v(staging2, times(recv_rows_, H), staging, times(send_rows_, H),
+                     payload_type<P>());
   if (received_ > 0)  // [received, hidden] expert-major
-    cuda::permute_rows<bf16>(received, staging2_.data(), to_expert_major_.data(), received_, 1, H,
-                             ctx_.stream);
+    cuda::permute_rows<P>(received, staging2, to_expert_major_.data(), received_, 1, H,
+                          ctx_.stream);
 }
 
-void GpuExpertDispatch::combine(bf16* y, const bf16* expert_out, const float* weights) {
+template <class P>
+void GpuExpertDispatch::combine_t(P* y, const P* expert_out, const float* weights,
+                                  bool accumulate) {
   FRUGAL_CHECK(tokens_ >= 0, "GpuExpertDispatch::combine before plan");
   const int64_t assignments = tokens_ * top_k_, H = hidden_;
-  if (returned_.size() < std::max<int64_t>(assignments, 1) * H)
-    returned_ = cuda::DeviceArray<bf16>(ctx_, std::max<int64_t>(assignments, 1) * H);
+  reserve_staging(std::max(assignments, received_), sizeof(P));
+  const int64_t returned_bytes =
+      std::max<int64_t>(assignments, 1) * H * static_cast<int64_t>(sizeof(P));
+  if (returned_.size() < returned_bytes)
+    returned_ = cuda::DeviceArray<uint8_t>(ctx_, returned_bytes);
+  P* staging2 = reinterpret_cast<P*>(staging2_.data());
+  P* returned = reinterpret_cast<P*>(returned_.data());
   if (received_ > 0)  // [received, hidden] source-major
-    cuda::permute_rows<bf16>(staging2_.data(), expert_out, to_source_major_.data(), received_, 1,
-                             H, ctx_.stream);
+    cuda::permute_rows<P>(staging2, expert_out, to_source_major_.data(), received_, 1, H,
+                          ctx_.stream);
   // [assignments, hidden] back in this rank's owner-major order
-  comm_.all_to_all_v(returned_.data(), times(send_rows_, H), staging2_.data(),
-                     times(recv_rows_, H), CommType::BF16);
+  comm_.all_to_all_v(returned, times(send_rows_, H), staging2, times(recv_rows_, H),
+                     payload_type<P>());
   if (tokens_ > 0)
-    cuda::combine_fwd<bf16>(y, returned_.data(), weights, assignment_row_.data(), tokens_, top_k_,
-                            H, /*accumulate=*/false, ctx_.stream);
-  combined_ = true;
+    cuda::combine_fwd<P>(y, returned, weights, assignment_row_.data(), tokens_, top_k_, H,
+                         accumulate, ctx_.stream);
+  combined_bytes_ = sizeof(P);
 }
 
-void GpuExpertDispatch::dispatch_backward(bf16* dx, const bf16* d_received) {
+template <class P>
+void GpuExpertDispatch::dispatch_backward_t(P* dx, const P* d_received, bool accumulate) {
   FRUGAL_CHECK(tokens_ >= 0, "GpuExpertDispatch::dispatch_backward before plan");
-  const int64_t H = hidden_;
+  const int64_t assignments = tokens_ * top_k_, H = hidden_;
+  reserve_staging(std::max(assignments, received_), sizeof(P));
+  P* staging = reinterpret_cast<P*>(staging_.data());
+  P* staging2 = reinterpret_cast<P*>(staging2_.data());
   if (received_ > 0)  // [received, hidden] source-major
-    cuda::permute_rows<bf16>(staging2_.data(), d_received, to_source_major_.data(), received_, 1,
-                             H, ctx_.stream);
+    cuda::permute_rows<P>(staging2, d_received, to_source_major_.data(), received_, 1, H,
+                          ctx_.stream);
   // [assignments, hidden] in this rank's owner-major order
-  comm_.all_to_all_v(staging_.data(), times(send_rows_, H), staging2_.data(),
-                     times(recv_rows_, H), CommType::BF16);
+  comm_.all_to_all_v(staging, times(send_rows_, H), staging2, times(recv_rows_, H),
+                     payload_type<P>());
   if (tokens_ > 0)
-    cuda::unpermute_sum<bf16>(dx, staging_.data(), assignment_row_.data(), tokens_, top_k_, H,
-                              /*accumulate=*/false, ctx_.stream);
+    cuda::unpermute_sum<P>(dx, staging, assignment_row_.data(), tokens_, top_k_, H, accumulate,
+                           ctx_.stream);
 }
 
-void GpuExpertDispatch::combine_backward(bf16* d_expert_out, float* d_weights, const bf16* dy,
-                                         const float* weights) {
-  FRUGAL_CHECK(combined_, "GpuExpertDispatch::combine_backward needs the combine of this plan");
+template <class P>
+void GpuExpertDispatch::combine_backward_t(P* d_expert_out, float* d_weights, const P* dy,
+                                           const float* weights) {
+  FRUGAL_CHECK(combined_bytes_ == sizeof(P),
+               "GpuExpertDispatch::combine_backward needs the combine of this plan, in the same "
+               "payload type");
   const int64_t assignments = tokens_ * top_k_, H = hidden_;
+  reserve_staging(std::max(assignments, received_), sizeof(P));
+  P* staging = reinterpret_cast<P*>(staging_.data());
+  P* staging2 = reinterpret_cast<P*>(staging2_.data());
   if (tokens_ > 0)  // [assignments, hidden] owner-major, d_weights [tokens, K]
-    cuda::combine_bwd<bf16>(staging_.data(), d_weights, dy, returned_.data(), weights,
-                            assignment_row_.data(), row_assignment_.data(), assignments, tokens_,
-                            top_k_, H, ctx_.stream);
+    cuda::combine_bwd<P>(staging, d_weights, dy, reinterpret_cast<const P*>(returned_.data()),
+                         weights, assignment_row_.data(), row_assignment_.data(), assignments,
+                         tokens_, top_k_, H, ctx_.stream);
   // [received, hidden] source-major at the owners
-  comm_.all_to_all_v(staging2_.data(), times(recv_rows_, H), staging_.data(),
-                     times(send_rows_, H), CommType::BF16);
+  comm_.all_to_all_v(staging2, times(recv_rows_, H), staging, times(send_rows_, H),
+                     payload_type<P>());
   if (received_ > 0)  // expert-major
-    cuda::permute_rows<bf16>(d_expert_out, staging2_.data(), to_expert_major_.data(), received_, 1,
-                             H, ctx_.stream);
+    cuda::permute_rows<P>(d_expert_out, staging2, to_expert_major_.data(), received_, 1, H,
+                          ctx_.stream);
 }
+
+template void GpuExpertDispatch::dispatch_t<bf16>(bf16*, const bf16*);
+template void GpuExpertDispatch::dispatch_t<float>(float*, const float*);
+template void GpuExpertDispatch::combine_t<bf16>(bf16*, const bf16*, const float*, bool);
+template void GpuExpertDispatch::combine_t<float>(float*, const float*, const float*, bool);
+template void GpuExpertDispatch::dispatch_backward_t<bf16>(bf16*, const bf16*, bool);
+template void GpuExpertDispatch::dispatch_backward_t<float>(float*, const float*, bool);
+template void GpuExpertDispatch::combine_backward_t<bf16>(bf16*, float*, const bf16*, const float*);
+template void GpuExpertDispatch::combine_backward_t<float>(float*, float*, const float*,
+                                                           const float*);
 
 }  // namespace frugal::gpu
 

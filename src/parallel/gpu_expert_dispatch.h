@@ -23,6 +23,9 @@
 //                   d_weights[t,k] = dy[t] . out_back[row(t,k)] (cuda::combine_bwd, using the rows
 //                   the last combine brought back), then d_back sent to the experts' owners and
 //                   reordered expert-major: d_expert_out [received, hidden].
+// Payload: BF16 (__nv_bfloat16) or fp32 (float, the fp32 recipe's exact path); every method comes
+// in both types, and one plan serves either. combine and dispatch_backward can accumulate into
+// their output (y += ..., dx += ...: an MoE layer's shared-expert branch is already there).
 //
 // `comm` is an NCCL communicator over the EP group (nccl_communicator.h) whose input stream is the
 // context's stream; its operations return complete. Only for builds with CUDA (FRUGAL_HAVE_CUDA).
@@ -46,21 +49,43 @@ class GpuExpertDispatch {
 
   // The layouts of one batch of `tokens` tokens routed to top_k experts each: topk_idx
   // [tokens, top_k] (device, global expert ids, distinct per token). Collective over the group.
-  void plan(const int32_t* topk_idx, int64_t tokens, int64_t top_k);
+  // load: optional device int64 [n_experts] counter that gets this rank's assignments per expert
+  // added (all experts, not only the local ones).
+  void plan(const int32_t* topk_idx, int64_t tokens, int64_t top_k, int64_t* load = nullptr);
 
   // x [tokens, hidden] -> received [received_rows(), hidden] (expert-major over the local
   // experts). Collective.
-  void dispatch(__nv_bfloat16* received, const __nv_bfloat16* x);
-  // expert_out [received_rows(), hidden] (expert-major) -> y [tokens, hidden] =
+  void dispatch(__nv_bfloat16* received, const __nv_bfloat16* x) { dispatch_t(received, x); }
+  void dispatch(float* received, const float* x) { dispatch_t(received, x); }
+  // expert_out [received_rows(), hidden] (expert-major) -> y [tokens, hidden] (+)=
   // sum_k weights[t,k] * expert_out[row of (t,k)]; weights [tokens, top_k] (device). Collective.
-  void combine(__nv_bfloat16* y, const __nv_bfloat16* expert_out, const float* weights);
+  void combine(__nv_bfloat16* y, const __nv_bfloat16* expert_out, const float* weights,
+               bool accumulate = false) {
+    combine_t(y, expert_out, weights, accumulate);
+  }
+  void combine(float* y, const float* expert_out, const float* weights, bool accumulate = false) {
+    combine_t(y, expert_out, weights, accumulate);
+  }
 
-  // dx [tokens, hidden] (assigned) from d_received [received_rows(), hidden]. Collective.
-  void dispatch_backward(__nv_bfloat16* dx, const __nv_bfloat16* d_received);
-  // After combine: dy [tokens, hidden] -> d_expert_out [received_rows(), hidden] (expert-major)
-  // and d_weights [tokens, top_k] (fp32, assigned). Collective.
+  // dx [tokens, hidden] (assigned, or accumulated) from d_received [received_rows(), hidden].
+  // Collective.
+  void dispatch_backward(__nv_bfloat16* dx, const __nv_bfloat16* d_received,
+                         bool accumulate = false) {
+    dispatch_backward_t(dx, d_received, accumulate);
+  }
+  void dispatch_backward(float* dx, const float* d_received, bool accumulate = false) {
+    dispatch_backward_t(dx, d_received, accumulate);
+  }
+  // After combine (same payload type): dy [tokens, hidden] -> d_expert_out [received_rows(),
+  // hidden] (expert-major) and d_weights [tokens, top_k] (fp32, assigned). Collective.
   void combine_backward(__nv_bfloat16* d_expert_out, float* d_weights, const __nv_bfloat16* dy,
-                        const float* weights);
+                        const float* weights) {
+    combine_backward_t(d_expert_out, d_weights, dy, weights);
+  }
+  void combine_backward(float* d_expert_out, float* d_weights, const float* dy,
+                        const float* weights) {
+    combine_backward_t(d_expert_out, d_weights, dy, weights);
+  }
 
   int64_t local_experts() const { return local_experts_; }
   int64_t first_local_expert() const { return first_local_expert_; }
@@ -72,6 +97,17 @@ class GpuExpertDispatch {
   const std::vector<int64_t>& recv_rows() const { return recv_rows_; }
 
  private:
+  template <class P>
+  void dispatch_t(P* received, const P* x);
+  template <class P>
+  void combine_t(P* y, const P* expert_out, const float* weights, bool accumulate);
+  template <class P>
+  void dispatch_backward_t(P* dx, const P* d_received, bool accumulate);
+  template <class P>
+  void combine_backward_t(P* d_expert_out, float* d_weights, const P* dy, const float* weights);
+  // Staging of `rows` rows of P (grown on demand; the bytes are reused by either payload type).
+  void reserve_staging(int64_t rows, size_t element_bytes);
+
   cuda::DeviceContext& ctx_;
   Communicator& comm_;
   int64_t n_experts_, hidden_, ep_, local_experts_, first_local_expert_;
@@ -80,10 +116,11 @@ class GpuExpertDispatch {
   cuda::DeviceArray<int32_t> assignment_row_, row_assignment_;  // [tokens*K]
   cuda::DeviceArray<int32_t> to_expert_major_;  // [received]: source-major row of expert-major row
   cuda::DeviceArray<int32_t> to_source_major_;  // [received]: expert-major row of source-major row
-  cuda::DeviceArray<__nv_bfloat16> staging_;    // [max(tokens*K, received), hidden]
-  cuda::DeviceArray<__nv_bfloat16> staging2_;   // [max(tokens*K, received), hidden]
-  cuda::DeviceArray<__nv_bfloat16> returned_;   // [tokens*K, hidden] rows the last combine got back
-  bool combined_ = false;                       // returned_ matches the current plan
+  cuda::DeviceArray<uint8_t> staging_;   // [max(tokens*K, received), hidden] payload elements
+  cuda::DeviceArray<uint8_t> staging2_;  // [max(tokens*K, received), hidden] payload elements
+  cuda::DeviceArray<uint8_t> returned_;  // [tokens*K, hidden] rows the last combine got back
+  size_t combined_bytes_ = 0;            // payload element size of the last combine of this plan
+                                         // (0: none yet)
   std::vector<int64_t> send_rows_, recv_rows_, local_offsets_;
 };
 

@@ -37,13 +37,20 @@ double gpu_peak_flops(const std::string& device_name, int compute_capability, Re
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "core/cuda_check.h"
 #include "core/device_context.h"
+#include "kernels/adamw/adamw_cuda.h"
 #include "model/gpu/gpu_transformer.h"
 #include "parallel/gpu_data_parallel.h"
 #include "parallel/mesh.h"
+#include "train/gpu_engine_kernels.h"
 #include "train/gpu_optimizer.h"
 #ifdef FRUGAL_HAVE_NCCL
 #include "parallel/nccl_communicator.h"
@@ -63,10 +70,10 @@ int node_local_rank() {
 // mesh before anything is allocated (every rank fails alike).
 int engine_device(const Config& config, const Mesh* mesh) {
   if (mesh == nullptr) return 0;
-  FRUGAL_CHECK(mesh->shape().pp == 1 && mesh->shape().ep == 1 && config.train.ep == 1,
-               "train.device = \"cuda\" on several ranks runs data parallelism only (train.pp = {}, "
-               "train.ep = {})",
-               mesh->shape().pp, mesh->shape().ep);
+  FRUGAL_CHECK(mesh->shape().pp == 1 && mesh->shape().ep == config.train.ep,
+               "train.device = \"cuda\" on several ranks runs data and expert parallelism only "
+               "(train.pp = {} must be 1; the mesh's ep {} must be train.ep = {})",
+               mesh->shape().pp, mesh->shape().ep, config.train.ep);
 #ifndef FRUGAL_HAVE_NCCL
   fail("train.device = \"cuda\" on {} ranks needs NCCL: this frugal was built without it "
        "(install NCCL and reconfigure), or train one GPU in one process",
@@ -83,6 +90,35 @@ int engine_device(const Config& config, const Mesh* mesh) {
   return device;
 }
 
+// The routed expert a parameter of an MoE layer belongs to ("...mlp.experts.{e}...."), else -1.
+int64_t routed_expert_of(const std::string& name) {
+  static const std::string marker = ".mlp.experts.";
+  const size_t at = name.find(marker);
+  if (at == std::string::npos) return -1;
+  return std::stoll(name.substr(at + marker.size()));
+}
+
+// Expert parallelism (mesh ep > 1): the NCCL communicator over this rank's EP group, reading the
+// compute stream; null otherwise.
+std::unique_ptr<Communicator> make_ep_communicator(const Mesh* mesh, cuda::DeviceContext& ctx) {
+  if (mesh == nullptr || mesh->shape().ep <= 1) return nullptr;
+#ifdef FRUGAL_HAVE_NCCL
+  std::unique_ptr<Communicator> comm = make_nccl_communicator(mesh->ep(), ctx.device);
+  set_input_stream(*comm, ctx.stream);
+  return comm;
+#else
+  (void)ctx;
+  fail("train.ep = {} on GPUs needs NCCL: this frugal was built without it", mesh->shape().ep);
+#endif
+}
+
+// Under expert parallelism the engine clips against the global norm itself (every rank must
+// scale alike, and GpuAdamW sees only this rank's experts): its AdamW runs without a clip.
+OptimConfig local_optimizer_config(OptimConfig optim, const Mesh* mesh) {
+  if (mesh != nullptr && mesh->shape().ep > 1) optim.grad_clip = 0;
+  return optim;
+}
+
 class GpuEngine : public StepEngine {
  public:
   GpuEngine(const Config& config, const Mesh* mesh)
@@ -91,8 +127,9 @@ class GpuEngine : public StepEngine {
         ctx_(engine_device(config, mesh)),
         choice_(choose_recipe(parse_recipe(config.train.precision), ctx_.compute_capability)),
         host_(config.model),
-        model_(ctx_, config.model, choice_.recipe),
-        optimizer_(ctx_, config.optim, model_) {
+        ep_comm_(make_ep_communicator(mesh, ctx_)),
+        model_(ctx_, config.model, choice_.recipe, ep_comm_.get()),
+        optimizer_(ctx_, local_optimizer_config(config.optim, mesh), model_) {
     cudaDeviceProp properties{};
     FRUGAL_CUDA_CHECK(cudaGetDeviceProperties(&properties, ctx_.device));
     device_name_ = properties.name;
@@ -101,6 +138,7 @@ class GpuEngine : public StepEngine {
     // The host model only carries values between the device and checkpoints: drop its gradients.
     for (const auto& param : host_.params().all()) std::vector<float>().swap(param->grad);
     if (mesh_ != nullptr) start_data_parallel();
+    if (ep_comm_ != nullptr) start_expert_parallel();
   }
 
   std::string description() const override {
@@ -111,6 +149,12 @@ class GpuEngine : public StepEngine {
                           "step)",
                           mesh_->world().size(), describe(mesh_->shape()),
                           reducer_->collectives_per_call());
+    if (ep_comm_ != nullptr)
+      text += fmt::format(
+          ", experts {}..{} of {} here (EP {} of {}), tokens dispatched through "
+          "NCCL",
+          first_local_expert_, first_local_expert_ + local_experts_ - 1,
+          config_.model.n_routed_experts, mesh_->coords().ep_rank, mesh_->shape().ep);
     return text;
   }
   std::string recipe_note() const override { return choice_.note; }
@@ -134,10 +178,12 @@ class GpuEngine : public StepEngine {
       for (const gpu::DeviceLoadCounter& counter : model_.expert_load_counters())
         dp_comm_->all_reduce_sum(counter.counts, counter.experts, CommType::I64);
       reducer_->all_reduce();
+      if (expert_reducer_ != nullptr) expert_reducer_->all_reduce();
     }
-    const auto info = optimizer_.step(lr);
     // Even a skipped step invalidates the host copies: they are re-read rather than assumed equal.
     host_model_current_ = host_optimizer_current_ = false;
+    if (ep_comm_ != nullptr) return expert_parallel_step(lr);
+    const auto info = optimizer_.step(lr);
     return {info.grad_norm, info.skipped};
   }
 
@@ -150,22 +196,31 @@ class GpuEngine : public StepEngine {
 
   void synchronize() override { ctx_.synchronize(); }
 
+  // Expert-parallel: collective over the EP group (every rank calls it): the other ranks' experts
+  // arrive from their owners, so every rank's host model is the whole model.
   Transformer<float>& host_model() override {
     if (!host_model_current_) {
       ctx_.synchronize();
       model_.download(host_.params());
+      if (ep_comm_ != nullptr) share_experts_values();
       host_model_current_ = true;
     }
     return host_;
   }
 
+  // Expert-parallel: collective over the EP group, like host_model().
   AdamW<float>& host_optimizer() override {
     if (!host_optimizer_) {
       host_optimizer_ = std::make_unique<AdamW<float>>(config_.optim, host_.params());
       host_optimizer_current_ = false;
     }
     if (!host_optimizer_current_) {
-      optimizer_.download(*host_optimizer_);
+      if (ep_comm_ == nullptr) {
+        optimizer_.download(*host_optimizer_);
+      } else {
+        optimizer_.download(*local_optimizer_);
+        share_experts_moments();
+      }
       host_optimizer_current_ = true;
     }
     return *host_optimizer_;
@@ -176,13 +231,38 @@ class GpuEngine : public StepEngine {
   // then on the device is the reference: the next read downloads again (so what a caller reads
   // back is what the device trains with).
   void upload_host_state() override {
-    if (host_model_current_) model_.upload(host_.params());
-    if (host_optimizer_ && host_optimizer_current_) optimizer_.upload(*host_optimizer_);
-    host_model_current_ = host_optimizer_current_ = false;
+    if (host_model_current_) model_.upload(host_.params());  // the slice held here
+    if (host_optimizer_ && host_optimizer_current_) {
+      if (ep_comm_ == nullptr) {
+        optimizer_.upload(*host_optimizer_);
+      } else {  // this rank's slice of the whole host optimizer
+        std::unordered_map<std::string, const AdamW<float>::ParamState*> whole;
+        for (const auto& state : host_optimizer_->state()) whole[state.name] = &state;
+        for (const auto& state : local_optimizer_->state()) {
+          const auto it = whole.find(state.name);
+          FRUGAL_CHECK(it != whole.end(), "the optimizer state has no moments for {}", state.name);
+          local_optimizer_->set_state(state.name, it->second->m, it->second->v);
+        }
+        local_optimizer_->set_step_count(host_optimizer_->step_count());
+        optimizer_.upload(*local_optimizer_);
+      }
+    }
+    // Expert parallelism: the fp32 weights went up exactly, so a current host model stays current
+    // (reading it again would be collective, and a caller may read it on one rank alone: the
+    // parameter count frugal train prints); BF16 moments may have been rounded, so the optimizer
+    // copy is read again.
+    if (ep_comm_ == nullptr) host_model_current_ = false;
+    host_optimizer_current_ = false;
   }
 
   // Data parallelism: dp rank 0 writes the checkpoint (every replica holds the same state).
+  // Expert parallelism: every rank takes part in gathering the experts (collective), then dp rank
+  // 0 alone returns the whole state.
   CheckpointState checkpoint_state() override {
+    if (ep_comm_ != nullptr) {
+      host_model();
+      host_optimizer();
+    }
     if (mesh_ != nullptr && mesh_->coords().dp_rank != 0) return {};
     return {&host_model(), &host_optimizer()};
   }
@@ -203,11 +283,146 @@ class GpuEngine : public StepEngine {
 #ifdef FRUGAL_HAVE_NCCL
     dp_comm_ = make_nccl_communicator(mesh_->dp(), ctx_.device);
     set_input_stream(*dp_comm_, ctx_.stream);
+    // Under expert parallelism the routed experts' gradients are summed over expert_dp instead
+    // (start_expert_parallel): an expert lives on one rank of each EP group.
+    const bool ep = ep_comm_ != nullptr;
     std::vector<gpu::DeviceSpan> grads;
     for (const gpu::DeviceParam& p : model_.params())
-      if (p.trainable && p.grad != nullptr) grads.push_back({p.grad, p.count});
+      if (p.trainable && p.grad != nullptr && !(ep && routed_expert_of(p.name) >= 0))
+        grads.push_back({p.grad, p.count});
     reducer_ = std::make_unique<gpu::GradientAllReducer>(ctx_, *dp_comm_, std::move(grads));
 #endif
+  }
+
+  // Expert parallelism: the expert_dp reducer (when expert_dp > 1), the local experts' range, the
+  // host AdamW over this rank's tensors (the GPU optimizer's checkpoint layout) and the gradient
+  // sets of the global norm.
+  void start_expert_parallel() {
+    const int64_t E = config_.model.n_routed_experts, ep = mesh_->shape().ep;
+    local_experts_ = E / ep;
+    first_local_expert_ = mesh_->coords().ep_rank * local_experts_;
+    std::vector<gpu::DeviceSpan> expert_grads;
+    local_names_.clear();
+    for (const gpu::DeviceParam& p : model_.params()) {
+      const int64_t e = routed_expert_of(p.name);
+      FRUGAL_CHECK(e < 0 || (e >= first_local_expert_ && e < first_local_expert_ + local_experts_),
+                   "EP rank {} holds {}, outside its experts [{}, {})", mesh_->coords().ep_rank,
+                   p.name, first_local_expert_, first_local_expert_ + local_experts_);
+      local_names_.push_back(p.name);
+      if (!p.trainable || p.grad == nullptr) continue;
+      (e >= 0 ? expert_norm_tensors_ : dense_norm_tensors_).push_back({p.grad, p.count});
+      if (e >= 0) expert_grads.push_back({p.grad, p.count});
+    }
+#ifdef FRUGAL_HAVE_NCCL
+    if (mesh_->shape().expert_dp() > 1) {
+      expert_dp_comm_ = make_nccl_communicator(mesh_->expert_dp(), ctx_.device);
+      set_input_stream(*expert_dp_comm_, ctx_.stream);
+      expert_reducer_ = std::make_unique<gpu::GradientAllReducer>(ctx_, *expert_dp_comm_,
+                                                                  std::move(expert_grads));
+    }
+#endif
+    // The host store of this rank's tensors (shapes only matter) and its AdamW.
+    for (const std::string& name : local_names_) {
+      const Param<float>& whole = host_.params().get(name);
+      Param<float>& local = local_store_.add(name, whole.shape, kind_of(whole));
+      local.trainable = whole.trainable;
+      local.weight_decay = whole.weight_decay;
+      std::vector<float>().swap(local.grad);
+    }
+    local_optimizer_ = std::make_unique<AdamW<float>>(config_.optim, local_store_);
+    // The AdamW keeps its own moments: the store's values only sized them.
+    for (const auto& param : local_store_.all()) std::vector<float>().swap(param->value);
+    for (const auto* set : {&dense_norm_tensors_, &expert_norm_tensors_})
+      norm_workspace_bytes_ = std::max(
+          norm_workspace_bytes_,
+          set->empty()
+              ? 0
+              : cuda::grad_norm_workspace_bytes(set->data(), static_cast<int64_t>(set->size())));
+    norm_workspace_ = cuda::DeviceArray<uint8_t>(
+        ctx_, static_cast<int64_t>(std::max<size_t>(norm_workspace_bytes_, 1)));
+    std::vector<gpu::DeviceSpan> all_grads;
+    for (const gpu::DeviceParam& p : model_.params())
+      if (p.trainable && p.grad != nullptr) all_grads.push_back({p.grad, p.count});
+    clip_spans_ = gpu::merge_device_spans(std::move(all_grads));
+    norm_scalars_ = cuda::DeviceArray<float>(ctx_, 4);
+    norm_flags_ = cuda::DeviceArray<int32_t>(ctx_, 2);
+  }
+
+  static ParamKind kind_of(const Param<float>& p) {
+    if (!p.trainable) return ParamKind::Buffer;
+    return p.weight_decay ? ParamKind::Matrix : ParamKind::Norm;
+  }
+
+  // The L2 norm of every gradient of the whole model (dense tensors: equal on every rank after
+  // the dp sum; routed experts: this rank's squares summed over the EP group on the host), then
+  // the clip of the CPU rule, scale = min(1, grad_clip / (norm + 1e-6)), applied to this rank's
+  // gradients, then the unclipped GpuAdamW. A non-finite norm skips the step on every rank alike.
+  OptimizerStepInfo expert_parallel_step(double lr) {
+    double squares[2] = {0, 0};  // dense, experts (this rank)
+    const std::vector<cuda::GradTensor>* sets[2] = {&dense_norm_tensors_, &expert_norm_tensors_};
+    for (int i = 0; i < 2; ++i) {
+      if (sets[i]->empty()) continue;
+      cuda::grad_norm_and_clip(norm_scalars_.data() + 2 * i, norm_scalars_.data() + 2 * i + 1,
+                               norm_flags_.data() + i, sets[i]->data(),
+                               static_cast<int64_t>(sets[i]->size()), 0.0f, norm_workspace_.data(),
+                               ctx_.stream);
+      float host[2] = {0, 0};
+      FRUGAL_CUDA_CHECK(cudaMemcpyAsync(host, norm_scalars_.data() + 2 * i, sizeof(host),
+                                        cudaMemcpyDeviceToHost, ctx_.stream));
+      ctx_.synchronize();
+      squares[i] = static_cast<double>(host[0]) * static_cast<double>(host[0]);
+    }
+    mesh_->ep().all_reduce_sum(&squares[1], 1, CommType::F64);
+    const double norm = std::sqrt(squares[0] + squares[1]);
+    if (!std::isfinite(norm)) return {norm, true};  // every rank sees the same norm
+    const double clip = config_.optim.grad_clip;
+    const float scale = clip > 0 ? std::min(1.0f, static_cast<float>(clip / (norm + 1e-6))) : 1.0f;
+    if (scale < 1.0f)  // over disjoint spans: a gradient array is scaled once
+      for (const gpu::DeviceSpan& span : clip_spans_)
+        cuda::scale_in_place(span.data, span.count, scale, ctx_.stream);
+    const auto info = optimizer_.step(lr);
+    FRUGAL_CHECK(!info.skipped,
+                 "EP rank {}: the local AdamW skipped a step whose global gradient norm {} is "
+                 "finite",
+                 mesh_->coords().ep_rank, norm);
+    return {norm, false};
+  }
+
+  // Every routed expert's host values from its owner (EP rank e / local_experts_), in the host
+  // store's order on every rank.
+  void share_experts_values() {
+    for (const auto& param : host_.params().all()) {
+      const int64_t e = routed_expert_of(param->name);
+      if (e < 0) continue;
+      mesh_->ep().broadcast(param->value.data(), param->numel(), CommType::F32,
+                            static_cast<int>(e / local_experts_));
+    }
+  }
+
+  // The whole host AdamW from this rank's (dense and local experts) and the owners' moments.
+  void share_experts_moments() {
+    std::unordered_map<std::string, const AdamW<float>::ParamState*> local;
+    for (const auto& state : local_optimizer_->state()) local[state.name] = &state;
+    std::vector<float> m, v;
+    for (const auto& state : host_optimizer_->state()) {
+      const int64_t e = routed_expert_of(state.name);
+      const auto it = local.find(state.name);
+      if (it != local.end()) {
+        m = it->second->m;
+        v = it->second->v;
+      } else {
+        FRUGAL_CHECK(e >= 0, "the GPU optimizer has no moments for {}", state.name);
+        m.assign(state.m.size(), 0.0f);
+        v.assign(state.v.size(), 0.0f);
+      }
+      if (e >= 0) {
+        const int owner = static_cast<int>(e / local_experts_);
+        mesh_->ep().broadcast(m.data(), static_cast<int64_t>(m.size()), CommType::F32, owner);
+        mesh_->ep().broadcast(v.data(), static_cast<int64_t>(v.size()), CommType::F32, owner);
+      }
+      host_optimizer_->set_state(state.name, m, v);
+    }
+    host_optimizer_->set_step_count(local_optimizer_->step_count());
   }
 
   // Declaration order is construction order: the context outlives everything allocated from it.
@@ -216,6 +431,7 @@ class GpuEngine : public StepEngine {
   cuda::DeviceContext ctx_;
   RecipeChoice choice_;
   Transformer<float> host_;
+  std::unique_ptr<Communicator> ep_comm_;  // expert parallelism: NCCL over the EP group
   gpu::GpuTransformer model_;
   gpu::GpuAdamW optimizer_;
   std::unique_ptr<AdamW<float>> host_optimizer_;  // made on first use (checkpoints)
@@ -224,6 +440,20 @@ class GpuEngine : public StepEngine {
   std::string device_name_;
   std::unique_ptr<Communicator> dp_comm_;               // data parallelism only
   std::unique_ptr<gpu::GradientAllReducer> reducer_;  // (declared after ctx_: freed first)
+  // Expert parallelism only (ep_comm_ is declared before model_, which uses it).
+  std::unique_ptr<Communicator> expert_dp_comm_;             // expert_dp > 1
+  std::unique_ptr<gpu::GradientAllReducer> expert_reducer_;  // expert_dp > 1
+  int64_t first_local_expert_ = 0, local_experts_ = 0;
+  std::vector<std::string> local_names_;  // model_.params() names, in order
+  ParamStore<float> local_store_;         // this rank's names and shapes (values released), for
+                                          // local_optimizer_
+  std::unique_ptr<AdamW<float>> local_optimizer_;  // the GPU optimizer's checkpoint layout
+  std::vector<cuda::GradTensor> dense_norm_tensors_, expert_norm_tensors_;  // as GpuAdamW counts
+  std::vector<gpu::DeviceSpan> clip_spans_;  // every trainable gradient, disjoint
+  size_t norm_workspace_bytes_ = 0;
+  cuda::DeviceArray<uint8_t> norm_workspace_;
+  cuda::DeviceArray<float> norm_scalars_;  // [dense norm, clip, expert norm, clip]
+  cuda::DeviceArray<int32_t> norm_flags_;  // [2] non-finite flags
 };
 
 }  // namespace

@@ -2,16 +2,30 @@
 // and GpuAdamW (train/gpu_optimizer.h) on one GPU (device 0 of the visible ones), behind the
 // StepEngine interface the trainer drives.
 //
-// Data parallelism (a Mesh of dp > 1 ranks, train.pp = train.ep = 1; builds with NCCL): each
-// process drives the GPU of its local rank on its node (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID
-// or SLURM_LOCALID; else the world rank), holds a whole replica (weights, gradients, moments) and
-// runs its own micro-batches. optimizer_step first sums every MoE layer's expert-load counters and
-// then every gradient over the dp group through an NCCL communicator bootstrapped from the mesh's
-// dp group (parallel/gpu_data_parallel.h: in place, small tensors bucketed), then runs the
-// unchanged GpuAdamW on every rank: the replicas make the same update and stay bitwise equal. This
-// is plain all-reduce data parallelism (every rank keeps the whole optimizer state), not ZeRO-1.
-// dp rank 0 alone returns the checkpoint state (the files a single process writes); every rank
-// loads a checkpoint whole. The MFU peak is the whole job's.
+// Data parallelism (a Mesh of dp > 1 ranks, train.pp = 1; builds with NCCL): each process drives
+// the GPU of its local rank on its node (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID or
+// SLURM_LOCALID; else the world rank) and runs its own micro-batches. optimizer_step first sums
+// every MoE layer's expert-load counters and then every dense gradient over the dp group through an
+// NCCL communicator bootstrapped from the mesh's dp group (parallel/gpu_data_parallel.h: in place,
+// small tensors bucketed), then runs GpuAdamW on every rank: the replicas make the same update and
+// stay bitwise equal. This is plain all-reduce data parallelism (every rank keeps the optimizer
+// state of what it holds), not ZeRO-1. The MFU peak is the whole job's.
+//
+// Expert parallelism (train.ep > 1, EP groups inside dp, parallel/mesh.h): an NCCL communicator
+// over the mesh's ep group is made before the model, whose MoE layers then hold only this EP rank's
+// routed experts [r*E/ep, (r+1)*E/ep) and exchange token rows with the other EP ranks
+// (model/gpu/gpu_moe.h); GpuAdamW covers only the tensors held here. Routed-expert gradients skip
+// the dp sum and are summed over the expert_dp group (ranks holding the same experts; nothing to do
+// when dp == ep). The gradient norm is the whole model's (dense squares, plus the experts' squares
+// summed over the EP group on the host) and the engine applies the clip itself (the same scale on
+// every rank) before an unclipped GpuAdamW; a non-finite norm skips the step on every rank.
+// Checkpoints: host_model() / host_optimizer() are then collective over the EP group (every rank
+// gathers every expert's values and moments from its owner, a host broadcast per tensor), so
+// checkpoint_state() is called on every rank and dp rank 0 returns the whole state; on load each
+// rank uploads its slice. Pipeline parallelism (train.pp > 1) stays refused on GPUs.
+//
+// Without expert parallelism dp rank 0 alone returns the checkpoint state (the files a single
+// process writes); every rank loads a checkpoint whole.
 //
 // The weights start on the host: a CPU Transformer<float> of the same config is initialized from
 // train.seed / train.init_std exactly as the CPU engine does, then uploaded, so CPU and GPU runs

@@ -31,14 +31,13 @@ std::unique_ptr<StepEngine> make_step_engine(const Config& config, const Mesh* m
     if (mesh != nullptr && mesh->shape().pp > 1) return make_pipeline_engine(config, *mesh);
     return std::make_unique<CpuEngine>(config, mesh);
   }
-  // Several GPUs: data parallelism only (pipeline and expert parallelism run on the CPU engine).
+  // Several GPUs: data and expert parallelism (pipeline parallelism runs on the CPU engine).
   const bool several = mesh != nullptr && mesh->world().size() > 1;
-  FRUGAL_CHECK(!several || (mesh->shape().pp == 1 && mesh->shape().ep == 1),
-               "multi-GPU training runs data parallelism only: pipeline and expert parallelism on "
-               "GPUs are not yet built (train.device = \"cuda\", train.pp = {}, train.ep = {}, {} "
-               "ranks); set train.pp = train.ep = 1, or train.device = \"cpu\"",
-               mesh ? mesh->shape().pp : 1, mesh ? mesh->shape().ep : 1,
-               mesh ? mesh->world().size() : 1);
+  FRUGAL_CHECK(!several || mesh->shape().pp == 1,
+               "multi-GPU training runs data and expert parallelism: pipeline parallelism on GPUs "
+               "is not yet built (train.device = \"cuda\", train.pp = {}, {} ranks); set "
+               "train.pp = 1, or train.device = \"cpu\"",
+               mesh ? mesh->shape().pp : 1, mesh ? mesh->world().size() : 1);
 #ifdef FRUGAL_HAVE_CUDA
   return make_gpu_engine(config, several ? mesh : nullptr);
 #else

@@ -8,9 +8,9 @@
 //     and the weights and moments as wholes (relative L2; each tensor within 1e-5, see
 //     parallel_test_util.h); the data state stays identical.
 // In both, every rank ends with the same parameters and routing biases (the all-gathered ZeRO-1
-// shards and the load summed over ranks agree). Also: train.device = "cuda" with expert
-// parallelism is refused (multi-GPU training runs data parallelism only; see
-// tests/parallel/test_gpu_dp_cuda.cc for GPU data parallelism).
+// shards and the load summed over ranks agree). Also: train.device = "cuda" with pipeline
+// parallelism is refused (multi-GPU training runs data and expert parallelism; see
+// tests/parallel/test_gpu_dp_cuda.cc and test_gpu_ep_cuda.cc).
 #include <gtest/gtest.h>
 
 #include "parallel_test_util.h"
@@ -86,24 +86,24 @@ TEST_F(DataParallel, TwoMicroBatchesPerRankAgreeWithin1e6Relative) {
   expect_same_metrics(par, ref, 1e-6);
 }
 
-// Several GPUs run data parallelism only: train.device = "cuda" with train.ep = 2 on a mesh of
-// more than one rank is refused on every rank (before any collective or CUDA call, in CPU and
-// CUDA builds alike), naming the settings; and the CPU engine of a mesh has no single-process
-// optimizer to hand out.
-TEST_F(DataParallel, CudaExpertParallelismIsRefusedAndTheOptimizerIsSharded) {
+// Several GPUs run data and expert parallelism but not pipelines: train.device = "cuda" with
+// train.pp = 2 on a mesh of more than one rank is refused on every rank (before any collective or
+// CUDA call, in CPU and CUDA builds alike), naming the settings; and the CPU engine of a mesh has
+// no single-process optimizer to hand out.
+TEST_F(DataParallel, CudaPipelineParallelismIsRefusedAndTheOptimizerIsSharded) {
   SharedTempDir dir(*world);
   Config config = parallel_test_config(dir.path("run"), {});
   TextDataSource train(synthetic_tokens(3000, 11), config.train.seed, 0, 1,
                        ByteTokenizer::kVocabSize, "train");
   {
-    Config ep_config = parallel_test_config(dir.path("run-ep"), {"train.ep=2"});
-    Mesh ep_mesh(*world, mesh_shape(ranks, ep_config.train, ep_config.model));
-    ep_config.train.device = "cuda";
+    Config pp_config = parallel_test_config(dir.path("run-pp"), {"train.pp=2"});
+    Mesh pp_mesh(*world, mesh_shape(ranks, pp_config.train, pp_config.model));
+    pp_config.train.device = "cuda";
     const std::string message =
-        error_message([&] { Trainer trainer(ep_config, train, nullptr, true, &ep_mesh); });
-    EXPECT_NE(message.find("multi-GPU training runs data parallelism only"), std::string::npos)
+        error_message([&] { Trainer trainer(pp_config, train, nullptr, true, &pp_mesh); });
+    EXPECT_NE(message.find("pipeline parallelism on GPUs is not yet built"), std::string::npos)
         << message;
-    EXPECT_NE(message.find("train.ep = 2"), std::string::npos) << message;
+    EXPECT_NE(message.find("train.pp = 2"), std::string::npos) << message;
     EXPECT_NE(message.find("train.device"), std::string::npos) << message;
     EXPECT_NE(message.find(std::to_string(ranks) + " ranks"), std::string::npos) << message;
   }

@@ -44,7 +44,7 @@ void copy_row_blocks(cuda::DeviceContext& ctx, E* dst, int64_t dst_rows, const E
 template <class T>
 class GpuModel final : public GpuModelBase {
  public:
-  GpuModel(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe);
+  GpuModel(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe, Communicator* ep_comm);
 
   Losses run(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq,
              const LossWeights& weights, bool training, double loss_scale) override;
@@ -107,9 +107,11 @@ class GpuModel final : public GpuModelBase {
 };
 
 template <class T>
-GpuModel<T>::GpuModel(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe)
+GpuModel<T>::GpuModel(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe,
+                      Communicator* ep_comm)
     : ctx_(ctx), cfg_(cfg), registry_(ctx) {
   validate(cfg_);
+  ExpertParallelScope expert_parallel(ep_comm);  // the MoE layers built below hold their EP slice
   const int64_t d = cfg.hidden_size;
   // Registration in the CPU Transformer's order.
   embed_ = registry_.allocate(cfg.vocab_size * d, /*trainable=*/true);
@@ -445,9 +447,9 @@ std::vector<ExpertLoad> GpuModel<T>::expert_load() {
 }  // namespace
 
 std::unique_ptr<GpuModelBase> make_gpu_model(cuda::DeviceContext& ctx, const ModelConfig& cfg,
-                                             Recipe recipe) {
-  if (recipe == Recipe::Fp32) return std::make_unique<GpuModel<float>>(ctx, cfg, recipe);
-  return std::make_unique<GpuModel<bf16>>(ctx, cfg, recipe);
+                                             Recipe recipe, Communicator* ep_comm) {
+  if (recipe == Recipe::Fp32) return std::make_unique<GpuModel<float>>(ctx, cfg, recipe, ep_comm);
+  return std::make_unique<GpuModel<bf16>>(ctx, cfg, recipe, ep_comm);
 }
 
 }  // namespace frugal::gpu

@@ -19,6 +19,7 @@
 
 #include "model/gpu/gpu_common.h"
 #include "model/transformer.h"
+#include "parallel/communicator.h"
 
 namespace frugal::gpu {
 
@@ -37,7 +38,9 @@ class GpuModelBase {
   virtual ParamRegistry& registry() = 0;
 };
 
+// ep_comm: null for one GPU; else an NCCL communicator over the EP group, and every MoE layer
+// holds only this EP rank's routed experts (gpu_moe.h, ExpertParallelScope).
 std::unique_ptr<GpuModelBase> make_gpu_model(cuda::DeviceContext& ctx, const ModelConfig& cfg,
-                                             Recipe recipe);
+                                             Recipe recipe, Communicator* ep_comm = nullptr);
 
 }  // namespace frugal::gpu

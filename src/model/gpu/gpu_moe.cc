@@ -3,7 +3,9 @@
 
 #include "model/gpu/gpu_moe.h"
 
+#include <algorithm>
 #include <type_traits>
+#include <utility>
 
 #include "core/cuda_check.h"
 #include "core/error.h"
@@ -15,6 +17,24 @@
 #include "model/moe.h"
 
 namespace frugal::gpu {
+namespace {
+
+thread_local Communicator* current_ep_comm = nullptr;
+
+}  // namespace
+
+ExpertParallelScope::ExpertParallelScope(Communicator* ep_comm) {
+  FRUGAL_CHECK(current_ep_comm == nullptr, "ExpertParallelScope: scopes do not nest");
+  current_ep_comm = ep_comm;
+}
+
+ExpertParallelScope::~ExpertParallelScope() {
+  current_ep_comm = nullptr;
+}
+
+Communicator* ExpertParallelScope::current() {
+  return current_ep_comm;
+}
 
 template <class T>
 GpuMoe<T>::GpuMoe(ParamRegistry& registry, const std::string& prefix, const ModelConfig& cfg,
@@ -38,11 +58,19 @@ GpuMoe<T>::GpuMoe(ParamRegistry& registry, const std::string& prefix, const Mode
   }
   // One precision for both expert matrices, so they share the permutation's row padding.
   const GemmPrecision expert_precision = block_linear_precision(recipe, H, I);
-  gate_up_ = GpuGroupedLinear<T>(registry, E, H, 2 * I, expert_precision);
-  down_ = GpuGroupedLinear<T>(registry, E, I, H, expert_precision);
-  for (int64_t e = 0; e < E; ++e) {
-    const std::string name = prefix + ".experts." + std::to_string(e);
-    const int64_t gu_offset = e * 2 * I * H, down_offset = e * H * I;
+  local_experts_ = E;
+  if (Communicator* ep_comm = ExpertParallelScope::current();
+      ep_comm != nullptr && ep_comm->size() > 1) {
+    dispatch_ = std::make_unique<GpuExpertDispatch>(ctx, *ep_comm, E, H);  // checks E % ep
+    first_expert_ = dispatch_->first_local_expert();
+    local_experts_ = dispatch_->local_experts();
+  }
+  const int64_t EL = local_experts_;
+  gate_up_ = GpuGroupedLinear<T>(registry, EL, H, 2 * I, expert_precision);
+  down_ = GpuGroupedLinear<T>(registry, EL, I, H, expert_precision);
+  for (int64_t l = 0; l < EL; ++l) {  // local expert l is global expert first_expert_ + l
+    const std::string name = prefix + ".experts." + std::to_string(first_expert_ + l);
+    const int64_t gu_offset = l * 2 * I * H, down_offset = l * H * I;
     GpuWeight& gu = gate_up_.weight();
     registry.add(name + ".gate_proj.weight", {I, H}, ParamKind::Matrix, gu.value() + gu_offset,
                  gu.grad() + gu_offset);
@@ -94,6 +122,15 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
     c.topk_weight = cuda::DeviceArray<float>(ctx, rows * K);
     cuda::router_fwd(c.topk_idx.data(), c.topk_weight.data(), c.scores.data(), logits.data(),
                      bias_.value, rows, router_, stream);  // [rows, K]
+  }
+
+  if (dispatch_ != nullptr) {
+    route_section.close();
+    forward_ep(ctx, c, x, y, count_load);
+    if (balance_alpha != 0.0)
+      cuda::seq_balance_loss_fwd(balance_loss, c.scores.data(), c.topk_idx.data(), batch, seq, E, K,
+                                 balance_alpha, stream);
+    return;
   }
 
   // Permutation; the host learns the expert row offsets (the layer's one sync).
@@ -180,11 +217,13 @@ void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
     zero_async(ctx, dx, static_cast<size_t>(rows * H) * sizeof(T));
   }
 
-  const int64_t padded = c.host_offsets[E];
-  const int64_t bound = c.row_assignment.size();
-  const GroupOffsets offsets{c.host_offsets.data(), c.expert_offsets.data(), E, padded};
   cuda::DeviceArray<float> dweights(ctx, rows * K);  // [rows, K]
-  {
+  if (dispatch_ != nullptr) {
+    backward_ep(ctx, c, dy, dx, dweights.data());
+  } else {
+    const int64_t padded = c.host_offsets[E];
+    const int64_t bound = c.row_assignment.size();
+    const GroupOffsets offsets{c.host_offsets.data(), c.expert_offsets.data(), E, padded};
     cuda::ScopedSection combine_section(stream, "moe.combine.bwd");
     cuda::DeviceArray<T> d_out(ctx, bound * H);  // [padded, hidden]
     cuda::combine_bwd<T>(d_out.data(), dweights.data(), dy, c.expert_out.data(),
@@ -248,6 +287,158 @@ void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
     cuda::add_into<T, float>(dx, dx_gate.data(), rows * H, stream);
   }
   c = Ctx{};
+}
+
+template <class T>
+void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, bool count_load) {
+  const int64_t rows = c.rows, K = router_.top_k, H = hidden_, I = inter_, EL = local_experts_;
+  const cudaStream_t stream = ctx.stream;
+  GpuExpertDispatch& exchange = *dispatch_;
+  cuda::ScopedSection dispatch_section(stream, "moe.dispatch.fwd");
+  // The layouts (collective, one host sync); the load counts this rank's tokens on all experts.
+  exchange.plan(c.topk_idx.data(), rows, K, count_load ? load_.data() : nullptr);
+  const int64_t received = exchange.received_rows();
+  const bool fp8 = gate_up_.weight().precision() == GemmPrecision::Fp8;
+  // Local layout: the received rows, expert-major; under fp8 each expert's block padded to the
+  // FP8 tile with zero rows (pad_map: padded row -> received row or -1; unpad_map: the inverse).
+  const std::vector<int64_t>& received_offsets = exchange.local_offsets();  // [EL+1]
+  c.host_offsets.assign(static_cast<size_t>(EL + 1), 0);
+  for (int64_t l = 0; l < EL; ++l) {
+    const int64_t n = received_offsets[l + 1] - received_offsets[l];
+    const int64_t block =
+        fp8 ? (n + cuda::kFp8GroupRowAlign - 1) / cuda::kFp8GroupRowAlign * cuda::kFp8GroupRowAlign
+            : n;
+    c.host_offsets[l + 1] = c.host_offsets[l] + block;
+  }
+  const int64_t local_rows = c.host_offsets[EL];
+  FRUGAL_CHECK(received_offsets[EL] == received && local_rows >= received,
+               "{}: the dispatch reports {} received rows but its expert offsets end at {}",
+               prefix_, received, received_offsets[EL]);
+  c.expert_offsets = cuda::DeviceArray<int64_t>(ctx, EL + 1);
+  // Pageable host source: the copy is staged before cudaMemcpyAsync returns.
+  FRUGAL_CUDA_CHECK(cudaMemcpyAsync(c.expert_offsets.data(), c.host_offsets.data(),
+                                    static_cast<size_t>(EL + 1) * sizeof(int64_t),
+                                    cudaMemcpyHostToDevice, stream));
+  if (fp8 && received > 0) {
+    std::vector<int32_t> pad(static_cast<size_t>(local_rows), -1),
+        unpad(static_cast<size_t>(received));
+    for (int64_t l = 0; l < EL; ++l)
+      for (int64_t i = received_offsets[l]; i < received_offsets[l + 1]; ++i) {
+        const int64_t p = c.host_offsets[l] + (i - received_offsets[l]);
+        pad[p] = static_cast<int32_t>(i);
+        unpad[i] = static_cast<int32_t>(p);
+      }
+    c.pad_map = cuda::DeviceArray<int32_t>(ctx, local_rows);
+    c.unpad_map = cuda::DeviceArray<int32_t>(ctx, received);
+    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(c.pad_map.data(), pad.data(), c.pad_map.bytes(),
+                                      cudaMemcpyHostToDevice, stream));
+    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(c.unpad_map.data(), unpad.data(), c.unpad_map.bytes(),
+                                      cudaMemcpyHostToDevice, stream));
+  }
+  cuda::DeviceArray<T> xp(ctx, std::max<int64_t>(received, 1) * H);  // [received, hidden]
+  exchange.dispatch(xp.data(), x);
+  if (fp8 && received > 0) {  // [local_rows, hidden] tile-padded
+    cuda::DeviceArray<T> padded(ctx, local_rows * H);
+    cuda::permute_rows<T>(padded.data(), xp.data(), c.pad_map.data(), local_rows, 1, H, stream);
+    xp = std::move(padded);
+  }
+  dispatch_section.close();
+
+  // The local experts over the rows every EP rank sent (none: no GEMM, the collectives still run).
+  cuda::DeviceArray<T> expert_out(ctx, std::max<int64_t>(received, 1) * H);  // [received, hidden]
+  if (local_rows > 0) {
+    cuda::ScopedSection experts_section(stream, "moe.experts.fwd");
+    const GroupOffsets offsets{c.host_offsets.data(), c.expert_offsets.data(), EL, local_rows};
+    cuda::DeviceArray<T> gu(ctx, local_rows * 2 * I);  // [local_rows, 2*inter]
+    gate_up_.forward(ctx, c.gate_up, xp.data(), gu.data(), offsets);
+    cuda::DeviceArray<T> h(ctx, local_rows * I);  // [local_rows, inter]
+    cuda::swiglu_fwd<T>(h.data(), gu.data(), gu.data() + I, local_rows, I, 2 * I, stream);
+    cuda::DeviceArray<T> out(ctx, local_rows * H);  // [local_rows, hidden]
+    down_.forward(ctx, c.down, h.data(), out.data(), offsets);
+    if (gate_up_.keeps_input_pointer()) c.xp = std::move(xp);
+    if (fp8) {
+      if constexpr (std::is_same_v<T, bf16>) {
+        c.gu_q = cuda::DeviceArray<uint8_t>(ctx, local_rows * 2 * I);
+        c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(2 * I) * local_rows);
+        cuda::quantize_act_1x128<T>(c.gu_q.data(), c.gu_scales.data(), gu.data(), local_rows, 2 * I,
+                                    kFp8PowerOfTwoScales, stream);
+      }
+      if (received > 0)  // back to the received rows
+        cuda::permute_rows<T>(expert_out.data(), out.data(), c.unpad_map.data(), received, 1, H,
+                              stream);
+    } else {
+      c.gu = std::move(gu);
+      expert_out = std::move(out);
+    }
+    if (down_.keeps_input_pointer()) c.h = std::move(h);
+  }
+
+  if (has_shared_) {
+    cuda::ScopedSection section(stream, "moe.shared.fwd");
+    shared_.forward(ctx, c.shared, x, y, rows);  // [rows, hidden]
+  }
+  cuda::ScopedSection combine_section(stream, "moe.combine.fwd");
+  exchange.combine(y, expert_out.data(), c.topk_weight.data(), /*accumulate=*/has_shared_);
+}
+
+template <class T>
+void GpuMoe<T>::backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
+                            float* dweights) const {
+  const int64_t EL = local_experts_, H = hidden_, I = inter_;
+  const cudaStream_t stream = ctx.stream;
+  GpuExpertDispatch& exchange = *dispatch_;
+  const int64_t received = exchange.received_rows(), local_rows = c.host_offsets[EL];
+  const bool fp8 = gate_up_.weight().precision() == GemmPrecision::Fp8;
+  cuda::ScopedSection combine_section(stream, "moe.combine.bwd");
+  cuda::DeviceArray<T> d_out(ctx, std::max<int64_t>(received, 1) * H);  // [received, hidden]
+  exchange.combine_backward(d_out.data(), dweights, dy, c.topk_weight.data());
+  combine_section.close();
+  cuda::DeviceArray<T> d_received(ctx, std::max<int64_t>(received, 1) * H);  // [received, hidden]
+  if (local_rows > 0) {
+    cuda::ScopedSection experts_section(stream, "moe.experts.bwd");
+    const GroupOffsets offsets{c.host_offsets.data(), c.expert_offsets.data(), EL, local_rows};
+    if (fp8) {  // [local_rows, hidden] tile-padded (zero padding rows)
+      cuda::DeviceArray<T> padded(ctx, local_rows * H);
+      cuda::permute_rows<T>(padded.data(), d_out.data(), c.pad_map.data(), local_rows, 1, H,
+                            stream);
+      d_out = std::move(padded);
+    }
+    cuda::DeviceArray<T> dh(ctx, local_rows * I);  // [local_rows, inter]
+    down_.backward(ctx, c.down, d_out.data(), dh.data(), offsets);
+    d_out.reset();
+    c.h.reset();
+    cuda::DeviceArray<T> gu_dequantized;
+    const T* gu = c.gu.data();
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (gu == nullptr) {  // fp8: expand the FP8 cache of the SwiGLU input
+        gu_dequantized = cuda::DeviceArray<T>(ctx, local_rows * 2 * I);
+        cuda::dequantize_act_1x128<T>(gu_dequantized.data(), c.gu_q.data(), c.gu_scales.data(),
+                                      local_rows, 2 * I, stream);
+        gu = gu_dequantized.data();
+      }
+    }
+    FRUGAL_CHECK(gu != nullptr, "{}: no saved SwiGLU input", prefix_);
+    cuda::DeviceArray<T> dgu(ctx, local_rows * 2 * I);  // [local_rows, 2*inter] = [dg | du]
+    cuda::swiglu_bwd<T>(dgu.data(), dgu.data() + I, dh.data(), gu, gu + I, local_rows, I, 2 * I,
+                        stream);
+    dh.reset();
+    gu_dequantized.reset();
+    c.gu.reset();
+    c.gu_q.reset();
+    c.gu_scales.reset();
+    cuda::DeviceArray<T> dxp(ctx, local_rows * H);  // [local_rows, hidden]
+    gate_up_.backward(ctx, c.gate_up, dgu.data(), dxp.data(), offsets);
+    c.xp.reset();
+    if (fp8) {
+      if (received > 0)
+        cuda::permute_rows<T>(d_received.data(), dxp.data(), c.unpad_map.data(), received, 1, H,
+                              stream);
+    } else {
+      d_received = std::move(dxp);
+    }
+  }
+  cuda::ScopedSection dispatch_section(stream, "moe.dispatch.bwd");
+  exchange.dispatch_backward(dx, d_received.data(), /*accumulate=*/true);
 }
 
 template <class T>

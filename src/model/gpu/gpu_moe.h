@@ -15,12 +15,24 @@
 // experts.{e}.{gate,up,down}_proj.weight (stored stacked: gate|up [E][2*inter][hidden] and down
 // [E][hidden][inter], for the grouped GEMMs), shared_experts.{gate,up,down}_proj.weight.
 //
+// Expert parallelism (spec §5.1): built inside an ExpertParallelScope naming an NCCL communicator
+// over the EP group (ep ranks), the layer holds only this EP rank's routed experts
+// [r*E/ep, (r+1)*E/ep) (registered under their global names, so params() lists only those) and a
+// GpuExpertDispatch (parallel/gpu_expert_dispatch.h). Routing, the balance loss, the load count
+// (all E experts, this rank's tokens) and the shared experts are unchanged; the permuted rows go to
+// their experts' owners (payload T: fp32 under the fp32 recipe, BF16 otherwise), the local experts'
+// grouped GEMMs run over the rows received from every EP rank (expert-major, sources in rank
+// order; under fp8 each local expert's rows are padded to the FP8 tile), and combine brings the
+// outputs back; the backward mirrors it. Every forward/backward is then collective over the EP
+// group. Without a scope (the default) nothing changes: the single-GPU path is the same code.
+//
 // Accumulation rule: parameter gradients accumulate (+=); dx is assigned. The balance-loss
 // gradient flows through the scores into the gate; the selection carries none. backward computes
 // input and weight gradients together and releases the context.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,8 +40,22 @@
 #include "model/config.h"
 #include "model/gpu/gpu_grouped_linear.h"
 #include "model/gpu/gpu_mlp.h"
+#include "parallel/communicator.h"
+#include "parallel/gpu_expert_dispatch.h"
 
 namespace frugal::gpu {
+
+// While alive, every GpuMoe constructed on this thread is expert-parallel over `ep_comm` (an NCCL
+// communicator over the EP group, input stream = the model's stream). GpuModel opens one around the
+// construction of its blocks; nesting is an error.
+class ExpertParallelScope {
+ public:
+  explicit ExpertParallelScope(Communicator* ep_comm);
+  ~ExpertParallelScope();
+  ExpertParallelScope(const ExpertParallelScope&) = delete;
+  ExpertParallelScope& operator=(const ExpertParallelScope&) = delete;
+  static Communicator* current();
+};
 
 template <class T>
 class GpuMoe {
@@ -53,6 +79,9 @@ class GpuMoe {
     cuda::DeviceArray<T> expert_out;            // [padded, hidden]
     int64_t rows = 0, batch = 0, seq = 0;
     double balance_alpha = 0;
+    // Expert parallelism under fp8: received row -> padded row, and padded row -> received row
+    // (-1 on padding rows), for the tile-aligned local layout.
+    cuda::DeviceArray<int32_t> unpad_map, pad_map;
   };
 
   GpuMoe(ParamRegistry& registry, const std::string& prefix, const ModelConfig& cfg, Recipe recipe);
@@ -73,6 +102,10 @@ class GpuMoe {
   // b_i += gamma * sign(mean_load - load_i) on the device, then the counter restarts.
   void update_bias(cuda::DeviceContext& ctx, double gamma);
   bool has_bias() const { return bias_.value != nullptr; }
+  // Routed experts held here: [first_local_expert(), first_local_expert() + local_experts()).
+  int64_t first_local_expert() const { return first_expert_; }
+  int64_t local_experts() const { return local_experts_; }
+  bool expert_parallel() const { return dispatch_ != nullptr; }
   const std::string& prefix() const { return prefix_; }
 
  private:
@@ -82,7 +115,13 @@ class GpuMoe {
   bool has_shared_ = false;
   GpuLinear<float> gate_;
   ParamRegistry::Storage bias_;
-  GpuGroupedLinear<T> gate_up_, down_;  // all experts
+  // Expert-parallel forward / backward of the routed experts (see above).
+  void forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, bool count_load);
+  void backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx, float* dweights) const;
+
+  int64_t first_expert_ = 0, local_experts_ = 0;
+  std::unique_ptr<GpuExpertDispatch> dispatch_;  // expert parallelism only
+  GpuGroupedLinear<T> gate_up_, down_;  // the local experts (all without expert parallelism)
   GpuMlp<T> shared_;
   cuda::DeviceArray<int64_t> load_;       // [E]
   PinnedArray<int64_t> offsets_staging_;  // [E+1]

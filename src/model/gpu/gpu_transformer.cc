@@ -7,6 +7,7 @@
 #include "core/cuda_check.h"
 #include "core/error.h"
 #include "model/gpu/gpu_model.h"
+#include "parallel/communicator.h"
 
 namespace frugal::gpu {
 namespace {
@@ -23,17 +24,21 @@ struct GpuTransformer::Impl {
   cuda::DeviceContext& ctx;
   ModelConfig cfg;
   Recipe recipe;
+  bool expert_parallel;
   std::unique_ptr<GpuModelBase> model;
 };
 
-GpuTransformer::GpuTransformer(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe)
-    : impl_(std::make_unique<Impl>(Impl{ctx, cfg, recipe, make_gpu_model(ctx, cfg, recipe)})) {}
+GpuTransformer::GpuTransformer(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe,
+                               Communicator* ep_comm)
+    : impl_(std::make_unique<Impl>(Impl{ctx, cfg, recipe, ep_comm != nullptr && ep_comm->size() > 1,
+                                        make_gpu_model(ctx, cfg, recipe, ep_comm)})) {}
 
 GpuTransformer::~GpuTransformer() = default;
 
 void GpuTransformer::upload(const ParamStore<float>& host) {
   std::vector<DeviceParam>& params = impl_->model->registry().params();
-  FRUGAL_CHECK(host.size() == params.size(),
+  // Expert-parallel: the host store is the whole model, the GPU holds a part (checked by name).
+  FRUGAL_CHECK(impl_->expert_parallel ? host.size() >= params.size() : host.size() == params.size(),
                "GpuTransformer::upload: the host store has {} tensors, the GPU model {}",
                host.size(), params.size());
   for (DeviceParam& p : params) {
@@ -51,7 +56,8 @@ void GpuTransformer::upload(const ParamStore<float>& host) {
 
 void GpuTransformer::download(ParamStore<float>& host) const {
   std::vector<DeviceParam>& params = impl_->model->registry().params();
-  FRUGAL_CHECK(host.size() == params.size(),
+  // Expert-parallel: the host store is the whole model, the GPU holds a part (checked by name).
+  FRUGAL_CHECK(impl_->expert_parallel ? host.size() >= params.size() : host.size() == params.size(),
                "GpuTransformer::download: the host store has {} tensors, the GPU model {}",
                host.size(), params.size());
   impl_->ctx.synchronize();
@@ -104,6 +110,10 @@ std::vector<ExpertLoad> GpuTransformer::expert_load() const {
 
 std::vector<DeviceLoadCounter> GpuTransformer::expert_load_counters() {
   return impl_->model->expert_load_counters();
+}
+
+bool GpuTransformer::expert_parallel() const {
+  return impl_->expert_parallel;
 }
 
 const ModelConfig& GpuTransformer::config() const {

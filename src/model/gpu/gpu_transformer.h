@@ -27,6 +27,8 @@
 
 namespace frugal {
 
+class Communicator;
+
 namespace gpu {
 
 struct DeviceParam {
@@ -49,11 +51,17 @@ struct DeviceLoadCounter {
 
 class GpuTransformer {
  public:
-  GpuTransformer(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe);
+  // ep_comm: null for one GPU; else an NCCL communicator over the expert-parallel group (input
+  // stream = ctx.stream): every MoE layer then holds only this EP rank's routed experts
+  // [r*E/ep, (r+1)*E/ep) (gpu_moe.h), params() lists only those, and every forward/backward is
+  // collective over the group.
+  GpuTransformer(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe,
+                 Communicator* ep_comm = nullptr);
   ~GpuTransformer();
 
   // Uploads from / downloads to a CPU parameter store of the same config (names and shapes
   // checked; a mismatch is an error naming the tensor). upload also calls weights_updated().
+  // Expert-parallel: the store is the whole model, and only the tensors held here move.
   void upload(const ParamStore<float>& host);
   void download(ParamStore<float>& host) const;
   std::vector<DeviceParam>& params();
@@ -76,6 +84,7 @@ class GpuTransformer {
   std::vector<DeviceLoadCounter> expert_load_counters();
 
   const ModelConfig& config() const;
+  bool expert_parallel() const;
   Recipe recipe() const;
 
  private:

@@ -1,0 +1,194 @@
+// GPU expert parallelism (label cuda; one GPU per rank on one node, e.g.
+// `mpirun -np 2 build/test_parallel_gpu_ep_cuda` on a 2-GPU machine; skipped when the node has
+// fewer GPUs than ranks or the rank count is odd). The tiny model (a dense layer, an MoE layer of 8
+// routed experts with a moving routing bias, MTP), 3 steps, validation at step 2, trained by the
+// trainer with train.device = "cuda", train.ep = 2 inside dp = ranks (2 ranks: each holds 4 of the
+// 8 experts of every MoE layer, tokens go to their experts' owners through NCCL all-to-all), one
+// micro-batch of 2 sequences per rank, against ONE GPU running the same global batch as `ranks`
+// micro-batches on rank 0:
+//   - fp32 recipe (fp32 dispatch payload): every step's losses, gradient norm and validation loss
+//     within 1e-6 relative; checkpoint weights, routing biases and moments within 1e-6 relative
+//     (L2) as wholes and 1e-5 per tensor (AdamW's g / (sqrt(v) + eps) turns a last-bit difference
+//     of a near-zero gradient into a larger one in that weight); the step 1 expert load exactly
+//     (integer counts summed over the ranks). Why not bitwise: the single GPU accumulates
+//     micro-batch 1's gradients onto micro-batch 0's inside its GEMMs while the ranks compute each
+//     from zero and NCCL adds them; an expert's weight gradient is one GEMM over the rows of both
+//     ranks here (the same rows in the same order as on one GPU) but two accumulated GEMMs there;
+//     and the global gradient norm is summed in two parts (dense, experts over the EP group) and
+//     the clip applied as a separate multiply. Only rounding differs.
+//   - bf16 recipe (BF16 payload, weight copies and moments) and fp8 (tile-padded local expert
+//     rows): rounding differences move BF16 copies, so the runs drift further apart: losses and
+//     norms within 1e-3 (fp8: 1e-2) relative, weights 1e-4 whole / 1e-3 per tensor, moments 1e-2
+//     whole / 5e-2 per tensor (fp8 x10). A lost token, a wrong owner, an expert missing from the
+//     checkpoint or an unsummed gradient misses these by orders of magnitude.
+// In every run all ranks end with bitwise the same whole model (their dense weights, and the
+// experts each gathers from its owners for the checkpoint), dp rank 0 alone writes the checkpoint,
+// and the engine names the experts each rank holds. A checkpoint of the EP run resumes (each rank
+// takes its experts) and continues bit for bit.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+
+#include "parallel_test_util.h"
+
+namespace frugal {
+namespace {
+
+using namespace ::frugal::testing;
+
+std::vector<float> all_values(Trainer& trainer) {
+  std::vector<float> out;
+  for (auto& p : trainer.model().params().all())
+    out.insert(out.end(), p->value.begin(), p->value.end());
+  return out;
+}
+
+struct Tolerances {
+  double metrics;                        // relative, every logged loss / norm / validation loss
+  double model_whole, model_tensor;      // relative L2 of model.safetensors
+  double moments_whole, moments_tensor;  // relative L2 of optimizer.safetensors
+};
+
+class GpuExpertParallel : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    world = mpi_world_communicator();
+    ranks = world->size();
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < ranks)
+      GTEST_SKIP() << "needs one GPU per rank (" << devices << " GPUs, " << ranks << " ranks)";
+    if (ranks % 2 != 0) GTEST_SKIP() << "train.ep = 2 needs an even number of ranks, not " << ranks;
+  }
+
+  std::vector<std::string> extra(const std::string& precision) const {
+    return {"train.device=cuda", "train.precision=" + precision, "train.micro_batch=2",
+            "train.batch_sequences=" + std::to_string(2 * ranks)};
+  }
+
+  // Trains the EP run (into par/) on every rank, then the single-GPU run (into ref/) on rank 0,
+  // and compares them on rank 0.
+  void compare(const std::string& precision, const Tolerances& tol) {
+    SharedTempDir dir(*world);
+    const std::string par = dir.path("par"), ref = dir.path("ref");
+    std::vector<std::string> par_extra = extra(precision);
+    par_extra.push_back("train.ep=2");
+    const Config config = parallel_test_config(par, par_extra);
+    ASSERT_EQ(config.model.n_routed_experts % 2, 0);
+    Mesh mesh(*world, mesh_shape(ranks, config.train, config.model));
+    ASSERT_EQ(mesh.shape().ep, 2);
+    {
+      TextDataSource train(synthetic_tokens(3000, 11), config.train.seed, 0, 1,
+                           ByteTokenizer::kVocabSize, "train");
+      TextDataSource val(synthetic_tokens(600, 12), config.train.seed, 0, 1,
+                         ByteTokenizer::kVocabSize, "validation");
+      Trainer trainer(config, train, &val, true, &mesh);
+      const std::string description = trainer.engine().description();
+      const int64_t local = config.model.n_routed_experts / 2,
+                    first = mesh.coords().ep_rank * local;
+      const std::string experts = "experts " + std::to_string(first) + ".." +
+                                  std::to_string(first + local - 1) + " of " +
+                                  std::to_string(config.model.n_routed_experts);
+      EXPECT_NE(description.find(experts), std::string::npos)
+          << "the engine should name this rank's experts (\"" << experts << "\"): " << description;
+      EXPECT_NE(description.find(std::to_string(ranks) + " ranks"), std::string::npos)
+          << description;
+      const TrainSummary summary = trainer.run();
+      EXPECT_EQ(summary.steps_done, 3);
+      EXPECT_EQ(summary.skipped_steps, 0);
+      EXPECT_EQ(summary.checkpoint.empty(), world->rank() != 0) << "only dp rank 0 saves";
+      EXPECT_TRUE(same_on_every_rank(*world, all_values(trainer)))
+          << "after 3 steps the ranks' whole host models differ: either the dense weights or "
+             "routing biases diverged (dense gradients not summed over dp, or a different clip "
+             "per rank) or the expert gather for checkpoints is wrong";
+    }
+    if (world->rank() == 0) {
+      const Config ref_config = parallel_test_config(ref, extra(precision));
+      const TrainSummary summary = train_run(ref_config, nullptr);
+      EXPECT_EQ(summary.steps_done, 3);
+      const auto a = read_metrics(par), b = read_metrics(ref);
+      ASSERT_FALSE(b.empty());
+      ASSERT_FALSE(a.empty());
+      for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+        std::printf("  %s step %zu: loss %.9g (EP) vs %.9g (one GPU), grad_norm %.9g vs %.9g\n",
+                    precision.c_str(), i + 1, a[i]["loss"].get<double>(),
+                    b[i]["loss"].get<double>(), a[i]["grad_norm"].get<double>(),
+                    b[i]["grad_norm"].get<double>());
+      expect_same_metrics(par, ref, tol.metrics);
+      if (precision == "fp32") {
+        EXPECT_EQ(a[0]["expert_load_max_over_mean"], b[0]["expert_load_max_over_mean"])
+            << "the expert load of step 1 was not summed over the ranks";
+      }
+      const std::string pa = par + "/checkpoint-00000003", pb = ref + "/checkpoint-00000003";
+      const Deviation model =
+          relative_deviation(pa + "/model.safetensors", pb + "/model.safetensors");
+      const Deviation moments =
+          relative_deviation(pa + "/optimizer.safetensors", pb + "/optimizer.safetensors");
+      std::printf(
+          "%s, EP 2 on %d ranks vs one GPU: model %.3g whole, %.3g worst (%s); moments "
+          "%.3g whole, %.3g worst (%s)\n",
+          precision.c_str(), ranks, model.whole, model.worst_tensor, model.worst_name.c_str(),
+          moments.whole, moments.worst_tensor, moments.worst_name.c_str());
+      EXPECT_LE(model.whole, tol.model_whole);
+      EXPECT_LE(model.worst_tensor, tol.model_tensor)
+          << model.worst_name << " (an expert here: its owner's weights did not reach the "
+          << "checkpoint, or its gradient missed the other rank's tokens)";
+      EXPECT_LE(moments.whole, tol.moments_whole);
+      EXPECT_LE(moments.worst_tensor, tol.moments_tensor) << moments.worst_name;
+      EXPECT_EQ(first_different_file(pa, pb, {"trainer_state.json", "config.json"}), "");
+    }
+    world->barrier();
+  }
+
+  std::unique_ptr<Communicator> world;
+  int ranks = 1;
+};
+
+TEST_F(GpuExpertParallel, Fp32EqualsOneGpu) {
+  compare("fp32", {1e-6, 1e-6, 1e-5, 1e-6, 1e-5});
+}
+
+TEST_F(GpuExpertParallel, Bf16AgreesWithOneGpuWithinBf16Rounding) {
+  compare("bf16", {1e-3, 1e-4, 1e-3, 1e-2, 5e-2});
+}
+
+TEST_F(GpuExpertParallel, Fp8AgreesWithOneGpuWithinFp8Rounding) {
+  int device = 0, major = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (major < 9) GTEST_SKIP() << "fp8 falls back to bf16 before sm_90";
+  compare("fp8", {1e-2, 1e-3, 1e-2, 1e-1, 5e-1});
+}
+
+// The checkpoint an EP run writes (dp rank 0, with every expert gathered) resumes on the same
+// mesh (each rank takes its experts and their moments) and continues like an uninterrupted run:
+// 3 steps straight equal 2 steps, resume, 1 step, bit for bit.
+TEST_F(GpuExpertParallel, ResumeContinuesBitForBit) {
+  SharedTempDir dir(*world);
+  std::vector<std::string> ep_extra = extra("fp32");
+  ep_extra.push_back("train.ep=2");
+  ep_extra.push_back("train.save_every=2");
+  const Config straight = parallel_test_config(dir.path("straight"), ep_extra);
+  Mesh mesh(*world, mesh_shape(ranks, straight.train, straight.model));
+  train_run(straight, &mesh);
+  Config first = parallel_test_config(dir.path("resumed"), ep_extra);
+  first.train.steps = 2;
+  train_run(first, &mesh);
+  world->barrier();
+  const Config second = parallel_test_config(dir.path("resumed"), ep_extra);
+  train_run(second, &mesh, dir.path("resumed") + "/checkpoint-00000002");
+  world->barrier();
+  if (world->rank() == 0) {
+    EXPECT_EQ(
+        first_different_file(dir.path("straight") + "/checkpoint-00000003",
+                             dir.path("resumed") + "/checkpoint-00000003",
+                             {"model.safetensors", "optimizer.safetensors", "trainer_state.json"}),
+        "")
+        << "resuming did not give each rank back its experts, their moments or the step count";
+    expect_same_metrics(dir.path("resumed"), dir.path("straight"), 0.0);
+  }
+  world->barrier();
+}
+
+}  // namespace
+}  // namespace frugal
