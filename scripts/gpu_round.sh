@@ -4,6 +4,8 @@
 #
 #   scripts/gpu_round.sh               build everything (checks that the whole tree builds there)
 #   scripts/gpu_round.sh --cuda-only   build only the CUDA test programs (and what they need)
+# FRUGAL_SKIP_BENCH=1 skips the benchmarks, FRUGAL_SKIP_TIMING=1 the second (timing) pass over
+# the test programs.
 #
 # Needs .carry/gpu-deps (made here by scripts/carry_gpu_deps.sh and carried with the run): the GPU
 # machine lacks the headers of toml++, PCRE2 and xxhash and the .so links / .pc files of the last
@@ -91,6 +93,7 @@ section "checks and timing (FRUGAL_CUDA_TIMING=1)"
 timing_rc=0
 for program in "$build_dir"/test_*_cuda; do
   [ -x "$program" ] || continue
+  [ "${FRUGAL_SKIP_TIMING:-0}" = 1 ] && break  # ctest only (a shorter round)
   FRUGAL_CUDA_TIMING=1 "$program" 2>&1 | tee -a "$out_dir/timing.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || timing_rc=1
 done
