@@ -152,12 +152,18 @@ TEST_F(GpuExpertParallel, Bf16AgreesWithOneGpuWithinBf16Rounding) {
   compare("bf16", {1e-3, 1e-4, 1e-3, 1e-2, 5e-2});
 }
 
-TEST_F(GpuExpertParallel, Fp8AgreesWithOneGpuWithinFp8Rounding) {
-  int device = 0, major = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (major < 9) GTEST_SKIP() << "fp8 falls back to bf16 before sm_90";
-  compare("fp8", {1e-2, 1e-3, 1e-2, 1e-1, 5e-1});
+// The fp8 recipe under expert parallelism diverged from the one-GPU run on two H200s (grad norm
+// 3.34 against 3.98 at step 1, ranks' weights apart after 3 steps): it is refused, by name.
+TEST_F(GpuExpertParallel, Fp8IsRefusedUnderExpertParallelism) {
+  SharedTempDir dir(*world);
+  std::vector<std::string> ep_extra = extra("fp8");
+  ep_extra.push_back("train.ep=2");
+  const Config config = parallel_test_config(dir.path("fp8"), ep_extra);
+  Mesh mesh(*world, mesh_shape(ranks, config.train, config.model));
+  const std::string message = error_message([&] { train_run(config, &mesh); });
+  EXPECT_NE(message.find("train.precision = \"fp8\" with train.ep = 2"), std::string::npos)
+      << message;
+  world->barrier();
 }
 
 // The checkpoint an EP run writes (dp rank 0, with every expert gathered) resumes on the same
