@@ -4,8 +4,10 @@
 //   CpuEngine (train/cpu_engine.h)  Transformer<float> + AdamW<float>, the reference; also one
 //                                   rank of a multi-process run (ZeRO-1 data parallelism, expert
 //                                   parallelism: train/zero1.h, parallel/expert_parallel.h)
-//   GpuEngine (train/gpu_engine.h)  GpuTransformer + GpuAdamW on one GPU (train.device = "cuda"),
-//                                   single process only
+//   GpuEngine (train/gpu_engine.h)  GpuTransformer + GpuAdamW on one GPU (train.device = "cuda");
+//                                   also one rank of a multi-GPU run (data parallelism through
+//                                   NCCL, expert parallelism: parallel/gpu_expert_dispatch.h)
+//   PipelineEngine (train/pipeline_engine.h)  the CPU pipeline (train.pp > 1) over pp x dp (x ep)
 //
 // One optimizer step, as the trainer runs it:
 //   zero_grad(); forward_backward(micro-batch, loss_scale = 1/micro_batches) per micro-batch

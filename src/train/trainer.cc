@@ -175,7 +175,9 @@ TrainSummary Trainer::run(int64_t stop_after) {
       parts[m * 4 + 3] = l.balance;
     };
     if (engine_->runs_whole_step()) {
-      // The pipeline (dp = 1): every micro-batch of the step at once, the same on every rank.
+      // The pipeline: every micro-batch of the step goes to the engine at once, the same on every
+      // rank; the engine plays its dp rank's share (d, d + dp, ...) and returns zero losses for
+      // the others, so the sum over dp below is the step's.
       std::vector<int32_t> step_tokens(micro_batches * mb * seq), step_targets(step_tokens.size());
       for (int64_t m = 0; m < micro_batches; ++m)
         train_.next_batch(step_tokens.data() + m * mb * seq, step_targets.data() + m * mb * seq,
