@@ -30,34 +30,20 @@
 
 #include <cstdio>
 
-#include "parallel_test_util.h"
+#include "gpu_parallel_test_util.h"
 
 namespace frugal {
 namespace {
 
 using namespace ::frugal::testing;
 
-std::vector<float> all_values(Trainer& trainer) {
-  std::vector<float> out;
-  for (auto& p : trainer.model().params().all())
-    out.insert(out.end(), p->value.begin(), p->value.end());
-  return out;
-}
-
-struct Tolerances {
-  double metrics;                        // relative, every logged loss / norm / validation loss
-  double model_whole, model_tensor;      // relative L2 of model.safetensors
-  double moments_whole, moments_tensor;  // relative L2 of optimizer.safetensors
-};
-
 class GpuExpertParallel : public ::testing::Test {
  protected:
   void SetUp() override {
     world = mpi_world_communicator();
     ranks = world->size();
-    int devices = 0;
-    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices < ranks)
-      GTEST_SKIP() << "needs one GPU per rank (" << devices << " GPUs, " << ranks << " ranks)";
+    if (const std::string missing = missing_gpu_per_rank(ranks); !missing.empty())
+      GTEST_SKIP() << missing;
     if (ranks % 2 != 0) GTEST_SKIP() << "train.ep = 2 needs an even number of ranks, not " << ranks;
   }
 
