@@ -200,10 +200,49 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
                                balance_alpha, stream);
 }
 
+// The routed experts' backward over their grouped rows: d_out [rows, hidden] (the gradient of the
+// experts' output; freed here) -> the gradient of their input [rows, hidden], through down_proj,
+// SwiGLU (its FP8-cached input expanded first under fp8) and gate_up_proj. Frees the saved h, gu
+// and xp. `capacity` >= rows sizes the buffers (the permutation's padded bound).
+template <class T>
+cuda::DeviceArray<T> GpuMoe<T>::experts_backward(cuda::DeviceContext& ctx, Ctx& c,
+                                                 cuda::DeviceArray<T>& d_out, int64_t rows,
+                                                 int64_t capacity,
+                                                 const GroupOffsets& offsets) const {
+  const cudaStream_t stream = ctx.stream;
+  const int64_t H = hidden_, I = inter_;
+  cuda::DeviceArray<T> dh(ctx, capacity * I);  // [rows, inter]
+  down_.backward(ctx, c.down, d_out.data(), dh.data(), offsets);
+  d_out.reset();
+  c.h.reset();
+  cuda::DeviceArray<T> gu_dequantized;
+  const T* gu = c.gu.data();
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (gu == nullptr) {  // fp8: expand the FP8 cache of the SwiGLU input
+      gu_dequantized = cuda::DeviceArray<T>(ctx, rows * 2 * I);
+      cuda::dequantize_act_1x128<T>(gu_dequantized.data(), c.gu_q.data(), c.gu_scales.data(), rows,
+                                    2 * I, stream);
+      gu = gu_dequantized.data();
+    }
+  }
+  FRUGAL_CHECK(gu != nullptr, "{}: no saved SwiGLU input", prefix_);
+  cuda::DeviceArray<T> dgu(ctx, capacity * 2 * I);  // [rows, 2*inter] = [dg | du]
+  cuda::swiglu_bwd<T>(dgu.data(), dgu.data() + I, dh.data(), gu, gu + I, rows, I, 2 * I, stream);
+  dh.reset();
+  gu_dequantized.reset();
+  c.gu.reset();
+  c.gu_q.reset();
+  c.gu_scales.reset();
+  cuda::DeviceArray<T> dxp(ctx, capacity * H);  // [rows, hidden]
+  gate_up_.backward(ctx, c.gate_up, dgu.data(), dxp.data(), offsets);
+  c.xp.reset();
+  return dxp;
+}
+
 template <class T>
 void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
                          double dloss_balance) const {
-  const int64_t rows = c.rows, E = router_.n_experts, K = router_.top_k, H = hidden_, I = inter_;
+  const int64_t rows = c.rows, E = router_.n_experts, K = router_.top_k, H = hidden_;
   const cudaStream_t stream = ctx.stream;
   if (rows == 0) {
     c = Ctx{};
@@ -232,32 +271,7 @@ void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
     c.expert_out.reset();
     combine_section.close();
     cuda::ScopedSection experts_section(stream, "moe.experts.bwd");
-    cuda::DeviceArray<T> dh(ctx, bound * I);  // [padded, inter]
-    down_.backward(ctx, c.down, d_out.data(), dh.data(), offsets);
-    d_out.reset();
-    c.h.reset();
-    cuda::DeviceArray<T> gu_dequantized;
-    const T* gu = c.gu.data();
-    if constexpr (std::is_same_v<T, bf16>) {
-      if (gu == nullptr) {  // fp8: expand the FP8 cache of the SwiGLU input
-        gu_dequantized = cuda::DeviceArray<T>(ctx, padded * 2 * I);
-        cuda::dequantize_act_1x128<T>(gu_dequantized.data(), c.gu_q.data(), c.gu_scales.data(),
-                                      padded, 2 * I, stream);
-        gu = gu_dequantized.data();
-      }
-    }
-    FRUGAL_CHECK(gu != nullptr, "{}: no saved SwiGLU input", prefix_);
-    cuda::DeviceArray<T> dgu(ctx, bound * 2 * I);  // [padded, 2*inter] = [dg | du]
-    cuda::swiglu_bwd<T>(dgu.data(), dgu.data() + I, dh.data(), gu, gu + I, padded, I, 2 * I,
-                        stream);
-    dh.reset();
-    gu_dequantized.reset();
-    c.gu.reset();
-    c.gu_q.reset();
-    c.gu_scales.reset();
-    cuda::DeviceArray<T> dxp(ctx, bound * H);  // [padded, hidden]
-    gate_up_.backward(ctx, c.gate_up, dgu.data(), dxp.data(), offsets);
-    c.xp.reset();
+    cuda::DeviceArray<T> dxp = experts_backward(ctx, c, d_out, padded, bound, offsets);
     experts_section.close();
     cuda::ScopedSection unpermute_section(stream, "moe.unpermute.bwd");
     cuda::unpermute_sum<T>(dx, dxp.data(), c.assignment_row.data(), rows, K, H,
@@ -384,7 +398,7 @@ void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, b
 template <class T>
 void GpuMoe<T>::backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
                             float* dweights) const {
-  const int64_t EL = local_experts_, H = hidden_, I = inter_;
+  const int64_t EL = local_experts_, H = hidden_;
   const cudaStream_t stream = ctx.stream;
   GpuExpertDispatch& exchange = *dispatch_;
   const int64_t received = exchange.received_rows(), local_rows = c.host_offsets[EL];
@@ -403,32 +417,7 @@ void GpuMoe<T>::backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx
                             stream);
       d_out = std::move(padded);
     }
-    cuda::DeviceArray<T> dh(ctx, local_rows * I);  // [local_rows, inter]
-    down_.backward(ctx, c.down, d_out.data(), dh.data(), offsets);
-    d_out.reset();
-    c.h.reset();
-    cuda::DeviceArray<T> gu_dequantized;
-    const T* gu = c.gu.data();
-    if constexpr (std::is_same_v<T, bf16>) {
-      if (gu == nullptr) {  // fp8: expand the FP8 cache of the SwiGLU input
-        gu_dequantized = cuda::DeviceArray<T>(ctx, local_rows * 2 * I);
-        cuda::dequantize_act_1x128<T>(gu_dequantized.data(), c.gu_q.data(), c.gu_scales.data(),
-                                      local_rows, 2 * I, stream);
-        gu = gu_dequantized.data();
-      }
-    }
-    FRUGAL_CHECK(gu != nullptr, "{}: no saved SwiGLU input", prefix_);
-    cuda::DeviceArray<T> dgu(ctx, local_rows * 2 * I);  // [local_rows, 2*inter] = [dg | du]
-    cuda::swiglu_bwd<T>(dgu.data(), dgu.data() + I, dh.data(), gu, gu + I, local_rows, I, 2 * I,
-                        stream);
-    dh.reset();
-    gu_dequantized.reset();
-    c.gu.reset();
-    c.gu_q.reset();
-    c.gu_scales.reset();
-    cuda::DeviceArray<T> dxp(ctx, local_rows * H);  // [local_rows, hidden]
-    gate_up_.backward(ctx, c.gate_up, dgu.data(), dxp.data(), offsets);
-    c.xp.reset();
+    cuda::DeviceArray<T> dxp = experts_backward(ctx, c, d_out, local_rows, local_rows, offsets);
     if (fp8) {
       if (received > 0)
         cuda::permute_rows<T>(d_received.data(), dxp.data(), c.unpad_map.data(), received, 1, H,

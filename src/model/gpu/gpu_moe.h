@@ -118,6 +118,10 @@ class GpuMoe {
   // Expert-parallel forward / backward of the routed experts (see above).
   void forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, bool count_load);
   void backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx, float* dweights) const;
+  // down_proj, SwiGLU and gate_up_proj backward of the local experts (see gpu_moe.cc).
+  cuda::DeviceArray<T> experts_backward(cuda::DeviceContext& ctx, Ctx& c,
+                                        cuda::DeviceArray<T>& d_out, int64_t rows,
+                                        int64_t capacity, const GroupOffsets& offsets) const;
 
   int64_t first_expert_ = 0, local_experts_ = 0;
   std::unique_ptr<GpuExpertDispatch> dispatch_;  // expert parallelism only
