@@ -4,7 +4,10 @@
 #pragma once
 
 #include <cuda_runtime.h>
+#include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -32,6 +35,46 @@ inline std::string missing_gpu_per_rank(int ranks) {
     return "needs one GPU per rank (" + std::to_string(devices) + " GPUs, " +
            std::to_string(ranks) + " ranks)";
   return "";
+}
+
+// On rank 0 after a multi-GPU run into `par`: trains `ref_config` on one GPU (into its out_dir)
+// and checks the run against it: the logged metrics within tol.metrics, the step-1 expert load
+// exactly under fp32, model and optimizer files within the tolerances (relative L2, whole and
+// worst tensor), trainer_state.json and config.json byte for byte. Prints both runs' steps and the
+// deviations. `label` names the run in the output, `worst_hint` explains a bad worst tensor.
+inline void expect_matches_one_gpu(const std::string& label, const std::string& par,
+                                   const Config& ref_config, const std::string& precision,
+                                   const Tolerances& tol, const std::string& worst_hint = "") {
+  const std::string ref = ref_config.train.out_dir;
+  const TrainSummary summary = train_run(ref_config, nullptr);
+  EXPECT_EQ(summary.steps_done, 3);
+  const auto a = read_metrics(par), b = read_metrics(ref);
+  ASSERT_FALSE(b.empty());
+  ASSERT_FALSE(a.empty());
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+    std::printf("  %s step %zu: loss %.9g (%s) vs %.9g (one GPU), grad_norm %.9g vs %.9g\n",
+                precision.c_str(), i + 1, a[i]["loss"].get<double>(), label.c_str(),
+                b[i]["loss"].get<double>(), a[i]["grad_norm"].get<double>(),
+                b[i]["grad_norm"].get<double>());
+  expect_same_metrics(par, ref, tol.metrics);
+  if (precision == "fp32") {
+    EXPECT_EQ(a[0]["expert_load_max_over_mean"], b[0]["expert_load_max_over_mean"])
+        << "the expert load of step 1 was not summed over the ranks";
+  }
+  const std::string pa = par + "/checkpoint-00000003", pb = ref + "/checkpoint-00000003";
+  const Deviation model = relative_deviation(pa + "/model.safetensors", pb + "/model.safetensors");
+  const Deviation moments =
+      relative_deviation(pa + "/optimizer.safetensors", pb + "/optimizer.safetensors");
+  std::printf("%s, %s vs one GPU: model %.3g whole, %.3g worst (%s); moments %.3g whole, %.3g "
+              "worst (%s)\n",
+              precision.c_str(), label.c_str(), model.whole, model.worst_tensor,
+              model.worst_name.c_str(), moments.whole, moments.worst_tensor,
+              moments.worst_name.c_str());
+  EXPECT_LE(model.whole, tol.model_whole);
+  EXPECT_LE(model.worst_tensor, tol.model_tensor) << model.worst_name << worst_hint;
+  EXPECT_LE(moments.whole, tol.moments_whole);
+  EXPECT_LE(moments.worst_tensor, tol.moments_tensor) << moments.worst_name;
+  EXPECT_EQ(first_different_file(pa, pb, {"trainer_state.json", "config.json"}), "");
 }
 
 }  // namespace frugal::testing

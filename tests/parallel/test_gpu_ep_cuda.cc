@@ -88,41 +88,11 @@ class GpuExpertParallel : public ::testing::Test {
              "routing biases diverged (dense gradients not summed over dp, or a different clip "
              "per rank) or the expert gather for checkpoints is wrong";
     }
-    if (world->rank() == 0) {
-      const Config ref_config = parallel_test_config(ref, extra(precision));
-      const TrainSummary summary = train_run(ref_config, nullptr);
-      EXPECT_EQ(summary.steps_done, 3);
-      const auto a = read_metrics(par), b = read_metrics(ref);
-      ASSERT_FALSE(b.empty());
-      ASSERT_FALSE(a.empty());
-      for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
-        std::printf("  %s step %zu: loss %.9g (EP) vs %.9g (one GPU), grad_norm %.9g vs %.9g\n",
-                    precision.c_str(), i + 1, a[i]["loss"].get<double>(),
-                    b[i]["loss"].get<double>(), a[i]["grad_norm"].get<double>(),
-                    b[i]["grad_norm"].get<double>());
-      expect_same_metrics(par, ref, tol.metrics);
-      if (precision == "fp32") {
-        EXPECT_EQ(a[0]["expert_load_max_over_mean"], b[0]["expert_load_max_over_mean"])
-            << "the expert load of step 1 was not summed over the ranks";
-      }
-      const std::string pa = par + "/checkpoint-00000003", pb = ref + "/checkpoint-00000003";
-      const Deviation model =
-          relative_deviation(pa + "/model.safetensors", pb + "/model.safetensors");
-      const Deviation moments =
-          relative_deviation(pa + "/optimizer.safetensors", pb + "/optimizer.safetensors");
-      std::printf(
-          "%s, EP 2 on %d ranks vs one GPU: model %.3g whole, %.3g worst (%s); moments "
-          "%.3g whole, %.3g worst (%s)\n",
-          precision.c_str(), ranks, model.whole, model.worst_tensor, model.worst_name.c_str(),
-          moments.whole, moments.worst_tensor, moments.worst_name.c_str());
-      EXPECT_LE(model.whole, tol.model_whole);
-      EXPECT_LE(model.worst_tensor, tol.model_tensor)
-          << model.worst_name << " (an expert here: its owner's weights did not reach the "
-          << "checkpoint, or its gradient missed the other rank's tokens)";
-      EXPECT_LE(moments.whole, tol.moments_whole);
-      EXPECT_LE(moments.worst_tensor, tol.moments_tensor) << moments.worst_name;
-      EXPECT_EQ(first_different_file(pa, pb, {"trainer_state.json", "config.json"}), "");
-    }
+    if (world->rank() == 0)
+      expect_matches_one_gpu("EP 2 on " + std::to_string(ranks) + " ranks", par,
+                             parallel_test_config(ref, extra(precision)), precision, tol,
+                             " (an expert here: its owner's weights did not reach the checkpoint,"
+                             " or its gradient missed the other rank's tokens)");
     world->barrier();
   }
 
