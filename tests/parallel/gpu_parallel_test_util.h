@@ -77,4 +77,33 @@ inline void expect_matches_one_gpu(const std::string& label, const std::string& 
   EXPECT_EQ(first_different_file(pa, pb, {"trainer_state.json", "config.json"}), "");
 }
 
+// On rank 0 after a run of 3 steps into `straight` and one of 2 steps, resumed for the third, into
+// `resumed` (both saving at step 2): the step-3 checkpoints and the metrics must be bit for bit
+// the same. Also checks the step-2 checkpoints, which tells a run that does not repeat itself
+// (they differ) from a resume that does not restore the state (they agree, step 3 does not), and
+// prints the worst tensor of each difference.
+inline void expect_resume_continues(const std::string& straight, const std::string& resumed,
+                                    const std::string& hint) {
+  const std::vector<std::string> files = {"model.safetensors", "optimizer.safetensors",
+                                          "trainer_state.json"};
+  for (const char* step : {"/checkpoint-00000002", "/checkpoint-00000003"}) {
+    const std::string a = straight + step, b = resumed + step;
+    const std::string differ = first_different_file(a, b, files);
+    EXPECT_EQ(differ, "") << step << ": "
+                          << (std::string(step).ends_with("2")
+                                  ? "the two runs already differ before the resume: steps 1-2 "
+                                    "do not repeat themselves run to run"
+                                  : hint);
+    if (differ.empty()) continue;
+    const Deviation model = relative_deviation(a + "/model.safetensors", b + "/model.safetensors");
+    const Deviation moments =
+        relative_deviation(a + "/optimizer.safetensors", b + "/optimizer.safetensors");
+    std::printf("%s: straight vs resumed: model %.3g whole, %.3g worst (%s); moments %.3g whole, "
+                "%.3g worst (%s)\n",
+                step + 1, model.whole, model.worst_tensor, model.worst_name.c_str(),
+                moments.whole, moments.worst_tensor, moments.worst_name.c_str());
+  }
+  expect_same_metrics(resumed, straight, 0.0);
+}
+
 }  // namespace frugal::testing

@@ -105,14 +105,9 @@ TEST_F(GpuDataParallel, ResumeContinuesBitForBit) {
   const Config second = parallel_test_config(dir.path("resumed"), extra);
   train_run(second, &mesh, dir.path("resumed") + "/checkpoint-00000002");
   world->barrier();
-  if (world->rank() == 0) {
-    EXPECT_EQ(first_different_file(dir.path("straight") + "/checkpoint-00000003",
-                                   dir.path("resumed") + "/checkpoint-00000003",
-                                   {"model.safetensors", "optimizer.safetensors",
-                                    "trainer_state.json"}),
-              "");
-    expect_same_metrics(dir.path("resumed"), dir.path("straight"), 0.0);
-  }
+  if (world->rank() == 0)
+    expect_resume_continues(dir.path("straight"), dir.path("resumed"),
+                            "resuming did not restore the replicas' weights, moments or step count");
   world->barrier();
 }
 
