@@ -3,13 +3,19 @@
 // in place, so every rank ends with the same summed gradient (NCCL's all-reduce hands every rank
 // the same result) and runs the same optimizer step.
 //
-// The gradient arrays (device pointers + element counts, any order, possibly overlapping) are
-// first merged into their union of disjoint address ranges ("spans"). Arrays that only touch stay
-// apart: two blocks of the caching allocator can be adjacent in address space and still be
-// different cudaMalloc allocations, and no copy or collective may cross one. Spans of at least `bucket_elements` are
-// all-reduced in place; smaller ones are packed, in address order, into a staging bucket of
-// `bucket_elements` floats, which is all-reduced whole and copied back (so a model of many small
-// tensors costs a few collectives per step, not one per tensor). Copies run on the context's
+// The gradient arrays (device pointers + element counts, possibly overlapping) are first merged
+// into their union of disjoint address ranges ("spans"). Arrays that only touch stay apart: two
+// blocks of the caching allocator can be adjacent in address space and still be different
+// cudaMalloc allocations, and no copy or collective may cross one. Spans of at least
+// `bucket_elements` are all-reduced in place; smaller ones are packed, in span order, into a
+// staging bucket of `bucket_elements` floats, which is all-reduced whole and copied back (so a
+// model of many small tensors costs a few collectives per step, not one per tensor).
+// Every rank must list the same tensors in the same order (e.g. its model's parameter order): the
+// spans keep that order, never the process's own address order, since the bucket is summed
+// element by element across ranks and two ranks' allocations may lie in different address order
+// (a process that made and freed other device allocations before, e.g. a one-GPU run on rank 0
+// only, gets other addresses; packing in address order then summed one tensor's gradient into
+// another's on the other rank). Copies run on the context's
 // stream; the communicator must have that stream as its input stream (set_input_stream), and each
 // of its operations returns complete, so the copies back are ordered after it.
 //
@@ -30,15 +36,17 @@ struct DeviceSpan {
   int64_t count = 0;
 };
 
-// The union of `arrays` as disjoint spans in increasing address order: overlapping arrays merged,
-// touching ones kept apart, empty arrays dropped.
+// The union of `arrays` as disjoint spans: overlapping arrays merged, touching ones kept apart,
+// empty arrays dropped. Ordered by the position in `arrays` of each span's first array (not by
+// address), so the order does not depend on where this process's allocations happen to lie.
 std::vector<DeviceSpan> merge_device_spans(std::vector<DeviceSpan> arrays);
 
 class GradientAllReducer {
  public:
   static constexpr int64_t kDefaultBucketElements = int64_t{1} << 24;  // 64 MiB of fp32
 
-  // `ctx` and `comm` must outlive the reducer; the arrays keep their addresses.
+  // `ctx` and `comm` must outlive the reducer; the arrays keep their addresses. Collective over
+  // `comm` (one small all-reduce checks that every rank has the same span sizes in the same order).
   GradientAllReducer(cuda::DeviceContext& ctx, Communicator& comm, std::vector<DeviceSpan> arrays,
                      int64_t bucket_elements = kDefaultBucketElements);
 
@@ -50,6 +58,8 @@ class GradientAllReducer {
 
  private:
   void flush(size_t first, size_t end, int64_t elements);
+  // Collective: throws unless every rank has the same span sizes in the same order.
+  void check_same_layout_on_every_rank();
 
   cuda::DeviceContext& ctx_;
   Communicator& comm_;

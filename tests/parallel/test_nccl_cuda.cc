@@ -7,6 +7,10 @@
 // (zeros included), send/recv, broadcast, barrier, split; a host pointer is refused with a clear
 // error; and the watchdog: when rank 0 waits in an all-reduce that rank 1 never joins, rank 0's
 // call ends with an error naming the operation within the timeout instead of hanging.
+// GradientAllReducer (gpu_data_parallel.h): tensors laid out in a different address order on each
+// rank (reversed on odd ranks) are still summed tensor by tensor, in place and bucketed alike, the
+// gaps between them untouched; ranks listing different tensors are refused; merge_device_spans
+// merges overlaps, keeps touching arrays apart and keeps the caller's order, not the address order.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -15,8 +19,10 @@
 #include <cstring>
 #include <numeric>
 
+#include "core/device_context.h"
 #include "core/dtype.h"
 #include "parallel/mpi_communicator.h"
+#include "parallel/gpu_data_parallel.h"
 #include "parallel/nccl_communicator.h"
 #include "test_util.h"
 
@@ -221,6 +227,109 @@ TEST_F(NcclTest, WatchdogEndsAnOperationAPeerNeverJoins) {
     EXPECT_LT(seconds, 30.0);
   }
   host->barrier();
+}
+
+// Host pointers stand in for device ones: merge_device_spans only compares addresses.
+TEST(MergeDeviceSpans, MergesOverlapsKeepsTouchingApartAndTheCallersOrder) {
+  std::vector<float> memory(100);
+  float* base = memory.data();
+  const std::vector<gpu::DeviceSpan> merged = gpu::merge_device_spans({
+      {base + 60, 10},  // 0: alone (touches 1 at 70, stays apart)
+      {base + 70, 5},   // 1: alone
+      {base + 10, 20},  // 2: overlaps 3 -> [5, 30)
+      {nullptr, 4},     // dropped
+      {base + 5, 10},   // 3
+      {base + 40, 0},   // dropped (empty)
+      {base + 0, 2},    // 4: alone, lowest address but last in the list
+  });
+  ASSERT_EQ(merged.size(), 4u);
+  EXPECT_EQ(merged[0].data, base + 60);
+  EXPECT_EQ(merged[0].count, 10);
+  EXPECT_EQ(merged[1].data, base + 70);
+  EXPECT_EQ(merged[1].count, 5);
+  EXPECT_EQ(merged[2].data, base + 5);
+  EXPECT_EQ(merged[2].count, 25);
+  EXPECT_EQ(merged[3].data, base + 0);
+  EXPECT_EQ(merged[3].count, 2);
+}
+
+// Tensors of `sizes` placed in one device block with a 3-element gap after each, in list order on
+// even ranks and reversed on odd ranks (so the address order differs between ranks); the spans are
+// listed in tensor order on every rank.
+struct Placed {
+  std::vector<int64_t> offsets;  // per tensor
+  int64_t total = 0;
+};
+Placed place(const std::vector<int64_t>& sizes, bool reversed) {
+  Placed out;
+  out.offsets.resize(sizes.size());
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    const size_t t = reversed ? sizes.size() - 1 - k : k;
+    out.offsets[t] = out.total;
+    out.total += sizes[t] + 3;
+  }
+  return out;
+}
+
+TEST_F(NcclTest, GradientAllReducerSumsTensorByTensorWhateverTheAddressOrder) {
+  int devices = 0;
+  ASSERT_EQ(cudaGetDeviceCount(&devices), cudaSuccess);
+  cuda::DeviceContext ctx(rank % devices);
+  set_input_stream(*nccl, ctx.stream);
+  // With a bucket of 100 elements: 1000 and 4097 in place, the others in three bucket flushes.
+  const std::vector<int64_t> sizes = {7, 1000, 33, 61, 4097, 90};
+  const Placed placed = place(sizes, rank % 2 == 1);
+  const float poison = -12345.0f;
+  std::vector<float> host(static_cast<size_t>(placed.total), poison);
+  auto element = [](int r, size_t t, int64_t i) {
+    return static_cast<float>(value(r, static_cast<int64_t>(t) * 10007 + i));
+  };
+  for (size_t t = 0; t < sizes.size(); ++t)
+    for (int64_t i = 0; i < sizes[t]; ++i) host[placed.offsets[t] + i] = element(rank, t, i);
+  cuda::DeviceArray<float> block(ctx, placed.total);
+  ASSERT_EQ(cudaMemcpy(block.data(), host.data(), host.size() * sizeof(float),
+                       cudaMemcpyHostToDevice),
+            cudaSuccess);
+  std::vector<gpu::DeviceSpan> arrays;
+  for (size_t t = 0; t < sizes.size(); ++t) arrays.push_back({block.data() + placed.offsets[t], sizes[t]});
+  gpu::GradientAllReducer reducer(ctx, *nccl, arrays, /*bucket_elements=*/100);
+  EXPECT_EQ(reducer.spans(), static_cast<int64_t>(sizes.size()));
+  EXPECT_EQ(reducer.collectives_per_call(), 5);
+  reducer.all_reduce();
+  ctx.synchronize();
+  std::vector<float> result(host.size());
+  ASSERT_EQ(cudaMemcpy(result.data(), block.data(), result.size() * sizeof(float),
+                       cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  for (size_t t = 0; t < sizes.size(); ++t) {
+    int64_t wrong = 0;
+    for (int64_t i = 0; i < sizes[t]; ++i) {
+      float expected = 0;  // exact for 2 ranks (a + b in any order); NCCL's order for more
+      for (int r = 0; r < size; ++r) expected += element(r, t, i);
+      const float got = result[placed.offsets[t] + i];
+      if (std::fabs(got - expected) > 1e-5f * (1.0f + std::fabs(expected))) ++wrong;
+    }
+    EXPECT_EQ(wrong, 0) << "tensor " << t << " (" << sizes[t] << " elements) on rank " << rank
+                        << ": another tensor's gradient was summed into it";
+    for (int64_t g = 0; g < 3; ++g)
+      EXPECT_EQ(result[placed.offsets[t] + sizes[t] + g], poison) << "gap after tensor " << t;
+  }
+  set_input_stream(*nccl, nullptr);
+}
+
+TEST_F(NcclTest, GradientAllReducerRefusesRanksListingOtherTensors) {
+  if (size < 2) GTEST_SKIP() << "needs 2 ranks";
+  int devices = 0;
+  ASSERT_EQ(cudaGetDeviceCount(&devices), cudaSuccess);
+  cuda::DeviceContext ctx(rank % devices);
+  set_input_stream(*nccl, ctx.stream);
+  cuda::DeviceArray<float> a(ctx, 10), b(ctx, 20);
+  std::vector<gpu::DeviceSpan> arrays = {{a.data(), 10}, {b.data(), 20}};
+  if (rank == 1) std::swap(arrays[0], arrays[1]);
+  const std::string message =
+      error_message([&] { gpu::GradientAllReducer reducer(ctx, *nccl, arrays, 100); });
+  EXPECT_NE(message.find("same tensors in the same order"), std::string::npos) << message;
+  set_input_stream(*nccl, nullptr);
 }
 
 }  // namespace
