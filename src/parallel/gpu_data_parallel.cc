@@ -102,11 +102,13 @@ void GradientAllReducer::check_same_layout_on_every_rank() {
   mix(static_cast<int64_t>(spans_.size()));
   mix(bucket_elements_);
   for (const DeviceSpan& s : spans_) mix(s.count);
-  // 31 bits, so the sum over the ranks cannot overflow; equal on every rank <=> sum = size * own.
+  // 31 bits, so the sum over the ranks cannot overflow. Equal hashes give sum = size * own on
+  // every rank; for 2 ranks only they do (with more, unequal hashes could cancel, very unlikely).
   const int64_t own = static_cast<int64_t>(hash & 0x7fffffffu);
   cuda::DeviceArray<int64_t> device(ctx_, 1);
   FRUGAL_CUDA_CHECK(cudaMemcpyAsync(device.data(), &own, sizeof own, cudaMemcpyHostToDevice,
                                     ctx_.stream));
+  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));  // whatever the input stream
   comm_.all_reduce_sum(device.data(), 1, CommType::I64);
   int64_t sum = 0;
   FRUGAL_CUDA_CHECK(cudaMemcpyAsync(&sum, device.data(), sizeof sum, cudaMemcpyDeviceToHost,
