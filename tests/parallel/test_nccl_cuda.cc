@@ -291,7 +291,8 @@ TEST_F(NcclTest, GradientAllReducerSumsTensorByTensorWhateverTheAddressOrder) {
                        cudaMemcpyHostToDevice),
             cudaSuccess);
   std::vector<gpu::DeviceSpan> arrays;
-  for (size_t t = 0; t < sizes.size(); ++t) arrays.push_back({block.data() + placed.offsets[t], sizes[t]});
+  for (size_t t = 0; t < sizes.size(); ++t)
+    arrays.push_back({block.data() + placed.offsets[t], sizes[t]});
   gpu::GradientAllReducer reducer(ctx, *nccl, arrays, /*bucket_elements=*/100);
   EXPECT_EQ(reducer.spans(), static_cast<int64_t>(sizes.size()));
   EXPECT_EQ(reducer.collectives_per_call(), 5);
