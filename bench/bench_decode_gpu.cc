@@ -38,6 +38,7 @@
 
 #include "core/device_context.h"
 #include "core/error.h"
+#include "core/parse_int.h"
 #include "core/rng.h"
 #include "infer/engine.h"
 #include "infer/gpu/gpu_inference_model.h"
@@ -56,15 +57,8 @@ constexpr const char* kUsage =
     "       bench_decode_gpu --checkpoint DIR [same options]\n";
 
 int64_t parse_positive(const std::string& text, const std::string& what) {
-  size_t used = 0;
-  int64_t value = 0;
-  try {
-    value = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  FRUGAL_CHECK(used == text.size() && used > 0 && value > 0,
-               "{} must be a positive integer, got '{}'", what, text);
+  const int64_t value = parse_int64(text).value_or(0);
+  FRUGAL_CHECK(value > 0, "{} must be a positive integer, got '{}'", what, text);
   return value;
 }
 

@@ -22,6 +22,7 @@
 #ifdef FRUGAL_HAVE_CUDA
 #include "core/gpu_profiler.h"
 #endif
+#include "core/parse_int.h"
 #include "core/rng.h"
 #include "io/config_io.h"
 #include "train/gpu_engine.h"
@@ -38,15 +39,8 @@ constexpr const char* kUsage =
     "[--json FILE] [--section.key=value ...]\n";
 
 int64_t parse_positive(const std::string& text, const char* what) {
-  size_t used = 0;
-  int64_t value = 0;
-  try {
-    value = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  FRUGAL_CHECK(used == text.size() && value > 0, "{} must be a positive integer, got '{}'", what,
-               text);
+  const int64_t value = parse_int64(text).value_or(0);
+  FRUGAL_CHECK(value > 0, "{} must be a positive integer, got '{}'", what, text);
   return value;
 }
 

@@ -8,6 +8,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/parse_int.h"
 #include "io/hf_checkpoint.h"
 
 namespace frugal {
@@ -42,14 +43,8 @@ bool is_frugal_checkpoint(const std::filesystem::path& dir) {
 }
 
 int64_t parse_shard_mb(const std::string& text) {
-  size_t used = 0;
-  int64_t value = 0;
-  try {
-    value = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  FRUGAL_CHECK(used == text.size() && used > 0 && value > 0 && value <= (int64_t{1} << 30),
+  const int64_t value = parse_int64(text).value_or(0);
+  FRUGAL_CHECK(value > 0 && value <= (int64_t{1} << 30),
                "--shard-mb {}: expected a positive number of MiB", text);
   return value;
 }

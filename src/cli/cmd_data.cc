@@ -10,6 +10,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/data_common.h"
+#include "core/parse_int.h"
 #include "data/clean/clean_corpus.h"
 #include "data/shards/dataset.h"
 #include "data/shards/shard_writer.h"
@@ -41,14 +42,9 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 int64_t parse_int(const ParsedArgs& args, const std::string& name, int64_t fallback) {
   std::string v = args.option(name);
   if (v.empty()) return fallback;
-  try {
-    size_t used = 0;
-    int64_t out = std::stoll(v, &used);
-    FRUGAL_CHECK(used == v.size(), "x");
-    return out;
-  } catch (const std::exception&) {
-    fail("--{}: '{}' is not an integer", name, v);
-  }
+  const std::optional<int64_t> parsed = parse_int64(v);
+  if (!parsed) fail("--{}: '{}' is not an integer", name, v);
+  return *parsed;
 }
 
 double parse_double(const ParsedArgs& args, const std::string& name, double fallback) {

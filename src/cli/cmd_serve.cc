@@ -16,6 +16,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/parse_int.h"
 #include "infer/server/http_server.h"
 #include "infer/engine_service.h"
 
@@ -58,14 +59,9 @@ int64_t int_option(const ParsedArgs& args, const std::string& name, int64_t fall
                    int64_t high) {
   const std::string text = args.option(name);
   if (text.empty()) return fallback;
-  size_t used = 0;
-  int64_t value = 0;
-  try {
-    value = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  FRUGAL_CHECK(used == text.size() && used > 0, "--{}: '{}' is not an integer", name, text);
+  const std::optional<int64_t> parsed = parse_int64(text);
+  FRUGAL_CHECK(parsed.has_value(), "--{}: '{}' is not an integer", name, text);
+  const int64_t value = *parsed;
   FRUGAL_CHECK(value >= low && value <= high, "--{} = {} is outside [{}, {}]", name, value, low,
                high);
   return value;

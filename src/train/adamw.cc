@@ -72,8 +72,7 @@ double global_grad_norm(const ParamStore<T>& store) {
   return std::sqrt(total);
 }
 
-template <class T>
-AdamW<T>::AdamW(const OptimConfig& config, const ParamStore<T>& store) : config_(config) {
+void check_optim_config(const OptimConfig& config) {
   FRUGAL_CHECK(config.beta1 >= 0.0 && config.beta1 < 1.0, "optim.beta1 = {} must be in [0, 1)",
                config.beta1);
   FRUGAL_CHECK(config.beta2 >= 0.0 && config.beta2 < 1.0, "optim.beta2 = {} must be in [0, 1)",
@@ -83,6 +82,11 @@ AdamW<T>::AdamW(const OptimConfig& config, const ParamStore<T>& store) : config_
                config.weight_decay);
   FRUGAL_CHECK(config.grad_clip >= 0.0, "optim.grad_clip = {} must be >= 0 (0 disables clipping)",
                config.grad_clip);
+}
+
+template <class T>
+AdamW<T>::AdamW(const OptimConfig& config, const ParamStore<T>& store) : config_(config) {
+  check_optim_config(config);
   for (const auto& param : store.all()) {
     if (!param->trainable) continue;
     ParamState state;

@@ -36,6 +36,9 @@
 
 namespace frugal {
 
+// The AdamW settings the CPU and GPU optimizers accept; an error names the bad key.
+void check_optim_config(const OptimConfig& config);
+
 // L2 norm of all trainable gradients, accumulated in double in a deterministic order: each
 // parameter's gradient is cut into chunks of kGradNormChunk elements (from its first element),
 // each chunk's sum of squares is accumulated in order (grad_sum_of_squares), and the chunk sums

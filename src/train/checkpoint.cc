@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/parse_int.h"
 #include "io/atomic_file.h"
 #include "io/config_io.h"
 #include "io/model_io.h"
@@ -64,14 +65,8 @@ std::vector<fs::path> list_checkpoints(const fs::path& out_dir) {
 }
 
 int64_t parse_count(const std::string& text, const std::string& file, const char* key) {
-  int64_t value = 0;
-  size_t used = 0;
-  try {
-    value = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  FRUGAL_CHECK(used == text.size() && !text.empty() && value >= 0,
+  const int64_t value = parse_int64(text).value_or(-1);
+  FRUGAL_CHECK(value >= 0,
                "{}: {} = '{}' is not a non-negative integer", file, key, text);
   return value;
 }

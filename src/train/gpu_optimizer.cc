@@ -48,15 +48,7 @@ struct GpuAdamW::PinnedScalars {
 
 GpuAdamW::GpuAdamW(cuda::DeviceContext& ctx, const OptimConfig& config, GpuTransformer& model)
     : ctx_(ctx), config_(config), model_(model), bf16_moments_(model.recipe() != Recipe::Fp32) {
-  FRUGAL_CHECK(config.beta1 >= 0.0 && config.beta1 < 1.0, "optim.beta1 = {} must be in [0, 1)",
-               config.beta1);
-  FRUGAL_CHECK(config.beta2 >= 0.0 && config.beta2 < 1.0, "optim.beta2 = {} must be in [0, 1)",
-               config.beta2);
-  FRUGAL_CHECK(config.eps > 0.0, "optim.eps = {} must be > 0", config.eps);
-  FRUGAL_CHECK(config.weight_decay >= 0.0, "optim.weight_decay = {} must be >= 0",
-               config.weight_decay);
-  FRUGAL_CHECK(config.grad_clip >= 0.0, "optim.grad_clip = {} must be >= 0 (0 disables clipping)",
-               config.grad_clip);
+  check_optim_config(config);
 
   const std::vector<DeviceParam>& params = model_.params();
   for (size_t i = 0; i < params.size(); ++i) {

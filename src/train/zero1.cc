@@ -8,6 +8,7 @@
 #include <map>
 #include <unordered_map>
 
+#include "core/parse_int.h"
 #include "io/safetensors.h"
 
 namespace frugal {
@@ -443,14 +444,7 @@ void Zero1Optimizer::load(const std::string& checkpoint_dir) {
                file.names().size(), 2 * trainable);
   auto it = file.metadata().find("step_count");
   FRUGAL_CHECK(it != file.metadata().end(), "{}: no step_count in the metadata", path);
-  int64_t steps = -1;
-  try {
-    size_t used = 0;
-    steps = std::stoll(it->second, &used);
-    if (used != it->second.size()) steps = -1;
-  } catch (const std::exception&) {
-    steps = -1;
-  }
+  const int64_t steps = parse_int64(it->second).value_or(-1);
   FRUGAL_CHECK(steps >= 0, "{}: step_count = '{}' is not a non-negative integer", path, it->second);
 
   fill_shards([&](const Param<float>& param, std::vector<float>& m, std::vector<float>& v) {
