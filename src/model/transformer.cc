@@ -4,6 +4,7 @@
 
 #include "core/rng.h"
 #include "kernels/xent/xent.h"
+#include "model/mtp_chain.h"
 
 namespace frugal {
 
@@ -83,36 +84,15 @@ Losses Transformer<T>::forward(Ctx& ctx, const int32_t* tokens, const int32_t* t
   losses.tokens = ctx.valid;
 
   // Multi-token prediction: depth k sees positions [0, seq-k) of the previous depth.
-  ctx.mtp.assign(mtp_.size(), MtpCtx{});
-  std::vector<T> prev = std::move(normed);  // [batch, prev_seq, hidden]
-  int64_t prev_seq = seq;
-  int64_t depths_run = 0;
-  for (size_t k = 1; k <= mtp_.size(); ++k) {
-    MtpCtx& m = ctx.mtp[k - 1];
-    m.seq = seq - static_cast<int64_t>(k);
-    if (m.seq < 1) break;
-    const int64_t mrows = batch * m.seq;
-    std::vector<int32_t> shifted(mrows);
-    std::vector<T> h_prev(mrows * d);
-    m.targets.resize(mrows);
-    mtp_depth_inputs(shifted.data(), m.targets.data(), h_prev.data(), tokens, targets,
-                     prev.data(), batch, seq, prev_seq, static_cast<int64_t>(k), d);
-    std::vector<T> emb(mrows * d), h_out(mrows * d), mnormed(mrows * d);
-    embed_.forward(m.embed, shifted.data(), emb.data(), mrows);
-    losses.balance += mtp_[k - 1]->forward(m.module, emb.data(), h_prev.data(), h_out.data(),
-                                           mnormed.data(), batch, m.seq, weights.balance_alpha,
-                                           training);
-    m.logits.resize(mrows * vocab);
-    head_.forward(m.head, mnormed.data(), m.logits.data(), mrows);
-    std::vector<T> mlosses(mrows);
-    double msum = cpu::xent_fwd(mlosses.data(), m.logits.data(), m.targets.data(), mrows, vocab,
-                                &m.valid);
-    losses.mtp += m.valid > 0 ? msum / static_cast<double>(m.valid) : 0.0;
-    ++depths_run;
-    prev = std::move(h_out);
-    prev_seq = m.seq;
-  }
-  ctx.mtp.resize(depths_run);
+  const MtpChainForward chain = mtp_chain_forward<T>(
+      ctx.mtp, mtp_, head_,
+      [this](typename Embedding<T>::Ctx& ectx, const int32_t* ids, T* out, int64_t n) {
+        embed_.forward(ectx, ids, out, n);
+      },
+      std::move(normed), tokens, targets, batch, seq, d, vocab, weights.balance_alpha, training);
+  for (double balance : chain.balance) losses.balance += balance;
+  losses.mtp = chain.ce_sum;
+  const int64_t depths_run = static_cast<int64_t>(chain.balance.size());
   const double depth = static_cast<double>(std::max<size_t>(mtp_.size(), 1));
   if (depths_run > 0) losses.mtp /= static_cast<double>(depths_run);
   // The MTP term is lambda/D * sum_k CE_k (spec §3.2), D the configured depth.
@@ -133,28 +113,8 @@ void Transformer<T>::backward_input(Ctx& ctx, double loss_scale) {
   head_.backward_input(ctx.head, dlogits.data(), dnormed.data());
 
   // MTP depths from the deepest: each passes d(h_prev) to the depth before it.
-  std::vector<T> dh_next;  // gradient w.r.t. the h_out of the current depth, from depth k+1
-  for (int64_t k = static_cast<int64_t>(ctx.mtp.size()); k >= 1; --k) {
-    MtpCtx& m = ctx.mtp[k - 1];
-    const int64_t mrows = ctx.batch * m.seq;
-    std::vector<T> mdlogits(mrows * vocab), dmnormed(mrows * d), demb(mrows * d), dh_prev(mrows * d);
-    double scale = m.valid > 0 ? loss_scale * ctx.weights.mtp_lambda / depth /
-                                     static_cast<double>(m.valid)
-                               : 0.0;
-    cpu::xent_bwd(mdlogits.data(), m.logits.data(), m.targets.data(), mrows, vocab, scale);
-    head_.backward_input(m.head, mdlogits.data(), dmnormed.data());
-    mtp_[k - 1]->backward_input(m.module, dh_next.empty() ? nullptr : dh_next.data(),
-                                dmnormed.data(), demb.data(), dh_prev.data(), loss_scale);
-    embed_.backward_input(m.embed, demb.data());
-    // Map d(h_prev) [batch, m.seq] onto the previous depth's rows [batch, m.seq + 1].
-    const int64_t prev_seq = m.seq + 1;
-    std::vector<T> dprev(ctx.batch * prev_seq * d, T(0));
-    for (int64_t b = 0; b < ctx.batch; ++b)
-      for (int64_t i = 0; i < m.seq; ++i)
-        std::copy_n(dh_prev.begin() + (b * m.seq + i) * d, d,
-                    dprev.begin() + (b * prev_seq + i) * d);
-    dh_next = std::move(dprev);
-  }
+  const std::vector<T> dh_next = mtp_chain_backward<T>(ctx.mtp, mtp_, head_, ctx.batch, d, vocab,
+                                                       loss_scale, ctx.weights.mtp_lambda, depth);
   if (!dh_next.empty())
     for (int64_t i = 0; i < rows * d; ++i) dnormed[i] += dh_next[i];
 

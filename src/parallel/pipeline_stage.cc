@@ -6,6 +6,7 @@
 
 #include "kernels/embedding/embedding.h"
 #include "kernels/xent/xent.h"
+#include "model/mtp_chain.h"
 
 namespace frugal {
 
@@ -119,37 +120,17 @@ StageLosses PipelineStage<T>::forward(Ctx& ctx, const T* input, const int32_t* t
   losses.main = ctx.valid > 0 ? sum / static_cast<double>(ctx.valid) : 0.0;
   losses.tokens = static_cast<double>(ctx.valid);
 
-  // Multi-token prediction, as Transformer<T>::forward: depth k sees positions [0, seq-k).
-  ctx.mtp.assign(mtp_.size(), typename Transformer<T>::MtpCtx{});
-  std::vector<T> prev = std::move(normed);  // [batch, prev_seq, hidden]
-  int64_t prev_seq = seq;
-  int64_t depths_run = 0;
-  for (size_t k = 1; k <= mtp_.size(); ++k) {
-    auto& m = ctx.mtp[k - 1];
-    m.seq = seq - static_cast<int64_t>(k);
-    if (m.seq < 1) break;
-    const int64_t mrows = batch * m.seq;
-    std::vector<int32_t> shifted(mrows);
-    std::vector<T> h_prev(mrows * d);
-    m.targets.resize(mrows);
-    mtp_depth_inputs(shifted.data(), m.targets.data(), h_prev.data(), tokens, targets,
-                     prev.data(), batch, seq, prev_seq, static_cast<int64_t>(k), d);
-    std::vector<T> emb(mrows * d), h_out(mrows * d), mnormed(mrows * d);
-    embed_forward(m.embed, shifted.data(), emb.data(), mrows);
-    losses.layer_balance[cfg_.num_hidden_layers + static_cast<int64_t>(k) - 1] =
-        mtp_[k - 1]->forward(m.module, emb.data(), h_prev.data(), h_out.data(), mnormed.data(),
-                             batch, m.seq, weights.balance_alpha, training);
-    m.logits.resize(mrows * vocab);
-    head_->forward(m.head, mnormed.data(), m.logits.data(), mrows);
-    std::vector<T> mlosses(mrows);
-    double msum = cpu::xent_fwd(mlosses.data(), m.logits.data(), m.targets.data(), mrows, vocab,
-                                &m.valid);
-    losses.mtp += m.valid > 0 ? msum / static_cast<double>(m.valid) : 0.0;
-    ++depths_run;
-    prev = std::move(h_out);
-    prev_seq = m.seq;
-  }
-  ctx.mtp.resize(depths_run);
+  // Multi-token prediction, as Transformer<T>::forward (model/mtp_chain.h).
+  const MtpChainForward chain = mtp_chain_forward<T>(
+      ctx.mtp, mtp_, *head_,
+      [this](typename Embedding<T>::Ctx& ectx, const int32_t* ids, T* out, int64_t n) {
+        embed_forward(ectx, ids, out, n);
+      },
+      std::move(normed), tokens, targets, batch, seq, d, vocab, weights.balance_alpha, training);
+  const int64_t depths_run = static_cast<int64_t>(chain.balance.size());
+  for (int64_t k = 1; k <= depths_run; ++k)
+    losses.layer_balance[cfg_.num_hidden_layers + k - 1] = chain.balance[k - 1];
+  losses.mtp = chain.ce_sum;
   losses.mtp_depths_run = static_cast<double>(depths_run);
   return losses;
 }
@@ -165,28 +146,8 @@ void PipelineStage<T>::backward_input(Ctx& ctx, const T* doutput, std::vector<T>
     double main_scale = ctx.valid > 0 ? loss_scale / static_cast<double>(ctx.valid) : 0.0;
     cpu::xent_bwd(dlogits.data(), ctx.logits.data(), ctx.targets.data(), rows, vocab, main_scale);
     head_->backward_input(ctx.head, dlogits.data(), dnormed.data());
-    std::vector<T> dh_next;  // gradient w.r.t. the h_out of the current depth, from depth k+1
-    for (int64_t k = static_cast<int64_t>(ctx.mtp.size()); k >= 1; --k) {
-      auto& m = ctx.mtp[k - 1];
-      const int64_t mrows = ctx.batch * m.seq;
-      std::vector<T> mdlogits(mrows * vocab), dmnormed(mrows * d), demb(mrows * d),
-          dh_prev(mrows * d);
-      double scale = m.valid > 0 ? loss_scale * ctx.weights.mtp_lambda / depth /
-                                       static_cast<double>(m.valid)
-                                 : 0.0;
-      cpu::xent_bwd(mdlogits.data(), m.logits.data(), m.targets.data(), mrows, vocab, scale);
-      head_->backward_input(m.head, mdlogits.data(), dmnormed.data());
-      mtp_[k - 1]->backward_input(m.module, dh_next.empty() ? nullptr : dh_next.data(),
-                                  dmnormed.data(), demb.data(), dh_prev.data(), loss_scale);
-      m.embed.dout = std::move(demb);  // what Embedding::backward_input keeps
-      const int64_t prev_seq = m.seq + 1;
-      std::vector<T> dprev(ctx.batch * prev_seq * d, T(0));
-      for (int64_t b = 0; b < ctx.batch; ++b)
-        for (int64_t i = 0; i < m.seq; ++i)
-          std::copy_n(dh_prev.begin() + (b * m.seq + i) * d, d,
-                      dprev.begin() + (b * prev_seq + i) * d);
-      dh_next = std::move(dprev);
-    }
+    const std::vector<T> dh_next = mtp_chain_backward<T>(
+        ctx.mtp, mtp_, *head_, ctx.batch, d, vocab, loss_scale, ctx.weights.mtp_lambda, depth);
     if (!dh_next.empty())
       for (int64_t i = 0; i < rows * d; ++i) dnormed[i] += dh_next[i];
     final_norm_->backward_input(ctx.final_norm, dnormed.data(), dy.data());
