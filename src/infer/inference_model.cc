@@ -12,13 +12,6 @@
 #include "model/moe.h"
 
 namespace frugal::infer {
-namespace {
-
-// The latent norms use eps 1e-6 whatever rms_norm_eps says, as model/mla.cc (DeepSeek and
-// transformers construct them with the RMSNorm default).
-constexpr double kLatentNormEps = 1e-6;
-
-}  // namespace
 
 InferenceModel::InferenceModel(const Transformer<float>& model)
     : model_(model), cfg_(model.config()), softmax_scale_(cfg_.softmax_scale()) {

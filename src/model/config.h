@@ -21,6 +21,10 @@ struct RopeScaling {
   bool operator==(const RopeScaling&) const = default;
 };
 
+// MLA's latent norms (q_a_layernorm, kv_a_layernorm) use eps 1e-6 whatever rms_norm_eps says:
+// both DeepSeek's reference code and transformers construct them with the RMSNorm default.
+inline constexpr double kLatentNormEps = 1e-6;
+
 struct ModelConfig {
   std::string model_type = "deepseek_v3";  // or "deepseek_v2"
   int64_t vocab_size = 129280;

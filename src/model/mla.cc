@@ -8,10 +8,6 @@
 
 namespace frugal {
 
-// The latent norms (q_a_layernorm, kv_a_layernorm) use eps 1e-6 whatever rms_norm_eps says: both
-// DeepSeek's reference code and transformers construct them with the RMSNorm default.
-constexpr double kLatentNormEps = 1e-6;
-
 template <class T>
 MLA<T>::MLA(ParamStore<T>& store, const std::string& prefix, const ModelConfig& cfg)
     : cfg_(cfg),

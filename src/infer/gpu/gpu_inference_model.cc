@@ -84,8 +84,6 @@ using bf16 = __nv_bfloat16;
 using cuda::DataType;
 using cuda::DeviceArray;
 
-// The latent norms use eps 1e-6 whatever rms_norm_eps says (as the CPU model and model/mla.cc).
-constexpr double kLatentNormEps = 1e-6;
 // FP8 scales amax/448 exactly, as the training recipe (gpu_common.h kFp8PowerOfTwoScales).
 constexpr bool kPowerOfTwoScales = false;
 // cuBLASLt's 1x128-scaled FP8 operand needs M a multiple of 8; rows are padded to 16 with zeros.

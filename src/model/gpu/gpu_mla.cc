@@ -14,10 +14,6 @@
 
 namespace frugal::gpu {
 
-// As the CPU MLA: the latent norms use eps 1e-6 whatever rms_norm_eps says (DeepSeek's reference
-// code and transformers construct them with the RMSNorm default).
-constexpr double kLatentNormEps = 1e-6;
-
 template <class T>
 GpuMla<T>::GpuMla(ParamRegistry& registry, const std::string& prefix, const ModelConfig& cfg,
                   Recipe recipe)
