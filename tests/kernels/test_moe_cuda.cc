@@ -31,6 +31,7 @@
 #include "core/cuda_check.h"
 #include "core/error.h"
 #include "cuda_test_util.h"
+#include "router_test_util.h"
 #include "kernels/moe/balance_loss.h"
 #include "kernels/moe/moe_cuda.h"
 #include "kernels/moe/permute.h"
@@ -38,6 +39,8 @@
 
 namespace frugal {
 namespace {
+
+using testing::router_params;
 
 using cpu::RouterParams;
 using cpu::ScoringFunc;
@@ -58,21 +61,6 @@ struct RouterCase {
   bool with_bias = false;
 };
 
-RouterParams router_params(int64_t E, int64_t K, int64_t n_group, int64_t topk_group,
-                           ScoringFunc func, TopkMethod method, bool norm, double scale,
-                           double fill = -INFINITY) {
-  RouterParams p;
-  p.n_experts = E;
-  p.top_k = K;
-  p.n_group = n_group;
-  p.topk_group = topk_group;
-  p.scoring_func = func;
-  p.topk_method = method;
-  p.norm_topk_prob = norm;
-  p.routed_scaling_factor = scale;
-  p.masked_group_fill = fill;
-  return p;
-}
 
 // Per token a random permutation of a grid over [lo, hi) with +-30% jitter: selection scores are
 // at least 0.4 grid steps apart (far above fp32 rounding), so the CPU and GPU must pick the same

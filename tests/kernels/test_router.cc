@@ -10,6 +10,7 @@
 #include "kernels/moe/balance_loss.h"
 #include "kernels/moe/permute.h"
 #include "kernels/moe/router.h"
+#include "router_test_util.h"
 
 namespace frugal {
 namespace {
@@ -18,6 +19,7 @@ using cpu::RouterParams;
 using cpu::ScoringFunc;
 using cpu::TopkMethod;
 using testing::check_gradient;
+using testing::router_params;
 using testing::fill_normal;
 using testing::weighted_sum;
 
@@ -45,24 +47,10 @@ Routed route(const RouterParams& p, const std::vector<double>& logits,
   return r;
 }
 
-RouterParams params(int64_t experts, int64_t top_k, int64_t n_group, int64_t topk_group,
-                    ScoringFunc func, TopkMethod method, bool norm, double scale) {
-  RouterParams p;
-  p.n_experts = experts;
-  p.top_k = top_k;
-  p.n_group = n_group;
-  p.topk_group = topk_group;
-  p.scoring_func = func;
-  p.topk_method = method;
-  p.norm_topk_prob = norm;
-  p.routed_scaling_factor = scale;
-  return p;
-}
-
 TEST(Router, NoauxTcScoresGroupsByTheSumOfTheirTopTwo) {
   // Groups of 2: sums {1.0, 1.2, 1.1, 0.5}, maxima {0.9, 0.6, 0.55, 0.3}.
   const std::vector<double> s = {0.9, 0.1, 0.6, 0.6, 0.55, 0.55, 0.2, 0.3};
-  auto noaux = params(8, 2, 4, 2, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, false, 1.0);
+  auto noaux = router_params(8, 2, 4, 2, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, false, 1.0);
   Routed r = route(noaux, sigmoid_logits(s));
   // Groups 1 and 2 win on the top-2 sum, so the globally best expert 0 is out; 2 and 3 tie at
   // 0.6 and come out lower index first.
@@ -72,7 +60,7 @@ TEST(Router, NoauxTcScoresGroupsByTheSumOfTheirTopTwo) {
   for (int e = 0; e < 8; ++e) EXPECT_NEAR(r.scores[e], s[e], 1e-12);
 
   // DeepSeek-V2's group_limited_greedy scores a group by its max: groups 0 and 1 win.
-  auto v2 = params(8, 2, 4, 2, ScoringFunc::Sigmoid, TopkMethod::GroupLimitedGreedy, false, 1.0);
+  auto v2 = router_params(8, 2, 4, 2, ScoringFunc::Sigmoid, TopkMethod::GroupLimitedGreedy, false, 1.0);
   EXPECT_EQ(route(v2, sigmoid_logits(s)).idx, (std::vector<int64_t>{0, 2}));
   // Keeping only the best group: top-2 sum keeps group 1, max keeps group 0.
   noaux.topk_group = 1;
@@ -84,7 +72,7 @@ TEST(Router, NoauxTcScoresGroupsByTheSumOfTheirTopTwo) {
 TEST(Router, BiasChangesTheSelectionButNotTheWeights) {
   const std::vector<double> s = {0.8, 0.7, 0.6, 0.5};
   const std::vector<double> bias = {0.0, 0.0, 0.3, 0.0};
-  auto p = params(4, 2, 1, 1, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, true, 2.5);
+  auto p = router_params(4, 2, 1, 1, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, true, 2.5);
   Routed plain = route(p, sigmoid_logits(s));
   EXPECT_EQ(plain.idx, (std::vector<int64_t>{0, 1}));
   EXPECT_NEAR(plain.weight[0], 0.8 / 1.5 * 2.5, 1e-12);
@@ -95,13 +83,13 @@ TEST(Router, BiasChangesTheSelectionButNotTheWeights) {
   EXPECT_NEAR(biased.weight[0], 0.6 / 1.4 * 2.5, 1e-12);
   EXPECT_NEAR(biased.weight[1], 0.8 / 1.4 * 2.5, 1e-12);
   // Only noaux_tc reads the bias.
-  auto greedy = params(4, 2, 1, 1, ScoringFunc::Sigmoid, TopkMethod::Greedy, true, 2.5);
+  auto greedy = router_params(4, 2, 1, 1, ScoringFunc::Sigmoid, TopkMethod::Greedy, true, 2.5);
   EXPECT_EQ(route(greedy, sigmoid_logits(s), &bias).idx, (std::vector<int64_t>{0, 1}));
 }
 
 TEST(Router, NormalisationAndScaling) {
   const std::vector<double> s = {0.2, 0.9, 0.4, 0.7, 0.1, 0.3};
-  auto p = params(6, 3, 1, 1, ScoringFunc::Sigmoid, TopkMethod::Greedy, false, 16.0);
+  auto p = router_params(6, 3, 1, 1, ScoringFunc::Sigmoid, TopkMethod::Greedy, false, 16.0);
   Routed r = route(p, sigmoid_logits(s));
   EXPECT_EQ(r.idx, (std::vector<int64_t>{1, 3, 2}));
   EXPECT_NEAR(r.weight[0], 0.9 * 16.0, 1e-11);
@@ -117,7 +105,7 @@ TEST(Router, NormalisationAndScaling) {
 
 TEST(Router, SoftmaxGreedyMatchesHandValues) {
   const std::vector<double> logits = {1.0, 2.0, 3.0, 0.0, /*token 2*/ 0.5, -1.0, 0.5, 4.0};
-  auto p = params(4, 2, 1, 1, ScoringFunc::Softmax, TopkMethod::Greedy, false, 1.0);
+  auto p = router_params(4, 2, 1, 1, ScoringFunc::Softmax, TopkMethod::Greedy, false, 1.0);
   Routed r = route(p, logits);
   const double z0 = std::exp(1.0) + std::exp(2.0) + std::exp(3.0) + 1.0;
   EXPECT_EQ(r.idx[0], 2);
@@ -134,7 +122,7 @@ TEST(Router, SoftmaxGreedyMatchesHandValues) {
 
 TEST(Router, TiesGoToTheLowerIndex) {
   const std::vector<double> logits(8, 0.25);
-  auto p = params(8, 3, 4, 2, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, true, 1.0);
+  auto p = router_params(8, 3, 4, 2, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, true, 1.0);
   Routed r = route(p, logits);
   EXPECT_EQ(r.idx, (std::vector<int64_t>{0, 1, 2}));  // groups 0 and 1 tie with all others
   for (double w : r.weight) EXPECT_NEAR(w, 1.0 / 3.0, 1e-14);
@@ -146,7 +134,7 @@ TEST(Router, MaskedGroupFillMinusInfinityAndZeroPickDifferentExperts) {
   const std::vector<double> s = {0.5, 0.2, 0.05, 0.1};
   const std::vector<double> bias = {0.0, -0.5, 0.0, 0.0};
   // s + b = {0.5, -0.3 | 0.05, 0.1}: group sums 0.2 and 0.15, so group 0 is kept.
-  auto p = params(4, 2, 2, 1, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, true, 1.0);
+  auto p = router_params(4, 2, 2, 1, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, true, 1.0);
   Routed deepseek = route(p, sigmoid_logits(s), &bias);
   EXPECT_EQ(deepseek.idx, (std::vector<int64_t>{0, 1}));
   EXPECT_NEAR(deepseek.weight[1], 0.2 / 0.7, 1e-12);
@@ -165,7 +153,7 @@ TEST(Router, MaskedGroupFillMinusInfinityAndZeroPickDifferentExperts) {
 
 TEST(Router, FloatAgreesWithDouble) {
   const int64_t tokens = 16, E = 16, K = 4;
-  auto p = params(E, K, 4, 2, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, true, 2.5);
+  auto p = router_params(E, K, 4, 2, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, true, 2.5);
   std::vector<double> logits(tokens * E), bias(E);
   fill_normal(logits, 3);
   fill_normal(bias, 4, 0.1);
@@ -179,7 +167,7 @@ TEST(Router, FloatAgreesWithDouble) {
 }
 
 TEST(Router, RejectsImpossibleConfigurations) {
-  auto base = params(8, 2, 4, 2, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, true, 1.0);
+  auto base = router_params(8, 2, 4, 2, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, true, 1.0);
   auto expect_error = [](RouterParams p, const std::string& needle) {
     try {
       cpu::validate_router(p, "model.");
@@ -245,14 +233,14 @@ void check_router_gradient(const RouterParams& p, bool with_bias, bool with_dsco
 }
 
 TEST(Router, GradientsMatchFiniteDifferences) {
-  auto v3 = params(16, 4, 4, 2, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, true, 2.5);
+  auto v3 = router_params(16, 4, 4, 2, ScoringFunc::Sigmoid, TopkMethod::NoauxTc, true, 2.5);
   check_router_gradient(v3, true, false, "router sigmoid noaux_tc dlogits");
   check_router_gradient(v3, true, true, "router sigmoid noaux_tc +dscores");
   v3.norm_topk_prob = false;
   check_router_gradient(v3, true, true, "router sigmoid noaux_tc unnormalised");
-  auto v2 = params(16, 3, 4, 2, ScoringFunc::Softmax, TopkMethod::GroupLimitedGreedy, false, 16.0);
+  auto v2 = router_params(16, 3, 4, 2, ScoringFunc::Softmax, TopkMethod::GroupLimitedGreedy, false, 16.0);
   check_router_gradient(v2, false, false, "router softmax group_limited_greedy");
-  auto greedy = params(16, 3, 1, 1, ScoringFunc::Softmax, TopkMethod::Greedy, false, 1.0);
+  auto greedy = router_params(16, 3, 1, 1, ScoringFunc::Softmax, TopkMethod::Greedy, false, 1.0);
   check_router_gradient(greedy, false, true, "router softmax greedy +dscores");
   greedy.norm_topk_prob = true;
   check_router_gradient(greedy, false, true, "router softmax greedy normalised");
