@@ -37,6 +37,25 @@ inline std::string missing_gpu_per_rank(int ranks) {
   return "";
 }
 
+// Trains `config` (3 steps) on every rank of `mesh` and checks the run: the engine's description
+// holds every one of `description_parts`, no step is skipped, only dp rank 0 saves, and every rank
+// ends with the same whole host model (`diverged` says what it means if not).
+inline void train_on_every_rank(const Config& config, const Mesh& mesh, Communicator& world,
+                                const std::vector<std::string>& description_parts,
+                                const std::string& diverged) {
+  SyntheticSources data(config);
+  Trainer trainer(config, data.train, &data.val, true, &mesh);
+  const std::string description = trainer.engine().description();
+  for (const std::string& part : description_parts)
+    EXPECT_NE(description.find(part), std::string::npos)
+        << "the engine's description should hold \"" << part << "\": " << description;
+  const TrainSummary summary = trainer.run();
+  EXPECT_EQ(summary.steps_done, 3);
+  EXPECT_EQ(summary.skipped_steps, 0);
+  EXPECT_EQ(summary.checkpoint.empty(), world.rank() != 0) << "only dp rank 0 saves";
+  EXPECT_TRUE(same_on_every_rank(world, all_values(trainer))) << diverged;
+}
+
 // On rank 0 after a multi-GPU run into `par`: trains `ref_config` on one GPU (into its out_dir)
 // and checks the run against it: the logged metrics within tol.metrics, the step-1 expert load
 // exactly under fp32, model and optimizer files within the tolerances (relative L2, whole and

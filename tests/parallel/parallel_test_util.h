@@ -72,13 +72,20 @@ inline Config parallel_test_config(const std::string& out_dir,
 
 // Trains `config` on the synthetic corpus, as a single process (mesh null) or as this rank of
 // `mesh`, optionally resuming a checkpoint first. Every rank of the mesh must call it.
+// The synthetic training and validation corpora of the parallel tests.
+struct SyntheticSources {
+  explicit SyntheticSources(const Config& config)
+      : train(synthetic_tokens(3000, 11), config.train.seed, 0, 1, ByteTokenizer::kVocabSize,
+              "train"),
+        val(synthetic_tokens(600, 12), config.train.seed, 0, 1, ByteTokenizer::kVocabSize,
+            "validation") {}
+  TextDataSource train, val;
+};
+
 inline TrainSummary train_run(const Config& config, const Mesh* mesh,
                               const std::string& resume_from = "") {
-  TextDataSource train(synthetic_tokens(3000, 11), config.train.seed, 0, 1,
-                       ByteTokenizer::kVocabSize, "train");
-  TextDataSource val(synthetic_tokens(600, 12), config.train.seed, 0, 1, ByteTokenizer::kVocabSize,
-                     "validation");
-  Trainer trainer(config, train, &val, /*quiet=*/true, mesh);
+  SyntheticSources data(config);
+  Trainer trainer(config, data.train, &data.val, /*quiet=*/true, mesh);
   if (!resume_from.empty()) trainer.resume(resume_from);
   return trainer.run();
 }

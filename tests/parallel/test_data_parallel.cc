@@ -42,11 +42,8 @@ class DataParallel : public ::testing::Test {
     const Config config = parallel_test_config(par, extra);
     Mesh mesh(*world, mesh_shape(ranks, config.train, config.model));
     {
-      TextDataSource train(synthetic_tokens(3000, 11), config.train.seed, 0, 1,
-                           ByteTokenizer::kVocabSize, "train");
-      TextDataSource val(synthetic_tokens(600, 12), config.train.seed, 0, 1,
-                         ByteTokenizer::kVocabSize, "validation");
-      Trainer trainer(config, train, &val, true, &mesh);
+      SyntheticSources data(config);
+      Trainer trainer(config, data.train, &data.val, true, &mesh);
       const TrainSummary summary = trainer.run();
       EXPECT_EQ(summary.steps_done, 3);
       EXPECT_EQ(summary.checkpoint.empty(), world->rank() != 0) << "only rank 0 saves";

@@ -182,11 +182,8 @@ void train_and_compare(Communicator& world, int ep, bool bitwise_expected) {
   config.train.ep = ep;
   Mesh mesh(world, mesh_shape(ranks, config.train, config.model));
   {
-    TextDataSource train(synthetic_tokens(3000, 11), config.train.seed, 0, 1,
-                         ByteTokenizer::kVocabSize, "train");
-    TextDataSource val(synthetic_tokens(600, 12), config.train.seed, 0, 1, ByteTokenizer::kVocabSize,
-                       "validation");
-    Trainer trainer(config, train, &val, true, &mesh);
+    SyntheticSources data(config);
+    Trainer trainer(config, data.train, &data.val, true, &mesh);
     const auto* engine = dynamic_cast<const CpuEngine*>(&trainer.engine());
     ASSERT_NE(engine, nullptr);
     ASSERT_NE(engine->expert_parallel(), nullptr);

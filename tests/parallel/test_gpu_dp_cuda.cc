@@ -52,23 +52,8 @@ class GpuDataParallel : public ::testing::Test {
     const std::string par = dir.path("par"), ref = dir.path("ref");
     const Config config = parallel_test_config(par, extra);
     Mesh mesh(*world, mesh_shape(ranks, config.train, config.model));
-    {
-      TextDataSource train(synthetic_tokens(3000, 11), config.train.seed, 0, 1,
-                           ByteTokenizer::kVocabSize, "train");
-      TextDataSource val(synthetic_tokens(600, 12), config.train.seed, 0, 1,
-                         ByteTokenizer::kVocabSize, "validation");
-      Trainer trainer(config, train, &val, true, &mesh);
-      const std::string description = trainer.engine().description();
-      EXPECT_NE(description.find(std::to_string(ranks) + " ranks"), std::string::npos)
-          << description;
-      EXPECT_NE(description.find("cuda:"), std::string::npos) << description;
-      const TrainSummary summary = trainer.run();
-      EXPECT_EQ(summary.steps_done, 3);
-      EXPECT_EQ(summary.skipped_steps, 0);
-      EXPECT_EQ(summary.checkpoint.empty(), world->rank() != 0) << "only dp rank 0 saves";
-      EXPECT_TRUE(same_on_every_rank(*world, all_values(trainer)))
-          << "the replicas' weights or routing biases differ after 3 steps";
-    }
+    train_on_every_rank(config, mesh, *world, {std::to_string(ranks) + " ranks", "cuda:"},
+                        "the replicas' weights or routing biases differ after 3 steps");
     if (world->rank() == 0)
       expect_matches_one_gpu(std::to_string(ranks) + " ranks", par,
                              parallel_test_config(ref, extra), precision, tol);

@@ -63,31 +63,16 @@ class GpuExpertParallel : public ::testing::Test {
     ASSERT_EQ(config.model.n_routed_experts % 2, 0);
     Mesh mesh(*world, mesh_shape(ranks, config.train, config.model));
     ASSERT_EQ(mesh.shape().ep, 2);
-    {
-      TextDataSource train(synthetic_tokens(3000, 11), config.train.seed, 0, 1,
-                           ByteTokenizer::kVocabSize, "train");
-      TextDataSource val(synthetic_tokens(600, 12), config.train.seed, 0, 1,
-                         ByteTokenizer::kVocabSize, "validation");
-      Trainer trainer(config, train, &val, true, &mesh);
-      const std::string description = trainer.engine().description();
-      const int64_t local = config.model.n_routed_experts / 2,
-                    first = mesh.coords().ep_rank * local;
-      const std::string experts = "experts " + std::to_string(first) + ".." +
-                                  std::to_string(first + local - 1) + " of " +
-                                  std::to_string(config.model.n_routed_experts);
-      EXPECT_NE(description.find(experts), std::string::npos)
-          << "the engine should name this rank's experts (\"" << experts << "\"): " << description;
-      EXPECT_NE(description.find(std::to_string(ranks) + " ranks"), std::string::npos)
-          << description;
-      const TrainSummary summary = trainer.run();
-      EXPECT_EQ(summary.steps_done, 3);
-      EXPECT_EQ(summary.skipped_steps, 0);
-      EXPECT_EQ(summary.checkpoint.empty(), world->rank() != 0) << "only dp rank 0 saves";
-      EXPECT_TRUE(same_on_every_rank(*world, all_values(trainer)))
-          << "after 3 steps the ranks' whole host models differ: either the dense weights or "
-             "routing biases diverged (dense gradients not summed over dp, or a different clip "
-             "per rank) or the expert gather for checkpoints is wrong";
-    }
+    const int64_t local = config.model.n_routed_experts / 2,
+                  first = mesh.coords().ep_rank * local;
+    const std::string experts = "experts " + std::to_string(first) + ".." +
+                                std::to_string(first + local - 1) + " of " +
+                                std::to_string(config.model.n_routed_experts);
+    train_on_every_rank(config, mesh, *world, {experts, std::to_string(ranks) + " ranks"},
+                        "after 3 steps the ranks' whole host models differ: either the dense "
+                        "weights or routing biases diverged (dense gradients not summed over dp, "
+                        "or a different clip per rank) or the expert gather for checkpoints is "
+                        "wrong");
     if (world->rank() == 0)
       expect_matches_one_gpu("EP 2 on " + std::to_string(ranks) + " ranks", par,
                              parallel_test_config(ref, extra(precision)), precision, tol,
