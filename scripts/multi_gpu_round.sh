@@ -33,12 +33,13 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRUGAL_CUDA=ON \
   -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DFRUGAL_EXTRA_INCLUDE="$deps/include" \
   > "$logs/configure.log" 2>&1 || { tail "$logs/configure.log"; exit 1; }
 ninja -C "$build" -j"$(nproc)" frugal test_parallel_nccl_cuda test_parallel_gpu_dp_cuda \
-  test_parallel_gpu_dispatch_cuda bench_dispatch_cuda > "$logs/build.log" 2>&1 \
+  test_parallel_gpu_ep_cuda test_parallel_gpu_dispatch_cuda bench_dispatch_cuda > "$logs/build.log" 2>&1 \
   || { grep -E "error" "$logs/build.log" | head -30; exit 1; }
 mpi=(mpirun --allow-run-as-root --oversubscribe -np "$ranks" -x NCCL_NVLS_ENABLE=0
      -x OMP_NUM_THREADS=4)
 failures=0
-for t in test_parallel_nccl_cuda test_parallel_gpu_dp_cuda test_parallel_gpu_dispatch_cuda; do
+for t in test_parallel_nccl_cuda test_parallel_gpu_dp_cuda test_parallel_gpu_ep_cuda \
+         test_parallel_gpu_dispatch_cuda; do
   timeout 300 "${mpi[@]}" "$build/$t" > "$logs/$t.log" 2>&1
   rc=$?
   [ $rc -eq 0 ] || failures=$((failures + 1))
@@ -63,6 +64,10 @@ if [ -f "$train_text" ]; then
   timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.out_dir=/tmp/mgN \
     > "$logs/train_${ranks}gpu.log" 2>&1
   grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu.log" | tail -n 6
+  echo "== bench-1b, bf16, same global batch: $ranks GPUs (expert parallel, ep $ranks)"
+  timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.ep="$ranks" \
+    --train.out_dir=/tmp/mgE > "$logs/train_${ranks}gpu_ep.log" 2>&1
+  grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu_ep.log" | tail -n 6
 fi
 echo "multi_gpu_round: $failures test program(s) failed"
 # Few files come back from the GPU machine: pack the logs.
