@@ -5,7 +5,7 @@
 #   scripts/gpu_round.sh               build everything (checks that the whole tree builds there)
 #   scripts/gpu_round.sh --cuda-only   build only the CUDA test programs (and what they need)
 # FRUGAL_SKIP_BENCH=1 skips the benchmarks, FRUGAL_SKIP_TIMING=1 the second (timing) pass over
-# the test programs.
+# the test programs, FRUGAL_CTEST_REGEX=RE runs only the CUDA tests whose name matches RE.
 #
 # Needs .carry/gpu-deps (made here by scripts/carry_gpu_deps.sh and carried with the run): the GPU
 # machine lacks the headers of toml++, PCRE2 and xxhash and the .so links / .pc files of the last
@@ -86,7 +86,10 @@ echo "build: exit $build_rc in $(( $(date +%s) - start )) s"
 [ "$build_rc" -eq 0 ] || die "build failed (log: $out_dir/build.log)"
 
 section "ctest -L cuda"
-ctest --test-dir "$build_dir" -L cuda --output-on-failure --timeout 600 2>&1 | tee "$out_dir/ctest.log"
+ctest_filter=()
+[ -n "${FRUGAL_CTEST_REGEX:-}" ] && ctest_filter=(-R "$FRUGAL_CTEST_REGEX")
+ctest --test-dir "$build_dir" -L cuda "${ctest_filter[@]}" --output-on-failure --timeout 600 2>&1 \
+  | tee "$out_dir/ctest.log"
 ctest_rc=${PIPESTATUS[0]}
 
 section "checks and timing (FRUGAL_CUDA_TIMING=1)"
