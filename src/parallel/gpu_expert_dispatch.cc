@@ -51,6 +51,12 @@ std::vector<GpuExpertDispatch*>& registry() {
   return *dispatchers;
 }
 
+// Everything take_ep_overlap_stats() returned since the last reset (under registry_mutex()).
+ExchangeOverlap& taken_total() {
+  static ExchangeOverlap total;
+  return total;
+}
+
 }  // namespace
 
 bool ep_overlap_enabled() {
@@ -77,7 +83,18 @@ ExchangeOverlap take_ep_overlap_stats() {
   std::lock_guard<std::mutex> lock(registry_mutex());
   ExchangeOverlap sum;
   for (GpuExpertDispatch* dispatcher : registry()) sum += dispatcher->take_overlap_stats();
+  taken_total() += sum;
   return sum;
+}
+
+ExchangeOverlap ep_overlap_stats_total() {
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  return taken_total();
+}
+
+void reset_ep_overlap_stats_total() {
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  taken_total() = ExchangeOverlap{};
 }
 
 // The timeline of one dispatcher, and the op timer that puts the communicator's operations on it.

@@ -94,6 +94,9 @@ void set_ep_overlap_stats(std::optional<bool> on);
 // Waits for and resolves the timing events every live dispatcher of this process recorded since
 // the last call, and returns their sum (zeros when nothing was measured). Not collective.
 ExchangeOverlap take_ep_overlap_stats();
+// The sum of everything take_ep_overlap_stats() returned since the last reset (tests, summaries).
+ExchangeOverlap ep_overlap_stats_total();
+void reset_ep_overlap_stats_total();
 
 // Work enqueued on the context's stream while an exchange is in flight (see above); may be empty.
 using BesideWork = std::function<void()>;
