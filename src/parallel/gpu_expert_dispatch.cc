@@ -173,14 +173,13 @@ GpuExpertDispatch::GpuExpertDispatch(cuda::DeviceContext& ctx, Communicator& com
   if (nccl_) {  // the side stream, on the context's device, ahead of the compute kernels
     int current = -1;
     FRUGAL_CUDA_CHECK(cudaGetDevice(&current));
-    FRUGAL_CHECK(current == ctx_.device,
-                 "GpuExpertDispatch: made while device {} is current, not the context's {}",
-                 current, ctx_.device);
+    if (current != ctx_.device) FRUGAL_CUDA_CHECK(cudaSetDevice(ctx_.device));
     int least = 0, greatest = 0;
     FRUGAL_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
     FRUGAL_CUDA_CHECK(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, greatest));
     FRUGAL_CUDA_CHECK(cudaEventCreateWithFlags(&forked_, cudaEventDisableTiming));
     FRUGAL_CUDA_CHECK(cudaEventCreateWithFlags(&joined_, cudaEventDisableTiming));
+    if (current != ctx_.device) FRUGAL_CUDA_CHECK(cudaSetDevice(current));
   }
   std::lock_guard<std::mutex> lock(registry_mutex());
   registry().push_back(this);
