@@ -2,7 +2,9 @@
 # Multi-GPU round, run ON A MACHINE WITH 2+ GPUS from the repository root: builds the NCCL tests,
 # the GPU data-parallel tests and the dispatch benchmark, runs them under mpirun (one GPU per
 # rank, NCCL_NVLS_ENABLE=0), then trains bench-1b for a few steps on 1 GPU and on N GPUs (data
-# parallel) with the same global batch and prints the step lines (tokens/s).
+# parallel, then expert parallel) with the same global batch and prints the step lines (tokens/s);
+# the expert-parallel run again with the overlap measurement (FRUGAL_OVERLAP_STATS=1), with the
+# all-to-all overlap on and off (FRUGAL_EP_OVERLAP=0), printing the "overlap" lines too.
 #
 #   scripts/multi_gpu_round.sh [--ranks N] [--data DIR] [--steps S]
 #
@@ -33,13 +35,14 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRUGAL_CUDA=ON \
   -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DFRUGAL_EXTRA_INCLUDE="$deps/include" \
   > "$logs/configure.log" 2>&1 || { tail "$logs/configure.log"; exit 1; }
 ninja -C "$build" -j"$(nproc)" frugal test_parallel_nccl_cuda test_parallel_gpu_dp_cuda \
-  test_parallel_gpu_ep_cuda test_parallel_gpu_dispatch_cuda bench_dispatch_cuda > "$logs/build.log" 2>&1 \
+  test_parallel_gpu_ep_cuda test_parallel_gpu_ep_overlap_cuda test_parallel_gpu_dispatch_cuda \
+  bench_dispatch_cuda > "$logs/build.log" 2>&1 \
   || { grep -E "error" "$logs/build.log" | head -30; exit 1; }
 mpi=(mpirun --allow-run-as-root --oversubscribe -np "$ranks" -x NCCL_NVLS_ENABLE=0
      -x OMP_NUM_THREADS=4)
 failures=0
 for t in test_parallel_nccl_cuda test_parallel_gpu_dp_cuda test_parallel_gpu_ep_cuda \
-         test_parallel_gpu_dispatch_cuda; do
+         test_parallel_gpu_ep_overlap_cuda test_parallel_gpu_dispatch_cuda; do
   timeout 300 "${mpi[@]}" "$build/$t" > "$logs/$t.log" 2>&1
   rc=$?
   [ $rc -eq 0 ] || failures=$((failures + 1))
@@ -68,6 +71,17 @@ if [ -f "$train_text" ]; then
   timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.ep="$ranks" \
     --train.out_dir=/tmp/mgE > "$logs/train_${ranks}gpu_ep.log" 2>&1
   grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu_ep.log" | tail -n 6
+  # The EP all-to-alls beside the computation (gpu_expert_dispatch.h): tokens/s and the measured
+  # fraction of all-to-all time hidden under the compute stream's work, overlap on, then off.
+  for mode in on off; do
+    overlap_env=(-x FRUGAL_OVERLAP_STATS=1)
+    [ "$mode" = off ] && overlap_env+=(-x FRUGAL_EP_OVERLAP=0)
+    echo "== bench-1b, bf16, same global batch: $ranks GPUs (expert parallel, ep $ranks), overlap $mode"
+    rm -rf /tmp/mgO
+    timeout 400 "${mpi[@]}" "${overlap_env[@]}" "$build/frugal" train "${common[@]}" \
+      --train.ep="$ranks" --train.out_dir=/tmp/mgO > "$logs/train_${ranks}gpu_ep_overlap_$mode.log" 2>&1
+    grep -E "^step|^overlap|rror" "$logs/train_${ranks}gpu_ep_overlap_$mode.log" | tail -n 8
+  done
 fi
 echo "multi_gpu_round: $failures test program(s) failed"
 # Few files come back from the GPU machine: pack the logs.

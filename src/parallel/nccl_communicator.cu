@@ -101,6 +101,8 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   void set_input(cudaStream_t stream) { input_stream_ = stream; }
+  cudaStream_t input() const { return input_stream_; }
+  void set_timer(OpTimer* timer) { timer_ = timer; }
 
   void all_reduce_sum(void* data, int64_t count, CommType type) override {
     begin("all_reduce_sum", count, data, nullptr);
@@ -287,10 +289,12 @@ class NcclCommunicator final : public Communicator {
       check_cuda_call(cudaEventRecord(input_ready_, input_stream_), "cudaEventRecord", op);
       check_cuda_call(cudaStreamWaitEvent(stream_, input_ready_, 0), "cudaStreamWaitEvent", op);
     }
+    if (timer_ != nullptr) timer_->op_started(stream_);
   }
 
   // Watchdog: waits for the enqueued work to finish on the device, watching NCCL's state.
   void finish(const char* op) {
+    if (timer_ != nullptr) timer_->op_finished(stream_);
     check_cuda_call(cudaEventRecord(done_, stream_), "cudaEventRecord", op);
     const auto deadline = Clock::now() + std::chrono::duration<double>(options_.timeout_seconds);
     for (;;) {
@@ -323,6 +327,7 @@ class NcclCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1;
   cudaStream_t stream_ = nullptr;
   cudaStream_t input_stream_ = nullptr;
+  OpTimer* timer_ = nullptr;  // set_op_timing
   cudaEvent_t done_ = nullptr, input_ready_ = nullptr;
   void* barrier_buffer_ = nullptr;
 };
@@ -339,6 +344,22 @@ void set_input_stream(Communicator& comm, cudaStream_t stream) {
   auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
   FRUGAL_CUDA_REQUIRE(nccl != nullptr, "set_input_stream: not an NCCL communicator");
   nccl->set_input(stream);
+}
+
+cudaStream_t input_stream(Communicator& comm) {
+  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
+  FRUGAL_CUDA_REQUIRE(nccl != nullptr, "input_stream: not an NCCL communicator");
+  return nccl->input();
+}
+
+void set_op_timing(Communicator& comm, OpTimer* timer) {
+  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
+  FRUGAL_CUDA_REQUIRE(nccl != nullptr, "set_op_timing: not an NCCL communicator");
+  nccl->set_timer(timer);
+}
+
+bool is_nccl_communicator(const Communicator& comm) {
+  return dynamic_cast<const NcclCommunicator*>(&comm) != nullptr;
 }
 
 }  // namespace frugal

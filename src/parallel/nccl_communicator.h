@@ -17,6 +17,12 @@
 // (ncclCommAbort) and throws frugal::Error naming the operation and the rank; abort() aborts NCCL
 // and then the whole job through the host communicator (MPI_Abort).
 //
+// Timing (overlap measurement, parallel/overlap_stats.h): while an OpTimer is set
+// (set_op_timing), every operation calls timer->op_started(stream) once its wait for the input
+// stream is enqueued and timer->op_finished(stream) after its NCCL work, `stream` being the
+// communicator's own; the timer enqueues its timing events there, so they mark when the operation
+// ran on the device.
+//
 // Sums use NCCL's reduction order (fixed for a given topology and algorithm, not rank order).
 // send/recv: NCCL has no tags; messages between two ranks match in order (the tag is only
 // range-checked). All buffers must be device memory.
@@ -43,6 +49,22 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, in
 // The stream whose pending work every later operation of `comm` (an NCCL communicator) waits for;
 // nullptr for none. Throws when `comm` is not an NCCL communicator.
 void set_input_stream(Communicator& comm, cudaStream_t stream);
+
+// Receives the start and end of every operation of a communicator (see "Timing" above).
+class OpTimer {
+ public:
+  virtual ~OpTimer() = default;
+  virtual void op_started(cudaStream_t stream) = 0;
+  virtual void op_finished(cudaStream_t stream) = 0;
+};
+
+// The stream set by set_input_stream (nullptr: none). Throws when `comm` is not NCCL.
+cudaStream_t input_stream(Communicator& comm);
+// Every later operation of `comm` reports to `timer` (nullptr: none; the caller keeps it alive
+// while set). Throws when `comm` is not an NCCL communicator.
+void set_op_timing(Communicator& comm, OpTimer* timer);
+// Whether `comm` is an NCCL communicator (made by make_nccl_communicator or its split).
+bool is_nccl_communicator(const Communicator& comm);
 
 namespace detail {
 // Throws frugal::Error(message); defined in communicator.cc for CUDA sources, which cannot include

@@ -39,6 +39,7 @@ double gpu_peak_flops(const std::string& device_name, int compute_capability, Re
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <unordered_map>
@@ -49,6 +50,7 @@ double gpu_peak_flops(const std::string& device_name, int compute_capability, Re
 #include "kernels/adamw/adamw_cuda.h"
 #include "model/gpu/gpu_transformer.h"
 #include "parallel/gpu_data_parallel.h"
+#include "parallel/gpu_expert_dispatch.h"
 #include "parallel/mesh.h"
 #include "train/gpu_engine_kernels.h"
 #include "train/gpu_optimizer.h"
@@ -168,7 +170,10 @@ class GpuEngine : public StepEngine {
 
   Losses evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch,
                   int64_t seq) override {
-    return model_.evaluate(tokens, targets, batch, seq, {0.0, 0.0});
+    const Losses losses = model_.evaluate(tokens, targets, batch, seq, {0.0, 0.0});
+    // The overlap log covers training steps: validation's exchanges are left out.
+    if (ep_comm_ != nullptr && gpu::ep_overlap_stats_enabled()) gpu::take_ep_overlap_stats();
+    return losses;
   }
 
   OptimizerStepInfo optimizer_step(double lr) override {
@@ -182,7 +187,10 @@ class GpuEngine : public StepEngine {
     }
     // Even a skipped step invalidates the host copies: they are re-read rather than assumed equal.
     host_model_current_ = host_optimizer_current_ = false;
-    if (ep_comm_ != nullptr) return expert_parallel_step(lr);
+    if (ep_comm_ != nullptr) {
+      log_overlap_stats();
+      return expert_parallel_step(lr);
+    }
     const auto info = optimizer_.step(lr);
     return {info.grad_norm, info.skipped};
   }
@@ -348,6 +356,22 @@ class GpuEngine : public StepEngine {
     norm_flags_ = cuda::DeviceArray<int32_t>(ctx_, 2);
   }
 
+  // FRUGAL_OVERLAP_STATS=1: the step's all-to-all time and the part hidden under computation
+  // (gpu_expert_dispatch.h), measured on this rank, logged by world rank 0 once per step.
+  void log_overlap_stats() {
+    if (!gpu::ep_overlap_stats_enabled()) return;
+    const ExchangeOverlap step = gpu::take_ep_overlap_stats();
+    ++overlap_steps_;
+    overlap_total_ += step;
+    if (mesh_->world().rank() != 0) return;
+    std::printf("overlap step %lld (%s): %s; mean over %lld steps: %.1f%% hidden\n",
+                static_cast<long long>(overlap_steps_),
+                gpu::ep_overlap_enabled() ? "overlap on" : "overlap off",
+                describe_overlap(step, 1).c_str(), static_cast<long long>(overlap_steps_),
+                100.0 * overlap_total_.total().hidden_fraction());
+    std::fflush(stdout);
+  }
+
   static ParamKind kind_of(const Param<float>& p) {
     if (!p.trainable) return ParamKind::Buffer;
     return p.weight_decay ? ParamKind::Matrix : ParamKind::Norm;
@@ -454,6 +478,8 @@ class GpuEngine : public StepEngine {
   cuda::DeviceArray<uint8_t> norm_workspace_;
   cuda::DeviceArray<float> norm_scalars_;  // [dense norm, clip, expert norm, clip]
   cuda::DeviceArray<int32_t> norm_flags_;  // [2] non-finite flags
+  int64_t overlap_steps_ = 0;              // FRUGAL_OVERLAP_STATS: steps measured
+  ExchangeOverlap overlap_total_;          // and their sum
 };
 
 }  // namespace

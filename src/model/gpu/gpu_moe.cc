@@ -126,10 +126,7 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
 
   if (dispatch_ != nullptr) {
     route_section.close();
-    forward_ep(ctx, c, x, y, count_load);
-    if (balance_alpha != 0.0)
-      cuda::seq_balance_loss_fwd(balance_loss, c.scores.data(), c.topk_idx.data(), batch, seq, E, K,
-                                 balance_alpha, stream);
+    forward_ep(ctx, c, x, y, count_load, balance_loss);
     return;
   }
 
@@ -249,6 +246,11 @@ void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
     return;
   }
   FRUGAL_CHECK(c.scores.data() != nullptr, "GpuMoe::backward without a forward");
+  if (dispatch_ != nullptr) {
+    backward_ep(ctx, c, dy, dx, dloss_balance);
+    c = Ctx{};
+    return;
+  }
   if (has_shared_) {
     cuda::ScopedSection section(stream, "moe.shared.bwd");
     shared_.backward(ctx, c.shared, dy, dx, false);
@@ -257,9 +259,7 @@ void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
   }
 
   cuda::DeviceArray<float> dweights(ctx, rows * K);  // [rows, K]
-  if (dispatch_ != nullptr) {
-    backward_ep(ctx, c, dy, dx, dweights.data());
-  } else {
+  {
     const int64_t padded = c.host_offsets[E];
     const int64_t bound = c.row_assignment.size();
     const GroupOffsets offsets{c.host_offsets.data(), c.expert_offsets.data(), E, padded};
@@ -280,32 +280,58 @@ void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
 
   // Router: routing-weight and balance-loss gradients into the logits, then the gate.
   cuda::ScopedSection route_section(stream, "moe.route+permute.bwd");
+  cuda::DeviceArray<float> dlogits = logits_backward(ctx, c, dweights.data(), dloss_balance);
+  cuda::DeviceArray<float> dx_gate = gate_backward(ctx, c, dlogits.data(), dx);
+  if constexpr (!std::is_same_v<T, float>)
+    cuda::add_into<T, float>(dx, dx_gate.data(), rows * H, stream);
+  c = Ctx{};
+}
+
+// The routing-weight and balance-loss gradients into the logits: dlogits [rows, E].
+template <class T>
+cuda::DeviceArray<float> GpuMoe<T>::logits_backward(cuda::DeviceContext& ctx, const Ctx& c,
+                                                    const float* dweights,
+                                                    double dloss_balance) const {
+  const int64_t rows = c.rows, E = router_.n_experts, K = router_.top_k;
   cuda::DeviceArray<float> dscores;
   if (c.balance_alpha != 0.0 && dloss_balance != 0.0) {
     dscores = cuda::DeviceArray<float>(ctx, rows * E);
     cuda::seq_balance_loss_bwd(dscores.data(), c.scores.data(), c.topk_idx.data(), c.batch, c.seq,
-                               E, K, c.balance_alpha, dloss_balance, false, stream);
+                               E, K, c.balance_alpha, dloss_balance, false, ctx.stream);
   }
   cuda::DeviceArray<float> dlogits(ctx, rows * E);  // [rows, E]
-  cuda::router_bwd(dlogits.data(), dweights.data(), dscores.data(), c.scores.data(),
-                   c.topk_idx.data(), rows, router_, stream);
+  cuda::router_bwd(dlogits.data(), dweights, dscores.data(), c.scores.data(), c.topk_idx.data(),
+                   rows, router_, ctx.stream);
+  return dlogits;
+}
+
+// The gate's backward: its weight gradient (+=) and its part of dx, which under fp32 is added into
+// dx by the GEMM (nothing returned) and otherwise returned as fp32 [rows, hidden] for the caller
+// to add into dx.
+template <class T>
+cuda::DeviceArray<float> GpuMoe<T>::gate_backward(cuda::DeviceContext& ctx, const Ctx& c,
+                                                  const float* dlogits, T* dx) const {
+  const int64_t rows = c.rows, H = hidden_;
   AsFloat<T> x32(ctx, c.x, rows * H);
   typename GpuLinear<float>::Ctx gate_ctx;
   gate_ctx.x = x32.get();
   gate_ctx.rows = rows;
   if constexpr (std::is_same_v<T, float>) {
-    gate_.backward(ctx, gate_ctx, dlogits.data(), dx, /*accumulate_dx=*/true);
+    gate_.backward(ctx, gate_ctx, dlogits, dx, /*accumulate_dx=*/true);
+    return {};
   } else {
+    (void)dx;
     cuda::DeviceArray<float> dx_gate(ctx, rows * H);  // [rows, hidden]
-    gate_.backward(ctx, gate_ctx, dlogits.data(), dx_gate.data(), false);
-    cuda::add_into<T, float>(dx, dx_gate.data(), rows * H, stream);
+    gate_.backward(ctx, gate_ctx, dlogits, dx_gate.data(), false);
+    return dx_gate;
   }
-  c = Ctx{};
 }
 
 template <class T>
-void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, bool count_load) {
-  const int64_t rows = c.rows, K = router_.top_k, H = hidden_, I = inter_, EL = local_experts_;
+void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, bool count_load,
+                           double* balance_loss) {
+  const int64_t rows = c.rows, E = router_.n_experts, K = router_.top_k, H = hidden_, I = inter_,
+                EL = local_experts_;
   const cudaStream_t stream = ctx.stream;
   GpuExpertDispatch& exchange = *dispatch_;
   cuda::ScopedSection dispatch_section(stream, "moe.dispatch.fwd");
@@ -349,8 +375,14 @@ void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, b
     FRUGAL_CUDA_CHECK(cudaMemcpyAsync(c.unpad_map.data(), unpad.data(), c.unpad_map.bytes(),
                                       cudaMemcpyHostToDevice, stream));
   }
+  // The shared experts (y assigned) run beside the dispatch's exchange (gpu_expert_dispatch.h);
+  // every buffer the exchange touches (xp here) is allocated before it.
   cuda::DeviceArray<T> xp(ctx, std::max<int64_t>(received, 1) * H);  // [received, hidden]
-  exchange.dispatch(xp.data(), x);
+  exchange.dispatch(xp.data(), x, [&] {
+    if (!has_shared_) return;
+    cuda::ScopedSection section(stream, "moe.shared.fwd");
+    shared_.forward(ctx, c.shared, x, y, rows);  // [rows, hidden]
+  });
   if (fp8 && received > 0) {  // [local_rows, hidden] tile-padded
     cuda::DeviceArray<T> padded(ctx, local_rows * H);
     cuda::permute_rows<T>(padded.data(), xp.data(), c.pad_map.data(), local_rows, 1, H, stream);
@@ -387,25 +419,37 @@ void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, b
     if (down_.keeps_input_pointer()) c.h = std::move(h);
   }
 
-  if (has_shared_) {
-    cuda::ScopedSection section(stream, "moe.shared.fwd");
-    shared_.forward(ctx, c.shared, x, y, rows);  // [rows, hidden]
-  }
+  // The combine adds the routed experts into y, which holds the shared experts' output; the
+  // balance loss runs beside its exchange.
   cuda::ScopedSection combine_section(stream, "moe.combine.fwd");
-  exchange.combine(y, expert_out.data(), c.topk_weight.data(), /*accumulate=*/has_shared_);
+  exchange.combine(y, expert_out.data(), c.topk_weight.data(), /*accumulate=*/has_shared_, [&] {
+    if (c.balance_alpha != 0.0)
+      cuda::seq_balance_loss_fwd(balance_loss, c.scores.data(), c.topk_idx.data(), c.batch, c.seq,
+                                 E, K, c.balance_alpha, stream);
+  });
 }
 
 template <class T>
 void GpuMoe<T>::backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
-                            float* dweights) const {
-  const int64_t EL = local_experts_, H = hidden_;
+                            double dloss_balance) const {
+  const int64_t rows = c.rows, K = router_.top_k, EL = local_experts_, H = hidden_;
   const cudaStream_t stream = ctx.stream;
   GpuExpertDispatch& exchange = *dispatch_;
   const int64_t received = exchange.received_rows(), local_rows = c.host_offsets[EL];
   const bool fp8 = gate_up_.weight().precision() == GemmPrecision::Fp8;
+  // The combine's exchange writes dweights and d_out, allocated before it; the shared experts'
+  // backward (dx assigned) runs beside it.
+  cuda::DeviceArray<float> dweights(ctx, rows * K);  // [rows, K]
   cuda::ScopedSection combine_section(stream, "moe.combine.bwd");
   cuda::DeviceArray<T> d_out(ctx, std::max<int64_t>(received, 1) * H);  // [received, hidden]
-  exchange.combine_backward(d_out.data(), dweights, dy, c.topk_weight.data());
+  exchange.combine_backward(d_out.data(), dweights.data(), dy, c.topk_weight.data(), [&] {
+    if (has_shared_) {
+      cuda::ScopedSection section(stream, "moe.shared.bwd");
+      shared_.backward(ctx, c.shared, dy, dx, false);
+    } else {
+      zero_async(ctx, dx, static_cast<size_t>(rows * H) * sizeof(T));
+    }
+  });
   combine_section.close();
   cuda::DeviceArray<T> d_received(ctx, std::max<int64_t>(received, 1) * H);  // [received, hidden]
   if (local_rows > 0) {
@@ -426,8 +470,23 @@ void GpuMoe<T>::backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx
       d_received = std::move(dxp);
     }
   }
+  // The router's backward beside the dispatch's exchange: the logits' gradient, and under BF16 the
+  // gate's whole backward into its own fp32 array. dx then gets the routed rows (unpermute_sum,
+  // after the exchange) before the gate's part, as without expert parallelism: under fp32 the
+  // gate's GEMM adds into dx itself, so it waits for the exchange.
   cuda::ScopedSection dispatch_section(stream, "moe.dispatch.bwd");
-  exchange.dispatch_backward(dx, d_received.data(), /*accumulate=*/true);
+  cuda::DeviceArray<float> dlogits, dx_gate;
+  exchange.dispatch_backward(dx, d_received.data(), /*accumulate=*/true, [&] {
+    cuda::ScopedSection route_section(stream, "moe.route+permute.bwd");
+    dlogits = logits_backward(ctx, c, dweights.data(), dloss_balance);
+    if constexpr (!std::is_same_v<T, float>) dx_gate = gate_backward(ctx, c, dlogits.data(), dx);
+  });
+  dispatch_section.close();
+  cuda::ScopedSection route_section(stream, "moe.route+permute.bwd");
+  if constexpr (std::is_same_v<T, float>)
+    gate_backward(ctx, c, dlogits.data(), dx);
+  else
+    cuda::add_into<T, float>(dx, dx_gate.data(), rows * H, stream);
 }
 
 template <class T>

@@ -25,6 +25,12 @@
 // order; under fp8 each local expert's rows are padded to the FP8 tile), and combine brings the
 // outputs back; the backward mirrors it. Every forward/backward is then collective over the EP
 // group. Without a scope (the default) nothing changes: the single-GPU path is the same code.
+// Overlap (GpuExpertDispatch's `beside` work, FRUGAL_EP_OVERLAP): the forward's shared experts run
+// on ctx.stream while the dispatch's exchange runs on the dispatcher's side stream (the balance
+// loss beside the combine's); the backward's shared experts beside combine_backward's exchange
+// and the router's backward (the logits' gradient; under BF16 also the gate's GEMMs) beside
+// dispatch_backward's. dx and y are accumulated in the serial order (shared, routed, gate), so the
+// results are bitwise those of the serial path.
 //
 // Accumulation rule: parameter gradients accumulate (+=); dx is assigned. The balance-loss
 // gradient flows through the scores into the gate; the selection carries none. backward computes
@@ -116,8 +122,15 @@ class GpuMoe {
   GpuLinear<float> gate_;
   ParamRegistry::Storage bias_;
   // Expert-parallel forward / backward of the routed experts (see above).
-  void forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, bool count_load);
-  void backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx, float* dweights) const;
+  void forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, bool count_load,
+                  double* balance_loss);
+  void backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
+                   double dloss_balance) const;
+  // The router's backward in two parts (see gpu_moe.cc): dlogits [rows, E], then the gate's.
+  cuda::DeviceArray<float> logits_backward(cuda::DeviceContext& ctx, const Ctx& c,
+                                           const float* dweights, double dloss_balance) const;
+  cuda::DeviceArray<float> gate_backward(cuda::DeviceContext& ctx, const Ctx& c,
+                                         const float* dlogits, T* dx) const;
   // down_proj, SwiGLU and gate_up_proj backward of the local experts (see gpu_moe.cc).
   cuda::DeviceArray<T> experts_backward(cuda::DeviceContext& ctx, Ctx& c,
                                         cuda::DeviceArray<T>& d_out, int64_t rows,
