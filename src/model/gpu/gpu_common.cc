@@ -77,7 +77,7 @@ ParamRegistry::Storage ParamRegistry::allocate(int64_t count, bool trainable) {
 
 void ParamRegistry::add(const std::string& name, std::vector<int64_t> shape, ParamKind kind,
                         float* value, float* grad) {
-  FRUGAL_CHECK(names_.insert(name).second, "ParamRegistry: duplicate parameter name {}", name);
+  FRUGAL_CHECK(!index_.contains(name), "ParamRegistry: duplicate parameter name {}", name);
   DeviceParam p;
   p.name = name;
   p.count = 1;
@@ -90,7 +90,13 @@ void ParamRegistry::add(const std::string& name, std::vector<int64_t> shape, Par
   p.grad = p.trainable ? grad : nullptr;
   FRUGAL_CHECK(value != nullptr && (!p.trainable || grad != nullptr),
                "ParamRegistry: {} has no device storage", name);
+  index_.emplace(name, params_.size());
   params_.push_back(std::move(p));
+}
+
+const DeviceParam* ParamRegistry::find(const std::string& name) const {
+  const auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &params_[it->second];
 }
 
 void ParamRegistry::zero_grad() {

@@ -15,7 +15,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
-#include <unordered_set>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -68,6 +68,9 @@ class ParamRegistry {
   // Appends a parameter viewing `value`/`grad` (inside some allocated storage).
   void add(const std::string& name, std::vector<int64_t> shape, ParamKind kind, float* value,
            float* grad);
+  // The parameter registered under `name` (its value/grad pointers view its storage), or null.
+  // The pointer is valid until the next add.
+  const DeviceParam* find(const std::string& name) const;
 
   cuda::DeviceContext& context() { return *ctx_; }
   std::vector<DeviceParam>& params() { return params_; }
@@ -79,7 +82,7 @@ class ParamRegistry {
   std::vector<cuda::DeviceArray<float>> arrays_;
   std::vector<Storage> storages_;
   std::vector<DeviceParam> params_;
-  std::unordered_set<std::string> names_;
+  std::unordered_map<std::string, size_t> index_;  // name -> position in params_
 };
 
 // An fp32 device array seen as T: the same pointer for float, a rounded copy for bf16.

@@ -8,7 +8,8 @@
 //   MTP depth k: tokens and targets shifted by k, h_prev = previous depth's rows [0, seq-k)
 //   loss = CE + lambda/D * sum_k CE_k + sum of the MoE layers' balance losses
 // Losses are summed on the device (no sync except the MoE layers' offsets copies) and read back
-// with one device->host copy at the end of the call.
+// with one device->host copy at the end of the forward. The model is one GpuPipelineStage (stage 0
+// of 1, gpu_pipeline_stage.h): the pipeline stages and the whole model share one implementation.
 //
 // Accumulation rule: every trainable gradient accumulates (+=) d(loss_scale * total)/d(param).
 #pragma once

@@ -34,8 +34,12 @@ namespace frugal::gpu {
 
 class GpuPipelineStage {
  public:
-  // The forward state of one micro-batch (activations kept for the backward).
-  struct Run;
+  // The forward state of one micro-batch (activations kept for the backward). Its contents are
+  // private to gpu_pipeline_stage.cc; the type is complete here so that callers can hold and drop
+  // a std::unique_ptr<Run> (an evaluation forward's Run is simply dropped).
+  struct Run {
+    virtual ~Run();
+  };
 
   GpuPipelineStage(cuda::DeviceContext& ctx, ParamRegistry& registry, const ModelConfig& cfg,
                    Recipe recipe, int stage, int stages);
