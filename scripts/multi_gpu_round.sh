@@ -2,7 +2,9 @@
 # Multi-GPU round, run ON A MACHINE WITH 2+ GPUS from the repository root: builds the NCCL tests,
 # the GPU data-parallel tests and the dispatch benchmark, runs them under mpirun (one GPU per
 # rank, NCCL_NVLS_ENABLE=0), then trains bench-1b for a few steps on 1 GPU and on N GPUs (data
-# parallel) with the same global batch and prints the step lines (tokens/s).
+# parallel) with the same global batch and prints the step lines (tokens/s), then runs the GPU
+# pipeline benchmark (bench_pipeline_gpu: bf16, DualPipeV and 1F1B, 8 micro-batches of 4 x 4096,
+# 4 steps, against one GPU).
 #
 #   scripts/multi_gpu_round.sh [--ranks N] [--data DIR] [--steps S]
 #
@@ -33,13 +35,14 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRUGAL_CUDA=ON \
   -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DFRUGAL_EXTRA_INCLUDE="$deps/include" \
   > "$logs/configure.log" 2>&1 || { tail "$logs/configure.log"; exit 1; }
 ninja -C "$build" -j"$(nproc)" frugal test_parallel_nccl_cuda test_parallel_gpu_dp_cuda \
-  test_parallel_gpu_ep_cuda test_parallel_gpu_dispatch_cuda bench_dispatch_cuda > "$logs/build.log" 2>&1 \
+  test_parallel_gpu_ep_cuda test_parallel_gpu_dispatch_cuda test_parallel_gpu_pipeline_cuda \
+  bench_dispatch_cuda bench_pipeline_gpu > "$logs/build.log" 2>&1 \
   || { grep -E "error" "$logs/build.log" | head -30; exit 1; }
 mpi=(mpirun --allow-run-as-root --oversubscribe -np "$ranks" -x NCCL_NVLS_ENABLE=0
      -x OMP_NUM_THREADS=4)
 failures=0
 for t in test_parallel_nccl_cuda test_parallel_gpu_dp_cuda test_parallel_gpu_ep_cuda \
-         test_parallel_gpu_dispatch_cuda; do
+         test_parallel_gpu_dispatch_cuda test_parallel_gpu_pipeline_cuda; do
   timeout 300 "${mpi[@]}" "$build/$t" > "$logs/$t.log" 2>&1
   rc=$?
   [ $rc -eq 0 ] || failures=$((failures + 1))
@@ -69,6 +72,16 @@ if [ -f "$train_text" ]; then
     --train.out_dir=/tmp/mgE > "$logs/train_${ranks}gpu_ep.log" 2>&1
   grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu_ep.log" | tail -n 6
 fi
+# The GPU pipeline on bench-1b (random tokens, no data needed): one GPU, then the pipeline.
+for schedule in dualpipev 1f1b; do
+  echo "== bench_pipeline_gpu bench-1b bf16 $schedule, 8 micro-batches of 4 x 4096 (np $ranks)"
+  timeout 500 "${mpi[@]}" "$build/bench_pipeline_gpu" configs/bench-1b.toml bf16 "$schedule" 8 4 \
+    4096 4 --json "$logs/bench_pipeline_$schedule.json" > "$logs/bench_pipeline_$schedule.log" 2>&1
+  rc=$?
+  [ $rc -eq 0 ] || failures=$((failures + 1))
+  echo "exit $rc"
+  tail -n 12 "$logs/bench_pipeline_$schedule.log"
+done
 echo "multi_gpu_round: $failures test program(s) failed"
 # Few files come back from the GPU machine: pack the logs.
 [ -n "${OUT:-}" ] && tar czf "$OUT/multi_gpu.tgz" -C "$(dirname "$logs")" "$(basename "$logs")" && rm -rf "$logs"
