@@ -21,6 +21,12 @@
 //     model within 1e-3 relative L2 after 3 steps (lr 1e-2: a lost update would be ~4e-2).
 // Every comparison prints "CHECK | schedule | what | numbers | ok/FAIL", so one run tells which
 // schedule, step, micro-batch or tensor is off.
+// The engine (train/gpu_pipeline_engine.h) through the trainer: train.device = cuda, train.pp = 2,
+// DualPipeV and 1F1B, the tiny preset with 4 layers, 4 micro-batches of 1 sequence, 3 steps with
+// validation at steps 2 and 3, against the same config trained on one GPU (rank 0): fp32 metrics
+// (losses, norms, validation) within 1e-6, the step-1 expert load exactly, checkpoint weights and
+// moments within 1e-6 whole / 1e-5 per tensor, trainer_state.json and config.json byte for byte
+// (gpu_parallel_test_util.h's expect_matches_one_gpu); every rank ends with the same host model.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -322,6 +328,29 @@ TEST_F(GpuPipeline, DualPipeFp32EqualsOneGpu) { compare(ScheduleKind::DualPipe, 
 TEST_F(GpuPipeline, OneFOneBBf16AgreesWithOneGpu) { compare(ScheduleKind::OneFOneB, Recipe::Bf16, kBf16); }
 TEST_F(GpuPipeline, DualPipeVBf16AgreesWithOneGpu) { compare(ScheduleKind::DualPipeV, Recipe::Bf16, kBf16); }
 TEST_F(GpuPipeline, DualPipeBf16AgreesWithOneGpu) { compare(ScheduleKind::DualPipe, Recipe::Bf16, kBf16); }
+
+// The trainer with the GPU pipeline engine against one GPU (see the file comment).
+void engine_matches_one_gpu(Communicator& world, const std::string& schedule) {
+  testing::SharedTempDir dir(world);
+  const std::vector<std::string> extra = {
+      "train.device=cuda",        "train.precision=fp32",  "model.num_hidden_layers=4",
+      "train.micro_batch=1",      "train.batch_sequences=4", "train.pp_schedule=" + schedule};
+  std::vector<std::string> piped = extra;
+  piped.push_back("train.pp=2");
+  const std::string par = dir.path("par"), ref = dir.path("ref");
+  const Config config = testing::parallel_test_config(par, piped);
+  Mesh mesh(world, mesh_shape(world.size(), config.train, config.model));
+  testing::train_on_every_rank(config, mesh, world, {"pipeline " + schedule, "cuda:"},
+                               "the ranks' gathered host models differ after 3 steps");
+  if (world.rank() == 0)
+    testing::expect_matches_one_gpu("GPU pipeline " + schedule, par,
+                                    testing::parallel_test_config(ref, extra), "fp32",
+                                    {1e-6, 1e-6, 1e-5, 1e-6, 1e-5});
+  world.barrier();
+}
+
+TEST_F(GpuPipeline, EngineDualPipeVMatchesOneGpu) { engine_matches_one_gpu(*world, "dualpipev"); }
+TEST_F(GpuPipeline, EngineOneFOneBMatchesOneGpu) { engine_matches_one_gpu(*world, "1f1b"); }
 
 // A schedule over more ranks than the communicators have is refused before anything runs.
 TEST_F(GpuPipeline, RefusesAScheduleOfAnotherRankCount) {
