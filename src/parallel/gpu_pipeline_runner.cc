@@ -29,6 +29,12 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 
 constexpr const char* kEmbedding = "model.embed_tokens.weight";
 
+// NCCL matches point-to-point messages in order and only range-checks tags ([0, 32767]): the
+// message's tag, folded into that range, only labels the call.
+int nccl_tag(const pipeline::Schedule& schedule, const pipeline::Message& m) {
+  return pipeline::message_tag(schedule, m) % 32768;
+}
+
 }  // namespace
 
 GpuPipelineRunner::GpuPipelineRunner(cuda::DeviceContext& ctx, const ModelConfig& cfg,
@@ -201,6 +207,12 @@ std::vector<Losses> GpuPipelineRunner::step(const int32_t* tokens, const int32_t
   auto buffer_of = [&](const Message& m) -> std::map<Key, cuda::DeviceArray<float>>& {
     return m.gradient ? gradients : activations;
   };
+  auto put = [&](const Message& m, cuda::DeviceArray<float> buffer) {
+    const bool fresh =
+        buffer_of(m).emplace(Key{m.micro_batch, m.stage}, std::move(buffer)).second;
+    FRUGAL_CHECK(fresh, "GPU pipeline: rank {} received the {} of micro-batch {} stage {} twice",
+                 me, m.gradient ? "gradient" : "activation", m.micro_batch, m.stage);
+  };
 
   for (const pipeline::Action& a : plan_) {
     switch (a.kind) {
@@ -221,13 +233,13 @@ std::vector<Losses> GpuPipelineRunner::step(const int32_t* tokens, const int32_t
       case ActionKind::Send: {
         cuda::DeviceArray<float> buffer = take(buffer_of(a.send), {a.send.micro_batch, a.send.stage},
                                                a.send.gradient ? "gradient" : "activation");
-        nccl_.send(buffer.data(), n, CommType::F32, a.peer, pipeline::message_tag(schedule_, a.send));
+        nccl_.send(buffer.data(), n, CommType::F32, a.peer, nccl_tag(schedule_, a.send));
         break;
       }
       case ActionKind::Recv: {
         cuda::DeviceArray<float> buffer(ctx_, n);
-        nccl_.recv(buffer.data(), n, CommType::F32, a.peer, pipeline::message_tag(schedule_, a.recv));
-        buffer_of(a.recv)[{a.recv.micro_batch, a.recv.stage}] = std::move(buffer);
+        nccl_.recv(buffer.data(), n, CommType::F32, a.peer, nccl_tag(schedule_, a.recv));
+        put(a.recv, std::move(buffer));
         break;
       }
       case ActionKind::Exchange: {
@@ -241,7 +253,7 @@ std::vector<Losses> GpuPipelineRunner::step(const int32_t* tokens, const int32_t
         const int64_t counts[2][2] = {{0, n}, {n, 0}};  // [my index in the pair][to index]
         const std::span<const int64_t> my_counts(counts[pair.rank()], 2);
         pair.all_to_all_v(in.data(), my_counts, out.data(), my_counts, CommType::F32);
-        buffer_of(a.recv)[{a.recv.micro_batch, a.recv.stage}] = std::move(in);
+        put(a.recv, std::move(in));
         break;
       }
     }
@@ -300,7 +312,7 @@ Losses GpuPipelineRunner::evaluate(const int32_t* tokens, const int32_t* targets
   for (int s = 0; s < schedule_.stages; ++s) {
     const int owner = schedule_.rank_of(0, s);
     const int previous = s > 0 ? schedule_.rank_of(0, s - 1) : owner;
-    const int tag = pipeline::message_tag(schedule_, {false, 0, s - 1});
+    const int tag = s > 0 ? nccl_tag(schedule_, {false, 0, s - 1}) : 0;
     if (owner != me) {
       if (previous == me) nccl_.send(x.data(), n, CommType::F32, owner, tag);
       continue;
