@@ -4,7 +4,10 @@
 # rank, NCCL_NVLS_ENABLE=0), then trains bench-1b for a few steps on 1 GPU and on N GPUs (data
 # parallel, then expert parallel) with the same global batch and prints the step lines (tokens/s);
 # the expert-parallel run again with the overlap measurement (FRUGAL_OVERLAP_STATS=1), with the
-# all-to-all overlap on and off (FRUGAL_EP_OVERLAP=0), printing the "overlap" lines too.
+# all-to-all overlap on and off (FRUGAL_EP_OVERLAP=0), printing the "overlap" lines too; then the
+# GPU pipeline benchmark (bench_pipeline_gpu: bf16, DualPipeV and 1F1B, 8 micro-batches of
+# 4 x 4096, 4 steps, against one GPU).
+# MULTI_GPU_PARTS (default "tests dispatch train overlap pipeline") picks the parts to run.
 #
 #   scripts/multi_gpu_round.sh [--ranks N] [--data DIR] [--steps S]
 #
@@ -36,22 +39,28 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRUGAL_CUDA=ON \
   > "$logs/configure.log" 2>&1 || { tail "$logs/configure.log"; exit 1; }
 ninja -C "$build" -j"$(nproc)" frugal test_parallel_nccl_cuda test_parallel_gpu_dp_cuda \
   test_parallel_gpu_ep_cuda test_parallel_gpu_ep_overlap_cuda test_parallel_gpu_dispatch_cuda \
-  bench_dispatch_cuda > "$logs/build.log" 2>&1 \
+  test_parallel_gpu_pipeline_cuda bench_dispatch_cuda bench_pipeline_gpu > "$logs/build.log" 2>&1 \
   || { grep -E "error" "$logs/build.log" | head -30; exit 1; }
 mpi=(mpirun --allow-run-as-root --oversubscribe -np "$ranks" -x NCCL_NVLS_ENABLE=0
      -x OMP_NUM_THREADS=4)
 failures=0
+parts=" ${MULTI_GPU_PARTS:-tests dispatch train overlap pipeline} "
+part() { [[ "$parts" == *" $1 "* ]]; }
 for t in test_parallel_nccl_cuda test_parallel_gpu_dp_cuda test_parallel_gpu_ep_cuda \
-         test_parallel_gpu_ep_overlap_cuda test_parallel_gpu_dispatch_cuda; do
+         test_parallel_gpu_ep_overlap_cuda test_parallel_gpu_dispatch_cuda \
+         test_parallel_gpu_pipeline_cuda; do
+  part tests || continue
   timeout 300 "${mpi[@]}" "$build/$t" > "$logs/$t.log" 2>&1
   rc=$?
   [ $rc -eq 0 ] || failures=$((failures + 1))
   echo "== $t (np $ranks): exit $rc"
   grep -E "^CHECK|FAILED|PASSED|SKIPPED" "$logs/$t.log" | sort -u | head -40
 done
-echo "== bench_dispatch_cuda (np $ranks)"
-timeout 300 "${mpi[@]}" "$build/bench_dispatch_cuda" "$logs/bench_dispatch.json" 2>&1 \
-  | tee "$logs/bench_dispatch.log" | tail -25
+if part dispatch; then
+  echo "== bench_dispatch_cuda (np $ranks)"
+  timeout 300 "${mpi[@]}" "$build/bench_dispatch_cuda" "$logs/bench_dispatch.json" 2>&1 \
+    | tee "$logs/bench_dispatch.log" | tail -25
+fi
 
 train_text=$data/gutenberg_en_train.txt.zst
 if [ -f "$train_text" ]; then
@@ -59,21 +68,25 @@ if [ -f "$train_text" ]; then
           --train.eval_every=0 --train.save_every=0 --train.log_every=1 --train.micro_batch=8
           --train.batch_sequences=$((8 * ranks)) --data.train_path="$train_text"
           --data.val_path="$data/gutenberg_en_val.txt.zst" --data.tokenizer=bytes)
-  echo "== bench-1b, bf16, global batch $((8 * ranks)) x 4096: 1 GPU"
-  rm -rf /tmp/mg1 /tmp/mgN
-  timeout 400 "$build/frugal" train "${common[@]}" --train.out_dir=/tmp/mg1 > "$logs/train_1gpu.log" 2>&1
-  grep -E "^step" "$logs/train_1gpu.log" | tail -n 3
-  echo "== bench-1b, bf16, same global batch: $ranks GPUs (data parallel)"
-  timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.out_dir=/tmp/mgN \
-    > "$logs/train_${ranks}gpu.log" 2>&1
-  grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu.log" | tail -n 6
-  echo "== bench-1b, bf16, same global batch: $ranks GPUs (expert parallel, ep $ranks)"
-  timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.ep="$ranks" \
-    --train.out_dir=/tmp/mgE > "$logs/train_${ranks}gpu_ep.log" 2>&1
-  grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu_ep.log" | tail -n 6
+  if part train; then
+    echo "== bench-1b, bf16, global batch $((8 * ranks)) x 4096: 1 GPU"
+    rm -rf /tmp/mg1 /tmp/mgN /tmp/mgE
+    timeout 400 "$build/frugal" train "${common[@]}" --train.out_dir=/tmp/mg1 \
+      > "$logs/train_1gpu.log" 2>&1
+    grep -E "^step" "$logs/train_1gpu.log" | tail -n 3
+    echo "== bench-1b, bf16, same global batch: $ranks GPUs (data parallel)"
+    timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.out_dir=/tmp/mgN \
+      > "$logs/train_${ranks}gpu.log" 2>&1
+    grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu.log" | tail -n 6
+    echo "== bench-1b, bf16, same global batch: $ranks GPUs (expert parallel, ep $ranks)"
+    timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.ep="$ranks" \
+      --train.out_dir=/tmp/mgE > "$logs/train_${ranks}gpu_ep.log" 2>&1
+    grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu_ep.log" | tail -n 6
+  fi
   # The EP all-to-alls beside the computation (gpu_expert_dispatch.h): tokens/s and the measured
   # fraction of all-to-all time hidden under the compute stream's work, overlap on, then off.
   for mode in on off; do
+    part overlap || continue
     overlap_env=(-x FRUGAL_OVERLAP_STATS=1)
     [ "$mode" = off ] && overlap_env+=(-x FRUGAL_EP_OVERLAP=0)
     echo "== bench-1b, bf16, same global batch: $ranks GPUs (expert parallel, ep $ranks), overlap $mode"
@@ -83,6 +96,17 @@ if [ -f "$train_text" ]; then
     grep -E "^step|^overlap|rror" "$logs/train_${ranks}gpu_ep_overlap_$mode.log" | tail -n 8
   done
 fi
+# The GPU pipeline on bench-1b (random tokens, no data needed): one GPU, then the pipeline.
+for schedule in dualpipev 1f1b; do
+  part pipeline || continue
+  echo "== bench_pipeline_gpu bench-1b bf16 $schedule, 8 micro-batches of 4 x 4096 (np $ranks)"
+  timeout 500 "${mpi[@]}" "$build/bench_pipeline_gpu" configs/bench-1b.toml bf16 "$schedule" 8 4 \
+    4096 4 --json "$logs/bench_pipeline_$schedule.json" > "$logs/bench_pipeline_$schedule.log" 2>&1
+  rc=$?
+  [ $rc -eq 0 ] || failures=$((failures + 1))
+  echo "exit $rc"
+  tail -n 12 "$logs/bench_pipeline_$schedule.log"
+done
 echo "multi_gpu_round: $failures test program(s) failed"
 # Few files come back from the GPU machine: pack the logs.
 [ -n "${OUT:-}" ] && tar czf "$OUT/multi_gpu.tgz" -C "$(dirname "$logs")" "$(basename "$logs")" && rm -rf "$logs"

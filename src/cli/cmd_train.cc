@@ -6,8 +6,9 @@
 // Under an MPI launcher with several ranks (mpirun -np N, srun) every rank runs this: MPI starts,
 // the mesh comes from the world size and train.pp / train.ep (parallel/mesh.h), and the trainer
 // runs data (ZeRO-1) and expert parallelism on the CPU engine, or with train.pp > 1 the pipeline
-// engine over pp x dp (x ep); train.device = "cuda" runs data parallelism only (one GPU per rank,
-// gradients all-reduced through NCCL, train/gpu_engine.h). World rank 0 prints, logs and writes
+// engine over pp x dp (x ep); train.device = "cuda" runs data and expert parallelism (one GPU per
+// rank, gradients all-reduced through NCCL, train/gpu_engine.h), or with train.pp > 1 one GPU
+// pipeline (train/gpu_pipeline_engine.h). World rank 0 prints, logs and writes
 // checkpoints. An error
 // on any rank prints "frugal: rank R: <message>" and ends every rank (MPI_Abort).
 #include <omp.h>

@@ -52,73 +52,9 @@ PipelineRunner<T>::PipelineRunner(const ModelConfig& cfg, pipeline::Schedule sch
 
 template <class T>
 void PipelineRunner<T>::plan_communication() {
-  using pipeline::Op;
-  const int ranks = schedule_.ranks;
-  auto message_of = [](const pipeline::Step& s) {
-    switch (s.op) {
-      case Op::SendForward: return Message{false, s.work.micro_batch, s.work.stage};
-      case Op::RecvForward: return Message{false, s.work.micro_batch, s.work.stage - 1};
-      case Op::SendBackward: return Message{true, s.work.micro_batch, s.work.stage};
-      case Op::RecvBackward: return Message{true, s.work.micro_batch, s.work.stage + 1};
-      default: return Message{};
-    }
-  };
-  auto is_send = [](Op op) { return op == Op::SendForward || op == Op::SendBackward; };
-  auto is_recv = [](Op op) { return op == Op::RecvForward || op == Op::RecvBackward; };
-  std::vector<size_t> next(ranks, 0);
-  std::vector<std::set<Message>> early(ranks);  // received by an exchange before their Recv step
-  std::vector<std::vector<Action>> plans(ranks);
-  std::set<std::pair<int, int>> pairs;          // ranks that exchange
-  auto current = [&](int r) -> const pipeline::Step* {
-    return next[r] < schedule_.steps[r].size() ? &schedule_.steps[r][next[r]] : nullptr;
-  };
-  for (bool unfinished = true; unfinished;) {
-    bool progress = false;
-    unfinished = false;
-    for (int r = 0; r < ranks; ++r) {
-      while (const pipeline::Step* s = current(r)) {
-        if (!is_send(s->op) && !is_recv(s->op)) {
-          plans[r].push_back({ActionKind::Compute, next[r], {}, {}, -1});
-        } else if (is_recv(s->op) && early[r].erase(message_of(*s))) {
-          // already here (an exchange brought it)
-        } else {
-          const int p = s->peer;
-          FRUGAL_CHECK(p >= 0 && p < ranks && p != r, "pipeline: rank {} step {} names peer {}",
-                       r, next[r], p);
-          const pipeline::Step* other = current(p);
-          if (other == nullptr || other->peer != r) break;
-          if (is_send(s->op) && is_recv(other->op) && message_of(*other) == message_of(*s)) {
-            plans[r].push_back({ActionKind::Send, 0, message_of(*s), {}, p});
-            plans[p].push_back({ActionKind::Recv, 0, {}, message_of(*s), r});
-          } else if (is_recv(s->op) && is_send(other->op) && message_of(*other) == message_of(*s)) {
-            plans[r].push_back({ActionKind::Recv, 0, {}, message_of(*s), p});
-            plans[p].push_back({ActionKind::Send, 0, message_of(*s), {}, r});
-          } else if (is_send(s->op) && is_send(other->op)) {  // opposite sends: one exchange
-            plans[r].push_back({ActionKind::Exchange, 0, message_of(*s), message_of(*other), p});
-            plans[p].push_back({ActionKind::Exchange, 0, message_of(*other), message_of(*s), r});
-            early[r].insert(message_of(*other));
-            early[p].insert(message_of(*s));
-            pairs.insert({std::min(r, p), std::max(r, p)});
-          } else {
-            break;
-          }
-          ++next[p];
-        }
-        ++next[r];
-        progress = true;
-      }
-      if (current(r) != nullptr) unfinished = true;
-    }
-    if (unfinished && !progress) {
-      std::string waiting;
-      for (int r = 0; r < ranks; ++r)
-        if (const pipeline::Step* s = current(r))
-          waiting += fmt::format(" rank {} at {} (peer {});", r, pipeline::op_name(s->op), s->peer);
-      fail("pipeline: the {} schedule cannot run with blocking sends:{}",
-           pipeline::schedule_kind_name(schedule_.kind), waiting);
-    }
-  }
-  plan_ = std::move(plans[comm_.rank()]);
+  pipeline::CommunicationPlan plan = pipeline::plan_communication(schedule_);
+  plan_ = std::move(plan.actions[comm_.rank()]);
+  const auto& pairs = plan.exchanging_pairs;
   for (const auto& [a, b] : pairs) {  // collective: every rank splits for every pair, in order
     const bool member = comm_.rank() == a || comm_.rank() == b;
     std::unique_ptr<Communicator> group = comm_.split(member ? 0 : 1, comm_.rank());

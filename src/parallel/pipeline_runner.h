@@ -13,10 +13,9 @@
 // Blocking sends: the schedules are written for buffered sends, but the Communicator's send waits
 // for its receiver once a message is past MPI's eager limit, and two neighbours that send to each
 // other at the same moment (1F1B's steady state: an activation one way, a gradient the other)
-// would then wait forever. So the constructor plays all ranks' lists with rendezvous semantics and
-// fuses every such pair of opposite sends into one exchange (an all_to_all_v in a group of the two
-// ranks; the receive it anticipates later does nothing). Every rank plans identically; a list that
-// cannot run even so is refused with the ranks that would wait.
+// would then wait forever. So the constructor plans the step with pipeline::plan_communication
+// (pipeline_plan.h: rendezvous semantics, every pair of opposite sends fused into one exchange, run
+// as an all_to_all_v in a group of the two ranks; lists that cannot run are refused).
 //
 // Parameters: rank r holds the stages the schedule gives it in one ParamStore (names as the
 // single-process Transformer): 1F1B/ZB1P stage r; DualPipeV stages r and 2R-1-r; DualPipe stages
@@ -39,6 +38,7 @@
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/pipeline_plan.h"
 #include "parallel/pipeline_stage.h"
 #include "parallel/schedule.h"
 #include "train/adamw.h"
@@ -88,20 +88,10 @@ class PipelineRunner {
 
  private:
   using Key = std::pair<int, int>;  // (micro_batch, stage)
-  // A message: gradient or activation, micro-batch, the stage that produced it.
-  struct Message {
-    bool gradient = false;
-    int micro_batch = 0, stage = 0;
-    auto operator<=>(const Message&) const = default;
-  };
-  // One thing this rank does, in order: a compute step of its list, or a communication.
-  enum class ActionKind { Compute, Send, Recv, Exchange };
-  struct Action {
-    ActionKind kind = ActionKind::Compute;
-    size_t step = 0;       // Compute: index into this rank's step list
-    Message send, recv;    // Send / Recv / Exchange (both)
-    int peer = -1;
-  };
+  using Message = pipeline::Message;
+  using ActionKind = pipeline::ActionKind;
+  using Action = pipeline::Action;
+  // This rank's actions from pipeline::plan_communication, and the pair groups of its exchanges.
   void plan_communication();
   PipelineStage<T>& stage(int index);
   int tag(int micro_batch, int stage, bool gradient) const;

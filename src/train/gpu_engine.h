@@ -22,7 +22,8 @@
 // Checkpoints: host_model() / host_optimizer() are then collective over the EP group (every rank
 // gathers every expert's values and moments from its owner, a host broadcast per tensor), so
 // checkpoint_state() is called on every rank and dp rank 0 returns the whole state; on load each
-// rank uploads its slice. Pipeline parallelism (train.pp > 1) stays refused on GPUs.
+// rank uploads its slice. Pipeline parallelism on GPUs (train.pp > 1) is another engine:
+// train/gpu_pipeline_engine.h.
 //
 // Without expert parallelism dp rank 0 alone returns the checkpoint state (the files a single
 // process writes); every rank loads a checkpoint whole.

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "core/cuda_check.h"
 #include "core/dtype.h"
@@ -47,10 +48,20 @@ struct GpuAdamW::PinnedScalars {
 };
 
 GpuAdamW::GpuAdamW(cuda::DeviceContext& ctx, const OptimConfig& config, GpuTransformer& model)
-    : ctx_(ctx), config_(config), model_(model), bf16_moments_(model.recipe() != Recipe::Fp32) {
-  check_optim_config(config);
+    : GpuAdamW(ctx, config, model.params(), model.recipe(), [&model] { model.weights_updated(); }) {}
 
-  const std::vector<DeviceParam>& params = model_.params();
+GpuAdamW::GpuAdamW(cuda::DeviceContext& ctx, const OptimConfig& config,
+                   std::vector<DeviceParam>& params_list, Recipe recipe,
+                   std::function<void()> refresh)
+    : ctx_(ctx),
+      config_(config),
+      params_(params_list),
+      refresh_(std::move(refresh)),
+      bf16_moments_(recipe != Recipe::Fp32) {
+  check_optim_config(config);
+  FRUGAL_CHECK(refresh_ != nullptr, "GpuAdamW: no refresh callback for the weight copies");
+
+  const std::vector<DeviceParam>& params = params_;
   for (size_t i = 0; i < params.size(); ++i) {
     const DeviceParam& p = params[i];
     if (!p.trainable) continue;
@@ -88,14 +99,14 @@ GpuAdamW::GpuAdamW(cuda::DeviceContext& ctx, const OptimConfig& config, GpuTrans
 GpuAdamW::~GpuAdamW() = default;
 
 const DeviceParam& GpuAdamW::param_of(const Slot& slot) const {
-  return model_.params()[slot.param];
+  return params_[slot.param];
 }
 
 GpuAdamW::StepInfo GpuAdamW::step(double lr) {
   FRUGAL_CHECK(std::isfinite(lr) && lr >= 0.0, "GpuAdamW: learning rate {} must be finite and >= 0",
                lr);
   // The model's parameter list must still be the one the moments were laid out for.
-  FRUGAL_CHECK(model_.params().size() > slots_.back().param &&
+  FRUGAL_CHECK(params_.size() > slots_.back().param &&
                    param_of(slots_.back()).count == slots_.back().count,
                "GpuAdamW: the model's parameters changed since the optimizer was made");
   refresh_pointers();
@@ -123,7 +134,7 @@ GpuAdamW::StepInfo GpuAdamW::step(double lr) {
   ++step_count_;
   apply_updates(lr);
   cuda::ScopedSection refresh_section(ctx_.stream, "optimizer.refresh");
-  model_.weights_updated();
+  refresh_();
   return info;
 }
 

@@ -1,4 +1,5 @@
-// AdamW on the GPU over GpuTransformer::params(): the update rule, clipping and skip rule of the
+// AdamW on the GPU over GpuTransformer::params() (or any fixed device parameter list with a refresh
+// callback, e.g. a ParamRegistry's holding a rank's pipeline stages): the update rule, clipping and skip rule of the
 // CPU reference (train/adamw.h), run by the kernels of kernels/adamw/adamw_cuda.h.
 //
 // Per optimizer step:
@@ -11,8 +12,8 @@
 //   3. Otherwise the update count t increases and one fused AdamW launch (adamw_update_multi)
 //      updates every trainable tensor (bias-corrected with t, decoupled weight decay only where
 //      DeviceParam::weight_decay, the clip scale read on the device; bit-identical to one
-//      adamw_update per tensor), then GpuTransformer::weights_updated() refreshes the BF16 / FP8
-//      weight copies. Buffers (the routing biases) are never touched here. The launch's segment
+//      adamw_update per tensor), then GpuTransformer::weights_updated() (or the refresh callback)
+//      refreshes the BF16 / FP8 weight copies. Buffers (the routing biases) are never touched here. The launch's segment
 //      table (pointers, sizes, decay of every tensor) is built in the constructor and rebuilt only
 //      if a parameter's value or gradient pointer changes.
 // State: fp32 master weights live in the model. Moments m, v (same element count as each
@@ -31,6 +32,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -54,6 +56,13 @@ class GpuAdamW {
   // here); BF16 moments unless model.recipe() is Recipe::Fp32. Throws on invalid settings like
   // the CPU AdamW. `ctx` and `model` must outlive the optimizer.
   GpuAdamW(cuda::DeviceContext& ctx, const OptimConfig& config, GpuTransformer& model);
+  // The same over `params` (a list whose layout is fixed from here, e.g. ParamRegistry::params()),
+  // BF16 moments unless `recipe` is Recipe::Fp32; `refresh` is called after every applied update
+  // (it rebuilds the weight copies). A caller that clips against a norm of its own (a model split
+  // over ranks: pipeline or expert parallelism) scales the gradients itself and passes
+  // config.grad_clip = 0. `ctx` and `params` must outlive the optimizer.
+  GpuAdamW(cuda::DeviceContext& ctx, const OptimConfig& config, std::vector<DeviceParam>& params,
+           Recipe recipe, std::function<void()> refresh);
   ~GpuAdamW();
   GpuAdamW(const GpuAdamW&) = delete;
   GpuAdamW& operator=(const GpuAdamW&) = delete;
@@ -95,7 +104,8 @@ class GpuAdamW {
 
   cuda::DeviceContext& ctx_;
   OptimConfig config_;
-  GpuTransformer& model_;
+  std::vector<DeviceParam>& params_;
+  std::function<void()> refresh_;
   bool bf16_moments_ = false;
   std::vector<Slot> slots_;
   int64_t moment_elements_ = 0;

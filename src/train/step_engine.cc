@@ -7,6 +7,7 @@
 #include "train/checkpoint.h"
 #include "train/cpu_engine.h"
 #include "train/gpu_engine.h"
+#include "train/gpu_pipeline_engine.h"
 #include "train/pipeline_engine.h"
 #include "train/recipe.h"
 
@@ -31,13 +32,18 @@ std::unique_ptr<StepEngine> make_step_engine(const Config& config, const Mesh* m
     if (mesh != nullptr && mesh->shape().pp > 1) return make_pipeline_engine(config, *mesh);
     return std::make_unique<CpuEngine>(config, mesh);
   }
-  // Several GPUs: data and expert parallelism (pipeline parallelism runs on the CPU engine).
+  // Several GPUs: data and expert parallelism (GpuEngine), or one pipeline (train.pp > 1).
   const bool several = mesh != nullptr && mesh->world().size() > 1;
-  FRUGAL_CHECK(!several || mesh->shape().pp == 1,
-               "multi-GPU training runs data and expert parallelism: pipeline parallelism on GPUs "
-               "is not yet built (train.device = \"cuda\", train.pp = {}, {} ranks); set "
-               "train.pp = 1, or train.device = \"cpu\"",
-               mesh ? mesh->shape().pp : 1, mesh ? mesh->world().size() : 1);
+  if (several && mesh->shape().pp > 1) {
+    check_gpu_pipeline_mesh(config, *mesh);
+#if defined(FRUGAL_HAVE_CUDA) && defined(FRUGAL_HAVE_NCCL)
+    return make_gpu_pipeline_engine(config, *mesh);
+#else
+    fail("train.device = \"cuda\" with train.pp = {}: this frugal was built without CUDA and "
+         "NCCL (the GPU pipeline needs both), or set train.device = \"cpu\"",
+         mesh->shape().pp);
+#endif
+  }
   // The fp8 recipe's own expert-parallel path (expert rows padded to 128 for the FP8 grouped
   // GEMMs) has not run on GPUs yet, so it is refused until a test with FP8-sized experts passes.
   FRUGAL_CHECK(!several || mesh->shape().ep == 1 || recipe != Recipe::Fp8,

@@ -8,6 +8,8 @@
 //                                   also one rank of a multi-GPU run (data parallelism through
 //                                   NCCL, expert parallelism: parallel/gpu_expert_dispatch.h)
 //   PipelineEngine (train/pipeline_engine.h)  the CPU pipeline (train.pp > 1) over pp x dp (x ep)
+//   GpuPipelineEngine (train/gpu_pipeline_engine.h)  the GPU pipeline (train.device = "cuda",
+//                                   train.pp > 1; one pipeline, dp = ep = 1)
 //
 // One optimizer step, as the trainer runs it:
 //   zero_grad(); forward_backward(micro-batch, loss_scale = 1/micro_batches) per micro-batch
@@ -111,7 +113,8 @@ class StepEngine {
 // the CUDA backend; fp8 falls back to bf16 on GPUs before sm_90). Weights are initialized from
 // train.seed and train.init_std identically on both, so a CPU and a GPU run start from the same
 // model. `mesh`: this process's place in a multi-process run (collective: every rank builds its
-// engine), null for a single process; only the CPU engine runs on a mesh of more than one rank.
+// engine), null for a single process. Several GPU ranks: data/expert parallelism, or with
+// train.pp > 1 one GPU pipeline (dp = ep = 1).
 // Errors name the setting.
 std::unique_ptr<StepEngine> make_step_engine(const Config& config, const Mesh* mesh = nullptr);
 

@@ -1,0 +1,161 @@
+// Pipeline parallelism on GPUs: the GPU counterpart of parallel/pipeline_runner.h. Executes this
+// rank's actions of pipeline::plan_communication (pipeline_plan.h) for one training step with the
+// GPU stages (model/gpu/gpu_pipeline_stage.h), one GPU per pipeline rank:
+//   F   forward of (micro_batch, stage): input from the previous stage (device fp32 [rows, hidden],
+//       received or produced by this rank's other stage), output kept for the send or the next
+//       stage here
+//   B   the whole backward of (micro_batch, stage): the GPU stage computes the input gradient and
+//       the weight gradients together (its Run is released)
+//   W   nothing: the weight gradients were made in B. Zero-bubble W deferral (ZB1P, DualPipe's
+//       W steps) is therefore not exploited on the GPU yet; the lists still run, in their order.
+//   FB  DualPipe's overlapped pair, run as F then B (no overlap yet)
+// Messages: device fp32 [rows, hidden] activations and gradients (rows = micro-batch sequences *
+// seq), sent with NCCL point-to-point calls on `nccl`; an exchange (two opposite sends fused by the
+// plan) is one all_to_all_v in an NCCL group of the two ranks (ncclSend + ncclRecv in one grouped
+// call). Every NCCL call waits on the device for the compute stream's queued work and returns
+// complete (nccl_communicator.h), so buffers are reused safely.
+//
+// Parameters: rank r holds the stages the schedule gives it, in ONE ParamRegistry (the CPU
+// Transformer's names): 1F1B/ZB1P stage r; DualPipeV stages r and 2P-1-r (the embedding shared by
+// stages 0 and 2P-1 on rank 0); DualPipe stages min(r, P-1-r) and P-1-min(..) (the same two on
+// ranks r and P-1-r: two copies). Shared gradients are summed at the end of step(), over NCCL:
+// DualPipe's two copies (every gradient, all-reduced between ranks r and P-1-r), and the MTP
+// stage's embedding copy with the first stage's when they sit on different ranks (1F1B and ZB1P
+// with MTP). Sums of two ranks are exact, so the copies stay bitwise equal.
+//
+// Accumulation rule: parameter gradients accumulate (+=) over the step's micro-batches with loss
+// scale 1/micro_batches (or the scale step() is given); call zero_grad() before each step.
+//
+// Host-side: per micro-batch loss records summed over the ranks on `host` (MPI, same ranks: one
+// owner per entry, exact), as the CPU runner. CUDA + NCCL builds only (FRUGAL_HAVE_NCCL).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/param.h"
+#include "model/gpu/gpu_pipeline_stage.h"
+#include "parallel/communicator.h"
+#include "parallel/gpu_data_parallel.h"
+#include "parallel/pipeline_plan.h"
+#include "parallel/schedule.h"
+#include "train/gpu_optimizer.h"
+
+namespace frugal::gpu {
+
+class GpuPipelineRunner {
+ public:
+  // nccl: an NCCL communicator over the pipeline ranks on ctx.device (its input stream is set to
+  // ctx.stream here); host: an MPI communicator over the same ranks in the same order. Both sizes
+  // must equal schedule.ranks. Collective (splits NCCL groups for exchanges and shared sums).
+  GpuPipelineRunner(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe,
+                    pipeline::Schedule schedule, Communicator& nccl, Communicator& host);
+  ~GpuPipelineRunner();
+  GpuPipelineRunner(const GpuPipelineRunner&) = delete;
+  GpuPipelineRunner& operator=(const GpuPipelineRunner&) = delete;
+
+  // tokens, targets: host [micro_batches, micro_batch_sequences, seq], the same on every rank.
+  // Returns each micro-batch's Losses on every rank (GpuTransformer::forward_backward's for the
+  // same micro-batch, up to rounding). loss_scale < 0 means 1 / micro_batches. Collective.
+  std::vector<Losses> step(const int32_t* tokens, const int32_t* targets,
+                           int64_t micro_batch_sequences, int64_t seq, const LossWeights& weights,
+                           bool training = true, double loss_scale = -1.0);
+
+  // Forward only (validation) of one batch [batch, seq] (host, the same on every rank): the stages
+  // in stage order (stage s on the rank of micro-batch 0's stage s), loss weights 0, no load
+  // counting; the Losses on every rank. Collective.
+  Losses evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq);
+
+  // Spec §2.2 on this rank's MoE layers; with DualPipe the two copies' loads are summed first (over
+  // NCCL, integers) so the copies' biases stay equal. Collective.
+  void update_balance_bias(double gamma);
+
+  // L2 norm of the whole model's gradients (every tensor once: DualPipe's second copies and the MTP
+  // stage's embedding copy left out): this rank's counted squares on the device (fp32), summed over
+  // the ranks on the host in double. Collective; the same value on every rank.
+  double global_grad_norm();
+  // Whether this rank's copy of tensor `name` is the counted one (the owner in download()).
+  bool counts_in_norm(const std::string& name) const;
+  // Every trainable gradient held here *= scale (each array once), on the compute stream.
+  void scale_gradients(float scale);
+
+  void zero_grad();
+  // Rebuilds every stage's BF16 / FP8 weight copies from the fp32 masters.
+  void weights_updated();
+
+  // whole: the whole model's host store (the CPU Transformer's names and shapes). upload copies
+  // the tensors held here (names and shapes checked) and refreshes the weight copies. download is
+  // collective: each tensor is taken from its one counted owner, the other ranks contribute zeros,
+  // summed over the ranks on the host (exact), so every rank gets the whole model; gradients too
+  // where whole's grad arrays are sized. Throws naming a tensor no rank (or two ranks) owns.
+  void upload(const ParamStore<float>& whole);
+  void download(ParamStore<float>& whole);
+
+  ParamRegistry& registry() { return registry_; }
+  std::vector<DeviceParam>& params() { return registry_.params(); }
+  const pipeline::Schedule& schedule() const { return schedule_; }
+  const ModelConfig& config() const { return cfg_; }
+  Recipe recipe() const { return recipe_; }
+  cuda::DeviceContext& context() { return ctx_; }
+  Communicator& host() { return host_; }
+  // This rank's stages, in stage order.
+  const std::vector<std::unique_ptr<GpuPipelineStage>>& stages() const { return stages_; }
+  // This rank's expert loads (its stages' MoE layers, stage order).
+  std::vector<ExpertLoad> expert_load();
+
+ private:
+  using Key = std::pair<int, int>;  // (micro_batch, stage)
+  GpuPipelineStage& stage(int index);
+  // A group of the NCCL ranks (split by color/key, collective); `whole` uses nccl itself.
+  Communicator* group(int color, int key, bool whole, std::unique_ptr<Communicator>& owned);
+  void sum_shared_gradients();
+  void add_record(const GpuPipelineStage& st, const StageLosses& part, double* rec) const;
+  Losses finish_record(const double* rec, const LossWeights& weights) const;
+
+  cuda::DeviceContext& ctx_;
+  ModelConfig cfg_;
+  Recipe recipe_;
+  pipeline::Schedule schedule_;
+  Communicator& nccl_;
+  Communicator& host_;
+  ParamRegistry registry_;
+  std::vector<std::unique_ptr<GpuPipelineStage>> stages_;
+  std::vector<pipeline::Action> plan_;  // this rank's actions
+  std::map<int, Communicator*> pair_groups_;  // peer -> NCCL group {this rank, peer}
+  std::vector<std::unique_ptr<Communicator>> owned_groups_;
+  Communicator* copies_ = nullptr;         // DualPipe: ranks r and P-1-r
+  Communicator* embed_holders_ = nullptr;  // the first and last stage's ranks, when they differ
+  std::unique_ptr<GradientAllReducer> copies_reducer_;
+  std::vector<cuda::GradTensor> norm_tensors_;  // counted gradients, each array once
+  cuda::DeviceArray<uint8_t> norm_workspace_;
+  cuda::DeviceArray<float> norm_scalars_;  // [norm, clip scale]
+  cuda::DeviceArray<int32_t> norm_flag_;
+  std::vector<DeviceSpan> gradient_spans_;  // every trainable gradient, disjoint
+};
+
+// AdamW over one rank's pipeline stages (GpuAdamW over the runner's registry, no clip of its own):
+// the norm is the whole model's (GpuPipelineRunner::global_grad_norm), the clip scale min(1,
+// grad_clip / (norm + 1e-6)) (GpuAdamW's rule) is applied to the gradients here, then the
+// unclipped GpuAdamW runs; a non-finite norm skips the step on every rank alike. Every copy of a
+// shared tensor holds the summed gradient after step(), so the copies get the same update.
+// Moments: BF16 unless the recipe is fp32, as GpuAdamW. Call on every rank (collective).
+class GpuPipelineAdamW {
+ public:
+  GpuPipelineAdamW(cuda::DeviceContext& ctx, const OptimConfig& config, GpuPipelineRunner& runner);
+  GpuAdamW::StepInfo step(double lr);
+  int64_t step_count() const { return adamw_->step_count(); }
+  int64_t skipped_steps() const { return skipped_; }
+  // The local optimizer (its moments cover runner.params() in order; checkpoints).
+  GpuAdamW& local() { return *adamw_; }
+
+ private:
+  OptimConfig config_;
+  GpuPipelineRunner& runner_;
+  std::unique_ptr<GpuAdamW> adamw_;
+  int64_t skipped_ = 0;
+};
+
+}  // namespace frugal::gpu

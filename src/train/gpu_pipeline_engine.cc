@@ -1,0 +1,291 @@
+// The GPU pipeline training engine (see gpu_pipeline_engine.h): a GpuPipelineRunner step per
+// training step, GpuPipelineAdamW, and host copies of the whole model gathered by summing each
+// tensor's counted copy over the pipeline ranks.
+#include "train/gpu_pipeline_engine.h"
+
+#include "core/error.h"
+#include "parallel/mesh.h"
+
+namespace frugal {
+
+// In every build: make_step_engine refuses these settings before anything else.
+void check_gpu_pipeline_mesh(const Config& config, const Mesh& mesh) {
+  FRUGAL_CHECK(mesh.shape().dp == 1 && mesh.shape().ep == 1 && config.train.ep == 1,
+               "train.device = \"cuda\" with train.pp = {} runs one pipeline without data or "
+               "expert parallelism: launch exactly train.pp = {} ranks (this job has {} ranks: dp "
+               "{}) with train.ep = 1 (it is {}), or train.device = \"cpu\"",
+               mesh.shape().pp, mesh.shape().pp, mesh.world().size(), mesh.shape().dp,
+               config.train.ep);
+}
+
+}  // namespace frugal
+
+#if defined(FRUGAL_HAVE_CUDA) && defined(FRUGAL_HAVE_NCCL)
+
+#include <cuda_runtime_api.h>
+
+#include <cstdlib>
+#include <map>
+#include <unordered_map>
+
+#include "core/cuda_check.h"
+#include "core/device_context.h"
+#include "parallel/gpu_pipeline_runner.h"
+#include "parallel/nccl_communicator.h"
+#include "train/gpu_engine.h"
+#include "train/recipe.h"
+
+namespace frugal {
+
+namespace {
+
+// The GPU of this process: its rank on the node (the launcher's variable), else its world rank.
+int pipeline_device(const Mesh& mesh) {
+  int local = -1;
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+    if (const char* value = std::getenv(name); value && *value) {
+      local = std::atoi(value);
+      break;
+    }
+  const int device = local >= 0 ? local : mesh.world().rank();
+  int devices = 0;
+  FRUGAL_CUDA_CHECK(cudaGetDeviceCount(&devices));
+  FRUGAL_CHECK(device < devices,
+               "rank {} would use GPU {} (its rank on this node) but only {} GPUs are visible: "
+               "train.device = \"cuda\" with train.pp = {} needs one GPU per rank",
+               mesh.world().rank(), device, devices, mesh.shape().pp);
+  return device;
+}
+
+pipeline::Schedule gpu_pipeline_schedule(const Config& config, const Mesh& mesh) {
+  const TrainConfig& t = config.train;
+  check_gpu_pipeline_mesh(config, mesh);
+  FRUGAL_CHECK(config.batch_ramp.ramp_tokens <= 0,
+               "train.pp = {}: the pipeline runs a fixed number of micro-batches per step "
+               "(batch_ramp.ramp_tokens must be 0)",
+               mesh.shape().pp);
+  const int64_t micro_batches = t.batch_sequences / t.micro_batch;
+  const auto kind = pipeline::parse_schedule_kind(t.pp_schedule, "train.pp_schedule");
+  try {
+    return pipeline::build_schedule(kind, pipeline::pipeline_stage_count(kind, mesh.shape().pp),
+                                    static_cast<int>(micro_batches));
+  } catch (const Error& e) {
+    fail("train.pp_schedule = \"{}\" with train.pp = {} and {} micro-batches per step "
+         "(train.batch_sequences / train.micro_batch): {}",
+         t.pp_schedule, mesh.shape().pp, micro_batches, e.what());
+  }
+}
+
+// The layer index of a MoE name "model.layers.{i}.mlp".
+int64_t moe_layer_index(const std::string& name) {
+  const std::string prefix = "model.layers.";
+  FRUGAL_CHECK(name.rfind(prefix, 0) == 0, "unexpected MoE layer name {}", name);
+  return std::stoll(name.substr(prefix.size()));
+}
+
+class GpuPipelineEngine : public StepEngine {
+ public:
+  GpuPipelineEngine(const Config& config, const Mesh& mesh)
+      : config_(config),
+        mesh_(mesh),
+        schedule_(gpu_pipeline_schedule(config, mesh)),
+        ctx_(pipeline_device(mesh)),
+        choice_(choose_recipe(parse_recipe(config.train.precision), ctx_.compute_capability)),
+        host_(config.model),
+        host_optimizer_(config.optim, host_.params()) {
+    cudaDeviceProp properties{};
+    FRUGAL_CUDA_CHECK(cudaGetDeviceProperties(&properties, ctx_.device));
+    device_name_ = properties.name;
+    host_.init_weights(config.train.seed, config.train.init_std);
+    // The host model only carries values between the device and checkpoints.
+    for (const auto& param : host_.params().all()) std::vector<float>().swap(param->grad);
+    nccl_ = make_nccl_communicator(mesh.pp(), ctx_.device);
+    runner_ = std::make_unique<gpu::GpuPipelineRunner>(ctx_, config.model, choice_.recipe,
+                                                       schedule_, *nccl_, mesh.pp());
+    optimizer_ = std::make_unique<gpu::GpuPipelineAdamW>(ctx_, config.optim, *runner_);
+    // A host AdamW over this rank's trainable tensors: the GPU optimizer's checkpoint layout.
+    for (const gpu::DeviceParam& p : runner_->params()) {
+      if (!p.trainable) continue;
+      Param<float>& local =
+          local_store_.add(p.name, p.shape, p.weight_decay ? ParamKind::Matrix : ParamKind::Norm);
+      std::vector<float>().swap(local.grad);
+    }
+    local_optimizer_ = std::make_unique<AdamW<float>>(config.optim, local_store_);
+    for (const auto& param : local_store_.all()) std::vector<float>().swap(param->value);
+    upload_host_state();
+  }
+
+  std::string description() const override {
+    return fmt::format("cuda:{} {} (sm_{}), {}, {} ranks: pipeline {} over {} stages, {} "
+                       "micro-batches per step",
+                       ctx_.device, device_name_, ctx_.compute_capability,
+                       recipe_name(choice_.recipe), mesh_.world().size(),
+                       pipeline::schedule_kind_name(schedule_.kind), schedule_.stages,
+                       schedule_.micro_batches);
+  }
+  std::string recipe_note() const override { return choice_.note; }
+
+  void zero_grad() override { runner_->zero_grad(); }
+
+  Losses forward_backward(const int32_t*, const int32_t*, int64_t, int64_t, const LossWeights&,
+                          double) override {
+    fail("the GPU pipeline engine runs whole steps (forward_backward_step), not single "
+         "micro-batches");
+  }
+  bool runs_whole_step() const override { return true; }
+  std::vector<Losses> forward_backward_step(const int32_t* tokens, const int32_t* targets,
+                                            int64_t micro_batches, int64_t batch, int64_t seq,
+                                            const LossWeights& weights) override {
+    FRUGAL_CHECK(micro_batches == schedule_.micro_batches,
+                 "the pipeline schedule was built for {} micro-batches per step, this step has {}",
+                 schedule_.micro_batches, micro_batches);
+    return runner_->step(tokens, targets, batch, seq, weights, /*training=*/true,
+                         1.0 / static_cast<double>(micro_batches));
+  }
+
+  Losses evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch,
+                  int64_t seq) override {
+    return runner_->evaluate(tokens, targets, batch, seq);
+  }
+
+  OptimizerStepInfo optimizer_step(double lr) override {
+    const auto info = optimizer_->step(lr);
+    return {info.grad_norm, info.skipped};
+  }
+
+  // Every stage's device counters, mapped onto the whole model's MoE layers (main layers in the
+  // stage's range, then the MTP blocks on the last stage), summed over the pipeline ranks
+  // (integers: exact; DualPipe's two copies add up), as the host model's loads.
+  std::vector<ExpertLoad> expert_load() override {
+    const std::vector<MoE<float>*> all_layers = host_.moe_layers();
+    const std::vector<ExpertLoad> names = host_.expert_load();
+    std::vector<int64_t> offsets(all_layers.size() + 1, 0);
+    for (size_t j = 0; j < all_layers.size(); ++j)
+      offsets[j + 1] = offsets[j] + static_cast<int64_t>(all_layers[j]->expert_load().size());
+    std::vector<int64_t> counts(static_cast<size_t>(offsets.back()), 0);
+    const int64_t main_layers = config_.model.num_hidden_layers;
+    ctx_.synchronize();
+    for (const auto& st : runner_->stages()) {
+      std::vector<size_t> global;  // the stage's MoE layers as indices of all_layers
+      for (size_t j = 0; j < names.size(); ++j) {
+        const int64_t index = moe_layer_index(names[j].layer);
+        if (index >= st->layer_begin() && index < st->layer_end()) global.push_back(j);
+      }
+      if (st->last())
+        for (size_t j = 0; j < names.size(); ++j)
+          if (moe_layer_index(names[j].layer) >= main_layers) global.push_back(j);
+      const std::vector<gpu::DeviceLoadCounter> counters = st->expert_load_counters();
+      FRUGAL_CHECK(counters.size() == global.size(),
+                   "stage {}: {} MoE load counters, the model has {} MoE layers there", st->stage(),
+                   counters.size(), global.size());
+      for (size_t i = 0; i < counters.size(); ++i) {
+        const int64_t experts = offsets[global[i] + 1] - offsets[global[i]];
+        FRUGAL_CHECK(counters[i].experts == experts, "stage {}: {} counts {} experts, not {}",
+                     st->stage(), names[global[i]].layer, counters[i].experts, experts);
+        std::vector<int64_t> load(static_cast<size_t>(experts));
+        FRUGAL_CUDA_CHECK(cudaMemcpy(load.data(), counters[i].counts,
+                                     load.size() * sizeof(int64_t), cudaMemcpyDeviceToHost));
+        for (int64_t e = 0; e < experts; ++e) counts[offsets[global[i]] + e] += load[e];
+      }
+    }
+    mesh_.pp().all_reduce_sum(counts.data(), static_cast<int64_t>(counts.size()), CommType::I64);
+    for (size_t j = 0; j < all_layers.size(); ++j)
+      all_layers[j]->set_expert_load(
+          std::vector<int64_t>(counts.begin() + offsets[j], counts.begin() + offsets[j + 1]));
+    return host_.expert_load();
+  }
+
+  void update_balance_bias(double gamma) override { runner_->update_balance_bias(gamma); }
+  void synchronize() override { ctx_.synchronize(); }
+
+  Transformer<float>& host_model() override { return host_; }
+  AdamW<float>& host_optimizer() override { return host_optimizer_; }
+
+  // The host copies into the stages (weights, routing biases) and the local GpuAdamW (moments of
+  // the tensors held here, the update count).
+  void upload_host_state() override {
+    runner_->upload(host_.params());
+    std::unordered_map<std::string, const AdamW<float>::ParamState*> whole;
+    for (const auto& state : host_optimizer_.state()) whole[state.name] = &state;
+    for (const auto& state : local_optimizer_->state()) {
+      const auto it = whole.find(state.name);
+      FRUGAL_CHECK(it != whole.end(), "the optimizer state has no moments for {}", state.name);
+      local_optimizer_->set_state(state.name, it->second->m, it->second->v);
+    }
+    local_optimizer_->set_step_count(host_optimizer_.step_count());
+    optimizer_->local().upload(*local_optimizer_);
+  }
+
+  // Collective over the pipeline: the weights (GpuPipelineRunner::download) and the moments, each
+  // tensor's from the rank whose copy the norm counts, zeros from the others, summed on the host;
+  // world rank 0 alone returns the state.
+  CheckpointState checkpoint_state() override {
+    gather_host_state();
+    if (mesh_.world().rank() != 0) return {};
+    return {&host_, &host_optimizer_};
+  }
+
+  double flops_per_token(int64_t seq) const override { return host_.flops_per_token(seq); }
+  double peak_flops() const override {
+    return gpu_peak_flops(device_name_, ctx_.compute_capability, choice_.recipe) *
+           mesh_.world().size();
+  }
+  int64_t peak_memory_bytes() const override {
+    return static_cast<int64_t>(ctx_.allocator.peak_bytes_in_use());
+  }
+
+ private:
+  void gather_host_state() {
+    runner_->download(host_.params());
+    optimizer_->local().download(*local_optimizer_);
+    std::unordered_map<std::string, const AdamW<float>::ParamState*> mine;
+    for (const auto& state : local_optimizer_->state())
+      if (runner_->counts_in_norm(state.name)) mine[state.name] = &state;
+    std::vector<float> buffer;
+    for (const auto& state : host_optimizer_.state()) {
+      const size_t n = state.m.size(), at = buffer.size();
+      buffer.resize(at + 2 * n, 0.0f);
+      const auto it = mine.find(state.name);
+      if (it == mine.end()) continue;
+      FRUGAL_CHECK(it->second->m.size() == n, "{}: {} moments here, {} in the whole model",
+                   state.name, it->second->m.size(), n);
+      std::copy(it->second->m.begin(), it->second->m.end(), buffer.begin() + at);
+      std::copy(it->second->v.begin(), it->second->v.end(), buffer.begin() + at + n);
+    }
+    mesh_.pp().all_reduce_sum(buffer.data(), static_cast<int64_t>(buffer.size()), CommType::F32);
+    size_t at = 0;
+    std::vector<std::pair<std::string, size_t>> layout;  // (name, size) in state order
+    for (const auto& state : host_optimizer_.state()) layout.emplace_back(state.name, state.m.size());
+    for (const auto& [name, n] : layout) {
+      host_optimizer_.set_state(
+          name, std::vector<float>(buffer.begin() + at, buffer.begin() + at + n),
+          std::vector<float>(buffer.begin() + at + n, buffer.begin() + at + 2 * n));
+      at += 2 * n;
+    }
+    host_optimizer_.set_step_count(optimizer_->step_count());
+  }
+
+  Config config_;
+  const Mesh& mesh_;
+  pipeline::Schedule schedule_;
+  cuda::DeviceContext ctx_;
+  RecipeChoice choice_;
+  std::string device_name_;
+  Transformer<float> host_;
+  AdamW<float> host_optimizer_;
+  std::unique_ptr<Communicator> nccl_;
+  std::unique_ptr<gpu::GpuPipelineRunner> runner_;
+  std::unique_ptr<gpu::GpuPipelineAdamW> optimizer_;
+  ParamStore<float> local_store_;  // this rank's trainable tensors (shapes only)
+  std::unique_ptr<AdamW<float>> local_optimizer_;
+};
+
+}  // namespace
+
+std::unique_ptr<StepEngine> make_gpu_pipeline_engine(const Config& config, const Mesh& mesh) {
+  return std::make_unique<GpuPipelineEngine>(config, mesh);
+}
+
+}  // namespace frugal
+
+#endif  // FRUGAL_HAVE_CUDA && FRUGAL_HAVE_NCCL

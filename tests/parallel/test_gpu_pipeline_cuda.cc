@@ -1,0 +1,365 @@
+// GPU pipeline parallelism (parallel/gpu_pipeline_runner.h; label cuda; `mpirun -np 2
+// build/test_parallel_gpu_pipeline_cuda` with one GPU per rank, device = the node-local rank; every
+// test is skipped when the node has fewer GPUs than ranks). Tiny model with 4 decoder layers (a
+// dense first layer, MoE layers with the noaux_tc selection bias), MTP depth 1, P = 2 pipeline
+// ranks, 2 sequences of 7 tokens per micro-batch, some targets ignored. Each schedule runs
+//   1F1B and ZB1P: 2 stages, M = 4;  DualPipeV: 4 stages (2 per rank, V), M = 4;
+//   DualPipe: 2 stages on both ranks (two copies), M = 4
+// against a single GpuTransformer on EVERY rank (the same weights, the same micro-batches,
+// loss_scale 1/M, accumulated), both trained 3 steps with AdamW (GpuAdamW vs GpuPipelineAdamW;
+// grad_clip low enough that the clip is active) and the balance-bias update after each step:
+//   fp32 recipe:
+//     - every micro-batch's Losses (total, main, mtp, balance) within 1e-6 relative, tokens equal;
+//     - step 1: every trainable gradient (downloaded whole: each tensor from its owner) within
+//       1e-5 relative L2 of the single GPU's (the embedding: first stage + MTP copy summed);
+//     - every step: the global gradient norm within 1e-5 relative, the step not skipped;
+//     - after 3 steps, the downloaded whole model (weights and routing biases) within 1e-5
+//       relative L2 per tensor; and every tensor this rank holds equals the downloaded one bitwise
+//       (DualPipe's second copies and the MTP stage's embedding copy stay equal to their owner's);
+//     - evaluate() of the whole batch within 1e-6 of GpuTransformer::evaluate.
+//   bf16 recipe: losses within 1e-2 relative of the single GPU's bf16 run at every step, the whole
+//     model within 1e-3 relative L2 after 3 steps (lr 1e-2: a lost update would be ~4e-2).
+// Every comparison prints "CHECK | schedule | what | numbers | ok/FAIL", so one run tells which
+// schedule, step, micro-batch or tensor is off.
+// The engine (train/gpu_pipeline_engine.h) through the trainer: train.device = cuda, train.pp = 2,
+// DualPipeV and 1F1B, the tiny preset with 4 layers, 4 micro-batches of 1 sequence, 3 steps with
+// validation at steps 2 and 3, against the same config trained on one GPU (rank 0): fp32 metrics
+// (losses, norms, validation) within 1e-6, the step-1 expert load exactly, checkpoint weights and
+// moments within 1e-6 whole / 1e-5 per tensor, trainer_state.json and config.json byte for byte
+// (gpu_parallel_test_util.h's expect_matches_one_gpu); every rank ends with the same host model.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core/device_context.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "gpu_parallel_test_util.h"
+#include "model/gpu/gpu_transformer.h"
+#include "model/tiny_model_config.h"
+#include "model/transformer.h"
+#include "parallel/gpu_pipeline_runner.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/nccl_communicator.h"
+#include "parallel/schedule.h"
+#include "train/gpu_optimizer.h"
+
+namespace frugal {
+namespace {
+
+using gpu::GpuAdamW;
+using gpu::GpuPipelineAdamW;
+using gpu::GpuPipelineRunner;
+using gpu::GpuTransformer;
+using pipeline::ScheduleKind;
+
+constexpr int64_t kSequences = 2, kSeq = 7;
+constexpr int kMicroBatches = 4;
+constexpr int kSteps = 3;
+constexpr double kGamma = 1e-3;
+const LossWeights kWeights{0.3, 0.02};
+
+ModelConfig pipeline_config() {
+  ModelConfig c = testing::tiny_model_config();
+  c.num_hidden_layers = 4;  // dense layer 0, MoE layers 1..3: DualPipeV's 4 stages get one each
+  c.first_k_dense_replace = 1;
+  c.num_nextn_predict_layers = 1;
+  c.topk_method = "noaux_tc";
+  return c;
+}
+
+int node_local_rank(int world_rank) {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+    if (const char* value = std::getenv(name); value && *value) return std::atoi(value);
+  return world_rank;
+}
+
+struct Batch {
+  std::vector<int32_t> tokens, targets;  // [micro_batches, kSequences, kSeq]
+};
+
+Batch random_batch(const ModelConfig& cfg, int micro_batches, uint64_t seed) {
+  Batch b;
+  const int64_t n = micro_batches * kSequences * kSeq;
+  RandomStream rng(seed, 11);
+  const double vocab = static_cast<double>(cfg.vocab_size);
+  for (int64_t i = 0; i < n; ++i) {
+    b.tokens.push_back(static_cast<int32_t>(rng.uniform(2 * i) * vocab));
+    const double u = rng.uniform(2 * i + 1);
+    b.targets.push_back(u < 0.1 ? -1 : static_cast<int32_t>(u * 10.0 * vocab) %
+                                           static_cast<int32_t>(cfg.vocab_size));
+  }
+  return b;
+}
+
+// The initial weights: a random CPU model with non-zero routing biases.
+std::unique_ptr<Transformer<float>> initial_model(const ModelConfig& cfg) {
+  auto model = std::make_unique<Transformer<float>>(cfg);
+  model->init_weights(17, 0.25);
+  for (auto& p : model->params().all())
+    if (!p->trainable)
+      for (int64_t i = 0; i < p->numel(); ++i)
+        p->value[i] = 0.04f * static_cast<float>((i * 7) % 5) - 0.08f;
+  return model;
+}
+
+double relative(double got, double want) {
+  return std::fabs(got - want) / std::max(std::fabs(want), 1e-12);
+}
+
+double relative_l2(const std::vector<float>& got, const std::vector<float>& want) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double d = static_cast<double>(got[i]) - static_cast<double>(want[i]);
+    diff += d * d;
+    norm += static_cast<double>(want[i]) * static_cast<double>(want[i]);
+  }
+  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+}
+
+bool check(bool ok, const std::string& label, const std::string& what, const std::string& numbers) {
+  std::printf("CHECK | %s | %s | %s | %s\n", label.c_str(), what.c_str(), numbers.c_str(),
+              ok ? "ok" : "FAIL");
+  return ok;
+}
+
+struct Tolerance {
+  double loss;        // relative, per micro-batch total, main and mtp loss
+  double balance;     // relative, per micro-batch balance loss; < 0: printed only
+  double grad;        // relative L2 per tensor (step 1); < 0: not compared
+  double norm;        // relative, the global gradient norm; < 0: not compared
+  double tensor;      // relative L2 per tensor after the steps; < 0: not compared
+  double whole;       // relative L2 over the whole model after the steps
+  double evaluation;  // relative, evaluate()'s losses
+};
+
+class GpuPipeline : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    world = mpi_world_communicator();
+    if (const std::string missing = testing::missing_gpu_per_rank(world->size()); !missing.empty())
+      GTEST_SKIP() << missing;
+    ASSERT_EQ(world->size(), 2) << "this test runs P = 2 pipeline ranks (mpirun -np 2)";
+    ctx = std::make_unique<cuda::DeviceContext>(node_local_rank(world->rank()));
+    nccl = make_nccl_communicator(*world, ctx->device);
+    set_input_stream(*nccl, ctx->stream);
+  }
+  void TearDown() override {
+    nccl.reset();
+    ctx.reset();
+  }
+
+  // Trains the pipeline and the single GPU side by side (see the file comment) and compares.
+  void compare(ScheduleKind kind, Recipe recipe, const Tolerance& tol) {
+    const ModelConfig cfg = pipeline_config();
+    const int ranks = world->size(), me = world->rank();
+    const std::string label = std::string(pipeline::schedule_kind_name(kind)) + " " +
+                              (recipe == Recipe::Fp32 ? "fp32" : "bf16") + " rank " +
+                              std::to_string(me);
+    const int stages = pipeline::pipeline_stage_count(kind, ranks);
+    OptimConfig optim;
+    optim.lr = 1e-2;
+    optim.grad_clip = 0.05;  // the clip is active (the tiny model's norms are ~0.1-1)
+    const int64_t rows = kSequences * kSeq;
+
+    auto initial = initial_model(cfg);
+    GpuTransformer single(*ctx, cfg, recipe);
+    single.upload(initial->params());
+    GpuAdamW single_optimizer(*ctx, optim, single);
+    GpuPipelineRunner runner(*ctx, cfg, recipe, pipeline::build_schedule(kind, stages, kMicroBatches),
+                             *nccl, *world);
+    runner.upload(initial->params());
+    GpuPipelineAdamW optimizer(*ctx, optim, runner);
+
+    bool clipped = false;
+    for (int step = 1; step <= kSteps; ++step) {
+      const Batch batch = random_batch(cfg, kMicroBatches, 100 + step);
+      single.zero_grad();
+      std::vector<Losses> want;
+      for (int m = 0; m < kMicroBatches; ++m)
+        want.push_back(single.forward_backward(batch.tokens.data() + m * rows,
+                                               batch.targets.data() + m * rows, kSequences, kSeq,
+                                               kWeights, 1.0 / kMicroBatches));
+      runner.zero_grad();
+      const std::vector<Losses> got =
+          runner.step(batch.tokens.data(), batch.targets.data(), kSequences, kSeq, kWeights);
+      ASSERT_EQ(got.size(), want.size()) << label;
+      for (int m = 0; m < kMicroBatches; ++m) {
+        const std::string what = "step " + std::to_string(step) + " micro-batch " + std::to_string(m);
+        const double parts[4][2] = {{got[m].total, want[m].total},
+                                    {got[m].main, want[m].main},
+                                    {got[m].mtp, want[m].mtp},
+                                    {got[m].balance, want[m].balance}};
+        const char* names[4] = {"total", "main", "mtp", "balance"};
+        for (int k = 0; k < 4; ++k) {
+          const double err = relative(parts[k][0], parts[k][1]);
+          const double bound = k == 3 ? tol.balance : tol.loss;
+          const std::string numbers = fmt::format("pipeline {:.9g} one GPU {:.9g} rel {:.3g} (tol {:.1g})",
+                                                  parts[k][0], parts[k][1], err, bound);
+          if (bound < 0)
+            std::printf("CHECK | %s | %s loss %s | %s | info\n", label.c_str(), what.c_str(),
+                        names[k], numbers.c_str());
+          else
+            EXPECT_TRUE(check(err <= bound, label, what + " loss " + names[k], numbers));
+        }
+        EXPECT_EQ(got[m].tokens, want[m].tokens) << label << " " << what;
+      }
+
+      if (step == 1 && tol.grad >= 0) {  // every gradient, each tensor from its owner
+        auto a = std::make_unique<Transformer<float>>(cfg), b = std::make_unique<Transformer<float>>(cfg);
+        single.download(a->params());
+        runner.download(b->params());
+        double worst = 0;
+        std::string worst_name;
+        for (auto& p : a->params().all()) {
+          if (!p->trainable) continue;
+          const double err = relative_l2(b->params().get(p->name).grad, p->grad);
+          if (err > worst) worst = err, worst_name = p->name;
+          if (err > tol.grad)
+            check(false, label, "step 1 gradient " + p->name, fmt::format("rel L2 {:.3g}", err));
+        }
+        EXPECT_TRUE(check(worst <= tol.grad, label, "step 1 gradients, worst tensor",
+                          fmt::format("{} rel L2 {:.3g} (tol {:.1g})", worst_name, worst, tol.grad)));
+      }
+
+      const GpuAdamW::StepInfo ref = single_optimizer.step(optim.lr);
+      const GpuAdamW::StepInfo info = optimizer.step(optim.lr);
+      EXPECT_FALSE(info.skipped) << label << " step " << step;
+      EXPECT_FALSE(ref.skipped) << label << " step " << step;
+      clipped = clipped || info.clip_scale < 1.0;
+      if (tol.norm >= 0) {
+        const double err = relative(info.grad_norm, ref.grad_norm);
+        EXPECT_TRUE(check(err <= tol.norm, label, "step " + std::to_string(step) + " gradient norm",
+                          fmt::format("pipeline {:.9g} (clip {:.6g}) one GPU {:.9g} (clip {:.6g}) "
+                                      "rel {:.3g}",
+                                      info.grad_norm, info.clip_scale, ref.grad_norm,
+                                      ref.clip_scale, err)));
+      }
+      single.update_balance_bias(kGamma);
+      runner.update_balance_bias(kGamma);
+    }
+    EXPECT_TRUE(clipped) << label << ": grad_clip " << optim.grad_clip
+                         << " never clipped; the test does not exercise the clip";
+
+    // The whole model after the steps.
+    auto a = std::make_unique<Transformer<float>>(cfg), b = std::make_unique<Transformer<float>>(cfg);
+    single.download(a->params());
+    runner.download(b->params());
+    double diff = 0, norm = 0, worst = 0;
+    std::string worst_name;
+    int bad = 0;
+    for (auto& p : a->params().all()) {
+      const std::vector<float>& got = b->params().get(p->name).value;
+      const double err = relative_l2(got, p->value);
+      for (size_t i = 0; i < got.size(); ++i) {
+        const double d = static_cast<double>(got[i]) - p->value[i];
+        diff += d * d;
+        norm += static_cast<double>(p->value[i]) * p->value[i];
+      }
+      if (err > worst) worst = err, worst_name = p->name;
+      if (tol.tensor >= 0 && err > tol.tensor) {
+        ++bad;
+        check(false, label, "after 3 steps, tensor " + p->name,
+              fmt::format("rel L2 {:.3g} (tol {:.1g})", err, tol.tensor));
+      }
+    }
+    EXPECT_EQ(bad, 0) << label << ": " << bad << " tensors differ after " << kSteps << " steps";
+    std::printf("CHECK | %s | after 3 steps, worst tensor | %s rel L2 %.3g | info\n", label.c_str(),
+                worst_name.c_str(), worst);
+    const double whole = std::sqrt(diff / norm);
+    EXPECT_TRUE(check(whole <= tol.whole, label, "after 3 steps, whole model",
+                      fmt::format("rel L2 {:.3g} (tol {:.1g})", whole, tol.whole)));
+
+    // Every tensor held here equals the downloaded (owner's) one: copies did not drift apart.
+    ctx->synchronize();
+    int drifted = 0;
+    for (const gpu::DeviceParam& p : runner.params()) {
+      std::vector<float> mine(static_cast<size_t>(p.count));
+      ASSERT_EQ(cudaMemcpy(mine.data(), p.value, mine.size() * sizeof(float), cudaMemcpyDeviceToHost),
+                cudaSuccess);
+      if (mine != b->params().get(p.name).value) {
+        ++drifted;
+        check(false, label, "copy of " + p.name + " on this rank",
+              fmt::format("rel L2 {:.3g} from the owner's", relative_l2(mine, b->params().get(p.name).value)));
+      }
+    }
+    EXPECT_EQ(drifted, 0) << label << ": " << drifted
+                          << " tensors held here differ from their owner's copy";
+
+    // Validation over the whole first batch as one.
+    const Batch batch = random_batch(cfg, kMicroBatches, 7);
+    const Losses want = single.evaluate(batch.tokens.data(), batch.targets.data(),
+                                        kMicroBatches * kSequences, kSeq, LossWeights{0.0, 0.0});
+    const Losses got =
+        runner.evaluate(batch.tokens.data(), batch.targets.data(), kMicroBatches * kSequences, kSeq);
+    for (auto [name, g, w] : {std::tuple{"main", got.main, want.main},
+                              std::tuple{"mtp", got.mtp, want.mtp},
+                              std::tuple{"total", got.total, want.total}}) {
+      const double err = relative(g, w);
+      EXPECT_TRUE(check(err <= tol.evaluation, label, std::string("evaluate ") + name,
+                        fmt::format("pipeline {:.9g} one GPU {:.9g} rel {:.3g}", g, w, err)));
+    }
+    EXPECT_EQ(got.tokens, want.tokens) << label;
+    world->barrier();
+  }
+
+  std::unique_ptr<Communicator> world;
+  std::unique_ptr<cuda::DeviceContext> ctx;
+  std::unique_ptr<Communicator> nccl;
+};
+
+const Tolerance kFp32{1e-6, 1e-6, 1e-5, 1e-5, 1e-5, 1e-5, 1e-6};
+// bf16: a routing choice may flip between the runs, so the balance loss is only printed.
+const Tolerance kBf16{1e-2, -1, -1, -1, -1, 1e-3, 1e-2};
+
+TEST_F(GpuPipeline, OneFOneBFp32EqualsOneGpu) { compare(ScheduleKind::OneFOneB, Recipe::Fp32, kFp32); }
+TEST_F(GpuPipeline, ZB1PFp32EqualsOneGpu) { compare(ScheduleKind::ZB1P, Recipe::Fp32, kFp32); }
+TEST_F(GpuPipeline, DualPipeVFp32EqualsOneGpu) { compare(ScheduleKind::DualPipeV, Recipe::Fp32, kFp32); }
+TEST_F(GpuPipeline, DualPipeFp32EqualsOneGpu) { compare(ScheduleKind::DualPipe, Recipe::Fp32, kFp32); }
+
+TEST_F(GpuPipeline, OneFOneBBf16AgreesWithOneGpu) { compare(ScheduleKind::OneFOneB, Recipe::Bf16, kBf16); }
+TEST_F(GpuPipeline, DualPipeVBf16AgreesWithOneGpu) { compare(ScheduleKind::DualPipeV, Recipe::Bf16, kBf16); }
+TEST_F(GpuPipeline, DualPipeBf16AgreesWithOneGpu) { compare(ScheduleKind::DualPipe, Recipe::Bf16, kBf16); }
+
+// The trainer with the GPU pipeline engine against one GPU (see the file comment).
+void engine_matches_one_gpu(Communicator& world, const std::string& schedule) {
+  testing::SharedTempDir dir(world);
+  const std::vector<std::string> extra = {
+      "train.device=cuda",        "train.precision=fp32",  "model.num_hidden_layers=4",
+      "train.micro_batch=1",      "train.batch_sequences=4", "train.pp_schedule=" + schedule};
+  std::vector<std::string> piped = extra;
+  piped.push_back("train.pp=2");
+  const std::string par = dir.path("par"), ref = dir.path("ref");
+  const Config config = testing::parallel_test_config(par, piped);
+  Mesh mesh(world, mesh_shape(world.size(), config.train, config.model));
+  testing::train_on_every_rank(config, mesh, world, {"pipeline " + schedule, "cuda:"},
+                               "the ranks' gathered host models differ after 3 steps");
+  if (world.rank() == 0)
+    testing::expect_matches_one_gpu("GPU pipeline " + schedule, par,
+                                    testing::parallel_test_config(ref, extra), "fp32",
+                                    {1e-6, 1e-6, 1e-5, 1e-6, 1e-5});
+  world.barrier();
+}
+
+TEST_F(GpuPipeline, EngineDualPipeVMatchesOneGpu) { engine_matches_one_gpu(*world, "dualpipev"); }
+TEST_F(GpuPipeline, EngineOneFOneBMatchesOneGpu) { engine_matches_one_gpu(*world, "1f1b"); }
+
+// A schedule over more ranks than the communicators have is refused before anything runs.
+TEST_F(GpuPipeline, RefusesAScheduleOfAnotherRankCount) {
+  const ModelConfig cfg = pipeline_config();
+  EXPECT_THROW(GpuPipelineRunner(*ctx, cfg, Recipe::Fp32,
+                                 pipeline::build_schedule(ScheduleKind::OneFOneB, 4, 4), *nccl,
+                                 *world),
+               Error);
+}
+
+}  // namespace
+}  // namespace frugal
