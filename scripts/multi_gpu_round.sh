@@ -7,7 +7,8 @@
 # all-to-all overlap on and off (FRUGAL_EP_OVERLAP=0), printing the "overlap" lines too; then the
 # GPU pipeline benchmark (bench_pipeline_gpu: bf16, DualPipeV and 1F1B, 8 micro-batches of
 # 4 x 4096, 4 steps, against one GPU).
-# MULTI_GPU_PARTS (default "tests dispatch train overlap pipeline") picks the parts to run.
+# MULTI_GPU_PARTS (default "tests dispatch train overlap pipeline") picks the parts to run,
+# MULTI_GPU_TESTS (names separated by spaces) the test programs.
 #
 #   scripts/multi_gpu_round.sh [--ranks N] [--data DIR] [--steps S]
 #
@@ -46,9 +47,10 @@ mpi=(mpirun --allow-run-as-root --oversubscribe -np "$ranks" -x NCCL_NVLS_ENABLE
 failures=0
 parts=" ${MULTI_GPU_PARTS:-tests dispatch train overlap pipeline} "
 part() { [[ "$parts" == *" $1 "* ]]; }
-for t in test_parallel_nccl_cuda test_parallel_gpu_dp_cuda test_parallel_gpu_ep_cuda \
-         test_parallel_gpu_ep_overlap_cuda test_parallel_gpu_dispatch_cuda \
-         test_parallel_gpu_pipeline_cuda; do
+tests=(test_parallel_nccl_cuda test_parallel_gpu_dp_cuda test_parallel_gpu_ep_cuda
+       test_parallel_gpu_ep_overlap_cuda test_parallel_gpu_dispatch_cuda test_parallel_gpu_pipeline_cuda)
+[ -n "${MULTI_GPU_TESTS:-}" ] && read -r -a tests <<< "$MULTI_GPU_TESTS"
+for t in "${tests[@]}"; do
   part tests || continue
   timeout 300 "${mpi[@]}" "$build/$t" > "$logs/$t.log" 2>&1
   rc=$?
