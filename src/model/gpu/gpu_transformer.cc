@@ -1,4 +1,4 @@
-// GpuTransformer: the facade of gpu_transformer.h over GpuModel<T> (gpu_model.h), plus the
+// GpuTransformer: the facade of gpu_transformer.h over GpuModel (gpu_model.h: one GpuPipelineStage holding the whole model), plus the
 // parameter transfers to and from a CPU ParamStore.
 #ifdef FRUGAL_HAVE_CUDA
 
