@@ -1,5 +1,6 @@
-// GpuTransformer: the facade of gpu_transformer.h over GpuModel (gpu_model.h: one GpuPipelineStage holding the whole model), plus the
-// parameter transfers to and from a CPU ParamStore.
+// GpuTransformer: the facade of gpu_transformer.h over GpuModel (gpu_model.h: one
+// GpuPipelineStage holding the whole model), plus the parameter transfers to and from a CPU
+// ParamStore.
 #ifdef FRUGAL_HAVE_CUDA
 
 #include "model/gpu/gpu_transformer.h"
