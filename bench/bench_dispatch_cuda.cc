@@ -8,7 +8,9 @@
 // call (the NCCL operations return complete); GB/s = the BF16 row bytes this rank sends (every
 // routed row, its own experts' included) / time. plan = the routing layout (local permutation,
 // per-expert counts exchanged, one host sync, the reorder indices); dispatch = permute + all-to-
-// all-v + reorder; combine = reorder + all-to-all-v + weighted sum. Prints one table row per op and
+// all-v + reorder; combine = reorder + all-to-all-v + weighted sum; dispatch (FP8 + scales) =
+// dispatch_fp8 (permute, 1x128 quantization, all-to-all-v of E4M3 codes + fp32 scales records,
+// reorder), its GB/s from the record bytes actually sent (fp8_record_bytes() per row). Prints one table row per op and
 // rank (rank 0 prints); writes JSON to argv[1] when given.
 #if defined(FRUGAL_HAVE_CUDA) && defined(FRUGAL_HAVE_NCCL) && defined(FRUGAL_HAVE_MPI)
 
@@ -115,6 +117,15 @@ int run(int argc, char** argv) {
       median_ms(ctx, [&] { dispatch.dispatch(received.data(), x_dev.data()); });
   const double combine_ms = median_ms(
       ctx, [&] { dispatch.combine(y_dev.data(), received.data(), weights_dev.data()); });
+  cuda::DeviceArray<uint8_t> received_q(ctx,
+                                        std::max<int64_t>(dispatch.received_rows(), 1) * kHidden);
+  cuda::DeviceArray<float> received_scales(
+      ctx, std::max<int64_t>(dispatch.received_rows(), 1) * (kHidden / 128));
+  const double fp8_bytes = static_cast<double>(kTokens * kTopK * dispatch.fp8_record_bytes());
+  const double fp8_ms = median_ms(ctx, [&] {
+    dispatch.dispatch_fp8(received_q.data(), received_scales.data(), x_dev.data(),
+                          /*power_of_two_scale=*/false);
+  });
 
   // Plain NCCL all-to-all of the same bytes, equal splits.
   const int64_t per_peer = kTokens * kTopK * kHidden / size;
@@ -125,10 +136,11 @@ int run(int argc, char** argv) {
     nccl->all_to_all_v(recv.data(), equal, send.data(), equal, CommType::BF16);
   });
 
-  // Every rank's numbers to rank 0: [rank][plan, dispatch, combine, a2a, sent rows, received].
+  // Every rank's numbers to rank 0: [rank][plan, dispatch, combine, a2a, sent rows, received,
+  // fp8 dispatch].
   const std::vector<double> mine = {plan_ms, dispatch_ms, combine_ms, a2a_ms,
                                     static_cast<double>(kTokens * kTopK),
-                                    static_cast<double>(dispatch.received_rows())};
+                                    static_cast<double>(dispatch.received_rows()), fp8_ms};
   std::vector<double> all(mine.size() * size);
   world->all_gather(all.data(), mine.data(), static_cast<int64_t>(mine.size()), CommType::F64);
   if (rank == 0) {
@@ -144,17 +156,26 @@ int run(int argc, char** argv) {
                            {"hidden", kHidden}, {"experts", kExperts}, {"top_k", kTopK},
                            {"results", nlohmann::json::array()}};
     const char* names[] = {"plan (layout + counts)", "dispatch (BF16)", "combine (BF16)",
-                           "nccl all-to-all (equal)"};
-    for (int op = 0; op < 4; ++op)
+                           "nccl all-to-all (equal)", "dispatch (FP8 + scales)"};
+    const int slot[] = {0, 1, 2, 3, 6};  // each op's time in `mine`
+    for (int op = 0; op < 5; ++op)
       for (int r = 0; r < size; ++r) {
         const double* v = all.data() + r * mine.size();
-        const double gbs = op == 0 ? 0.0 : row_bytes / (v[op] * 1e-3) / 1e9;
-        std::printf("%-26s %5d %10.3f %10s %14.0f\n", names[op], r, v[op],
-                    op == 0 ? "-" : std::to_string(static_cast<int>(gbs + 0.5)).c_str(),
-                    op == 1 ? v[5] : 0.0);
-        json["results"].push_back({{"op", names[op]}, {"rank", r}, {"ms", v[op]},
-                                   {"gb_per_s", gbs}, {"rows_received", v[5]}});
+        const double ms = v[slot[op]];
+        const double bytes = op == 4 ? fp8_bytes : row_bytes;
+        const double gbs = op == 0 ? 0.0 : bytes / (ms * 1e-3) / 1e9;
+        const double rows = op == 1 || op == 4 ? v[5] : 0.0;
+        std::printf("%-26s %5d %10.3f %10s %14.0f\n", names[op], r, ms,
+                    op == 0 ? "-" : std::to_string(static_cast<int>(gbs + 0.5)).c_str(), rows);
+        json["results"].push_back({{"op", names[op]}, {"rank", r}, {"ms", ms},
+                                   {"bytes_sent", op == 0 ? 0.0 : bytes},
+                                   {"gb_per_s", gbs}, {"rows_received", rows}});
       }
+    std::printf("FP8 dispatch: %.1f MB sent per rank (%lld bytes per row: %lld codes + %lld "
+                "scales + padding) vs %.1f MB BF16\n",
+                fp8_bytes / 1e6, static_cast<long long>(dispatch.fp8_record_bytes()),
+                static_cast<long long>(kHidden), static_cast<long long>(kHidden / 128 * 4),
+                row_bytes / 1e6);
     if (argc > 1) {
       std::ofstream out(argv[1]);
       out << json.dump(2) << "\n";

@@ -17,7 +17,9 @@
 
 #include "core/cuda_check.h"
 #include "core/error.h"
+#include "kernels/moe/fp8_rows.h"
 #include "kernels/moe/moe_cuda.h"
+#include "kernels/quant/quant.h"
 #ifdef FRUGAL_HAVE_NCCL
 #include "parallel/nccl_communicator.h"
 #endif
@@ -381,6 +383,49 @@ void GpuExpertDispatch::dispatch_t(P* received, const P* x, const BesideWork& be
              payload_type<P>());
   if (received_ > 0)  // [received, hidden] expert-major
     cuda::permute_rows<P>(received, staging2, to_expert_major_.data(), received_, 1, H, stream);
+  fork.join();
+}
+
+void GpuExpertDispatch::dispatch_fp8(uint8_t* received_q, float* received_scales, const bf16* x,
+                                     bool power_of_two_scale, const BesideWork& beside) {
+  FRUGAL_CHECK(tokens_ >= 0, "GpuExpertDispatch::dispatch_fp8 before plan");
+  FRUGAL_CHECK(hidden_ % kFp8BlockSize == 0,
+               "GpuExpertDispatch::dispatch_fp8: hidden size {} is not a multiple of {} (use the "
+               "BF16 dispatch)",
+               hidden_, kFp8BlockSize);
+  const int64_t assignments = tokens_ * top_k_, H = hidden_, tiles = H / kFp8BlockSize;
+  const int64_t record = fp8_record_bytes();  // per row: H codes, then `tiles` fp32 scales
+  static_assert(sizeof(float) == 4);
+  // staging_: the permuted BF16 rows [assignments, H], then (once quantized) the received records
+  // [received, record]; staging2_: the records sent [assignments, record]. record <= 2*H bytes.
+  reserve_staging(std::max(assignments, received_), sizeof(bf16));
+  // Allocated before the fork and released after the join (the header's allocator rule).
+  cuda::DeviceArray<uint8_t> q(ctx_, std::max<int64_t>(assignments, 1) * H);  // [assignments, H]
+  cuda::DeviceArray<float> scales(ctx_, std::max<int64_t>(assignments, 1) * tiles);  // [tiles][A]
+  bf16* permuted = reinterpret_cast<bf16*>(staging_.data());
+  uint8_t* sent = staging2_.data();
+  uint8_t* arrived = staging_.data();
+  Fork fork(*this);
+  const cudaStream_t stream = fork.stream();
+  if (assignments > 0) {  // records [assignments, record], owner-major
+    cuda::permute_rows<bf16>(permuted, x, row_assignment_.data(), assignments, top_k_, H, stream);
+    cuda::quantize_act_1x128<bf16>(q.data(), scales.data(), permuted, assignments, H,
+                                   power_of_two_scale, stream);
+    cuda::gather_byte_rows(sent, record, q.data(), H, nullptr, assignments, H, stream);
+    cuda::gather_scales(reinterpret_cast<float*>(sent + H), record / 4, 1, scales.data(), 1,
+                        assignments, nullptr, assignments, tiles, 0.0f, stream);
+  }
+  run_beside(beside);
+  // [received, record] source-major
+  all_to_all(kDispatchTrack, stream, arrived, times(recv_rows_, record), sent,
+             times(send_rows_, record), CommType::U8);
+  if (received_ > 0) {  // expert-major: codes [received, H], scales [tiles][received]
+    cuda::gather_byte_rows(received_q, H, arrived, record, to_expert_major_.data(), received_, H,
+                           stream);
+    cuda::gather_scales(received_scales, 1, received_,
+                        reinterpret_cast<const float*>(arrived + H), record / 4, 1,
+                        to_expert_major_.data(), received_, tiles, 0.0f, stream);
+  }
   fork.join();
 }
 

@@ -23,6 +23,14 @@
 //                   d_weights[t,k] = dy[t] . out_back[row(t,k)] (cuda::combine_bwd, using the rows
 //                   the last combine brought back), then d_back sent to the experts' owners and
 //                   reordered expert-major: d_expert_out [received, hidden].
+//   dispatch_fp8(x)  the fp8 recipe's dispatch (spec §5: FP8 payload plus scales): xp as above,
+//                   quantized 1x128 by the sender with cuda::quantize_act_1x128 (the FP8 grouped
+//                   GEMM's own quantizer), then one all-to-all-v of per-row records (hidden E4M3
+//                   bytes, then hidden/128 fp32 scales: ~0.52x the BF16 bytes), reordered
+//                   expert-major on arrival (pure copies, kernels/moe/fp8_rows.h): the codes and
+//                   scales are bit for bit those cuda::quantize_act_1x128 gives for the rows
+//                   dispatch() would deliver. Scales arrive in the quantizer's layout
+//                   [hidden/128][received]. combine and the backward stay BF16.
 // Payload: BF16 (__nv_bfloat16) or fp32 (float, the fp32 recipe's exact path); every method comes
 // in both types, and one plan serves either. combine and dispatch_backward can accumulate into
 // their output (y += ..., dx += ...: an MoE layer's shared-expert branch is already there).
@@ -124,6 +132,15 @@ class GpuExpertDispatch {
   void dispatch(float* received, const float* x, const BesideWork& beside = {}) {
     dispatch_t(received, x, beside);
   }
+  // x [tokens, hidden] BF16 -> received_q [received_rows(), hidden] E4M3 codes and
+  // received_scales [hidden/128][received_rows()] fp32 (expert-major; see dispatch_fp8 above).
+  // hidden % 128 == 0 (checked). power_of_two_scale as cuda::quantize_act_1x128. Collective.
+  void dispatch_fp8(uint8_t* received_q, float* received_scales, const __nv_bfloat16* x,
+                    bool power_of_two_scale, const BesideWork& beside = {});
+  // Bytes one row takes in dispatch_fp8's all-to-all: hidden codes, hidden/128 fp32 scales, padded
+  // to 16 bytes (the padding is sent unset).
+  int64_t fp8_record_bytes() const { return (hidden_ + hidden_ / 128 * 4 + 15) / 16 * 16; }
+
   // expert_out [received_rows(), hidden] (expert-major) -> y [tokens, hidden] (+)=
   // sum_k weights[t,k] * expert_out[row of (t,k)]; weights [tokens, top_k] (device). Collective.
   void combine(__nv_bfloat16* y, const __nv_bfloat16* expert_out, const float* weights,

@@ -44,13 +44,6 @@ std::unique_ptr<StepEngine> make_step_engine(const Config& config, const Mesh* m
          mesh->shape().pp);
 #endif
   }
-  // The fp8 recipe's own expert-parallel path (expert rows padded to 128 for the FP8 grouped
-  // GEMMs) has not run on GPUs yet, so it is refused until a test with FP8-sized experts passes.
-  FRUGAL_CHECK(!several || mesh->shape().ep == 1 || recipe != Recipe::Fp8,
-               "expert parallelism on GPUs runs the fp32 and bf16 recipes; train.precision = "
-               "\"fp8\" with train.ep = {} is not validated yet: set train.precision = \"bf16\" "
-               "or train.ep = 1",
-               mesh ? mesh->shape().ep : 1);
 #ifdef FRUGAL_HAVE_CUDA
   return make_gpu_engine(config, several ? mesh : nullptr);
 #else

@@ -13,6 +13,11 @@
 //     d_weights[t,k] = dy[t] . out(t,k) within 1e-5 of the sum of |terms| (fp32 accumulation);
 //   - dispatch_backward of the experts' outputs: dx[t] = sum_k out(t,k) within one BF16 rounding.
 // Outputs are poisoned before each call.
+// FP8 dispatch (dispatch_fp8, the fp8 recipe): for several expert counts / top-k (one case routing
+// every token to rank 0's experts, so the other ranks receive 0 rows), the E4M3 codes and scales
+// received equal, bit for bit, cuda::quantize_act_1x128 of the rows the BF16 dispatch delivers;
+// and the tile-padded grouped layout GpuMoe builds from them (fp8_rows.h gathers) equals
+// cuda::quantize_act_1x128_grouped of the padded BF16 rows. Prints CHECK lines.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -20,11 +25,16 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 #include <random>
 
 #include "core/device_context.h"
 #include "core/dtype.h"
+#include "kernels/gemm/gemm_cuda.h"
+#include "kernels/moe/fp8_rows.h"
+#include "kernels/moe/moe_cuda.h"
+#include "kernels/quant/quant.h"
 #include "parallel/gpu_expert_dispatch.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/nccl_communicator.h"
@@ -248,6 +258,116 @@ class GpuDispatch : public ::testing::Test {
     EXPECT_EQ(bad_dx, 0) << "dx elements wrong, of " << mine.tokens * hidden;
   }
 
+  // FP8 dispatch against quantizing the BF16-dispatched rows on the receiver (bitwise).
+  void run_fp8_case(int64_t experts, int64_t top_k, int64_t hidden, bool only_rank0_experts,
+                    bool power_of_two) {
+    const std::string label = "fp8 dispatch: " + std::to_string(experts) + " experts, top-" +
+                              std::to_string(top_k) + ", hidden " + std::to_string(hidden) +
+                              (only_rank0_experts ? ", only rank 0's experts" : "") +
+                              (power_of_two ? ", power-of-two scales" : "");
+    SCOPED_TRACE(label);
+    ASSERT_EQ(experts % size, 0);
+    const int64_t local = experts / size;
+    const int64_t choices = only_rank0_experts ? local : experts;
+    ASSERT_LE(top_k, choices);
+    const int64_t tokens = 29 + 13 * rank;
+    std::mt19937_64 gen(5000 + rank * 31 + experts * 7 + top_k);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<uint16_t> x_host(static_cast<size_t>(tokens * hidden));
+    for (int64_t i = 0; i < tokens * hidden; ++i)  // rows of different magnitudes, a zero row
+      x_host[i] = float_to_bf16_bits(i / hidden == 3 ? 0.0f
+                                                      : normal(gen) * std::ldexp(1.0f, int(i / hidden % 9) - 4));
+    std::vector<int32_t> topk_host;
+    std::vector<int32_t> pool(static_cast<size_t>(choices));
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::iota(pool.begin(), pool.end(), 0);
+      std::shuffle(pool.begin(), pool.end(), gen);
+      topk_host.insert(topk_host.end(), pool.begin(), pool.begin() + top_k);
+    }
+    auto x = upload(*ctx, x_host);
+    auto topk = upload(*ctx, topk_host);
+    gpu::GpuExpertDispatch dispatch(*ctx, *nccl, experts, hidden);
+    dispatch.plan(topk.data(), tokens, top_k);
+    const int64_t received = dispatch.received_rows(), tiles = hidden / 128;
+    if (only_rank0_experts && rank != 0) EXPECT_EQ(received, 0);
+    const auto* xb = reinterpret_cast<const __nv_bfloat16*>(x.data());
+
+    cuda::DeviceArray<__nv_bfloat16> rows(*ctx, std::max<int64_t>(received, 1) * hidden);
+    dispatch.dispatch(rows.data(), xb);
+    cuda::DeviceArray<uint8_t> q_ref(*ctx, std::max<int64_t>(received, 1) * hidden);
+    cuda::DeviceArray<float> s_ref(*ctx, std::max<int64_t>(received, 1) * tiles);
+    if (received > 0)
+      cuda::quantize_act_1x128<__nv_bfloat16>(q_ref.data(), s_ref.data(), rows.data(), received,
+                                              hidden, power_of_two, ctx->stream);
+    cuda::DeviceArray<uint8_t> q(*ctx, std::max<int64_t>(received, 1) * hidden);
+    cuda::DeviceArray<float> scales(*ctx, std::max<int64_t>(received, 1) * tiles);
+    ASSERT_EQ(cudaMemset(q.data(), 0xCD, q.bytes()), cudaSuccess);  // poison
+    ASSERT_EQ(cudaMemset(scales.data(), 0xCD, scales.bytes()), cudaSuccess);
+    dispatch.dispatch_fp8(q.data(), scales.data(), xb, power_of_two);
+    ctx->synchronize();
+    const auto q_got = download(q.data(), received * hidden),
+               q_want = download(q_ref.data(), received * hidden);
+    const auto s_got = download(reinterpret_cast<const uint32_t*>(scales.data()), received * tiles),
+               s_want = download(reinterpret_cast<const uint32_t*>(s_ref.data()), received * tiles);
+    int64_t bad_codes = 0, bad_scales = 0;
+    for (size_t i = 0; i < q_got.size(); ++i) bad_codes += q_got[i] != q_want[i];
+    for (size_t i = 0; i < s_got.size(); ++i) bad_scales += s_got[i] != s_want[i];
+    EXPECT_EQ(bad_codes, 0) << "of " << q_got.size() << " codes";
+    EXPECT_EQ(bad_scales, 0) << "of " << s_got.size() << " scales (layout [hidden/128][received])";
+
+    // GpuMoe's tile-padded grouped layout from the FP8 rows vs the grouped quantizer on the padded
+    // BF16 rows.
+    const std::vector<int64_t>& offsets = dispatch.local_offsets();
+    std::vector<int64_t> padded_offsets(static_cast<size_t>(local + 1), 0);
+    for (int64_t e = 0; e < local; ++e)
+      padded_offsets[e + 1] =
+          padded_offsets[e] + (offsets[e + 1] - offsets[e] + 127) / 128 * 128;
+    const int64_t padded = padded_offsets[local];
+    int64_t bad_padded = 0;
+    if (padded > 0) {
+      std::vector<int32_t> pad_map(static_cast<size_t>(padded), -1);
+      for (int64_t e = 0; e < local; ++e)
+        for (int64_t i = offsets[e]; i < offsets[e + 1]; ++i)
+          pad_map[padded_offsets[e] + i - offsets[e]] = static_cast<int32_t>(i);
+      auto pad = upload(*ctx, pad_map);
+      auto device_offsets = upload(*ctx, padded_offsets);
+      cuda::DeviceArray<__nv_bfloat16> rows_padded(*ctx, padded * hidden);
+      cuda::permute_rows<__nv_bfloat16>(rows_padded.data(), rows.data(), pad.data(), padded, 1,
+                                        hidden, ctx->stream);
+      cuda::DeviceArray<uint8_t> qg_ref(*ctx, padded * hidden), qg(*ctx, padded * hidden);
+      cuda::DeviceArray<float> sg_ref(*ctx, padded * tiles), sg(*ctx, padded * tiles);
+      ASSERT_EQ(cudaMemset(qg.data(), 0xCD, qg.bytes()), cudaSuccess);
+      ASSERT_EQ(cudaMemset(sg.data(), 0xCD, sg.bytes()), cudaSuccess);
+      cuda::quantize_act_1x128_grouped<__nv_bfloat16>(qg_ref.data(), sg_ref.data(),
+                                                      rows_padded.data(), device_offsets.data(),
+                                                      local, padded, hidden, power_of_two,
+                                                      ctx->stream);
+      cuda::gather_byte_rows(qg.data(), hidden, q.data(), hidden, pad.data(), padded, hidden,
+                             ctx->stream);
+      const float zero_row_scale = fp8_scale_from_amax(0.0f, power_of_two);
+      for (int64_t e = 0; e < local; ++e) {
+        const int64_t base = padded_offsets[e], n = padded_offsets[e + 1] - base;
+        if (n > 0)
+          cuda::gather_scales(sg.data() + base * tiles, 1, n, scales.data(), 1, received,
+                              pad.data() + base, n, tiles, zero_row_scale, ctx->stream);
+      }
+      ctx->synchronize();
+      const auto a = download(qg.data(), padded * hidden), b = download(qg_ref.data(), padded * hidden);
+      const auto c = download(reinterpret_cast<const uint32_t*>(sg.data()), padded * tiles),
+                 d = download(reinterpret_cast<const uint32_t*>(sg_ref.data()), padded * tiles);
+      for (size_t i = 0; i < a.size(); ++i) bad_padded += a[i] != b[i];
+      for (size_t i = 0; i < c.size(); ++i) bad_padded += c[i] != d[i];
+      EXPECT_EQ(bad_padded, 0) << "padded grouped codes/scales differ from "
+                                  "quantize_act_1x128_grouped of the padded BF16 rows";
+    }
+    std::printf("CHECK | rank %d %s: %lld rows received, %lld bad codes, %lld bad scales, %lld bad "
+                "padded | %s\n",
+                rank, label.c_str(), static_cast<long long>(received),
+                static_cast<long long>(bad_codes), static_cast<long long>(bad_scales),
+                static_cast<long long>(bad_padded),
+                bad_codes == 0 && bad_scales == 0 && bad_padded == 0 ? "ok" : "FAIL");
+  }
+
   std::unique_ptr<Communicator> host;
   std::unique_ptr<cuda::DeviceContext> ctx;  // outlives the NCCL communicator using its stream
   std::unique_ptr<Communicator> nccl;
@@ -261,6 +381,13 @@ TEST_F(GpuDispatch, DispatchCombineAndTheirBackwardsMoveEveryRow) {
 
 TEST_F(GpuDispatch, ARankWithoutTokensStillTakesPart) {
   run_case(128, true);
+}
+
+TEST_F(GpuDispatch, Fp8DispatchEqualsQuantizingTheBf16Rows) {
+  run_fp8_case(8, 3, 256, false, false);
+  run_fp8_case(4, 1, 128, false, false);
+  run_fp8_case(16, 6, 384, false, true);
+  run_fp8_case(8, 2, 256, true, false);  // the other ranks receive no rows
 }
 
 }  // namespace

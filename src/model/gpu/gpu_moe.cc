@@ -10,6 +10,8 @@
 #include "core/cuda_check.h"
 #include "core/error.h"
 #include "core/gpu_profiler.h"
+#include "kernels/gemm/gemm_cuda.h"
+#include "kernels/moe/fp8_rows.h"
 #include "kernels/moe/moe_cuda.h"
 #include "kernels/quant/quant.h"
 #include "kernels/swiglu/swiglu.h"
@@ -20,6 +22,57 @@ namespace frugal::gpu {
 namespace {
 
 thread_local Communicator* current_ep_comm = nullptr;
+
+// gate_up_proj's FP8 forward over rows that arrived quantized (GpuExpertDispatch::dispatch_fp8):
+// q [received, in] E4M3 and scales [in/128][received] (expert-major over the local experts) ->
+// gu [rows, out] over the tile-padded local layout (offsets.rows rows; pad_map [rows]: padded row
+// -> received row, -1 on padding rows). What the grouped GEMM reads is bit for bit what
+// GpuGroupedLinear's forward would quantize from the padded BF16 rows (the same quantizer ran on
+// the sender; codes 0 and the scale of a zero row on padding rows); only the scale layout changes
+// (grouped: expert g's scales [in/128][rows_g] at offsets[g]*in/128). The Wgrad cache (x_g^T in
+// 128x1 tiles, GpuGroupedLinear::Ctx) is quantized from the rows dequantized to fp32, as
+// DeepSeek-V3 does (the BF16 rows never reach this rank): the one place where the expert-parallel
+// fp8 path differs from the single-GPU one (gate_up's weight gradient, by FP8 rounding).
+void gate_up_forward_fp8_dispatched(cuda::DeviceContext& ctx, const GpuWeight& weight,
+                                    GpuGroupedLinear<bf16>::Ctx& c, const uint8_t* q,
+                                    const float* scales, int64_t received, const int32_t* pad_map,
+                                    const GroupOffsets& offsets, bf16* gu) {
+  const int64_t in = weight.in(), out = weight.out(), rows = offsets.rows,
+                tiles = in / kFp8BlockSize;
+  const cudaStream_t stream = ctx.stream;
+  FRUGAL_CHECK(weight.precision() == GemmPrecision::Fp8 && in % kFp8BlockSize == 0 &&
+                   rows % cuda::kFp8GroupRowAlign == 0 && rows >= received && received > 0,
+               "gate_up FP8 forward from dispatched rows: {} x {} weights, {} padded rows for {} "
+               "received",
+               out, in, rows, received);
+  c = {};
+  {
+    cuda::DeviceArray<uint8_t> q_padded(ctx, rows * in);        // [rows, in]
+    cuda::DeviceArray<float> scales_grouped(ctx, tiles * rows);  // per expert [tiles][rows_g]
+    cuda::gather_byte_rows(q_padded.data(), in, q, in, pad_map, rows, in, stream);
+    const float zero_row_scale = fp8_scale_from_amax(0.0f, kFp8PowerOfTwoScales);
+    for (int64_t g = 0; g < offsets.groups; ++g) {
+      const int64_t base = offsets.host[g], group_rows = offsets.host[g + 1] - base;
+      if (group_rows > 0)
+        cuda::gather_scales(scales_grouped.data() + base * tiles, 1, group_rows, scales, 1,
+                            received, pad_map + base, group_rows, tiles, zero_row_scale, stream);
+    }
+    cuda::grouped_gemm_fp8_nt(ctx.blas, offsets.groups, offsets.host, out, in, q_padded.data(),
+                              scales_grouped.data(), weight.fp8(), weight.fp8_scales(), gu,
+                              cuda::DataType::BF16, stream);  // [rows, out]
+  }
+  cuda::DeviceArray<float> x_padded(ctx, rows * in);  // [rows, in], zero padding rows
+  {
+    cuda::DeviceArray<float> x_received(ctx, received * in);  // [received, in]
+    cuda::dequantize_act_1x128<float>(x_received.data(), q, scales, received, in, stream);
+    cuda::permute_rows<float>(x_padded.data(), x_received.data(), pad_map, rows, 1, in, stream);
+  }
+  c.xT_q = cuda::DeviceArray<uint8_t>(ctx, rows * in);
+  c.xT_scales = cuda::DeviceArray<float>(ctx, rows / kFp8BlockSize * in);
+  cuda::transpose_quantize_1x128_grouped<float>(c.xT_q.data(), c.xT_scales.data(), x_padded.data(),
+                                                offsets.device, offsets.groups, rows, in,
+                                                kFp8PowerOfTwoScales, stream);
+}
 
 }  // namespace
 
@@ -376,14 +429,32 @@ void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, b
                                       cudaMemcpyHostToDevice, stream));
   }
   // The shared experts (y assigned) run beside the dispatch's exchange (gpu_expert_dispatch.h);
-  // every buffer the exchange touches (xp here) is allocated before it.
-  cuda::DeviceArray<T> xp(ctx, std::max<int64_t>(received, 1) * H);  // [received, hidden]
-  exchange.dispatch(xp.data(), x, [&] {
+  // every buffer the exchange touches (xp, or xq and its scales, here) is allocated before it.
+  // Under fp8 (BF16 activations, hidden a multiple of 128) the rows travel quantized (spec §5):
+  // xq [received, hidden] E4M3, xq_scales [hidden/128][received], fed to gate_up's FP8 GEMM as
+  // they are; otherwise BF16/fp32 rows (quantized here by the GEMM under fp8).
+  const auto shared_beside = [&] {
     if (!has_shared_) return;
     cuda::ScopedSection section(stream, "moe.shared.fwd");
     shared_.forward(ctx, c.shared, x, y, rows);  // [rows, hidden]
-  });
-  if (fp8 && received > 0) {  // [local_rows, hidden] tile-padded
+  };
+  bool fp8_dispatch = false;
+  cuda::DeviceArray<T> xp;
+  cuda::DeviceArray<uint8_t> xq;
+  cuda::DeviceArray<float> xq_scales;
+  if constexpr (std::is_same_v<T, bf16>) fp8_dispatch = fp8 && H % kFp8BlockSize == 0;
+  if (fp8_dispatch) {
+    if constexpr (std::is_same_v<T, bf16>) {
+      xq = cuda::DeviceArray<uint8_t>(ctx, std::max<int64_t>(received, 1) * H);
+      xq_scales =
+          cuda::DeviceArray<float>(ctx, std::max<int64_t>(received, 1) * (H / kFp8BlockSize));
+      exchange.dispatch_fp8(xq.data(), xq_scales.data(), x, kFp8PowerOfTwoScales, shared_beside);
+    }
+  } else {
+    xp = cuda::DeviceArray<T>(ctx, std::max<int64_t>(received, 1) * H);  // [received, hidden]
+    exchange.dispatch(xp.data(), x, shared_beside);
+  }
+  if (fp8 && !fp8_dispatch && received > 0) {  // [local_rows, hidden] tile-padded
     cuda::DeviceArray<T> padded(ctx, local_rows * H);
     cuda::permute_rows<T>(padded.data(), xp.data(), c.pad_map.data(), local_rows, 1, H, stream);
     xp = std::move(padded);
@@ -396,7 +467,17 @@ void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, b
     cuda::ScopedSection experts_section(stream, "moe.experts.fwd");
     const GroupOffsets offsets{c.host_offsets.data(), c.expert_offsets.data(), EL, local_rows};
     cuda::DeviceArray<T> gu(ctx, local_rows * 2 * I);  // [local_rows, 2*inter]
-    gate_up_.forward(ctx, c.gate_up, xp.data(), gu.data(), offsets);
+    if (fp8_dispatch) {
+      if constexpr (std::is_same_v<T, bf16>) {
+        gate_up_forward_fp8_dispatched(ctx, gate_up_.weight(), c.gate_up, xq.data(),
+                                       xq_scales.data(), received, c.pad_map.data(), offsets,
+                                       gu.data());
+        xq.reset();
+        xq_scales.reset();
+      }
+    } else {
+      gate_up_.forward(ctx, c.gate_up, xp.data(), gu.data(), offsets);
+    }
     cuda::DeviceArray<T> h(ctx, local_rows * I);  // [local_rows, inter]
     cuda::swiglu_fwd<T>(h.data(), gu.data(), gu.data() + I, local_rows, I, 2 * I, stream);
     cuda::DeviceArray<T> out(ctx, local_rows * H);  // [local_rows, hidden]

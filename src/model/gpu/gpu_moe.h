@@ -20,7 +20,10 @@
 // [r*E/ep, (r+1)*E/ep) (registered under their global names, so params() lists only those) and a
 // GpuExpertDispatch (parallel/gpu_expert_dispatch.h). Routing, the balance loss, the load count
 // (all E experts, this rank's tokens) and the shared experts are unchanged; the permuted rows go to
-// their experts' owners (payload T: fp32 under the fp32 recipe, BF16 otherwise), the local experts'
+// their experts' owners (payload T: fp32 under the fp32 recipe, BF16 under bf16; under fp8 with
+// FP8 experts E4M3 codes + 1x128 scales quantized by the sender, GpuExpertDispatch::dispatch_fp8,
+// fed to gate_up's FP8 grouped GEMM as they are, its Wgrad cache quantized from the dequantized
+// rows; combine and the backward stay BF16), the local experts'
 // grouped GEMMs run over the rows received from every EP rank (expert-major, sources in rank
 // order; under fp8 each local expert's rows are padded to the FP8 tile), and combine brings the
 // outputs back; the backward mirrors it. Every forward/backward is then collective over the EP
