@@ -21,6 +21,12 @@
 //     (the gradient norm alone by ~30%, a routing bias by 2 * gamma).
 // In both, every rank ends with bitwise the same weights and routing biases (NCCL hands every rank
 // the same sum), only dp rank 0 writes the checkpoint, and the log line names the ranks.
+// Each runs twice: the all-reduce path (train.gpu_zero1 = false: a whole optimizer on every rank)
+// and ZeRO-1 (train.gpu_zero1 = true, the default: parallel/gpu_zero1.h), with the same bounds
+// (ZeRO-1's norm is summed from the shards' norms, its AdamW is the same kernel on the same
+// summed gradients). ZeRO-1 also checks that a rank holds less than 0.6 of a whole replica's fp32
+// moments (2 ranks: about half), and that its checkpoints (moments gathered to dp rank 0) resume
+// bit for bit, like the all-reduce path's.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -44,20 +50,32 @@ class GpuDataParallel : public ::testing::Test {
 
   // Trains the data-parallel run (into par/) on every rank, then the single-GPU run (into ref/) on
   // rank 0, and compares them on rank 0.
-  void compare(const std::string& precision, const Tolerances& tol) {
+  // Returns this rank's optimizer state sizes.
+  OptimizerStateBytes compare(const std::string& precision, const Tolerances& tol, bool zero1) {
     SharedTempDir dir(*world);
     const std::vector<std::string> extra = {
         "train.device=cuda", "train.precision=" + precision, "train.micro_batch=2",
-        "train.batch_sequences=" + std::to_string(2 * ranks)};
+        "train.batch_sequences=" + std::to_string(2 * ranks),
+        std::string("train.gpu_zero1=") + (zero1 ? "true" : "false")};
     const std::string par = dir.path("par"), ref = dir.path("ref");
     const Config config = parallel_test_config(par, extra);
     Mesh mesh(*world, mesh_shape(ranks, config.train, config.model));
-    train_on_every_rank(config, mesh, *world, {std::to_string(ranks) + " ranks", "cuda:"},
-                        "the replicas' weights or routing biases differ after 3 steps");
+    OptimizerStateBytes bytes;
+    train_on_every_rank(config, mesh, *world,
+                        {std::to_string(ranks) + " ranks", "cuda:",
+                         zero1 ? "ZeRO-1" : "gradients all-reduced"},
+                        "the replicas' weights or routing biases differ after 3 steps", &bytes);
+    const std::string label = std::to_string(ranks) + " ranks" + (zero1 ? " ZeRO-1" : "");
     if (world->rank() == 0)
-      expect_matches_one_gpu(std::to_string(ranks) + " ranks", par,
-                             parallel_test_config(ref, extra), precision, tol);
+      expect_matches_one_gpu(label, par, parallel_test_config(ref, extra), precision, tol);
     world->barrier();
+    std::printf("CHECK rank %d, %s %s: optimizer state %lld bytes here, a whole fp32 replica's "
+                "moments %lld bytes (%.3f)\n",
+                world->rank(), precision.c_str(), zero1 ? "ZeRO-1" : "all-reduce",
+                static_cast<long long>(bytes.held),
+                static_cast<long long>(bytes.full_fp32_replica),
+                static_cast<double>(bytes.held) / static_cast<double>(bytes.full_fp32_replica));
+    return bytes;
   }
 
   std::unique_ptr<Communicator> world;
@@ -65,21 +83,47 @@ class GpuDataParallel : public ::testing::Test {
 };
 
 TEST_F(GpuDataParallel, Fp32EqualsOneGpuWithGradientAccumulation) {
-  compare("fp32", {1e-6, 1e-6, 1e-5, 1e-6, 1e-5});
+  const OptimizerStateBytes bytes = compare("fp32", {1e-6, 1e-6, 1e-5, 1e-6, 1e-5}, false);
+  // A whole replica (GpuAdamW pads each tensor's slice, so at least the unpadded size).
+  EXPECT_GE(bytes.held, bytes.full_fp32_replica);
 }
 
 TEST_F(GpuDataParallel, Bf16AgreesWithOneGpuWithinBf16Rounding) {
-  compare("bf16", {1e-3, 1e-4, 1e-3, 1e-2, 5e-2});
+  compare("bf16", {1e-3, 1e-4, 1e-3, 1e-2, 5e-2}, false);
 }
 
-// The checkpoint a data-parallel GPU run writes resumes (every rank reads it whole) and continues
-// like an uninterrupted run: 3 steps straight equal 2 steps, resume, 1 step, bit for bit (the same
-// ranks, the same kernels, the same sums).
-TEST_F(GpuDataParallel, ResumeContinuesBitForBit) {
+TEST_F(GpuDataParallel, Zero1Fp32EqualsOneGpuWithGradientAccumulation) {
+  const OptimizerStateBytes bytes = compare("fp32", {1e-6, 1e-6, 1e-5, 1e-6, 1e-5}, true);
+  if (ranks > 1) {
+    EXPECT_LT(static_cast<double>(bytes.held), 0.6 * static_cast<double>(bytes.full_fp32_replica))
+        << "ZeRO-1 on " << ranks << " ranks should hold about 1/" << ranks
+        << " of the optimizer state";
+  }
+  EXPECT_GT(bytes.held, 0);
+}
+
+TEST_F(GpuDataParallel, Zero1Bf16AgreesWithOneGpuWithinBf16Rounding) {
+  const OptimizerStateBytes bytes = compare("bf16", {1e-3, 1e-4, 1e-3, 1e-2, 5e-2}, true);
+  if (ranks > 1) {  // BF16 moments: a quarter of a whole fp32 replica's on 2 ranks
+    EXPECT_LT(static_cast<double>(bytes.held), 0.3 * static_cast<double>(bytes.full_fp32_replica));
+  }
+}
+
+// The checkpoint a data-parallel GPU run writes resumes (every rank reads it whole; under ZeRO-1
+// each rank uploads its shard of the moments) and continues like an uninterrupted run: 3 steps
+// straight equal 2 steps, resume, 1 step, bit for bit (the same ranks, the same kernels, the same
+// sums).
+class GpuDataParallelResume : public GpuDataParallel,
+                              public ::testing::WithParamInterface<bool> {};
+
+TEST_P(GpuDataParallelResume, ResumeContinuesBitForBit) {
+  const bool zero1 = GetParam();
+  std::printf("CHECK resume, %s\n", zero1 ? "ZeRO-1" : "all-reduce");
   SharedTempDir dir(*world);
   const std::vector<std::string> extra = {
       "train.device=cuda", "train.precision=fp32", "train.micro_batch=2",
-      "train.batch_sequences=" + std::to_string(2 * ranks), "train.save_every=2"};
+      "train.batch_sequences=" + std::to_string(2 * ranks), "train.save_every=2",
+      std::string("train.gpu_zero1=") + (zero1 ? "true" : "false")};
   const Config straight = parallel_test_config(dir.path("straight"), extra);
   Mesh mesh(*world, mesh_shape(ranks, straight.train, straight.model));
   train_run(straight, &mesh);
@@ -95,6 +139,11 @@ TEST_F(GpuDataParallel, ResumeContinuesBitForBit) {
                             "resuming did not restore the replicas' weights, moments or step count");
   world->barrier();
 }
+
+INSTANTIATE_TEST_SUITE_P(AllReduceAndZero1, GpuDataParallelResume, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? std::string("Zero1") : std::string("AllReduce");
+                         });
 
 }  // namespace
 }  // namespace frugal
