@@ -98,6 +98,7 @@ std::vector<Field> config_fields(Config& c) {
       {"train.pp", &t.pp},
       {"train.pp_schedule", &t.pp_schedule},
       {"train.ep", &t.ep},
+      {"train.gpu_zero1", &t.gpu_zero1},
       {"optim.lr", &c.optim.lr},
       {"optim.beta1", &c.optim.beta1},
       {"optim.beta2", &c.optim.beta2},

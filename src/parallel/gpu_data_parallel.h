@@ -19,6 +19,10 @@
 // stream; the communicator must have that stream as its input stream (set_input_stream), and each
 // of its operations returns complete, so the copies back are ordered after it.
 //
+// This is the GPU engine's all-reduce path (train.gpu_zero1 = false) and its expert_dp sums; the
+// default data parallelism is ZeRO-1 (parallel/gpu_zero1.h: reduce-scatter, sharded AdamW,
+// all-gather).
+//
 // Sums of two ranks are exact in any order (a + b); with more ranks NCCL's order (not rank order).
 // Only for builds with CUDA and NCCL (FRUGAL_HAVE_NCCL).
 #pragma once

@@ -51,8 +51,10 @@ double gpu_peak_flops(const std::string& device_name, int compute_capability, Re
 #include "model/gpu/gpu_transformer.h"
 #include "parallel/gpu_data_parallel.h"
 #include "parallel/gpu_expert_dispatch.h"
+#include "parallel/gpu_zero1.h"
 #include "parallel/mesh.h"
 #include "train/gpu_engine_kernels.h"
+#include "train/checkpoint.h"
 #include "train/gpu_optimizer.h"
 #ifdef FRUGAL_HAVE_NCCL
 #include "parallel/nccl_communicator.h"
@@ -121,6 +123,12 @@ OptimConfig local_optimizer_config(OptimConfig optim, const Mesh* mesh) {
   return optim;
 }
 
+// ZeRO-1 data parallelism (train.gpu_zero1, several ranks, no expert parallelism): the optimizer
+// state is sharded (GpuZero1Optimizer) instead of a whole GpuAdamW on every rank.
+bool uses_zero1(const Config& config, const Mesh* mesh) {
+  return mesh != nullptr && mesh->shape().ep == 1 && config.train.gpu_zero1;
+}
+
 class GpuEngine : public StepEngine {
  public:
   GpuEngine(const Config& config, const Mesh* mesh)
@@ -131,7 +139,10 @@ class GpuEngine : public StepEngine {
         host_(config.model),
         ep_comm_(make_ep_communicator(mesh, ctx_)),
         model_(ctx_, config.model, choice_.recipe, ep_comm_.get()),
-        optimizer_(ctx_, local_optimizer_config(config.optim, mesh), model_) {
+        optimizer_(uses_zero1(config, mesh) ? nullptr
+                                            : std::make_unique<gpu::GpuAdamW>(
+                                                  ctx_, local_optimizer_config(config.optim, mesh),
+                                                  model_)) {
     cudaDeviceProp properties{};
     FRUGAL_CUDA_CHECK(cudaGetDeviceProperties(&properties, ctx_.device));
     device_name_ = properties.name;
@@ -146,7 +157,13 @@ class GpuEngine : public StepEngine {
   std::string description() const override {
     std::string text = fmt::format("cuda:{} {} (sm_{}), {}", ctx_.device, device_name_,
                                    ctx_.compute_capability, recipe_name(choice_.recipe));
-    if (mesh_ != nullptr)
+    if (zero1_ != nullptr)
+      text += fmt::format(
+          ", {} ranks: {}, ZeRO-1: gradients reduce-scattered and weights all-gathered through "
+          "NCCL ({} buckets per step), optimizer state sharded ({} of {} elements here)",
+          mesh_->world().size(), describe(mesh_->shape()), zero1_->buckets(),
+          zero1_->shard_elements(), zero1_->total_elements());
+    else if (mesh_ != nullptr)
       text += fmt::format(", {} ranks: {}, gradients all-reduced through NCCL ({} collectives per "
                           "step)",
                           mesh_->world().size(), describe(mesh_->shape()),
@@ -182,6 +199,12 @@ class GpuEngine : public StepEngine {
       // every rank's bias update agrees; then the gradients.
       for (const gpu::DeviceLoadCounter& counter : model_.expert_load_counters())
         dp_comm_->all_reduce_sum(counter.counts, counter.experts, CommType::I64);
+      if (zero1_ != nullptr) {
+        zero1_->reduce_scatter();
+        host_model_current_ = host_optimizer_current_ = false;
+        const auto info = zero1_->step(lr);
+        return {info.grad_norm, info.skipped};
+      }
       reducer_->all_reduce();
       if (expert_reducer_ != nullptr) expert_reducer_->all_reduce();
     }
@@ -191,7 +214,7 @@ class GpuEngine : public StepEngine {
       log_overlap_stats();
       return expert_parallel_step(lr);
     }
-    const auto info = optimizer_.step(lr);
+    const auto info = optimizer_->step(lr);
     return {info.grad_norm, info.skipped};
   }
 
@@ -216,17 +239,20 @@ class GpuEngine : public StepEngine {
     return host_;
   }
 
-  // Expert-parallel: collective over the EP group, like host_model().
+  // Expert-parallel: collective over the EP group, like host_model(); ZeRO-1: collective over the
+  // dp group (the moment shards are all-gathered).
   AdamW<float>& host_optimizer() override {
     if (!host_optimizer_) {
       host_optimizer_ = std::make_unique<AdamW<float>>(config_.optim, host_.params());
       host_optimizer_current_ = false;
     }
     if (!host_optimizer_current_) {
-      if (ep_comm_ == nullptr) {
-        optimizer_.download(*host_optimizer_);
+      if (zero1_ != nullptr) {
+        zero1_->download(*host_optimizer_);
+      } else if (ep_comm_ == nullptr) {
+        optimizer_->download(*host_optimizer_);
       } else {
-        optimizer_.download(*local_optimizer_);
+        optimizer_->download(*local_optimizer_);
         share_experts_moments();
       }
       host_optimizer_current_ = true;
@@ -241,8 +267,10 @@ class GpuEngine : public StepEngine {
   void upload_host_state() override {
     if (host_model_current_) model_.upload(host_.params());  // the slice held here
     if (host_optimizer_ && host_optimizer_current_) {
-      if (ep_comm_ == nullptr) {
-        optimizer_.upload(*host_optimizer_);
+      if (zero1_ != nullptr) {
+        zero1_->upload(*host_optimizer_);  // this rank's shard
+      } else if (ep_comm_ == nullptr) {
+        optimizer_->upload(*host_optimizer_);
       } else {  // this rank's slice of the whole host optimizer
         std::unordered_map<std::string, const AdamW<float>::ParamState*> whole;
         for (const auto& state : host_optimizer_->state()) whole[state.name] = &state;
@@ -252,7 +280,7 @@ class GpuEngine : public StepEngine {
           local_optimizer_->set_state(state.name, it->second->m, it->second->v);
         }
         local_optimizer_->set_step_count(host_optimizer_->step_count());
-        optimizer_.upload(*local_optimizer_);
+        optimizer_->upload(*local_optimizer_);
       }
     }
     // Expert parallelism: the fp32 weights went up exactly, so a current host model stays current
@@ -267,12 +295,29 @@ class GpuEngine : public StepEngine {
   // Expert parallelism: every rank takes part in gathering the experts (collective), then dp rank
   // 0 alone returns the whole state.
   CheckpointState checkpoint_state() override {
-    if (ep_comm_ != nullptr) {
+    if (ep_comm_ != nullptr || zero1_ != nullptr) {  // collective reads on every rank
       host_model();
       host_optimizer();
     }
     if (mesh_ != nullptr && mesh_->coords().dp_rank != 0) return {};
     return {&host_model(), &host_optimizer()};
+  }
+
+  // ZeRO-1: straight into the host copies and up to this rank's shard (the default would first
+  // gather the moments that the checkpoint then replaces). Every rank loads (collective as before).
+  void load_checkpoint(const std::string& checkpoint_dir) override {
+    if (zero1_ == nullptr) return StepEngine::load_checkpoint(checkpoint_dir);
+    load_checkpoint_model(checkpoint_dir, host_model());
+    if (!host_optimizer_)
+      host_optimizer_ = std::make_unique<AdamW<float>>(config_.optim, host_.params());
+    load_checkpoint_optimizer(checkpoint_dir, *host_optimizer_);
+    host_optimizer_current_ = true;
+    upload_host_state();
+  }
+
+  // Device bytes of the optimizer moments held by this rank.
+  int64_t optimizer_state_bytes() const {
+    return zero1_ != nullptr ? zero1_->state_bytes() : optimizer_->state_bytes();
   }
 
   double flops_per_token(int64_t seq) const override { return host_.flops_per_token(seq); }
@@ -298,7 +343,12 @@ class GpuEngine : public StepEngine {
     for (const gpu::DeviceParam& p : model_.params())
       if (p.trainable && p.grad != nullptr && !(ep && routed_expert_of(p.name) >= 0))
         grads.push_back({p.grad, p.count});
-    reducer_ = std::make_unique<gpu::GradientAllReducer>(ctx_, *dp_comm_, std::move(grads));
+    if (uses_zero1(config_, mesh_))
+      zero1_ = std::make_unique<gpu::GpuZero1Optimizer>(
+          ctx_, config_.optim, model_.params(), choice_.recipe,
+          [this] { model_.weights_updated(); }, *dp_comm_, mesh_->dp());
+    else
+      reducer_ = std::make_unique<gpu::GradientAllReducer>(ctx_, *dp_comm_, std::move(grads));
 #endif
   }
 
@@ -404,7 +454,7 @@ class GpuEngine : public StepEngine {
     if (scale < 1.0f)  // over disjoint spans: a gradient array is scaled once
       for (const gpu::DeviceSpan& span : clip_spans_)
         cuda::scale_in_place(span.data, span.count, scale, ctx_.stream);
-    const auto info = optimizer_.step(lr);
+    const auto info = optimizer_->step(lr);
     FRUGAL_CHECK(!info.skipped,
                  "EP rank {}: the local AdamW skipped a step whose global gradient norm {} is "
                  "finite",
@@ -457,13 +507,14 @@ class GpuEngine : public StepEngine {
   Transformer<float> host_;
   std::unique_ptr<Communicator> ep_comm_;  // expert parallelism: NCCL over the EP group
   gpu::GpuTransformer model_;
-  gpu::GpuAdamW optimizer_;
+  std::unique_ptr<gpu::GpuAdamW> optimizer_;  // null under ZeRO-1 (zero1_)
   std::unique_ptr<AdamW<float>> host_optimizer_;  // made on first use (checkpoints)
   bool host_model_current_ = true;                // host_ holds what the device holds
   bool host_optimizer_current_ = false;
   std::string device_name_;
   std::unique_ptr<Communicator> dp_comm_;               // data parallelism only
   std::unique_ptr<gpu::GradientAllReducer> reducer_;  // (declared after ctx_: freed first)
+  std::unique_ptr<gpu::GpuZero1Optimizer> zero1_;      // ZeRO-1 instead of reducer_/optimizer_
   // Expert parallelism only (ep_comm_ is declared before model_, which uses it).
   std::unique_ptr<Communicator> expert_dp_comm_;             // expert_dp > 1
   std::unique_ptr<gpu::GradientAllReducer> expert_reducer_;  // expert_dp > 1
@@ -486,6 +537,13 @@ class GpuEngine : public StepEngine {
 
 std::unique_ptr<StepEngine> make_gpu_engine(const Config& config, const Mesh* mesh) {
   return std::make_unique<GpuEngine>(config, mesh);
+}
+
+int64_t gpu_optimizer_state_bytes(const StepEngine& engine) {
+  const auto* gpu = dynamic_cast<const GpuEngine*>(&engine);
+  FRUGAL_CHECK(gpu != nullptr, "gpu_optimizer_state_bytes: the engine is not the GPU engine ({})",
+               engine.description());
+  return gpu->optimizer_state_bytes();
 }
 
 }  // namespace frugal

@@ -8,8 +8,13 @@
 // every MoE layer's expert-load counters and then every dense gradient over the dp group through an
 // NCCL communicator bootstrapped from the mesh's dp group (parallel/gpu_data_parallel.h: in place,
 // small tensors bucketed), then runs GpuAdamW on every rank: the replicas make the same update and
-// stay bitwise equal. This is plain all-reduce data parallelism (every rank keeps the optimizer
-// state of what it holds), not ZeRO-1. The MFU peak is the whole job's.
+// stay bitwise equal. That is the all-reduce path (train.gpu_zero1 = false: every rank keeps the
+// whole optimizer state). By default (train.gpu_zero1 = true, ep = 1) the engine runs ZeRO-1
+// instead (parallel/gpu_zero1.h): the gradients are reduce-scattered in buckets, each rank keeps
+// and updates only its shard of the AdamW moments (about 1/dp of them), and the updated fp32
+// weights are all-gathered; host_optimizer() and checkpoint_state() are then collective over the
+// dp group (the moment shards are all-gathered) and loading a checkpoint uploads each rank's
+// shard. The MFU peak is the whole job's.
 //
 // Expert parallelism (train.ep > 1, EP groups inside dp, parallel/mesh.h): an NCCL communicator
 // over the mesh's ep group is made before the model, whose MoE layers then hold only this EP rank's
@@ -61,6 +66,11 @@ std::unique_ptr<StepEngine> make_gpu_engine(const Config& config, const Mesh* me
 //   H100 PCIe: 756 / 1513 / 51.
 // 0 (unknown) for other GPUs. `device_name` is cudaDeviceProp::name ("NVIDIA H200", ...).
 double gpu_peak_flops(const std::string& device_name, int compute_capability, Recipe recipe);
+
+// Device bytes of the optimizer moments held by this rank of a GPU engine (the whole model's under
+// the all-reduce path, about 1/dp of them under ZeRO-1). Throws for another engine. Builds with
+// the CUDA backend only.
+int64_t gpu_optimizer_state_bytes(const StepEngine& engine);
 
 constexpr double kH200DenseBf16Flops = 989e12;
 constexpr double kH200DenseFp8Flops = 1979e12;

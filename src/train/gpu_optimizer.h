@@ -75,6 +75,10 @@ class GpuAdamW {
   int64_t skipped_steps() const { return skipped_steps_; }
   bool bf16_moments() const { return bf16_moments_; }
   int64_t trainable_tensors() const { return static_cast<int64_t>(slots_.size()); }
+  // Device bytes of the moments (m and v of every trainable tensor, slices padded as above).
+  int64_t state_bytes() const {
+    return 2 * moment_elements_ * static_cast<int64_t>(bf16_moments_ ? 2 : 4);
+  }
 
   // Moments (as fp32) and the update count into / from a CPU AdamW built for the same model
   // (same trainable names and sizes in the same order; a mismatch is an error naming the tensor).

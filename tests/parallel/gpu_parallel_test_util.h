@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "parallel_test_util.h"
+#include "train/gpu_engine.h"
 
 namespace frugal::testing {
 
@@ -37,14 +38,29 @@ inline std::string missing_gpu_per_rank(int ranks) {
   return "";
 }
 
+// Device bytes of a GPU optimizer's moments: this rank's (gpu_optimizer_state_bytes) and those of
+// a whole fp32 replica (m and v of every trainable element of the model, no padding).
+struct OptimizerStateBytes {
+  int64_t held = 0;
+  int64_t full_fp32_replica = 0;
+};
+
 // Trains `config` (3 steps) on every rank of `mesh` and checks the run: the engine's description
 // holds every one of `description_parts`, no step is skipped, only dp rank 0 saves, and every rank
-// ends with the same whole host model (`diverged` says what it means if not).
+// ends with the same whole host model (`diverged` says what it means if not). `state_bytes`, when
+// given, receives the optimizer state sizes of this rank.
 inline void train_on_every_rank(const Config& config, const Mesh& mesh, Communicator& world,
                                 const std::vector<std::string>& description_parts,
-                                const std::string& diverged) {
+                                const std::string& diverged,
+                                OptimizerStateBytes* state_bytes = nullptr) {
   SyntheticSources data(config);
   Trainer trainer(config, data.train, &data.val, true, &mesh);
+  if (state_bytes != nullptr) {
+    state_bytes->held = gpu_optimizer_state_bytes(trainer.engine());
+    state_bytes->full_fp32_replica = 0;
+    for (const auto& p : trainer.model().params().all())
+      if (p->trainable) state_bytes->full_fp32_replica += 2 * p->numel() * int64_t{4};
+  }
   const std::string description = trainer.engine().description();
   for (const std::string& part : description_parts)
     EXPECT_NE(description.find(part), std::string::npos)

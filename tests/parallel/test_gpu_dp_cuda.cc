@@ -21,12 +21,26 @@
 //     (the gradient norm alone by ~30%, a routing bias by 2 * gamma).
 // In both, every rank ends with bitwise the same weights and routing biases (NCCL hands every rank
 // the same sum), only dp rank 0 writes the checkpoint, and the log line names the ranks.
+// Each runs twice: the all-reduce path (train.gpu_zero1 = false: a whole optimizer on every rank)
+// and ZeRO-1 (train.gpu_zero1 = true, the default: parallel/gpu_zero1.h), with the same bounds
+// (ZeRO-1's norm is summed from the shards' norms, its AdamW is the same kernel on the same
+// summed gradients). ZeRO-1 also checks that a rank holds less than 0.6 of a whole replica's fp32
+// moments (2 ranks: about half), and that its checkpoints (moments gathered to dp rank 0) resume
+// bit for bit, like the all-reduce path's.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <functional>
+#include <random>
 
+#include "core/device_context.h"
 #include "gpu_parallel_test_util.h"
+#include "parallel/gpu_zero1.h"
+#include "parallel/nccl_communicator.h"
+#include "train/gpu_optimizer.h"
 
 namespace frugal {
 namespace {
@@ -44,20 +58,32 @@ class GpuDataParallel : public ::testing::Test {
 
   // Trains the data-parallel run (into par/) on every rank, then the single-GPU run (into ref/) on
   // rank 0, and compares them on rank 0.
-  void compare(const std::string& precision, const Tolerances& tol) {
+  // Returns this rank's optimizer state sizes.
+  OptimizerStateBytes compare(const std::string& precision, const Tolerances& tol, bool zero1) {
     SharedTempDir dir(*world);
     const std::vector<std::string> extra = {
         "train.device=cuda", "train.precision=" + precision, "train.micro_batch=2",
-        "train.batch_sequences=" + std::to_string(2 * ranks)};
+        "train.batch_sequences=" + std::to_string(2 * ranks),
+        std::string("train.gpu_zero1=") + (zero1 ? "true" : "false")};
     const std::string par = dir.path("par"), ref = dir.path("ref");
     const Config config = parallel_test_config(par, extra);
     Mesh mesh(*world, mesh_shape(ranks, config.train, config.model));
-    train_on_every_rank(config, mesh, *world, {std::to_string(ranks) + " ranks", "cuda:"},
-                        "the replicas' weights or routing biases differ after 3 steps");
+    OptimizerStateBytes bytes;
+    train_on_every_rank(config, mesh, *world,
+                        {std::to_string(ranks) + " ranks", "cuda:",
+                         zero1 ? "ZeRO-1" : "gradients all-reduced"},
+                        "the replicas' weights or routing biases differ after 3 steps", &bytes);
+    const std::string label = std::to_string(ranks) + " ranks" + (zero1 ? " ZeRO-1" : "");
     if (world->rank() == 0)
-      expect_matches_one_gpu(std::to_string(ranks) + " ranks", par,
-                             parallel_test_config(ref, extra), precision, tol);
+      expect_matches_one_gpu(label, par, parallel_test_config(ref, extra), precision, tol);
     world->barrier();
+    std::printf("CHECK rank %d, %s %s: optimizer state %lld bytes here, a whole fp32 replica's "
+                "moments %lld bytes (%.3f)\n",
+                world->rank(), precision.c_str(), zero1 ? "ZeRO-1" : "all-reduce",
+                static_cast<long long>(bytes.held),
+                static_cast<long long>(bytes.full_fp32_replica),
+                static_cast<double>(bytes.held) / static_cast<double>(bytes.full_fp32_replica));
+    return bytes;
   }
 
   std::unique_ptr<Communicator> world;
@@ -65,21 +91,47 @@ class GpuDataParallel : public ::testing::Test {
 };
 
 TEST_F(GpuDataParallel, Fp32EqualsOneGpuWithGradientAccumulation) {
-  compare("fp32", {1e-6, 1e-6, 1e-5, 1e-6, 1e-5});
+  const OptimizerStateBytes bytes = compare("fp32", {1e-6, 1e-6, 1e-5, 1e-6, 1e-5}, false);
+  // A whole replica (GpuAdamW pads each tensor's slice, so at least the unpadded size).
+  EXPECT_GE(bytes.held, bytes.full_fp32_replica);
 }
 
 TEST_F(GpuDataParallel, Bf16AgreesWithOneGpuWithinBf16Rounding) {
-  compare("bf16", {1e-3, 1e-4, 1e-3, 1e-2, 5e-2});
+  compare("bf16", {1e-3, 1e-4, 1e-3, 1e-2, 5e-2}, false);
 }
 
-// The checkpoint a data-parallel GPU run writes resumes (every rank reads it whole) and continues
-// like an uninterrupted run: 3 steps straight equal 2 steps, resume, 1 step, bit for bit (the same
-// ranks, the same kernels, the same sums).
-TEST_F(GpuDataParallel, ResumeContinuesBitForBit) {
+TEST_F(GpuDataParallel, Zero1Fp32EqualsOneGpuWithGradientAccumulation) {
+  const OptimizerStateBytes bytes = compare("fp32", {1e-6, 1e-6, 1e-5, 1e-6, 1e-5}, true);
+  if (ranks > 1) {
+    EXPECT_LT(static_cast<double>(bytes.held), 0.6 * static_cast<double>(bytes.full_fp32_replica))
+        << "ZeRO-1 on " << ranks << " ranks should hold about 1/" << ranks
+        << " of the optimizer state";
+  }
+  EXPECT_GT(bytes.held, 0);
+}
+
+TEST_F(GpuDataParallel, Zero1Bf16AgreesWithOneGpuWithinBf16Rounding) {
+  const OptimizerStateBytes bytes = compare("bf16", {1e-3, 1e-4, 1e-3, 1e-2, 5e-2}, true);
+  if (ranks > 1) {  // BF16 moments: a quarter of a whole fp32 replica's on 2 ranks
+    EXPECT_LT(static_cast<double>(bytes.held), 0.3 * static_cast<double>(bytes.full_fp32_replica));
+  }
+}
+
+// The checkpoint a data-parallel GPU run writes resumes (every rank reads it whole; under ZeRO-1
+// each rank uploads its shard of the moments) and continues like an uninterrupted run: 3 steps
+// straight equal 2 steps, resume, 1 step, bit for bit (the same ranks, the same kernels, the same
+// sums).
+class GpuDataParallelResume : public GpuDataParallel,
+                              public ::testing::WithParamInterface<bool> {};
+
+TEST_P(GpuDataParallelResume, ResumeContinuesBitForBit) {
+  const bool zero1 = GetParam();
+  std::printf("CHECK resume, %s\n", zero1 ? "ZeRO-1" : "all-reduce");
   SharedTempDir dir(*world);
   const std::vector<std::string> extra = {
       "train.device=cuda", "train.precision=fp32", "train.micro_batch=2",
-      "train.batch_sequences=" + std::to_string(2 * ranks), "train.save_every=2"};
+      "train.batch_sequences=" + std::to_string(2 * ranks), "train.save_every=2",
+      std::string("train.gpu_zero1=") + (zero1 ? "true" : "false")};
   const Config straight = parallel_test_config(dir.path("straight"), extra);
   Mesh mesh(*world, mesh_shape(ranks, straight.train, straight.model));
   train_run(straight, &mesh);
@@ -95,6 +147,211 @@ TEST_F(GpuDataParallel, ResumeContinuesBitForBit) {
                             "resuming did not restore the replicas' weights, moments or step count");
   world->barrier();
 }
+
+// GpuZero1Optimizer alone against GpuAdamW on the summed gradients (every rank runs the reference
+// itself): tensors of odd sizes with a buffer among them, 64-element buckets (so tensors are cut at
+// bucket and shard boundaries), weight decay on some tensors, gradients large enough that the clip
+// is active; 3 steps, then a step with a NaN gradient on the last rank that every rank skips, the
+// moments gathered into a host AdamW, and a second ZeRO-1 optimizer loaded from them that then
+// steps exactly like the first. fp32 and BF16 moments.
+struct DeviceTensor {
+  cuda::DeviceArray<float> value, grad;
+};
+
+// Both wait for every stream first (the optimizers' work runs on the context's stream).
+std::vector<float> download(const cuda::DeviceContext& ctx, const float* data, int64_t count) {
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> out(static_cast<size_t>(count));
+  EXPECT_EQ(cudaMemcpy(out.data(), data, out.size() * sizeof(float), cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  (void)ctx;
+  return out;
+}
+
+void upload(float* data, const std::vector<float>& values) {
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(data, values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice),
+            cudaSuccess);
+}
+
+// max |a - b| / max |b|
+double max_deviation(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0, scale = 1e-30;
+  for (size_t i = 0; i < b.size(); ++i) scale = std::max(scale, std::fabs(double(b[i])));
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::fabs(double(a[i]) - double(b[i]));
+    worst = std::isnan(d) ? INFINITY : std::max(worst, d);
+  }
+  return worst / scale;
+}
+
+TEST_F(GpuDataParallel, Zero1OptimizerMatchesGpuAdamWWithSmallBuckets) {
+  const int rank = world->rank();
+  struct Spec {
+    const char* name;
+    int64_t count;
+    ParamKind kind;
+  };
+  const std::vector<Spec> specs = {
+      {"a.weight", 37, ParamKind::Matrix}, {"b.norm", 130, ParamKind::Norm},
+      {"c.bias", 9, ParamKind::Buffer},    {"d.weight", 1, ParamKind::Matrix},
+      {"e.weight", 257, ParamKind::Matrix}, {"f.norm", 64, ParamKind::Norm},
+      {"g.weight", 5, ParamKind::Matrix}};
+  OptimConfig optim;
+  optim.lr = 1e-2;
+  optim.weight_decay = 0.1;
+  optim.grad_clip = 1.0;
+  ParamStore<float> store;  // names and shapes for the host AdamW
+  for (const Spec& spec : specs) store.add(spec.name, {spec.count}, spec.kind);
+
+  for (const Recipe recipe : {Recipe::Fp32, Recipe::Bf16}) {
+    const bool fp32 = recipe == Recipe::Fp32;
+    const double value_tol = fp32 ? 1e-6 : 1e-4, moment_tol = fp32 ? 1e-5 : 2e-2;
+    cuda::DeviceContext ctx(rank);
+    std::unique_ptr<Communicator> nccl = make_nccl_communicator(*world, rank);
+    set_input_stream(*nccl, ctx.stream);
+    // Three models of the same tensors: ZeRO-1 (z), its reloaded twin (t), the reference (r).
+    std::vector<DeviceTensor> z, t, r;
+    std::vector<gpu::DeviceParam> zp, tp, rp;
+    for (auto* set : {&z, &t, &r})
+      for (const Spec& spec : specs)
+        set->push_back({cuda::DeviceArray<float>(ctx, spec.count),
+                        cuda::DeviceArray<float>(ctx, spec.count)});
+    for (auto [set, params] : {std::pair{&z, &zp}, std::pair{&t, &tp}, std::pair{&r, &rp}})
+      for (size_t i = 0; i < specs.size(); ++i) {
+        gpu::DeviceParam p;
+        p.name = specs[i].name;
+        p.shape = {specs[i].count};
+        p.count = specs[i].count;
+        p.kind = specs[i].kind;
+        p.trainable = specs[i].kind != ParamKind::Buffer;
+        p.weight_decay = specs[i].kind == ParamKind::Matrix;
+        p.value = (*set)[i].value.data();
+        p.grad = p.trainable ? (*set)[i].grad.data() : nullptr;
+        params->push_back(p);
+      }
+    for (size_t i = 0; i < specs.size(); ++i) {
+      std::mt19937 gen(100 + static_cast<unsigned>(i));
+      std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+      std::vector<float> init(static_cast<size_t>(specs[i].count));
+      for (float& x : init) x = uniform(gen);
+      upload(z[i].value.data(), init);
+      upload(r[i].value.data(), init);
+    }
+    int z_refreshes = 0;
+    gpu::GpuZero1Optimizer zero1(ctx, optim, zp, recipe, [&z_refreshes] { ++z_refreshes; }, *nccl,
+                                 *world, 64);
+    gpu::GpuAdamW reference(ctx, optim, rp, recipe, [] {});
+    std::printf("CHECK zero1 unit, %s moments, rank %d: %lld buckets, shard %lld of %lld "
+                "elements, state %lld bytes (GpuAdamW %lld)\n",
+                fp32 ? "fp32" : "bf16", rank, static_cast<long long>(zero1.buckets()),
+                static_cast<long long>(zero1.shard_elements()),
+                static_cast<long long>(zero1.total_elements()),
+                static_cast<long long>(zero1.state_bytes()),
+                static_cast<long long>(reference.state_bytes()));
+    EXPECT_GE(zero1.buckets(), 2);
+    EXPECT_EQ(zero1.total_elements(), 37 + 130 + 1 + 257 + 64 + 5);
+    if (world->size() > 1) {
+      EXPECT_LT(zero1.state_bytes(), reference.state_bytes());
+    }
+
+    // Rank `from`'s gradient of tensor i at step s (every rank can make every rank's).
+    auto gradient = [&](int from, int s, size_t i) {
+      std::mt19937 gen(1000 * s + 10 * from + static_cast<unsigned>(i));
+      std::normal_distribution<float> normal(0.0f, 3.0f);
+      std::vector<float> g(static_cast<size_t>(specs[i].count));
+      for (float& x : g) x = normal(gen);
+      return g;
+    };
+    auto set_gradients = [&](std::vector<DeviceTensor>& own, int s, bool poison) {
+      for (size_t i = 0; i < specs.size(); ++i) {
+        if (specs[i].kind == ParamKind::Buffer) continue;
+        std::vector<float> mine = gradient(rank, s, i), sum = gradient(0, s, i);
+        for (int from = 1; from < world->size(); ++from) {
+          const std::vector<float> g = gradient(from, s, i);
+          for (size_t k = 0; k < sum.size(); ++k) sum[k] += g[k];
+        }
+        if (poison && specs[i].count == 257) {
+          sum[3] = NAN;
+          if (rank == world->size() - 1) mine[3] = NAN;
+        }
+        upload(own[i].grad.data(), mine);
+        upload(r[i].grad.data(), sum);
+      }
+    };
+    auto compare_values = [&](const std::vector<DeviceTensor>& a, const char* what, int s) {
+      for (size_t i = 0; i < specs.size(); ++i) {
+        const double dev = max_deviation(download(ctx, a[i].value.data(), specs[i].count),
+                                         download(ctx, r[i].value.data(), specs[i].count));
+        EXPECT_LE(dev, value_tol) << what << " " << specs[i].name << " after step " << s;
+      }
+    };
+    for (int s = 1; s <= 3; ++s) {
+      set_gradients(z, s, false);
+      zero1.reduce_scatter();
+      const auto info = zero1.step(1e-2);
+      const auto ref = reference.step(1e-2);
+      EXPECT_FALSE(info.skipped);
+      EXPECT_NEAR(info.grad_norm, ref.grad_norm, 1e-6 * ref.grad_norm) << "step " << s;
+      EXPECT_LT(info.clip_scale, 1.0) << "the test means the clip to be active";
+      EXPECT_NEAR(info.clip_scale, ref.clip_scale, 1e-6 * ref.clip_scale);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      compare_values(z, "ZeRO-1", s);
+      if (s == 3)
+        std::printf("CHECK zero1 unit, %s, rank %d, step 3: norm %.9g vs %.9g (GpuAdamW)\n",
+                    fp32 ? "fp32" : "bf16", rank, info.grad_norm, ref.grad_norm);
+    }
+    EXPECT_EQ(z_refreshes, 3);
+    // A NaN in the last rank's gradient: every rank skips, nothing changes.
+    std::vector<std::vector<float>> before;
+    for (size_t i = 0; i < specs.size(); ++i)
+      before.push_back(download(ctx, z[i].value.data(), specs[i].count));
+    set_gradients(z, 4, true);
+    zero1.reduce_scatter();
+    const auto skipped = zero1.step(1e-2);
+    EXPECT_TRUE(skipped.skipped) << "rank " << rank;
+    EXPECT_TRUE(reference.step(1e-2).skipped);
+    EXPECT_EQ(zero1.step_count(), 3);
+    EXPECT_EQ(zero1.skipped_steps(), 1);
+    EXPECT_EQ(z_refreshes, 3);
+    for (size_t i = 0; i < specs.size(); ++i)
+      EXPECT_EQ(download(ctx, z[i].value.data(), specs[i].count), before[i])
+          << specs[i].name << " changed in a skipped step";
+
+    // The moments, gathered into a host AdamW, against the reference's.
+    AdamW<float> gathered(optim, store), expected(optim, store);
+    zero1.download(gathered);
+    reference.download(expected);
+    EXPECT_EQ(gathered.step_count(), 3);
+    for (size_t k = 0; k < gathered.state().size(); ++k) {
+      EXPECT_LE(max_deviation(gathered.state()[k].m, expected.state()[k].m), moment_tol)
+          << "m of " << gathered.state()[k].name;
+      EXPECT_LE(max_deviation(gathered.state()[k].v, expected.state()[k].v), moment_tol)
+          << "v of " << gathered.state()[k].name;
+    }
+    // A twin loaded from the gathered state (each rank its shard) steps exactly like ZeRO-1.
+    for (size_t i = 0; i < specs.size(); ++i) upload(t[i].value.data(), before[i]);
+    gpu::GpuZero1Optimizer twin(ctx, optim, tp, recipe, [] {}, *nccl, *world, 64);
+    twin.upload(gathered);
+    EXPECT_EQ(twin.step_count(), 3);
+    set_gradients(z, 5, false);
+    set_gradients(t, 5, false);
+    zero1.reduce_scatter();
+    zero1.step(1e-2);
+    twin.reduce_scatter();
+    twin.step(1e-2);
+    for (size_t i = 0; i < specs.size(); ++i)
+      EXPECT_EQ(download(ctx, t[i].value.data(), specs[i].count),
+                download(ctx, z[i].value.data(), specs[i].count))
+          << specs[i].name << ": the reloaded optimizer stepped differently";
+    world->barrier();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllReduceAndZero1, GpuDataParallelResume, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? std::string("Zero1") : std::string("AllReduce");
+                         });
 
 }  // namespace
 }  // namespace frugal
