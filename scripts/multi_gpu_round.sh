@@ -7,7 +7,7 @@
 # all-to-all overlap on and off (FRUGAL_EP_OVERLAP=0), printing the "overlap" lines too; then the
 # GPU pipeline benchmark (bench_pipeline_gpu: bf16, DualPipeV and 1F1B, 8 micro-batches of
 # 4 x 4096, 4 steps, against one GPU).
-# MULTI_GPU_PARTS (default "tests dispatch train overlap pipeline") picks the parts to run,
+# MULTI_GPU_PARTS (default "tests dispatch train zero1 fp8ep overlap pipeline") picks the parts,
 # MULTI_GPU_TESTS (names separated by spaces) the test programs.
 #
 #   scripts/multi_gpu_round.sh [--ranks N] [--data DIR] [--steps S]
@@ -45,7 +45,7 @@ ninja -C "$build" -j"$(nproc)" frugal test_parallel_nccl_cuda test_parallel_gpu_
 mpi=(mpirun --allow-run-as-root --oversubscribe -np "$ranks" -x NCCL_NVLS_ENABLE=0
      -x OMP_NUM_THREADS=4)
 failures=0
-parts=" ${MULTI_GPU_PARTS:-tests dispatch train overlap pipeline} "
+parts=" ${MULTI_GPU_PARTS:-tests dispatch train zero1 fp8ep overlap pipeline} "
 part() { [[ "$parts" == *" $1 "* ]]; }
 tests=(test_parallel_nccl_cuda test_parallel_gpu_dp_cuda test_parallel_gpu_ep_cuda
        test_parallel_gpu_ep_overlap_cuda test_parallel_gpu_dispatch_cuda test_parallel_gpu_pipeline_cuda)
@@ -84,6 +84,28 @@ if [ -f "$train_text" ]; then
     timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.ep="$ranks" \
       --train.out_dir=/tmp/mgE > "$logs/train_${ranks}gpu_ep.log" 2>&1
     grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu_ep.log" | tail -n 6
+  fi
+  # ZeRO-1 (the default) against the all-reduce path with a full optimizer copy per rank.
+  for zero1 in true false; do
+    part zero1 || continue
+    echo "== bench-1b, bf16, same global batch: $ranks GPUs (data parallel, train.gpu_zero1=$zero1)"
+    rm -rf /tmp/mgZ
+    timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.gpu_zero1="$zero1" \
+      --train.out_dir=/tmp/mgZ > "$logs/train_${ranks}gpu_zero1_$zero1.log" 2>&1
+    grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu_zero1_$zero1.log" | tail -n 6
+  done
+  # The fp8 recipe under expert parallelism (FP8 dispatch payload), and on one GPU.
+  if part fp8ep; then
+    fp8=("${common[@]/--train.precision=bf16/--train.precision=fp8}")
+    echo "== bench-1b, fp8, global batch $((8 * ranks)) x 4096: 1 GPU"
+    rm -rf /tmp/mgF1 /tmp/mgFE
+    timeout 400 "$build/frugal" train "${fp8[@]}" --train.out_dir=/tmp/mgF1 \
+      > "$logs/train_1gpu_fp8.log" 2>&1
+    grep -E "^step|rror" "$logs/train_1gpu_fp8.log" | tail -n 4
+    echo "== bench-1b, fp8, same global batch: $ranks GPUs (expert parallel, ep $ranks)"
+    timeout 400 "${mpi[@]}" "$build/frugal" train "${fp8[@]}" --train.ep="$ranks" \
+      --train.out_dir=/tmp/mgFE > "$logs/train_${ranks}gpu_ep_fp8.log" 2>&1
+    grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu_ep_fp8.log" | tail -n 6
   fi
   # The EP all-to-alls beside the computation (gpu_expert_dispatch.h): tokens/s and the measured
   # fraction of all-to-all time hidden under the compute stream's work, overlap on, then off.
