@@ -10,8 +10,10 @@
 // per-expert counts exchanged, one host sync, the reorder indices); dispatch = permute + all-to-
 // all-v + reorder; combine = reorder + all-to-all-v + weighted sum; dispatch (FP8 + scales) =
 // dispatch_fp8 (permute, 1x128 quantization, all-to-all-v of E4M3 codes + fp32 scales records,
-// reorder), its GB/s from the record bytes actually sent (fp8_record_bytes() per row). Prints one table row per op and
-// rank (rank 0 prints); writes JSON to argv[1] when given.
+// reorder), its GB/s from the record bytes actually sent (fp8_record_bytes() per row). Prints one
+// table row per op and rank (rank 0 prints); writes JSON to argv[1] when given.
+#include "mpi_bench_main.h"
+
 #if defined(FRUGAL_HAVE_CUDA) && defined(FRUGAL_HAVE_NCCL) && defined(FRUGAL_HAVE_MPI)
 
 #include <cuda_bf16.h>
@@ -188,26 +190,12 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  mpi_init(&argc, &argv);
-  int status = 0;
-  try {
-    status = run(argc, argv);
-  } catch (const std::exception& e) {
-    // A failure on one rank would leave the others waiting in a collective: end them all.
-    mpi_world_communicator()->abort(std::string("bench_dispatch_cuda: ") + e.what());
-  }
-  mpi_finalize();
-  return status;
-}
-
-#else  // a build without CUDA, NCCL or MPI still compiles every bench/*.cc
-
-#include <cstdio>
-
-int main() {
-  std::fprintf(stderr, "bench_dispatch_cuda: this build lacks CUDA, NCCL or MPI\n");
-  return 1;
-}
-
 #endif
+
+int main(int argc, char** argv) {
+#if defined(FRUGAL_HAVE_CUDA) && defined(FRUGAL_HAVE_NCCL) && defined(FRUGAL_HAVE_MPI)
+  return frugal::mpi_bench_main("bench_dispatch_cuda", run, argc, argv);
+#else
+  return frugal::mpi_bench_main("bench_dispatch_cuda", nullptr, argc, argv);
+#endif
+}

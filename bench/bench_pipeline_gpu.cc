@@ -14,6 +14,8 @@
 // synchronized step; the pipeline's is the slowest rank's) and tokens/s of both. The GPU stage's
 // backward makes the weight gradients with the input gradients, so the W steps of ZB1P/DualPipe
 // do not fill bubbles yet (see gpu_pipeline_runner.h). Writes the table as JSON with --json.
+#include "mpi_bench_main.h"
+
 #if defined(FRUGAL_HAVE_CUDA) && defined(FRUGAL_HAVE_NCCL) && defined(FRUGAL_HAVE_MPI)
 
 #include <cuda_runtime.h>
@@ -262,26 +264,12 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  mpi_init(&argc, &argv);
-  int status = 0;
-  try {
-    status = run(argc, argv);
-  } catch (const std::exception& e) {
-    // A failure on one rank would leave the others waiting in a collective: end them all.
-    mpi_world_communicator()->abort(std::string("bench_pipeline_gpu: ") + e.what());
-  }
-  mpi_finalize();
-  return status;
-}
-
-#else  // a build without CUDA, NCCL or MPI still compiles every bench/*.cc
-
-#include <cstdio>
-
-int main() {
-  std::fprintf(stderr, "bench_pipeline_gpu: this build lacks CUDA, NCCL or MPI\n");
-  return 1;
-}
-
 #endif
+
+int main(int argc, char** argv) {
+#if defined(FRUGAL_HAVE_CUDA) && defined(FRUGAL_HAVE_NCCL) && defined(FRUGAL_HAVE_MPI)
+  return frugal::mpi_bench_main("bench_pipeline_gpu", run, argc, argv);
+#else
+  return frugal::mpi_bench_main("bench_pipeline_gpu", nullptr, argc, argv);
+#endif
+}
