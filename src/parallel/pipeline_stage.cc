@@ -35,6 +35,31 @@ Losses finish_losses(const StageLosses& all, const LossWeights& weights, int64_t
   return losses;
 }
 
+namespace {
+
+// The layer index of a MoE name "model.layers.{i}.mlp".
+int64_t moe_layer_index(const std::string& name) {
+  const std::string prefix = "model.layers.";
+  FRUGAL_CHECK(name.rfind(prefix, 0) == 0, "unexpected MoE layer name {}", name);
+  return std::stoll(name.substr(prefix.size()));
+}
+
+}  // namespace
+
+std::vector<size_t> stage_moe_layers(const std::vector<std::string>& moe_layer_names,
+                                     int64_t layer_begin, int64_t layer_end, bool last,
+                                     int64_t main_layers) {
+  std::vector<size_t> held;
+  for (size_t j = 0; j < moe_layer_names.size(); ++j) {
+    const int64_t index = moe_layer_index(moe_layer_names[j]);
+    if (index >= layer_begin && index < layer_end) held.push_back(j);
+  }
+  if (last)
+    for (size_t j = 0; j < moe_layer_names.size(); ++j)
+      if (moe_layer_index(moe_layer_names[j]) >= main_layers) held.push_back(j);
+  return held;
+}
+
 template <class T>
 PipelineStage<T>::PipelineStage(ParamStore<T>& store, const ModelConfig& cfg, int stage,
                                 int stages, ExpertShard experts)

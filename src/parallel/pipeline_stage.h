@@ -20,6 +20,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -42,6 +43,14 @@ struct StageLosses {
   double tokens = 0;   // valid main targets
 };
 Losses finish_losses(const StageLosses& all_stages, const LossWeights& weights, int64_t mtp_depth);
+
+// The MoE layers a stage holds, as indices into the whole model's MoE layers `moe_layer_names`
+// (Transformer order, names "model.layers.{i}.mlp"): its main layers in [layer_begin, layer_end),
+// then, on the last stage, the MTP modules' (layers >= main_layers). The stage's own MoE layer
+// lists (moe_layers(), expert_load_counters()) are in this order.
+std::vector<size_t> stage_moe_layers(const std::vector<std::string>& moe_layer_names,
+                                     int64_t layer_begin, int64_t layer_end, bool last,
+                                     int64_t main_layers);
 
 template <class T>
 class PipelineStage {

@@ -76,13 +76,6 @@ pipeline::Schedule gpu_pipeline_schedule(const Config& config, const Mesh& mesh)
   }
 }
 
-// The layer index of a MoE name "model.layers.{i}.mlp".
-int64_t moe_layer_index(const std::string& name) {
-  const std::string prefix = "model.layers.";
-  FRUGAL_CHECK(name.rfind(prefix, 0) == 0, "unexpected MoE layer name {}", name);
-  return std::stoll(name.substr(prefix.size()));
-}
-
 class GpuPipelineEngine : public StepEngine {
  public:
   GpuPipelineEngine(const Config& config, const Mesh& mesh)
@@ -159,6 +152,8 @@ class GpuPipelineEngine : public StepEngine {
   std::vector<ExpertLoad> expert_load() override {
     const std::vector<MoE<float>*> all_layers = host_.moe_layers();
     const std::vector<ExpertLoad> names = host_.expert_load();
+    std::vector<std::string> layer_names;
+    for (const ExpertLoad& load : names) layer_names.push_back(load.layer);
     std::vector<int64_t> offsets(all_layers.size() + 1, 0);
     for (size_t j = 0; j < all_layers.size(); ++j)
       offsets[j + 1] = offsets[j] + static_cast<int64_t>(all_layers[j]->expert_load().size());
@@ -166,14 +161,9 @@ class GpuPipelineEngine : public StepEngine {
     const int64_t main_layers = config_.model.num_hidden_layers;
     ctx_.synchronize();
     for (const auto& st : runner_->stages()) {
-      std::vector<size_t> global;  // the stage's MoE layers as indices of all_layers
-      for (size_t j = 0; j < names.size(); ++j) {
-        const int64_t index = moe_layer_index(names[j].layer);
-        if (index >= st->layer_begin() && index < st->layer_end()) global.push_back(j);
-      }
-      if (st->last())
-        for (size_t j = 0; j < names.size(); ++j)
-          if (moe_layer_index(names[j].layer) >= main_layers) global.push_back(j);
+      // The stage's MoE layers as indices of all_layers.
+      const std::vector<size_t> global = stage_moe_layers(
+          layer_names, st->layer_begin(), st->layer_end(), st->last(), main_layers);
       const std::vector<gpu::DeviceLoadCounter> counters = st->expert_load_counters();
       FRUGAL_CHECK(counters.size() == global.size(),
                    "stage {}: {} MoE load counters, the model has {} MoE layers there", st->stage(),

@@ -17,13 +17,6 @@ namespace frugal {
 
 namespace {
 
-// The layer index of a MoE name "model.layers.{i}.mlp".
-int64_t moe_layer_index(const std::string& name) {
-  const std::string prefix = "model.layers.";
-  FRUGAL_CHECK(name.rfind(prefix, 0) == 0, "unexpected MoE layer name {}", name);
-  return std::stoll(name.substr(prefix.size()));
-}
-
 pipeline::Schedule engine_schedule(const Config& config, const Mesh& mesh) {
   const TrainConfig& t = config.train;
   FRUGAL_CHECK(mesh.shape().ep == t.ep, "the mesh has EP groups of {} but train.ep = {}",
@@ -171,20 +164,17 @@ std::vector<ExpertLoad> PipelineEngine::expert_load() {
   // two copies of a stage add up, as update_balance_bias sums them); integers, so exact.
   const std::vector<MoE<float>*> all_layers = full_model_->moe_layers();
   const std::vector<ExpertLoad> names = full_model_->expert_load();
+  std::vector<std::string> layer_names;
+  for (const ExpertLoad& load : names) layer_names.push_back(load.layer);
   std::vector<int64_t> offsets(all_layers.size() + 1, 0);
   for (size_t j = 0; j < all_layers.size(); ++j)
     offsets[j + 1] = offsets[j] + static_cast<int64_t>(all_layers[j]->expert_load().size());
   std::vector<int64_t> counts(static_cast<size_t>(offsets.back()), 0);
   const int64_t main_layers = config_.model.num_hidden_layers;
   for (const auto& st : runner_->stages()) {
-    std::vector<size_t> global;  // the stage's MoE layers as indices of all_layers
-    for (size_t j = 0; j < names.size(); ++j) {
-      const int64_t index = moe_layer_index(names[j].layer);
-      if (index >= st->layer_begin() && index < st->layer_end()) global.push_back(j);
-    }
-    if (st->last())
-      for (size_t j = 0; j < names.size(); ++j)
-        if (moe_layer_index(names[j].layer) >= main_layers) global.push_back(j);
+    // The stage's MoE layers as indices of all_layers.
+    const std::vector<size_t> global = stage_moe_layers(
+        layer_names, st->layer_begin(), st->layer_end(), st->last(), main_layers);
     const std::vector<MoE<float>*> layers = st->moe_layers();
     FRUGAL_CHECK(layers.size() == global.size(), "stage {}: {} MoE layers, the model has {} there",
                  st->stage(), layers.size(), global.size());
