@@ -1,8 +1,8 @@
 // CUDA optimizer step (see adamw_cuda.h): fused AdamW over one tensor or many, the global gradient
 // norm with clipping and the non-finite check.
 //
-// adamw_update: grid-stride loop over chunks of 8 elements. The element update is the CPU
-// reference's (train/adamw.cc) operation for operation, in double with explicit round-to-nearest
+// adamw_update: grid-stride loop over chunks of 8 elements. The element update (adamw_element.cuh,
+// shared with the FP8-fused update of adamw_fp8_cuda.cu) is the CPU reference's (train/adamw.cc) operation for operation, in double with explicit round-to-nearest
 // intrinsics (no fused multiply-adds, which the host reference does not use either):
 //   g = grad * clip;  m = beta1*m + (1-beta1)*g;  v = beta2*v + ((1-beta2)*g)*g   (then stored as M)
 //   m_hat = m / (1-beta1^t);  v_hat = v / (1-beta2^t)      (from the stored, rounded m and v)
@@ -38,11 +38,14 @@
 
 #include "core/cuda_check.h"
 #include "kernels/adamw/adamw_cuda.h"
+#include "kernels/adamw/adamw_element.cuh"
 #include "kernels/cast/vector_access.cuh"
 
 namespace frugal::cuda {
 namespace {
 
+using detail::adamw_constants;
+using detail::AdamWConstants;
 using detail::aligned_to;
 using detail::ceil_div;
 using detail::kChunk;
@@ -60,24 +63,6 @@ constexpr int kThreads = 256;
 
 std::string text(int64_t value) { return std::to_string(value); }
 
-struct AdamWConstants {
-  double beta1, one_minus_beta1, beta2, one_minus_beta2;
-  double bias_correction1, bias_correction2;
-  double lr, decay, eps;  // decay = lr * weight_decay
-};
-
-// The moment as stored in M, returned as the (exact) fp32 value of the stored M.
-template <class M>
-__device__ __forceinline__ float round_moment(double value);
-template <>
-__device__ __forceinline__ float round_moment<float>(double value) {
-  return __double2float_rn(value);
-}
-template <>
-__device__ __forceinline__ float round_moment<__nv_bfloat16>(double value) {
-  return __bfloat162float(__double2bfloat16(value));  // one rounding (cvt.rn.bf16.f64)
-}
-
 // One chunk (elements [offset, offset + valid), valid in 1..8) of one tensor: load, update, store.
 // Shared by both kernels, so the per-tensor and multi-tensor updates are the same expressions.
 // kVector: w, m, v, grad (and weight_bf16) 16-byte aligned.
@@ -93,17 +78,8 @@ __device__ __forceinline__ void adamw_chunk(float* __restrict__ w, M* __restrict
   detail::load_chunk<kVector>(vv, v + offset, valid);
   detail::load_chunk<kVector>(gv, grad + offset, valid);
 #pragma unroll
-  for (int j = 0; j < kChunk; ++j) {
-    const double g = __dmul_rn(static_cast<double>(gv[j]), clip_d);
-    mv[j] = round_moment<M>(__dadd_rn(__dmul_rn(c.beta1, mv[j]), __dmul_rn(c.one_minus_beta1, g)));
-    vv[j] = round_moment<M>(
-        __dadd_rn(__dmul_rn(c.beta2, vv[j]), __dmul_rn(__dmul_rn(c.one_minus_beta2, g), g)));
-    const double m_hat = __ddiv_rn(static_cast<double>(mv[j]), c.bias_correction1);
-    const double v_hat = __ddiv_rn(static_cast<double>(vv[j]), c.bias_correction2);
-    const double p = wv[j];
-    const double step = __ddiv_rn(__dmul_rn(c.lr, m_hat), __dadd_rn(__dsqrt_rn(v_hat), c.eps));
-    wv[j] = __double2float_rn(__dsub_rn(__dsub_rn(p, __dmul_rn(decay, p)), step));
-  }
+  for (int j = 0; j < kChunk; ++j)
+    detail::adamw_element<M>(wv[j], mv[j], vv[j], gv[j], clip_d, c, decay);
   detail::store_chunk<kVector>(w + offset, wv, valid);
   detail::store_chunk<kVector>(m + offset, mv, valid);
   detail::store_chunk<kVector>(v + offset, vv, valid);
@@ -308,26 +284,6 @@ __global__ void __launch_bounds__(kFinishThreads)
 
 int64_t norm_blocks(int64_t count) { return count > 0 ? ceil_div(count, kNormChunk) : 0; }
 
-
-// The per-step constants, from `step` (checked; `who` names the launcher in errors). decay is
-// lr * step.weight_decay (the multi-tensor kernel forms it per segment instead).
-AdamWConstants adamw_constants(const AdamWStep& step, const char* who) {
-  ADAMW_REQUIRE(step.step >= 1, std::string("cuda::") + who + ": step is 1-based");
-  ADAMW_REQUIRE(step.beta1 >= 0.0f && step.beta1 < 1.0f && step.beta2 >= 0.0f &&
-                    step.beta2 < 1.0f && step.eps > 0.0f,
-                std::string("cuda::") + who + ": needs beta1, beta2 in [0, 1) and eps > 0");
-  AdamWConstants c{};
-  c.beta1 = step.beta1;
-  c.one_minus_beta1 = 1.0 - c.beta1;
-  c.beta2 = step.beta2;
-  c.one_minus_beta2 = 1.0 - c.beta2;
-  c.bias_correction1 = 1.0 - std::pow(c.beta1, static_cast<double>(step.step));
-  c.bias_correction2 = 1.0 - std::pow(c.beta2, static_cast<double>(step.step));
-  c.lr = step.lr;
-  c.decay = c.lr * static_cast<double>(step.weight_decay);
-  c.eps = step.eps;
-  return c;
-}
 
 }  // namespace
 

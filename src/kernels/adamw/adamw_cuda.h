@@ -65,6 +65,56 @@ template <class M>
 void adamw_update_multi(const AdamWMultiTable& table, const float* clip_scale,
                         const AdamWStep& step, cudaStream_t stream);
 
+// ---- the update fused with the FP8 weight refresh ----------------------------------------------
+// A region of a weight kept in FP8 (128x128 blocks, with a transposed copy for Dgrad): `rows` x
+// `cols` fp32 master weights (row-major, contiguous, both multiples of 128) that are whole blocks
+// of one matrix W [out, in] of the weight. One thread block per 128x128 block updates its elements
+// exactly as adamw_update_multi (bit-identical w, m, v), then quantizes the updated block exactly
+// as quantize_weight_128x128_with_transpose (kernels/quant/quant.h; the same device code) and
+// writes the codes and the scale of the block and of its transpose. Block (rb, cb) of the region
+// (row block rb, column block cb):
+//   codes       q[(128 rb + r) * cols + 128 cb + c]                 (the region's rows of W_q)
+//   scale       scales[rb * (cols/128) + cb]                        (the region's rows of scales)
+//   transposed  qT[(128 cb + c) * qT_stride + 128 rb + r]           (qT: W_q^T [in, out] at the
+//   scale       scalesT[cb * scalesT_stride + rb]                    region's first column)
+// so for a region starting at row `row0` of W (row0 % 128 == 0): q = W_q + row0 * in, scales =
+// scales_W + row0/128 * in/128, qT = W_q^T + row0, qT_stride = out, scalesT = scalesT_W + row0/128,
+// scalesT_stride = out/128.
+struct AdamWFp8Segment {
+  float* w = nullptr;           // [rows, cols] fp32 master weights (updated)
+  void* m = nullptr;            // [rows, cols] first moments (M)
+  void* v = nullptr;            // [rows, cols] second moments (M)
+  const float* grad = nullptr;  // [rows, cols]
+  int64_t rows = 0, cols = 0;   // multiples of 128 (0 rows: the segment is left out)
+  float weight_decay = 0;       // >= 0
+  uint8_t* q = nullptr;         // E4M3 codes, layout above
+  float* scales = nullptr;
+  uint8_t* qT = nullptr;
+  int64_t qT_stride = 0;        // >= rows, a multiple of 128
+  float* scalesT = nullptr;
+  int64_t scalesT_stride = 0;   // >= rows / 128
+};
+struct AdamWFp8Table {
+  const void* device = nullptr;  // segment records, then the block prefix
+  int64_t segments = 0;          // non-empty segments
+  int64_t blocks = 0;            // 128x128 blocks (thread blocks of the launch)
+  int moment_bytes = 0;          // sizeof(M) the table was prepared for
+};
+// Device bytes of the table for `count` segments (an upper bound: empty ones are left out).
+size_t adamw_fp8_table_bytes(int64_t count);
+// Checks the segments (shapes multiples of 128, strides, non-null arrays, weight_decay >= 0; errors
+// name the segment index), writes the table into `table_memory` (16-byte aligned, at least
+// adamw_fp8_table_bytes(count) bytes) and synchronizes `stream`. Once per segment list.
+template <class M>
+AdamWFp8Table adamw_fp8_prepare(const AdamWFp8Segment* segments, int64_t count,
+                                void* table_memory, size_t table_bytes, cudaStream_t stream);
+// One launch over every block of `table`: update (clip_scale as adamw_update_multi: null means 1,
+// exactly 0 skips the step and writes nothing, the FP8 copies included), then quantize with
+// fp8_scale_from_amax(amax, power_of_two_scale). step.weight_decay is ignored.
+template <class M>
+void adamw_update_fp8(const AdamWFp8Table& table, const float* clip_scale, const AdamWStep& step,
+                      bool power_of_two_scale, cudaStream_t stream);
+
 // Sum of squares of many gradient tensors, in a fixed order (the same bits every run):
 // pass 1 writes one partial per (tensor, chunk) into `partials`, pass 2 sums them in order.
 struct GradTensor {

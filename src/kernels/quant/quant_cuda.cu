@@ -10,8 +10,9 @@
 //   column's amax, writes the codes column by column into a byte tile, and stores each qT row
 //   segment (128 codes) 4 bytes per lane.
 // Weights: one 256-thread block per 128x128 block; each thread keeps its 16 rows x 4 columns in
-//   registers (one global read), the block reduces amax, then writes q and, for the transposed
-//   copy, stages the codes in shared memory [128][132] to write qT 4 bytes per lane.
+//   registers (one global read), then detail::quantize_weight_block (quant_weight_block.cuh, also
+//   used by the AdamW update fused with it) reduces amax, writes q and, for the transposed copy,
+//   stages the codes in shared memory [128][132] to write qT 4 bytes per lane.
 // Dequantization: elementwise over chunks of 8 codes.
 #include <cuda_fp8.h>
 
@@ -22,6 +23,7 @@
 #include "kernels/cast/vector_access.cuh"
 #include "kernels/quant/quant.h"
 #include "kernels/quant/quant_tile.cuh"
+#include "kernels/quant/quant_weight_block.cuh"
 
 namespace frugal::cuda {
 namespace {
@@ -189,8 +191,9 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- weights -----------------------------------------------------------------------------------
 
-constexpr int kWeightRowsPerPass = kThreads / 32;                      // a warp per row of 128
-constexpr int kWeightPasses = kFp8BlockSize / kWeightRowsPerPass;      // 16 rows per thread
+using detail::kWeightPasses;
+using detail::kWeightRowsPerPass;
+static_assert(detail::kWeightBlockThreads == kThreads, "one 256-thread block per weight block");
 
 // 4 values at p (kVector: 16-byte aligned and all 4 present), zeros past `valid`.
 template <bool kVector>
@@ -204,8 +207,8 @@ __device__ __forceinline__ void load4(float (&v)[4], const float* p, int64_t val
   }
 }
 
-// Block (column block, row block) of w [rows, cols]. Lane l of warp k holds columns 4l..4l+3 of
-// rows k, k+8, ..., k+120 of the block in registers. kVector: cols % 4 == 0, w 16-byte aligned and
+// Block (column block, row block) of w [rows, cols], loaded in the layout of
+// detail::quantize_weight_block and quantized by it. kVector: cols % 4 == 0, w 16-byte aligned and
 // q 4-byte aligned. kTranspose also writes qT [cols, rows] and scalesT [col_blocks][row_blocks].
 template <bool kVector, bool kTranspose>
 __global__ void __launch_bounds__(kThreads)
@@ -213,9 +216,6 @@ __global__ void __launch_bounds__(kThreads)
                            uint8_t* __restrict__ qT, float* __restrict__ scalesT,
                            const float* __restrict__ w, int64_t rows, int64_t cols,
                            bool power_of_two_scale) {
-  __shared__ float warp_amax[kWeightRowsPerPass];
-  __shared__ float block_scale;
-  __shared__ __align__(4) uint8_t codes[kTranspose ? kFp8BlockSize : 1][kFp8BlockSize + 4];
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kFp8BlockSize;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kFp8BlockSize;
   const int lane = threadIdx.x % 32;
@@ -226,7 +226,6 @@ __global__ void __launch_bounds__(kThreads)
   const int block_cols = static_cast<int>(detail::min64(kFp8BlockSize, cols - col0));
 
   float v[kWeightPasses][4];
-  float amax = 0.0f;
 #pragma unroll
   for (int k = 0; k < kWeightPasses; ++k) {
     const int r = warp + kWeightRowsPerPass * k;
@@ -236,62 +235,14 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < 4; ++i) v[k][i] = 0.0f;
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) amax = fmaxf(amax, fabsf(v[k][i]));
   }
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2)
-    amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, offset));
-  if (lane == 0) warp_amax[warp] = amax;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float block_amax = warp_amax[0];
-    for (int i = 1; i < kWeightRowsPerPass; ++i) block_amax = fmaxf(block_amax, warp_amax[i]);
-    const float scale = fp8_scale_from_amax(block_amax, power_of_two_scale);
-    block_scale = scale;
-    scales[static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x] = scale;
-    if (kTranspose) scalesT[static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y] = scale;
-  }
-  __syncthreads();
-  const float scale = block_scale;
-
-#pragma unroll
-  for (int k = 0; k < kWeightPasses; ++k) {
-    const int r = warp + kWeightRowsPerPass * k;
-    if (r >= block_rows || valid <= 0) continue;
-    const float2 low = make_float2(v[k][0] / scale, v[k][1] / scale);
-    const float2 high = make_float2(v[k][2] / scale, v[k][3] / scale);
-    const uint32_t packed = static_cast<uint32_t>(__nv_cvt_float2_to_fp8x2(low, __NV_SATFINITE, __NV_E4M3)) |
-                            (static_cast<uint32_t>(__nv_cvt_float2_to_fp8x2(high, __NV_SATFINITE, __NV_E4M3)) << 16);
-    uint8_t* out = q + (row0 + r) * cols + col;
-    if (kVector && valid >= 4) {
-      *reinterpret_cast<uint32_t*>(out) = packed;
-    } else {
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        if (i < valid) out[i] = static_cast<uint8_t>(packed >> (8 * i));
-    }
-    if (kTranspose) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        if (i < valid) codes[lane * 4 + i][r] = static_cast<uint8_t>(packed >> (8 * i));
-    }
-  }
-  if (!kTranspose) return;
-  __syncthreads();
-  // qT row (col0 + c) holds the block's column c: rows row0 .. row0 + block_rows - 1.
-  const bool word_stores = rows % 4 == 0 && reinterpret_cast<uintptr_t>(qT) % 4 == 0;
-  for (int c = warp; c < block_cols; c += kWeightRowsPerPass) {
-    const int r = 4 * lane;
-    if (r >= block_rows) continue;
-    const uint32_t word = *reinterpret_cast<const uint32_t*>(&codes[c][r]);
-    uint8_t* out = qT + (col0 + c) * rows + row0 + r;
-    if (word_stores && r + 4 <= block_rows) {
-      *reinterpret_cast<uint32_t*>(out) = word;
-    } else {
-      for (int j = 0; j < 4 && r + j < block_rows; ++j) out[j] = static_cast<uint8_t>(word >> (8 * j));
-    }
-  }
+  float* scale = scales + static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+  float* scale_transposed =
+      kTranspose ? scalesT + static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y : nullptr;
+  uint8_t* block_qT = kTranspose ? qT + col0 * rows + row0 : nullptr;
+  detail::quantize_weight_block<kVector, kTranspose>(v, q + row0 * cols + col0, cols, scale,
+                                                     block_qT, rows, scale_transposed, block_rows,
+                                                     block_cols, power_of_two_scale);
 }
 
 template <bool kTranspose>
