@@ -7,14 +7,20 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
+#include <unordered_map>
 #include <utility>
 
 #include "core/cuda_check.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/gpu_profiler.h"
+#include "kernels/quant/quant.h"
+#include "model/gpu/gpu_linear.h"
 
 namespace frugal::gpu {
 namespace {
@@ -23,9 +29,27 @@ namespace {
 // BF16), so the vectorized kernels see aligned slices.
 constexpr int64_t kSliceAlignment = 128;
 
-int64_t round_up(int64_t n, int64_t multiple) {
-  return (n + multiple - 1) / multiple * multiple;
+// FRUGAL_FUSED_REFRESH=0 turns the fused refresh off (anything else, or unset: on).
+bool fused_refresh_from_env() {
+  const char* text = std::getenv("FRUGAL_FUSED_REFRESH");
+  return text == nullptr || std::string(text) != "0";
 }
+
+// Clears the weights' written_by_optimizer flags when it goes out of scope (also on a throw), so a
+// flag never outlives the optimizer's own refresh callback.
+class ClearWrittenFlags {
+ public:
+  explicit ClearWrittenFlags(const std::vector<std::shared_ptr<WeightCopyState>>& weights)
+      : weights_(weights) {}
+  ~ClearWrittenFlags() {
+    for (const auto& w : weights_) w->written_by_optimizer = false;
+  }
+  ClearWrittenFlags(const ClearWrittenFlags&) = delete;
+  ClearWrittenFlags& operator=(const ClearWrittenFlags&) = delete;
+
+ private:
+  const std::vector<std::shared_ptr<WeightCopyState>>& weights_;
+};
 
 float bits_to_float(int32_t bits) {
   float value;
@@ -57,7 +81,8 @@ GpuAdamW::GpuAdamW(cuda::DeviceContext& ctx, const OptimConfig& config,
       config_(config),
       params_(params_list),
       refresh_(std::move(refresh)),
-      bf16_moments_(recipe != Recipe::Fp32) {
+      bf16_moments_(recipe != Recipe::Fp32),
+      fused_refresh_(fused_refresh_from_env()) {
   check_optim_config(config);
   FRUGAL_CHECK(refresh_ != nullptr, "GpuAdamW: no refresh callback for the weight copies");
 
@@ -85,7 +110,7 @@ GpuAdamW::GpuAdamW(cuda::DeviceContext& ctx, const OptimConfig& config,
     FRUGAL_CUDA_CHECK(cudaMemsetAsync(m_f32_.data(), 0, m_f32_.bytes(), ctx_.stream));
     FRUGAL_CUDA_CHECK(cudaMemsetAsync(v_f32_.data(), 0, v_f32_.bytes(), ctx_.stream));
   }
-  build_update_table(current_segments());
+  build_update_table(current_plan());
   const size_t workspace = cuda::grad_norm_workspace_bytes(
       grad_tensors_.data(), static_cast<int64_t>(grad_tensors_.size()));
   norm_workspace_ = cuda::DeviceArray<uint8_t>(ctx_, static_cast<int64_t>(workspace));
@@ -132,16 +157,64 @@ GpuAdamW::StepInfo GpuAdamW::step(double lr) {
   }
   info.clip_scale = bits_to_float(host_scalars_->values[1]);
   ++step_count_;
-  apply_updates(lr);
+  {
+    cuda::ScopedSection update_section(ctx_.stream, "optimizer.update");
+    apply_updates(lr);
+  }
+  // The copies of fused_weights_ are current: their refresh is skipped inside the callback only.
+  ClearWrittenFlags clear_flags(fused_weights_);
+  for (const auto& w : fused_weights_) w->written_by_optimizer = true;
   cuda::ScopedSection refresh_section(ctx_.stream, "optimizer.refresh");
   refresh_();
   return info;
 }
 
-std::vector<cuda::AdamWSegment> GpuAdamW::current_segments() const {
-  std::vector<cuda::AdamWSegment> segments;
-  segments.reserve(slots_.size());
-  for (const Slot& slot : slots_) {
+GpuAdamW::Plan GpuAdamW::current_plan() const {
+  // Which weights can have their copies written by the update: bf16/fp8 GpuWeights whose whole
+  // storage is covered by trainable slots here (and, fp8, whose parameters all cover whole
+  // 128-row blocks of one matrix or of consecutive ones).
+  struct Coverage {
+    std::shared_ptr<WeightCopyState> state;
+    int64_t covered = 0;
+    bool fusable = true;
+  };
+  std::vector<std::shared_ptr<WeightCopyState>> slot_weight(slots_.size());
+  std::unordered_map<const WeightCopyState*, Coverage> coverage;
+  if (fused_refresh_) {
+    for (size_t k = 0; k < slots_.size(); ++k) {
+      const DeviceParam& p = param_of(slots_[k]);
+      std::shared_ptr<WeightCopyState> state = find_weight_copies(p.value, p.count);
+      if (state == nullptr) continue;
+      const WeightCopies& c = state->copies;
+      Coverage& entry = coverage[state.get()];
+      entry.state = state;
+      entry.covered += p.count;
+      if (c.precision == GemmPrecision::Fp8) {
+        const int64_t offset = p.value - c.value;
+        const int64_t block_row = kFp8BlockSize * c.in;  // one row of 128x128 blocks
+        entry.fusable = entry.fusable && c.out % kFp8BlockSize == 0 &&
+                        c.in % kFp8BlockSize == 0 && offset % block_row == 0 &&
+                        p.count % block_row == 0 &&
+                        c.power_of_two_scales == kFp8PowerOfTwoScales;
+      } else if (c.precision != GemmPrecision::Bf16) {
+        entry.fusable = false;
+      }
+      slot_weight[k] = std::move(state);
+    }
+  }
+  Plan plan;
+  for (const auto& [key, entry] : coverage)
+    if (entry.fusable && entry.covered == entry.state->copies.count())
+      plan.fused_weights.push_back(entry.state);
+  auto fused = [&](const std::shared_ptr<WeightCopyState>& state) {
+    if (state == nullptr) return false;
+    const Coverage& entry = coverage.at(state.get());
+    return entry.fusable && entry.covered == state->copies.count();
+  };
+
+  plan.segments.reserve(slots_.size());
+  for (size_t k = 0; k < slots_.size(); ++k) {
+    const Slot& slot = slots_[k];
     const DeviceParam& p = param_of(slot);
     cuda::AdamWSegment s;
     s.w = p.value;
@@ -154,26 +227,73 @@ std::vector<cuda::AdamWSegment> GpuAdamW::current_segments() const {
       s.m = const_cast<float*>(m_f32_.data()) + slot.offset;
       s.v = const_cast<float*>(v_f32_.data()) + slot.offset;
     }
-    s.weight_bf16 = nullptr;  // the model's weights_updated() refreshes its copies afterwards
+    s.weight_bf16 = nullptr;  // the refresh callback rebuilds the copies (unless fused below)
     s.count = slot.count;
     s.weight_decay = p.weight_decay ? static_cast<float>(config_.weight_decay) : 0.0f;
-    segments.push_back(s);
+    const std::shared_ptr<WeightCopyState>& state = slot_weight[k];
+    if (fused(state)) {
+      const WeightCopies& c = state->copies;
+      const int64_t offset = p.value - c.value;
+      if (c.precision == GemmPrecision::Bf16) {
+        s.weight_bf16 = c.bf16_copy + offset;
+      } else {
+        // fp8: the slot's 128-row blocks, cut at matrix boundaries, go to the FP8 launch.
+        const int64_t matrix = c.out * c.in;
+        const int64_t matrix_blocks = (c.out / kFp8BlockSize) * (c.in / kFp8BlockSize);
+        const int64_t moment_bytes = bf16_moments_ ? 2 : 4;
+        for (int64_t position = offset; position < offset + p.count;) {
+          const int64_t group = position / matrix;
+          const int64_t row0 = (position % matrix) / c.in;
+          const int64_t end = std::min(offset + p.count, (group + 1) * matrix);
+          const int64_t local = position - offset;  // element of the slot
+          cuda::AdamWFp8Segment f;
+          f.w = p.value + local;
+          f.grad = p.grad + local;
+          f.m = static_cast<unsigned char*>(s.m) + local * moment_bytes;
+          f.v = static_cast<unsigned char*>(s.v) + local * moment_bytes;
+          f.rows = (end - position) / c.in;
+          f.cols = c.in;
+          f.weight_decay = s.weight_decay;
+          f.q = c.q + group * matrix + row0 * c.in;
+          f.scales = c.scales + group * matrix_blocks + row0 / kFp8BlockSize * (c.in / kFp8BlockSize);
+          f.qT = c.qT + group * matrix + row0;
+          f.qT_stride = c.out;
+          f.scalesT = c.scalesT + group * matrix_blocks + row0 / kFp8BlockSize;
+          f.scalesT_stride = c.out / kFp8BlockSize;
+          plan.fp8_segments.push_back(f);
+          position = end;
+        }
+        s.count = 0;  // left out of the multi-tensor launch
+      }
+    }
+    plan.segments.push_back(s);
   }
-  return segments;
+  return plan;
 }
 
-void GpuAdamW::build_update_table(std::vector<cuda::AdamWSegment> segments) {
+void GpuAdamW::build_update_table(Plan plan) {
+  std::vector<cuda::AdamWSegment>& segments = plan.segments;
   const int64_t count = static_cast<int64_t>(segments.size());
   const size_t bytes = cuda::adamw_multi_table_bytes(count);
   if (update_table_memory_.size() < static_cast<int64_t>(bytes))
     update_table_memory_ = cuda::DeviceArray<uint8_t>(ctx_, static_cast<int64_t>(bytes));
-  if (bf16_moments_)
+  const int64_t fp8_count = static_cast<int64_t>(plan.fp8_segments.size());
+  const size_t fp8_bytes = cuda::adamw_fp8_table_bytes(fp8_count);
+  if (fp8_count > 0 && fp8_table_memory_.size() < static_cast<int64_t>(fp8_bytes))
+    fp8_table_memory_ = cuda::DeviceArray<uint8_t>(ctx_, static_cast<int64_t>(fp8_bytes));
+  if (bf16_moments_) {
     update_table_ = cuda::adamw_multi_prepare<__nv_bfloat16>(
         segments.data(), count, update_table_memory_.data(), bytes, ctx_.stream);
-  else
+    fp8_table_ = cuda::adamw_fp8_prepare<__nv_bfloat16>(
+        plan.fp8_segments.data(), fp8_count, fp8_table_memory_.data(), fp8_bytes, ctx_.stream);
+  } else {
     update_table_ = cuda::adamw_multi_prepare<float>(
         segments.data(), count, update_table_memory_.data(), bytes, ctx_.stream);
+    fp8_table_ = cuda::adamw_fp8_prepare<float>(plan.fp8_segments.data(), fp8_count,
+                                                fp8_table_memory_.data(), fp8_bytes, ctx_.stream);
+  }
   segments_ = std::move(segments);
+  fused_weights_ = std::move(plan.fused_weights);
 }
 
 void GpuAdamW::build_norm_table() {
@@ -194,7 +314,7 @@ void GpuAdamW::refresh_pointers() {
   if (!moved) return;
   for (size_t k = 0; k < slots_.size(); ++k) grad_tensors_[k].data = param_of(slots_[k]).grad;
   build_norm_table();
-  build_update_table(current_segments());
+  build_update_table(current_plan());
 }
 
 void GpuAdamW::apply_updates(double lr) {
@@ -205,10 +325,16 @@ void GpuAdamW::apply_updates(double lr) {
   step.beta2 = static_cast<float>(config_.beta2);
   step.eps = static_cast<float>(config_.eps);
   step.step = step_count_;  // weight decay: per segment, from the table
-  if (bf16_moments_)
+  // Two launches at most: the multi-tensor update (with the BF16 copies), the FP8-fused update.
+  if (bf16_moments_) {
     cuda::adamw_update_multi<__nv_bfloat16>(update_table_, clip_scale, step, ctx_.stream);
-  else
+    cuda::adamw_update_fp8<__nv_bfloat16>(fp8_table_, clip_scale, step, kFp8PowerOfTwoScales,
+                                          ctx_.stream);
+  } else {
     cuda::adamw_update_multi<float>(update_table_, clip_scale, step, ctx_.stream);
+    cuda::adamw_update_fp8<float>(fp8_table_, clip_scale, step, kFp8PowerOfTwoScales,
+                                  ctx_.stream);
+  }
 }
 
 void GpuAdamW::check_host_layout(const AdamW<float>& host, const char* what) const {

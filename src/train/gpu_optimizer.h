@@ -13,7 +13,17 @@
 //      updates every trainable tensor (bias-corrected with t, decoupled weight decay only where
 //      DeviceParam::weight_decay, the clip scale read on the device; bit-identical to one
 //      adamw_update per tensor), then GpuTransformer::weights_updated() (or the refresh callback)
-//      refreshes the BF16 / FP8 weight copies. Buffers (the routing biases) are never touched here. The launch's segment
+//      refreshes the BF16 / FP8 weight copies.
+//      Fused refresh (default; FRUGAL_FUSED_REFRESH=0, read when the optimizer is made, turns it
+//      off): the copies of a bf16 or fp8 GpuWeight whose whole storage is trainable in this list
+//      (model/gpu/gpu_linear.h find_weight_copies) are written by the update itself: the BF16 copy
+//      by adamw_update_multi (weight_bf16), the FP8 codes and scales of both orientations by a
+//      second launch, adamw_update_fp8, over the weight's 128x128 blocks (when every parameter in
+//      it covers whole 128-row blocks of one matrix). Those weights are flagged written_by_optimizer
+//      for the refresh callback only, so its GpuWeight::refresh skips them; everything else (fp32,
+//      norms, weights not fully covered) is updated by the first launch and refreshed as before.
+//      The copies are the same bits either way. Profiler sections: "optimizer.update" (the
+//      launches), "optimizer.refresh" (the callback: what is left to rebuild). Buffers (the routing biases) are never touched here. The launch's segment
 //      table (pointers, sizes, decay of every tensor) is built in the constructor and rebuilt only
 //      if a parameter's value or gradient pointer changes.
 // State: fp32 master weights live in the model. Moments m, v (same element count as each
@@ -43,6 +53,8 @@
 #include "train/train_config.h"
 
 namespace frugal::gpu {
+
+struct WeightCopyState;  // model/gpu/gpu_linear.h
 
 class GpuAdamW {
  public:
@@ -75,6 +87,11 @@ class GpuAdamW {
   int64_t skipped_steps() const { return skipped_steps_; }
   bool bf16_moments() const { return bf16_moments_; }
   int64_t trainable_tensors() const { return static_cast<int64_t>(slots_.size()); }
+  bool fused_refresh() const { return fused_refresh_; }
+  // Weights whose copies the update writes (0 when the fused refresh is off), and the 128x128
+  // blocks the FP8 launch covers.
+  int64_t fused_weights() const { return static_cast<int64_t>(fused_weights_.size()); }
+  int64_t fused_fp8_blocks() const { return fp8_table_.blocks; }
   // Device bytes of the moments (m and v of every trainable tensor, slices padded as above).
   int64_t state_bytes() const {
     return 2 * moment_elements_ * static_cast<int64_t>(bf16_moments_ ? 2 : 4);
@@ -94,9 +111,16 @@ class GpuAdamW {
   const DeviceParam& param_of(const Slot& slot) const;
   void check_host_layout(const AdamW<float>& host, const char* what) const;
   void apply_updates(double lr);
-  // The segment of each slot as the model's params() give it now.
-  std::vector<cuda::AdamWSegment> current_segments() const;
-  void build_update_table(std::vector<cuda::AdamWSegment> segments);
+  // The segments as the model's params() give them now: segments_ (one per slot, in slot order;
+  // count 0 for a slot the FP8 launch updates), the FP8 launch's segments and the weights whose
+  // copies the update writes.
+  struct Plan {
+    std::vector<cuda::AdamWSegment> segments;
+    std::vector<cuda::AdamWFp8Segment> fp8_segments;
+    std::vector<std::shared_ptr<WeightCopyState>> fused_weights;
+  };
+  Plan current_plan() const;
+  void build_update_table(Plan plan);
   // The gradient-norm table (from grad_tensors_).
   void build_norm_table();
   // The update table and the gradient tables hold raw device pointers: if any trainable
@@ -121,6 +145,10 @@ class GpuAdamW {
   std::vector<cuda::AdamWSegment> segments_;     // what update_table_ was built from, slot order
   cuda::DeviceArray<uint8_t> update_table_memory_;
   cuda::AdamWMultiTable update_table_;
+  bool fused_refresh_ = true;
+  std::vector<std::shared_ptr<WeightCopyState>> fused_weights_;  // copies written by the update
+  cuda::DeviceArray<uint8_t> fp8_table_memory_;
+  cuda::AdamWFp8Table fp8_table_;
   cuda::DeviceArray<uint8_t> norm_workspace_;
   cuda::DeviceArray<uint8_t> norm_table_memory_;
   cuda::GradNormTable norm_table_;  // grad_tensors_ prepared: pass 1 in one launch

@@ -3,6 +3,9 @@
 
 #include "model/gpu/gpu_linear.h"
 
+#include <iterator>
+#include <map>
+#include <mutex>
 #include <type_traits>
 
 #include "core/cuda_check.h"
@@ -10,6 +13,43 @@
 #include "kernels/quant/quant.h"
 
 namespace frugal::gpu {
+
+namespace {
+
+// The bf16/fp8 weights by master address (weak: a weight that is gone is skipped and dropped).
+struct CopyDirectory {
+  std::mutex mutex;
+  std::map<const float*, std::weak_ptr<WeightCopyState>> by_value;
+};
+CopyDirectory& copy_directory() {
+  static CopyDirectory directory;
+  return directory;
+}
+
+void register_weight_copies(const std::shared_ptr<WeightCopyState>& state) {
+  CopyDirectory& directory = copy_directory();
+  std::lock_guard<std::mutex> lock(directory.mutex);
+  directory.by_value[state->copies.value] = state;
+}
+
+}  // namespace
+
+std::shared_ptr<WeightCopyState> find_weight_copies(const float* value, int64_t count) {
+  if (value == nullptr || count <= 0) return nullptr;
+  CopyDirectory& directory = copy_directory();
+  std::lock_guard<std::mutex> lock(directory.mutex);
+  auto it = directory.by_value.upper_bound(value);  // the first master starting after `value`
+  if (it == directory.by_value.begin()) return nullptr;
+  --it;
+  std::shared_ptr<WeightCopyState> state = it->second.lock();
+  if (state == nullptr) {
+    directory.by_value.erase(it);
+    return nullptr;
+  }
+  const float* begin = state->copies.value;
+  if (value < begin || value + count > begin + state->copies.count()) return nullptr;
+  return state;
+}
 
 GpuWeight::GpuWeight(ParamRegistry& registry, int64_t groups, int64_t out, int64_t in,
                      GemmPrecision precision)
@@ -31,10 +71,30 @@ GpuWeight::GpuWeight(ParamRegistry& registry, int64_t groups, int64_t out, int64
     scales_ = cuda::DeviceArray<float>(ctx, blocks);
     scalesT_ = cuda::DeviceArray<float>(ctx, blocks);
   }
+  if (precision != GemmPrecision::Fp32) {
+    copy_state_ = std::make_shared<WeightCopyState>();
+    WeightCopies& c = copy_state_->copies;
+    c.precision = precision;
+    c.value = storage_.value;
+    c.groups = groups;
+    c.out = out;
+    c.in = in;
+    c.bf16_copy = bf16_.data();
+    c.q = q_.data();
+    c.scales = scales_.data();
+    c.qT = qT_.data();
+    c.scalesT = scalesT_.data();
+    c.power_of_two_scales = kFp8PowerOfTwoScales;
+    register_weight_copies(copy_state_);
+  }
   refresh(ctx);
 }
 
 void GpuWeight::refresh(cuda::DeviceContext& ctx) {
+  if (copy_state_ != nullptr && copy_state_->written_by_optimizer) {
+    copy_state_->written_by_optimizer = false;  // the optimizer's pass wrote the copies
+    return;
+  }
   if (precision_ == GemmPrecision::Bf16) {
     cuda::cast<float, bf16>(bf16_.data(), storage_.value, count(), ctx.stream);
   } else if (precision_ == GemmPrecision::Fp8) {

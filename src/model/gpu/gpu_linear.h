@@ -7,7 +7,11 @@
 //   fp8   W_q [out, in] in 128x128 blocks and its transpose WT_q [in, out] (for Dgrad), both made
 //         by quantize_weight_128x128_with_transpose
 // refresh() rebuilds the copies from the master: once per optimizer step (weights_updated), not
-// per micro-batch.
+// per micro-batch. The optimizer may write the copies itself while it updates the master (GpuAdamW
+// fuses the BF16 cast and the FP8 quantization into its AdamW pass): it finds a weight's copies by
+// master address (find_weight_copies) and sets WeightCopyState::written_by_optimizer for the
+// weights it wrote, only around its own refresh callback; refresh() then skips that weight once
+// and clears the flag. Every other refresh (upload, a checkpoint load) rebuilds the copies.
 //
 // GpuLinear<T> runs one matrix with activations in T (float for fp32, __nv_bfloat16 otherwise):
 //   Fprop  y  = x · W^T                 gemm(trans_b)   | x quantized 1x128, gemm_fp8_nt(x_q, W_q)
@@ -25,6 +29,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "model/gpu/gpu_common.h"
@@ -39,13 +44,36 @@ struct Fp8Input {
   const float* scales = nullptr;
 };
 
+// Where a GpuWeight (bf16 or fp8) keeps the copies its GEMMs read, for an optimizer that writes
+// them (see above). Device pointers, valid while the GpuWeight lives.
+struct WeightCopies {
+  GemmPrecision precision = GemmPrecision::Fp32;
+  float* value = nullptr;  // [groups][out][in] the fp32 master (the weight's whole storage)
+  int64_t groups = 0, out = 0, in = 0;
+  bf16* bf16_copy = nullptr;  // bf16: [groups][out][in], the master rounded to nearest even
+  uint8_t* q = nullptr;       // fp8: codes [groups][out][in]
+  float* scales = nullptr;    //      [groups][out/128][in/128]
+  uint8_t* qT = nullptr;      //      transposed codes [groups][in][out]
+  float* scalesT = nullptr;   //      [groups][in/128][out/128]
+  bool power_of_two_scales = kFp8PowerOfTwoScales;  // the scale rule the fp8 copies use
+  int64_t count() const { return groups * out * in; }
+};
+struct WeightCopyState {
+  WeightCopies copies;
+  bool written_by_optimizer = false;  // the next refresh() skips the weight (and clears this)
+};
+// The bf16 or fp8 GpuWeight whose master storage contains [value, value + count), or null (none,
+// or an fp32 weight, which has no copy). Thread-safe.
+std::shared_ptr<WeightCopyState> find_weight_copies(const float* value, int64_t count);
+
 class GpuWeight {
  public:
   GpuWeight() = default;
   GpuWeight(ParamRegistry& registry, int64_t groups, int64_t out, int64_t in,
             GemmPrecision precision);
 
-  // Rebuilds the bf16 copy / fp8 forms from the fp32 master (no-op for fp32).
+  // Rebuilds the bf16 copy / fp8 forms from the fp32 master (no-op for fp32), unless the
+  // optimizer has just written them (WeightCopyState::written_by_optimizer: skipped once).
   void refresh(cuda::DeviceContext& ctx);
 
   GemmPrecision precision() const { return precision_; }
@@ -73,6 +101,7 @@ class GpuWeight {
   cuda::DeviceArray<bf16> bf16_;
   cuda::DeviceArray<uint8_t> q_, qT_;
   cuda::DeviceArray<float> scales_, scalesT_;
+  std::shared_ptr<WeightCopyState> copy_state_;  // bf16/fp8: registered for find_weight_copies
 };
 
 template <class T>
