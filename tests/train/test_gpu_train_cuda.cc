@@ -10,7 +10,11 @@
 //   - a NaN or Inf in one gradient element skips the update (weights, moments, update count
 //     unchanged; skipped_steps counts it) and the next finite step applies;
 //   - download/upload of the moments round-trips bit for bit (BF16 -> fp32 -> BF16 is exact) and
-//     two optimizers with the same state make bitwise identical updates.
+//     two optimizers with the same state make bitwise identical updates;
+//   - the refresh fused into the update (FRUGAL_FUSED_REFRESH on vs 0), bf16 and fp8 recipes, on a
+//     tiny model with 128-multiple dims: 3 training steps and a validation forward give the same
+//     losses bit for bit, the same weights, the same BF16 copies and FP8 codes/scales (both
+//     orientations) of every weight, and an upload afterwards rebuilds every copy alike.
 // The trainer with train.device = "cuda":
 //   - fp32 recipe, tiny config, 3 steps of 2 micro-batches (gradient accumulation), validation:
 //     every step's losses and gradient norm, and the validation loss, equal the CPU trainer's
@@ -25,7 +29,9 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -40,6 +46,7 @@
 #include "core/rng.h"
 #include "data/text_source.h"
 #include "io/config_io.h"
+#include "model/gpu/gpu_linear.h"
 #include "model/gpu/gpu_transformer.h"
 #include "test_util.h"
 #include "train/train_test_util.h"
@@ -368,6 +375,171 @@ TEST(GpuAdamW, MomentsRoundTripThroughTheHostFormat) {
     Transformer<float> small(other.model);
     AdamW<float> wrong(test_optim(), small.params());
     EXPECT_THROW(b.gpu_optimizer.upload(wrong), Error);
+  }
+}
+
+// ---- the refresh fused into the update (FRUGAL_FUSED_REFRESH) -----------------------------------
+
+// tiny with every dimension a multiple of 128 where fp8 needs it (most Linears go fp8; a few, like
+// q_b_proj with 2 x 96 outputs, stay bf16 and take the fused BF16 copy instead).
+ModelConfig fused_refresh_model() {
+  ModelConfig c = load_config(tiny_path()).model;
+  c.vocab_size = 512;
+  c.hidden_size = 256;
+  c.intermediate_size = 512;
+  c.moe_intermediate_size = 128;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 2;
+  c.q_lora_rank = 128;
+  c.kv_lora_rank = 256;
+  c.qk_nope_head_dim = 64;
+  c.qk_rope_head_dim = 32;
+  c.v_head_dim = 128;
+  c.max_position_embeddings = 512;
+  return c;
+}
+
+// Every bf16 / fp8 weight copy of `model` (found through find_weight_copies, one entry per weight,
+// in params() order) as raw bytes: the BF16 copy, or codes, scales, transposed codes and scales.
+std::vector<std::pair<std::string, std::vector<uint8_t>>> weight_copy_bytes(
+    gpu::GpuTransformer& model, cudaStream_t stream) {
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> out;
+  std::vector<const gpu::WeightCopyState*> seen;
+  auto fetch = [&](const void* device, size_t bytes) {
+    std::vector<uint8_t> host(bytes);
+    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(host.data(), device, bytes, cudaMemcpyDeviceToHost, stream));
+    FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return host;
+  };
+  for (const gpu::DeviceParam& p : model.params()) {
+    const auto state = gpu::find_weight_copies(p.value, p.count);
+    if (state == nullptr || std::find(seen.begin(), seen.end(), state.get()) != seen.end())
+      continue;
+    seen.push_back(state.get());
+    const gpu::WeightCopies& c = state->copies;
+    const size_t n = static_cast<size_t>(c.count());
+    if (c.precision == gpu::GemmPrecision::Bf16) {
+      out.push_back({p.name + " bf16 copy", fetch(c.bf16_copy, n * 2)});
+    } else {
+      const size_t blocks = static_cast<size_t>(c.groups * (c.out / 128) * (c.in / 128));
+      out.push_back({p.name + " fp8 codes", fetch(c.q, n)});
+      out.push_back({p.name + " fp8 scales", fetch(c.scales, blocks * 4)});
+      out.push_back({p.name + " fp8 transposed codes", fetch(c.qT, n)});
+      out.push_back({p.name + " fp8 transposed scales", fetch(c.scalesT, blocks * 4)});
+    }
+  }
+  return out;
+}
+
+struct FusedRefreshRun {
+  std::vector<double> losses;  // per step (total, main), then a final evaluate (total, main)
+  std::vector<std::vector<float>> weights;
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> copies;         // after the steps
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> reload_copies;  // after an upload
+  int64_t fused_weights = 0, fp8_blocks = 0;
+};
+
+// 3 steps (forward_backward of 2 x 128 tokens, GpuAdamW at lr 1e-3 with weight decay and a clip
+// that bites), with the fused refresh on or off (the environment variable, read by the optimizer
+// when it is made), then a validation forward (it reads the copies of the last update) and an
+// upload of the initial weights (every copy must be rebuilt, flags or not).
+FusedRefreshRun run_fused_refresh(Recipe recipe, bool fused) {
+  FusedRefreshRun run;
+  const ModelConfig cfg = fused_refresh_model();
+  cuda::DeviceContext ctx;
+  Transformer<float> host(cfg);
+  host.init_weights(7, 0.02);
+  gpu::GpuTransformer model(ctx, cfg, recipe);
+  model.upload(host.params());
+  setenv("FRUGAL_FUSED_REFRESH", fused ? "1" : "0", 1);
+  gpu::GpuAdamW optimizer(ctx, test_optim(0.5), model);
+  unsetenv("FRUGAL_FUSED_REFRESH");
+  EXPECT_EQ(optimizer.fused_refresh(), fused);
+  run.fused_weights = optimizer.fused_weights();
+  run.fp8_blocks = optimizer.fused_fp8_blocks();
+
+  const int64_t batch = 2, seq = 128;
+  std::mt19937_64 gen(31);
+  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(cfg.vocab_size) - 1);
+  std::vector<int32_t> tokens(batch * seq), targets(batch * seq);
+  for (int step = 0; step < 4; ++step) {
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = token(gen);
+    for (size_t i = 0; i < tokens.size(); ++i)
+      targets[i] = (i + 1) % seq == 0 ? -1 : tokens[i + 1];
+    Losses losses;
+    if (step < 3) {
+      model.zero_grad();
+      losses = model.forward_backward(tokens.data(), targets.data(), batch, seq, LossWeights{}, 1.0);
+      const auto info = optimizer.step(1e-3);
+      EXPECT_FALSE(info.skipped);
+    } else {
+      losses = model.evaluate(tokens.data(), targets.data(), batch, seq, LossWeights{});
+    }
+    run.losses.push_back(losses.total);
+    run.losses.push_back(losses.main);
+  }
+  Transformer<float> downloaded(cfg);
+  model.download(downloaded.params());
+  for (const auto& p : downloaded.params().all()) run.weights.push_back(p->value);
+  run.copies = weight_copy_bytes(model, ctx.stream);
+  model.upload(host.params());
+  run.reload_copies = weight_copy_bytes(model, ctx.stream);
+  return run;
+}
+
+void expect_same_copies(const std::vector<std::pair<std::string, std::vector<uint8_t>>>& fused,
+                        const std::vector<std::pair<std::string, std::vector<uint8_t>>>& unfused,
+                        const std::string& when) {
+  ASSERT_EQ(fused.size(), unfused.size()) << when;
+  int differing = 0;
+  for (size_t i = 0; i < fused.size(); ++i) {
+    ASSERT_EQ(fused[i].first, unfused[i].first);
+    size_t first = 0, count = 0;
+    for (size_t k = 0; k < fused[i].second.size(); ++k)
+      if (fused[i].second[k] != unfused[i].second[k] && count++ == 0) first = k;
+    if (count == 0) continue;
+    ++differing;
+    ADD_FAILURE() << when << ": " << fused[i].first << ": " << count << " of "
+                  << fused[i].second.size() << " bytes differ, first at byte " << first;
+  }
+  std::printf("CHECK | fused refresh copies | %s | %d of %zu copies differ | %s\n", when.c_str(),
+              differing, fused.size(), differing == 0 ? "ok" : "FAIL");
+}
+
+TEST(GpuAdamW, FusedRefreshEqualsTheModelRefreshBitForBit) {
+  for (Recipe recipe : {Recipe::Bf16, Recipe::Fp8}) {
+    const std::string name(recipe_name(recipe));
+    SCOPED_TRACE(name);
+    const FusedRefreshRun on = run_fused_refresh(recipe, true);
+    const FusedRefreshRun off = run_fused_refresh(recipe, false);
+    std::printf("%s: fused refresh covers %lld weights, %lld fp8 blocks\n", name.c_str(),
+                static_cast<long long>(on.fused_weights), static_cast<long long>(on.fp8_blocks));
+    EXPECT_GT(on.fused_weights, 0);
+    EXPECT_EQ(off.fused_weights, 0);
+    EXPECT_EQ(off.fp8_blocks, 0);
+    if (recipe == Recipe::Fp8)
+      EXPECT_GT(on.fp8_blocks, 0);
+    else
+      EXPECT_EQ(on.fp8_blocks, 0);
+    // Step 1's forward runs before any update: a difference there is the model's own
+    // nondeterminism, not the fusion's.
+    ASSERT_EQ(on.losses.size(), off.losses.size());
+    EXPECT_EQ(on.losses[0], off.losses[0]) << "step 1 (no update yet): the model is not "
+                                              "deterministic run to run";
+    for (size_t i = 2; i < on.losses.size(); ++i)
+      EXPECT_EQ(on.losses[i], off.losses[i])
+          << (i / 2 < 3 ? "step " + std::to_string(i / 2 + 1) : std::string("validation"))
+          << (i % 2 == 0 ? " total" : " main") << " loss: fused " << on.losses[i] << " unfused "
+          << off.losses[i];
+    ASSERT_EQ(on.weights.size(), off.weights.size());
+    Transformer<float> names(fused_refresh_model());
+    for (size_t i = 0; i < on.weights.size(); ++i)
+      EXPECT_TRUE(same_bits(on.weights[i], off.weights[i]))
+          << names.params().all()[i]->name << ": weights differ after 3 steps";
+    expect_same_copies(on.copies, off.copies, name + " after 3 steps");
+    expect_same_copies(on.reload_copies, off.reload_copies, name + " after an upload");
+    // The upload rebuilt every copy: the copies changed with the weights.
+    EXPECT_NE(on.copies, on.reload_copies);
   }
 }
 
