@@ -315,8 +315,6 @@ void run_fused_refresh(cudaStream_t stream, bool power_of_two) {
       testing::expect_quant_identical("fused refresh fp8T vs cpu", what, {}, qT, cpu_qT, scalesT,
                                       cpu_scalesT);
     }
-    if (skipped)  // bring the reference's copies to the same poisoned state for the next compare
-      for (auto& side : reference) side->poison_copies();
   }
 }
 

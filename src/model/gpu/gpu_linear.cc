@@ -38,13 +38,13 @@ std::shared_ptr<WeightCopyState> find_weight_copies(const float* value, int64_t 
   if (value == nullptr || count <= 0) return nullptr;
   CopyDirectory& directory = copy_directory();
   std::lock_guard<std::mutex> lock(directory.mutex);
-  auto it = directory.by_value.upper_bound(value);  // the first master starting after `value`
-  if (it == directory.by_value.begin()) return nullptr;
-  --it;
-  std::shared_ptr<WeightCopyState> state = it->second.lock();
-  if (state == nullptr) {
-    directory.by_value.erase(it);
-    return nullptr;
+  std::shared_ptr<WeightCopyState> state;
+  while (state == nullptr) {
+    auto it = directory.by_value.upper_bound(value);  // the first master starting after `value`
+    if (it == directory.by_value.begin()) return nullptr;
+    --it;  // the last master starting at or before `value`
+    state = it->second.lock();
+    if (state == nullptr) directory.by_value.erase(it);  // a weight that is gone: look again
   }
   const float* begin = state->copies.value;
   if (value < begin || value + count > begin + state->copies.count()) return nullptr;
