@@ -1,6 +1,8 @@
 // The optimizer step on the GPU: one fused AdamW kernel over a tensor (adamw_update) or over a
 // fixed list of tensors in one launch (adamw_update_multi), global gradient norm and clipping on
-// the device, and the non-finite check that makes the trainer skip a step.
+// the device, and the non-finite check that makes the trainer skip a step. adamw_update_fp8 fuses
+// the update of weights kept in FP8 with their refresh (128x128-block codes and scales, both
+// orientations), so the master weights are read once per step.
 //
 // Per element (decoupled weight decay, bias-corrected, as train/adamw.h):
 //   g  = grad * clip_scale[0]
