@@ -1,6 +1,8 @@
-// GPU pipeline parallelism (parallel/gpu_pipeline_runner.h; label cuda; `mpirun -np 2
-// build/test_parallel_gpu_pipeline_cuda` with one GPU per rank, device = the node-local rank; every
-// test is skipped when the node has fewer GPUs than ranks). Tiny model with 4 decoder layers (a
+// GPU pipeline parallelism (parallel/gpu_pipeline_runner.h; label cuda; `mpirun -np 2` and
+// `mpirun -np 4 build/test_parallel_gpu_pipeline_cuda` with one GPU per rank, device = the
+// node-local rank; every test is skipped when the node has fewer GPUs than ranks, and each test
+// runs at its own rank count (GpuPipeline.*: 2 ranks; GpuPipelineMesh.*: 4 ranks, one case 8) and
+// is skipped with a message at the others). Tiny model with 4 decoder layers (a
 // dense first layer, MoE layers with the noaux_tc selection bias), MTP depth 1, P = 2 pipeline
 // ranks, 2 sequences of 7 tokens per micro-batch, some targets ignored. Each schedule runs
 //   1F1B and ZB1P: 2 stages, M = 4;  DualPipeV: 4 stages (2 per rank, V), M = 4;
@@ -27,6 +29,17 @@
 // (losses, norms, validation) within 1e-6, the step-1 expert load exactly, checkpoint weights and
 // moments within 1e-6 whole / 1e-5 per tensor, trainer_state.json and config.json byte for byte
 // (gpu_parallel_test_util.h's expect_matches_one_gpu); every rank ends with the same host model.
+// Timing (FRUGAL_PIPELINE_TIMING's events, set_timing): one timed step of 1F1B and of DualPipeV;
+// every rank reports M (1F1B) or 2M (DualPipeV) F and B intervals, 0 < busy <= step, idle = step -
+// busy, busy at least the sum of the mean F and B times their counts (less 1%); an untimed step
+// leaves the last timing as it was. Printed next to the schedule's expected bubble.
+// The mesh (GpuPipelineMesh.*, 4 ranks): the engine through the trainer on pp 2 x dp 2 (DualPipeV
+// and 1F1B) and pp 2 x dp 2 with ep 2 inside dp (DualPipeV), 8 micro-batches of 1 sequence per
+// step (4 per pipeline), against the same config on one GPU: fp32 metrics (losses, norms,
+// validation) within 1e-6, the step-1 expert load exactly (the load counters summed over dp), the
+// checkpoint's whole model within 1e-5 (per tensor 1e-4), moments 1e-5 / 1e-4; every rank ends
+// with the same gathered host model. On 8 ranks: pp 2 x dp 4 with ep 2 (expert_dp 2: the held
+// experts' gradients summed over expert_dp).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -48,7 +61,9 @@
 #include "model/transformer.h"
 #include "parallel/gpu_pipeline_runner.h"
 #include "parallel/mpi_communicator.h"
+#include "parallel/mesh.h"
 #include "parallel/nccl_communicator.h"
+#include "parallel/pipeline_timing.h"
 #include "parallel/schedule.h"
 #include "train/gpu_optimizer.h"
 
@@ -147,7 +162,9 @@ class GpuPipeline : public ::testing::Test {
     world = mpi_world_communicator();
     if (const std::string missing = testing::missing_gpu_per_rank(world->size()); !missing.empty())
       GTEST_SKIP() << missing;
-    ASSERT_EQ(world->size(), 2) << "this test runs P = 2 pipeline ranks (mpirun -np 2)";
+    if (world->size() != 2)
+      GTEST_SKIP() << "GpuPipeline.* runs P = 2 pipeline ranks (mpirun -np 2); this job has "
+                   << world->size() << " ranks (the mesh cases are GpuPipelineMesh.*)";
     ctx = std::make_unique<cuda::DeviceContext>(node_local_rank(world->rank()));
     nccl = make_nccl_communicator(*world, ctx->device);
     set_input_stream(*nccl, ctx->stream);
@@ -359,6 +376,117 @@ TEST_F(GpuPipeline, RefusesAScheduleOfAnotherRankCount) {
                                  pipeline::build_schedule(ScheduleKind::OneFOneB, 4, 4), *nccl,
                                  *world),
                Error);
+}
+
+// One timed step (see the file comment): the counts and the busy / idle arithmetic per rank.
+void timed_step(Communicator& world, cuda::DeviceContext& ctx, Communicator& nccl,
+                ScheduleKind kind) {
+  const ModelConfig cfg = pipeline_config();
+  const int stages = pipeline::pipeline_stage_count(kind, world.size());
+  const pipeline::Schedule schedule = pipeline::build_schedule(kind, stages, kMicroBatches);
+  const std::string label = std::string(pipeline::schedule_kind_name(kind)) + " timing";
+  auto initial = initial_model(cfg);
+  GpuPipelineRunner runner(ctx, cfg, Recipe::Fp32, schedule, nccl, world);
+  runner.upload(initial->params());
+  const Batch batch = random_batch(cfg, kMicroBatches, 5);
+  runner.set_timing(false);
+  runner.zero_grad();
+  runner.step(batch.tokens.data(), batch.targets.data(), kSequences, kSeq, kWeights);
+  EXPECT_TRUE(check(runner.last_timing().f_count == 0, label, "untimed step",
+                    fmt::format("{} F intervals recorded", runner.last_timing().f_count)));
+  runner.set_timing(true);
+  runner.zero_grad();
+  runner.step(batch.tokens.data(), batch.targets.data(), kSequences, kSeq, kWeights);
+  const std::vector<pipeline::PipelineTiming> all = runner.gather_timing();
+  ASSERT_EQ(static_cast<int>(all.size()), world.size());
+  const int per_rank = kind == ScheduleKind::DualPipeV ? 2 * kMicroBatches : kMicroBatches;
+  double f = 0, b = 0;
+  for (const auto& t : all) f += t.f_ms / all.size(), b += t.b_ms / all.size();
+  const pipeline::ExpectedBubble expected = pipeline::expected_bubble(schedule, f, b);
+  for (int r = 0; r < world.size(); ++r) {
+    const pipeline::PipelineTiming& t = all[r];
+    const std::string who = label + " rank " + std::to_string(r);
+    const std::string numbers = fmt::format(
+        "step {:.3f} ms busy {:.3f} idle {:.3f} F {:.3f} x{} B {:.3f} x{}; expected idle {:.3f} "
+        "(simulated), Table 2 {:.3f}",
+        t.step_ms, t.busy_ms, t.idle_ms, t.f_ms, t.f_count, t.b_ms, t.b_count,
+        expected.simulated[r], expected.table2);
+    EXPECT_TRUE(check(t.f_count == per_rank && t.b_count == per_rank, who, "F and B counts",
+                      numbers + fmt::format(" (want {} each)", per_rank)));
+    EXPECT_TRUE(check(t.busy_ms > 0 && t.busy_ms <= t.step_ms + 1e-9 && t.f_ms > 0 && t.b_ms > 0,
+                      who, "0 < busy <= step, F and B > 0", numbers));
+    EXPECT_TRUE(check(std::fabs(t.idle_ms - (t.step_ms - t.busy_ms)) <= 1e-9, who,
+                      "idle = step - busy", numbers));
+    const double summed = t.f_ms * t.f_count + t.b_ms * t.b_count;
+    EXPECT_TRUE(check(t.busy_ms >= 0.99 * summed, who, "busy covers every F and B",
+                      numbers + fmt::format(" sum of intervals {:.3f}", summed)));
+  }
+  world.barrier();
+}
+
+TEST_F(GpuPipeline, TimingOneFOneB) { timed_step(*world, *ctx, *nccl, ScheduleKind::OneFOneB); }
+TEST_F(GpuPipeline, TimingDualPipeV) { timed_step(*world, *ctx, *nccl, ScheduleKind::DualPipeV); }
+
+// The mesh (see the file comment): every test runs at one rank count and skips at the others.
+class GpuPipelineMesh : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    world = mpi_world_communicator();
+    if (const std::string missing = testing::missing_gpu_per_rank(world->size()); !missing.empty())
+      GTEST_SKIP() << missing;
+  }
+  // Skips unless the job has `ranks` ranks; true when the test should run.
+  bool at(int ranks) const { return world->size() == ranks; }
+
+  // pp 2 x dp (world / 2), ep inside dp, through the trainer against one GPU.
+  void engine_matches_one_gpu(int ep, const std::string& schedule) {
+    const int dp = world->size() / 2;
+    testing::SharedTempDir dir(*world);
+    const std::vector<std::string> extra = {
+        "train.device=cuda",   "train.precision=fp32",
+        "model.num_hidden_layers=4", "train.micro_batch=1",
+        "train.batch_sequences=" + std::to_string(4 * dp), "train.pp_schedule=" + schedule};
+    std::vector<std::string> piped = extra;
+    piped.push_back("train.pp=2");
+    piped.push_back("train.ep=" + std::to_string(ep));
+    const std::string par = dir.path("par"), ref = dir.path("ref");
+    const Config config = testing::parallel_test_config(par, piped);
+    Mesh mesh(*world, mesh_shape(world->size(), config.train, config.model));
+    std::vector<std::string> parts = {"pipeline " + schedule, "cuda:",
+                                      "pp 2 x dp " + std::to_string(dp),
+                                      "all-reduced over dp through NCCL"};
+    if (ep > 1) parts.push_back("tokens dispatched through NCCL");
+    const std::string label = fmt::format("GPU pipeline {} pp 2 x dp {} ep {}", schedule, dp, ep);
+    std::printf("CHECK | %s | running on %d ranks | | info\n", label.c_str(), world->size());
+    testing::train_on_every_rank(config, mesh, *world, parts,
+                                 label + ": the ranks' gathered host models differ after 3 steps");
+    if (world->rank() == 0)
+      testing::expect_matches_one_gpu(label, par, testing::parallel_test_config(ref, extra), "fp32",
+                                      {1e-6, 1e-5, 1e-4, 1e-5, 1e-4},
+                                      ep > 1 ? " (a routed expert: the EP dispatch, its expert_dp "
+                                               "sum or its gather from the owner)"
+                                             : " (the dp sum of the stage's gradients)");
+    world->barrier();
+  }
+
+  std::unique_ptr<Communicator> world;
+};
+
+TEST_F(GpuPipelineMesh, DualPipeVPp2Dp2MatchesOneGpu) {
+  if (!at(4)) GTEST_SKIP() << "runs on 4 ranks (mpirun -np 4); this job has " << world->size();
+  engine_matches_one_gpu(1, "dualpipev");
+}
+TEST_F(GpuPipelineMesh, OneFOneBPp2Dp2MatchesOneGpu) {
+  if (!at(4)) GTEST_SKIP() << "runs on 4 ranks (mpirun -np 4); this job has " << world->size();
+  engine_matches_one_gpu(1, "1f1b");
+}
+TEST_F(GpuPipelineMesh, DualPipeVPp2Dp2Ep2MatchesOneGpu) {
+  if (!at(4)) GTEST_SKIP() << "runs on 4 ranks (mpirun -np 4); this job has " << world->size();
+  engine_matches_one_gpu(2, "dualpipev");
+}
+TEST_F(GpuPipelineMesh, DualPipeVPp2Dp4Ep2MatchesOneGpu) {
+  if (!at(8)) GTEST_SKIP() << "runs on 8 ranks (mpirun -np 8); this job has " << world->size();
+  engine_matches_one_gpu(2, "dualpipev");
 }
 
 }  // namespace
