@@ -218,15 +218,14 @@ std::vector<pipeline::PipelineTiming> GpuPipelineRunner::gather_timing() {
   return pipeline::unpack_timings(packed, host_.size());
 }
 
-bool GpuPipelineRunner::peer_expert(const std::string& name) const {
+bool GpuPipelineRunner::peer_expert(
+    const std::string& name,
+    const std::unordered_map<std::string, const DeviceParam*>& held) const {
   if (mesh_.ep == nullptr) return false;
   const int64_t e = routed_expert_of(name);
   if (e < 0 || (e >= mesh_.first_expert && e < mesh_.first_expert + mesh_.expert_count))
     return false;
-  const std::string mine = with_expert_index(name, mesh_.first_expert);
-  for (const DeviceParam& p : registry_.params())
-    if (p.name == mine) return true;
-  return false;
+  return held.count(with_expert_index(name, mesh_.first_expert)) > 0;
 }
 
 void GpuPipelineRunner::sum_expert_loads_over_data_parallel() {
@@ -575,7 +574,7 @@ void GpuPipelineRunner::download(ParamStore<float>& whole) {
     auto it = held.find(h.name);
     // EP: a routed expert of a layer held here comes from its EP owner; a dense tensor from EP
     // rank 0 alone (the EP sum below then adds one copy).
-    const bool peer = peer_expert(h.name);
+    const bool peer = peer_expert(h.name, held);
     const bool dense_elsewhere = mesh_.ep_host != nullptr && routed_expert_of(h.name) < 0 &&
                                  mesh_.ep_host->rank() != 0;
     const bool mine = it != held.end() && counts_in_norm(h.name) && !dense_elsewhere;

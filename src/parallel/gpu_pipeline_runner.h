@@ -51,6 +51,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "core/param.h"
@@ -155,8 +156,10 @@ class GpuPipelineRunner {
   void sum_shared_gradients();
   void add_record(const GpuPipelineStage& st, const StageLosses& part, double* rec) const;
   Losses finish_record(const double* rec, const LossWeights& weights) const;
-  // A routed expert's tensor of a layer this rank holds, another EP rank's expert: its owner.
-  bool peer_expert(const std::string& name) const;
+  // Whether `name` is another EP rank's routed expert in a layer this rank holds (`held`: this
+  // rank's tensors by name); its values come from that owner.
+  bool peer_expert(const std::string& name,
+                   const std::unordered_map<std::string, const DeviceParam*>& held) const;
   // Events: the index of a fresh recorded event on ctx.stream (grown pool).
   int record_event();
   void resolve_timing(int start, int end, const std::vector<std::pair<int, int>>& forward,
