@@ -88,7 +88,9 @@ class GpuPipelineRunner {
   GpuPipelineRunner(const GpuPipelineRunner&) = delete;
   GpuPipelineRunner& operator=(const GpuPipelineRunner&) = delete;
 
-  // tokens, targets: host [micro_batches, micro_batch_sequences, seq], the same on every rank.
+  // tokens, targets: host [micro_batches, micro_batch_sequences, seq], the same on every rank of
+  // the pipeline (a dp replica passes its own micro-batches and loss_scale 1 / all micro-batches;
+  // after the step its gradients are the sum over the replicas).
   // Returns each micro-batch's Losses on every rank (GpuTransformer::forward_backward's for the
   // same micro-batch, up to rounding). loss_scale < 0 means 1 / micro_batches. Collective.
   std::vector<Losses> step(const int32_t* tokens, const int32_t* targets,
@@ -117,7 +119,8 @@ class GpuPipelineRunner {
 
   // L2 norm of the whole model's gradients (every tensor once: DualPipe's second copies and the MTP
   // stage's embedding copy left out): this rank's counted squares on the device (fp32), summed over
-  // the ranks on the host in double. Collective; the same value on every rank.
+  // the ranks on the host in double (mesh with EP: the routed experts' squares first summed over
+  // the EP group). Collective; the same value on every rank (every dp replica too).
   double global_grad_norm();
   // Whether this rank's copy of tensor `name` is the counted one (the owner in download()).
   bool counts_in_norm(const std::string& name) const;
@@ -132,7 +135,9 @@ class GpuPipelineRunner {
   // the tensors held here (names and shapes checked) and refreshes the weight copies. download is
   // collective: each tensor is taken from its one counted owner, the other ranks contribute zeros,
   // summed over the ranks on the host (exact), so every rank gets the whole model; gradients too
-  // where whole's grad arrays are sized. Throws naming a tensor no rank (or two ranks) owns.
+  // where whole's grad arrays are sized. Mesh with EP: collective over the EP group too (a routed
+  // expert from its owner, a dense tensor from EP rank 0, summed over the EP group first). Throws
+  // naming a tensor no rank (or two ranks) owns.
   void upload(const ParamStore<float>& whole);
   void download(ParamStore<float>& whole);
 
