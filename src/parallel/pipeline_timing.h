@@ -40,8 +40,8 @@ PipelineTiming summarize_timing(double step_ms, const std::vector<TimedInterval>
 // The bubble the schedule should show with stage-chunk times f (forward) and b (whole backward),
 // W = 0 and F&B = f + b (the GPU runner's costs).
 struct ExpectedBubble {
-  double table2 = 0;               // table2_bubble(kind, stages, f, b, 0, f + b)
-  std::vector<double> simulated;   // [ranks] simulate_schedule's idle per rank
+  double table2 = 0;              // table2_bubble(kind, stages, f, b, 0, f + b)
+  std::vector<double> simulated;  // [ranks] simulate_schedule's idle per rank
   double simulated_makespan = 0;
 };
 ExpectedBubble expected_bubble(const Schedule& schedule, double f, double b);

@@ -310,7 +310,9 @@ class GpuPipelineEngine : public StepEngine {
       std::copy(it->second->m.begin(), it->second->m.end(), buffer.begin() + at);
       std::copy(it->second->v.begin(), it->second->v.end(), buffer.begin() + at + n);
     }
-    if (ep) mesh_.ep().all_reduce_sum(buffer.data(), static_cast<int64_t>(buffer.size()), CommType::F32);
+    if (ep)
+      mesh_.ep().all_reduce_sum(buffer.data(), static_cast<int64_t>(buffer.size()),
+                                CommType::F32);
     mesh_.pp().all_reduce_sum(buffer.data(), static_cast<int64_t>(buffer.size()), CommType::F32);
     size_t at = 0;
     std::vector<std::pair<std::string, size_t>> layout;  // (name, size) in state order

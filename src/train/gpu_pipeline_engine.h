@@ -25,10 +25,10 @@
 // mesh: each tensor and its moments from the one rank whose copy the norm counts, there (EP) a
 // routed expert's owner and a dense tensor's EP rank 0, zeros from the others, summed on the host
 // over the EP group and then the pipeline; every rank ends with the whole model) and hands them
-// to world rank 0, which writes the single-process files. host_model() / host_optimizer() are not collective and return the state of the last
-// gather, load or upload. upload_host_state() copies the host copies into the stages and the local
-// GpuAdamW's moments (resume: the default load_checkpoint reads any checkpoint into the host
-// copies, then uploads).
+// to world rank 0, which writes the single-process files. host_model() / host_optimizer() are not
+// collective and return the state of the last gather, load or upload. upload_host_state() copies
+// the host copies into the stages and the local GpuAdamW's moments (resume: the default
+// load_checkpoint reads any checkpoint into the host copies, then uploads).
 //
 // Validation (evaluate): one forward-only pass through the stages in stage order
 // (GpuPipelineRunner::evaluate). Expert load: every stage's device counters mapped onto the whole

@@ -30,8 +30,7 @@ TEST(PipelineTiming, BusyIsTheSumOfDisjointIntervals) {
 TEST(PipelineTiming, OverlapsCountOnceAndTheStepClips) {
   // Unsorted, overlapping (3..6 inside 2..7), touching (7..8) and past the step's end (9..15 in a
   // 10 ms step): the union inside [0, 10] is 2..8 and 9..10 = 7 ms; the means use whole lengths.
-  const PipelineTiming t =
-      summarize_timing(10.0, {{B, 9, 15}, {F, 3, 6}, {F, 2, 7}, {B, 7, 8}});
+  const PipelineTiming t = summarize_timing(10.0, {{B, 9, 15}, {F, 3, 6}, {F, 2, 7}, {B, 7, 8}});
   EXPECT_DOUBLE_EQ(t.busy_ms, 7.0);
   EXPECT_DOUBLE_EQ(t.idle_ms, 3.0);
   EXPECT_DOUBLE_EQ(t.f_ms, 4.0);  // (3 + 5) / 2
