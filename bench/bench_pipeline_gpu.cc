@@ -14,6 +14,11 @@
 // synchronized step; the pipeline's is the slowest rank's) and tokens/s of both. The GPU stage's
 // backward makes the weight gradients with the input gradients, so the W steps of ZB1P/DualPipe
 // do not fill bubbles yet (see gpu_pipeline_runner.h). Writes the table as JSON with --json.
+// The measured bubble (the runner's step timing, parallel/pipeline_timing.h, always on here): per
+// step and rank, the wall time of runner.step, its busy (F and B on the compute stream) and idle
+// time, next to the bubble the schedule should have with the step's measured mean F and B: the
+// simulated idle of that rank (simulate_schedule) and Table 2's formula (table2_bubble). W = 0 in
+// both: the GPU's B makes the weight gradients too, so W's time is inside B; an FB step is F + B.
 #include "mpi_bench_main.h"
 
 #if defined(FRUGAL_HAVE_CUDA) && defined(FRUGAL_HAVE_NCCL) && defined(FRUGAL_HAVE_MPI)
@@ -41,6 +46,7 @@
 #include "parallel/gpu_pipeline_runner.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/nccl_communicator.h"
+#include "parallel/pipeline_timing.h"
 #include "parallel/schedule.h"
 #include "train/gpu_optimizer.h"
 #include "train/recipe.h"
@@ -178,9 +184,11 @@ int run(int argc, char** argv) {
   // 2. The pipeline over every rank.
   auto nccl = make_nccl_communicator(*world, ctx.device);
   std::vector<StepResult> piped(steps);
+  std::vector<std::vector<pipeline::PipelineTiming>> timings(steps);  // [step][rank]
   int64_t peak_bytes = 0;
   {
     gpu::GpuPipelineRunner runner(ctx, config.model, choice.recipe, schedule, *nccl, *world);
+    runner.set_timing(true);
     runner.upload(host.params());
     gpu::GpuPipelineAdamW optimizer(ctx, config.optim, runner);
     for (int64_t step = 0; step < steps; ++step) {
@@ -190,6 +198,7 @@ int run(int argc, char** argv) {
       runner.zero_grad();
       const std::vector<Losses> losses =
           runner.step(tokens.data(), targets.data(), sequences, seq, weights_at(step));
+      timings[step] = runner.gather_timing();
       const auto info = optimizer.step(learning_rate(config.optim, config.schedule, step));
       runner.update_balance_bias(info.skipped ? 0.0 : schedule_value(tc.bias_update_speed, step));
       ctx.synchronize();
@@ -236,6 +245,42 @@ int run(int argc, char** argv) {
                            {"tokens_per_s_one_gpu", single_tok},
                            {"tokens_per_s_pipeline", pipe_tok}});
     }
+    // The measured bubble against the schedule's, with the step's measured F and B (all ranks).
+    std::printf("\nbubble per step and rank (W = 0: the GPU's B makes the weight gradients, so "
+                "W's time is inside B; FB = F + B)\n");
+    std::printf("%5s %5s %10s %10s %10s %9s %9s %16s %16s\n", "step", "rank", "step ms",
+                "busy ms", "idle ms", "F ms", "B ms", "sim. idle ms", "Table 2 ms");
+    nlohmann::json bubble_json = nlohmann::json::array();
+    for (int64_t s = 0; s < steps; ++s) {
+      double f = 0, b = 0;
+      int fn = 0, bn = 0;
+      for (const auto& t : timings[s]) {
+        f += t.f_ms * t.f_count, fn += t.f_count;
+        b += t.b_ms * t.b_count, bn += t.b_count;
+      }
+      f = fn ? f / fn : 0;
+      b = bn ? b / bn : 0;
+      const pipeline::ExpectedBubble expected = pipeline::expected_bubble(schedule, f, b);
+      for (int r = 0; r < ranks; ++r) {
+        const pipeline::PipelineTiming& t = timings[s][r];
+        std::printf("%5lld %5d %10.2f %10.2f %10.2f %9.3f %9.3f %16.2f %16.2f\n",
+                    static_cast<long long>(s + 1), r, t.step_ms, t.busy_ms, t.idle_ms, t.f_ms,
+                    t.b_ms, expected.simulated[r], expected.table2);
+        bubble_json.push_back({{"step", s + 1},
+                               {"rank", r},
+                               {"step_ms", t.step_ms},
+                               {"busy_ms", t.busy_ms},
+                               {"idle_ms", t.idle_ms},
+                               {"f_ms", t.f_ms},
+                               {"b_ms", t.b_ms},
+                               {"f_count", t.f_count},
+                               {"b_count", t.b_count},
+                               {"mean_f_ms_all_ranks", f},
+                               {"mean_b_ms_all_ranks", b},
+                               {"simulated_idle_ms", expected.simulated[r]},
+                               {"table2_bubble_ms", expected.table2}});
+      }
+    }
     for (int r = 0; r < ranks; ++r)
       std::printf("rank %d: peak device memory of the pipeline %.2f GiB\n", r,
                   static_cast<double>(peaks[r]) / (1024.0 * 1024.0 * 1024.0));
@@ -251,7 +296,8 @@ int run(int argc, char** argv) {
                                      {"seq", seq},
                                      {"single_gpu_run", !skip_single},
                                      {"peak_bytes_per_rank", peaks},
-                                     {"steps", rows_json}};
+                                     {"steps", rows_json},
+                                     {"bubble", bubble_json}};
       std::ofstream out(json_path);
       FRUGAL_CHECK(out.good(), "cannot write {}", json_path);
       out << result.dump(2) << "\n";

@@ -6,9 +6,13 @@
 # the expert-parallel run again with the overlap measurement (FRUGAL_OVERLAP_STATS=1), with the
 # all-to-all overlap on and off (FRUGAL_EP_OVERLAP=0), printing the "overlap" lines too; then the
 # GPU pipeline benchmark (bench_pipeline_gpu: bf16, DualPipeV and 1F1B, 8 micro-batches of
-# 4 x 4096, 4 steps, against one GPU).
+# 4 x 4096, 4 steps, against one GPU), printing the step table and the measured bubble per rank
+# next to the schedule's expected one (simulated and Table 2, with the measured F and B).
 # MULTI_GPU_PARTS (default "tests dispatch train zero1 fp8ep overlap pipeline") picks the parts,
-# MULTI_GPU_TESTS (names separated by spaces) the test programs.
+# MULTI_GPU_TESTS (names separated by spaces) the test programs. The part "mesh" (not in the
+# default; --ranks 4 or 8) trains bench-1b on the GPU pipeline over a mesh: pp 2 (DualPipeV) x
+# dp ranks/2 with ep 2 inside dp, 4 micro-batches of 2 x 4096 per pipeline, with the step timing
+# (FRUGAL_PIPELINE_TIMING=1), and prints the step and bubble lines.
 #
 #   scripts/multi_gpu_round.sh [--ranks N] [--data DIR] [--steps S]
 #
@@ -120,7 +124,8 @@ if [ -f "$train_text" ]; then
     grep -E "^step|^overlap|rror" "$logs/train_${ranks}gpu_ep_overlap_$mode.log" | tail -n 8
   done
 fi
-# The GPU pipeline on bench-1b (random tokens, no data needed): one GPU, then the pipeline.
+# The GPU pipeline on bench-1b (random tokens, no data needed): one GPU, then the pipeline; the
+# step table, then the measured bubble per step and rank.
 for schedule in dualpipev 1f1b; do
   part pipeline || continue
   echo "== bench_pipeline_gpu bench-1b bf16 $schedule, 8 micro-batches of 4 x 4096 (np $ranks)"
@@ -129,8 +134,36 @@ for schedule in dualpipev 1f1b; do
   rc=$?
   [ $rc -eq 0 ] || failures=$((failures + 1))
   echo "exit $rc"
-  tail -n 12 "$logs/bench_pipeline_$schedule.log"
+  if grep -q "micro-batches of" "$logs/bench_pipeline_$schedule.log"; then
+    sed -n '/ micro-batches of /,$p' "$logs/bench_pipeline_$schedule.log" | head -n 60
+  else
+    tail -n 12 "$logs/bench_pipeline_$schedule.log"
+  fi
 done
+# The GPU pipeline over a mesh (4 or 8 ranks): pp 2 x dp ranks/2, ep 2 inside dp, DualPipeV.
+if part mesh; then
+  if [ "$ranks" -lt 4 ] || [ $((ranks % 4)) -ne 0 ]; then
+    echo "== mesh: skipped (needs --ranks 4 or 8: pp 2 x dp >= 2 with ep 2; this round has $ranks)"
+  elif [ ! -f "$train_text" ]; then
+    echo "== mesh: skipped (no training text at $train_text)"
+  else
+    dp=$((ranks / 2))
+    echo "== bench-1b, bf16, GPU pipeline dualpipev pp 2 x dp $dp (ep 2): 4 micro-batches of 2 x 4096 per pipeline"
+    rm -rf /tmp/mgM
+    timeout 500 "${mpi[@]}" -x FRUGAL_PIPELINE_TIMING=1 "$build/frugal" train \
+      configs/bench-1b.toml --train.device=cuda --train.precision=bf16 --train.pp=2 \
+      --train.pp_schedule=dualpipev --train.ep=2 --train.micro_batch=2 \
+      --train.batch_sequences=$((2 * 4 * dp)) --train.steps="$steps" --train.eval_every=0 \
+      --train.save_every=0 --train.log_every=1 --data.train_path="$train_text" \
+      --data.val_path="$data/gutenberg_en_val.txt.zst" --data.tokenizer=bytes \
+      --train.out_dir=/tmp/mgM > "$logs/train_${ranks}gpu_pipeline_mesh.log" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || failures=$((failures + 1))
+    echo "exit $rc"
+    grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu_pipeline_mesh.log" | tail -n 8
+    grep -E "^pipeline timing" "$logs/train_${ranks}gpu_pipeline_mesh.log" | tail -n 4
+  fi
+fi
 echo "multi_gpu_round: $failures test program(s) failed"
 # Few files come back from the GPU machine: pack the logs.
 [ -n "${OUT:-}" ] && tar czf "$OUT/multi_gpu.tgz" -C "$(dirname "$logs")" "$(basename "$logs")" && rm -rf "$logs"

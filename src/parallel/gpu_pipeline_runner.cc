@@ -8,12 +8,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <optional>
 #include <set>
 #include <span>
 #include <unordered_map>
 
 #include "core/cuda_check.h"
 #include "core/error.h"
+#include "model/gpu/gpu_moe.h"
 #include "parallel/nccl_communicator.h"
 #include "train/gpu_engine_kernels.h"
 
@@ -35,18 +38,41 @@ int nccl_tag(const pipeline::Schedule& schedule, const pipeline::Message& m) {
   return pipeline::message_tag(schedule, m) % 32768;
 }
 
+// The routed expert a parameter belongs to ("...mlp.experts.{e}...."), else -1.
+int64_t routed_expert_of(const std::string& name) {
+  static const std::string marker = ".mlp.experts.";
+  const size_t at = name.find(marker);
+  if (at == std::string::npos) return -1;
+  return std::stoll(name.substr(at + marker.size()));
+}
+
+// The same name with routed expert index `e` instead of its own.
+std::string with_expert_index(const std::string& name, int64_t e) {
+  static const std::string marker = ".mlp.experts.";
+  const size_t begin = name.find(marker) + marker.size(), end = name.find('.', begin);
+  return name.substr(0, begin) + std::to_string(e) + name.substr(end);
+}
+
+bool timing_requested() {
+  const char* value = std::getenv("FRUGAL_PIPELINE_TIMING");
+  return value != nullptr && *value != '\0' && std::string(value) != "0";
+}
+
 }  // namespace
 
 GpuPipelineRunner::GpuPipelineRunner(cuda::DeviceContext& ctx, const ModelConfig& cfg,
                                      Recipe recipe, pipeline::Schedule schedule,
-                                     Communicator& nccl, Communicator& host)
+                                     Communicator& nccl, Communicator& host,
+                                     const GpuPipelineMesh& mesh)
     : ctx_(ctx),
       cfg_(cfg),
       recipe_(recipe),
       schedule_(std::move(schedule)),
       nccl_(nccl),
       host_(host),
-      registry_(ctx) {
+      registry_(ctx),
+      mesh_(mesh),
+      timing_(timing_requested()) {
   using pipeline::ScheduleKind;
   FRUGAL_CHECK(nccl_.size() == schedule_.ranks && host_.size() == schedule_.ranks,
                "GPU pipeline: the {} schedule needs {} ranks; the NCCL communicator has {}, the "
@@ -58,6 +84,25 @@ GpuPipelineRunner::GpuPipelineRunner(cuda::DeviceContext& ctx, const ModelConfig
                "the same ranks in the same order)",
                nccl_.rank(), host_.rank());
   set_input_stream(nccl_, ctx_.stream);
+  const bool ep = mesh_.ep != nullptr && mesh_.ep->size() > 1;
+  if (ep) {
+    FRUGAL_CHECK(mesh_.ep_host != nullptr && mesh_.ep_host->size() == mesh_.ep->size() &&
+                     mesh_.ep_host->rank() == mesh_.ep->rank(),
+                 "GPU pipeline: the EP group's host communicator must list the NCCL one's ranks");
+    FRUGAL_CHECK(mesh_.expert_count > 0 &&
+                     mesh_.expert_count * mesh_.ep->size() == cfg_.n_routed_experts &&
+                     mesh_.first_expert == mesh_.ep->rank() * mesh_.expert_count,
+                 "GPU pipeline: EP rank {} of {} should hold experts [{}, +{}) of {}",
+                 mesh_.ep->rank(), mesh_.ep->size(), mesh_.first_expert, mesh_.expert_count,
+                 cfg_.n_routed_experts);
+    set_input_stream(*mesh_.ep, ctx_.stream);
+  } else {
+    mesh_.ep = mesh_.ep_host = nullptr;
+    mesh_.first_expert = 0;
+    mesh_.expert_count = cfg_.n_routed_experts;
+  }
+  if (mesh_.dp != nullptr) set_input_stream(*mesh_.dp, ctx_.stream);
+  if (mesh_.expert_dp != nullptr) set_input_stream(*mesh_.expert_dp, ctx_.stream);
   const int r = host_.rank(), p = schedule_.stages;
   std::vector<int> held;
   switch (schedule_.kind) {
@@ -69,8 +114,13 @@ GpuPipelineRunner::GpuPipelineRunner(cuda::DeviceContext& ctx, const ModelConfig
     case ScheduleKind::DualPipeV: held = {r, p - 1 - r}; break;
   }
   held.erase(std::unique(held.begin(), held.end()), held.end());  // one stage of one: once
-  for (int s : held)  // ascending stage order: DualPipe's copies list the same tensors
-    stages_.push_back(std::make_unique<GpuPipelineStage>(ctx_, registry_, cfg_, recipe_, s, p));
+  {
+    // EP: the MoE layers built now hold this EP rank's experts and dispatch over mesh_.ep.
+    std::optional<ExpertParallelScope> scope;
+    if (ep) scope.emplace(mesh_.ep);
+    for (int s : held)  // ascending stage order: DualPipe's copies list the same tensors
+      stages_.push_back(std::make_unique<GpuPipelineStage>(ctx_, registry_, cfg_, recipe_, s, p));
+  }
 
   // The plan and the exchange groups (collective: every rank splits for every pair, in order).
   pipeline::CommunicationPlan plan = pipeline::plan_communication(schedule_);
@@ -95,30 +145,95 @@ GpuPipelineRunner::GpuPipelineRunner(cuda::DeviceContext& ctx, const ModelConfig
     }
   }
 
-  // Gradient sets: every trainable array once (scaling, DualPipe's copy sum), the counted ones.
-  std::vector<DeviceSpan> all;
+  // Gradient sets: every trainable array once (scaling, DualPipe's copy sum), the counted ones
+  // (under EP the routed experts' apart: their squares are summed over the EP group), and the
+  // data-parallel sums (under EP the routed experts over expert_dp, the rest over dp).
+  std::vector<DeviceSpan> all, dense, experts;
   std::set<const float*> counted;
   for (const DeviceParam& param : registry_.params()) {
+    const int64_t e = routed_expert_of(param.name);
+    if (e >= 0)
+      FRUGAL_CHECK(e >= mesh_.first_expert && e < mesh_.first_expert + mesh_.expert_count,
+                   "GPU pipeline: this rank holds {}, outside its experts [{}, {})", param.name,
+                   mesh_.first_expert, mesh_.first_expert + mesh_.expert_count);
     if (!param.trainable || param.grad == nullptr) continue;
     all.push_back({param.grad, param.count});
+    (ep && e >= 0 ? experts : dense).push_back({param.grad, param.count});
     if (counts_in_norm(param.name) && counted.insert(param.grad).second)
-      norm_tensors_.push_back({param.grad, param.count});
+      (ep && e >= 0 ? expert_norm_tensors_ : norm_tensors_).push_back({param.grad, param.count});
   }
   gradient_spans_ = merge_device_spans(all);
   if (copies_ != nullptr && copies_->size() > 1)
     copies_reducer_ = std::make_unique<GradientAllReducer>(ctx_, *copies_, all);
-  const size_t workspace =
-      norm_tensors_.empty()
-          ? 1
-          : cuda::grad_norm_workspace_bytes(norm_tensors_.data(),
-                                            static_cast<int64_t>(norm_tensors_.size()));
+  if (mesh_.dp != nullptr && mesh_.dp->size() > 1)
+    dp_reducer_ = std::make_unique<GradientAllReducer>(ctx_, *mesh_.dp, dense);
+  if (ep && mesh_.expert_dp != nullptr && mesh_.expert_dp->size() > 1)
+    expert_reducer_ = std::make_unique<GradientAllReducer>(ctx_, *mesh_.expert_dp, experts);
+  size_t workspace = 1;
+  for (const auto* set : {&norm_tensors_, &expert_norm_tensors_})
+    if (!set->empty())
+      workspace = std::max(workspace, cuda::grad_norm_workspace_bytes(
+                                          set->data(), static_cast<int64_t>(set->size())));
   norm_workspace_ = cuda::DeviceArray<uint8_t>(ctx_, static_cast<int64_t>(std::max<size_t>(workspace, 1)));
   norm_scalars_ = cuda::DeviceArray<float>(ctx_, 2);
   norm_flag_ = cuda::DeviceArray<int32_t>(ctx_, 1);
   ctx_.synchronize();
 }
 
-GpuPipelineRunner::~GpuPipelineRunner() = default;
+GpuPipelineRunner::~GpuPipelineRunner() {
+  for (void* e : events_) cudaEventDestroy(static_cast<cudaEvent_t>(e));  // no throw here
+}
+
+int GpuPipelineRunner::record_event() {
+  if (events_used_ == events_.size()) {
+    cudaEvent_t e = nullptr;
+    FRUGAL_CUDA_CHECK(cudaEventCreate(&e));
+    events_.push_back(e);
+  }
+  FRUGAL_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(events_[events_used_]), ctx_.stream));
+  return static_cast<int>(events_used_++);
+}
+
+void GpuPipelineRunner::resolve_timing(int start, int end,
+                                       const std::vector<std::pair<int, int>>& forward,
+                                       const std::vector<std::pair<int, int>>& backward) {
+  auto event = [&](int i) { return static_cast<cudaEvent_t>(events_[static_cast<size_t>(i)]); };
+  FRUGAL_CUDA_CHECK(cudaEventSynchronize(event(end)));
+  auto since_start = [&](int i) {
+    float ms = 0;
+    FRUGAL_CUDA_CHECK(cudaEventElapsedTime(&ms, event(start), event(i)));
+    return static_cast<double>(ms);
+  };
+  std::vector<pipeline::TimedInterval> intervals;
+  for (const auto& [a, b] : forward)
+    intervals.push_back({pipeline::TimedKind::Forward, since_start(a), since_start(b)});
+  for (const auto& [a, b] : backward)
+    intervals.push_back({pipeline::TimedKind::Backward, since_start(a), since_start(b)});
+  last_timing_ = pipeline::summarize_timing(since_start(end), intervals);
+}
+
+std::vector<pipeline::PipelineTiming> GpuPipelineRunner::gather_timing() {
+  std::vector<double> packed = pipeline::pack_timings(last_timing_, host_.rank(), host_.size());
+  host_.all_reduce_sum(packed.data(), static_cast<int64_t>(packed.size()), CommType::F64);
+  return pipeline::unpack_timings(packed, host_.size());
+}
+
+bool GpuPipelineRunner::peer_expert(
+    const std::string& name,
+    const std::unordered_map<std::string, const DeviceParam*>& held) const {
+  if (mesh_.ep == nullptr) return false;
+  const int64_t e = routed_expert_of(name);
+  if (e < 0 || (e >= mesh_.first_expert && e < mesh_.first_expert + mesh_.expert_count))
+    return false;
+  return held.count(with_expert_index(name, mesh_.first_expert)) > 0;
+}
+
+void GpuPipelineRunner::sum_expert_loads_over_data_parallel() {
+  if (mesh_.dp == nullptr || mesh_.dp->size() <= 1) return;
+  for (auto& st : stages_)
+    for (const DeviceLoadCounter& counter : st->expert_load_counters())
+      mesh_.dp->all_reduce_sum(counter.counts, counter.experts, CommType::I64);
+}
 
 Communicator* GpuPipelineRunner::group(int color, int key, bool whole,
                                        std::unique_ptr<Communicator>& owned) {
@@ -214,17 +329,33 @@ std::vector<Losses> GpuPipelineRunner::step(const int32_t* tokens, const int32_t
                  me, m.gradient ? "gradient" : "activation", m.micro_batch, m.stage);
   };
 
+  // Timing: events (indices into events_) at the start, around every F and B, and at the end.
+  const bool timed = timing_;
+  events_used_ = 0;
+  std::vector<std::pair<int, int>> forward_events, backward_events;
+  const int start_event = timed ? record_event() : -1;
+  auto timed_forward = [&](const pipeline::Work& w) {
+    const int begin = timed ? record_event() : -1;
+    forward(w);
+    if (timed) forward_events.emplace_back(begin, record_event());
+  };
+  auto timed_backward = [&](const pipeline::Work& w, bool weight_step_follows) {
+    const int begin = timed ? record_event() : -1;
+    backward(w, weight_step_follows);
+    if (timed) backward_events.emplace_back(begin, record_event());
+  };
+
   for (const pipeline::Action& a : plan_) {
     switch (a.kind) {
       case ActionKind::Compute: {
         const pipeline::Step& s = schedule_.steps[me][a.step];
         switch (s.op) {
-          case Op::Forward: forward(s.work); break;
-          case Op::BackwardInput: backward(s.work, true); break;
+          case Op::Forward: timed_forward(s.work); break;
+          case Op::BackwardInput: timed_backward(s.work, true); break;
           case Op::BackwardWeight: backward_weight(s.work); break;
           case Op::ForwardBackward:  // no overlap yet: F, then the other chunk's whole B
-            forward(s.work);
-            backward(s.other, false);
+            timed_forward(s.work);
+            timed_backward(s.other, false);
             break;
           default: fail("GPU pipeline: step {} is not a compute step", pipeline::op_name(s.op));
         }
@@ -264,7 +395,12 @@ std::vector<Losses> GpuPipelineRunner::step(const int32_t* tokens, const int32_t
                me, pipeline::schedule_kind_name(schedule_.kind), runs.size(), activations.size(),
                gradients.size(), awaiting_weight.size());
 
+  if (timed) resolve_timing(start_event, record_event(), forward_events, backward_events);
+
   sum_shared_gradients();
+  // Data parallelism: the stage's gradients summed over its dp group (experts over expert_dp).
+  if (dp_reducer_) dp_reducer_->all_reduce();
+  if (expert_reducer_) expert_reducer_->all_reduce();
 
   // Every entry was set on exactly one rank (zeros elsewhere): the sum is exact.
   host_.all_reduce_sum(records.data(), static_cast<int64_t>(records.size()), CommType::F64);
@@ -375,16 +511,23 @@ bool GpuPipelineRunner::counts_in_norm(const std::string& name) const {
 }
 
 double GpuPipelineRunner::global_grad_norm() {
-  double squares = 0;
-  if (!norm_tensors_.empty()) {
+  // This rank's counted squares of one set (0 for an empty set), on the compute stream.
+  auto squares_of = [&](const std::vector<cuda::GradTensor>& set) {
+    if (set.empty()) return 0.0;
     cuda::grad_norm_and_clip(norm_scalars_.data(), norm_scalars_.data() + 1, norm_flag_.data(),
-                             norm_tensors_.data(), static_cast<int64_t>(norm_tensors_.size()),
-                             0.0f, norm_workspace_.data(), ctx_.stream);
+                             set.data(), static_cast<int64_t>(set.size()), 0.0f,
+                             norm_workspace_.data(), ctx_.stream);
     float norm = 0;
     FRUGAL_CUDA_CHECK(cudaMemcpyAsync(&norm, norm_scalars_.data(), sizeof(float),
                                       cudaMemcpyDeviceToHost, ctx_.stream));
     ctx_.synchronize();
-    squares = static_cast<double>(norm) * static_cast<double>(norm);
+    return static_cast<double>(norm) * static_cast<double>(norm);
+  };
+  double squares = squares_of(norm_tensors_);
+  if (mesh_.ep_host != nullptr) {  // the stage's routed experts: one slice per EP rank
+    double experts = squares_of(expert_norm_tensors_);
+    mesh_.ep_host->all_reduce_sum(&experts, 1, CommType::F64);
+    squares += experts;
   }
   host_.all_reduce_sum(&squares, 1, CommType::F64);
   return std::sqrt(squares);
@@ -429,7 +572,12 @@ void GpuPipelineRunner::download(ParamStore<float>& whole) {
     const int64_t count = static_cast<int64_t>(h.value.size());
     const bool with_grad = h.grad.size() == h.value.size();
     auto it = held.find(h.name);
-    const bool mine = it != held.end() && counts_in_norm(h.name);
+    // EP: a routed expert of a layer held here comes from its EP owner; a dense tensor from EP
+    // rank 0 alone (the EP sum below then adds one copy).
+    const bool peer = peer_expert(h.name, held);
+    const bool dense_elsewhere = mesh_.ep_host != nullptr && routed_expert_of(h.name) < 0 &&
+                                 mesh_.ep_host->rank() != 0;
+    const bool mine = it != held.end() && counts_in_norm(h.name) && !dense_elsewhere;
     if (mine) {
       const DeviceParam& p = *it->second;
       FRUGAL_CHECK(h.shape == p.shape,
@@ -450,6 +598,12 @@ void GpuPipelineRunner::download(ParamStore<float>& whole) {
     } else {
       std::fill(h.value.begin(), h.value.end(), 0.0f);
       if (with_grad) std::fill(h.grad.begin(), h.grad.end(), 0.0f);
+    }
+    // The EP ranks of one stage hold the same layers, so they reach the same tensors in order.
+    if (mesh_.ep_host != nullptr && (it != held.end() || peer)) {
+      mesh_.ep_host->all_reduce_sum(h.value.data(), count, CommType::F32);
+      if (with_grad) mesh_.ep_host->all_reduce_sum(h.grad.data(), count, CommType::F32);
+      mesh_.ep_host->all_reduce_sum(&owners[i], 1, CommType::I32);
     }
     host_.all_reduce_sum(h.value.data(), count, CommType::F32);
     if (with_grad) host_.all_reduce_sum(h.grad.data(), count, CommType::F32);

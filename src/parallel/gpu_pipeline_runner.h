@@ -28,12 +28,30 @@
 //
 // Host-side: per micro-batch loss records summed over the ranks on `host` (MPI, same ranks: one
 // owner per entry, exact), as the CPU runner. CUDA + NCCL builds only (FRUGAL_HAVE_NCCL).
+//
+// Mesh (GpuPipelineMesh, optional; parallel/mesh.h's pp x dp with EP inside dp): `nccl` and `host`
+// are then the mesh's pp group (the pipeline of this rank's dp rank). With an EP group the stages
+// are built inside an ExpertParallelScope on its NCCL communicator (each MoE layer holds this EP
+// rank's routed experts and exchanges tokens with the EP ranks of the same stage, which play the
+// same action list, so their collectives meet in order). At the end of step(), after the shared
+// sums, the gradients are summed over the stage's dp group (NCCL all-reduce: dense tensors over dp;
+// held routed experts over expert_dp when EP is on, over dp otherwise). global_grad_norm then adds
+// each rank's counted squares: dense ones (equal on every dp rank after the sum) plus the routed
+// experts' squares summed over the EP group (host), then over the pipeline, so every tensor counts
+// once. sum_expert_loads_over_data_parallel sums the MoE load counters over dp (call it before
+// update_balance_bias / reading the loads). download() takes each routed expert from its EP owner.
+//
+// Timing (FRUGAL_PIPELINE_TIMING=1 or set_timing(true)): device events on the compute stream at
+// the step's start and end and around every F and B (an FB step: its F and its B apart); after the
+// step they resolve into last_timing() (pipeline_timing.h: wall, busy, idle = wall - busy, mean F
+// and B). W steps are not timed: their work is inside B on the GPU.
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "core/param.h"
@@ -41,10 +59,22 @@
 #include "parallel/communicator.h"
 #include "parallel/gpu_data_parallel.h"
 #include "parallel/pipeline_plan.h"
+#include "parallel/pipeline_timing.h"
 #include "parallel/schedule.h"
 #include "train/gpu_optimizer.h"
 
 namespace frugal::gpu {
+
+// The data- and expert-parallel groups around one pipeline rank (all null: one pipeline). Every
+// pointer must outlive the runner; NCCL ones get ctx.stream as their input stream here.
+struct GpuPipelineMesh {
+  Communicator* ep = nullptr;         // NCCL over the EP group (ep > 1), else null
+  Communicator* ep_host = nullptr;    // MPI over the same ranks in the same order
+  Communicator* dp = nullptr;         // NCCL over the stage's dp group (dp > 1), else null
+  Communicator* expert_dp = nullptr;  // NCCL over expert_dp (ep > 1 and dp / ep > 1), else null
+  int64_t first_expert = 0;           // this EP rank's routed experts [first, first + count)
+  int64_t expert_count = 0;           // 0: every expert (no EP)
+};
 
 class GpuPipelineRunner {
  public:
@@ -52,12 +82,15 @@ class GpuPipelineRunner {
   // ctx.stream here); host: an MPI communicator over the same ranks in the same order. Both sizes
   // must equal schedule.ranks. Collective (splits NCCL groups for exchanges and shared sums).
   GpuPipelineRunner(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe,
-                    pipeline::Schedule schedule, Communicator& nccl, Communicator& host);
+                    pipeline::Schedule schedule, Communicator& nccl, Communicator& host,
+                    const GpuPipelineMesh& mesh = {});
   ~GpuPipelineRunner();
   GpuPipelineRunner(const GpuPipelineRunner&) = delete;
   GpuPipelineRunner& operator=(const GpuPipelineRunner&) = delete;
 
-  // tokens, targets: host [micro_batches, micro_batch_sequences, seq], the same on every rank.
+  // tokens, targets: host [micro_batches, micro_batch_sequences, seq], the same on every rank of
+  // the pipeline (a dp replica passes its own micro-batches and loss_scale 1 / all micro-batches;
+  // after the step its gradients are the sum over the replicas).
   // Returns each micro-batch's Losses on every rank (GpuTransformer::forward_backward's for the
   // same micro-batch, up to rounding). loss_scale < 0 means 1 / micro_batches. Collective.
   std::vector<Losses> step(const int32_t* tokens, const int32_t* targets,
@@ -69,13 +102,25 @@ class GpuPipelineRunner {
   // counting; the Losses on every rank. Collective.
   Losses evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq);
 
+  // Mesh with dp > 1: every MoE load counter of this rank's stages becomes its sum over the dp
+  // group (NCCL, integers: exact); nothing otherwise. Collective over dp.
+  void sum_expert_loads_over_data_parallel();
+
+  // Step timing (see above): on/off (the constructor reads FRUGAL_PIPELINE_TIMING), this rank's
+  // last timed step, and every pipeline rank's (rank order; collective over `host`).
+  void set_timing(bool on) { timing_ = on; }
+  bool timing() const { return timing_; }
+  const pipeline::PipelineTiming& last_timing() const { return last_timing_; }
+  std::vector<pipeline::PipelineTiming> gather_timing();
+
   // Spec §2.2 on this rank's MoE layers; with DualPipe the two copies' loads are summed first (over
   // NCCL, integers) so the copies' biases stay equal. Collective.
   void update_balance_bias(double gamma);
 
   // L2 norm of the whole model's gradients (every tensor once: DualPipe's second copies and the MTP
   // stage's embedding copy left out): this rank's counted squares on the device (fp32), summed over
-  // the ranks on the host in double. Collective; the same value on every rank.
+  // the ranks on the host in double (mesh with EP: the routed experts' squares first summed over
+  // the EP group). Collective; the same value on every rank (every dp replica too).
   double global_grad_norm();
   // Whether this rank's copy of tensor `name` is the counted one (the owner in download()).
   bool counts_in_norm(const std::string& name) const;
@@ -90,7 +135,9 @@ class GpuPipelineRunner {
   // the tensors held here (names and shapes checked) and refreshes the weight copies. download is
   // collective: each tensor is taken from its one counted owner, the other ranks contribute zeros,
   // summed over the ranks on the host (exact), so every rank gets the whole model; gradients too
-  // where whole's grad arrays are sized. Throws naming a tensor no rank (or two ranks) owns.
+  // where whole's grad arrays are sized. Mesh with EP: collective over the EP group too (a routed
+  // expert from its owner, a dense tensor from EP rank 0, summed over the EP group first). Throws
+  // naming a tensor no rank (or two ranks) owns.
   void upload(const ParamStore<float>& whole);
   void download(ParamStore<float>& whole);
 
@@ -114,6 +161,14 @@ class GpuPipelineRunner {
   void sum_shared_gradients();
   void add_record(const GpuPipelineStage& st, const StageLosses& part, double* rec) const;
   Losses finish_record(const double* rec, const LossWeights& weights) const;
+  // Whether `name` is another EP rank's routed expert in a layer this rank holds (`held`: this
+  // rank's tensors by name); its values come from that owner.
+  bool peer_expert(const std::string& name,
+                   const std::unordered_map<std::string, const DeviceParam*>& held) const;
+  // Events: the index of a fresh recorded event on ctx.stream (grown pool).
+  int record_event();
+  void resolve_timing(int start, int end, const std::vector<std::pair<int, int>>& forward,
+                      const std::vector<std::pair<int, int>>& backward);
 
   cuda::DeviceContext& ctx_;
   ModelConfig cfg_;
@@ -134,6 +189,14 @@ class GpuPipelineRunner {
   cuda::DeviceArray<float> norm_scalars_;  // [norm, clip scale]
   cuda::DeviceArray<int32_t> norm_flag_;
   std::vector<DeviceSpan> gradient_spans_;  // every trainable gradient, disjoint
+  GpuPipelineMesh mesh_;
+  std::unique_ptr<GradientAllReducer> dp_reducer_;      // dense (and, without EP, every) gradient
+  std::unique_ptr<GradientAllReducer> expert_reducer_;  // EP: held experts over expert_dp
+  std::vector<cuda::GradTensor> expert_norm_tensors_;   // EP: counted routed-expert gradients
+  bool timing_ = false;
+  pipeline::PipelineTiming last_timing_;
+  std::vector<void*> events_;  // cudaEvent_t pool (void*: no CUDA header here)
+  size_t events_used_ = 0;
 };
 
 // AdamW over one rank's pipeline stages (GpuAdamW over the runner's registry, no clip of its own):

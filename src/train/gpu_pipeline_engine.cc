@@ -10,12 +10,20 @@ namespace frugal {
 
 // In every build: make_step_engine refuses these settings before anything else.
 void check_gpu_pipeline_mesh(const Config& config, const Mesh& mesh) {
-  FRUGAL_CHECK(mesh.shape().dp == 1 && mesh.shape().ep == 1 && config.train.ep == 1,
-               "train.device = \"cuda\" with train.pp = {} runs one pipeline without data or "
-               "expert parallelism: launch exactly train.pp = {} ranks (this job has {} ranks: dp "
-               "{}) with train.ep = 1 (it is {}), or train.device = \"cpu\"",
-               mesh.shape().pp, mesh.shape().pp, mesh.world().size(), mesh.shape().dp,
-               config.train.ep);
+  const MeshShape& shape = mesh.shape();
+  FRUGAL_CHECK(shape.ep == config.train.ep, "the mesh has EP groups of {} but train.ep = {}",
+               shape.ep, config.train.ep);
+  FRUGAL_CHECK(config.train.micro_batch > 0 &&
+                   config.train.batch_sequences % config.train.micro_batch == 0,
+               "train.device = \"cuda\" with train.pp = {}: train.batch_sequences = {} must be a "
+               "multiple of train.micro_batch = {} (the micro-batches of a step)",
+               shape.pp, config.train.batch_sequences, config.train.micro_batch);
+  const int64_t micro_batches = config.train.batch_sequences / config.train.micro_batch;
+  FRUGAL_CHECK(micro_batches % shape.dp == 0,
+               "train.device = \"cuda\" with train.pp = {} on {} ranks ({}): the {} micro-batches "
+               "of a step (train.batch_sequences / train.micro_batch) must split evenly over the "
+               "{} data-parallel ranks (every replica of the pipeline plays the same schedule)",
+               shape.pp, mesh.world().size(), describe(shape), micro_batches, shape.dp);
 }
 
 }  // namespace frugal
@@ -24,6 +32,8 @@ void check_gpu_pipeline_mesh(const Config& config, const Mesh& mesh) {
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <unordered_map>
@@ -32,6 +42,7 @@ void check_gpu_pipeline_mesh(const Config& config, const Mesh& mesh) {
 #include "core/device_context.h"
 #include "parallel/gpu_pipeline_runner.h"
 #include "parallel/nccl_communicator.h"
+#include "parallel/pipeline_timing.h"
 #include "train/gpu_engine.h"
 #include "train/recipe.h"
 
@@ -68,11 +79,13 @@ pipeline::Schedule gpu_pipeline_schedule(const Config& config, const Mesh& mesh)
   const auto kind = pipeline::parse_schedule_kind(t.pp_schedule, "train.pp_schedule");
   try {
     return pipeline::build_schedule(kind, pipeline::pipeline_stage_count(kind, mesh.shape().pp),
-                                    static_cast<int>(micro_batches));
+                                    static_cast<int>(micro_batches / mesh.shape().dp));
   } catch (const Error& e) {
-    fail("train.pp_schedule = \"{}\" with train.pp = {} and {} micro-batches per step "
-         "(train.batch_sequences / train.micro_batch): {}",
-         t.pp_schedule, mesh.shape().pp, micro_batches, e.what());
+    fail("train.pp_schedule = \"{}\" with train.pp = {} and {} micro-batches per step over {} "
+         "data-parallel ranks ({} per pipeline; train.batch_sequences / train.micro_batch / "
+         "dp): {}",
+         t.pp_schedule, mesh.shape().pp, micro_batches, mesh.shape().dp,
+         micro_batches / mesh.shape().dp, e.what());
   }
 }
 
@@ -92,9 +105,28 @@ class GpuPipelineEngine : public StepEngine {
     host_.init_weights(config.train.seed, config.train.init_std);
     // The host model only carries values between the device and checkpoints.
     for (const auto& param : host_.params().all()) std::vector<float>().swap(param->grad);
+    // NCCL communicators over the mesh's groups, made in the same order on every rank (each is
+    // collective over its host group): pp, ep, dp, expert_dp.
     nccl_ = make_nccl_communicator(mesh.pp(), ctx_.device);
+    gpu::GpuPipelineMesh groups;
+    const MeshShape& shape = mesh.shape();
+    if (shape.ep > 1) {
+      ep_comm_ = make_nccl_communicator(mesh.ep(), ctx_.device);
+      groups.ep = ep_comm_.get();
+      groups.ep_host = &mesh.ep();
+      groups.expert_count = config.model.n_routed_experts / shape.ep;
+      groups.first_expert = mesh.coords().ep_rank * groups.expert_count;
+    }
+    if (shape.dp > 1) {
+      dp_comm_ = make_nccl_communicator(mesh.dp(), ctx_.device);
+      groups.dp = dp_comm_.get();
+    }
+    if (shape.ep > 1 && shape.expert_dp() > 1) {
+      expert_dp_comm_ = make_nccl_communicator(mesh.expert_dp(), ctx_.device);
+      groups.expert_dp = expert_dp_comm_.get();
+    }
     runner_ = std::make_unique<gpu::GpuPipelineRunner>(ctx_, config.model, choice_.recipe,
-                                                       schedule_, *nccl_, mesh.pp());
+                                                       schedule_, *nccl_, mesh.pp(), groups);
     optimizer_ = std::make_unique<gpu::GpuPipelineAdamW>(ctx_, config.optim, *runner_);
     // A host AdamW over this rank's trainable tensors: the GPU optimizer's checkpoint layout.
     for (const gpu::DeviceParam& p : runner_->params()) {
@@ -109,12 +141,23 @@ class GpuPipelineEngine : public StepEngine {
   }
 
   std::string description() const override {
-    return fmt::format("cuda:{} {} (sm_{}), {}, {} ranks: pipeline {} over {} stages, {} "
-                       "micro-batches per step",
-                       ctx_.device, device_name_, ctx_.compute_capability,
-                       recipe_name(choice_.recipe), mesh_.world().size(),
-                       pipeline::schedule_kind_name(schedule_.kind), schedule_.stages,
-                       schedule_.micro_batches);
+    std::string text = fmt::format(
+        "cuda:{} {} (sm_{}), {}, {} ranks: {}; pipeline {} over {} stages, {} micro-batches per "
+        "step per pipeline",
+        ctx_.device, device_name_, ctx_.compute_capability, recipe_name(choice_.recipe),
+        mesh_.world().size(), describe(mesh_.shape()),
+        pipeline::schedule_kind_name(schedule_.kind), schedule_.stages, schedule_.micro_batches);
+    if (mesh_.shape().dp > 1)
+      text += ", stage gradients all-reduced over dp through NCCL (no ZeRO-1 in the pipeline)";
+    if (mesh_.shape().ep > 1) {
+      const int64_t local = config_.model.n_routed_experts / mesh_.shape().ep;
+      text += fmt::format(", experts {}..{} of {} here (EP {} of {}), tokens dispatched through "
+                          "NCCL",
+                          mesh_.coords().ep_rank * local, (mesh_.coords().ep_rank + 1) * local - 1,
+                          config_.model.n_routed_experts, mesh_.coords().ep_rank,
+                          mesh_.shape().ep);
+    }
+    return text;
   }
   std::string recipe_note() const override { return choice_.note; }
 
@@ -129,11 +172,26 @@ class GpuPipelineEngine : public StepEngine {
   std::vector<Losses> forward_backward_step(const int32_t* tokens, const int32_t* targets,
                                             int64_t micro_batches, int64_t batch, int64_t seq,
                                             const LossWeights& weights) override {
-    FRUGAL_CHECK(micro_batches == schedule_.micro_batches,
-                 "the pipeline schedule was built for {} micro-batches per step, this step has {}",
-                 schedule_.micro_batches, micro_batches);
-    return runner_->step(tokens, targets, batch, seq, weights, /*training=*/true,
-                         1.0 / static_cast<double>(micro_batches));
+    const int64_t dp = mesh_.shape().dp, mine = schedule_.micro_batches;
+    FRUGAL_CHECK(micro_batches == mine * dp,
+                 "the pipeline schedule was built for {} micro-batches per step ({} per dp rank), "
+                 "this step has {}",
+                 mine * dp, mine, micro_batches);
+    // This rank's micro-batches m = dp_rank + k * dp, contiguous: [mine, batch, seq].
+    const int64_t rows = batch * seq, rank = mesh_.coords().dp_rank;
+    std::vector<int32_t> my_tokens(static_cast<size_t>(mine * rows)), my_targets(my_tokens.size());
+    for (int64_t k = 0; k < mine; ++k) {
+      std::copy_n(tokens + (rank + k * dp) * rows, rows, my_tokens.begin() + k * rows);
+      std::copy_n(targets + (rank + k * dp) * rows, rows, my_targets.begin() + k * rows);
+    }
+    const std::vector<Losses> ran =
+        runner_->step(my_tokens.data(), my_targets.data(), batch, seq, weights,
+                      /*training=*/true, 1.0 / static_cast<double>(micro_batches));
+    log_timing();
+    // The other dp ranks' micro-batches stay zero: the trainer sums the losses over dp.
+    std::vector<Losses> out(static_cast<size_t>(micro_batches));
+    for (int64_t k = 0; k < mine; ++k) out[rank + k * dp] = ran[k];
+    return out;
   }
 
   Losses evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch,
@@ -142,6 +200,9 @@ class GpuPipelineEngine : public StepEngine {
   }
 
   OptimizerStepInfo optimizer_step(double lr) override {
+    // The MoE load counters summed over dp first (integers: exact), so every replica's bias
+    // update and the logged loads agree; the gradients were summed over dp by the runner's step.
+    runner_->sum_expert_loads_over_data_parallel();
     const auto info = optimizer_->step(lr);
     return {info.grad_norm, info.skipped};
   }
@@ -228,9 +289,16 @@ class GpuPipelineEngine : public StepEngine {
   void gather_host_state() {
     runner_->download(host_.params());
     optimizer_->local().download(*local_optimizer_);
+    // Each tensor's moments from one rank of the mesh: the pipeline rank whose copy the norm
+    // counts, and there (EP) a routed expert's owner, a dense tensor's EP rank 0; the others add
+    // zeros to the sums over the EP group and then the pipeline.
+    const bool ep = mesh_.shape().ep > 1;
     std::unordered_map<std::string, const AdamW<float>::ParamState*> mine;
-    for (const auto& state : local_optimizer_->state())
-      if (runner_->counts_in_norm(state.name)) mine[state.name] = &state;
+    for (const auto& state : local_optimizer_->state()) {
+      const bool expert = state.name.find(".mlp.experts.") != std::string::npos;
+      if (runner_->counts_in_norm(state.name) && (!ep || expert || mesh_.coords().ep_rank == 0))
+        mine[state.name] = &state;
+    }
     std::vector<float> buffer;
     for (const auto& state : host_optimizer_.state()) {
       const size_t n = state.m.size(), at = buffer.size();
@@ -242,6 +310,9 @@ class GpuPipelineEngine : public StepEngine {
       std::copy(it->second->m.begin(), it->second->m.end(), buffer.begin() + at);
       std::copy(it->second->v.begin(), it->second->v.end(), buffer.begin() + at + n);
     }
+    if (ep)
+      mesh_.ep().all_reduce_sum(buffer.data(), static_cast<int64_t>(buffer.size()),
+                                CommType::F32);
     mesh_.pp().all_reduce_sum(buffer.data(), static_cast<int64_t>(buffer.size()), CommType::F32);
     size_t at = 0;
     std::vector<std::pair<std::string, size_t>> layout;  // (name, size) in state order
@@ -255,6 +326,31 @@ class GpuPipelineEngine : public StepEngine {
     host_optimizer_.set_step_count(optimizer_->step_count());
   }
 
+  // FRUGAL_PIPELINE_TIMING=1: every pipeline rank's measured step (collective over pp), printed
+  // by the dp rank 0 pipeline's rank 0 next to the schedule's expected bubble with the measured
+  // F and B (W = 0: inside B on the GPU).
+  void log_timing() {
+    if (!runner_->timing()) return;
+    const std::vector<pipeline::PipelineTiming> all = runner_->gather_timing();
+    if (mesh_.world().rank() != 0) return;
+    double f = 0, b = 0;
+    int fn = 0, bn = 0;
+    for (const auto& t : all) {
+      f += t.f_ms * t.f_count, fn += t.f_count;
+      b += t.b_ms * t.b_count, bn += t.b_count;
+    }
+    f = fn ? f / fn : 0;
+    b = bn ? b / bn : 0;
+    const pipeline::ExpectedBubble expected = pipeline::expected_bubble(schedule_, f, b);
+    for (size_t r = 0; r < all.size(); ++r)
+      std::printf("pipeline timing rank %zu: step %.2f ms, busy %.2f ms, idle %.2f ms; F %.3f ms "
+                  "x%d, B %.3f ms x%d; expected idle %.2f ms (simulated), Table 2 bubble %.2f ms "
+                  "(mean F %.3f, B %.3f, W 0: inside B on the GPU)\n",
+                  r, all[r].step_ms, all[r].busy_ms, all[r].idle_ms, all[r].f_ms, all[r].f_count,
+                  all[r].b_ms, all[r].b_count, expected.simulated[r], expected.table2, f, b);
+    std::fflush(stdout);
+  }
+
   Config config_;
   const Mesh& mesh_;
   pipeline::Schedule schedule_;
@@ -264,6 +360,7 @@ class GpuPipelineEngine : public StepEngine {
   Transformer<float> host_;
   AdamW<float> host_optimizer_;
   std::unique_ptr<Communicator> nccl_;
+  std::unique_ptr<Communicator> ep_comm_, dp_comm_, expert_dp_comm_;  // mesh groups (NCCL), or null
   std::unique_ptr<gpu::GpuPipelineRunner> runner_;
   std::unique_ptr<gpu::GpuPipelineAdamW> optimizer_;
   ParamStore<float> local_store_;  // this rank's trainable tensors (shapes only)

@@ -1,6 +1,8 @@
-// GPU pipeline parallelism (parallel/gpu_pipeline_runner.h; label cuda; `mpirun -np 2
-// build/test_parallel_gpu_pipeline_cuda` with one GPU per rank, device = the node-local rank; every
-// test is skipped when the node has fewer GPUs than ranks). Tiny model with 4 decoder layers (a
+// GPU pipeline parallelism (parallel/gpu_pipeline_runner.h; label cuda; `mpirun -np 2` and
+// `mpirun -np 4 build/test_parallel_gpu_pipeline_cuda` with one GPU per rank, device = the
+// node-local rank; every test is skipped when the node has fewer GPUs than ranks, and each test
+// runs at its own rank count (GpuPipeline.*: 2 ranks; GpuPipelineMesh.*: 4 ranks, one case 8) and
+// is skipped with a message at the others). Tiny model with 4 decoder layers (a
 // dense first layer, MoE layers with the noaux_tc selection bias), MTP depth 1, P = 2 pipeline
 // ranks, 2 sequences of 7 tokens per micro-batch, some targets ignored. Each schedule runs
 //   1F1B and ZB1P: 2 stages, M = 4;  DualPipeV: 4 stages (2 per rank, V), M = 4;
@@ -27,6 +29,20 @@
 // (losses, norms, validation) within 1e-6, the step-1 expert load exactly, checkpoint weights and
 // moments within 1e-6 whole / 1e-5 per tensor, trainer_state.json and config.json byte for byte
 // (gpu_parallel_test_util.h's expect_matches_one_gpu); every rank ends with the same host model.
+// Timing (FRUGAL_PIPELINE_TIMING's events, set_timing): one timed step of 1F1B and of DualPipeV;
+// every rank reports M (1F1B) or 2M (DualPipeV) F and B intervals, 0 < busy <= step, idle = step -
+// busy, busy at least the sum of the mean F and B times their counts (less 1%); an untimed step
+// leaves the last timing as it was. Printed next to the schedule's expected bubble.
+// The mesh (GpuPipelineMesh.*, 4 ranks): the runner as above (fp32 bounds, per-tensor 1e-4 after 3
+// steps) on pp 2 x dp 2 (1F1B) and pp 2 x dp 2 with ep 2 inside dp (DualPipeV, DualPipe), each dp
+// replica running M = 4 of the 8 micro-batches, against one GPU that runs all 8; and the engine
+// through the trainer on pp 2 x dp 2 (DualPipeV
+// and 1F1B) and pp 2 x dp 2 with ep 2 inside dp (DualPipeV), 8 micro-batches of 1 sequence per
+// step (4 per pipeline), against the same config on one GPU: fp32 metrics (losses, norms,
+// validation) within 1e-6, the step-1 expert load exactly (the load counters summed over dp), the
+// checkpoint's whole model within 1e-5 (per tensor 1e-4), moments 1e-5 / 1e-4; every rank ends
+// with the same gathered host model. On 8 ranks: pp 2 x dp 4 with ep 2 (expert_dp 2: the held
+// experts' gradients summed over expert_dp), runner and engine.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -48,7 +64,9 @@
 #include "model/transformer.h"
 #include "parallel/gpu_pipeline_runner.h"
 #include "parallel/mpi_communicator.h"
+#include "parallel/mesh.h"
 #include "parallel/nccl_communicator.h"
+#include "parallel/pipeline_timing.h"
 #include "parallel/schedule.h"
 #include "train/gpu_optimizer.h"
 
@@ -141,13 +159,199 @@ struct Tolerance {
   double evaluation;  // relative, evaluate()'s losses
 };
 
+// One rank's view of the pipeline under test: `nccl` / `host` over its pipeline's ranks, and the
+// data- and expert-parallel groups around it (none: one pipeline). The dp replicas share the step's
+// micro-batches: replica d runs d, d + dp, ... (M each, M * dp in all on the single GPU, loss scale
+// 1 / (M * dp)).
+struct PipelineSetup {
+  Communicator& world;
+  cuda::DeviceContext& ctx;
+  Communicator& nccl;
+  Communicator& host;
+  gpu::GpuPipelineMesh groups;
+  int dp = 1, dp_rank = 0;
+  std::string mesh;  // label part, e.g. "pp 2 x dp 2 ep 2"
+};
+
+// Trains the pipeline and the single GPU side by side (see the file comment) and compares.
+void compare_pipeline(const PipelineSetup& setup, ScheduleKind kind, Recipe recipe,
+                      const Tolerance& tol) {
+  const ModelConfig cfg = pipeline_config();
+  Communicator& world = setup.world;
+  cuda::DeviceContext& ctx = setup.ctx;
+  const int ranks = setup.host.size(), me = world.rank(), dp = setup.dp;
+  const int total = kMicroBatches * dp;  // micro-batches per step, all replicas
+  const std::string label = std::string(pipeline::schedule_kind_name(kind)) + " " +
+                            (recipe == Recipe::Fp32 ? "fp32" : "bf16") +
+                            (setup.mesh.empty() ? "" : " " + setup.mesh) + " rank " +
+                            std::to_string(me);
+  const int stages = pipeline::pipeline_stage_count(kind, ranks);
+  OptimConfig optim;
+  optim.lr = 1e-2;
+  optim.grad_clip = 0.05;  // the clip is active (the tiny model's norms are ~0.1-1)
+  const int64_t rows = kSequences * kSeq;
+
+  auto initial = initial_model(cfg);
+  GpuTransformer single(ctx, cfg, recipe);
+  single.upload(initial->params());
+  GpuAdamW single_optimizer(ctx, optim, single);
+  GpuPipelineRunner runner(ctx, cfg, recipe, pipeline::build_schedule(kind, stages, kMicroBatches),
+                           setup.nccl, setup.host, setup.groups);
+  runner.upload(initial->params());
+  GpuPipelineAdamW optimizer(ctx, optim, runner);
+
+  bool clipped = false;
+  for (int step = 1; step <= kSteps; ++step) {
+    const Batch batch = random_batch(cfg, total, 100 + step);
+    single.zero_grad();
+    std::vector<Losses> want;
+    for (int m = 0; m < total; ++m)
+      want.push_back(single.forward_backward(batch.tokens.data() + m * rows,
+                                             batch.targets.data() + m * rows, kSequences, kSeq,
+                                             kWeights, 1.0 / total));
+    // This replica's micro-batches m = dp_rank + k * dp, contiguous.
+    Batch mine;
+    for (int k = 0; k < kMicroBatches; ++k) {
+      const int64_t m = setup.dp_rank + static_cast<int64_t>(k) * dp;
+      mine.tokens.insert(mine.tokens.end(), batch.tokens.begin() + m * rows,
+                         batch.tokens.begin() + (m + 1) * rows);
+      mine.targets.insert(mine.targets.end(), batch.targets.begin() + m * rows,
+                          batch.targets.begin() + (m + 1) * rows);
+    }
+    runner.zero_grad();
+    const std::vector<Losses> got = runner.step(mine.tokens.data(), mine.targets.data(),
+                                                kSequences, kSeq, kWeights, true, 1.0 / total);
+    ASSERT_EQ(static_cast<int>(got.size()), kMicroBatches) << label;
+    for (int k = 0; k < kMicroBatches; ++k) {
+      const int m = setup.dp_rank + k * dp;
+      const std::string what = "step " + std::to_string(step) + " micro-batch " + std::to_string(m);
+      const double parts[4][2] = {{got[k].total, want[m].total},
+                                  {got[k].main, want[m].main},
+                                  {got[k].mtp, want[m].mtp},
+                                  {got[k].balance, want[m].balance}};
+      const char* names[4] = {"total", "main", "mtp", "balance"};
+      for (int k = 0; k < 4; ++k) {
+        const double err = relative(parts[k][0], parts[k][1]);
+        const double bound = k == 3 ? tol.balance : tol.loss;
+        const std::string numbers = fmt::format("pipeline {:.9g} one GPU {:.9g} rel {:.3g} (tol {:.1g})",
+                                                parts[k][0], parts[k][1], err, bound);
+        if (bound < 0)
+          std::printf("CHECK | %s | %s loss %s | %s | info\n", label.c_str(), what.c_str(),
+                      names[k], numbers.c_str());
+        else
+          EXPECT_TRUE(check(err <= bound, label, what + " loss " + names[k], numbers));
+      }
+      EXPECT_EQ(got[k].tokens, want[m].tokens) << label << " " << what;
+    }
+
+    if (step == 1 && tol.grad >= 0) {  // every gradient, each tensor from its owner
+      auto a = std::make_unique<Transformer<float>>(cfg), b = std::make_unique<Transformer<float>>(cfg);
+      single.download(a->params());
+      runner.download(b->params());
+      double worst = 0;
+      std::string worst_name;
+      for (auto& p : a->params().all()) {
+        if (!p->trainable) continue;
+        const double err = relative_l2(b->params().get(p->name).grad, p->grad);
+        if (err > worst) worst = err, worst_name = p->name;
+        if (err > tol.grad)
+          check(false, label, "step 1 gradient " + p->name, fmt::format("rel L2 {:.3g}", err));
+      }
+      EXPECT_TRUE(check(worst <= tol.grad, label, "step 1 gradients, worst tensor",
+                        fmt::format("{} rel L2 {:.3g} (tol {:.1g})", worst_name, worst, tol.grad)));
+    }
+
+    const GpuAdamW::StepInfo ref = single_optimizer.step(optim.lr);
+    const GpuAdamW::StepInfo info = optimizer.step(optim.lr);
+    EXPECT_FALSE(info.skipped) << label << " step " << step;
+    EXPECT_FALSE(ref.skipped) << label << " step " << step;
+    clipped = clipped || info.clip_scale < 1.0;
+    if (tol.norm >= 0) {
+      const double err = relative(info.grad_norm, ref.grad_norm);
+      EXPECT_TRUE(check(err <= tol.norm, label, "step " + std::to_string(step) + " gradient norm",
+                        fmt::format("pipeline {:.9g} (clip {:.6g}) one GPU {:.9g} (clip {:.6g}) "
+                                    "rel {:.3g}",
+                                    info.grad_norm, info.clip_scale, ref.grad_norm,
+                                    ref.clip_scale, err)));
+    }
+    single.update_balance_bias(kGamma);
+    runner.sum_expert_loads_over_data_parallel();  // no-op without dp
+    runner.update_balance_bias(kGamma);
+  }
+  EXPECT_TRUE(clipped) << label << ": grad_clip " << optim.grad_clip
+                       << " never clipped; the test does not exercise the clip";
+
+  // The whole model after the steps.
+  auto a = std::make_unique<Transformer<float>>(cfg), b = std::make_unique<Transformer<float>>(cfg);
+  single.download(a->params());
+  runner.download(b->params());
+  double diff = 0, norm = 0, worst = 0;
+  std::string worst_name;
+  int bad = 0;
+  for (auto& p : a->params().all()) {
+    const std::vector<float>& got = b->params().get(p->name).value;
+    const double err = relative_l2(got, p->value);
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double d = static_cast<double>(got[i]) - p->value[i];
+      diff += d * d;
+      norm += static_cast<double>(p->value[i]) * p->value[i];
+    }
+    if (err > worst) worst = err, worst_name = p->name;
+    if (tol.tensor >= 0 && err > tol.tensor) {
+      ++bad;
+      check(false, label, "after 3 steps, tensor " + p->name,
+            fmt::format("rel L2 {:.3g} (tol {:.1g})", err, tol.tensor));
+    }
+  }
+  EXPECT_EQ(bad, 0) << label << ": " << bad << " tensors differ after " << kSteps << " steps";
+  std::printf("CHECK | %s | after 3 steps, worst tensor | %s rel L2 %.3g | info\n", label.c_str(),
+              worst_name.c_str(), worst);
+  const double whole = std::sqrt(diff / norm);
+  EXPECT_TRUE(check(whole <= tol.whole, label, "after 3 steps, whole model",
+                    fmt::format("rel L2 {:.3g} (tol {:.1g})", whole, tol.whole)));
+
+  // Every tensor held here equals the downloaded (owner's) one: copies did not drift apart.
+  ctx.synchronize();
+  int drifted = 0;
+  for (const gpu::DeviceParam& p : runner.params()) {
+    std::vector<float> mine(static_cast<size_t>(p.count));
+    ASSERT_EQ(cudaMemcpy(mine.data(), p.value, mine.size() * sizeof(float), cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    if (mine != b->params().get(p.name).value) {
+      ++drifted;
+      check(false, label, "copy of " + p.name + " on this rank",
+            fmt::format("rel L2 {:.3g} from the owner's", relative_l2(mine, b->params().get(p.name).value)));
+    }
+  }
+  EXPECT_EQ(drifted, 0) << label << ": " << drifted
+                        << " tensors held here differ from their owner's copy";
+
+  // Validation over the whole first batch as one.
+  const Batch batch = random_batch(cfg, kMicroBatches, 7);
+  const Losses want = single.evaluate(batch.tokens.data(), batch.targets.data(),
+                                      kMicroBatches * kSequences, kSeq, LossWeights{0.0, 0.0});
+  const Losses got =
+      runner.evaluate(batch.tokens.data(), batch.targets.data(), kMicroBatches * kSequences, kSeq);
+  for (auto [name, g, w] : {std::tuple{"main", got.main, want.main},
+                            std::tuple{"mtp", got.mtp, want.mtp},
+                            std::tuple{"total", got.total, want.total}}) {
+    const double err = relative(g, w);
+    EXPECT_TRUE(check(err <= tol.evaluation, label, std::string("evaluate ") + name,
+                      fmt::format("pipeline {:.9g} one GPU {:.9g} rel {:.3g}", g, w, err)));
+  }
+  EXPECT_EQ(got.tokens, want.tokens) << label;
+  world.barrier();
+}
+
 class GpuPipeline : public ::testing::Test {
  protected:
   void SetUp() override {
     world = mpi_world_communicator();
     if (const std::string missing = testing::missing_gpu_per_rank(world->size()); !missing.empty())
       GTEST_SKIP() << missing;
-    ASSERT_EQ(world->size(), 2) << "this test runs P = 2 pipeline ranks (mpirun -np 2)";
+    if (world->size() != 2)
+      GTEST_SKIP() << "GpuPipeline.* runs P = 2 pipeline ranks (mpirun -np 2); this job has "
+                   << world->size() << " ranks (the mesh cases are GpuPipelineMesh.*)";
     ctx = std::make_unique<cuda::DeviceContext>(node_local_rank(world->rank()));
     nccl = make_nccl_communicator(*world, ctx->device);
     set_input_stream(*nccl, ctx->stream);
@@ -157,158 +361,8 @@ class GpuPipeline : public ::testing::Test {
     ctx.reset();
   }
 
-  // Trains the pipeline and the single GPU side by side (see the file comment) and compares.
   void compare(ScheduleKind kind, Recipe recipe, const Tolerance& tol) {
-    const ModelConfig cfg = pipeline_config();
-    const int ranks = world->size(), me = world->rank();
-    const std::string label = std::string(pipeline::schedule_kind_name(kind)) + " " +
-                              (recipe == Recipe::Fp32 ? "fp32" : "bf16") + " rank " +
-                              std::to_string(me);
-    const int stages = pipeline::pipeline_stage_count(kind, ranks);
-    OptimConfig optim;
-    optim.lr = 1e-2;
-    optim.grad_clip = 0.05;  // the clip is active (the tiny model's norms are ~0.1-1)
-    const int64_t rows = kSequences * kSeq;
-
-    auto initial = initial_model(cfg);
-    GpuTransformer single(*ctx, cfg, recipe);
-    single.upload(initial->params());
-    GpuAdamW single_optimizer(*ctx, optim, single);
-    GpuPipelineRunner runner(*ctx, cfg, recipe, pipeline::build_schedule(kind, stages, kMicroBatches),
-                             *nccl, *world);
-    runner.upload(initial->params());
-    GpuPipelineAdamW optimizer(*ctx, optim, runner);
-
-    bool clipped = false;
-    for (int step = 1; step <= kSteps; ++step) {
-      const Batch batch = random_batch(cfg, kMicroBatches, 100 + step);
-      single.zero_grad();
-      std::vector<Losses> want;
-      for (int m = 0; m < kMicroBatches; ++m)
-        want.push_back(single.forward_backward(batch.tokens.data() + m * rows,
-                                               batch.targets.data() + m * rows, kSequences, kSeq,
-                                               kWeights, 1.0 / kMicroBatches));
-      runner.zero_grad();
-      const std::vector<Losses> got =
-          runner.step(batch.tokens.data(), batch.targets.data(), kSequences, kSeq, kWeights);
-      ASSERT_EQ(got.size(), want.size()) << label;
-      for (int m = 0; m < kMicroBatches; ++m) {
-        const std::string what = "step " + std::to_string(step) + " micro-batch " + std::to_string(m);
-        const double parts[4][2] = {{got[m].total, want[m].total},
-                                    {got[m].main, want[m].main},
-                                    {got[m].mtp, want[m].mtp},
-                                    {got[m].balance, want[m].balance}};
-        const char* names[4] = {"total", "main", "mtp", "balance"};
-        for (int k = 0; k < 4; ++k) {
-          const double err = relative(parts[k][0], parts[k][1]);
-          const double bound = k == 3 ? tol.balance : tol.loss;
-          const std::string numbers = fmt::format("pipeline {:.9g} one GPU {:.9g} rel {:.3g} (tol {:.1g})",
-                                                  parts[k][0], parts[k][1], err, bound);
-          if (bound < 0)
-            std::printf("CHECK | %s | %s loss %s | %s | info\n", label.c_str(), what.c_str(),
-                        names[k], numbers.c_str());
-          else
-            EXPECT_TRUE(check(err <= bound, label, what + " loss " + names[k], numbers));
-        }
-        EXPECT_EQ(got[m].tokens, want[m].tokens) << label << " " << what;
-      }
-
-      if (step == 1 && tol.grad >= 0) {  // every gradient, each tensor from its owner
-        auto a = std::make_unique<Transformer<float>>(cfg), b = std::make_unique<Transformer<float>>(cfg);
-        single.download(a->params());
-        runner.download(b->params());
-        double worst = 0;
-        std::string worst_name;
-        for (auto& p : a->params().all()) {
-          if (!p->trainable) continue;
-          const double err = relative_l2(b->params().get(p->name).grad, p->grad);
-          if (err > worst) worst = err, worst_name = p->name;
-          if (err > tol.grad)
-            check(false, label, "step 1 gradient " + p->name, fmt::format("rel L2 {:.3g}", err));
-        }
-        EXPECT_TRUE(check(worst <= tol.grad, label, "step 1 gradients, worst tensor",
-                          fmt::format("{} rel L2 {:.3g} (tol {:.1g})", worst_name, worst, tol.grad)));
-      }
-
-      const GpuAdamW::StepInfo ref = single_optimizer.step(optim.lr);
-      const GpuAdamW::StepInfo info = optimizer.step(optim.lr);
-      EXPECT_FALSE(info.skipped) << label << " step " << step;
-      EXPECT_FALSE(ref.skipped) << label << " step " << step;
-      clipped = clipped || info.clip_scale < 1.0;
-      if (tol.norm >= 0) {
-        const double err = relative(info.grad_norm, ref.grad_norm);
-        EXPECT_TRUE(check(err <= tol.norm, label, "step " + std::to_string(step) + " gradient norm",
-                          fmt::format("pipeline {:.9g} (clip {:.6g}) one GPU {:.9g} (clip {:.6g}) "
-                                      "rel {:.3g}",
-                                      info.grad_norm, info.clip_scale, ref.grad_norm,
-                                      ref.clip_scale, err)));
-      }
-      single.update_balance_bias(kGamma);
-      runner.update_balance_bias(kGamma);
-    }
-    EXPECT_TRUE(clipped) << label << ": grad_clip " << optim.grad_clip
-                         << " never clipped; the test does not exercise the clip";
-
-    // The whole model after the steps.
-    auto a = std::make_unique<Transformer<float>>(cfg), b = std::make_unique<Transformer<float>>(cfg);
-    single.download(a->params());
-    runner.download(b->params());
-    double diff = 0, norm = 0, worst = 0;
-    std::string worst_name;
-    int bad = 0;
-    for (auto& p : a->params().all()) {
-      const std::vector<float>& got = b->params().get(p->name).value;
-      const double err = relative_l2(got, p->value);
-      for (size_t i = 0; i < got.size(); ++i) {
-        const double d = static_cast<double>(got[i]) - p->value[i];
-        diff += d * d;
-        norm += static_cast<double>(p->value[i]) * p->value[i];
-      }
-      if (err > worst) worst = err, worst_name = p->name;
-      if (tol.tensor >= 0 && err > tol.tensor) {
-        ++bad;
-        check(false, label, "after 3 steps, tensor " + p->name,
-              fmt::format("rel L2 {:.3g} (tol {:.1g})", err, tol.tensor));
-      }
-    }
-    EXPECT_EQ(bad, 0) << label << ": " << bad << " tensors differ after " << kSteps << " steps";
-    std::printf("CHECK | %s | after 3 steps, worst tensor | %s rel L2 %.3g | info\n", label.c_str(),
-                worst_name.c_str(), worst);
-    const double whole = std::sqrt(diff / norm);
-    EXPECT_TRUE(check(whole <= tol.whole, label, "after 3 steps, whole model",
-                      fmt::format("rel L2 {:.3g} (tol {:.1g})", whole, tol.whole)));
-
-    // Every tensor held here equals the downloaded (owner's) one: copies did not drift apart.
-    ctx->synchronize();
-    int drifted = 0;
-    for (const gpu::DeviceParam& p : runner.params()) {
-      std::vector<float> mine(static_cast<size_t>(p.count));
-      ASSERT_EQ(cudaMemcpy(mine.data(), p.value, mine.size() * sizeof(float), cudaMemcpyDeviceToHost),
-                cudaSuccess);
-      if (mine != b->params().get(p.name).value) {
-        ++drifted;
-        check(false, label, "copy of " + p.name + " on this rank",
-              fmt::format("rel L2 {:.3g} from the owner's", relative_l2(mine, b->params().get(p.name).value)));
-      }
-    }
-    EXPECT_EQ(drifted, 0) << label << ": " << drifted
-                          << " tensors held here differ from their owner's copy";
-
-    // Validation over the whole first batch as one.
-    const Batch batch = random_batch(cfg, kMicroBatches, 7);
-    const Losses want = single.evaluate(batch.tokens.data(), batch.targets.data(),
-                                        kMicroBatches * kSequences, kSeq, LossWeights{0.0, 0.0});
-    const Losses got =
-        runner.evaluate(batch.tokens.data(), batch.targets.data(), kMicroBatches * kSequences, kSeq);
-    for (auto [name, g, w] : {std::tuple{"main", got.main, want.main},
-                              std::tuple{"mtp", got.mtp, want.mtp},
-                              std::tuple{"total", got.total, want.total}}) {
-      const double err = relative(g, w);
-      EXPECT_TRUE(check(err <= tol.evaluation, label, std::string("evaluate ") + name,
-                        fmt::format("pipeline {:.9g} one GPU {:.9g} rel {:.3g}", g, w, err)));
-    }
-    EXPECT_EQ(got.tokens, want.tokens) << label;
-    world->barrier();
+    compare_pipeline(PipelineSetup{*world, *ctx, *nccl, *world, {}, 1, 0, ""}, kind, recipe, tol);
   }
 
   std::unique_ptr<Communicator> world;
@@ -359,6 +413,170 @@ TEST_F(GpuPipeline, RefusesAScheduleOfAnotherRankCount) {
                                  pipeline::build_schedule(ScheduleKind::OneFOneB, 4, 4), *nccl,
                                  *world),
                Error);
+}
+
+// One timed step (see the file comment): the counts and the busy / idle arithmetic per rank.
+void timed_step(Communicator& world, cuda::DeviceContext& ctx, Communicator& nccl,
+                ScheduleKind kind) {
+  const ModelConfig cfg = pipeline_config();
+  const int stages = pipeline::pipeline_stage_count(kind, world.size());
+  const pipeline::Schedule schedule = pipeline::build_schedule(kind, stages, kMicroBatches);
+  const std::string label = std::string(pipeline::schedule_kind_name(kind)) + " timing";
+  auto initial = initial_model(cfg);
+  GpuPipelineRunner runner(ctx, cfg, Recipe::Fp32, schedule, nccl, world);
+  runner.upload(initial->params());
+  const Batch batch = random_batch(cfg, kMicroBatches, 5);
+  runner.set_timing(false);
+  runner.zero_grad();
+  runner.step(batch.tokens.data(), batch.targets.data(), kSequences, kSeq, kWeights);
+  EXPECT_TRUE(check(runner.last_timing().f_count == 0, label, "untimed step",
+                    fmt::format("{} F intervals recorded", runner.last_timing().f_count)));
+  runner.set_timing(true);
+  runner.zero_grad();
+  runner.step(batch.tokens.data(), batch.targets.data(), kSequences, kSeq, kWeights);
+  const std::vector<pipeline::PipelineTiming> all = runner.gather_timing();
+  ASSERT_EQ(static_cast<int>(all.size()), world.size());
+  const int per_rank = kind == ScheduleKind::DualPipeV ? 2 * kMicroBatches : kMicroBatches;
+  double f = 0, b = 0;
+  for (const auto& t : all) f += t.f_ms / all.size(), b += t.b_ms / all.size();
+  const pipeline::ExpectedBubble expected = pipeline::expected_bubble(schedule, f, b);
+  for (int r = 0; r < world.size(); ++r) {
+    const pipeline::PipelineTiming& t = all[r];
+    const std::string who = label + " rank " + std::to_string(r);
+    const std::string numbers = fmt::format(
+        "step {:.3f} ms busy {:.3f} idle {:.3f} F {:.3f} x{} B {:.3f} x{}; expected idle {:.3f} "
+        "(simulated), Table 2 {:.3f}",
+        t.step_ms, t.busy_ms, t.idle_ms, t.f_ms, t.f_count, t.b_ms, t.b_count,
+        expected.simulated[r], expected.table2);
+    EXPECT_TRUE(check(t.f_count == per_rank && t.b_count == per_rank, who, "F and B counts",
+                      numbers + fmt::format(" (want {} each)", per_rank)));
+    EXPECT_TRUE(check(t.busy_ms > 0 && t.busy_ms <= t.step_ms + 1e-9 && t.f_ms > 0 && t.b_ms > 0,
+                      who, "0 < busy <= step, F and B > 0", numbers));
+    EXPECT_TRUE(check(std::fabs(t.idle_ms - (t.step_ms - t.busy_ms)) <= 1e-9, who,
+                      "idle = step - busy", numbers));
+    const double summed = t.f_ms * t.f_count + t.b_ms * t.b_count;
+    EXPECT_TRUE(check(t.busy_ms >= 0.99 * summed, who, "busy covers every F and B",
+                      numbers + fmt::format(" sum of intervals {:.3f}", summed)));
+  }
+  world.barrier();
+}
+
+TEST_F(GpuPipeline, TimingOneFOneB) { timed_step(*world, *ctx, *nccl, ScheduleKind::OneFOneB); }
+TEST_F(GpuPipeline, TimingDualPipeV) { timed_step(*world, *ctx, *nccl, ScheduleKind::DualPipeV); }
+
+// The mesh (see the file comment): every test runs at one rank count and skips at the others.
+class GpuPipelineMesh : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    world = mpi_world_communicator();
+    if (const std::string missing = testing::missing_gpu_per_rank(world->size()); !missing.empty())
+      GTEST_SKIP() << missing;
+  }
+  // Skips unless the job has `ranks` ranks; true when the test should run.
+  bool at(int ranks) const { return world->size() == ranks; }
+
+  // The runner alone on pp 2 x dp (world / 2) with ep inside dp: compare_pipeline against one GPU
+  // (losses of each replica's micro-batches, step-1 gradients per tensor, norms, the whole model).
+  void runner_matches_one_gpu(int ep, ScheduleKind kind) {
+    const int dp = world->size() / 2;
+    cuda::DeviceContext ctx(node_local_rank(world->rank()));
+    MeshShape shape;
+    shape.pp = 2;
+    shape.dp = dp;
+    shape.ep = ep;
+    Mesh mesh(*world, shape);
+    // NCCL over the groups, in the same order on every rank: pp, ep, dp, expert_dp.
+    std::unique_ptr<Communicator> pp_nccl = make_nccl_communicator(mesh.pp(), ctx.device);
+    std::unique_ptr<Communicator> ep_nccl, dp_nccl, expert_dp_nccl;
+    gpu::GpuPipelineMesh groups;
+    if (ep > 1) {
+      ep_nccl = make_nccl_communicator(mesh.ep(), ctx.device);
+      groups.ep = ep_nccl.get();
+      groups.ep_host = &mesh.ep();
+      groups.expert_count = pipeline_config().n_routed_experts / ep;
+      groups.first_expert = mesh.coords().ep_rank * groups.expert_count;
+    }
+    dp_nccl = make_nccl_communicator(mesh.dp(), ctx.device);
+    groups.dp = dp_nccl.get();
+    if (ep > 1 && shape.expert_dp() > 1) {
+      expert_dp_nccl = make_nccl_communicator(mesh.expert_dp(), ctx.device);
+      groups.expert_dp = expert_dp_nccl.get();
+    }
+    const std::string label = fmt::format("pp 2 x dp {} ep {} (stage {} dp rank {})", dp, ep,
+                                          mesh.coords().stage, mesh.coords().dp_rank);
+    // Sums over 2+ replicas change the float order: per-tensor bounds after 3 AdamW steps 1e-4.
+    const Tolerance tol{1e-6, 1e-6, 1e-5, 1e-5, 1e-4, 1e-5, 1e-6};
+    compare_pipeline(PipelineSetup{*world, ctx, *pp_nccl, mesh.pp(), groups, dp,
+                                   mesh.coords().dp_rank, label},
+                     kind, Recipe::Fp32, tol);
+  }
+
+  // pp 2 x dp (world / 2), ep inside dp, through the trainer against one GPU.
+  void engine_matches_one_gpu(int ep, const std::string& schedule) {
+    const int dp = world->size() / 2;
+    testing::SharedTempDir dir(*world);
+    const std::vector<std::string> extra = {
+        "train.device=cuda",   "train.precision=fp32",
+        "model.num_hidden_layers=4", "train.micro_batch=1",
+        "train.batch_sequences=" + std::to_string(4 * dp), "train.pp_schedule=" + schedule};
+    std::vector<std::string> piped = extra;
+    piped.push_back("train.pp=2");
+    piped.push_back("train.ep=" + std::to_string(ep));
+    const std::string par = dir.path("par"), ref = dir.path("ref");
+    const Config config = testing::parallel_test_config(par, piped);
+    Mesh mesh(*world, mesh_shape(world->size(), config.train, config.model));
+    std::vector<std::string> parts = {"pipeline " + schedule, "cuda:",
+                                      "pp 2 x dp " + std::to_string(dp),
+                                      "all-reduced over dp through NCCL"};
+    if (ep > 1) parts.push_back("tokens dispatched through NCCL");
+    const std::string label = fmt::format("GPU pipeline {} pp 2 x dp {} ep {}", schedule, dp, ep);
+    std::printf("CHECK | %s | running on %d ranks | | info\n", label.c_str(), world->size());
+    testing::train_on_every_rank(config, mesh, *world, parts,
+                                 label + ": the ranks' gathered host models differ after 3 steps");
+    if (world->rank() == 0)
+      testing::expect_matches_one_gpu(label, par, testing::parallel_test_config(ref, extra), "fp32",
+                                      {1e-6, 1e-5, 1e-4, 1e-5, 1e-4},
+                                      ep > 1 ? " (a routed expert: the EP dispatch, its expert_dp "
+                                               "sum or its gather from the owner)"
+                                             : " (the dp sum of the stage's gradients)");
+    world->barrier();
+  }
+
+  std::unique_ptr<Communicator> world;
+};
+
+TEST_F(GpuPipelineMesh, RunnerOneFOneBPp2Dp2EqualsOneGpu) {
+  if (!at(4)) GTEST_SKIP() << "runs on 4 ranks (mpirun -np 4); this job has " << world->size();
+  runner_matches_one_gpu(1, ScheduleKind::OneFOneB);
+}
+TEST_F(GpuPipelineMesh, RunnerDualPipeVPp2Dp2Ep2EqualsOneGpu) {
+  if (!at(4)) GTEST_SKIP() << "runs on 4 ranks (mpirun -np 4); this job has " << world->size();
+  runner_matches_one_gpu(2, ScheduleKind::DualPipeV);
+}
+TEST_F(GpuPipelineMesh, RunnerDualPipePp2Dp2Ep2EqualsOneGpu) {
+  if (!at(4)) GTEST_SKIP() << "runs on 4 ranks (mpirun -np 4); this job has " << world->size();
+  runner_matches_one_gpu(2, ScheduleKind::DualPipe);
+}
+TEST_F(GpuPipelineMesh, RunnerDualPipeVPp2Dp4Ep2EqualsOneGpu) {
+  if (!at(8)) GTEST_SKIP() << "runs on 8 ranks (mpirun -np 8); this job has " << world->size();
+  runner_matches_one_gpu(2, ScheduleKind::DualPipeV);
+}
+
+TEST_F(GpuPipelineMesh, DualPipeVPp2Dp2MatchesOneGpu) {
+  if (!at(4)) GTEST_SKIP() << "runs on 4 ranks (mpirun -np 4); this job has " << world->size();
+  engine_matches_one_gpu(1, "dualpipev");
+}
+TEST_F(GpuPipelineMesh, OneFOneBPp2Dp2MatchesOneGpu) {
+  if (!at(4)) GTEST_SKIP() << "runs on 4 ranks (mpirun -np 4); this job has " << world->size();
+  engine_matches_one_gpu(1, "1f1b");
+}
+TEST_F(GpuPipelineMesh, DualPipeVPp2Dp2Ep2MatchesOneGpu) {
+  if (!at(4)) GTEST_SKIP() << "runs on 4 ranks (mpirun -np 4); this job has " << world->size();
+  engine_matches_one_gpu(2, "dualpipev");
+}
+TEST_F(GpuPipelineMesh, DualPipeVPp2Dp4Ep2MatchesOneGpu) {
+  if (!at(8)) GTEST_SKIP() << "runs on 8 ranks (mpirun -np 8); this job has " << world->size();
+  engine_matches_one_gpu(2, "dualpipev");
 }
 
 }  // namespace
