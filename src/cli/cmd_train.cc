@@ -6,11 +6,11 @@
 // Under an MPI launcher with several ranks (mpirun -np N, srun) every rank runs this: MPI starts,
 // the mesh comes from the world size and train.pp / train.ep (parallel/mesh.h), and the trainer
 // runs data (ZeRO-1) and expert parallelism on the CPU engine, or with train.pp > 1 the pipeline
-// engine over pp x dp (x ep); train.device = "cuda" runs data and expert parallelism (one GPU per
-// rank, gradients all-reduced through NCCL, train/gpu_engine.h), or with train.pp > 1 one GPU
-// pipeline (train/gpu_pipeline_engine.h). World rank 0 prints, logs and writes
-// checkpoints. An error
-// on any rank prints "frugal: rank R: <message>" and ends every rank (MPI_Abort).
+// engine over pp x dp (x ep); train.device = "cuda" runs data parallelism (one GPU per rank,
+// ZeRO-1 through NCCL by default) and expert parallelism (train/gpu_engine.h), or with
+// train.pp > 1 the GPU pipeline engine over pp x dp (x ep) (train/gpu_pipeline_engine.h). World
+// rank 0 prints, logs and writes checkpoints. An error on any rank prints
+// "frugal: rank R: <message>" and ends every rank (MPI_Abort).
 #include <omp.h>
 
 #include <atomic>
@@ -58,7 +58,9 @@ constexpr const char* kHelp =
     "Pipeline: mpirun -np N frugal train CONFIG --train.pp=P [--train.pp_schedule=1f1b|zb1p|\n"
     "dualpipe|dualpipev] [--train.ep=E] splits the layers over P stages; the N/P ranks of a stage\n"
     "are its data-parallel group (ZeRO-1, E > 1: expert parallelism inside it), each running the\n"
-    "schedule over its share of the step's micro-batches (a multiple of N/P; no batch ramp).\n";
+    "schedule over its share of the step's micro-batches (a multiple of N/P; no batch ramp).\n"
+    "With --train.device=cuda each rank drives one GPU (NCCL): the same meshes, ZeRO-1 for data\n"
+    "parallelism without a pipeline (--train.gpu_zero1=false all-reduces instead).\n";
 
 // Set by the first SIGINT/SIGTERM: the run stops after the current step and saves a checkpoint.
 // The handler then restores the default action, so a second Ctrl-C ends the process at once.

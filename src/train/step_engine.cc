@@ -32,7 +32,7 @@ std::unique_ptr<StepEngine> make_step_engine(const Config& config, const Mesh* m
     if (mesh != nullptr && mesh->shape().pp > 1) return make_pipeline_engine(config, *mesh);
     return std::make_unique<CpuEngine>(config, mesh);
   }
-  // Several GPUs: data and expert parallelism (GpuEngine), or one pipeline (train.pp > 1).
+  // Several GPUs: data and expert parallelism (GpuEngine), or the pipeline over pp x dp (x ep).
   const bool several = mesh != nullptr && mesh->world().size() > 1;
   if (several && mesh->shape().pp > 1) {
     check_gpu_pipeline_mesh(config, *mesh);
