@@ -52,16 +52,7 @@ using detail::kChunk;
 
 constexpr int kThreads = 256;
 
-// FRUGAL_CUDA_REQUIRE with a message (a std::string expression) built only when the check fails.
-#define ADAMW_REQUIRE(condition, message)                                                     \
-  do {                                                                                        \
-    if (!(condition)) {                                                                       \
-      const std::string adamw_message_ = (message);                                          \
-      ::frugal::cuda::throw_requirement(adamw_message_.c_str(), #condition, __FILE__, __LINE__); \
-    }                                                                                         \
-  } while (0)
-
-std::string text(int64_t value) { return std::to_string(value); }
+using detail::text;
 
 // One chunk (elements [offset, offset + valid), valid in 1..8) of one tensor: load, update, store.
 // Shared by both kernels, so the per-tensor and multi-tensor updates are the same expressions.
@@ -353,20 +344,8 @@ AdamWMultiTable adamw_multi_prepare(const AdamWSegment* segments, int64_t count,
   table.tiles = first_tile.back();
   table.moment_bytes = static_cast<int>(sizeof(M));
   if (records.empty()) return table;
-  const size_t record_bytes = records.size() * sizeof(SegmentRecord);
-  const size_t prefix_bytes = first_tile.size() * sizeof(int64_t);
-  FRUGAL_CUDA_REQUIRE(table_memory != nullptr && aligned_to(table_memory, 16),
-                      "cuda::adamw_multi_prepare: needs 16-byte aligned table memory");
-  ADAMW_REQUIRE(table_bytes >= record_bytes + prefix_bytes,
-                "cuda::adamw_multi_prepare: table memory of " +
-                    text(static_cast<int64_t>(table_bytes)) + " bytes, " +
-                    text(static_cast<int64_t>(record_bytes + prefix_bytes)) + " needed");
-  auto* base = static_cast<unsigned char*>(table_memory);
-  FRUGAL_CUDA_CHECK(
-      cudaMemcpyAsync(base, records.data(), record_bytes, cudaMemcpyHostToDevice, stream));
-  FRUGAL_CUDA_CHECK(cudaMemcpyAsync(base + record_bytes, first_tile.data(), prefix_bytes,
-                                    cudaMemcpyHostToDevice, stream));
-  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host vectors go out of scope
+  detail::upload_segment_table(table_memory, table_bytes, records, first_tile, stream,
+                               "cuda::adamw_multi_prepare");
   return table;
 }
 

@@ -15,11 +15,46 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/cuda_check.h"
 #include "kernels/adamw/adamw_cuda.h"
 
+// FRUGAL_CUDA_REQUIRE with a message (a std::string expression) built only when the check fails.
+#define ADAMW_REQUIRE(condition, message)                                                     \
+  do {                                                                                        \
+    if (!(condition)) {                                                                       \
+      const std::string adamw_message_ = (message);                                          \
+      ::frugal::cuda::throw_requirement(adamw_message_.c_str(), #condition, __FILE__, __LINE__); \
+    }                                                                                         \
+  } while (0)
+
 namespace frugal::cuda::detail {
+
+inline std::string text(int64_t value) { return std::to_string(value); }
+
+// Copies a launch's segment table into its device memory: the records, then the prefix of work
+// units per segment (int64 [segments + 1]), and waits (the host vectors may go out of scope).
+// `who` names the preparing function in errors.
+template <class Record>
+void upload_segment_table(void* table_memory, size_t table_bytes,
+                          const std::vector<Record>& records, const std::vector<int64_t>& prefix,
+                          cudaStream_t stream, const char* who) {
+  const size_t record_bytes = records.size() * sizeof(Record);
+  const size_t prefix_bytes = prefix.size() * sizeof(int64_t);
+  ADAMW_REQUIRE(table_memory != nullptr && reinterpret_cast<uintptr_t>(table_memory) % 16 == 0,
+                std::string(who) + ": needs 16-byte aligned table memory");
+  ADAMW_REQUIRE(table_bytes >= record_bytes + prefix_bytes,
+                std::string(who) + ": table memory of " +
+                    text(static_cast<int64_t>(table_bytes)) + " bytes, " +
+                    text(static_cast<int64_t>(record_bytes + prefix_bytes)) + " needed");
+  auto* base = static_cast<unsigned char*>(table_memory);
+  FRUGAL_CUDA_CHECK(
+      cudaMemcpyAsync(base, records.data(), record_bytes, cudaMemcpyHostToDevice, stream));
+  FRUGAL_CUDA_CHECK(cudaMemcpyAsync(base + record_bytes, prefix.data(), prefix_bytes,
+                                    cudaMemcpyHostToDevice, stream));
+  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
 
 struct AdamWConstants {
   double beta1, one_minus_beta1, beta2, one_minus_beta2;

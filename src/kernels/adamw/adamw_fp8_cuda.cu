@@ -37,15 +37,7 @@ using detail::kWeightRowsPerPass;
 
 constexpr int kThreads = detail::kWeightBlockThreads;
 
-#define ADAMW_FP8_REQUIRE(condition, message)                                                 \
-  do {                                                                                        \
-    if (!(condition)) {                                                                       \
-      const std::string adamw_message_ = (message);                                          \
-      ::frugal::cuda::throw_requirement(adamw_message_.c_str(), #condition, __FILE__, __LINE__); \
-    }                                                                                         \
-  } while (0)
-
-std::string text(int64_t value) { return std::to_string(value); }
+using detail::text;
 
 struct Fp8Record {
   float* w;
@@ -160,7 +152,7 @@ size_t adamw_fp8_table_bytes(int64_t count) {
 template <class M>
 AdamWFp8Table adamw_fp8_prepare(const AdamWFp8Segment* segments, int64_t count,
                                 void* table_memory, size_t table_bytes, cudaStream_t stream) {
-  ADAMW_FP8_REQUIRE(count >= 0 && (count == 0 || segments != nullptr),
+  ADAMW_REQUIRE(count >= 0 && (count == 0 || segments != nullptr),
                     "cuda::adamw_fp8_prepare: bad segment list (" + text(count) + " segments)");
   std::vector<Fp8Record> records;
   records.reserve(static_cast<size_t>(count));
@@ -169,18 +161,18 @@ AdamWFp8Table adamw_fp8_prepare(const AdamWFp8Segment* segments, int64_t count,
     const AdamWFp8Segment& s = segments[i];
     const std::string who = "cuda::adamw_fp8_prepare: segment " + text(i) + " [" + text(s.rows) +
                             ", " + text(s.cols) + "]";
-    ADAMW_FP8_REQUIRE(s.rows >= 0 && s.cols >= 0 && s.rows % kFp8BlockSize == 0 &&
+    ADAMW_REQUIRE(s.rows >= 0 && s.cols >= 0 && s.rows % kFp8BlockSize == 0 &&
                           s.cols % kFp8BlockSize == 0,
                       who + ": rows and cols must be multiples of 128");
-    ADAMW_FP8_REQUIRE(s.weight_decay >= 0.0f && std::isfinite(s.weight_decay),
+    ADAMW_REQUIRE(s.weight_decay >= 0.0f && std::isfinite(s.weight_decay),
                       who + " has weight decay " + std::to_string(s.weight_decay));
     if (s.rows == 0) continue;
-    ADAMW_FP8_REQUIRE(s.cols > 0, who + ": no columns");
-    ADAMW_FP8_REQUIRE(s.w != nullptr && s.m != nullptr && s.v != nullptr && s.grad != nullptr &&
+    ADAMW_REQUIRE(s.cols > 0, who + ": no columns");
+    ADAMW_REQUIRE(s.w != nullptr && s.m != nullptr && s.v != nullptr && s.grad != nullptr &&
                           s.q != nullptr && s.scales != nullptr && s.qT != nullptr &&
                           s.scalesT != nullptr,
                       who + " has a null array");
-    ADAMW_FP8_REQUIRE(s.qT_stride >= s.rows && s.scalesT_stride >= s.rows / kFp8BlockSize,
+    ADAMW_REQUIRE(s.qT_stride >= s.rows && s.scalesT_stride >= s.rows / kFp8BlockSize,
                       who + ": transposed strides " + text(s.qT_stride) + " / " +
                           text(s.scalesT_stride) + " are shorter than the region");
     Fp8Record r{};
@@ -210,23 +202,11 @@ AdamWFp8Table adamw_fp8_prepare(const AdamWFp8Segment* segments, int64_t count,
   table.segments = static_cast<int64_t>(records.size());
   table.blocks = first_block.back();
   table.moment_bytes = static_cast<int>(sizeof(M));
-  ADAMW_FP8_REQUIRE(table.blocks <= 0x7FFFFFFF,
+  ADAMW_REQUIRE(table.blocks <= 0x7FFFFFFF,
                     "cuda::adamw_fp8_prepare: too many blocks (" + text(table.blocks) + ")");
   if (records.empty()) return table;
-  const size_t record_bytes = records.size() * sizeof(Fp8Record);
-  const size_t prefix_bytes = first_block.size() * sizeof(int64_t);
-  FRUGAL_CUDA_REQUIRE(table_memory != nullptr && aligned_to(table_memory, 16),
-                      "cuda::adamw_fp8_prepare: needs 16-byte aligned table memory");
-  ADAMW_FP8_REQUIRE(table_bytes >= record_bytes + prefix_bytes,
-                    "cuda::adamw_fp8_prepare: table memory of " +
-                        text(static_cast<int64_t>(table_bytes)) + " bytes, " +
-                        text(static_cast<int64_t>(record_bytes + prefix_bytes)) + " needed");
-  auto* base = static_cast<unsigned char*>(table_memory);
-  FRUGAL_CUDA_CHECK(
-      cudaMemcpyAsync(base, records.data(), record_bytes, cudaMemcpyHostToDevice, stream));
-  FRUGAL_CUDA_CHECK(cudaMemcpyAsync(base + record_bytes, first_block.data(), prefix_bytes,
-                                    cudaMemcpyHostToDevice, stream));
-  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host vectors go out of scope
+  detail::upload_segment_table(table_memory, table_bytes, records, first_block, stream,
+                               "cuda::adamw_fp8_prepare");
   return table;
 }
 
@@ -234,11 +214,11 @@ template <class M>
 void adamw_update_fp8(const AdamWFp8Table& table, const float* clip_scale, const AdamWStep& step,
                       bool power_of_two_scale, cudaStream_t stream) {
   const AdamWConstants c = detail::adamw_constants(step, "adamw_update_fp8");
-  ADAMW_FP8_REQUIRE(table.moment_bytes == static_cast<int>(sizeof(M)),
+  ADAMW_REQUIRE(table.moment_bytes == static_cast<int>(sizeof(M)),
                     "cuda::adamw_update_fp8: the table was prepared for " +
                         text(table.moment_bytes) + "-byte moments, not " +
                         text(static_cast<int64_t>(sizeof(M))));
-  ADAMW_FP8_REQUIRE(table.segments >= 0 && table.blocks >= table.segments &&
+  ADAMW_REQUIRE(table.segments >= 0 && table.blocks >= table.segments &&
                         table.blocks <= 0x7FFFFFFF,
                     "cuda::adamw_update_fp8: table not prepared (" + text(table.segments) +
                         " segments, " + text(table.blocks) + " blocks)");
