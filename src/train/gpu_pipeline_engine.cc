@@ -44,6 +44,7 @@ void check_gpu_pipeline_mesh(const Config& config, const Mesh& mesh) {
 #include "parallel/nccl_communicator.h"
 #include "parallel/pipeline_timing.h"
 #include "train/gpu_engine.h"
+#include "train/pipeline_engine.h"
 #include "train/recipe.h"
 
 namespace frugal {
@@ -172,26 +173,15 @@ class GpuPipelineEngine : public StepEngine {
   std::vector<Losses> forward_backward_step(const int32_t* tokens, const int32_t* targets,
                                             int64_t micro_batches, int64_t batch, int64_t seq,
                                             const LossWeights& weights) override {
-    const int64_t dp = mesh_.shape().dp, mine = schedule_.micro_batches;
-    FRUGAL_CHECK(micro_batches == mine * dp,
-                 "the pipeline schedule was built for {} micro-batches per step ({} per dp rank), "
-                 "this step has {}",
-                 mine * dp, mine, micro_batches);
-    // This rank's micro-batches m = dp_rank + k * dp, contiguous: [mine, batch, seq].
-    const int64_t rows = batch * seq, rank = mesh_.coords().dp_rank;
-    std::vector<int32_t> my_tokens(static_cast<size_t>(mine * rows)), my_targets(my_tokens.size());
-    for (int64_t k = 0; k < mine; ++k) {
-      std::copy_n(tokens + (rank + k * dp) * rows, rows, my_tokens.begin() + k * rows);
-      std::copy_n(targets + (rank + k * dp) * rows, rows, my_targets.begin() + k * rows);
-    }
-    const std::vector<Losses> ran =
-        runner_->step(my_tokens.data(), my_targets.data(), batch, seq, weights,
-                      /*training=*/true, 1.0 / static_cast<double>(micro_batches));
-    log_timing();
-    // The other dp ranks' micro-batches stay zero: the trainer sums the losses over dp.
-    std::vector<Losses> out(static_cast<size_t>(micro_batches));
-    for (int64_t k = 0; k < mine; ++k) out[rank + k * dp] = ran[k];
-    return out;
+    return run_dealt_micro_batches(
+        tokens, targets, micro_batches, schedule_.micro_batches, batch * seq, mesh_.shape().dp,
+        mesh_.coords().dp_rank, [&](const int32_t* mine, const int32_t* goals) {
+          std::vector<Losses> ran =
+              runner_->step(mine, goals, batch, seq, weights, /*training=*/true,
+                            1.0 / static_cast<double>(micro_batches));
+          log_timing();
+          return ran;
+        });
   }
 
   Losses evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch,

@@ -98,6 +98,28 @@ PipelineEngine::PipelineEngine(const Config& config, const Mesh& mesh)
 
 PipelineEngine::~PipelineEngine() = default;
 
+std::vector<Losses> run_dealt_micro_batches(
+    const int32_t* tokens, const int32_t* targets, int64_t micro_batches, int64_t mine,
+    int64_t rows, int64_t dp, int64_t dp_rank,
+    const std::function<std::vector<Losses>(const int32_t*, const int32_t*)>& run) {
+  FRUGAL_CHECK(micro_batches == mine * dp,
+               "the pipeline schedule was built for {} micro-batches per step ({} per dp rank), "
+               "this step has {}",
+               mine * dp, mine, micro_batches);
+  // This rank's micro-batches m = dp_rank + k * dp, contiguous: [mine, rows].
+  std::vector<int32_t> my_tokens(static_cast<size_t>(mine * rows)), my_targets(my_tokens.size());
+  for (int64_t k = 0; k < mine; ++k) {
+    std::copy_n(tokens + (dp_rank + k * dp) * rows, rows, my_tokens.begin() + k * rows);
+    std::copy_n(targets + (dp_rank + k * dp) * rows, rows, my_targets.begin() + k * rows);
+  }
+  const std::vector<Losses> ran = run(my_tokens.data(), my_targets.data());
+  FRUGAL_CHECK(static_cast<int64_t>(ran.size()) == mine,
+               "the pipeline returned {} micro-batches' losses, not {}", ran.size(), mine);
+  std::vector<Losses> out(static_cast<size_t>(micro_batches));
+  for (int64_t k = 0; k < mine; ++k) out[dp_rank + k * dp] = ran[k];
+  return out;
+}
+
 std::unique_ptr<StepEngine> make_pipeline_engine(const Config& config, const Mesh& mesh) {
   return std::make_unique<PipelineEngine>(config, mesh);
 }
@@ -121,24 +143,12 @@ std::vector<Losses> PipelineEngine::forward_backward_step(const int32_t* tokens,
                                                           const int32_t* targets,
                                                           int64_t micro_batches, int64_t batch,
                                                           int64_t seq, const LossWeights& weights) {
-  const int64_t dp = mesh_.shape().dp, mine = runner_->schedule().micro_batches;
-  FRUGAL_CHECK(micro_batches == mine * dp,
-               "the pipeline schedule was built for {} micro-batches per step ({} per dp rank), "
-               "this step has {}",
-               mine * dp, mine, micro_batches);
-  // This rank's micro-batches m = dp_rank + k * dp, contiguous: [mine, batch, seq].
-  const int64_t rows = batch * seq, rank = mesh_.coords().dp_rank;
-  std::vector<int32_t> my_tokens(static_cast<size_t>(mine * rows)), my_targets(my_tokens.size());
-  for (int64_t k = 0; k < mine; ++k) {
-    std::copy_n(tokens + (rank + k * dp) * rows, rows, my_tokens.begin() + k * rows);
-    std::copy_n(targets + (rank + k * dp) * rows, rows, my_targets.begin() + k * rows);
-  }
-  const std::vector<Losses> ran =
-      runner_->step(my_tokens.data(), my_targets.data(), batch, seq, weights, /*training=*/true,
-                    1.0 / static_cast<double>(micro_batches));
-  std::vector<Losses> out(static_cast<size_t>(micro_batches));
-  for (int64_t k = 0; k < mine; ++k) out[rank + k * dp] = ran[k];
-  return out;
+  return run_dealt_micro_batches(
+      tokens, targets, micro_batches, runner_->schedule().micro_batches, batch * seq,
+      mesh_.shape().dp, mesh_.coords().dp_rank, [&](const int32_t* mine, const int32_t* goals) {
+        return runner_->step(mine, goals, batch, seq, weights, /*training=*/true,
+                             1.0 / static_cast<double>(micro_batches));
+      });
 }
 
 Losses PipelineEngine::evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch,

@@ -38,6 +38,7 @@
 // float summation order.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -97,5 +98,14 @@ class PipelineEngine : public StepEngine {
 };
 
 std::unique_ptr<StepEngine> make_pipeline_engine(const Config& config, const Mesh& mesh);
+
+// A pipeline engine's share of one step (CPU and GPU): dp rank `dp_rank` of `dp` runs the
+// micro-batches m = dp_rank + k * dp, k < mine (checked: micro_batches == mine * dp), which `run`
+// gets contiguous (tokens, targets [mine, rows]) and returns the Losses of. The result has every
+// micro-batch's Losses, zeros for the other dp ranks' (the trainer sums over dp).
+std::vector<Losses> run_dealt_micro_batches(
+    const int32_t* tokens, const int32_t* targets, int64_t micro_batches, int64_t mine,
+    int64_t rows, int64_t dp, int64_t dp_rank,
+    const std::function<std::vector<Losses>(const int32_t*, const int32_t*)>& run);
 
 }  // namespace frugal
