@@ -153,7 +153,7 @@ template <class M>
 AdamWFp8Table adamw_fp8_prepare(const AdamWFp8Segment* segments, int64_t count,
                                 void* table_memory, size_t table_bytes, cudaStream_t stream) {
   ADAMW_REQUIRE(count >= 0 && (count == 0 || segments != nullptr),
-                    "cuda::adamw_fp8_prepare: bad segment list (" + text(count) + " segments)");
+                "cuda::adamw_fp8_prepare: bad segment list (" + text(count) + " segments)");
   std::vector<Fp8Record> records;
   records.reserve(static_cast<size_t>(count));
   std::vector<int64_t> first_block{0};
@@ -162,19 +162,19 @@ AdamWFp8Table adamw_fp8_prepare(const AdamWFp8Segment* segments, int64_t count,
     const std::string who = "cuda::adamw_fp8_prepare: segment " + text(i) + " [" + text(s.rows) +
                             ", " + text(s.cols) + "]";
     ADAMW_REQUIRE(s.rows >= 0 && s.cols >= 0 && s.rows % kFp8BlockSize == 0 &&
-                          s.cols % kFp8BlockSize == 0,
-                      who + ": rows and cols must be multiples of 128");
+                      s.cols % kFp8BlockSize == 0,
+                  who + ": rows and cols must be multiples of 128");
     ADAMW_REQUIRE(s.weight_decay >= 0.0f && std::isfinite(s.weight_decay),
-                      who + " has weight decay " + std::to_string(s.weight_decay));
+                  who + " has weight decay " + std::to_string(s.weight_decay));
     if (s.rows == 0) continue;
     ADAMW_REQUIRE(s.cols > 0, who + ": no columns");
     ADAMW_REQUIRE(s.w != nullptr && s.m != nullptr && s.v != nullptr && s.grad != nullptr &&
-                          s.q != nullptr && s.scales != nullptr && s.qT != nullptr &&
-                          s.scalesT != nullptr,
-                      who + " has a null array");
+                      s.q != nullptr && s.scales != nullptr && s.qT != nullptr &&
+                      s.scalesT != nullptr,
+                  who + " has a null array");
     ADAMW_REQUIRE(s.qT_stride >= s.rows && s.scalesT_stride >= s.rows / kFp8BlockSize,
-                      who + ": transposed strides " + text(s.qT_stride) + " / " +
-                          text(s.scalesT_stride) + " are shorter than the region");
+                  who + ": transposed strides " + text(s.qT_stride) + " / " +
+                      text(s.scalesT_stride) + " are shorter than the region");
     Fp8Record r{};
     r.w = s.w;
     r.m = s.m;
@@ -203,7 +203,7 @@ AdamWFp8Table adamw_fp8_prepare(const AdamWFp8Segment* segments, int64_t count,
   table.blocks = first_block.back();
   table.moment_bytes = static_cast<int>(sizeof(M));
   ADAMW_REQUIRE(table.blocks <= 0x7FFFFFFF,
-                    "cuda::adamw_fp8_prepare: too many blocks (" + text(table.blocks) + ")");
+                "cuda::adamw_fp8_prepare: too many blocks (" + text(table.blocks) + ")");
   if (records.empty()) return table;
   detail::upload_segment_table(table_memory, table_bytes, records, first_block, stream,
                                "cuda::adamw_fp8_prepare");
@@ -215,12 +215,12 @@ void adamw_update_fp8(const AdamWFp8Table& table, const float* clip_scale, const
                       bool power_of_two_scale, cudaStream_t stream) {
   const AdamWConstants c = detail::adamw_constants(step, "adamw_update_fp8");
   ADAMW_REQUIRE(table.moment_bytes == static_cast<int>(sizeof(M)),
-                    "cuda::adamw_update_fp8: the table was prepared for " +
+                "cuda::adamw_update_fp8: the table was prepared for " +
                         text(table.moment_bytes) + "-byte moments, not " +
                         text(static_cast<int64_t>(sizeof(M))));
   ADAMW_REQUIRE(table.segments >= 0 && table.blocks >= table.segments &&
                         table.blocks <= 0x7FFFFFFF,
-                    "cuda::adamw_update_fp8: table not prepared (" + text(table.segments) +
+                "cuda::adamw_update_fp8: table not prepared (" + text(table.segments) +
                         " segments, " + text(table.blocks) + " blocks)");
   if (table.segments == 0) return;
   FRUGAL_CUDA_REQUIRE(table.device != nullptr, "cuda::adamw_update_fp8: table without memory");
