@@ -1,6 +1,8 @@
 // The process mesh (mesh.h): shape checks, coordinates and the group splits.
 #include "parallel/mesh.h"
 
+#include <cstdlib>
+
 #include "core/error.h"
 
 namespace frugal {
@@ -57,6 +59,12 @@ Mesh::Mesh(Communicator& world, const MeshShape& shape) : shape_(shape), world_(
   ep_ = world.split(c.stage * shape.dp + c.ep_group, c.ep_rank);
   expert_dp_ = world.split(c.stage * shape.ep + c.ep_rank, c.ep_group);
   pp_ = world.split(c.dp_rank, c.stage);
+}
+
+int node_local_rank() {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+    if (const char* value = std::getenv(name); value && *value) return std::atoi(value);
+  return -1;
 }
 
 }  // namespace frugal

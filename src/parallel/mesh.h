@@ -47,6 +47,10 @@ MeshShape mesh_shape(int world, const TrainConfig& train, const ModelConfig& mod
 MeshCoords mesh_coords(const MeshShape& shape, int rank);
 // "pp 1 x dp 4 (ep 2 inside dp)" for logs.
 std::string describe(const MeshShape& shape);
+// This process's rank among the ranks the launcher started on its node, from the launcher's
+// variable (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID or SLURM_LOCALID); -1 when none is set.
+// The GPU engines drive the GPU of that index.
+int node_local_rank();
 
 class Mesh {
  public:

@@ -40,7 +40,6 @@ double gpu_peak_flops(const std::string& device_name, int compute_capability, Re
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -62,13 +61,6 @@ double gpu_peak_flops(const std::string& device_name, int compute_capability, Re
 
 namespace frugal {
 namespace {
-
-// This process's rank among the ranks the launcher started on its node (-1 when unknown).
-int node_local_rank() {
-  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
-    if (const char* value = std::getenv(name); value && *value) return std::atoi(value);
-  return -1;
-}
 
 // The GPU of this process: 0 alone; in a data-parallel run, the node-local rank's. Checks the
 // mesh before anything is allocated (every rank fails alike).

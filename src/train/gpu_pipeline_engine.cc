@@ -34,7 +34,6 @@ void check_gpu_pipeline_mesh(const Config& config, const Mesh& mesh) {
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 #include <map>
 #include <unordered_map>
 
@@ -53,12 +52,7 @@ namespace {
 
 // The GPU of this process: its rank on the node (the launcher's variable), else its world rank.
 int pipeline_device(const Mesh& mesh) {
-  int local = -1;
-  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
-    if (const char* value = std::getenv(name); value && *value) {
-      local = std::atoi(value);
-      break;
-    }
+  const int local = node_local_rank();
   const int device = local >= 0 ? local : mesh.world().rank();
   int devices = 0;
   FRUGAL_CUDA_CHECK(cudaGetDeviceCount(&devices));

@@ -66,7 +66,7 @@ struct TrainConfig {
   int64_t save_every = 500;         // 0: only at the end
   std::string out_dir = "runs/default";
   std::string precision = "fp32";   // "fp32" (CPU and GPU), "bf16", "fp8" (GPU; train/recipe.h)
-  std::string device = "cpu";       // "cpu" or "cuda" (one GPU; several processes: CPU only)
+  std::string device = "cpu";       // "cpu" or "cuda" (one GPU per process)
   int64_t threads = 0;              // 0: all cores (per process)
   // Process mesh of a multi-process run (parallel/mesh.h): pipeline stages and the expert-parallel
   // group size inside data parallelism (dp = ranks / pp). Properties of the run, not of the model:
