@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,24 @@ inline std::string missing_gpu_per_rank(int ranks) {
            std::to_string(ranks) + " ranks)";
   return "";
 }
+
+// A test over the MPI world with one GPU per rank: skips, saying why, when the GPUs are missing or
+// the rank count is not a multiple of `rank_multiple` (e.g. 2 for train.ep = 2).
+template <int rank_multiple = 1>
+class GpuRanksTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    world = mpi_world_communicator();
+    ranks = world->size();
+    if (const std::string missing = missing_gpu_per_rank(ranks); !missing.empty())
+      GTEST_SKIP() << missing;
+    if (ranks % rank_multiple != 0)
+      GTEST_SKIP() << "needs a multiple of " << rank_multiple << " ranks, not " << ranks;
+  }
+
+  std::unique_ptr<Communicator> world;
+  int ranks = 1;
+};
 
 // Device bytes of a GPU optimizer's moments: this rank's (gpu_optimizer_state_bytes) and those of
 // a whole fp32 replica (m and v of every trainable element of the model, no padding).

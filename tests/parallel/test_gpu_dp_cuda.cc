@@ -47,15 +47,8 @@ namespace {
 
 using namespace ::frugal::testing;
 
-class GpuDataParallel : public ::testing::Test {
+class GpuDataParallel : public GpuRanksTest<> {
  protected:
-  void SetUp() override {
-    world = mpi_world_communicator();
-    ranks = world->size();
-    if (const std::string missing = missing_gpu_per_rank(ranks); !missing.empty())
-      GTEST_SKIP() << missing;
-  }
-
   // Trains the data-parallel run (into par/) on every rank, then the single-GPU run (into ref/) on
   // rank 0, and compares them on rank 0.
   // Returns this rank's optimizer state sizes.
@@ -86,8 +79,6 @@ class GpuDataParallel : public ::testing::Test {
     return bytes;
   }
 
-  std::unique_ptr<Communicator> world;
-  int ranks = 1;
 };
 
 TEST_F(GpuDataParallel, Fp32EqualsOneGpuWithGradientAccumulation) {

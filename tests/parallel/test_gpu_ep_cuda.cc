@@ -38,16 +38,8 @@ namespace {
 
 using namespace ::frugal::testing;
 
-class GpuExpertParallel : public ::testing::Test {
+class GpuExpertParallel : public GpuRanksTest<2> {
  protected:
-  void SetUp() override {
-    world = mpi_world_communicator();
-    ranks = world->size();
-    if (const std::string missing = missing_gpu_per_rank(ranks); !missing.empty())
-      GTEST_SKIP() << missing;
-    if (ranks % 2 != 0) GTEST_SKIP() << "train.ep = 2 needs an even number of ranks, not " << ranks;
-  }
-
   std::vector<std::string> extra(const std::string& precision) const {
     return {"train.device=cuda", "train.precision=" + precision, "train.micro_batch=2",
             "train.batch_sequences=" + std::to_string(2 * ranks)};
@@ -82,8 +74,6 @@ class GpuExpertParallel : public ::testing::Test {
     world->barrier();
   }
 
-  std::unique_ptr<Communicator> world;
-  int ranks = 1;
 };
 
 TEST_F(GpuExpertParallel, Fp32EqualsOneGpu) {

@@ -25,15 +25,8 @@ namespace {
 
 using namespace ::frugal::testing;
 
-class GpuExpertParallelOverlap : public ::testing::Test {
+class GpuExpertParallelOverlap : public GpuRanksTest<2> {
  protected:
-  void SetUp() override {
-    world = mpi_world_communicator();
-    ranks = world->size();
-    if (const std::string missing = missing_gpu_per_rank(ranks); !missing.empty())
-      GTEST_SKIP() << missing;
-    if (ranks % 2 != 0) GTEST_SKIP() << "train.ep = 2 needs an even number of ranks, not " << ranks;
-  }
   void TearDown() override {
     gpu::set_ep_overlap(std::nullopt);
     gpu::set_ep_overlap_stats(std::nullopt);
@@ -124,8 +117,6 @@ class GpuExpertParallelOverlap : public ::testing::Test {
     world->barrier();
   }
 
-  std::unique_ptr<Communicator> world;
-  int ranks = 1;
 };
 
 TEST_F(GpuExpertParallelOverlap, Fp32OverlapOnAndOffAreBitwiseEqual) {
