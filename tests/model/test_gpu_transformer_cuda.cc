@@ -139,22 +139,7 @@ TEST(DeviceArray, MovesOwnershipAndReleasesToTheAllocator) {
 // V3's pattern at small width: every Linear dim a multiple of 128 except kv_a_proj_with_mqa's
 // kv_lora_rank + rope outputs (320 here, 576 in V3), which the fp8 recipe runs in bf16; MLA at
 // V3's head dims (qk 128 + 64, v 128).
-ModelConfig config_128() {
-  ModelConfig c = testing::tiny_model_config();
-  c.vocab_size = 512;
-  c.hidden_size = 256;
-  c.intermediate_size = 512;
-  c.moe_intermediate_size = 128;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 2;
-  c.q_lora_rank = 128;
-  c.kv_lora_rank = 256;
-  c.qk_nope_head_dim = 128;
-  c.qk_rope_head_dim = 64;
-  c.v_head_dim = 128;
-  c.max_position_embeddings = 512;
-  return c;
-}
+ModelConfig config_128() { return testing::with_fp8_sized_dims(testing::tiny_model_config()); }
 
 struct Batch {
   std::vector<int32_t> tokens, targets;

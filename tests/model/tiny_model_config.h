@@ -34,4 +34,22 @@ inline ModelConfig tiny_model_config() {
   return c;
 }
 
+// `c` with every block Linear FP8-sized (in and out dims multiples of 128, the FP8 GEMMs' tile),
+// for tests of the fp8 recipe's paths; a small vocabulary and context.
+inline ModelConfig with_fp8_sized_dims(ModelConfig c) {
+  c.vocab_size = 512;
+  c.hidden_size = 256;
+  c.intermediate_size = 512;
+  c.moe_intermediate_size = 128;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 2;
+  c.q_lora_rank = 128;
+  c.kv_lora_rank = 256;
+  c.qk_nope_head_dim = 128;
+  c.qk_rope_head_dim = 64;
+  c.v_head_dim = 128;
+  c.max_position_embeddings = 512;
+  return c;
+}
+
 }  // namespace frugal::testing

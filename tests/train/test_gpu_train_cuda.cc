@@ -48,6 +48,7 @@
 #include "io/config_io.h"
 #include "model/gpu/gpu_linear.h"
 #include "model/gpu/gpu_transformer.h"
+#include "model/tiny_model_config.h"
 #include "test_util.h"
 #include "train/train_test_util.h"
 #include "train/adamw.h"
@@ -383,20 +384,7 @@ TEST(GpuAdamW, MomentsRoundTripThroughTheHostFormat) {
 // tiny with every dimension a multiple of 128 where fp8 needs it (most Linears go fp8; a few, like
 // q_b_proj with 2 x 96 outputs, stay bf16 and take the fused BF16 copy instead).
 ModelConfig fused_refresh_model() {
-  ModelConfig c = load_config(tiny_path()).model;
-  c.vocab_size = 512;
-  c.hidden_size = 256;
-  c.intermediate_size = 512;
-  c.moe_intermediate_size = 128;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 2;
-  c.q_lora_rank = 128;
-  c.kv_lora_rank = 256;
-  c.qk_nope_head_dim = 64;
-  c.qk_rope_head_dim = 32;
-  c.v_head_dim = 128;
-  c.max_position_embeddings = 512;
-  return c;
+  return testing::with_fp8_sized_dims(load_config(tiny_path()).model);
 }
 
 // Every bf16 / fp8 weight copy of `model` (found through find_weight_copies, one entry per weight,
