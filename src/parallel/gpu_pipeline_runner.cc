@@ -16,6 +16,7 @@
 
 #include "core/cuda_check.h"
 #include "core/error.h"
+#include "io/hf_layout.h"
 #include "model/gpu/gpu_moe.h"
 #include "parallel/nccl_communicator.h"
 #include "train/gpu_engine_kernels.h"
@@ -23,12 +24,6 @@
 namespace frugal::gpu {
 
 namespace {
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string text = "[";
-  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
-  return text + "]";
-}
 
 constexpr const char* kEmbedding = "model.embed_tokens.weight";
 
@@ -547,15 +542,7 @@ void GpuPipelineRunner::weights_updated() {
 }
 
 void GpuPipelineRunner::upload(const ParamStore<float>& whole) {
-  for (DeviceParam& p : registry_.params()) {
-    const Param<float>* h = const_cast<ParamStore<float>&>(whole).find(p.name);
-    FRUGAL_CHECK(h != nullptr, "GPU pipeline upload: the host model has no tensor {}", p.name);
-    FRUGAL_CHECK(h->shape == p.shape, "GPU pipeline upload: {} has shape {} on the host, {} here",
-                 p.name, shape_text(h->shape), shape_text(p.shape));
-    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(p.value, h->value.data(),
-                                      static_cast<size_t>(p.count) * sizeof(float),
-                                      cudaMemcpyHostToDevice, ctx_.stream));
-  }
+  registry_.upload_values(whole, "GPU pipeline upload");
   ctx_.synchronize();
   weights_updated();
   ctx_.synchronize();

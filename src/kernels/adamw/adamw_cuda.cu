@@ -298,9 +298,7 @@ void adamw_update(float* w, M* m, M* v, const float* grad, const float* clip_sca
 }
 
 size_t adamw_multi_table_bytes(int64_t count) {
-  FRUGAL_CUDA_REQUIRE(count >= 0, "cuda::adamw_multi_table_bytes: negative segment count");
-  return static_cast<size_t>(count) * sizeof(SegmentRecord) +
-         static_cast<size_t>(count + 1) * sizeof(int64_t);
+  return detail::segment_table_bytes<SegmentRecord>(count, "cuda::adamw_multi_table_bytes");
 }
 
 template <class M>

@@ -33,6 +33,15 @@ namespace frugal::cuda::detail {
 
 inline std::string text(int64_t value) { return std::to_string(value); }
 
+// Bytes of a launch's segment table of `count` records: the records, then the prefix of work
+// units per segment (int64 [count + 1]).
+template <class Record>
+size_t segment_table_bytes(int64_t count, const char* who) {
+  ADAMW_REQUIRE(count >= 0, std::string(who) + ": negative segment count");
+  return static_cast<size_t>(count) * sizeof(Record) +
+         static_cast<size_t>(count + 1) * sizeof(int64_t);
+}
+
 // Copies a launch's segment table into its device memory: the records, then the prefix of work
 // units per segment (int64 [segments + 1]), and waits (the host vectors may go out of scope).
 // `who` names the preparing function in errors.

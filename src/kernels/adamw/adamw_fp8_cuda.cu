@@ -144,9 +144,7 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 size_t adamw_fp8_table_bytes(int64_t count) {
-  FRUGAL_CUDA_REQUIRE(count >= 0, "cuda::adamw_fp8_table_bytes: negative segment count");
-  return static_cast<size_t>(count) * sizeof(Fp8Record) +
-         static_cast<size_t>(count + 1) * sizeof(int64_t);
+  return detail::segment_table_bytes<Fp8Record>(count, "cuda::adamw_fp8_table_bytes");
 }
 
 template <class M>

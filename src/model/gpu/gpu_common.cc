@@ -5,6 +5,7 @@
 
 #include "core/cuda_check.h"
 #include "core/error.h"
+#include "io/hf_layout.h"
 #include "kernels/quant/quant.h"
 
 namespace frugal::gpu {
@@ -73,6 +74,18 @@ ParamRegistry::Storage ParamRegistry::allocate(int64_t count, bool trainable) {
   }
   storages_.push_back(storage);
   return storage;
+}
+
+void ParamRegistry::upload_values(const ParamStore<float>& host, const std::string& who) {
+  for (DeviceParam& p : params_) {
+    const Param<float>* h = const_cast<ParamStore<float>&>(host).find(p.name);
+    FRUGAL_CHECK(h != nullptr, "{}: the host model has no tensor {}", who, p.name);
+    FRUGAL_CHECK(h->shape == p.shape, "{}: {} has shape {} on the host, {} here", who, p.name,
+                 shape_text(h->shape), shape_text(p.shape));
+    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(p.value, h->value.data(),
+                                      static_cast<size_t>(p.count) * sizeof(float),
+                                      cudaMemcpyHostToDevice, ctx_->stream));
+  }
 }
 
 void ParamRegistry::add(const std::string& name, std::vector<int64_t> shape, ParamKind kind,

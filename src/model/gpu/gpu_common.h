@@ -76,6 +76,10 @@ class ParamRegistry {
   std::vector<DeviceParam>& params() { return params_; }
   const std::vector<DeviceParam>& params() const { return params_; }
   void zero_grad();
+  // Copies every parameter's master values from the host store's tensor of the same name (shapes
+  // checked; the store may hold more, e.g. the whole model for a pipeline stage or an EP slice),
+  // on the context's stream, without waiting. `who` names the caller in errors.
+  void upload_values(const ParamStore<float>& host, const std::string& who);
 
  private:
   cuda::DeviceContext* ctx_;

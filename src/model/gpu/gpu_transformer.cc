@@ -7,19 +7,11 @@
 
 #include "core/cuda_check.h"
 #include "core/error.h"
+#include "io/hf_layout.h"
 #include "model/gpu/gpu_model.h"
 #include "parallel/communicator.h"
 
 namespace frugal::gpu {
-namespace {
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string text = "[";
-  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
-  return text + "]";
-}
-
-}  // namespace
 
 struct GpuTransformer::Impl {
   cuda::DeviceContext& ctx;
@@ -42,14 +34,7 @@ void GpuTransformer::upload(const ParamStore<float>& host) {
   FRUGAL_CHECK(impl_->expert_parallel ? host.size() >= params.size() : host.size() == params.size(),
                "GpuTransformer::upload: the host store has {} tensors, the GPU model {}",
                host.size(), params.size());
-  for (DeviceParam& p : params) {
-    const Param<float>& h = host.get(p.name);
-    FRUGAL_CHECK(h.shape == p.shape, "GpuTransformer::upload: {} has shape {} on the host, {} here",
-                 p.name, shape_text(h.shape), shape_text(p.shape));
-    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(p.value, h.value.data(),
-                                      static_cast<size_t>(p.count) * sizeof(float),
-                                      cudaMemcpyHostToDevice, impl_->ctx.stream));
-  }
+  impl_->model->registry().upload_values(host, "GpuTransformer::upload");
   impl_->ctx.synchronize();
   weights_updated();
   impl_->ctx.synchronize();
