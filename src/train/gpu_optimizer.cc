@@ -185,7 +185,7 @@ GpuAdamW::Plan GpuAdamW::current_plan() const {
   if (fused_refresh_) {
     for (size_t k = 0; k < slots_.size(); ++k) {
       const DeviceParam& p = param_of(slots_[k]);
-      std::shared_ptr<WeightCopyState> state = find_weight_copies(p.value, p.count);
+      std::shared_ptr<WeightCopyState> state = p.copies;
       if (state == nullptr) continue;
       const WeightCopies& c = state->copies;
       Coverage& entry = coverage[state.get()];

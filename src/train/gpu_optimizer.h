@@ -15,8 +15,9 @@
 //      adamw_update per tensor), then GpuTransformer::weights_updated() (or the refresh callback)
 //      refreshes the BF16 / FP8 weight copies.
 //      Fused refresh (opt-in while unverified on a GPU: FRUGAL_FUSED_REFRESH=1, read when the
-//      optimizer is made): the copies of a bf16 or fp8 GpuWeight whose whole storage is trainable in this list
-//      (model/gpu/gpu_linear.h find_weight_copies) are written by the update itself: the BF16 copy
+//      optimizer is made): the copies of a bf16 or fp8 GpuWeight whose whole storage is trainable
+//      in this list (DeviceParam::copies, model/gpu/gpu_linear.h) are written by the update
+//      itself: the BF16 copy
 //      by adamw_update_multi (weight_bf16), the FP8 codes and scales of both orientations by a
 //      second launch, adamw_update_fp8, over the weight's 128x128 blocks (when every parameter in
 //      it covers whole 128-row blocks of one matrix). Those weights are flagged written_by_optimizer

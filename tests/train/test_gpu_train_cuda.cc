@@ -387,7 +387,7 @@ ModelConfig fused_refresh_model() {
   return testing::with_fp8_sized_dims(load_config(tiny_path()).model);
 }
 
-// Every bf16 / fp8 weight copy of `model` (found through find_weight_copies, one entry per weight,
+// Every bf16 / fp8 weight copy of `model` (found through DeviceParam::copies, one entry per weight,
 // in params() order) as raw bytes: the BF16 copy, or codes, scales, transposed codes and scales.
 std::vector<std::pair<std::string, std::vector<uint8_t>>> weight_copy_bytes(
     gpu::GpuTransformer& model, cudaStream_t stream) {
@@ -400,7 +400,7 @@ std::vector<std::pair<std::string, std::vector<uint8_t>>> weight_copy_bytes(
     return host;
   };
   for (const gpu::DeviceParam& p : model.params()) {
-    const auto state = gpu::find_weight_copies(p.value, p.count);
+    const auto state = p.copies;
     if (state == nullptr || std::find(seen.begin(), seen.end(), state.get()) != seen.end())
       continue;
     seen.push_back(state.get());

@@ -73,7 +73,21 @@ ParamRegistry::Storage ParamRegistry::allocate(int64_t count, bool trainable) {
     zero_async(*ctx_, storage.grad, arrays_.back().bytes());
   }
   storages_.push_back(storage);
+  storage_copies_.push_back(nullptr);
   return storage;
+}
+
+void ParamRegistry::attach_copies(const float* storage_value,
+                                  std::shared_ptr<WeightCopyState> copies) {
+  for (size_t i = 0; i < storages_.size(); ++i) {
+    const Storage& s = storages_[i];
+    if (s.value != storage_value) continue;
+    storage_copies_[i] = copies;
+    for (DeviceParam& p : params_)
+      if (p.value >= s.value && p.value < s.value + s.count) p.copies = copies;
+    return;
+  }
+  fail("ParamRegistry: no storage starts at the weight whose copies are attached");
 }
 
 void ParamRegistry::upload_values(const ParamStore<float>& host, const std::string& who) {
@@ -103,6 +117,9 @@ void ParamRegistry::add(const std::string& name, std::vector<int64_t> shape, Par
   p.grad = p.trainable ? grad : nullptr;
   FRUGAL_CHECK(value != nullptr && (!p.trainable || grad != nullptr),
                "ParamRegistry: {} has no device storage", name);
+  for (size_t i = 0; i < storages_.size(); ++i)
+    if (value >= storages_[i].value && value < storages_[i].value + storages_[i].count)
+      p.copies = storage_copies_[i];
   index_.emplace(name, params_.size());
   params_.push_back(std::move(p));
 }

@@ -13,6 +13,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <unordered_map>
@@ -65,6 +66,10 @@ class ParamRegistry {
   };
   // Persistent device storage for `count` fp32 master values (and their gradient).
   Storage allocate(int64_t count, bool trainable);
+  // Marks the storage starting at `storage_value` as the master of a bf16 / fp8 weight whose
+  // copies are `copies`: every parameter inside it, added before or after, gets them
+  // (DeviceParam::copies).
+  void attach_copies(const float* storage_value, std::shared_ptr<WeightCopyState> copies);
   // Appends a parameter viewing `value`/`grad` (inside some allocated storage).
   void add(const std::string& name, std::vector<int64_t> shape, ParamKind kind, float* value,
            float* grad);
@@ -85,6 +90,7 @@ class ParamRegistry {
   cuda::DeviceContext* ctx_;
   std::vector<cuda::DeviceArray<float>> arrays_;
   std::vector<Storage> storages_;
+  std::vector<std::shared_ptr<WeightCopyState>> storage_copies_;  // per storage, or null
   std::vector<DeviceParam> params_;
   std::unordered_map<std::string, size_t> index_;  // name -> position in params_
 };

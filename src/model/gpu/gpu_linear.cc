@@ -4,8 +4,6 @@
 #include "model/gpu/gpu_linear.h"
 
 #include <iterator>
-#include <map>
-#include <mutex>
 #include <type_traits>
 
 #include "core/cuda_check.h"
@@ -13,43 +11,6 @@
 #include "kernels/quant/quant.h"
 
 namespace frugal::gpu {
-
-namespace {
-
-// The bf16/fp8 weights by master address (weak: a weight that is gone is skipped and dropped).
-struct CopyDirectory {
-  std::mutex mutex;
-  std::map<const float*, std::weak_ptr<WeightCopyState>> by_value;
-};
-CopyDirectory& copy_directory() {
-  static CopyDirectory directory;
-  return directory;
-}
-
-void register_weight_copies(const std::shared_ptr<WeightCopyState>& state) {
-  CopyDirectory& directory = copy_directory();
-  std::lock_guard<std::mutex> lock(directory.mutex);
-  directory.by_value[state->copies.value] = state;
-}
-
-}  // namespace
-
-std::shared_ptr<WeightCopyState> find_weight_copies(const float* value, int64_t count) {
-  if (value == nullptr || count <= 0) return nullptr;
-  CopyDirectory& directory = copy_directory();
-  std::lock_guard<std::mutex> lock(directory.mutex);
-  std::shared_ptr<WeightCopyState> state;
-  while (state == nullptr) {
-    auto it = directory.by_value.upper_bound(value);  // the first master starting after `value`
-    if (it == directory.by_value.begin()) return nullptr;
-    --it;  // the last master starting at or before `value`
-    state = it->second.lock();
-    if (state == nullptr) directory.by_value.erase(it);  // a weight that is gone: look again
-  }
-  const float* begin = state->copies.value;
-  if (value < begin || value + count > begin + state->copies.count()) return nullptr;
-  return state;
-}
 
 GpuWeight::GpuWeight(ParamRegistry& registry, int64_t groups, int64_t out, int64_t in,
                      GemmPrecision precision)
@@ -85,7 +46,7 @@ GpuWeight::GpuWeight(ParamRegistry& registry, int64_t groups, int64_t out, int64
     c.qT = qT_.data();
     c.scalesT = scalesT_.data();
     c.power_of_two_scales = kFp8PowerOfTwoScales;
-    register_weight_copies(copy_state_);
+    registry.attach_copies(storage_.value, copy_state_);
   }
   refresh(ctx);
 }

@@ -8,9 +8,9 @@
 //         by quantize_weight_128x128_with_transpose
 // refresh() rebuilds the copies from the master: once per optimizer step (weights_updated), not
 // per micro-batch. The optimizer may write the copies itself while it updates the master (GpuAdamW
-// fuses the BF16 cast and the FP8 quantization into its AdamW pass): it finds a weight's copies by
-// master address (find_weight_copies) and sets WeightCopyState::written_by_optimizer for the
-// weights it wrote, only around its own refresh callback; refresh() then skips that weight once
+// fuses the BF16 cast and the FP8 quantization into its AdamW pass): it finds a weight's copies
+// through its parameters (DeviceParam::copies, attached by the ParamRegistry) and sets
+// WeightCopyState::written_by_optimizer for the weights it wrote, only around its own refresh callback; refresh() then skips that weight once
 // and clears the flag. Every other refresh (upload, a checkpoint load) rebuilds the copies.
 //
 // GpuLinear<T> runs one matrix with activations in T (float for fp32, __nv_bfloat16 otherwise):
@@ -62,9 +62,6 @@ struct WeightCopyState {
   WeightCopies copies;
   bool written_by_optimizer = false;  // the next refresh() skips the weight (and clears this)
 };
-// The bf16 or fp8 GpuWeight whose master storage contains [value, value + count), or null (none,
-// or an fp32 weight, which has no copy). Thread-safe.
-std::shared_ptr<WeightCopyState> find_weight_copies(const float* value, int64_t count);
 
 class GpuWeight {
  public:
@@ -101,7 +98,7 @@ class GpuWeight {
   cuda::DeviceArray<bf16> bf16_;
   cuda::DeviceArray<uint8_t> q_, qT_;
   cuda::DeviceArray<float> scales_, scalesT_;
-  std::shared_ptr<WeightCopyState> copy_state_;  // bf16/fp8: registered for find_weight_copies
+  std::shared_ptr<WeightCopyState> copy_state_;  // bf16/fp8: attached to the storage's parameters
 };
 
 template <class T>

@@ -31,6 +31,8 @@ class Communicator;
 
 namespace gpu {
 
+struct WeightCopyState;  // model/gpu/gpu_linear.h
+
 struct DeviceParam {
   std::string name;             // Hugging Face name, e.g. "model.layers.3.mlp.gate.weight"
   std::vector<int64_t> shape;
@@ -40,6 +42,9 @@ struct DeviceParam {
   bool weight_decay = true;
   float* value = nullptr;       // [count] fp32 master weights (device)
   float* grad = nullptr;        // [count] fp32 gradient (device); null when not trainable
+  // The bf16 / fp8 copies the GEMMs read, of the GpuWeight whose storage holds this parameter
+  // (shared by every parameter of that storage; model/gpu/gpu_linear.h); null for fp32 storage.
+  std::shared_ptr<WeightCopyState> copies;
 };
 
 // One MoE layer's device counter of the tokens routed to each expert (int64 [experts]) since the
