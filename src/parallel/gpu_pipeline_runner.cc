@@ -175,36 +175,23 @@ GpuPipelineRunner::GpuPipelineRunner(cuda::DeviceContext& ctx, const ModelConfig
   ctx_.synchronize();
 }
 
-GpuPipelineRunner::~GpuPipelineRunner() {
-  for (void* e : events_) cudaEventDestroy(static_cast<cudaEvent_t>(e));  // no throw here
-}
+GpuPipelineRunner::~GpuPipelineRunner() = default;
 
-int GpuPipelineRunner::record_event() {
-  if (events_used_ == events_.size()) {
-    cudaEvent_t e = nullptr;
-    FRUGAL_CUDA_CHECK(cudaEventCreate(&e));
-    events_.push_back(e);
-  }
-  FRUGAL_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(events_[events_used_]), ctx_.stream));
-  return static_cast<int>(events_used_++);
-}
+namespace {
+constexpr int kStepTrack = 0, kForwardTrack = 1, kBackwardTrack = 2;
+}  // namespace
 
-void GpuPipelineRunner::resolve_timing(int start, int end,
-                                       const std::vector<std::pair<int, int>>& forward,
-                                       const std::vector<std::pair<int, int>>& backward) {
-  auto event = [&](int i) { return static_cast<cudaEvent_t>(events_[static_cast<size_t>(i)]); };
-  FRUGAL_CUDA_CHECK(cudaEventSynchronize(event(end)));
-  auto since_start = [&](int i) {
-    float ms = 0;
-    FRUGAL_CUDA_CHECK(cudaEventElapsedTime(&ms, event(start), event(i)));
-    return static_cast<double>(ms);
-  };
-  std::vector<pipeline::TimedInterval> intervals;
-  for (const auto& [a, b] : forward)
-    intervals.push_back({pipeline::TimedKind::Forward, since_start(a), since_start(b)});
-  for (const auto& [a, b] : backward)
-    intervals.push_back({pipeline::TimedKind::Backward, since_start(a), since_start(b)});
-  last_timing_ = pipeline::summarize_timing(since_start(end), intervals);
+void GpuPipelineRunner::resolve_timing() {
+  const std::vector<std::vector<TimeInterval>> tracks = timeline_.resolve(3);
+  FRUGAL_CHECK(tracks[kStepTrack].size() == 1, "GPU pipeline: the timed step has {} step marks",
+               tracks[kStepTrack].size());
+  const TimeInterval step = tracks[kStepTrack][0];
+  std::vector<pipeline::TimedInterval> intervals;  // ms from the step's start
+  for (const TimeInterval& i : tracks[kForwardTrack])
+    intervals.push_back({pipeline::TimedKind::Forward, i.begin - step.begin, i.end - step.begin});
+  for (const TimeInterval& i : tracks[kBackwardTrack])
+    intervals.push_back({pipeline::TimedKind::Backward, i.begin - step.begin, i.end - step.begin});
+  last_timing_ = pipeline::summarize_timing(step.end - step.begin, intervals);
 }
 
 std::vector<pipeline::PipelineTiming> GpuPipelineRunner::gather_timing() {
@@ -324,20 +311,21 @@ std::vector<Losses> GpuPipelineRunner::step(const int32_t* tokens, const int32_t
                  me, m.gradient ? "gradient" : "activation", m.micro_batch, m.stage);
   };
 
-  // Timing: events (indices into events_) at the start, around every F and B, and at the end.
+  // Timing: marks around the whole step and around every F and B, on the compute stream.
   const bool timed = timing_;
-  events_used_ = 0;
-  std::vector<std::pair<int, int>> forward_events, backward_events;
-  const int start_event = timed ? record_event() : -1;
+  if (timed) {
+    timeline_.clear();
+    timeline_.start(kStepTrack, ctx_.stream);
+  }
   auto timed_forward = [&](const pipeline::Work& w) {
-    const int begin = timed ? record_event() : -1;
+    if (timed) timeline_.start(kForwardTrack, ctx_.stream);
     forward(w);
-    if (timed) forward_events.emplace_back(begin, record_event());
+    if (timed) timeline_.stop(kForwardTrack, ctx_.stream);
   };
   auto timed_backward = [&](const pipeline::Work& w, bool weight_step_follows) {
-    const int begin = timed ? record_event() : -1;
+    if (timed) timeline_.start(kBackwardTrack, ctx_.stream);
     backward(w, weight_step_follows);
-    if (timed) backward_events.emplace_back(begin, record_event());
+    if (timed) timeline_.stop(kBackwardTrack, ctx_.stream);
   };
 
   for (const pipeline::Action& a : plan_) {
@@ -390,7 +378,10 @@ std::vector<Losses> GpuPipelineRunner::step(const int32_t* tokens, const int32_t
                me, pipeline::schedule_kind_name(schedule_.kind), runs.size(), activations.size(),
                gradients.size(), awaiting_weight.size());
 
-  if (timed) resolve_timing(start_event, record_event(), forward_events, backward_events);
+  if (timed) {
+    timeline_.stop(kStepTrack, ctx_.stream);
+    resolve_timing();
+  }
 
   sum_shared_gradients();
   // Data parallelism: the stage's gradients summed over its dp group (experts over expert_dp).

@@ -58,6 +58,7 @@
 #include "model/gpu/gpu_pipeline_stage.h"
 #include "parallel/communicator.h"
 #include "parallel/gpu_data_parallel.h"
+#include "parallel/overlap_stats.h"
 #include "parallel/pipeline_plan.h"
 #include "parallel/pipeline_timing.h"
 #include "parallel/schedule.h"
@@ -165,10 +166,8 @@ class GpuPipelineRunner {
   // rank's tensors by name); its values come from that owner.
   bool peer_expert(const std::string& name,
                    const std::unordered_map<std::string, const DeviceParam*>& held) const;
-  // Events: the index of a fresh recorded event on ctx.stream (grown pool).
-  int record_event();
-  void resolve_timing(int start, int end, const std::vector<std::pair<int, int>>& forward,
-                      const std::vector<std::pair<int, int>>& backward);
+  // last_timing_ from the timeline of a timed step (tracks: step, F, B).
+  void resolve_timing();
 
   cuda::DeviceContext& ctx_;
   ModelConfig cfg_;
@@ -195,8 +194,7 @@ class GpuPipelineRunner {
   std::vector<cuda::GradTensor> expert_norm_tensors_;   // EP: counted routed-expert gradients
   bool timing_ = false;
   pipeline::PipelineTiming last_timing_;
-  std::vector<void*> events_;  // cudaEvent_t pool (void*: no CUDA header here)
-  size_t events_used_ = 0;
+  EventTimeline timeline_;  // a timed step's marks on ctx.stream
 };
 
 // AdamW over one rank's pipeline stages (GpuAdamW over the runner's registry, no clip of its own):

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "parallel/overlap_stats.h"
 #include "parallel/schedule_sim.h"
 
 namespace frugal::pipeline {
@@ -12,7 +13,7 @@ PipelineTiming summarize_timing(double step_ms, const std::vector<TimedInterval>
   FRUGAL_CHECK(step_ms >= 0, "pipeline timing: the step took {} ms", step_ms);
   PipelineTiming t;
   t.step_ms = step_ms;
-  std::vector<std::pair<double, double>> clipped;  // [begin, end) inside [0, step_ms]
+  std::vector<TimeInterval> clipped;  // [begin, end) inside [0, step_ms]
   double f_total = 0, b_total = 0;
   for (const TimedInterval& i : intervals) {
     FRUGAL_CHECK(i.end_ms >= i.begin_ms,
@@ -28,17 +29,9 @@ PipelineTiming summarize_timing(double step_ms, const std::vector<TimedInterval>
     }
     const double begin = std::clamp(i.begin_ms, 0.0, step_ms);
     const double end = std::clamp(i.end_ms, 0.0, step_ms);
-    if (end > begin) clipped.emplace_back(begin, end);
+    if (end > begin) clipped.push_back({begin, end});
   }
-  std::sort(clipped.begin(), clipped.end());
-  double covered_to = 0;  // the union, swept in begin order
-  for (const auto& [begin, end] : clipped) {
-    const double from = std::max(begin, covered_to);
-    if (end > from) {
-      t.busy_ms += end - from;
-      covered_to = end;
-    }
-  }
+  t.busy_ms = union_length(clipped);
   t.idle_ms = step_ms - t.busy_ms;
   t.f_ms = t.f_count ? f_total / t.f_count : 0.0;
   t.b_ms = t.b_count ? b_total / t.b_count : 0.0;
