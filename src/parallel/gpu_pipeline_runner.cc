@@ -612,9 +612,7 @@ GpuAdamW::StepInfo GpuPipelineAdamW::step(double lr) {
     ++skipped_;
     return info;
   }
-  const double clip = config_.grad_clip;
-  const float scale =
-      clip > 0 ? std::min(1.0f, static_cast<float>(clip / (info.grad_norm + 1e-6))) : 1.0f;
+  const float scale = clip_scale_for_norm(info.grad_norm, config_.grad_clip);
   info.clip_scale = scale;
   if (scale < 1.0f) runner_.scale_gradients(scale);
   const GpuAdamW::StepInfo local = adamw_->step(lr);

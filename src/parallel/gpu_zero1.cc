@@ -16,15 +16,10 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/gpu_profiler.h"
+#include "model/gpu/gpu_common.h"
+#include "train/gpu_optimizer.h"
 
 namespace frugal::gpu {
-namespace {
-
-int64_t round_up(int64_t n, int64_t multiple) {
-  return (n + multiple - 1) / multiple * multiple;
-}
-
-}  // namespace
 
 GpuZero1Optimizer::GpuZero1Optimizer(cuda::DeviceContext& ctx, const OptimConfig& config,
                                      std::vector<DeviceParam>& params, Recipe recipe,
@@ -244,9 +239,7 @@ GpuZero1Optimizer::StepInfo GpuZero1Optimizer::step(double lr) {
     ++skipped_steps_;
     return info;
   }
-  const double clip = config_.grad_clip;
-  const float scale =
-      clip > 0 ? std::min(1.0f, static_cast<float>(clip / (info.grad_norm + 1e-6))) : 1.0f;
+  const float scale = clip_scale_for_norm(info.grad_norm, config_.grad_clip);
   info.clip_scale = scale;
   ++step_count_;
   if (!segments_.empty()) {

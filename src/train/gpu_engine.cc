@@ -441,8 +441,7 @@ class GpuEngine : public StepEngine {
     mesh_->ep().all_reduce_sum(&squares[1], 1, CommType::F64);
     const double norm = std::sqrt(squares[0] + squares[1]);
     if (!std::isfinite(norm)) return {norm, true};  // every rank sees the same norm
-    const double clip = config_.optim.grad_clip;
-    const float scale = clip > 0 ? std::min(1.0f, static_cast<float>(clip / (norm + 1e-6))) : 1.0f;
+    const float scale = gpu::clip_scale_for_norm(norm, config_.optim.grad_clip);
     if (scale < 1.0f)  // over disjoint spans: a gradient array is scaled once
       for (const gpu::DeviceSpan& span : clip_spans_)
         cuda::scale_in_place(span.data, span.count, scale, ctx_.stream);

@@ -42,6 +42,7 @@
 // Only for builds with the CUDA backend (FRUGAL_HAVE_CUDA).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -56,6 +57,12 @@
 namespace frugal::gpu {
 
 struct WeightCopyState;  // model/gpu/gpu_linear.h
+
+// The clip factor of a global gradient norm computed on the host (the rule grad_norm_and_clip
+// applies on the device): min(1, grad_clip / (norm + 1e-6)), 1 when grad_clip = 0.
+inline float clip_scale_for_norm(double grad_norm, double grad_clip) {
+  return grad_clip > 0 ? std::min(1.0f, static_cast<float>(grad_clip / (grad_norm + 1e-6))) : 1.0f;
+}
 
 class GpuAdamW {
  public:
