@@ -29,12 +29,11 @@ namespace {
 // BF16), so the vectorized kernels see aligned slices.
 constexpr int64_t kSliceAlignment = 128;
 
-// FRUGAL_FUSED_REFRESH=1 turns the fused refresh on (unset or anything else: off). It stays opt-in
-// until its tests have run on a GPU (test_kernels_adamw_fused_refresh_cuda,
-// FusedRefreshEqualsTheModelRefreshBitForBit).
+// The fused refresh is on unless FRUGAL_FUSED_REFRESH=0 (for A/B runs; the copies are the same
+// bits either way: FusedRefreshEqualsTheModelRefreshBitForBit).
 bool fused_refresh_from_env() {
   const char* text = std::getenv("FRUGAL_FUSED_REFRESH");
-  return text != nullptr && std::string(text) == "1";
+  return text == nullptr || std::string(text) != "0";
 }
 
 // Clears the weights' written_by_optimizer flags when it goes out of scope (also on a throw), so a

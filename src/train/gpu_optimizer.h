@@ -14,8 +14,8 @@
 //      DeviceParam::weight_decay, the clip scale read on the device; bit-identical to one
 //      adamw_update per tensor), then GpuTransformer::weights_updated() (or the refresh callback)
 //      refreshes the BF16 / FP8 weight copies.
-//      Fused refresh (opt-in while unverified on a GPU: FRUGAL_FUSED_REFRESH=1, read when the
-//      optimizer is made): the copies of a bf16 or fp8 GpuWeight whose whole storage is trainable
+//      Fused refresh (the default; FRUGAL_FUSED_REFRESH=0 turns it off, read when the optimizer
+//      is made): the copies of a bf16 or fp8 GpuWeight whose whole storage is trainable
 //      in this list (DeviceParam::copies, model/gpu/gpu_linear.h) are written by the update
 //      itself: the BF16 copy
 //      by adamw_update_multi (weight_bf16), the FP8 codes and scales of both orientations by a
