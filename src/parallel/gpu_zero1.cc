@@ -213,7 +213,7 @@ void GpuZero1Optimizer::reduce_scatter() {
   }
 }
 
-GpuZero1Optimizer::StepInfo GpuZero1Optimizer::step(double lr) {
+GpuZero1Optimizer::StepInfo GpuZero1Optimizer::step(double lr, double extra_norm_squared) {
   FRUGAL_CHECK(std::isfinite(lr) && lr >= 0.0,
                "GpuZero1Optimizer: learning rate {} must be finite and >= 0", lr);
   if (pointers_moved()) {
@@ -231,6 +231,7 @@ GpuZero1Optimizer::StepInfo GpuZero1Optimizer::step(double lr) {
   sync();
   double squares = static_cast<double>(shard_norm) * static_cast<double>(shard_norm);
   norm_group_.all_reduce_sum(&squares, 1, CommType::F64);  // rank order: the same on every rank
+  squares += extra_norm_squared;
   StepInfo info;
   info.grad_norm = std::sqrt(squares);
   if (!std::isfinite(info.grad_norm)) {

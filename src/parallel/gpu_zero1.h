@@ -17,7 +17,9 @@
 //                   NCCL reduce-scatters it into this rank's flat gradient shard [S] (fp32).
 //   step            the shard's L2 norm (cuda::grad_norm_and_clip over the shard), squared in
 //                   double and summed over `norm_group` (a host communicator: rank order, every
-//                   rank gets the same bits), its square root the global norm; a non-finite norm
+//                   rank gets the same bits), plus the caller's extra squares (expert
+//                   parallelism: the routed experts, which are not in `params`), its square root
+//                   the global norm; a non-finite norm
 //                   skips the step on every rank (nothing changes). Else clip_scale = min(1,
 //                   grad_clip / (norm + 1e-6)) (1 when grad_clip = 0), one fused AdamW launch
 //                   (cuda::adamw_update_multi) over this rank's pieces: the weights are the model's
@@ -76,8 +78,10 @@ class GpuZero1Optimizer {
   // Collective: the gradients summed over the ranks, this rank's shard kept (read, not cleared).
   void reduce_scatter();
   // Collective: norm, clip, AdamW on the shard, all-gather of the updated weights (needs
-  // reduce_scatter first).
-  StepInfo step(double lr);
+  // reduce_scatter first). `extra_norm_squared` (the same on every rank) joins the global norm:
+  // the squared norm of gradients outside this optimizer (under expert parallelism, the routed
+  // experts' summed over the EP group), which the caller then clips by StepInfo::clip_scale.
+  StepInfo step(double lr, double extra_norm_squared = 0.0);
 
   int64_t step_count() const { return step_count_; }
   int64_t skipped_steps() const { return skipped_steps_; }

@@ -115,10 +115,13 @@ OptimConfig local_optimizer_config(OptimConfig optim, const Mesh* mesh) {
   return optim;
 }
 
-// ZeRO-1 data parallelism (train.gpu_zero1, several ranks, no expert parallelism): the optimizer
-// state is sharded (GpuZero1Optimizer) instead of a whole GpuAdamW on every rank.
+// ZeRO-1 data parallelism (train.gpu_zero1, several ranks): the optimizer state is sharded
+// (GpuZero1Optimizer) instead of a whole GpuAdamW on every rank. Under expert parallelism it
+// shards the tensors every dp rank holds (all but the routed experts); each rank's experts keep a
+// GpuAdamW of their own (they are not replicated over dp when expert_dp = 1, and replicated
+// expert_dp times otherwise, updated alike after their all-reduce).
 bool uses_zero1(const Config& config, const Mesh* mesh) {
-  return mesh != nullptr && mesh->shape().ep == 1 && config.train.gpu_zero1;
+  return mesh != nullptr && config.train.gpu_zero1;
 }
 
 class GpuEngine : public StepEngine {
@@ -151,10 +154,11 @@ class GpuEngine : public StepEngine {
                                    ctx_.compute_capability, recipe_name(choice_.recipe));
     if (zero1_ != nullptr)
       text += fmt::format(
-          ", {} ranks: {}, ZeRO-1: gradients reduce-scattered and weights all-gathered through "
+          ", {} ranks: {}, ZeRO-1{}: gradients reduce-scattered and weights all-gathered through "
           "NCCL ({} buckets per step), optimizer state sharded ({} of {} elements here)",
-          mesh_->world().size(), describe(mesh_->shape()), zero1_->buckets(),
-          zero1_->shard_elements(), zero1_->total_elements());
+          mesh_->world().size(), describe(mesh_->shape()),
+          ep_comm_ != nullptr ? " over the tensors outside the routed experts" : "",
+          zero1_->buckets(), zero1_->shard_elements(), zero1_->total_elements());
     else if (mesh_ != nullptr)
       text += fmt::format(", {} ranks: {}, gradients all-reduced through NCCL ({} collectives per "
                           "step)",
@@ -191,13 +195,16 @@ class GpuEngine : public StepEngine {
       // every rank's bias update agrees; then the gradients.
       for (const gpu::DeviceLoadCounter& counter : model_.expert_load_counters())
         dp_comm_->all_reduce_sum(counter.counts, counter.experts, CommType::I64);
-      if (zero1_ != nullptr) {
+      if (zero1_ != nullptr && ep_comm_ == nullptr) {
         zero1_->reduce_scatter();
         host_model_current_ = host_optimizer_current_ = false;
         const auto info = zero1_->step(lr);
         return {info.grad_norm, info.skipped};
       }
-      reducer_->all_reduce();
+      if (zero1_ != nullptr)
+        zero1_->reduce_scatter();
+      else
+        reducer_->all_reduce();
       if (expert_reducer_ != nullptr) expert_reducer_->all_reduce();
     }
     // Even a skipped step invalidates the host copies: they are re-read rather than assumed equal.
@@ -239,13 +246,13 @@ class GpuEngine : public StepEngine {
       host_optimizer_current_ = false;
     }
     if (!host_optimizer_current_) {
-      if (zero1_ != nullptr) {
-        zero1_->download(*host_optimizer_);
-      } else if (ep_comm_ == nullptr) {
-        optimizer_->download(*host_optimizer_);
-      } else {
-        optimizer_->download(*local_optimizer_);
+      if (ep_comm_ != nullptr) {
+        download_local_moments();
         share_experts_moments();
+      } else if (zero1_ != nullptr) {
+        zero1_->download(*host_optimizer_);
+      } else {
+        optimizer_->download(*host_optimizer_);
       }
       host_optimizer_current_ = true;
     }
@@ -259,20 +266,13 @@ class GpuEngine : public StepEngine {
   void upload_host_state() override {
     if (host_model_current_) model_.upload(host_.params());  // the slice held here
     if (host_optimizer_ && host_optimizer_current_) {
-      if (zero1_ != nullptr) {
+      if (ep_comm_ != nullptr) {  // this rank's slice of the whole host optimizer
+        copy_moments_by_name(*local_optimizer_, {host_optimizer_.get()});
+        upload_local_moments();
+      } else if (zero1_ != nullptr) {
         zero1_->upload(*host_optimizer_);  // this rank's shard
-      } else if (ep_comm_ == nullptr) {
+      } else {
         optimizer_->upload(*host_optimizer_);
-      } else {  // this rank's slice of the whole host optimizer
-        std::unordered_map<std::string, const AdamW<float>::ParamState*> whole;
-        for (const auto& state : host_optimizer_->state()) whole[state.name] = &state;
-        for (const auto& state : local_optimizer_->state()) {
-          const auto it = whole.find(state.name);
-          FRUGAL_CHECK(it != whole.end(), "the optimizer state has no moments for {}", state.name);
-          local_optimizer_->set_state(state.name, it->second->m, it->second->v);
-        }
-        local_optimizer_->set_step_count(host_optimizer_->step_count());
-        optimizer_->upload(*local_optimizer_);
       }
     }
     // Expert parallelism: the fp32 weights went up exactly, so a current host model stays current
@@ -309,7 +309,8 @@ class GpuEngine : public StepEngine {
 
   // Device bytes of the optimizer moments held by this rank.
   int64_t optimizer_state_bytes() const {
-    return zero1_ != nullptr ? zero1_->state_bytes() : optimizer_->state_bytes();
+    return (zero1_ != nullptr ? zero1_->state_bytes() : 0) +
+           (optimizer_ != nullptr ? optimizer_->state_bytes() : 0);
   }
 
   double flops_per_token(int64_t seq) const override { return host_.flops_per_token(seq); }
@@ -335,12 +336,21 @@ class GpuEngine : public StepEngine {
     for (const gpu::DeviceParam& p : model_.params())
       if (p.trainable && p.grad != nullptr && !(ep && routed_expert_of(p.name) >= 0))
         grads.push_back({p.grad, p.count});
-    if (uses_zero1(config_, mesh_))
+    if (uses_zero1(config_, mesh_) && !ep) {
       zero1_ = std::make_unique<gpu::GpuZero1Optimizer>(
           ctx_, config_.optim, model_.params(), choice_.recipe,
           [this] { model_.weights_updated(); }, *dp_comm_, mesh_->dp());
-    else
+    } else if (uses_zero1(config_, mesh_)) {
+      // The tensors outside the routed experts; the experts' GpuAdamW (start_expert_parallel)
+      // refreshes every weight copy after both updates, so this one refreshes nothing.
+      for (const gpu::DeviceParam& p : model_.params())
+        if (routed_expert_of(p.name) < 0) dense_params_.push_back(p);
+      zero1_ = std::make_unique<gpu::GpuZero1Optimizer>(ctx_, config_.optim, dense_params_,
+                                                        choice_.recipe, [] {}, *dp_comm_,
+                                                        mesh_->dp());
+    } else {
       reducer_ = std::make_unique<gpu::GradientAllReducer>(ctx_, *dp_comm_, std::move(grads));
+    }
 #endif
   }
 
@@ -372,16 +382,22 @@ class GpuEngine : public StepEngine {
     }
 #endif
     // The host store of this rank's tensors (shapes only matter) and its AdamW.
-    for (const std::string& name : local_names_) {
-      const Param<float>& whole = host_.params().get(name);
-      Param<float>& local = local_store_.add(name, whole.shape, kind_of(whole));
-      local.trainable = whole.trainable;
-      local.weight_decay = whole.weight_decay;
-      std::vector<float>().swap(local.grad);
+    local_optimizer_ = host_optimizer_of(local_names_, local_store_);
+    if (zero1_ != nullptr) {
+      // ZeRO-1 holds the other tensors (start_data_parallel); the experts get a GpuAdamW (no clip:
+      // expert_parallel_step clips), whose refresh rebuilds every weight copy, and host AdamWs of
+      // both parts carry their moments to and from local_optimizer_'s layout.
+      std::vector<std::string> dense_names, expert_names;
+      for (const gpu::DeviceParam& p : model_.params()) {
+        (routed_expert_of(p.name) >= 0 ? expert_names : dense_names).push_back(p.name);
+        if (routed_expert_of(p.name) >= 0) expert_params_.push_back(p);
+      }
+      optimizer_ = std::make_unique<gpu::GpuAdamW>(
+          ctx_, local_optimizer_config(config_.optim, mesh_), expert_params_, choice_.recipe,
+          [this] { model_.weights_updated(); });
+      dense_host_optimizer_ = host_optimizer_of(dense_names, dense_store_);
+      expert_host_optimizer_ = host_optimizer_of(expert_names, expert_store_);
     }
-    local_optimizer_ = std::make_unique<AdamW<float>>(config_.optim, local_store_);
-    // The AdamW keeps its own moments: the store's values only sized them.
-    for (const auto& param : local_store_.all()) std::vector<float>().swap(param->value);
     for (const auto* set : {&dense_norm_tensors_, &expert_norm_tensors_})
       norm_workspace_bytes_ = std::max(
           norm_workspace_bytes_,
@@ -390,10 +406,13 @@ class GpuEngine : public StepEngine {
               : cuda::grad_norm_workspace_bytes(set->data(), static_cast<int64_t>(set->size())));
     norm_workspace_ = cuda::DeviceArray<uint8_t>(
         ctx_, static_cast<int64_t>(std::max<size_t>(norm_workspace_bytes_, 1)));
-    std::vector<gpu::DeviceSpan> all_grads;
+    // The gradients the engine clips: all of them, or under ZeRO-1 the experts' (ZeRO-1 clips
+    // the others).
+    std::vector<gpu::DeviceSpan> clipped;
     for (const gpu::DeviceParam& p : model_.params())
-      if (p.trainable && p.grad != nullptr) all_grads.push_back({p.grad, p.count});
-    clip_spans_ = gpu::merge_device_spans(std::move(all_grads));
+      if (p.trainable && p.grad != nullptr && (zero1_ == nullptr || routed_expert_of(p.name) >= 0))
+        clipped.push_back({p.grad, p.count});
+    clip_spans_ = gpu::merge_device_spans(std::move(clipped));
     norm_scalars_ = cuda::DeviceArray<float>(ctx_, 4);
     norm_flags_ = cuda::DeviceArray<int32_t>(ctx_, 2);
   }
@@ -419,14 +438,65 @@ class GpuEngine : public StepEngine {
     return p.weight_decay ? ParamKind::Matrix : ParamKind::Norm;
   }
 
+  // A host AdamW over `names` of the whole model (their shapes and flags added to `store`, whose
+  // values are released again: the AdamW keeps its own moments, the store only sized them).
+  std::unique_ptr<AdamW<float>> host_optimizer_of(const std::vector<std::string>& names,
+                                                  ParamStore<float>& store) const {
+    for (const std::string& name : names) {
+      const Param<float>& whole = host_.params().get(name);
+      Param<float>& local = store.add(name, whole.shape, kind_of(whole));
+      local.trainable = whole.trainable;
+      local.weight_decay = whole.weight_decay;
+      std::vector<float>().swap(local.grad);
+    }
+    auto optimizer = std::make_unique<AdamW<float>>(config_.optim, store);
+    for (const auto& param : store.all()) std::vector<float>().swap(param->value);
+    return optimizer;
+  }
+
+  // Every moment of `to` from the tensor of the same name in one of `from`, and the update count
+  // (the first source's).
+  static void copy_moments_by_name(AdamW<float>& to,
+                                   std::initializer_list<const AdamW<float>*> from) {
+    std::unordered_map<std::string, const AdamW<float>::ParamState*> source;
+    for (const AdamW<float>* optimizer : from)
+      for (const auto& state : optimizer->state()) source[state.name] = &state;
+    for (const auto& state : to.state()) {
+      const auto it = source.find(state.name);
+      FRUGAL_CHECK(it != source.end(), "the optimizer state has no moments for {}", state.name);
+      to.set_state(state.name, it->second->m, it->second->v);
+    }
+    to.set_step_count((*from.begin())->step_count());
+  }
+
+  // Expert parallelism: this rank's moments (its dense tensors and experts) into
+  // local_optimizer_; under ZeRO-1 the dense shards are all-gathered (collective over dp).
+  void download_local_moments() {
+    if (zero1_ == nullptr) return optimizer_->download(*local_optimizer_);
+    zero1_->download(*dense_host_optimizer_);
+    optimizer_->download(*expert_host_optimizer_);
+    copy_moments_by_name(*local_optimizer_, {dense_host_optimizer_.get(),
+                                             expert_host_optimizer_.get()});
+  }
+  // And back: local_optimizer_'s moments up to this rank's optimizers (ZeRO-1: its shard).
+  void upload_local_moments() {
+    if (zero1_ == nullptr) return optimizer_->upload(*local_optimizer_);
+    copy_moments_by_name(*dense_host_optimizer_, {local_optimizer_.get()});
+    copy_moments_by_name(*expert_host_optimizer_, {local_optimizer_.get()});
+    zero1_->upload(*dense_host_optimizer_);
+    optimizer_->upload(*expert_host_optimizer_);
+  }
+
   // The L2 norm of every gradient of the whole model (dense tensors: equal on every rank after
   // the dp sum; routed experts: this rank's squares summed over the EP group on the host), then
   // the clip of the CPU rule, scale = min(1, grad_clip / (norm + 1e-6)), applied to this rank's
   // gradients, then the unclipped GpuAdamW. A non-finite norm skips the step on every rank alike.
+  // Under ZeRO-1 the dense part is ZeRO-1's: its shards' squares summed over dp plus the experts'
+  // give the same global norm, ZeRO-1 updates its shard with that clip and the experts follow.
   OptimizerStepInfo expert_parallel_step(double lr) {
     double squares[2] = {0, 0};  // dense, experts (this rank)
     const std::vector<cuda::GradTensor>* sets[2] = {&dense_norm_tensors_, &expert_norm_tensors_};
-    for (int i = 0; i < 2; ++i) {
+    for (int i = zero1_ != nullptr ? 1 : 0; i < 2; ++i) {
       if (sets[i]->empty()) continue;
       cuda::grad_norm_and_clip(norm_scalars_.data() + 2 * i, norm_scalars_.data() + 2 * i + 1,
                                norm_flags_.data() + i, sets[i]->data(),
@@ -439,9 +509,17 @@ class GpuEngine : public StepEngine {
       squares[i] = static_cast<double>(host[0]) * static_cast<double>(host[0]);
     }
     mesh_->ep().all_reduce_sum(&squares[1], 1, CommType::F64);
-    const double norm = std::sqrt(squares[0] + squares[1]);
-    if (!std::isfinite(norm)) return {norm, true};  // every rank sees the same norm
-    const float scale = gpu::clip_scale_for_norm(norm, config_.optim.grad_clip);
+    double norm = std::sqrt(squares[0] + squares[1]);
+    float scale = 1.0f;
+    if (zero1_ != nullptr) {
+      const auto dense = zero1_->step(lr, squares[1]);
+      if (dense.skipped) return {dense.grad_norm, true};  // every rank sees the same norm
+      norm = dense.grad_norm;
+      scale = static_cast<float>(dense.clip_scale);
+    } else {
+      if (!std::isfinite(norm)) return {norm, true};  // every rank sees the same norm
+      scale = gpu::clip_scale_for_norm(norm, config_.optim.grad_clip);
+    }
     if (scale < 1.0f)  // over disjoint spans: a gradient array is scaled once
       for (const gpu::DeviceSpan& span : clip_spans_)
         cuda::scale_in_place(span.data, span.count, scale, ctx_.stream);
@@ -498,7 +576,12 @@ class GpuEngine : public StepEngine {
   Transformer<float> host_;
   std::unique_ptr<Communicator> ep_comm_;  // expert parallelism: NCCL over the EP group
   gpu::GpuTransformer model_;
-  std::unique_ptr<gpu::GpuAdamW> optimizer_;  // null under ZeRO-1 (zero1_)
+  // ZeRO-1 under expert parallelism: its tensors (all but the routed experts) and the experts',
+  // which optimizer_ updates (copies of model_.params() entries: the model's pointers are fixed).
+  // Declared before the optimizers that keep references to them.
+  std::vector<gpu::DeviceParam> dense_params_, expert_params_;
+  // Null under ZeRO-1 without expert parallelism (zero1_); the experts' only under ZeRO-1 with it.
+  std::unique_ptr<gpu::GpuAdamW> optimizer_;
   std::unique_ptr<AdamW<float>> host_optimizer_;  // made on first use (checkpoints)
   bool host_model_current_ = true;                // host_ holds what the device holds
   bool host_optimizer_current_ = false;
@@ -514,6 +597,8 @@ class GpuEngine : public StepEngine {
   ParamStore<float> local_store_;         // this rank's names and shapes (values released), for
                                           // local_optimizer_
   std::unique_ptr<AdamW<float>> local_optimizer_;  // the GPU optimizer's checkpoint layout
+  ParamStore<float> dense_store_, expert_store_;    // ZeRO-1 under EP: the two parts' layouts
+  std::unique_ptr<AdamW<float>> dense_host_optimizer_, expert_host_optimizer_;
   std::vector<cuda::GradTensor> dense_norm_tensors_, expert_norm_tensors_;  // as GpuAdamW counts
   std::vector<gpu::DeviceSpan> clip_spans_;  // every trainable gradient, disjoint
   size_t norm_workspace_bytes_ = 0;

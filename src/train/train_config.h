@@ -76,11 +76,12 @@ struct TrainConfig {
   // "dualpipev".
   std::string pp_schedule = "1f1b";
   int64_t ep = 1;
-  // Data parallelism on GPUs (train.device = "cuda", dp > 1, ep = 1): true (the default, like the
+  // Data parallelism on GPUs (train.device = "cuda", dp > 1, pp = 1): true (the default, like the
   // CPU engine, which always shards) runs ZeRO-1 (parallel/gpu_zero1.h: gradients reduce-scattered,
-  // AdamW moments sharded over the dp ranks, updated weights all-gathered); false keeps a whole
-  // optimizer replica on every rank and all-reduces the gradients. Under train.ep > 1 the GPU
-  // engine always all-reduces. Checkpoints are the same files either way.
+  // AdamW moments sharded over the dp ranks, updated weights all-gathered; under train.ep > 1 over
+  // the tensors outside the routed experts, which keep an optimizer of their own on each rank);
+  // false keeps a whole optimizer replica on every rank and all-reduces the gradients. The GPU
+  // pipeline always all-reduces. Checkpoints are the same files either way.
   bool gpu_zero1 = true;
   bool operator==(const TrainConfig&) const = default;
 };

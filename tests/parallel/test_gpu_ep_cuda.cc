@@ -21,6 +21,9 @@
 //     norms within 1e-3 (fp8: 1e-2) relative, weights 1e-4 whole / 1e-3 per tensor, moments 1e-2
 //     whole / 5e-2 per tensor (fp8 x10). A lost token, a wrong owner, an expert missing from the
 //     checkpoint or an unsummed gradient misses these by orders of magnitude.
+// The fp32 and bf16 comparisons run twice: with ZeRO-1 (train.gpu_zero1 = true, the default: the
+// tensors outside the routed experts sharded over dp, the experts' own AdamW on each rank) and
+// without (a whole GpuAdamW of this rank's tensors), and ZeRO-1 must hold less optimizer state.
 // In every run all ranks end with bitwise the same whole model (their dense weights, and the
 // experts each gathers from its owners for the checkpoint), dp rank 0 alone writes the checkpoint,
 // and the engine names the experts each rank holds. A checkpoint of the EP run resumes (each rank
@@ -46,42 +49,60 @@ class GpuExpertParallel : public GpuRanksTest<2> {
   }
 
   // Trains the EP run (into par/) on every rank, then the single-GPU run (into ref/) on rank 0,
-  // and compares them on rank 0.
-  void compare(const std::string& precision, const Tolerances& tol) {
+  // and compares them on rank 0. Returns this rank's optimizer state sizes.
+  OptimizerStateBytes compare(const std::string& precision, const Tolerances& tol, bool zero1) {
     SharedTempDir dir(*world);
     const std::string par = dir.path("par"), ref = dir.path("ref");
     std::vector<std::string> par_extra = extra(precision);
     par_extra.push_back("train.ep=2");
+    par_extra.push_back(std::string("train.gpu_zero1=") + (zero1 ? "true" : "false"));
     const Config config = parallel_test_config(par, par_extra);
-    ASSERT_EQ(config.model.n_routed_experts % 2, 0);
+    EXPECT_EQ(config.model.n_routed_experts % 2, 0);
     Mesh mesh(*world, mesh_shape(ranks, config.train, config.model));
-    ASSERT_EQ(mesh.shape().ep, 2);
+    EXPECT_EQ(mesh.shape().ep, 2);
     const int64_t local = config.model.n_routed_experts / 2,
                   first = mesh.coords().ep_rank * local;
     const std::string experts = "experts " + std::to_string(first) + ".." +
                                 std::to_string(first + local - 1) + " of " +
                                 std::to_string(config.model.n_routed_experts);
-    train_on_every_rank(config, mesh, *world, {experts, std::to_string(ranks) + " ranks"},
+    std::vector<std::string> parts = {experts, std::to_string(ranks) + " ranks"};
+    if (zero1) parts.push_back("ZeRO-1 over the tensors outside the routed experts");
+    OptimizerStateBytes bytes;
+    train_on_every_rank(config, mesh, *world, parts,
                         "after 3 steps the ranks' whole host models differ: either the dense "
                         "weights or routing biases diverged (dense gradients not summed over dp, "
                         "or a different clip per rank) or the expert gather for checkpoints is "
-                        "wrong");
+                        "wrong",
+                        &bytes);
+    std::printf("CHECK rank %d, EP 2 %s %s: optimizer state %lld bytes here\n", world->rank(),
+                precision.c_str(), zero1 ? "ZeRO-1" : "whole", static_cast<long long>(bytes.held));
     if (world->rank() == 0)
-      expect_matches_one_gpu("EP 2 on " + std::to_string(ranks) + " ranks", par,
+      expect_matches_one_gpu("EP 2 on " + std::to_string(ranks) + " ranks" +
+                                 (zero1 ? " ZeRO-1" : ""),
+                             par,
                              parallel_test_config(ref, extra(precision)), precision, tol,
                              " (an expert here: its owner's weights did not reach the checkpoint,"
                              " or its gradient missed the other rank's tokens)");
     world->barrier();
+    return bytes;
+  }
+
+  // Both ways; ZeRO-1 shards the dense tensors' moments, so it holds less here.
+  void compare_with_and_without_zero1(const std::string& precision, const Tolerances& tol) {
+    const OptimizerStateBytes whole = compare(precision, tol, false);
+    const OptimizerStateBytes zero1 = compare(precision, tol, true);
+    EXPECT_GT(zero1.held, 0);
+    EXPECT_LT(zero1.held, whole.held) << "ZeRO-1 under EP should shard the dense tensors' moments";
   }
 
 };
 
 TEST_F(GpuExpertParallel, Fp32EqualsOneGpu) {
-  compare("fp32", {1e-6, 1e-6, 1e-5, 1e-6, 1e-5});
+  compare_with_and_without_zero1("fp32", {1e-6, 1e-6, 1e-5, 1e-6, 1e-5});
 }
 
 TEST_F(GpuExpertParallel, Bf16AgreesWithOneGpuWithinBf16Rounding) {
-  compare("bf16", {1e-3, 1e-4, 1e-3, 1e-2, 5e-2});
+  compare_with_and_without_zero1("bf16", {1e-3, 1e-4, 1e-3, 1e-2, 5e-2});
 }
 
 // The fp8 recipe under expert parallelism with FP8-sized experts (hidden 256,
@@ -146,13 +167,20 @@ TEST_F(GpuExpertParallel, Fp8WithFp8SizedExpertsAgreesWithOneGpu) {
 }
 
 // The checkpoint an EP run writes (dp rank 0, with every expert gathered) resumes on the same
-// mesh (each rank takes its experts and their moments) and continues like an uninterrupted run:
-// 3 steps straight equal 2 steps, resume, 1 step, bit for bit.
-TEST_F(GpuExpertParallel, ResumeContinuesBitForBit) {
+// mesh (each rank takes its experts and their moments; under ZeRO-1 its shard of the dense
+// tensors' moments) and continues like an uninterrupted run: 3 steps straight equal 2 steps,
+// resume, 1 step, bit for bit.
+class GpuExpertParallelResume : public GpuExpertParallel,
+                                public ::testing::WithParamInterface<bool> {};
+
+TEST_P(GpuExpertParallelResume, ResumeContinuesBitForBit) {
+  const bool zero1 = GetParam();
+  std::printf("CHECK EP resume, %s\n", zero1 ? "ZeRO-1" : "whole optimizer");
   SharedTempDir dir(*world);
   std::vector<std::string> ep_extra = extra("fp32");
   ep_extra.push_back("train.ep=2");
   ep_extra.push_back("train.save_every=2");
+  ep_extra.push_back(std::string("train.gpu_zero1=") + (zero1 ? "true" : "false"));
   const Config straight = parallel_test_config(dir.path("straight"), ep_extra);
   Mesh mesh(*world, mesh_shape(ranks, straight.train, straight.model));
   train_run(straight, &mesh);
@@ -169,6 +197,8 @@ TEST_F(GpuExpertParallel, ResumeContinuesBitForBit) {
         "resuming did not give each rank back its experts, their moments or the step count");
   world->barrier();
 }
+
+INSTANTIATE_TEST_SUITE_P(WholeOptimizerAndZero1, GpuExpertParallelResume, ::testing::Bool());
 
 }  // namespace
 }  // namespace frugal
