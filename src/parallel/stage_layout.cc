@@ -430,7 +430,7 @@ std::string describe_stage_layout(const std::string& setting, const StageLayout&
                                                        : static_cast<double>(costs.size());
   const double worst = *std::max_element(costs.begin(), costs.end());
   std::string ranks;
-  for (size_t r = 0; r < costs.size(); ++r) ranks += fmt::format(" {:.3f}", costs[r] / 1e9);
+  for (size_t r = 0; r < costs.size(); ++r) ranks += fmt::format(" {:.4g}", costs[r] / 1e9);
   std::string ranges;
   for (int s = 0; s < layout.stages(); ++s)
     ranges += fmt::format(" [{},{})", layout.begin(s), layout.end(s));
