@@ -19,12 +19,15 @@
 //       relative L2 per tensor; and every tensor this rank holds equals the downloaded one bitwise
 //       (DualPipe's second copies and the MTP stage's embedding copy stay equal to their owner's);
 //     - evaluate() of the whole batch within 1e-6 of GpuTransformer::evaluate.
+//   fp32 with uneven stage splits (parallel/stage_layout.h): 1F1B 3,1 and 4,0 (an empty last
+//     stage), DualPipeV 0,2,1,1 (an empty first stage) and 2,1,1,0: the same bounds as above;
 //   bf16 recipe: losses within 1e-2 relative of the single GPU's bf16 run at every step, the whole
 //     model within 1e-3 relative L2 after 3 steps (lr 1e-2: a lost update would be ~4e-2).
 // Every comparison prints "CHECK | schedule | what | numbers | ok/FAIL", so one run tells which
 // schedule, step, micro-batch or tensor is off.
 // The engine (train/gpu_pipeline_engine.h) through the trainer: train.device = cuda, train.pp = 2,
-// DualPipeV and 1F1B, the tiny preset with 4 layers, 4 micro-batches of 1 sequence, 3 steps with
+// DualPipeV and 1F1B (the default "auto" stage split; DualPipeV also with train.pp_stage_layers =
+// 1,2,1,0), the tiny preset with 4 layers, 4 micro-batches of 1 sequence, 3 steps with
 // validation at steps 2 and 3, against the same config trained on one GPU (rank 0): fp32 metrics
 // (losses, norms, validation) within 1e-6, the step-1 expert load exactly, checkpoint weights and
 // moments within 1e-6 whole / 1e-5 per tensor, trainer_state.json and config.json byte for byte
