@@ -256,7 +256,7 @@ class NestedSplit {
  public:
   explicit NestedSplit(const Costs& costs) : c_(costs), levels_(costs.stages / 2) {
     const size_t n = static_cast<size_t>(levels_) * (c_.layers() + 1) * (c_.layers() + 1);
-    FRUGAL_CHECK(n <= 50'000'000,
+    FRUGAL_CHECK(n <= 4'000'000,  // ~100 MB of memo (L = 256 over 64 stages fits)
                  "pipeline: the automatic stage split of {} layers over {} stages is too large a "
                  "search; give train.pp_stage_layers explicitly",
                  c_.layers(), c_.stages);

@@ -7,7 +7,8 @@
 //     result is the exhaustive search's optimum on small cases (largest rank cost);
 //   - bench-1b (configs/bench-1b.toml) under 1F1B and DualPipeV over 2 ranks: the split's largest
 //     rank cost is within one layer's cost of the ideal (total / ranks), and better than the even
-//     split's (printed);
+//     split's (printed); DeepSeek-V3 (61 layers) under DualPipe over 16 ranks, DualPipeV over 8
+//     and 1F1B over 16 likewise within one layer (printed);
 //   - the cost model: head and MTP terms, a dense and a MoE layer against hand-computed FLOPs;
 //   - the setting: "auto", "even", lists with and without brackets; bad text refused naming the key.
 #include <gtest/gtest.h>
@@ -248,6 +249,31 @@ TEST(StageLayout, Bench1bSplitsAreWithinOneLayerOfTheIdeal) {
     EXPECT_LT(worst, even_worst) << got.text();
     std::printf("  %s\n", describe_stage_layout("auto", got, cfg, kind, seq).c_str());
     std::printf("  %s\n", describe_stage_layout("even", even, cfg, kind, seq).c_str());
+  }
+}
+
+// DeepSeek-V3 (61 layers, 3 dense) at the pipeline degrees of spec §5: DualPipe over 16 ranks (the
+// paper's PP16), DualPipeV over 8 ranks, 1F1B over 16: within one layer of the ideal (printed).
+TEST(StageLayout, V3SplitsAreWithinOneLayerOfTheIdeal) {
+  const Config config = load_config(std::string(FRUGAL_SOURCE_DIR) + "/configs/v3-671b.toml", {});
+  const ModelConfig& cfg = config.model;
+  const int64_t seq = config.train.seq_len;
+  const StageCostModel model = stage_cost_model(cfg, seq);
+  const double layer = *std::max_element(model.layer.begin(), model.layer.end());
+  const double total = std::accumulate(model.layer.begin(), model.layer.end(),
+                                       model.first_extra + model.last_extra);
+  std::printf("  v3-671b, seq %lld: layer %.3f GFLOP/token, head + MTP %.3f (%.2f layers)\n",
+              static_cast<long long>(seq), layer / 1e9, model.last_extra / 1e9,
+              model.last_extra / layer);
+  for (const auto& [kind, ranks] : std::vector<std::pair<ScheduleKind, int>>{
+           {ScheduleKind::DualPipe, 16}, {ScheduleKind::DualPipeV, 8}, {ScheduleKind::OneFOneB, 16}}) {
+    const int stages = pipeline::pipeline_stage_count(kind, ranks);
+    const StageLayout got = resolve_stage_layout("auto", cfg, kind, stages, seq);
+    const std::vector<double> costs = rank_costs(model, got, kind);
+    // DualPipe's ranks r and P-1-r hold the same two stages: the work divides over P/2 pairs.
+    const double groups = kind == ScheduleKind::DualPipe ? ranks / 2.0 : ranks;
+    EXPECT_LE(largest(costs), total / groups + layer) << got.text();
+    std::printf("  %s\n", describe_stage_layout("auto", got, cfg, kind, seq).c_str());
   }
 }
 
