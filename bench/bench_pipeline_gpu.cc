@@ -6,6 +6,9 @@
 //   mpirun -np P build/bench_pipeline_gpu CONFIG.toml RECIPE SCHEDULE M B SEQ STEPS [--json FILE]
 //       [--skip-single] [--section.key=value ...]
 //   e.g. mpirun -np 2 build/bench_pipeline_gpu configs/bench-1b.toml bf16 dualpipev 8 4 4096 4
+// The layers per stage follow train.pp_stage_layers (parallel/stage_layout.h; default "auto", the
+// cost-balanced split): --train.pp_stage_layers=even for the even split, =3,4,3,2 for a given one.
+// The split used is printed at the start and written to the JSON (stage_layers).
 // First rank 0 alone trains the whole model on its GPU for the steps (GpuTransformer + GpuAdamW,
 // the M micro-batches accumulated with loss scale 1/M) and frees it (--skip-single leaves this
 // out), then the P ranks train the same steps from the same initial weights with the SCHEDULE
@@ -120,9 +123,12 @@ int run(int argc, char** argv) {
   // The schedule first: an impossible (kind, ranks, M) fails on every rank before any allocation.
   const int stages = pipeline::pipeline_stage_count(kind, ranks);
   pipeline::Schedule schedule = pipeline::build_schedule(kind, stages, micro_batches);
-  FRUGAL_CHECK(config.model.num_hidden_layers >= stages,
-               "{} stages need at least as many decoder layers; the model has {}", stages,
-               config.model.num_hidden_layers);
+  const StageLayout layout = resolve_stage_layout(config.train.pp_stage_layers, config.model, kind,
+                                                  stages, seq);
+  if (rank == 0)
+    std::printf("%s\n", describe_stage_layout(config.train.pp_stage_layers, layout, config.model,
+                                                kind, seq)
+                           .c_str());
 
   int devices = 0;
   FRUGAL_CUDA_CHECK(cudaGetDeviceCount(&devices));
@@ -187,7 +193,8 @@ int run(int argc, char** argv) {
   std::vector<std::vector<pipeline::PipelineTiming>> timings(steps);  // [step][rank]
   int64_t peak_bytes = 0;
   {
-    gpu::GpuPipelineRunner runner(ctx, config.model, choice.recipe, schedule, *nccl, *world);
+    gpu::GpuPipelineRunner runner(ctx, config.model, choice.recipe, schedule, *nccl, *world, {},
+                                  layout);
     runner.set_timing(true);
     runner.upload(host.params());
     gpu::GpuPipelineAdamW optimizer(ctx, config.optim, runner);
@@ -222,10 +229,11 @@ int run(int argc, char** argv) {
 
   if (rank == 0) {
     const double tokens_per_step = static_cast<double>(total_sequences * seq);
-    std::printf("\n%s, %s, %s over %d GPUs (%d stages), %d micro-batches of %lld x %lld tokens\n",
+    std::printf("\n%s, %s, %s over %d GPUs (%d stages of %s layers), %d micro-batches of %lld x "
+                "%lld tokens\n",
                 config_path.c_str(), std::string(recipe_name(choice.recipe)).c_str(),
-                pipeline::schedule_kind_name(kind), ranks, stages, micro_batches,
-                static_cast<long long>(sequences), static_cast<long long>(seq));
+                pipeline::schedule_kind_name(kind), ranks, stages, layout.text().c_str(),
+                micro_batches, static_cast<long long>(sequences), static_cast<long long>(seq));
     std::printf("%5s %14s %14s %12s %12s %14s %14s\n", "step", "loss (1 GPU)", "loss (pipe)",
                 "ms (1 GPU)", "ms (pipe)", "tok/s (1 GPU)", "tok/s (pipe)");
     nlohmann::json rows_json = nlohmann::json::array();
@@ -291,6 +299,7 @@ int run(int argc, char** argv) {
                                      {"schedule", pipeline::schedule_kind_name(kind)},
                                      {"ranks", ranks},
                                      {"stages", stages},
+                                     {"stage_layers", layout.layers},
                                      {"micro_batches", micro_batches},
                                      {"sequences_per_micro_batch", sequences},
                                      {"seq", seq},

@@ -97,6 +97,7 @@ std::vector<Field> config_fields(Config& c) {
       {"train.threads", &t.threads},
       {"train.pp", &t.pp},
       {"train.pp_schedule", &t.pp_schedule},
+      {"train.pp_stage_layers", &t.pp_stage_layers},
       {"train.ep", &t.ep},
       {"train.gpu_zero1", &t.gpu_zero1},
       {"optim.lr", &c.optim.lr},
@@ -128,6 +129,8 @@ std::vector<Field> config_fields(Config& c) {
 }
 
 constexpr const char* kHfConfigKey = "model.hf_config";
+// A string setting that TOML may also give as an array of integers.
+constexpr const char* kStageLayersKey = "train.pp_stage_layers";
 
 // ---- reading values ---------------------------------------------------------------------------
 
@@ -249,6 +252,24 @@ void set_field(const Field& field, const toml::node& node, const std::string& wh
           if (!node.is_boolean()) wrong();
           *target = node.as_boolean()->get();
         } else if constexpr (std::is_same_v<T, std::string>) {
+          if (field.name == kStageLayersKey && node.is_array()) {
+            // A list of layer counts, kept as its text "3,4,3,2" (parallel/stage_layout.h).
+            std::string text;
+            for (const toml::node& element : *node.as_array()) {
+              int64_t n = 0;
+              if (!element.is_integer() || (n = element.as_integer()->get()) < 0)
+                fail("{}: {} must be \"auto\", \"even\" or an array of non-negative layer "
+                     "counts, got an element {}",
+                     where, field.name, describe(element));
+              text += fmt::format("{}{}", text.empty() ? "" : ",", n);
+            }
+            if (text.empty())
+              fail("{}: {} must be \"auto\", \"even\" or an array of layer counts, got an "
+                   "empty array",
+                   where, field.name);
+            *target = text;
+            return;
+          }
           if (!node.is_string()) wrong();
           *target = node.as_string()->get();
         } else {

@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "io/config_io.h"
 #include "parallel/schedule.h"
+#include "parallel/stage_layout.h"
 #include "train/recipe.h"
 
 namespace frugal {
@@ -69,6 +70,7 @@ void validate_train(const TrainConfig& t, const ModelConfig& m) {
   FRUGAL_CHECK(t.threads >= 0, "train.threads = {} must be >= 0 (0: all cores)", t.threads);
   FRUGAL_CHECK(t.pp >= 1, "train.pp = {} must be >= 1", t.pp);
   pipeline::parse_schedule_kind(t.pp_schedule, "train.pp_schedule");
+  parse_stage_layers(t.pp_stage_layers, "train.pp_stage_layers");  // its fit: validate_pipeline
   FRUGAL_CHECK(t.ep >= 1, "train.ep = {} must be >= 1", t.ep);
   FRUGAL_CHECK(t.ep == 1 || (m.n_routed_experts > 0 && m.n_routed_experts % t.ep == 0),
                "train.ep = {} must divide model.n_routed_experts = {} (every expert-parallel rank "
@@ -95,6 +97,15 @@ void validate_pipeline(const Config& config) {
     fail("train.pp_schedule = \"{}\" with train.pp = {} and {} micro-batches per step "
          "(train.batch_sequences / train.micro_batch): {}",
          t.pp_schedule, t.pp, micro_batches, e.what());
+  }
+  // The stage split must fit the stages (a list: count, sum, no empty middle stage; "even": one
+  // layer per stage at least). With train.pp = 1 the setting is unused (checkpoints keep it).
+  const int stages = pipeline::pipeline_stage_count(kind, static_cast<int>(t.pp));
+  try {
+    resolve_stage_layout(t.pp_stage_layers, config.model, kind, stages, t.seq_len);
+  } catch (const Error& e) {
+    fail("train.pp_stage_layers with train.pp = {} and train.pp_schedule = \"{}\" ({} stages): {}",
+         t.pp, t.pp_schedule, stages, e.what());
   }
 }
 

@@ -58,7 +58,7 @@ bool timing_requested() {
 GpuPipelineRunner::GpuPipelineRunner(cuda::DeviceContext& ctx, const ModelConfig& cfg,
                                      Recipe recipe, pipeline::Schedule schedule,
                                      Communicator& nccl, Communicator& host,
-                                     const GpuPipelineMesh& mesh)
+                                     const GpuPipelineMesh& mesh, StageLayout layout)
     : ctx_(ctx),
       cfg_(cfg),
       recipe_(recipe),
@@ -67,6 +67,7 @@ GpuPipelineRunner::GpuPipelineRunner(cuda::DeviceContext& ctx, const ModelConfig
       host_(host),
       registry_(ctx),
       mesh_(mesh),
+      layout_(std::move(layout)),
       timing_(timing_requested()) {
   using pipeline::ScheduleKind;
   FRUGAL_CHECK(nccl_.size() == schedule_.ranks && host_.size() == schedule_.ranks,
@@ -99,22 +100,16 @@ GpuPipelineRunner::GpuPipelineRunner(cuda::DeviceContext& ctx, const ModelConfig
   if (mesh_.dp != nullptr) set_input_stream(*mesh_.dp, ctx_.stream);
   if (mesh_.expert_dp != nullptr) set_input_stream(*mesh_.expert_dp, ctx_.stream);
   const int r = host_.rank(), p = schedule_.stages;
-  std::vector<int> held;
-  switch (schedule_.kind) {
-    case ScheduleKind::OneFOneB:
-    case ScheduleKind::ZB1P: held = {r}; break;
-    case ScheduleKind::DualPipe:
-      held = {std::min(r, p - 1 - r), p - 1 - std::min(r, p - 1 - r)};
-      break;
-    case ScheduleKind::DualPipeV: held = {r, p - 1 - r}; break;
-  }
-  held.erase(std::unique(held.begin(), held.end()), held.end());  // one stage of one: once
+  if (layout_.layers.empty()) layout_ = even_stage_layout(cfg_.num_hidden_layers, p);
+  check_stage_layout(layout_, cfg_.num_hidden_layers, p, "GPU pipeline stage layout");
+  const std::vector<int> held = stages_of_rank(schedule_.kind, p, r);  // one stage of one: once
   {
     // EP: the MoE layers built now hold this EP rank's experts and dispatch over mesh_.ep.
     std::optional<ExpertParallelScope> scope;
     if (ep) scope.emplace(mesh_.ep);
     for (int s : held)  // ascending stage order: DualPipe's copies list the same tensors
-      stages_.push_back(std::make_unique<GpuPipelineStage>(ctx_, registry_, cfg_, recipe_, s, p));
+      stages_.push_back(
+          std::make_unique<GpuPipelineStage>(ctx_, registry_, cfg_, recipe_, layout_, s));
   }
 
   // The plan and the exchange groups (collective: every rank splits for every pair, in order).

@@ -62,6 +62,7 @@
 #include "parallel/pipeline_plan.h"
 #include "parallel/pipeline_timing.h"
 #include "parallel/schedule.h"
+#include "parallel/stage_layout.h"
 #include "train/gpu_optimizer.h"
 
 namespace frugal::gpu {
@@ -82,9 +83,11 @@ class GpuPipelineRunner {
   // nccl: an NCCL communicator over the pipeline ranks on ctx.device (its input stream is set to
   // ctx.stream here); host: an MPI communicator over the same ranks in the same order. Both sizes
   // must equal schedule.ranks. Collective (splits NCCL groups for exchanges and shared sums).
+  // layout: the layers of each of schedule.stages stages (parallel/stage_layout.h), the same on
+  // every rank; empty: the even split.
   GpuPipelineRunner(cuda::DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe,
                     pipeline::Schedule schedule, Communicator& nccl, Communicator& host,
-                    const GpuPipelineMesh& mesh = {});
+                    const GpuPipelineMesh& mesh = {}, StageLayout layout = {});
   ~GpuPipelineRunner();
   GpuPipelineRunner(const GpuPipelineRunner&) = delete;
   GpuPipelineRunner& operator=(const GpuPipelineRunner&) = delete;
@@ -145,6 +148,7 @@ class GpuPipelineRunner {
   ParamRegistry& registry() { return registry_; }
   std::vector<DeviceParam>& params() { return registry_.params(); }
   const pipeline::Schedule& schedule() const { return schedule_; }
+  const StageLayout& layout() const { return layout_; }
   const ModelConfig& config() const { return cfg_; }
   Recipe recipe() const { return recipe_; }
   cuda::DeviceContext& context() { return ctx_; }
@@ -189,6 +193,7 @@ class GpuPipelineRunner {
   cuda::DeviceArray<int32_t> norm_flag_;
   std::vector<DeviceSpan> gradient_spans_;  // every trainable gradient, disjoint
   GpuPipelineMesh mesh_;
+  StageLayout layout_;
   std::unique_ptr<GradientAllReducer> dp_reducer_;      // dense (and, without EP, every) gradient
   std::unique_ptr<GradientAllReducer> expert_reducer_;  // EP: held experts over expert_dp
   std::vector<cuda::GradTensor> expert_norm_tensors_;   // EP: counted routed-expert gradients

@@ -20,22 +20,18 @@ CommType comm_type_of() {
 
 template <class T>
 PipelineRunner<T>::PipelineRunner(const ModelConfig& cfg, pipeline::Schedule schedule,
-                                  Communicator& comm, ExpertShard experts)
-    : cfg_(cfg), schedule_(std::move(schedule)), comm_(comm) {
+                                  Communicator& comm, ExpertShard experts, StageLayout layout)
+    : cfg_(cfg), schedule_(std::move(schedule)), layout_(std::move(layout)), comm_(comm) {
   using pipeline::ScheduleKind;
   FRUGAL_CHECK(comm_.size() == schedule_.ranks,
                "pipeline: the {} schedule needs {} ranks, the communicator has {}",
                pipeline::schedule_kind_name(schedule_.kind), schedule_.ranks, comm_.size());
   const int r = comm_.rank(), p = schedule_.stages;
-  std::vector<int> held;
-  switch (schedule_.kind) {
-    case ScheduleKind::OneFOneB:
-    case ScheduleKind::ZB1P: held = {r}; break;
-    case ScheduleKind::DualPipe: held = {std::min(r, p - 1 - r), p - 1 - std::min(r, p - 1 - r)}; break;
-    case ScheduleKind::DualPipeV: held = {r, p - 1 - r}; break;
-  }
-  for (int s : held)  // ascending stage order: the copies on ranks r and P-1-r list the same tensors
-    stages_.push_back(std::make_unique<PipelineStage<T>>(store_, cfg_, s, p, experts));
+  if (layout_.layers.empty()) layout_ = even_stage_layout(cfg_.num_hidden_layers, p);
+  check_stage_layout(layout_, cfg_.num_hidden_layers, p, "pipeline stage layout");
+  // Ascending stage order: the copies on ranks r and P-1-r list the same tensors.
+  for (int s : stages_of_rank(schedule_.kind, p, r))
+    stages_.push_back(std::make_unique<PipelineStage<T>>(store_, cfg_, layout_, s, experts));
 
   plan_communication();
   if (schedule_.kind == ScheduleKind::DualPipe) {

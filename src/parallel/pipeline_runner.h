@@ -19,7 +19,8 @@
 //
 // Parameters: rank r holds the stages the schedule gives it in one ParamStore (names as the
 // single-process Transformer): 1F1B/ZB1P stage r; DualPipeV stages r and 2R-1-r; DualPipe stages
-// min(r, P-1-r) and P-1-min(..) (the same two on ranks r and P-1-r: two copies). Shared gradients
+// min(r, P-1-r) and P-1-min(..) (the same two on ranks r and P-1-r: two copies) (stages_of_rank in
+// stage_layout.h); each stage's layers come from the StageLayout. Shared gradients
 // are summed at the end of step(): DualPipe's two copies by an all-reduce between ranks r and
 // P-1-r (every tensor); the embedding copy of the last stage (MTP) with the first stage's when they
 // sit on different ranks (1F1B and ZB1P with MTP); on one rank they are one tensor already.
@@ -49,9 +50,10 @@ template <class T>
 class PipelineRunner {
  public:
   // comm.size() must equal schedule.ranks; every rank constructs its runner (collective: it splits
-  // communicators for the shared-gradient sums).
+  // communicators for the shared-gradient sums). layout: the layers of each of schedule.stages
+  // stages (stage_layout.h), the same on every rank; empty: the even split.
   PipelineRunner(const ModelConfig& cfg, pipeline::Schedule schedule, Communicator& comm,
-                 ExpertShard experts = {});
+                 ExpertShard experts = {}, StageLayout layout = {});
 
   // tokens, targets: [micro_batches, micro_batch_sequences, seq], the same on every rank.
   // Returns each micro-batch's Losses (bitwise what Transformer<T>::forward reports), on every rank.
@@ -83,6 +85,7 @@ class PipelineRunner {
 
   ParamStore<T>& params() { return store_; }
   const pipeline::Schedule& schedule() const { return schedule_; }
+  const StageLayout& layout() const { return layout_; }
   // This rank's stages, in stage order.
   const std::vector<std::unique_ptr<PipelineStage<T>>>& stages() const { return stages_; }
 
@@ -102,6 +105,7 @@ class PipelineRunner {
 
   ModelConfig cfg_;
   pipeline::Schedule schedule_;
+  StageLayout layout_;
   Communicator& comm_;
   ParamStore<T> store_;
   std::vector<std::unique_ptr<PipelineStage<T>>> stages_;

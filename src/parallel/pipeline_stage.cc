@@ -13,13 +13,7 @@ namespace frugal {
 std::pair<int64_t, int64_t> layers_of_stage(int64_t layers, int stages, int stage) {
   FRUGAL_CHECK(stages >= 1 && stage >= 0 && stage < stages, "pipeline: stage {} of {} stages",
                stage, stages);
-  FRUGAL_CHECK(layers >= stages,
-               "pipeline: {} decoder layers cannot fill {} stages (every stage needs at least one; "
-               "lower train.pp or use more layers)",
-               layers, stages);
-  const int64_t base = layers / stages, extra = layers % stages;
-  const int64_t begin = stage * base + std::min<int64_t>(stage, extra);
-  return {begin, begin + base + (stage < extra ? 1 : 0)};
+  return even_stage_layout(layers, stages).range(stage);
 }
 
 Losses finish_losses(const StageLosses& all, const LossWeights& weights, int64_t mtp_depth) {
@@ -63,9 +57,16 @@ std::vector<size_t> stage_moe_layers(const std::vector<std::string>& moe_layer_n
 template <class T>
 PipelineStage<T>::PipelineStage(ParamStore<T>& store, const ModelConfig& cfg, int stage,
                                 int stages, ExpertShard experts)
-    : cfg_(cfg), stage_(stage), stages_(stages) {
+    : PipelineStage(store, cfg, even_stage_layout(cfg.num_hidden_layers, stages), stage,
+                    experts) {}
+
+template <class T>
+PipelineStage<T>::PipelineStage(ParamStore<T>& store, const ModelConfig& cfg,
+                                const StageLayout& layout, int stage, ExpertShard experts)
+    : cfg_(cfg), stage_(stage), stages_(layout.stages()) {
   validate(cfg_);
-  std::tie(layer_begin_, layer_end_) = layers_of_stage(cfg.num_hidden_layers, stages, stage);
+  check_stage_layout(layout, cfg.num_hidden_layers, stages_, "pipeline stage layout");
+  std::tie(layer_begin_, layer_end_) = layout.range(stage);
   const std::string embed_name = "model.embed_tokens.weight";
   if (first() || (last() && cfg.num_nextn_predict_layers > 0)) {
     embed_table_ = store.find(embed_name);  // shared when this rank's first stage made it

@@ -10,7 +10,8 @@
 // the ParamStore it is built in when the first stage already registered it there (one rank
 // holding both, DualPipe and DualPipeV: physically shared), else it registers its own copy under
 // the same name, whose gradient the runner sums with the first stage's (pipeline_runner.h).
-// layers_of_stage splits the L layers evenly (the first L % stages stages take one more).
+// Which layers a stage holds comes from a StageLayout (stage_layout.h: even, explicit or
+// cost-balanced); layers_of_stage is the even split (the first L % stages stages take one more).
 //
 // The op order inside a stage is the one of Transformer<T>, so chaining the stages of one
 // micro-batch gives bitwise Transformer<T>'s losses and gradients.
@@ -25,10 +26,11 @@
 #include <vector>
 
 #include "model/transformer.h"
+#include "parallel/stage_layout.h"
 
 namespace frugal {
 
-// [begin, end) of the decoder layers of `stage` among `stages`.
+// [begin, end) of the decoder layers of `stage` among `stages`, split evenly (even_stage_layout).
 std::pair<int64_t, int64_t> layers_of_stage(int64_t layers, int stages, int stage);
 
 // What one stage contributes to one micro-batch's Losses. layer_balance has one entry per decoder
@@ -68,6 +70,10 @@ class PipelineStage {
     std::vector<typename Transformer<T>::MtpCtx> mtp;
   };
 
+  // Stage `stage` of `layout` (layout.stages() stages; its layer counts must fit cfg).
+  PipelineStage(ParamStore<T>& store, const ModelConfig& cfg, const StageLayout& layout, int stage,
+                ExpertShard experts = {});
+  // Stage `stage` of `stages` under the even split.
   PipelineStage(ParamStore<T>& store, const ModelConfig& cfg, int stage, int stages,
                 ExpertShard experts = {});
 

@@ -120,8 +120,10 @@ class GpuPipelineEngine : public StepEngine {
       expert_dp_comm_ = make_nccl_communicator(mesh.expert_dp(), ctx_.device);
       groups.expert_dp = expert_dp_comm_.get();
     }
-    runner_ = std::make_unique<gpu::GpuPipelineRunner>(ctx_, config.model, choice_.recipe,
-                                                       schedule_, *nccl_, mesh.pp(), groups);
+    runner_ = std::make_unique<gpu::GpuPipelineRunner>(
+        ctx_, config.model, choice_.recipe, schedule_, *nccl_, mesh.pp(), groups,
+        resolve_stage_layout(config.train.pp_stage_layers, config.model, schedule_.kind,
+                             schedule_.stages, config.train.seq_len));
     optimizer_ = std::make_unique<gpu::GpuPipelineAdamW>(ctx_, config.optim, *runner_);
     // A host AdamW over this rank's trainable tensors: the GPU optimizer's checkpoint layout.
     for (const gpu::DeviceParam& p : runner_->params()) {
@@ -152,6 +154,8 @@ class GpuPipelineEngine : public StepEngine {
                           config_.model.n_routed_experts, mesh_.coords().ep_rank,
                           mesh_.shape().ep);
     }
+    text += "; " + describe_stage_layout(config_.train.pp_stage_layers, runner_->layout(),
+                                         config_.model, schedule_.kind, config_.train.seq_len);
     return text;
   }
   std::string recipe_note() const override { return choice_.note; }

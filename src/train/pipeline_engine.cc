@@ -81,8 +81,12 @@ PipelineEngine::PipelineEngine(const Config& config, const Mesh& mesh)
   ExpertShard held;  // every expert, or this rank's EP slice
   if (mesh.shape().ep > 1)
     held = expert_shard(config.model.n_routed_experts, mesh.shape().ep, mesh.coords().ep_rank);
+  const pipeline::ScheduleKind kind = schedule.kind;
+  const int stages = schedule.stages;
+  StageLayout stage_layout = resolve_stage_layout(config.train.pp_stage_layers, config.model, kind,
+                                                  stages, config.train.seq_len);
   runner_ = std::make_unique<PipelineRunner<float>>(config.model, std::move(schedule), mesh.pp(),
-                                                    held);
+                                                    held, std::move(stage_layout));
   if (mesh.shape().ep > 1) {
     expert_parallel_ = std::make_unique<ExpertParallel<float>>(mesh.ep());
     for (const auto& st : runner_->stages())
@@ -129,7 +133,10 @@ std::string PipelineEngine::description() const {
                      "{} micro-batches per step per pipeline",
                      omp_get_max_threads(), mesh_.world().size(), describe(mesh_.shape()),
                      pipeline::schedule_kind_name(runner_->schedule().kind),
-                     runner_->schedule().stages, runner_->schedule().micro_batches);
+                     runner_->schedule().stages, runner_->schedule().micro_batches) +
+         "; " +
+         describe_stage_layout(config_.train.pp_stage_layers, runner_->layout(), config_.model,
+                               runner_->schedule().kind, config_.train.seq_len);
 }
 
 void PipelineEngine::zero_grad() { runner_->params().zero_grad(); }

@@ -75,6 +75,11 @@ struct TrainConfig {
   // The pipeline schedule when pp > 1 (parallel/schedule.h): "1f1b", "zb1p", "dualpipe",
   // "dualpipev".
   std::string pp_schedule = "1f1b";
+  // Decoder layers per pipeline stage (parallel/stage_layout.h): "auto" (cost-balanced over the
+  // ranks, from the model's FLOPs), "even", or a list of layer counts, one per stage (2 * pp
+  // under DualPipeV, pp otherwise), summing to model.num_hidden_layers, >= 1 on middle stages
+  // (the first and last may hold 0): "3,4,3,2", in TOML also [3, 4, 3, 2].
+  std::string pp_stage_layers = "auto";
   int64_t ep = 1;
   // Data parallelism on GPUs (train.device = "cuda", dp > 1, pp = 1): true (the default, like the
   // CPU engine, which always shards) runs ZeRO-1 (parallel/gpu_zero1.h: gradients reduce-scattered,

@@ -540,6 +540,71 @@ TEST(Validation, DenseModelSkipsRouterChecks) {
 
 // ---- writing ----------------------------------------------------------------------------------
 
+// train.pp_stage_layers (parallel/stage_layout.h): a string ("auto", "even", "3,4,3,2") or a TOML
+// array of integers, kept as its text; lists checked against the pipeline's stages when pp > 1.
+TEST(StageLayers, StringAndArrayFormsAndOverrides) {
+  EXPECT_EQ(load_config(preset_path("tiny")).train.pp_stage_layers, "auto");
+  const fs::path dir = temp_dir();
+  const std::string array = write_file(dir / "array.toml", R"(
+[model]
+num_hidden_layers = 6
+[train]
+pp = 2
+pp_schedule = "dualpipev"
+micro_batch = 1
+batch_sequences = 8
+pp_stage_layers = [1, 2, 3, 0]
+)");
+  const Config c = load_config(array);
+  EXPECT_EQ(c.train.pp_stage_layers, "1,2,3,0");
+  // Written back as a string, read back equal.
+  EXPECT_EQ(load_config(write_file(dir / "resolved.toml", config_to_toml(c))), c);
+  EXPECT_EQ(load_config(array, {"train.pp_stage_layers=2,1,1,2"}).train.pp_stage_layers,
+            "2,1,1,2");
+  EXPECT_EQ(load_config(array, {"train.pp_stage_layers=[0, 3, 2, 1]"}).train.pp_stage_layers,
+            "[0, 3, 2, 1]");
+  EXPECT_EQ(load_config(array, {"train.pp_stage_layers=even"}).train.pp_stage_layers, "even");
+  // With pp = 1 the setting is unused: any well-formed list loads (checkpoints keep it).
+  EXPECT_EQ(load_config(preset_path("tiny"), {"train.pp_stage_layers=5,5"}).train.pp_stage_layers,
+            "5,5");
+}
+
+TEST(StageLayers, BadSplitsNameTheKeyAndTheRule) {
+  const fs::path dir = temp_dir();
+  const std::string base = write_file(dir / "base.toml", R"(
+[model]
+num_hidden_layers = 6
+[train]
+pp = 2
+pp_schedule = "dualpipev"
+micro_batch = 1
+batch_sequences = 8
+)");
+  const std::vector<BadSetting> cases = {
+      {{"train.pp_stage_layers=3,3"}, "has 2 entries, but the pipeline has 4 stages"},
+      {{"train.pp_stage_layers=1,2,2,2"}, "sums to 7 layers, but model.num_hidden_layers = 6"},
+      {{"train.pp_stage_layers=3,0,2,1"}, "stage 1 holds 0 layers; a middle stage needs"},
+      {{"train.pp_stage_layers=balanced"}, "expected \"auto\", \"even\" or a list"},
+      {{"train.pp_stage_layers=3,-1,2,2"}, "is negative"},
+      {{"train.pp_stage_layers=[3, 1.5]"}, "is not an integer"},
+      {{"train.pp_schedule=1f1b", "train.pp_stage_layers=1,2,3,0"}, "has 4 entries"},
+      {{"model.num_hidden_layers=3", "train.pp_stage_layers=even"}, "cannot fill 4 stages"},
+  };
+  for (const BadSetting& bad : cases) {
+    SCOPED_TRACE(bad.overrides.back());
+    const std::string m = error_of([&] { load_config(base, bad.overrides); });
+    EXPECT_ERROR_HAS(m, "train.pp_stage_layers");
+    EXPECT_ERROR_HAS(m, bad.expected);
+  }
+  const std::string array = write_file(dir / "bad_array.toml",
+                                       "[train]\npp_stage_layers = [1, \"two\"]\n");
+  const std::string m = error_of([&] { load_config(array); });
+  EXPECT_ERROR_HAS(m, "bad_array.toml:2:");
+  EXPECT_ERROR_HAS(m, "train.pp_stage_layers must be \"auto\", \"even\" or an array");
+  const std::string empty = write_file(dir / "empty.toml", "[train]\npp_stage_layers = []\n");
+  EXPECT_ERROR_HAS(error_of([&] { load_config(empty); }), "empty array");
+}
+
 TEST(TomlRoundTrip, PresetsReadBackIdentical) {
   const fs::path dir = temp_dir();
   for (const char* name : kPresets) {

@@ -1,7 +1,8 @@
 // The GPU pipeline stages (model/gpu/gpu_pipeline_stage.h) chained against the whole GPU model
 // (GpuTransformer, itself stage 0 of 1), on a small config with a dense first layer, MoE layers
 // with the noaux_tc selection bias and MTP depth 2 (4 layers: S = 3 gives stages of 2, 1, 1).
-//   Structure: each stage holds layers_of_stage(L, S, s); the stages' tensors, concatenated in
+//   Structure: each stage holds its layers of the split (even: layers_of_stage(L, S, s); also the
+//     uneven 0,3,1,0 with empty end stages, run like S = 3); the stages' tensors, concatenated in
 //     stage order (the last stage's embedding copy left out), are the whole model's in its order;
 //     owns_embedding_copy() is true exactly for a last stage with its own registry.
 //   fp32, S = 2 (micro-batches one after the other) and S = 3 (both forwards, then both
@@ -139,18 +140,27 @@ struct Pipeline {
   std::vector<std::unique_ptr<ParamRegistry>> registries;
   std::vector<std::unique_ptr<GpuPipelineStage>> stages;
   std::vector<int> registry_of;
+  StageLayout layout;  // the layers of each stage
 };
 
+// layout: the stage split (parallel/stage_layout.h); empty: the even split.
 Pipeline build_pipeline(DeviceContext& ctx, const ModelConfig& cfg, Recipe recipe,
-                        const std::vector<int>& registry_of, GpuTransformer& weights) {
+                        const std::vector<int>& registry_of, GpuTransformer& weights,
+                        const StageLayout& layout = {}) {
   Pipeline p;
   p.registry_of = registry_of;
+  p.layout = layout.layers.empty()
+                 ? even_stage_layout(cfg.num_hidden_layers, static_cast<int>(registry_of.size()))
+                 : layout;
   const int registries = *std::max_element(registry_of.begin(), registry_of.end()) + 1;
   for (int r = 0; r < registries; ++r) p.registries.push_back(std::make_unique<ParamRegistry>(ctx));
   const int stages = static_cast<int>(registry_of.size());
   for (int s = 0; s < stages; ++s)
-    p.stages.push_back(std::make_unique<GpuPipelineStage>(ctx, *p.registries[registry_of[s]], cfg,
-                                                          recipe, s, stages));
+    p.stages.push_back(layout.layers.empty()
+                           ? std::make_unique<GpuPipelineStage>(
+                                 ctx, *p.registries[registry_of[s]], cfg, recipe, s, stages)
+                           : std::make_unique<GpuPipelineStage>(
+                                 ctx, *p.registries[registry_of[s]], cfg, recipe, layout, s));
   std::map<std::string, const DeviceParam*> source;
   for (const DeviceParam& w : weights.params()) source[w.name] = &w;
   for (auto& registry : p.registries)
@@ -264,7 +274,7 @@ void expect_losses(const std::string& what, const Losses& got, const Losses& wan
 }
 
 // The stages' tensors in stage order (the last stage's embedding copy left out) are the whole
-// model's, in its order; the layer ranges are layers_of_stage's.
+// model's, in its order; the layer ranges are the pipeline's layout's.
 void expect_structure(const std::string& what, const Pipeline& p, const ModelConfig& cfg,
                       GpuTransformer& whole) {
   const int stages = static_cast<int>(p.stages.size());
@@ -272,7 +282,7 @@ void expect_structure(const std::string& what, const Pipeline& p, const ModelCon
   std::vector<size_t> cursor(p.registries.size(), 0);
   for (int s = 0; s < stages; ++s) {
     const GpuPipelineStage& stage = *p.stages[s];
-    const auto [begin, end] = layers_of_stage(cfg.num_hidden_layers, stages, s);
+    const auto [begin, end] = p.layout.range(s);
     EXPECT_EQ(stage.stage(), s);
     EXPECT_EQ(stage.first(), s == 0);
     EXPECT_EQ(stage.last(), s == stages - 1);
@@ -395,12 +405,12 @@ std::vector<Losses> run_pipeline(DeviceContext& ctx, Pipeline& p, const ModelCon
 }
 
 void check_fp32_pipeline(const std::vector<int>& registry_of, Schedule schedule,
-                         const std::string& what) {
+                         const std::string& what, const StageLayout& layout = {}) {
   DeviceContext ctx;
   const ModelConfig cfg = stage_config();
   const std::vector<MicroBatch> batches = micro_batches(cfg.vocab_size);
   WholeModel whole = run_whole(ctx, cfg, Recipe::Fp32, batches);
-  Pipeline p = build_pipeline(ctx, cfg, Recipe::Fp32, registry_of, *whole.model);
+  Pipeline p = build_pipeline(ctx, cfg, Recipe::Fp32, registry_of, *whole.model, layout);
   expect_structure(what, p, cfg, *whole.model);
   const std::vector<Losses> losses = run_pipeline(ctx, p, cfg, batches, schedule, what);
   for (size_t m = 0; m < batches.size(); ++m) {
@@ -418,6 +428,12 @@ TEST(GpuPipelineStage, TwoStagesEqualTheWholeModelFp32) {
 
 TEST(GpuPipelineStage, ThreeStagesWithTwoRunsInFlightEqualTheWholeModelFp32) {
   check_fp32_pipeline({0, 1, 2}, Schedule::ForwardsThenBackwards, "fp32 S=3");
+}
+
+// An uneven split with empty end stages (the embedding alone, the head + MTP + losses alone).
+TEST(GpuPipelineStage, UnevenStagesWithEmptyEndsEqualTheWholeModelFp32) {
+  check_fp32_pipeline({0, 1, 2, 3}, Schedule::ForwardsThenBackwards, "fp32 split 0,3,1,0",
+                      StageLayout{{0, 3, 1, 0}});
 }
 
 TEST(GpuPipelineStage, FirstAndLastStageShareTheEmbeddingInOneRegistry) {

@@ -19,12 +19,15 @@
 //       relative L2 per tensor; and every tensor this rank holds equals the downloaded one bitwise
 //       (DualPipe's second copies and the MTP stage's embedding copy stay equal to their owner's);
 //     - evaluate() of the whole batch within 1e-6 of GpuTransformer::evaluate.
+//   fp32 with uneven stage splits (parallel/stage_layout.h): 1F1B 3,1 and 4,0 (an empty last
+//     stage), DualPipeV 0,2,1,1 (an empty first stage) and 2,1,1,0: the same bounds as above;
 //   bf16 recipe: losses within 1e-2 relative of the single GPU's bf16 run at every step, the whole
 //     model within 1e-3 relative L2 after 3 steps (lr 1e-2: a lost update would be ~4e-2).
 // Every comparison prints "CHECK | schedule | what | numbers | ok/FAIL", so one run tells which
 // schedule, step, micro-batch or tensor is off.
 // The engine (train/gpu_pipeline_engine.h) through the trainer: train.device = cuda, train.pp = 2,
-// DualPipeV and 1F1B, the tiny preset with 4 layers, 4 micro-batches of 1 sequence, 3 steps with
+// DualPipeV and 1F1B (the default "auto" stage split; DualPipeV also with train.pp_stage_layers =
+// 1,2,1,0), the tiny preset with 4 layers, 4 micro-batches of 1 sequence, 3 steps with
 // validation at steps 2 and 3, against the same config trained on one GPU (rank 0): fp32 metrics
 // (losses, norms, validation) within 1e-6, the step-1 expert load exactly, checkpoint weights and
 // moments within 1e-6 whole / 1e-5 per tensor, trainer_state.json and config.json byte for byte
@@ -174,8 +177,9 @@ struct PipelineSetup {
 };
 
 // Trains the pipeline and the single GPU side by side (see the file comment) and compares.
+// layout: the stage split (parallel/stage_layout.h); empty: the even split.
 void compare_pipeline(const PipelineSetup& setup, ScheduleKind kind, Recipe recipe,
-                      const Tolerance& tol) {
+                      const Tolerance& tol, const StageLayout& layout = {}) {
   const ModelConfig cfg = pipeline_config();
   Communicator& world = setup.world;
   cuda::DeviceContext& ctx = setup.ctx;
@@ -183,7 +187,8 @@ void compare_pipeline(const PipelineSetup& setup, ScheduleKind kind, Recipe reci
   const int total = kMicroBatches * dp;  // micro-batches per step, all replicas
   const std::string label = std::string(pipeline::schedule_kind_name(kind)) + " " +
                             (recipe == Recipe::Fp32 ? "fp32" : "bf16") +
-                            (setup.mesh.empty() ? "" : " " + setup.mesh) + " rank " +
+                            (setup.mesh.empty() ? "" : " " + setup.mesh) +
+                            (layout.layers.empty() ? "" : " split " + layout.text()) + " rank " +
                             std::to_string(me);
   const int stages = pipeline::pipeline_stage_count(kind, ranks);
   OptimConfig optim;
@@ -196,7 +201,11 @@ void compare_pipeline(const PipelineSetup& setup, ScheduleKind kind, Recipe reci
   single.upload(initial->params());
   GpuAdamW single_optimizer(ctx, optim, single);
   GpuPipelineRunner runner(ctx, cfg, recipe, pipeline::build_schedule(kind, stages, kMicroBatches),
-                           setup.nccl, setup.host, setup.groups);
+                           setup.nccl, setup.host, setup.groups, layout);
+  if (!layout.layers.empty())
+    for (const auto& st : runner.stages())
+      EXPECT_EQ(std::make_pair(st->layer_begin(), st->layer_end()), layout.range(st->stage()))
+          << label;
   runner.upload(initial->params());
   GpuPipelineAdamW optimizer(ctx, optim, runner);
 
@@ -361,8 +370,10 @@ class GpuPipeline : public ::testing::Test {
     ctx.reset();
   }
 
-  void compare(ScheduleKind kind, Recipe recipe, const Tolerance& tol) {
-    compare_pipeline(PipelineSetup{*world, *ctx, *nccl, *world, {}, 1, 0, ""}, kind, recipe, tol);
+  void compare(ScheduleKind kind, Recipe recipe, const Tolerance& tol,
+               const StageLayout& layout = {}) {
+    compare_pipeline(PipelineSetup{*world, *ctx, *nccl, *world, {}, 1, 0, ""}, kind, recipe, tol,
+                     layout);
   }
 
   std::unique_ptr<Communicator> world;
@@ -379,18 +390,36 @@ TEST_F(GpuPipeline, ZB1PFp32EqualsOneGpu) { compare(ScheduleKind::ZB1P, Recipe::
 TEST_F(GpuPipeline, DualPipeVFp32EqualsOneGpu) { compare(ScheduleKind::DualPipeV, Recipe::Fp32, kFp32); }
 TEST_F(GpuPipeline, DualPipeFp32EqualsOneGpu) { compare(ScheduleKind::DualPipe, Recipe::Fp32, kFp32); }
 
+// Uneven stage splits (parallel/stage_layout.h), with an empty first or last stage (the embedding
+// alone; the head, MTP and losses alone): the same fp32 agreement as the even split.
+TEST_F(GpuPipeline, OneFOneBFp32UnevenSplitEqualsOneGpu) {
+  compare(ScheduleKind::OneFOneB, Recipe::Fp32, kFp32, StageLayout{{3, 1}});
+}
+TEST_F(GpuPipeline, OneFOneBFp32EmptyLastStageEqualsOneGpu) {
+  compare(ScheduleKind::OneFOneB, Recipe::Fp32, kFp32, StageLayout{{4, 0}});
+}
+TEST_F(GpuPipeline, DualPipeVFp32EmptyFirstStageEqualsOneGpu) {
+  compare(ScheduleKind::DualPipeV, Recipe::Fp32, kFp32, StageLayout{{0, 2, 1, 1}});
+}
+TEST_F(GpuPipeline, DualPipeVFp32EmptyLastStageEqualsOneGpu) {
+  compare(ScheduleKind::DualPipeV, Recipe::Fp32, kFp32, StageLayout{{2, 1, 1, 0}});
+}
+
 TEST_F(GpuPipeline, OneFOneBBf16AgreesWithOneGpu) { compare(ScheduleKind::OneFOneB, Recipe::Bf16, kBf16); }
 TEST_F(GpuPipeline, DualPipeVBf16AgreesWithOneGpu) { compare(ScheduleKind::DualPipeV, Recipe::Bf16, kBf16); }
 TEST_F(GpuPipeline, DualPipeBf16AgreesWithOneGpu) { compare(ScheduleKind::DualPipe, Recipe::Bf16, kBf16); }
 
 // The trainer with the GPU pipeline engine against one GPU (see the file comment).
-void engine_matches_one_gpu(Communicator& world, const std::string& schedule) {
+// split: train.pp_stage_layers of the pipeline run (the default "auto" when empty).
+void engine_matches_one_gpu(Communicator& world, const std::string& schedule,
+                            const std::string& split = "") {
   testing::SharedTempDir dir(world);
   const std::vector<std::string> extra = {
       "train.device=cuda",        "train.precision=fp32",  "model.num_hidden_layers=4",
       "train.micro_batch=1",      "train.batch_sequences=4", "train.pp_schedule=" + schedule};
   std::vector<std::string> piped = extra;
   piped.push_back("train.pp=2");
+  if (!split.empty()) piped.push_back("train.pp_stage_layers=" + split);
   const std::string par = dir.path("par"), ref = dir.path("ref");
   const Config config = testing::parallel_test_config(par, piped);
   Mesh mesh(world, mesh_shape(world.size(), config.train, config.model));
@@ -404,6 +433,9 @@ void engine_matches_one_gpu(Communicator& world, const std::string& schedule) {
 }
 
 TEST_F(GpuPipeline, EngineDualPipeVMatchesOneGpu) { engine_matches_one_gpu(*world, "dualpipev"); }
+TEST_F(GpuPipeline, EngineDualPipeVExplicitSplitMatchesOneGpu) {
+  engine_matches_one_gpu(*world, "dualpipev", "1,2,1,0");
+}
 TEST_F(GpuPipeline, EngineOneFOneBMatchesOneGpu) { engine_matches_one_gpu(*world, "1f1b"); }
 
 // A schedule over more ranks than the communicators have is refused before anything runs.

@@ -20,6 +20,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <numeric>
 
 #include "core/rng.h"
 #include "model/tiny_model_config.h"
@@ -209,11 +211,17 @@ class PipelineRunnerTest : public ::testing::TestWithParam<ScheduleKind> {
 
 // One step of `sequences` sequences per micro-batch: losses bitwise, gradients bitwise or within
 // `relative` (L2 over the tensor) where the sums are grouped differently.
-void one_step(Communicator& world, const Case& c, int64_t sequences, double relative) {
-  const ModelConfig cfg = pipeline_config(2 * world.size());
+// layout: the stage split (empty: even, over 2 x ranks layers; else over its layers).
+void one_step(Communicator& world, const Case& c, int64_t sequences, double relative,
+              const StageLayout& layout = {}) {
+  const int64_t layers = layout.layers.empty()
+                             ? 2 * world.size()
+                             : std::accumulate(layout.layers.begin(), layout.layers.end(), int64_t{0});
+  const ModelConfig cfg = pipeline_config(layers);
   auto reference = reference_model(cfg);
   PipelineRunner<float> runner(cfg, pipeline::build_schedule(c.kind, c.stages, c.micro_batches),
-                               world);
+                               world, {}, layout);
+  if (!layout.layers.empty()) EXPECT_EQ(runner.layout(), layout);
   copy_values(reference->params(), runner.params());
   const Batch batch = random_batch(cfg, c.micro_batches, 33, sequences);
   const LossWeights weights;
@@ -295,12 +303,19 @@ void expect_copies_agree(Communicator& world, const ParamStore<T>& reference, Pa
 // gradient norm, each tensor (L2). (In float, AdamW's division by sqrt(v) turns last-bit gradient
 // differences into visibly larger weight differences after a few steps; double keeps the
 // comparison about the pipeline, the float gradients of one step are checked above.)
-void adamw_steps(Communicator& world, const Case& c, int64_t mtp_depth) {
-  ModelConfig cfg = pipeline_config(2 * world.size());
+void adamw_steps(Communicator& world, const Case& c, int64_t mtp_depth,
+                 const StageLayout& layout = {}) {
+  const int64_t layers = layout.layers.empty()
+                             ? 2 * world.size()
+                             : std::accumulate(layout.layers.begin(), layout.layers.end(), int64_t{0});
+  ModelConfig cfg = pipeline_config(layers);
   cfg.num_nextn_predict_layers = mtp_depth;
   auto reference = reference_model<double>(cfg);
   PipelineRunner<double> runner(cfg, pipeline::build_schedule(c.kind, c.stages, c.micro_batches),
-                               world);
+                               world, {}, layout);
+  // Each stage holds the layers the layout gives it.
+  for (const auto& st : runner.stages())
+    EXPECT_EQ(std::make_pair(st->layer_begin(), st->layer_end()), runner.layout().range(st->stage()));
   copy_values(reference->params(), runner.params());
   OptimConfig optim;
   optim.grad_clip = 0.5;
@@ -370,6 +385,90 @@ TEST_P(PipelineRunnerTest, AdamWStepsWithoutMtpMatchTheSingleProcess) {
 
 TEST_P(PipelineRunnerTest, AdamWStepsWithMtpMatchTheSingleProcess) {
   adamw_steps(*world, make_case(), 1);
+}
+
+// Uneven stage splits (stage_layout.h), including empty first / last stages, for `ranks` ranks:
+// the same agreement with the single process as the even split (same tolerances, see above).
+struct UnevenCase {
+  ScheduleKind kind;
+  const char* name;
+  std::function<std::vector<int64_t>(int stages)> layers;
+};
+
+std::vector<int64_t> repeat(const std::vector<int64_t>& pattern, int stages) {
+  std::vector<int64_t> out;
+  for (int s = 0; s < stages; ++s) out.push_back(pattern[s % pattern.size()]);
+  return out;
+}
+
+const UnevenCase kUnevenCases[] = {
+    // 1F1B: 1,3 (two ranks), 1,3,1,3 (four).
+    {ScheduleKind::OneFOneB, "1f1b_1_3", [](int s) { return repeat({1, 3}, s); }},
+    // 1F1B: the last stage holds only the head, MTP and losses: 3,..,3,0.
+    {ScheduleKind::OneFOneB, "1f1b_last_empty",
+     [](int s) {
+       std::vector<int64_t> v = repeat({3}, s);
+       v.back() = 0;
+       return v;
+     }},
+    // DualPipeV: 3,1,2,2 (two ranks), 3,1,2,2,3,1,2,2 (four).
+    {ScheduleKind::DualPipeV, "dualpipev_3_1_2_2", [](int s) { return repeat({3, 1, 2, 2}, s); }},
+    // DualPipeV: the first stage holds only the embedding, 0,2,..,2,3.
+    {ScheduleKind::DualPipeV, "dualpipev_first_empty",
+     [](int s) {
+       std::vector<int64_t> v = repeat({2}, s);
+       v.front() = 0;
+       v.back() = 3;
+       return v;
+     }},
+    // ZB1P and DualPipe: 2,1,.. and 1,3,.. .
+    {ScheduleKind::ZB1P, "zb1p_2_1", [](int s) { return repeat({2, 1}, s); }},
+    {ScheduleKind::DualPipe, "dualpipe_1_3", [](int s) { return repeat({1, 3}, s); }},
+};
+
+class UnevenSplitTest : public ::testing::TestWithParam<UnevenCase> {
+ protected:
+  void SetUp() override { world = mpi_world_communicator(); }
+  Case make_case() const {
+    const int p = world->size();
+    const ScheduleKind kind = GetParam().kind;
+    return kind == ScheduleKind::DualPipeV ? Case{kind, 2 * p, 2 * p} : Case{kind, p, 2 * p};
+  }
+  StageLayout layout() const { return StageLayout{GetParam().layers(make_case().stages)}; }
+  std::unique_ptr<Communicator> world;
+};
+
+TEST_P(UnevenSplitTest, OneStepMatchesTheSingleProcessGradients) {
+  if (world->rank() == 0) std::printf("  split %s\n", layout().text().c_str());
+  one_step(*world, make_case(), kSequences, 1e-6, layout());
+}
+
+TEST_P(UnevenSplitTest, AdamWStepsWithMtpMatchTheSingleProcess) {
+  adamw_steps(*world, make_case(), 1, layout());
+}
+
+TEST_P(UnevenSplitTest, AdamWStepsWithoutMtpMatchTheSingleProcess) {
+  adamw_steps(*world, make_case(), 0, layout());
+}
+
+INSTANTIATE_TEST_SUITE_P(Splits, UnevenSplitTest, ::testing::ValuesIn(kUnevenCases),
+                         [](const ::testing::TestParamInfo<UnevenCase>& info) {
+                           return std::string(info.param.name);
+                         });
+
+// A layout that does not fit the schedule's stages is refused when the runner is built.
+TEST(PipelineRunner, RefusesALayoutForAnotherStageCount) {
+  auto world = mpi_world_communicator();
+  const int p = world->size();
+  const ModelConfig cfg = pipeline_config(2 * p);
+  try {
+    PipelineRunner<float> runner(cfg, pipeline::build_schedule(ScheduleKind::OneFOneB, p, 2 * p),
+                                 *world, {}, StageLayout{repeat({2}, 2 * p)});
+    ADD_FAILURE() << "a layout of " << 2 * p << " stages was accepted for " << p;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("entries, but the pipeline has"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(PipelineRunner, RefusesAScheduleForAnotherRankCount) {

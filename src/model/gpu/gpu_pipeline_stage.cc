@@ -103,7 +103,7 @@ template <class T>
 class Stage final : public StageBody {
  public:
   Stage(cuda::DeviceContext& ctx, ParamRegistry& registry, const ModelConfig& cfg, Recipe recipe,
-        int stage_index, int stage_count);
+        const StageLayout& layout, int stage_index);
 
   std::unique_ptr<GpuPipelineStage::Run> forward(const float* input, const int32_t* tokens,
                                                  const int32_t* targets, int64_t batch,
@@ -177,12 +177,13 @@ class Stage final : public StageBody {
 
 template <class T>
 Stage<T>::Stage(cuda::DeviceContext& ctx, ParamRegistry& registry, const ModelConfig& cfg,
-                Recipe recipe, int stage_index, int stage_count)
+                Recipe recipe, const StageLayout& layout, int stage_index)
     : ctx_(ctx), cfg_(cfg) {
   validate(cfg_);
+  check_stage_layout(layout, cfg.num_hidden_layers, layout.stages(), "GPU pipeline stage layout");
   stage = stage_index;
-  stages = stage_count;
-  std::tie(layer_begin, layer_end) = layers_of_stage(cfg.num_hidden_layers, stages, stage);
+  stages = layout.stages();
+  std::tie(layer_begin, layer_end) = layout.range(stage);
   const int64_t d = cfg.hidden_size;
   // Registration in the CPU Transformer's order, restricted to this stage (as PipelineStage).
   if (first() || (last() && cfg.num_nextn_predict_layers > 0)) {
@@ -599,13 +600,19 @@ struct GpuPipelineStage::Impl {
 };
 
 GpuPipelineStage::GpuPipelineStage(cuda::DeviceContext& ctx, ParamRegistry& registry,
-                                   const ModelConfig& cfg, Recipe recipe, int stage, int stages)
+                                   const ModelConfig& cfg, Recipe recipe, const StageLayout& layout,
+                                   int stage)
     : impl_(std::make_unique<Impl>()) {
   if (recipe == Recipe::Fp32)
-    impl_->body = std::make_unique<Stage<float>>(ctx, registry, cfg, recipe, stage, stages);
+    impl_->body = std::make_unique<Stage<float>>(ctx, registry, cfg, recipe, layout, stage);
   else
-    impl_->body = std::make_unique<Stage<bf16>>(ctx, registry, cfg, recipe, stage, stages);
+    impl_->body = std::make_unique<Stage<bf16>>(ctx, registry, cfg, recipe, layout, stage);
 }
+
+GpuPipelineStage::GpuPipelineStage(cuda::DeviceContext& ctx, ParamRegistry& registry,
+                                   const ModelConfig& cfg, Recipe recipe, int stage, int stages)
+    : GpuPipelineStage(ctx, registry, cfg, recipe,
+                       even_stage_layout(cfg.num_hidden_layers, stages), stage) {}
 
 GpuPipelineStage::~GpuPipelineStage() = default;
 

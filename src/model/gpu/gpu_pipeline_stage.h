@@ -1,6 +1,6 @@
 // One pipeline stage of the GPU training model (spec §5.1), the GPU counterpart of
-// parallel/pipeline_stage.h: decoder layers [layer_begin, layer_end) of layers_of_stage(L, stages,
-// stage), plus the token embedding on the first stage and the final RMSNorm, output head,
+// parallel/pipeline_stage.h: decoder layers [layer_begin, layer_end) of stage `stage` of a
+// StageLayout (parallel/stage_layout.h: even, explicit or cost-balanced), plus the token embedding on the first stage and the final RMSNorm, output head,
 // cross-entropy and MTP modules on the last stage. Stage 0 of 1 is the whole model: GpuModel
 // (gpu_model.h) is one such stage, so every single-GPU test also checks this code.
 //   first stage   tokens [rows]          -> embed -> layers[begin, end) -> output [rows, hidden]
@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "model/gpu/gpu_common.h"
-#include "parallel/pipeline_stage.h"  // layers_of_stage, StageLosses, finish_losses
+#include "parallel/pipeline_stage.h"  // StageLayout, StageLosses, finish_losses
 
 namespace frugal::gpu {
 
@@ -41,6 +41,10 @@ class GpuPipelineStage {
     virtual ~Run();
   };
 
+  // Stage `stage` of `layout` (its layer counts must fit cfg; a first or last stage may hold 0).
+  GpuPipelineStage(cuda::DeviceContext& ctx, ParamRegistry& registry, const ModelConfig& cfg,
+                   Recipe recipe, const StageLayout& layout, int stage);
+  // Stage `stage` of `stages` under the even split.
   GpuPipelineStage(cuda::DeviceContext& ctx, ParamRegistry& registry, const ModelConfig& cfg,
                    Recipe recipe, int stage, int stages);
   ~GpuPipelineStage();
