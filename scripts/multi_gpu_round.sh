@@ -89,14 +89,18 @@ if [ -f "$train_text" ]; then
       --train.out_dir=/tmp/mgE > "$logs/train_${ranks}gpu_ep.log" 2>&1
     grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu_ep.log" | tail -n 6
   fi
-  # ZeRO-1 (the default) against the all-reduce path with a full optimizer copy per rank.
+  # ZeRO-1 (the default) against the all-reduce path with a full optimizer copy per rank, data
+  # parallel alone (ep 1) and with expert parallelism inside it (ep = ranks: ZeRO-1 shards all but
+  # the routed experts).
   for zero1 in true false; do
     part zero1 || continue
-    echo "== bench-1b, bf16, same global batch: $ranks GPUs (data parallel, train.gpu_zero1=$zero1)"
-    rm -rf /tmp/mgZ
-    timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.gpu_zero1="$zero1" \
-      --train.out_dir=/tmp/mgZ > "$logs/train_${ranks}gpu_zero1_$zero1.log" 2>&1
-    grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu_zero1_$zero1.log" | tail -n 6
+    for ep in 1 "$ranks"; do
+      echo "== bench-1b, bf16, same global batch: $ranks GPUs (data parallel, ep $ep, train.gpu_zero1=$zero1)"
+      rm -rf /tmp/mgZ
+      timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.gpu_zero1="$zero1" \
+        --train.ep="$ep" --train.out_dir=/tmp/mgZ > "$logs/train_${ranks}gpu_ep${ep}_zero1_$zero1.log" 2>&1
+      grep -E "^(mesh|device)|^step|rror" "$logs/train_${ranks}gpu_ep${ep}_zero1_$zero1.log" | tail -n 6
+    done
   done
   # The fp8 recipe under expert parallelism (FP8 dispatch payload), and on one GPU.
   if part fp8ep; then

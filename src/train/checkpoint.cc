@@ -96,6 +96,7 @@ std::string save_checkpoint(const std::string& out_dir, const Config& config,
     Config saved = config;
     saved.train.pp = 1;
     saved.train.pp_schedule = TrainConfig{}.pp_schedule;
+    saved.train.pp_stage_layers = TrainConfig{}.pp_stage_layers;
     saved.train.ep = 1;
     write_file_atomic((temp_dir / "frugal.toml").string(), config_to_toml(saved));
     // The tokenizer travels with the weights, so generate (and Hugging Face tools) find it there.
