@@ -8,7 +8,7 @@
 // with equal groups, and (bench-1b) uneven groups of the same total (sizes 0.25x to 1.75x).
 // Timing: cudaEvent around back-to-back calls (>= 2 ms per sample), 3 warm-up calls, median of
 // 15 samples. FLOPs = 2 rows N K. TFLOP/s columns: sm90 | cuBLASLt grouped | dense.
-//   build/bench_grouped_gemm_cuda [results.json]
+//   build/bench_grouped_gemm_cuda [results.json] [--no-v3]
 #ifdef FRUGAL_HAVE_CUDA
 
 #include <cuda_runtime.h>
@@ -218,7 +218,8 @@ int main(int argc, char** argv) {
     bench.experts("1b down 64x3072", equal_sizes(64, 3072), 1024, 384);
     bench.experts("1b gate/up 64 uneven", uneven_sizes(64, 3072), 768, 1024);
     bench.experts("1b down 64 uneven", uneven_sizes(64, 3072), 1024, 384);
-    if (argc <= 2 || std::string(argv[2]) != "--no-v3") {
+    const bool v3 = !(argc > 2 && std::string(argv[2]) == "--no-v3");  // [results.json] [--no-v3]
+    if (v3) {
       bench.experts("V3 gate/up 32x2048", equal_sizes(32, 2048), 4096, 7168);
       bench.experts("V3 down 32x2048", equal_sizes(32, 2048), 7168, 2048);
     }

@@ -157,7 +157,7 @@ __device__ __forceinline__ void wgmma_tile(float* acc, uint64_t desc_a, uint64_t
     sm90::wgmma_m64n128k16<kTransA, kTransB>(acc, desc_a, desc_b);
 }
 
-template <Op kOp, int kBN>
+template <Op kOp, int kBN, bool kPingPong>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_gemm_kernel(const __grid_constant__ CUtensorMap map_a,
                         const __grid_constant__ CUtensorMap map_b, const Params p) {
@@ -179,7 +179,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int i = 0; i < kStages; ++i) {
       sm90::mbarrier_init(sm90::smem_address(&full[i]), 1);
-      sm90::mbarrier_init(sm90::smem_address(&empty[i]), 8);  // one arrival per consumer warp
+      // One arrival per consuming warp: both warpgroups (cooperative) or the tile's owner.
+      sm90::mbarrier_init(sm90::smem_address(&empty[i]), kPingPong ? 4 : 8);
     }
     sm90::fence_barrier_init();
   }
@@ -231,21 +232,34 @@ __global__ void __launch_bounds__(kThreads, 1)
     return;
   }
 
-  // ---- Consumers: warpgroup w owns rows [64 w, 64 w + 64) of the tile.
+  // ---- Consumers. Cooperative: both warpgroups work on every tile, warpgroup w on rows
+  // [64 w, 64 w + 64). Ping-pong: warpgroup w takes every other tile of this CTA (j % 2 == w) and
+  // all its 128 rows, so one warpgroup's epilogue overlaps the other's main loop.
   sm90::setmaxnreg_inc<kConsumerRegs>();
   const int w = warpgroup - 1;
-  const int consumer_thread = threadIdx.x - 128;
+  constexpr int kHalves = kPingPong ? 2 : 1;  // m64 halves of the tile computed by one warpgroup
+  constexpr int kZeroThreads = kPingPong ? 128 : 256;
+  const int zero_thread = kPingPong ? threadIdx.x % 128 : threadIdx.x - 128;
+  const int first_half = kPingPong ? 0 : w;  // index of this warpgroup's first m64 half
   constexpr int kTransA = kOp == Op::TN ? 1 : 0;
   constexpr int kTransB = kOp == Op::NT ? 0 : 1;
-  int stage = 0;
-  uint32_t phase = 0;
-  float acc[kBN / 2];
+  int position = 0;  // index of the next reduction step in the CTA's ring order
+  float acc[kHalves][kBN / 2];
   Tile tile;
-  for (int t = blockIdx.x; decode_tile<kOp, kBN>(t, p, s, tile); t += gridDim.x) {
+  int j = 0;
+  for (int t = blockIdx.x; decode_tile<kOp, kBN>(t, p, s, tile); t += gridDim.x, ++j) {
+    if (kPingPong && (j & 1) != w) {
+      position += tile.steps;  // the other warpgroup's tile
+      continue;
+    }
 #pragma unroll
-    for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
+    for (int h = 0; h < kHalves; ++h)
+#pragma unroll
+      for (int i = 0; i < kBN / 2; ++i) acc[h][i] = 0.0f;
     int previous_stage = -1;
-    for (int step = 0; step < tile.steps; ++step) {
+    for (int step = 0; step < tile.steps; ++step, ++position) {
+      const int stage = position % kStages;
+      const uint32_t phase = (position / kStages) & 1;
       sm90::mbarrier_wait(sm90::smem_address(&full[stage]), phase);
       uint8_t* stage_base = tiles + stage * C::kStageBytes;
       if constexpr (kOp == Op::TN) {
@@ -254,7 +268,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           // Zero the token rows past the group's end: box lines [valid, 64) of every box.
           constexpr int kBoxes = (kBM + kBN) / 64;
           const int chunks_per_box = (kBK - valid) * 8;
-          for (int i = consumer_thread; i < kBoxes * chunks_per_box; i += 256) {
+          for (int i = zero_thread; i < kBoxes * chunks_per_box; i += kZeroThreads) {
             const int box = i / chunks_per_box;
             const int rem = i - box * chunks_per_box;
             uint4* line = reinterpret_cast<uint4*>(stage_base + box * kBoxBytes +
@@ -262,7 +276,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             line[rem % 8] = make_uint4(0, 0, 0, 0);
           }
           sm90::fence_proxy_async_shared();
-          sm90::named_barrier_sync(1, 256);
+          sm90::named_barrier_sync(kPingPong ? 1 + w : 1, kZeroThreads);
         }
       }
       const uint32_t a_base = sm90::smem_address(stage_base);
@@ -270,16 +284,19 @@ __global__ void __launch_bounds__(kThreads, 1)
       sm90::wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk) {
-        uint64_t desc_a, desc_b;
-        if constexpr (kTransA)  // box w holds this warpgroup's 64 rows, 64 token rows each
-          desc_a = sm90::make_descriptor(a_base + w * kBoxBytes + kk * 2048, kBoxBytes, 1024);
-        else  // 128 rows of 128 bytes; this warpgroup's 64 start at 8 KB
-          desc_a = sm90::make_descriptor(a_base + w * 64 * 128 + kk * 32, 16, 1024);
-        if constexpr (kTransB)
-          desc_b = sm90::make_descriptor(b_base + kk * 2048, kBoxBytes, 1024);
-        else
-          desc_b = sm90::make_descriptor(b_base + kk * 32, 16, 1024);
-        wgmma_tile<kBN, kTransA, kTransB>(acc, desc_a, desc_b);
+        const uint64_t desc_b = kTransB
+                                    ? sm90::make_descriptor(b_base + kk * 2048, kBoxBytes, 1024)
+                                    : sm90::make_descriptor(b_base + kk * 32, 16, 1024);
+#pragma unroll
+        for (int h = 0; h < kHalves; ++h) {
+          const int half = first_half + h;
+          // MN-major A: box `half` holds these 64 rows (64 token lines); K-major A: 128-byte
+          // rows, this half's 64 start at 8 KB * half.
+          const uint64_t desc_a =
+              kTransA ? sm90::make_descriptor(a_base + half * kBoxBytes + kk * 2048, kBoxBytes, 1024)
+                      : sm90::make_descriptor(a_base + half * 64 * 128 + kk * 32, 16, 1024);
+          wgmma_tile<kBN, kTransA, kTransB>(acc[h], desc_a, desc_b);
+        }
       }
       sm90::wgmma_commit();
       // Keep this step's batch in flight; the previous one is done: release its stage.
@@ -287,47 +304,53 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (previous_stage >= 0 && lane == 0)
         sm90::mbarrier_arrive(sm90::smem_address(&empty[previous_stage]));
       previous_stage = stage;
-      if (++stage == kStages) { stage = 0; phase ^= 1; }
     }
     sm90::wgmma_wait<0>();
     if (previous_stage >= 0 && lane == 0)
       sm90::mbarrier_arrive(sm90::smem_address(&empty[previous_stage]));
 
     // ---- Epilogue: accumulator fragment (wgmma m64nN f32): warp q of the warpgroup holds rows
-    // 16 q + lane/4 (+8); n8 block j holds columns 8 j + 2 (lane % 4) (+1).
-    const int row_in_tile = w * 64 + (warp % 4) * 16 + lane / 4;
+    // 16 q + lane/4 (+8) of its m64 half; n8 block j holds columns 8 j + 2 (lane % 4) (+1).
     const int column = tile.n0 + (lane % 4) * 2;
     if constexpr (kOp == Op::TN) {
       if (tile.steps == 0 && p.accumulate) continue;  // empty group: dW_g stays as it was
       const int ld = p.k;
       float* dw = static_cast<float*>(p.out) + static_cast<int64_t>(tile.group) * p.n * p.k;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float* row = dw + static_cast<int64_t>(tile.m0 + row_in_tile + 8 * h) * ld + column;
+      for (int h = 0; h < kHalves; ++h) {
+        const int row_in_tile = (first_half + h) * 64 + (warp % 4) * 16 + lane / 4;
 #pragma unroll
-        for (int j = 0; j < kBN / 8; ++j) {
-          float2 value = make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
-          float2* target = reinterpret_cast<float2*>(row + 8 * j);
-          if (p.accumulate) {
-            const float2 old = *target;
-            value.x += old.x;
-            value.y += old.y;
+        for (int e = 0; e < 2; ++e) {
+          float* row = dw + static_cast<int64_t>(tile.m0 + row_in_tile + 8 * e) * ld + column;
+#pragma unroll
+          for (int q = 0; q < kBN / 8; ++q) {
+            float2 value = make_float2(acc[h][4 * q + 2 * e], acc[h][4 * q + 2 * e + 1]);
+            float2* target = reinterpret_cast<float2*>(row + 8 * q);
+            if (p.accumulate) {
+              const float2 old = *target;
+              value.x += old.x;
+              value.y += old.y;
+            }
+            *target = value;
           }
-          *target = value;
         }
       }
     } else {
       const int ld = gemm_columns<kOp>(p);
       __nv_bfloat16* out = static_cast<__nv_bfloat16*>(p.out);
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = tile.row0 + row_in_tile + 8 * h;
-        if (r >= tile.row_end) continue;
-        __nv_bfloat16* row = out + static_cast<int64_t>(r) * ld + column;
+      for (int h = 0; h < kHalves; ++h) {
+        const int row_in_tile = (first_half + h) * 64 + (warp % 4) * 16 + lane / 4;
 #pragma unroll
-        for (int j = 0; j < kBN / 8; ++j)
-          *reinterpret_cast<__nv_bfloat162*>(row + 8 * j) =
-              __floats2bfloat162_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+        for (int e = 0; e < 2; ++e) {
+          const int r = tile.row0 + row_in_tile + 8 * e;
+          if (r >= tile.row_end) continue;
+          __nv_bfloat16* row = out + static_cast<int64_t>(r) * ld + column;
+#pragma unroll
+          for (int q = 0; q < kBN / 8; ++q)
+            *reinterpret_cast<__nv_bfloat162*>(row + 8 * q) =
+                __floats2bfloat162_rn(acc[h][4 * q + 2 * e], acc[h][4 * q + 2 * e + 1]);
+        }
       }
     }
   }
@@ -378,20 +401,44 @@ int current_sm_count() {
   return counts[device];
 }
 
-template <Op kOp, int kBN>
+template <Op kOp, int kBN, bool kPingPong>
 void launch(const CUtensorMap& map_a, const CUtensorMap& map_b, const Params& p,
             int64_t tile_bound, cudaStream_t stream) {
   using C = Config<kBN>;
   static std::once_flag configured;
   std::call_once(configured, [] {
-    FRUGAL_CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_kernel<kOp, kBN>,
+    FRUGAL_CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_kernel<kOp, kBN, kPingPong>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            C::kSharedBytes));
   });
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(current_sm_count(), tile_bound));
-  grouped_gemm_kernel<kOp, kBN>
+  grouped_gemm_kernel<kOp, kBN, kPingPong>
       <<<static_cast<unsigned>(blocks), kThreads, C::kSharedBytes, stream>>>(map_a, map_b, p);
   FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+// Tile schedule: ping-pong (128 x 128 tiles, one warpgroup per tile) or cooperative (128 x 256
+// where the width allows, both warpgroups per tile). FRUGAL_GROUPED_GEMM_SCHEDULE=pingpong or
+// cooperative forces one (for measurements); otherwise ping-pong.
+bool use_pingpong() {
+  static const bool pingpong = [] {
+    const char* value = std::getenv("FRUGAL_GROUPED_GEMM_SCHEDULE");
+    return !(value != nullptr && std::strcmp(value, "cooperative") == 0);
+  }();
+  return pingpong;
+}
+
+// Launches the chosen schedule for an output `columns` wide; `make_b(box_outer)` gives B's map.
+template <Op kOp, class MakeB>
+void dispatch(const CUtensorMap& map_a, MakeB make_b, const Params& p, int64_t tile_units,
+              int64_t columns, cudaStream_t stream) {
+  if (use_pingpong()) {
+    launch<kOp, 128, true>(map_a, make_b(128), p, tile_units * (columns / 128), stream);
+  } else if (columns % 256 == 0) {
+    launch<kOp, 256, false>(map_a, make_b(256), p, tile_units * (columns / 256), stream);
+  } else {
+    launch<kOp, 128, false>(map_a, make_b(128), p, tile_units * (columns / 128), stream);
+  }
 }
 
 bool aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
@@ -448,13 +495,8 @@ void grouped_gemm_sm90_nt(int64_t groups, const int64_t* device_offsets, int64_t
   const Params p = make_params(groups, device_offsets, max_rows, n, k, y, false);
   const int64_t slots = (max_rows + kBM - 1) / kBM + groups;
   const CUtensorMap map_a = make_tensor_map(x, k, max_rows, kBM);
-  if (n % 256 == 0) {
-    const CUtensorMap map_b = make_tensor_map(w, k, groups * n, 256);
-    launch<Op::NT, 256>(map_a, map_b, p, slots * (n / 256), stream);
-  } else {
-    const CUtensorMap map_b = make_tensor_map(w, k, groups * n, 128);
-    launch<Op::NT, 128>(map_a, map_b, p, slots * (n / 128), stream);
-  }
+  dispatch<Op::NT>(
+      map_a, [&](int box) { return make_tensor_map(w, k, groups * n, box); }, p, slots, n, stream);
 }
 
 void grouped_gemm_sm90_nn(int64_t groups, const int64_t* device_offsets, int64_t max_rows,
@@ -466,10 +508,7 @@ void grouped_gemm_sm90_nn(int64_t groups, const int64_t* device_offsets, int64_t
   const int64_t slots = (max_rows + kBM - 1) / kBM + groups;
   const CUtensorMap map_a = make_tensor_map(dy, n, max_rows, kBM);
   const CUtensorMap map_b = make_tensor_map(w, k, groups * n, 64);
-  if (k % 256 == 0)
-    launch<Op::NN, 256>(map_a, map_b, p, slots * (k / 256), stream);
-  else
-    launch<Op::NN, 128>(map_a, map_b, p, slots * (k / 128), stream);
+  dispatch<Op::NN>(map_a, [&](int) { return map_b; }, p, slots, k, stream);
 }
 
 void grouped_gemm_sm90_tn(int64_t groups, const int64_t* device_offsets, int64_t max_rows,
@@ -485,10 +524,7 @@ void grouped_gemm_sm90_tn(int64_t groups, const int64_t* device_offsets, int64_t
   const Params p = make_params(groups, device_offsets, max_rows, n, k, dw, accumulate);
   const CUtensorMap map_a = make_tensor_map(dy, n, max_rows, 64);
   const CUtensorMap map_b = make_tensor_map(x, k, max_rows, 64);
-  if (k % 256 == 0)
-    launch<Op::TN, 256>(map_a, map_b, p, groups * (n / kBM) * (k / 256), stream);
-  else
-    launch<Op::TN, 128>(map_a, map_b, p, groups * (n / kBM) * (k / 128), stream);
+  dispatch<Op::TN>(map_a, [&](int) { return map_b; }, p, groups * (n / kBM), k, stream);
 }
 
 }  // namespace frugal::cuda
