@@ -163,6 +163,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                         const __grid_constant__ CUtensorMap map_b, const Params p) {
   using C = Config<kBN>;
   constexpr int kStages = C::kStages;
+  constexpr int kRings = kPingPong ? 2 : 1;
+  constexpr int kRingStages = kStages / kRings;
   extern __shared__ uint8_t shared_raw[];
   uint8_t* shared = reinterpret_cast<uint8_t*>(
       (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~static_cast<uintptr_t>(1023));
@@ -211,22 +213,30 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
-    // ---- Producer: one thread issues every TMA load.
+    // ---- Producer: one thread per ring issues its TMA loads. Cooperative: one ring of kStages
+    // for both consumer warpgroups. Ping-pong: ring r (kStages / 2 stages) feeds warpgroup r,
+    // which takes every other tile (so no consumer ever waits more than one phase ahead).
     sm90::setmaxnreg_dec<kProducerRegs>();
-    if (threadIdx.x != 0) return;
-    sm90::prefetch_tensor_map(&map_a);
-    sm90::prefetch_tensor_map(&map_b);
+    if (lane != 0 || warp >= kRings) return;
+    const int ring = warp;
+    if (ring == 0) {
+      sm90::prefetch_tensor_map(&map_a);
+      sm90::prefetch_tensor_map(&map_b);
+    }
     int stage = 0;
     uint32_t phase = 0;
     Tile tile;
-    for (int t = blockIdx.x; decode_tile<kOp, kBN>(t, p, s, tile); t += gridDim.x) {
+    int j = 0;
+    for (int t = blockIdx.x; decode_tile<kOp, kBN>(t, p, s, tile); t += gridDim.x, ++j) {
+      if (kPingPong && (j & 1) != ring) continue;
       for (int step = 0; step < tile.steps; ++step) {
-        sm90::mbarrier_wait(sm90::smem_address(&empty[stage]), phase ^ 1);
-        const uint32_t bar = sm90::smem_address(&full[stage]);
+        const int index = ring * kRingStages + stage;
+        sm90::mbarrier_wait(sm90::smem_address(&empty[index]), phase ^ 1);
+        const uint32_t bar = sm90::smem_address(&full[index]);
         sm90::mbarrier_arrive_expect_tx(bar, C::kStageBytes);
-        const uint32_t a_dst = sm90::smem_address(tiles + stage * C::kStageBytes);
+        const uint32_t a_dst = sm90::smem_address(tiles + index * C::kStageBytes);
         issue_loads<kOp, kBN>(&map_a, &map_b, p, tile, step, a_dst, a_dst + C::kABytes, bar);
-        if (++stage == kStages) { stage = 0; phase ^= 1; }
+        if (++stage == kRingStages) { stage = 0; phase ^= 1; }
       }
     }
     return;
@@ -243,23 +253,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int first_half = kPingPong ? 0 : w;  // index of this warpgroup's first m64 half
   constexpr int kTransA = kOp == Op::TN ? 1 : 0;
   constexpr int kTransB = kOp == Op::NT ? 0 : 1;
-  int position = 0;  // index of the next reduction step in the CTA's ring order
+  const int ring_base = kPingPong ? w * kRingStages : 0;
+  int position = 0;  // index of the next reduction step in this warpgroup's ring
   float acc[kHalves][kBN / 2];
   Tile tile;
   int j = 0;
   for (int t = blockIdx.x; decode_tile<kOp, kBN>(t, p, s, tile); t += gridDim.x, ++j) {
-    if (kPingPong && (j & 1) != w) {
-      position += tile.steps;  // the other warpgroup's tile
-      continue;
-    }
+    if (kPingPong && (j & 1) != w) continue;  // the other warpgroup's tile
 #pragma unroll
     for (int h = 0; h < kHalves; ++h)
 #pragma unroll
       for (int i = 0; i < kBN / 2; ++i) acc[h][i] = 0.0f;
     int previous_stage = -1;
     for (int step = 0; step < tile.steps; ++step, ++position) {
-      const int stage = position % kStages;
-      const uint32_t phase = (position / kStages) & 1;
+      const int stage = ring_base + position % kRingStages;
+      const uint32_t phase = (position / kRingStages) & 1;
       sm90::mbarrier_wait(sm90::smem_address(&full[stage]), phase);
       uint8_t* stage_base = tiles + stage * C::kStageBytes;
       if constexpr (kOp == Op::TN) {
