@@ -33,15 +33,15 @@ grep -E "error" "$logs/build.log" | head -20
 echo "build: exit $rc in $(( $(date +%s) - start )) s"
 [ $rc -eq 0 ] || { tar -C "$logs/.." -czf "$OUT/ggemm_logs.tar.gz" ggemm_logs; exit 1; }
 # Both tile schedules (FRUGAL_GROUPED_GEMM_SCHEDULE), tests then timings.
-for schedule in ${GGEMM_SCHEDULES:-pingpong cooperative}; do
+for schedule in ${GGEMM_TEST_SCHEDULES:-multicast cooperative pingpong}; do
   FRUGAL_GROUPED_GEMM_SCHEDULE=$schedule timeout ${GGEMM_TEST_TIMEOUT:-120} $build/test_kernels_grouped_gemm_sm90_cuda \
     > "$logs/test_$schedule.log" 2>&1
   echo "test ($schedule) exit: $?"
   grep -E "FAIL|PASSED|FAILED" "$logs/test_$schedule.log" | head -40
 done
-for schedule in ${GGEMM_SCHEDULES:-pingpong cooperative}; do
+for schedule in ${GGEMM_BENCH_SCHEDULES:-multicast cooperative}; do
   args=${GGEMM_BENCH_ARGS:-}
-  [ "$schedule" = cooperative ] && args="--no-v3"
+  [ "$schedule" != multicast ] && args="--no-v3"
   echo "== bench ($schedule)"
   FRUGAL_GROUPED_GEMM_SCHEDULE=$schedule timeout ${GGEMM_BENCH_TIMEOUT:-150} $build/bench_grouped_gemm_cuda \
     "$logs/bench_$schedule.json" $args 2>&1 | tee "$logs/bench_$schedule.log"

@@ -90,17 +90,22 @@ __device__ __forceinline__ int gemm_columns(const Params& p) {
   return kOp == Op::NT ? p.n : p.k;
 }
 
-template <Op kOp, int kBN>
-__device__ __forceinline__ bool decode_tile(int t, const Params& p, const Schedule& s, Tile& tile) {
+// Tile index t -> tile. With kPair == 2 (clusters of two CTAs sharing B), t names a pair of tiles
+// with the same group and B columns, and `rank` picks this CTA's member: row tiles 2 i and 2 i + 1
+// of the group (nt, nn; the second may lie past the group's end: computed, never stored) or dW
+// row tiles 2 i and 2 i + 1 (tn).
+template <Op kOp, int kBN, int kPair>
+__device__ __forceinline__ bool decode_tile(int t, const Params& p, const Schedule& s, int rank,
+                                            Tile& tile) {
   const int column_tiles = gemm_columns<kOp>(p) / kBN;
   if constexpr (kOp == Op::TN) {
-    const int row_tiles = p.n / kBM;
+    const int row_tiles = p.n / kBM / kPair;
     const int per_group = row_tiles * column_tiles;
     const int g = t / per_group;
     if (g >= p.groups) return false;
     const int rem = t - g * per_group;
     tile.group = g;
-    tile.m0 = (rem / column_tiles) * kBM;
+    tile.m0 = ((rem / column_tiles) * kPair + rank) * kBM;
     tile.n0 = (rem % column_tiles) * kBN;
     tile.row0 = s.row_begin[g];
     tile.row_end = s.row_end[g];
@@ -117,35 +122,48 @@ __device__ __forceinline__ bool decode_tile(int t, const Params& p, const Schedu
     tile.group = lo;
     tile.m0 = 0;
     tile.n0 = (t - slot * column_tiles) * kBN;
-    tile.row0 = s.row_begin[lo] + (slot - s.tile_prefix[lo]) * kBM;
+    tile.row0 = s.row_begin[lo] + ((slot - s.tile_prefix[lo]) * kPair + rank) * kBM;
     tile.row_end = s.row_end[lo];
     tile.steps = (kOp == Op::NT ? p.k : p.n) / kBK;
   }
   return true;
 }
 
-template <Op kOp, int kBN>
+// A box load of B: plain, or (kPair == 2) multicast to both CTAs of the cluster.
+template <int kPair>
+__device__ __forceinline__ void load_b(uint32_t dst, const CUtensorMap* map, uint32_t bar,
+                                       int inner, int outer) {
+  if constexpr (kPair == 2)
+    sm90::tma_load_2d_multicast(dst, map, bar, inner, outer, 0x3);
+  else
+    sm90::tma_load_2d(dst, map, bar, inner, outer);
+}
+
+// One stage: this CTA's A, and B (with kPair == 2, CTA `rank` loads half of B's boxes (nt: half
+// of the rows) and multicasts them to both CTAs).
+template <Op kOp, int kBN, int kPair>
 __device__ __forceinline__ void issue_loads(const CUtensorMap* map_a, const CUtensorMap* map_b,
-                                            const Params& p, const Tile& tile, int step,
+                                            const Params& p, const Tile& tile, int step, int rank,
                                             uint32_t a_dst, uint32_t b_dst, uint32_t bar) {
   const int red = step * kBK;
   if constexpr (kOp == Op::NT) {
     sm90::tma_load_2d(a_dst, map_a, bar, red, tile.row0);
-    sm90::tma_load_2d(b_dst, map_b, bar, red, tile.group * p.n + tile.n0);
+    constexpr int kRows = kBN / kPair;  // B rows per box (the map's box height)
+    load_b<kPair>(b_dst + rank * kRows * 128, map_b, bar, red,
+                  tile.group * p.n + tile.n0 + rank * kRows);
   } else if constexpr (kOp == Op::NN) {
     sm90::tma_load_2d(a_dst, map_a, bar, red, tile.row0);
 #pragma unroll
-    for (int j = 0; j < kBN / 64; ++j)
-      sm90::tma_load_2d(b_dst + j * kBoxBytes, map_b, bar, tile.n0 + j * 64,
-                        tile.group * p.n + red);
+    for (int j = rank; j < kBN / 64; j += kPair)
+      load_b<kPair>(b_dst + j * kBoxBytes, map_b, bar, tile.n0 + j * 64, tile.group * p.n + red);
   } else {
     const int row = tile.row0 + red;
 #pragma unroll
     for (int j = 0; j < kBM / 64; ++j)
       sm90::tma_load_2d(a_dst + j * kBoxBytes, map_a, bar, tile.m0 + j * 64, row);
 #pragma unroll
-    for (int j = 0; j < kBN / 64; ++j)
-      sm90::tma_load_2d(b_dst + j * kBoxBytes, map_b, bar, tile.n0 + j * 64, row);
+    for (int j = rank; j < kBN / 64; j += kPair)
+      load_b<kPair>(b_dst + j * kBoxBytes, map_b, bar, tile.n0 + j * 64, row);
   }
 }
 
@@ -157,91 +175,31 @@ __device__ __forceinline__ void wgmma_tile(float* acc, uint64_t desc_a, uint64_t
     sm90::wgmma_m64n128k16<kTransA, kTransB>(acc, desc_a, desc_b);
 }
 
-template <Op kOp, int kBN, bool kPingPong>
-__global__ void __launch_bounds__(kThreads, 1)
-    grouped_gemm_kernel(const __grid_constant__ CUtensorMap map_a,
-                        const __grid_constant__ CUtensorMap map_b, const Params p) {
+// A consumed stage goes back to this CTA's producer and (clusters) to the partner's, whose
+// multicast also writes into it.
+template <int kPair>
+__device__ __forceinline__ void release_stage(uint64_t* empty) {
+  const uint32_t bar = sm90::smem_address(empty);
+  if constexpr (kPair == 2) {
+    sm90::mbarrier_arrive_cluster(sm90::map_to_rank(bar, 0));
+    sm90::mbarrier_arrive_cluster(sm90::map_to_rank(bar, 1));
+  } else {
+    sm90::mbarrier_arrive(bar);
+  }
+}
+
+// The consumer warpgroups' loop over tiles (see the kernel).
+template <Op kOp, int kBN, bool kPingPong, int kPair>
+__device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint8_t* tiles,
+                                        uint64_t* full, uint64_t* empty, int first_tile,
+                                        int tile_stride, int rank) {
   using C = Config<kBN>;
   constexpr int kStages = C::kStages;
   constexpr int kRings = kPingPong ? 2 : 1;
   constexpr int kRingStages = kStages / kRings;
-  extern __shared__ uint8_t shared_raw[];
-  uint8_t* shared = reinterpret_cast<uint8_t*>(
-      (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~static_cast<uintptr_t>(1023));
-  uint8_t* tiles = shared;
-  uint64_t* full = reinterpret_cast<uint64_t*>(shared + C::kTileBytes);
-  uint64_t* empty = full + kStages;
-  Schedule s;
-  s.tile_prefix = reinterpret_cast<int*>(empty + kStages);
-  s.row_begin = s.tile_prefix + kMaxGroups + 1;
-  s.row_end = s.row_begin + kMaxGroups;
-
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < kStages; ++i) {
-      sm90::mbarrier_init(sm90::smem_address(&full[i]), 1);
-      // One arrival per consuming warp: both warpgroups (cooperative) or the tile's owner.
-      sm90::mbarrier_init(sm90::smem_address(&empty[i]), kPingPong ? 4 : 8);
-    }
-    sm90::fence_barrier_init();
-  }
-  if (warp == 0) {
-    // Group rows clamped to [0, max_rows] and (nt, nn) the prefix of row tiles per group.
-    int carry = 0;
-    for (int base = 0; base < p.groups; base += 32) {
-      const int g = base + lane;
-      int count = 0;
-      if (g < p.groups) {
-        const int64_t b64 = min(max(p.offsets[g], int64_t{0}), int64_t{p.max_rows});
-        const int64_t e64 = min(max(p.offsets[g + 1], b64), int64_t{p.max_rows});
-        s.row_begin[g] = static_cast<int>(b64);
-        s.row_end[g] = static_cast<int>(e64);
-        count = static_cast<int>((e64 - b64 + kBM - 1) / kBM);
-      }
-#pragma unroll
-      for (int d = 1; d < 32; d *= 2) {
-        const int other = __shfl_up_sync(0xffffffffu, count, d);
-        if (lane >= d) count += other;
-      }
-      if (g < p.groups) s.tile_prefix[g + 1] = carry + count;
-      carry += __shfl_sync(0xffffffffu, count, 31);
-    }
-    if (lane == 0) s.tile_prefix[0] = 0;
-  }
-  __syncthreads();
-
   const int warpgroup = threadIdx.x / 128;
-  if (warpgroup == 0) {
-    // ---- Producer: one thread per ring issues its TMA loads. Cooperative: one ring of kStages
-    // for both consumer warpgroups. Ping-pong: ring r (kStages / 2 stages) feeds warpgroup r,
-    // which takes every other tile (so no consumer ever waits more than one phase ahead).
-    sm90::setmaxnreg_dec<kProducerRegs>();
-    if (lane != 0 || warp >= kRings) return;
-    const int ring = warp;
-    if (ring == 0) {
-      sm90::prefetch_tensor_map(&map_a);
-      sm90::prefetch_tensor_map(&map_b);
-    }
-    int stage = 0;
-    uint32_t phase = 0;
-    Tile tile;
-    int j = 0;
-    for (int t = blockIdx.x; decode_tile<kOp, kBN>(t, p, s, tile); t += gridDim.x, ++j) {
-      if (kPingPong && (j & 1) != ring) continue;
-      for (int step = 0; step < tile.steps; ++step) {
-        const int index = ring * kRingStages + stage;
-        sm90::mbarrier_wait(sm90::smem_address(&empty[index]), phase ^ 1);
-        const uint32_t bar = sm90::smem_address(&full[index]);
-        sm90::mbarrier_arrive_expect_tx(bar, C::kStageBytes);
-        const uint32_t a_dst = sm90::smem_address(tiles + index * C::kStageBytes);
-        issue_loads<kOp, kBN>(&map_a, &map_b, p, tile, step, a_dst, a_dst + C::kABytes, bar);
-        if (++stage == kRingStages) { stage = 0; phase ^= 1; }
-      }
-    }
-    return;
-  }
-
   // ---- Consumers. Cooperative: both warpgroups work on every tile, warpgroup w on rows
   // [64 w, 64 w + 64). Ping-pong: warpgroup w takes every other tile of this CTA (j % 2 == w) and
   // all its 128 rows, so one warpgroup's epilogue overlaps the other's main loop.
@@ -258,7 +216,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   float acc[kHalves][kBN / 2];
   Tile tile;
   int j = 0;
-  for (int t = blockIdx.x; decode_tile<kOp, kBN>(t, p, s, tile); t += gridDim.x, ++j) {
+  for (int t = first_tile; decode_tile<kOp, kBN, kPair>(t, p, s, rank, tile);
+       t += tile_stride, ++j) {
     if (kPingPong && (j & 1) != w) continue;  // the other warpgroup's tile
 #pragma unroll
     for (int h = 0; h < kHalves; ++h)
@@ -309,13 +268,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       sm90::wgmma_commit();
       // Keep this step's batch in flight; the previous one is done: release its stage.
       sm90::wgmma_wait<1>();
-      if (previous_stage >= 0 && lane == 0)
-        sm90::mbarrier_arrive(sm90::smem_address(&empty[previous_stage]));
+      if (previous_stage >= 0 && lane == 0) release_stage<kPair>(&empty[previous_stage]);
       previous_stage = stage;
     }
     sm90::wgmma_wait<0>();
-    if (previous_stage >= 0 && lane == 0)
-      sm90::mbarrier_arrive(sm90::smem_address(&empty[previous_stage]));
+    if (previous_stage >= 0 && lane == 0) release_stage<kPair>(&empty[previous_stage]);
 
     // ---- Epilogue: accumulator fragment (wgmma m64nN f32): warp q of the warpgroup holds rows
     // 16 q + lane/4 (+8) of its m64 half; n8 block j holds columns 8 j + 2 (lane % 4) (+1).
@@ -364,6 +321,105 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
+template <Op kOp, int kBN, bool kPingPong, int kPair>
+__global__ void __launch_bounds__(kThreads, 1)
+    grouped_gemm_kernel(const __grid_constant__ CUtensorMap map_a,
+                        const __grid_constant__ CUtensorMap map_b, const Params p) {
+  using C = Config<kBN>;
+  constexpr int kStages = C::kStages;
+  constexpr int kRings = kPingPong ? 2 : 1;
+  constexpr int kRingStages = kStages / kRings;
+  static_assert(kPair == 1 || !kPingPong, "clusters only with the cooperative schedule");
+  const int rank = kPair == 2 ? static_cast<int>(sm90::cluster_rank()) : 0;
+  const int first_tile = kPair == 2 ? blockIdx.x / 2 : blockIdx.x;
+  const int tile_stride = kPair == 2 ? gridDim.x / 2 : gridDim.x;
+  extern __shared__ uint8_t shared_raw[];
+  uint8_t* shared = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~static_cast<uintptr_t>(1023));
+  uint8_t* tiles = shared;
+  uint64_t* full = reinterpret_cast<uint64_t*>(shared + C::kTileBytes);
+  uint64_t* empty = full + kStages;
+  Schedule s;
+  s.tile_prefix = reinterpret_cast<int*>(empty + kStages);
+  s.row_begin = s.tile_prefix + kMaxGroups + 1;
+  s.row_end = s.row_begin + kMaxGroups;
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kStages; ++i) {
+      sm90::mbarrier_init(sm90::smem_address(&full[i]), 1);
+      // One arrival per consuming warp: both warpgroups (cooperative) or the tile's owner; with
+      // clusters also the partner's 8 warps (its B half lands in this CTA's stage too).
+      sm90::mbarrier_init(sm90::smem_address(&empty[i]), kPingPong ? 4 : 8 * kPair);
+    }
+    sm90::fence_barrier_init();
+  }
+  if (warp == 0) {
+    // Group rows clamped to [0, max_rows] and (nt, nn) the prefix of row tiles per group.
+    int carry = 0;
+    for (int base = 0; base < p.groups; base += 32) {
+      const int g = base + lane;
+      int count = 0;
+      if (g < p.groups) {
+        const int64_t b64 = min(max(p.offsets[g], int64_t{0}), int64_t{p.max_rows});
+        const int64_t e64 = min(max(p.offsets[g + 1], b64), int64_t{p.max_rows});
+        s.row_begin[g] = static_cast<int>(b64);
+        s.row_end[g] = static_cast<int>(e64);
+        count = static_cast<int>(((e64 - b64 + kBM - 1) / kBM + kPair - 1) / kPair);
+      }
+#pragma unroll
+      for (int d = 1; d < 32; d *= 2) {
+        const int other = __shfl_up_sync(0xffffffffu, count, d);
+        if (lane >= d) count += other;
+      }
+      if (g < p.groups) s.tile_prefix[g + 1] = carry + count;
+      carry += __shfl_sync(0xffffffffu, count, 31);
+    }
+    if (lane == 0) s.tile_prefix[0] = 0;
+  }
+  __syncthreads();
+  if constexpr (kPair == 2) sm90::cluster_sync();  // the partner's barriers are initialized
+
+  const int warpgroup = threadIdx.x / 128;
+  if (warpgroup == 0) {
+    // ---- Producer: one thread per ring issues its TMA loads. Cooperative: one ring of kStages
+    // for both consumer warpgroups. Ping-pong: ring r (kStages / 2 stages) feeds warpgroup r,
+    // which takes every other tile (so no consumer ever waits more than one phase ahead).
+    sm90::setmaxnreg_dec<kProducerRegs>();
+    if (lane == 0 && warp < kRings) {
+      const int ring = warp;
+      if (ring == 0) {
+        sm90::prefetch_tensor_map(&map_a);
+        sm90::prefetch_tensor_map(&map_b);
+      }
+      int stage = 0;
+      uint32_t phase = 0;
+      Tile tile;
+      int j = 0;
+      for (int t = first_tile; decode_tile<kOp, kBN, kPair>(t, p, s, rank, tile);
+           t += tile_stride, ++j) {
+        if (kPingPong && (j & 1) != ring) continue;
+        for (int step = 0; step < tile.steps; ++step) {
+          const int index = ring * kRingStages + stage;
+          sm90::mbarrier_wait(sm90::smem_address(&empty[index]), phase ^ 1);
+          const uint32_t bar = sm90::smem_address(&full[index]);
+          sm90::mbarrier_arrive_expect_tx(bar, C::kStageBytes);
+          const uint32_t a_dst = sm90::smem_address(tiles + index * C::kStageBytes);
+          issue_loads<kOp, kBN, kPair>(&map_a, &map_b, p, tile, step, rank, a_dst,
+                                       a_dst + C::kABytes, bar);
+          if (++stage == kRingStages) { stage = 0; phase ^= 1; }
+        }
+      }
+    }
+  } else {
+    consume<kOp, kBN, kPingPong, kPair>(p, s, tiles, full, empty, first_tile, tile_stride, rank);
+  }
+  // No CTA of a cluster leaves while its partner may still multicast into it or arrive on its
+  // barriers.
+  if constexpr (kPair == 2) sm90::cluster_sync();
+}
+
 // ---- Host side
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -409,43 +465,78 @@ int current_sm_count() {
   return counts[device];
 }
 
-template <Op kOp, int kBN, bool kPingPong>
-void launch(const CUtensorMap& map_a, const CUtensorMap& map_b, const Params& p,
-            int64_t tile_bound, cudaStream_t stream) {
+// Launches a persistent grid: one CTA per SM (clusters of two: as many pairs as can be resident
+// at once, from cudaOccupancyMaxActiveClusters, so that no cluster waits for a second wave), or
+// fewer when there are fewer tiles. `units`: tiles (kPair == 1) or tile pairs (kPair == 2).
+template <Op kOp, int kBN, bool kPingPong, int kPair>
+void launch(const CUtensorMap& map_a, const CUtensorMap& map_b, const Params& p, int64_t units,
+            cudaStream_t stream) {
   using C = Config<kBN>;
-  static std::once_flag configured;
-  std::call_once(configured, [] {
-    FRUGAL_CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_kernel<kOp, kBN, kPingPong>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+  auto* kernel = grouped_gemm_kernel<kOp, kBN, kPingPong, kPair>;
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = kPair;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  cudaLaunchConfig_t config{};
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = C::kSharedBytes;
+  config.stream = stream;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  static int64_t resident_units = 0;  // per kernel, for the first device it runs on
+  if (resident_units == 0) {
+    FRUGAL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            C::kSharedBytes));
-  });
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(current_sm_count(), tile_bound));
-  grouped_gemm_kernel<kOp, kBN, kPingPong>
-      <<<static_cast<unsigned>(blocks), kThreads, C::kSharedBytes, stream>>>(map_a, map_b, p);
+    int clusters = current_sm_count() / kPair;
+    if (kPair > 1) {
+      cudaLaunchConfig_t query = config;
+      query.gridDim = dim3(static_cast<unsigned>(clusters * kPair));
+      FRUGAL_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &query));
+      FRUGAL_CUDA_REQUIRE(clusters > 0, "grouped_gemm_sm90: no cluster of two CTAs fits");
+    }
+    resident_units = clusters;
+  }
+  const int64_t blocks = kPair * std::max<int64_t>(1, std::min<int64_t>(resident_units, units));
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  FRUGAL_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, map_a, map_b, p));
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
-// Tile schedule: ping-pong (128 x 128 tiles, one warpgroup per tile) or cooperative (128 x 256
-// where the width allows, both warpgroups per tile). FRUGAL_GROUPED_GEMM_SCHEDULE=pingpong or
-// cooperative forces one (for measurements); otherwise ping-pong.
-bool use_pingpong() {
-  static const bool pingpong = [] {
+// Tile schedule. Default: cooperative 128 x 256 tiles (128 x 128 where the width is not a multiple
+// of 256), both consumer warpgroups on every tile, in clusters of two CTAs that share B through
+// TMA multicast (pairs of row tiles of one group; tn: pairs of dW row tiles, when n % 256 == 0).
+// FRUGAL_GROUPED_GEMM_SCHEDULE=cooperative (no clusters) or pingpong (128 x 128 tiles, one
+// warpgroup per tile, two rings) selects the others, for measurements.
+enum class TileSchedule { Multicast, Cooperative, PingPong };
+TileSchedule schedule() {
+  static const TileSchedule chosen = [] {
     const char* value = std::getenv("FRUGAL_GROUPED_GEMM_SCHEDULE");
-    return !(value != nullptr && std::strcmp(value, "cooperative") == 0);
+    if (value != nullptr && std::strcmp(value, "cooperative") == 0) return TileSchedule::Cooperative;
+    if (value != nullptr && std::strcmp(value, "pingpong") == 0) return TileSchedule::PingPong;
+    return TileSchedule::Multicast;
   }();
-  return pingpong;
+  return chosen;
 }
 
-// Launches the chosen schedule for an output `columns` wide; `make_b(box_outer)` gives B's map.
+// Launches the chosen schedule for an output `columns` wide. `make_b(box_outer)` gives B's map
+// (nt: its box height is B's rows per CTA). units: row-tile slots (nt, nn; `pair_units` for pairs)
+// or dW row tiles (tn), per output column tile; pairs need pair_units > 0.
 template <Op kOp, class MakeB>
-void dispatch(const CUtensorMap& map_a, MakeB make_b, const Params& p, int64_t tile_units,
-              int64_t columns, cudaStream_t stream) {
-  if (use_pingpong()) {
-    launch<kOp, 128, true>(map_a, make_b(128), p, tile_units * (columns / 128), stream);
+void dispatch(const CUtensorMap& map_a, MakeB make_b, const Params& p, int64_t units,
+              int64_t pair_units, int64_t columns, cudaStream_t stream) {
+  const TileSchedule chosen = schedule();
+  if (chosen == TileSchedule::PingPong) {
+    launch<kOp, 128, true, 1>(map_a, make_b(128), p, units * (columns / 128), stream);
+  } else if (chosen == TileSchedule::Multicast && pair_units > 0) {
+    if (columns % 256 == 0)
+      launch<kOp, 256, false, 2>(map_a, make_b(128), p, pair_units * (columns / 256), stream);
+    else
+      launch<kOp, 128, false, 2>(map_a, make_b(64), p, pair_units * (columns / 128), stream);
   } else if (columns % 256 == 0) {
-    launch<kOp, 256, false>(map_a, make_b(256), p, tile_units * (columns / 256), stream);
+    launch<kOp, 256, false, 1>(map_a, make_b(256), p, units * (columns / 256), stream);
   } else {
-    launch<kOp, 128, false>(map_a, make_b(128), p, tile_units * (columns / 128), stream);
+    launch<kOp, 128, false, 1>(map_a, make_b(128), p, units * (columns / 128), stream);
   }
 }
 
@@ -503,8 +594,10 @@ void grouped_gemm_sm90_nt(int64_t groups, const int64_t* device_offsets, int64_t
   const Params p = make_params(groups, device_offsets, max_rows, n, k, y, false);
   const int64_t slots = (max_rows + kBM - 1) / kBM + groups;
   const CUtensorMap map_a = make_tensor_map(x, k, max_rows, kBM);
+  const int64_t pair_slots = (max_rows + 2 * kBM - 1) / (2 * kBM) + groups;
   dispatch<Op::NT>(
-      map_a, [&](int box) { return make_tensor_map(w, k, groups * n, box); }, p, slots, n, stream);
+      map_a, [&](int box) { return make_tensor_map(w, k, groups * n, box); }, p, slots,
+      pair_slots, n, stream);
 }
 
 void grouped_gemm_sm90_nn(int64_t groups, const int64_t* device_offsets, int64_t max_rows,
@@ -516,7 +609,8 @@ void grouped_gemm_sm90_nn(int64_t groups, const int64_t* device_offsets, int64_t
   const int64_t slots = (max_rows + kBM - 1) / kBM + groups;
   const CUtensorMap map_a = make_tensor_map(dy, n, max_rows, kBM);
   const CUtensorMap map_b = make_tensor_map(w, k, groups * n, 64);
-  dispatch<Op::NN>(map_a, [&](int) { return map_b; }, p, slots, k, stream);
+  const int64_t pair_slots = (max_rows + 2 * kBM - 1) / (2 * kBM) + groups;
+  dispatch<Op::NN>(map_a, [&](int) { return map_b; }, p, slots, pair_slots, k, stream);
 }
 
 void grouped_gemm_sm90_tn(int64_t groups, const int64_t* device_offsets, int64_t max_rows,
@@ -532,7 +626,9 @@ void grouped_gemm_sm90_tn(int64_t groups, const int64_t* device_offsets, int64_t
   const Params p = make_params(groups, device_offsets, max_rows, n, k, dw, accumulate);
   const CUtensorMap map_a = make_tensor_map(dy, n, max_rows, 64);
   const CUtensorMap map_b = make_tensor_map(x, k, max_rows, 64);
-  dispatch<Op::TN>(map_a, [&](int) { return map_b; }, p, groups * (n / kBM), k, stream);
+  const int64_t pair_tiles = n % (2 * kBM) == 0 ? groups * (n / (2 * kBM)) : 0;
+  dispatch<Op::TN>(map_a, [&](int) { return map_b; }, p, groups * (n / kBM), pair_tiles, k,
+                   stream);
 }
 
 }  // namespace frugal::cuda
