@@ -32,19 +32,28 @@ rc=$?
 grep -E "error" "$logs/build.log" | head -20
 echo "build: exit $rc in $(( $(date +%s) - start )) s"
 [ $rc -eq 0 ] || { tar -C "$logs/.." -czf "$OUT/ggemm_logs.tar.gz" ggemm_logs; exit 1; }
-# Both tile schedules (FRUGAL_GROUPED_GEMM_SCHEDULE), tests then timings.
-for schedule in ${GGEMM_TEST_SCHEDULES:-multicast cooperative pingpong}; do
-  FRUGAL_GROUPED_GEMM_SCHEDULE=$schedule timeout ${GGEMM_TEST_TIMEOUT:-120} $build/test_kernels_grouped_gemm_sm90_cuda \
-    > "$logs/test_$schedule.log" 2>&1
-  echo "test ($schedule) exit: $?"
-  grep -E "FAIL|PASSED|FAILED" "$logs/test_$schedule.log" | head -40
+# Variants (FRUGAL_GROUPED_GEMM_SCHEDULE, FRUGAL_GROUPED_GEMM_EPILOGUE): tests, then timings.
+variants=${GGEMM_VARIANTS:-default direct multicast pingpong}
+run_variant() {  # name, command...
+  local name=$1; shift
+  case $name in
+    default) env "$@" ;;
+    direct) FRUGAL_GROUPED_GEMM_EPILOGUE=direct "$@" ;;
+    *) FRUGAL_GROUPED_GEMM_SCHEDULE=$name "$@" ;;
+  esac
+}
+for variant in $variants; do
+  run_variant "$variant" timeout ${GGEMM_TEST_TIMEOUT:-120} $build/test_kernels_grouped_gemm_sm90_cuda \
+    > "$logs/test_$variant.log" 2>&1
+  echo "test ($variant) exit: $?"
+  grep -E "FAIL|PASSED|FAILED" "$logs/test_$variant.log" | head -40
 done
-for schedule in ${GGEMM_BENCH_SCHEDULES:-multicast cooperative}; do
-  args=${GGEMM_BENCH_ARGS:-}
-  [ "$schedule" != multicast ] && args="--no-v3"
-  echo "== bench ($schedule)"
-  FRUGAL_GROUPED_GEMM_SCHEDULE=$schedule timeout ${GGEMM_BENCH_TIMEOUT:-150} $build/bench_grouped_gemm_cuda \
-    "$logs/bench_$schedule.json" $args 2>&1 | tee "$logs/bench_$schedule.log"
-  echo "bench ($schedule) exit: ${PIPESTATUS[0]}"
+for variant in ${GGEMM_BENCH_VARIANTS:-default direct}; do
+  args=""
+  [ "$variant" != default ] && args="--no-v3"
+  echo "== bench ($variant)"
+  run_variant "$variant" timeout ${GGEMM_BENCH_TIMEOUT:-150} $build/bench_grouped_gemm_cuda \
+    "$logs/bench_$variant.json" $args 2>&1 | tee "$logs/bench_$variant.log"
+  echo "bench ($variant) exit: ${PIPESTATUS[0]}"
 done
 tar -C "$logs/.." -czf "$OUT/ggemm_logs.tar.gz" ggemm_logs
