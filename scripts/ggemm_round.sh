@@ -33,7 +33,7 @@ grep -E "error" "$logs/build.log" | head -20
 echo "build: exit $rc in $(( $(date +%s) - start )) s"
 [ $rc -eq 0 ] || { tar -C "$logs/.." -czf "$OUT/ggemm_logs.tar.gz" ggemm_logs; exit 1; }
 # Variants (FRUGAL_GROUPED_GEMM_SCHEDULE, FRUGAL_GROUPED_GEMM_EPILOGUE): tests, then timings.
-variants=${GGEMM_VARIANTS:-default direct multicast pingpong}
+variants=${GGEMM_VARIANTS:-default direct multicast pingpong narrow}
 run_variant() {  # name, command...
   local name=$1; shift
   case $name in
@@ -48,7 +48,7 @@ for variant in $variants; do
   echo "test ($variant) exit: $?"
   grep -E "FAIL|PASSED|FAILED" "$logs/test_$variant.log" | head -40
 done
-for variant in ${GGEMM_BENCH_VARIANTS:-default direct}; do
+for variant in ${GGEMM_BENCH_VARIANTS:-default direct narrow}; do
   args=""
   [ "$variant" != default ] && args="--no-v3"
   echo "== bench ($variant)"

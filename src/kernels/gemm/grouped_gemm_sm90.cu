@@ -547,13 +547,14 @@ void launch(const CUtensorMap& map_a, const CUtensorMap& map_b, const Params& p,
 // for measurements: multicast (the cooperative tiles in clusters of two CTAs sharing B through
 // TMA multicast: pairs of row tiles of one group; tn: pairs of dW row tiles, when n % 256 == 0;
 // slower on an H200 at bench-1b's shapes) or pingpong (128 x 128 tiles, one warpgroup per tile,
-// one ring per warpgroup).
-enum class TileSchedule { Multicast, Cooperative, PingPong };
+// one ring per warpgroup) or narrow (the cooperative schedule with 128 x 128 tiles, 6 stages).
+enum class TileSchedule { Multicast, Cooperative, PingPong, Narrow };
 TileSchedule schedule() {
   static const TileSchedule chosen = [] {
     const char* value = std::getenv("FRUGAL_GROUPED_GEMM_SCHEDULE");
     if (value != nullptr && std::strcmp(value, "multicast") == 0) return TileSchedule::Multicast;
     if (value != nullptr && std::strcmp(value, "pingpong") == 0) return TileSchedule::PingPong;
+    if (value != nullptr && std::strcmp(value, "narrow") == 0) return TileSchedule::Narrow;
     return TileSchedule::Cooperative;
   }();
   return chosen;
@@ -573,7 +574,7 @@ void dispatch(const CUtensorMap& map_a, MakeB make_b, const Params& p, int64_t u
       launch<kOp, 256, false, 2>(map_a, make_b(128), p, pair_units * (columns / 256), stream);
     else
       launch<kOp, 128, false, 2>(map_a, make_b(64), p, pair_units * (columns / 128), stream);
-  } else if (columns % 256 == 0) {
+  } else if (columns % 256 == 0 && chosen != TileSchedule::Narrow) {
     launch<kOp, 256, false, 1>(map_a, make_b(256), p, units * (columns / 256), stream);
   } else {
     launch<kOp, 128, false, 1>(map_a, make_b(128), p, units * (columns / 128), stream);
