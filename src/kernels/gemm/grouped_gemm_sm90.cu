@@ -3,11 +3,15 @@
 //   nt (Fprop)  y[rows,N]  = x[rows,K] · W_g^T     A = x tile (K-major), B = W_g rows (K-major)
 //   nn (Dgrad)  dx[rows,K] = dy[rows,N] · W_g      A = dy tile (K-major), B = W_g (N-major: MN)
 //   tn (Wgrad)  dW_g[N,K] (+)= dy_g^T · x_g        A = dy_g^T (MN-major), B = x_g (MN-major)
-// CTA tile 128 x kBN (kBN = 256 when the output width allows, else 128), K-step 64, a kStages
-// deep shared-memory ring filled by TMA (128-byte swizzle, one box row = 64 bf16 = 128 bytes).
-// 384 threads: warpgroup 0 is the producer (one thread issues TMA, registers given back with
-// setmaxnreg), warpgroups 1 and 2 are consumers, each owning 64 rows of the tile (wgmma m64nNk16,
-// fp32 accumulators in registers) and keeping one wgmma batch in flight.
+// Default (cooperative) schedule: CTA tile 128 x kBN (kBN = 256 when the output width allows, else
+// 128), K-step 64, a 4 (kBN 256) or 6 (kBN 128) stage shared-memory ring filled by TMA (128-byte
+// swizzle, one box row = 64 bf16 = 128 bytes). 384 threads: warpgroup 0 is the producer (one
+// thread issues TMA, registers given back with setmaxnreg), warpgroups 1 and 2 are consumers, each
+// owning 64 rows of the tile (wgmma m64nNk16, fp32 accumulators in registers) and keeping one
+// wgmma batch in flight. bf16 outputs are stored 16 bytes per lane after a transpose within each
+// lane quad (the direct 4-byte stores cost ~10-25% at these shapes); fp32 dW with float2
+// read-add-writes. Other schedules, selectable for measurements only (FRUGAL_GROUPED_GEMM_SCHEDULE,
+// see schedule()): multicast (clusters of two sharing B), pingpong, narrow; all pass the same test.
 //
 // Scheduling reads the device offsets only: each CTA loads them into shared memory, clamps them
 // to [0, max_rows], and (nt, nn) forms the prefix of per-group row tiles ceil(rows_g / 128).
@@ -20,6 +24,8 @@
 //           from offsets[g] in steps of 64; in the last, partial step the consumers zero the box
 //           lines (token rows) past the group's end in both operands before the wgmma reads them.
 // Deterministic: every output element is written by one CTA with a fixed reduction order.
+// Per-kernel launch facts (dynamic shared memory attribute, resident clusters) are cached for the
+// first device a kernel runs on.
 #include "kernels/gemm/grouped_gemm_sm90.h"
 
 #include <cuda.h>

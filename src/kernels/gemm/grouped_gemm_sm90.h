@@ -16,6 +16,9 @@
 // grouped calls within bf16 rounding of the output (the reduction order differs). Deterministic:
 // the same inputs give the same bits run to run (no atomics, no split-K across CTAs).
 //
+// Supported (grouped_gemm_sm90_supported): an sm_90 device, n and k positive multiples of 128 with
+// n * k < 2^31. The calls also require groups <= 256, max_rows < 2^31 and 16-byte aligned x, w,
+// dy, y, dx, dw (frugal::Error otherwise).
 // Only for sm_90 devices and shapes with grouped_gemm_sm90_supported(n, k); callers fall back to
 // the cuBLASLt grouped calls otherwise (and when FRUGAL_GROUPED_GEMM=cublas is set, for A/B
 // runs: grouped_gemm_sm90_enabled()).
