@@ -1,0 +1,252 @@
+// Grouped BF16 GEMM throughput of an MoE layer's experts: frugal's Hopper kernels
+// (grouped_gemm_sm90.h: one launch, device-side offsets) next to the cuBLASLt grouped calls
+// (gemm_cuda.h: one cuBLASLt GEMM per expert, host offsets) and one dense cuda::gemm over all the
+// rows (the ceiling: same FLOPs, one weight). Passes: Fprop y = x W_g^T, Dgrad dx = dy W_g,
+// Wgrad dW_g += dy_g^T x_g (fp32, accumulate). Shapes:
+//   bench-1b: 64 experts x 3072 rows, gate/up W [768, 1024], down W [1024, 384]
+//   V3-like:  32 experts x 2048 rows, gate/up W [4096, 7168], down W [7168, 2048]
+// with equal groups, and (bench-1b) uneven groups of the same total (sizes 0.25x to 1.75x).
+// Timing: cudaEvent around back-to-back calls (>= 2 ms per sample), 3 warm-up calls, median of
+// 15 samples. FLOPs = 2 rows N K. TFLOP/s columns: sm90 | cuBLASLt grouped | dense.
+//   build/bench_grouped_gemm_cuda [results.json] [--no-v3]
+#ifdef FRUGAL_HAVE_CUDA
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/cuda_check.h"
+#include "core/dtype.h"
+#include "kernels/gemm/gemm_cuda.h"
+#include "kernels/gemm/grouped_gemm_sm90.h"
+
+using namespace frugal;
+using cuda::DataType;
+using cuda::DeviceBuffer;
+
+namespace {
+
+constexpr int kWarmup = 3;
+constexpr int kSamples = 15;
+constexpr double kMinSampleSeconds = 2e-3;
+constexpr int64_t kPatternElements = int64_t{1} << 22;
+
+template <class T>
+void fill(DeviceBuffer<T>& buffer, const std::vector<T>& pattern) {
+  for (size_t done = 0; done < buffer.size();) {
+    const size_t count = std::min(pattern.size(), buffer.size() - done);
+    FRUGAL_CUDA_CHECK(cudaMemcpy(buffer.data() + done, pattern.data(), count * sizeof(T),
+                                 cudaMemcpyHostToDevice));
+    done += count;
+  }
+}
+
+DeviceBuffer<uint16_t> bf16_buffer(int64_t count) {
+  static const std::vector<uint16_t> pattern = [] {
+    std::mt19937 gen(7);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<uint16_t> p(kPatternElements);
+    for (uint16_t& v : p) v = float_to_bf16_bits(normal(gen));
+    return p;
+  }();
+  DeviceBuffer<uint16_t> b(static_cast<size_t>(count));
+  fill(b, pattern);
+  return b;
+}
+
+class Timer {
+ public:
+  Timer() {
+    FRUGAL_CUDA_CHECK(cudaEventCreate(&start_));
+    FRUGAL_CUDA_CHECK(cudaEventCreate(&stop_));
+  }
+  ~Timer() {
+    cudaEventDestroy(start_);
+    cudaEventDestroy(stop_);
+  }
+  double median_seconds(const std::function<void()>& op, cudaStream_t stream) {
+    for (int i = 0; i < kWarmup; ++i) op();
+    const double once = sample(op, 1, stream);
+    const int inner = static_cast<int>(
+        std::clamp(std::ceil(kMinSampleSeconds / std::max(once, 1e-7)), 1.0, 1000.0));
+    std::vector<double> samples;
+    for (int s = 0; s < kSamples; ++s) samples.push_back(sample(op, inner, stream) / inner);
+    std::sort(samples.begin(), samples.end());
+    return samples[samples.size() / 2];
+  }
+
+ private:
+  double sample(const std::function<void()>& op, int inner, cudaStream_t stream) {
+    FRUGAL_CUDA_CHECK(cudaEventRecord(start_, stream));
+    for (int i = 0; i < inner; ++i) op();
+    FRUGAL_CUDA_CHECK(cudaEventRecord(stop_, stream));
+    FRUGAL_CUDA_CHECK(cudaEventSynchronize(stop_));
+    float ms = 0;
+    FRUGAL_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+    return ms * 1e-3;
+  }
+  cudaEvent_t start_{}, stop_{};
+};
+
+__nv_bfloat16* bf(uint16_t* p) { return reinterpret_cast<__nv_bfloat16*>(p); }
+
+struct Bench {
+  cudaStream_t stream = nullptr;
+  cuda::BlasHandle blas;
+  Timer timer;
+  nlohmann::json rows = nlohmann::json::array();
+
+  Bench() { FRUGAL_CUDA_CHECK(cudaStreamCreate(&stream)); }
+  ~Bench() { cudaStreamDestroy(stream); }
+
+  void record(const std::string& shape, const std::string& pass, int64_t m, int64_t n, int64_t k,
+              const std::function<void()>& ours, const std::function<void()>& cublas,
+              const std::function<void()>& dense) {
+    const double flops = 2.0 * m * n * k;
+    const double ours_s = timer.median_seconds(ours, stream);
+    const double cublas_s = timer.median_seconds(cublas, stream);
+    const double dense_s = timer.median_seconds(dense, stream);
+    auto tf = [&](double s) { return flops / s / 1e12; };
+    std::printf("%-26s | %-5s | %6lldx%5lldx%5lld | %8.1f | %8.1f | %8.1f | %5.2f\n", shape.c_str(),
+                pass.c_str(), static_cast<long long>(m), static_cast<long long>(n),
+                static_cast<long long>(k), tf(ours_s), tf(cublas_s), tf(dense_s),
+                cublas_s / ours_s);
+    std::fflush(stdout);
+    rows.push_back({{"shape", shape},          {"pass", pass},
+                    {"m", m},                  {"n", n},
+                    {"k", k},                  {"sm90_ms", ours_s * 1e3},
+                    {"sm90_tflops", tf(ours_s)}, {"cublaslt_grouped_tflops", tf(cublas_s)},
+                    {"dense_tflops", tf(dense_s)}});
+  }
+
+  // One expert Linear W_g [N, K] over groups of `sizes` rows.
+  void experts(const std::string& shape, const std::vector<int64_t>& sizes, int64_t N, int64_t K) {
+    const int64_t groups = static_cast<int64_t>(sizes.size());
+    std::vector<int64_t> offsets(groups + 1, 0);
+    for (int64_t g = 0; g < groups; ++g) offsets[g + 1] = offsets[g] + sizes[g];
+    const int64_t M = offsets.back();
+    DeviceBuffer<int64_t> device_offsets(static_cast<size_t>(groups + 1));
+    FRUGAL_CUDA_CHECK(cudaMemcpy(device_offsets.data(), offsets.data(),
+                                 sizeof(int64_t) * (groups + 1), cudaMemcpyHostToDevice));
+    auto x = bf16_buffer(M * K), w = bf16_buffer(groups * N * K), dy = bf16_buffer(M * N);
+    DeviceBuffer<uint16_t> y(M * N), dx(M * K);
+    DeviceBuffer<float> dw(static_cast<size_t>(groups * N * K));
+    FRUGAL_CUDA_CHECK(cudaMemset(dw.data(), 0, dw.size() * sizeof(float)));
+    const int64_t* host = offsets.data();
+    record(
+        shape, "Fprop", M, N, K,
+        [&] {
+          cuda::grouped_gemm_sm90_nt(groups, device_offsets.data(), M, N, K, bf(x.data()),
+                                     bf(w.data()), bf(y.data()), stream);
+        },
+        [&] {
+          cuda::grouped_gemm_nt(blas, groups, host, N, K, x.data(), w.data(), DataType::BF16,
+                                y.data(), DataType::BF16, stream);
+        },
+        [&] {
+          cuda::gemm(blas, false, true, M, N, K, 1.0f, x.data(), K, w.data(), K, DataType::BF16,
+                     0.0f, y.data(), N, DataType::BF16, stream);
+        });
+    record(
+        shape, "Dgrad", M, K, N,
+        [&] {
+          cuda::grouped_gemm_sm90_nn(groups, device_offsets.data(), M, N, K, bf(dy.data()),
+                                     bf(w.data()), bf(dx.data()), stream);
+        },
+        [&] {
+          cuda::grouped_gemm_nn(blas, groups, host, N, K, dy.data(), w.data(), DataType::BF16,
+                                dx.data(), DataType::BF16, stream);
+        },
+        [&] {
+          cuda::gemm(blas, false, false, M, K, N, 1.0f, dy.data(), N, w.data(), K,
+                     DataType::BF16, 0.0f, dx.data(), K, DataType::BF16, stream);
+        });
+    record(
+        shape, "Wgrad", N, K, M,
+        [&] {
+          cuda::grouped_gemm_sm90_tn(groups, device_offsets.data(), M, N, K, bf(dy.data()),
+                                     bf(x.data()), dw.data(), true, stream);
+        },
+        [&] {
+          cuda::grouped_gemm_tn(blas, groups, host, N, K, dy.data(), x.data(), DataType::BF16,
+                                dw.data(), DataType::F32, true, stream);
+        },
+        [&] {
+          cuda::gemm(blas, true, false, N, K, M, 1.0f, dy.data(), N, x.data(), K, DataType::BF16,
+                     1.0f, dw.data(), K, DataType::F32, stream);
+        });
+  }
+};
+
+std::vector<int64_t> equal_sizes(int64_t groups, int64_t rows) {
+  return std::vector<int64_t>(static_cast<size_t>(groups), rows);
+}
+
+// Sizes from 0.25x to 1.75x of `rows`, same total, in a shuffled order.
+std::vector<int64_t> uneven_sizes(int64_t groups, int64_t rows) {
+  std::vector<int64_t> sizes(static_cast<size_t>(groups));
+  for (int64_t g = 0; g < groups; ++g) sizes[g] = rows / 4 + (rows * 3 / 2) * g / (groups - 1);
+  std::mt19937 gen(11);
+  std::shuffle(sizes.begin(), sizes.end(), gen);
+  return sizes;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    cudaDeviceProp prop{};
+    FRUGAL_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    std::printf("device: %s\n", prop.name);
+    if (!cuda::grouped_gemm_sm90_supported(128, 128)) {
+      std::printf("grouped_gemm_sm90 needs an sm_90 device\n");
+      return 1;
+    }
+    std::printf("%-26s | %-5s | %-20s | %8s | %8s | %8s | %5s\n", "shape", "pass", "GEMM MxNxK",
+                "sm90 TF", "cuBLASLt", "dense", "ratio");
+    Bench bench;
+    bench.experts("1b gate/up 64x3072", equal_sizes(64, 3072), 768, 1024);
+    bench.experts("1b down 64x3072", equal_sizes(64, 3072), 1024, 384);
+    bench.experts("1b gate/up 64 uneven", uneven_sizes(64, 3072), 768, 1024);
+    bench.experts("1b down 64 uneven", uneven_sizes(64, 3072), 1024, 384);
+    const bool v3 = !(argc > 2 && std::string(argv[2]) == "--no-v3");  // [results.json] [--no-v3]
+    if (v3) {
+      bench.experts("V3 gate/up 32x2048", equal_sizes(32, 2048), 4096, 7168);
+      bench.experts("V3 down 32x2048", equal_sizes(32, 2048), 7168, 2048);
+    }
+    if (argc > 1) {
+      nlohmann::json out = {{"device", prop.name},
+                            {"warmup", kWarmup},
+                            {"samples", kSamples},
+                            {"rows", bench.rows}};
+      std::ofstream(argv[1]) << out.dump(2) << "\n";
+      std::printf("wrote %s\n", argv[1]);
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_grouped_gemm_cuda: %s\n", e.what());
+    return 1;
+  }
+}
+
+#else
+
+#include <cstdio>
+
+int main() {
+  std::fprintf(stderr,
+               "bench_grouped_gemm_cuda: this build has no CUDA backend (configure with "
+               "-DFRUGAL_CUDA=ON on a machine with nvcc)\n");
+  return 1;
+}
+
+#endif
