@@ -9,7 +9,8 @@
 # 4 x 4096, 4 steps, against one GPU), printing the step table and the measured bubble per rank
 # next to the schedule's expected one (simulated and Table 2, with the measured F and B).
 # MULTI_GPU_PARTS (default "tests dispatch train zero1 fp8ep overlap pipeline") picks the parts,
-# MULTI_GPU_TESTS (names separated by spaces) the test programs. The part "mesh" (not in the
+# MULTI_GPU_TESTS (names separated by spaces) the test programs, MULTI_GPU_ZERO1_EPS the ep
+# values of the zero1 part (default "1 N"). The part "mesh" (not in the
 # default; --ranks 4 or 8) trains bench-1b on the GPU pipeline over a mesh: pp 2 (DualPipeV) x
 # dp ranks/2 with ep 2 inside dp, 4 micro-batches of 2 x 4096 per pipeline, with the step timing
 # (FRUGAL_PIPELINE_TIMING=1), and prints the step and bubble lines.
@@ -94,7 +95,7 @@ if [ -f "$train_text" ]; then
   # the routed experts).
   for zero1 in true false; do
     part zero1 || continue
-    for ep in 1 "$ranks"; do
+    for ep in ${MULTI_GPU_ZERO1_EPS:-1 $ranks}; do
       echo "== bench-1b, bf16, same global batch: $ranks GPUs (data parallel, ep $ep, train.gpu_zero1=$zero1)"
       rm -rf /tmp/mgZ
       timeout 400 "${mpi[@]}" "$build/frugal" train "${common[@]}" --train.gpu_zero1="$zero1" \

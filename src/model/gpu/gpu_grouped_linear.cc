@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "kernels/gemm/grouped_gemm_sm90.h"
 #include "kernels/quant/quant.h"
 
 namespace frugal::gpu {
@@ -77,6 +78,13 @@ GpuGroupedLinear<T>::GpuGroupedLinear(ParamRegistry& registry, int64_t groups, i
 }
 
 template <class T>
+bool GpuGroupedLinear<T>::device_offsets_only() const {
+  return std::is_same_v<T, bf16> && weight_.precision() == GemmPrecision::Bf16 &&
+         cuda::grouped_gemm_sm90_enabled() &&
+         cuda::grouped_gemm_sm90_supported(weight_.out(), weight_.in());
+}
+
+template <class T>
 void GpuGroupedLinear<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y,
                                   const GroupOffsets& offsets) const {
   const int64_t in = weight_.in(), out = weight_.out(), rows = offsets.rows;
@@ -85,6 +93,15 @@ void GpuGroupedLinear<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, 
                weight_.groups());
   c = Ctx{};
   if (rows == 0) return;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (device_offsets_only()) {
+      c.x = x;
+      cuda::grouped_gemm_sm90_nt(offsets.groups, offsets.device, rows, out, in, x,
+                                 static_cast<const bf16*>(weight_.operand()), y,
+                                 ctx.stream);  // [rows, out]
+      return;
+    }
+  }
   if (weight_.precision() != GemmPrecision::Fp8) {
     c.x = x;
     cuda::grouped_gemm_nt(ctx.blas, offsets.groups, offsets.host, out, in, x, weight_.operand(),
@@ -101,6 +118,19 @@ void GpuGroupedLinear<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy
   if (rows == 0) {
     c = Ctx{};
     return;
+  }
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (device_offsets_only()) {
+      FRUGAL_CHECK(c.x != nullptr, "GpuGroupedLinear::backward without a forward");
+      const auto* w = static_cast<const bf16*>(weight_.operand());
+      cuda::grouped_gemm_sm90_nn(offsets.groups, offsets.device, rows, out, in, dy, w, dx,
+                                 ctx.stream);  // [rows, in]
+      cuda::grouped_gemm_sm90_tn(offsets.groups, offsets.device, rows, out, in, dy, c.x,
+                                 weight_.grad(), /*accumulate=*/true,
+                                 ctx.stream);  // [groups][out, in] +=
+      c = Ctx{};
+      return;
+    }
   }
   if (weight_.precision() != GemmPrecision::Fp8) {
     FRUGAL_CHECK(c.x != nullptr, "GpuGroupedLinear::backward without a forward");

@@ -6,6 +6,7 @@
 //   WT_g) Wgrad  dW_g += dy_g^T · x_g      grouped_gemm_tn   | grouped_gemm_fp8_wgrad (both
 //   transposed
 //                                                         and quantized along each group's rows)
+// bf16 on sm_90: grouped_gemm_sm90_nt / _nn / _tn instead, one launch each over the device offsets.
 // Under fp8 every group's row count is a multiple of 128 (the permutation pads with zero rows, see
 // kFp8GroupRowAlign) and the forward caches x^T per group in FP8 for Wgrad; under fp32/bf16 the
 // context keeps a pointer to x, which the caller keeps alive until backward.
@@ -21,6 +22,7 @@
 namespace frugal::gpu {
 
 // Row blocks of the groups: host and device copies of offsets [groups+1]; rows = offsets[groups].
+// `host` may be null when every grouped linear it is given to is device_offsets_only().
 struct GroupOffsets {
   const int64_t* host = nullptr;
   const int64_t* device = nullptr;
@@ -49,6 +51,11 @@ class GpuGroupedLinear {
                 const GroupOffsets& offsets) const;
 
   bool keeps_input_pointer() const { return weight_.precision() != GemmPrecision::Fp8; }
+  // True when the GEMMs run as the sm_90 grouped kernels (kernels/gemm/grouped_gemm_sm90.h), which
+  // read the offsets on the device only: bf16 weights and activations, an sm_90 device, shapes
+  // they take, and FRUGAL_GROUPED_GEMM unset or not "cublas". Otherwise (fp32, fp8, other
+  // devices) the cuBLASLt calls need GroupOffsets::host.
+  bool device_offsets_only() const;
   void refresh(cuda::DeviceContext& ctx) { weight_.refresh(ctx); }
   GpuWeight& weight() { return weight_; }
   const GpuWeight& weight() const { return weight_; }

@@ -183,8 +183,10 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
     return;
   }
 
-  // Permutation; the host learns the expert row offsets (the layer's one sync).
+  // Permutation; the host learns the expert row offsets (the layer's one sync) unless the grouped
+  // GEMMs read them on the device only (bf16 on sm_90), where the row count rows*K is known.
   const bool fp8 = gate_up_.weight().precision() == GemmPrecision::Fp8;
+  const bool host_offsets = !(gate_up_.device_offsets_only() && down_.device_offsets_only());
   const int64_t row_align = fp8 ? cuda::kFp8GroupRowAlign : 1;
   const int64_t bound = rows * K + E * (row_align - 1);  // padded rows, at most
   c.expert_offsets = cuda::DeviceArray<int64_t>(ctx, E + 1);
@@ -198,18 +200,23 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
                                    count_load ? load_.data() : nullptr, c.assignment_row.data(),
                                    c.row_assignment.data(), c.topk_idx.data(), rows, K, E,
                                    row_align, workspace.data(), stream);
-    cuda::ScopedSection sync_section(stream, "host_sync");
-    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(offsets_staging_.data(), c.expert_offsets.data(),
-                                      static_cast<size_t>(E + 1) * sizeof(int64_t),
-                                      cudaMemcpyDeviceToHost, stream));
-    ctx.synchronize();
+    if (host_offsets) {
+      cuda::ScopedSection sync_section(stream, "host_sync");
+      FRUGAL_CUDA_CHECK(cudaMemcpyAsync(offsets_staging_.data(), c.expert_offsets.data(),
+                                        static_cast<size_t>(E + 1) * sizeof(int64_t),
+                                        cudaMemcpyDeviceToHost, stream));
+      ctx.synchronize();
+    }
   }
-  c.host_offsets.assign(offsets_staging_.data(), offsets_staging_.data() + E + 1);
-  const int64_t padded = c.host_offsets[E];
+  c.host_offsets.clear();
+  if (host_offsets)
+    c.host_offsets.assign(offsets_staging_.data(), offsets_staging_.data() + E + 1);
+  const int64_t padded = host_offsets ? c.host_offsets[E] : rows * K;  // row_align 1: exact
   FRUGAL_CHECK(padded >= rows * K && padded <= bound,
                "{}: the permutation reports {} rows for {} assignments (at most {})", prefix_,
                padded, rows * K, bound);
-  const GroupOffsets offsets{c.host_offsets.data(), c.expert_offsets.data(), E, padded};
+  const GroupOffsets offsets{host_offsets ? c.host_offsets.data() : nullptr,
+                             c.expert_offsets.data(), E, padded};
 
   // Routed experts over their row blocks.
   cuda::DeviceArray<T> xp(ctx, bound * H);  // [padded, hidden]
@@ -313,9 +320,11 @@ void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
 
   cuda::DeviceArray<float> dweights(ctx, rows * K);  // [rows, K]
   {
-    const int64_t padded = c.host_offsets[E];
+    const bool host_offsets = !c.host_offsets.empty();  // else bf16 on sm_90: rows*K rows
+    const int64_t padded = host_offsets ? c.host_offsets[E] : rows * K;
     const int64_t bound = c.row_assignment.size();
-    const GroupOffsets offsets{c.host_offsets.data(), c.expert_offsets.data(), E, padded};
+    const GroupOffsets offsets{host_offsets ? c.host_offsets.data() : nullptr,
+                               c.expert_offsets.data(), E, padded};
     cuda::ScopedSection combine_section(stream, "moe.combine.bwd");
     cuda::DeviceArray<T> d_out(ctx, bound * H);  // [padded, hidden]
     cuda::combine_bwd<T>(d_out.data(), dweights.data(), dy, c.expert_out.data(),

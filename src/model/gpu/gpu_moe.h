@@ -3,7 +3,8 @@
 //   (idx, w, scores) = router(logits, bias)  cuda::router_fwd (spec §2.1)
 //   permutation: assignments sorted expert-major (stable), each expert's rows padded to the FP8
 //     tile (128) under fp8; ONE device->host copy of the expert row offsets per layer and forward,
-//     which the grouped GEMMs need on the host
+//     which the cuBLASLt grouped GEMMs need on the host (none under bf16 on sm_90: the grouped
+//     kernels there read the offsets on the device, GpuGroupedLinear::device_offsets_only)
 //   xp = permute(x); gu = xp · [W_gate;W_up]_e^T; h = swiglu(gu); out = h · W_down_e^T (grouped)
 //   y = shared_experts(x) + sum_k w_k out[row(t,k)]    (combine_fwd, k in order)
 // forward writes this layer's complementary sequence-wise balance loss (spec §2.3) to a device
@@ -79,7 +80,7 @@ class GpuMoe {
     cuda::DeviceArray<int64_t> expert_offsets;  // [E+1] padded row offsets
     cuda::DeviceArray<int32_t> assignment_row;  // [rows*K]
     cuda::DeviceArray<int32_t> row_assignment;  // [padded rows bound]
-    std::vector<int64_t> host_offsets;          // [E+1]
+    std::vector<int64_t> host_offsets;          // [E+1], empty when device offsets suffice
     cuda::DeviceArray<T> xp;                    // [padded, hidden] (fp32/bf16 experts)
     cuda::DeviceArray<T> gu;                    // [padded, 2*inter] (fp32/bf16 experts)
     cuda::DeviceArray<uint8_t> gu_q;            // [padded, 2*inter] FP8 (fp8 experts)
