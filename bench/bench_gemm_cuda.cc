@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "core/cuda_check.h"
+#include "cuda_bench_timing.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/gemm/gemm_cuda.h"
@@ -41,6 +42,8 @@
 using namespace frugal;
 using cuda::DataType;
 using cuda::DeviceBuffer;
+
+using bench::fill;
 
 namespace {
 
@@ -53,15 +56,6 @@ constexpr int64_t kPatternElements = int64_t{1} << 22;
 // ---- Device data
 // ---------------------------------------------------------------------------------
 
-template <class T>
-void fill(DeviceBuffer<T>& buffer, const std::vector<T>& pattern) {
-  for (size_t done = 0; done < buffer.size();) {
-    const size_t count = std::min(pattern.size(), buffer.size() - done);
-    FRUGAL_CUDA_CHECK(cudaMemcpy(buffer.data() + done, pattern.data(), count * sizeof(T),
-                                 cudaMemcpyHostToDevice));
-    done += count;
-  }
-}
 
 struct Patterns {
   std::vector<uint16_t> bf16;
@@ -113,43 +107,6 @@ struct Fp8Matrix {
   }
 };
 
-// ---- Timing
-// --------------------------------------------------------------------------------------
-
-class Timer {
- public:
-  Timer() {
-    FRUGAL_CUDA_CHECK(cudaEventCreate(&start_));
-    FRUGAL_CUDA_CHECK(cudaEventCreate(&stop_));
-  }
-  ~Timer() {
-    cudaEventDestroy(start_);
-    cudaEventDestroy(stop_);
-  }
-  // Median seconds of one call.
-  double median_seconds(const std::function<void()>& op, cudaStream_t stream) {
-    for (int i = 0; i < kWarmup; ++i) op();
-    const double once = sample(op, 1, stream);
-    const int inner = static_cast<int>(
-        std::clamp(std::ceil(kMinSampleSeconds / std::max(once, 1e-7)), 1.0, 1000.0));
-    std::vector<double> samples;
-    for (int s = 0; s < kSamples; ++s) samples.push_back(sample(op, inner, stream) / inner);
-    std::sort(samples.begin(), samples.end());
-    return samples[samples.size() / 2];
-  }
-
- private:
-  double sample(const std::function<void()>& op, int inner, cudaStream_t stream) {
-    FRUGAL_CUDA_CHECK(cudaEventRecord(start_, stream));
-    for (int i = 0; i < inner; ++i) op();
-    FRUGAL_CUDA_CHECK(cudaEventRecord(stop_, stream));
-    FRUGAL_CUDA_CHECK(cudaEventSynchronize(stop_));
-    float ms = 0;
-    FRUGAL_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
-    return ms * 1e-3;
-  }
-  cudaEvent_t start_ = nullptr, stop_ = nullptr;
-};
 
 // ---- A plain cuBLASLt call, written out here ----------------------------------------------------
 
@@ -292,7 +249,7 @@ struct Bench {
   cuda::BlasHandle blas;
   cublasLtHandle_t direct_handle = nullptr;
   DeviceBuffer<uint8_t> direct_workspace{kWorkspaceBytes};
-  Timer timer;
+  bench::EventTimer timer{kWarmup, kSamples, kMinSampleSeconds};
   nlohmann::json rows = nlohmann::json::array();
 
   Bench() {
