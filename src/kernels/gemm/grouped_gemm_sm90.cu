@@ -9,8 +9,7 @@
 // thread issues TMA, registers given back with setmaxnreg), warpgroups 1 and 2 are consumers, each
 // owning 64 rows of the tile (wgmma m64nNk16, fp32 accumulators in registers) and keeping one
 // wgmma batch in flight. bf16 outputs are stored 16 bytes per lane after a transpose within each
-// lane quad (the direct 4-byte stores, still selectable with FRUGAL_GROUPED_GEMM_EPILOGUE=direct,
-// cost ~10-25% at these shapes); fp32 dW with float2 read-add-writes. (Clusters of two CTAs
+// lane quad (direct 4-byte stores were measured 10-25% slower at these shapes); fp32 dW with float2 read-add-writes. (Clusters of two CTAs
 // sharing B through TMA multicast, ping-pong warpgroups and 128-wide tiles everywhere were
 // measured no faster on an H200 at bench-1b's shapes.)
 //
@@ -62,7 +61,6 @@ struct Params {
   int k;
   void* out;
   bool accumulate;
-  bool quad_epilogue;  // bf16 outputs: 16-byte stores after a transpose within each lane quad
 };
 
 template <int kBN>
@@ -268,7 +266,7 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
     } else {
       const int ld = gemm_columns<kOp>(p);
       __nv_bfloat16* out = static_cast<__nv_bfloat16*>(p.out);
-      if (p.quad_epilogue) {
+      {
         // Lane c of a quad gathers n8 block 4 q + c of its row from the quad's four lanes (each
         // holds 2 columns of every block) and stores those 8 columns with one 16-byte store.
         const int c = lane % 4;
@@ -301,18 +299,6 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
                   make_uint4(slot(0), slot(1), slot(2), slot(3));
           }
         }
-        continue;
-      }
-      const int row_in_tile = half * 64 + (warp % 4) * 16 + lane / 4;
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int r = tile.row0 + row_in_tile + 8 * e;
-        if (r >= tile.row_end) continue;
-        __nv_bfloat16* row = out + static_cast<int64_t>(r) * ld + column;
-#pragma unroll
-        for (int q = 0; q < kBN / 8; ++q)
-          *reinterpret_cast<__nv_bfloat162*>(row + 8 * q) =
-              __floats2bfloat162_rn(acc[4 * q + 2 * e], acc[4 * q + 2 * e + 1]);
       }
     }
   }
@@ -502,12 +488,8 @@ void check_arguments(const char* what, int64_t groups, const int64_t* offsets, i
 
 Params make_params(int64_t groups, const int64_t* offsets, int64_t max_rows, int64_t n,
                    int64_t k, void* out, bool accumulate) {
-  static const bool quad = [] {
-    const char* value = std::getenv("FRUGAL_GROUPED_GEMM_EPILOGUE");
-    return !(value != nullptr && std::strcmp(value, "direct") == 0);
-  }();
   return Params{offsets, static_cast<int>(groups), static_cast<int>(max_rows), static_cast<int>(n),
-                static_cast<int>(k), out, accumulate, quad};
+                static_cast<int>(k), out, accumulate};
 }
 
 }  // namespace
