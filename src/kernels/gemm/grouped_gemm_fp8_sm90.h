@@ -23,7 +23,7 @@
 // FP32 and then added to the FP32 result multiplied by its two scales (A's tile scale of the row
 // times B's block scale, or under wgrad the two rows' tile scales). Results equal the cuBLASLt
 // FP8 grouped calls within the rounding of FP32 accumulation order and of the BF16 output, and a
-// CPU emulation of the same quantization (cpu::gemm_fp8 in gemm_fp8.h) within 1e-3 relative.
+// CPU emulation of the same quantization (cpu::gemm_fp8_nt_emulated, gemm_fp8.h) within 1e-3 relative.
 // Deterministic: the same inputs give the same bits run to run (no atomics, no split-K).
 //
 // Only for sm_90 devices and shapes with grouped_gemm_fp8_sm90_supported(n, k) (n and k multiples
