@@ -131,8 +131,10 @@ __device__ __forceinline__ void copy_wgrad_stage(const Params& p, const Tile& ti
                                                  uint32_t scales_dst, int thread) {
   // dyT_g [N, rows_g] at dyT + row0 * N: rows m0.. ; xT_g [K, rows_g] at xT + row0 * K: rows n0..
   const int64_t pitch = tile.rows;
-  const uint8_t* a_src = p.a + static_cast<int64_t>(tile.row0) * p.n + tile.m0 * pitch + step * kTile;
-  const uint8_t* b_src = p.b + static_cast<int64_t>(tile.row0) * p.k + tile.n0 * pitch + step * kTile;
+  const uint8_t* a_src =
+      p.a + static_cast<int64_t>(tile.row0) * p.n + tile.m0 * pitch + step * kTile;
+  const uint8_t* b_src =
+      p.b + static_cast<int64_t>(tile.row0) * p.k + tile.n0 * pitch + step * kTile;
 #pragma unroll
   for (int j = 0; j < kTile * 8 / kProducerThreads; ++j) {
     const int chunk = thread + j * kProducerThreads;  // 8 chunks of 16 bytes per tile row
@@ -327,14 +329,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     sm90::fence_barrier_init();
   }
   if (warp == 0) {
-    // Group rows clamped to [0, rows_limit] and (nt) the prefix of whole row tiles per group.
+    // Group rows clamped to [0, rows_limit] and (nt) the prefix of row tiles per group.
     int carry = 0;
     for (int base = 0; base < p.groups; base += 32) {
       const int g = base + lane;
       int count = 0;
       if (g < p.groups) {
-        const int64_t b64 = min(max(p.offsets[g], int64_t{0}), int64_t{p.rows_limit});
-        const int64_t e64 = min(max(p.offsets[g + 1], b64), int64_t{p.rows_limit});
+        // Rounded down to whole tiles: offsets that break the contract (not multiples of 128)
+        // give wrong results but never misaligned or out-of-range accesses.
+        const int64_t b64 =
+            min(max(p.offsets[g], int64_t{0}), int64_t{p.rows_limit}) & ~int64_t{127};
+        const int64_t e64 =
+            min(max(p.offsets[g + 1], b64), int64_t{p.rows_limit}) & ~int64_t{127};
         s.row_begin[g] = static_cast<int>(b64);
         s.row_end[g] = static_cast<int>(e64);
         count = static_cast<int>((e64 - b64) / kTile);
