@@ -53,8 +53,8 @@ constexpr int kStageScales = 2 * kTile;       // wgrad: 128 dyT scales (rows m),
 constexpr int kThreads = 384;
 constexpr int kProducerThreads = 128;
 constexpr int kConsumerWarps = 8;
-constexpr int kProducerRegs = 56;
-constexpr int kConsumerRegs = 224;            // 128 * 56 + 256 * 224 = 64512 <= 65536
+constexpr int kProducerRegs = 88;            // wgrad address arithmetic spills below
+constexpr int kConsumerRegs = 208;            // 128 * 88 + 256 * 208 = 64512 = 384 * 168
 constexpr int kCopyLag = 2;                   // wgrad: steps between a copy and its publication
 static_assert(kCopyLag < kStages, "the producer must publish a stage before it needs it again");
 constexpr int kSharedBytes = 1024 + kRingBytes + kStages * kStageScales * 4 + 2 * kStages * 8 +
