@@ -1,0 +1,564 @@
+// Grouped FP8 GEMMs of an MoE layer on Hopper tensor cores (see grouped_gemm_fp8_sm90.h for the
+// contract and the operand / scale layouts). One persistent kernel per call, templated on:
+//   nt     y[rows,N] = A[rows,K] · B_g[N,K]^T      tile: 128 rows of A x 128 rows of B_g (N)
+//   wgrad  dW_g[N,K] (+)= dyT_g · xT_g^T           tile: 128 rows of dyT_g (N) x 128 of xT_g (K)
+// Both operands are K-major (the reduction contiguous), as FP8 wgmma needs. CTA tile 128 x 128,
+// reduction step 128 (one 128-byte swizzle row of E4M3 = one scale block), a 6-stage ring of
+// 16 KB + 16 KB in shared memory. 384 threads: warpgroup 0 produces, warpgroups 1 and 2 consume,
+// each owning 64 rows of the tile (4 wgmma m64n128k32 per step).
+//   nt loads with TMA (128-byte swizzle; one thread): A boxes at rows offsets[g] + 128 i, B_g
+//     boxes at rows g*N + n0. The consumers read their scales with __ldg one step ahead.
+//   wgrad: group g's operands have a row pitch of rows_g, which no single tensor map describes,
+//     so all 128 producer threads copy the tiles with 16-byte cp.async into the 128-byte-swizzled
+//     layout (chunk c of tile row r at r*128 + 16*(c ^ r%8), what TMA's SWIZZLE_128B writes), plus
+//     the step's 128 + 128 scales. A stage is published kCopyLag steps later: cp.async.wait_group,
+//     fence.proxy.async (generic-proxy writes made visible to wgmma) and an mbarrier arrival by
+//     each of the 128 producer threads.
+// Promotion (spec §4): each step's four wgmma accumulate into a temporary fragment (the first one
+// with scale-d 0, which zeroes it); after wgmma.wait the consumer adds tmp * scale into the FP32
+// accumulators: nt scale = a_scale(row, step) * b_scale(n block, step); wgrad scale =
+// dyT_scale(row block step, m) * xT_scale(step, n) per element (outer product).
+// Scheduling from the device offsets only: each CTA loads them into shared memory, clamps them to
+// [0, floor(max_rows / 128) * 128] and (nt) forms the prefix of row tiles per group. Tiles
+// t = blockIdx.x, + gridDim.x, ...: nt t -> (row-tile slot, N tile), the slot mapped to (group,
+// tile) by a binary search; wgrad t -> (group, N tile, K tile), reducing over the group's rows.
+// Offsets are multiples of 128, so a tile never straddles two groups; every output element is
+// written by one CTA with a fixed order: deterministic.
+#include "kernels/gemm/grouped_gemm_fp8_sm90.h"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/cuda_check.h"
+#include "kernels/gemm/grouped_gemm_fp8_sm90.cuh"
+#include "kernels/gemm/grouped_gemm_sm90.cuh"
+
+namespace frugal::cuda {
+namespace {
+
+enum class Fp8Op { NT, Wgrad };
+
+constexpr int kMaxGroups = 256;
+constexpr int kTile = 128;                    // tile rows, tile columns and reduction step
+constexpr int kTileBytes = kTile * kTile;     // one 128 x 128 E4M3 operand tile: 16 KB
+constexpr int kStages = 6;
+constexpr int kStageBytes = 2 * kTileBytes;   // A tile, then B tile
+constexpr int kRingBytes = kStages * kStageBytes;
+constexpr int kStageScales = 2 * kTile;       // wgrad: 128 dyT scales (rows m), 128 xT scales (n)
+constexpr int kThreads = 384;
+constexpr int kProducerThreads = 128;
+constexpr int kConsumerWarps = 8;
+constexpr int kProducerRegs = 88;            // wgrad address arithmetic spills below
+constexpr int kConsumerRegs = 208;            // 128 * 88 + 256 * 208 = 64512 = 384 * 168
+constexpr int kCopyLag = 2;                   // wgrad: steps between a copy and its publication
+static_assert(kCopyLag < kStages, "the producer must publish a stage before it needs it again");
+constexpr int kSharedBytes = 1024 + kRingBytes + kStages * kStageScales * 4 + 2 * kStages * 8 +
+                             (kMaxGroups + 1 + 2 * kMaxGroups) * 4;
+
+struct Params {
+  const int64_t* offsets;
+  int groups;
+  int rows_limit;  // floor(max_rows / 128) * 128: offsets are clamped to it
+  int n;
+  int k;
+  const uint8_t* a;  // wgrad: dyT (cp.async source); nt: unused (TMA)
+  const float* a_scales;
+  const uint8_t* b;  // wgrad: xT; nt: unused
+  const float* b_scales;
+  void* out;
+  bool accumulate;
+};
+
+struct Schedule {
+  int* tile_prefix;  // [groups + 1] (nt)
+  int* row_begin;    // [groups]
+  int* row_end;      // [groups]
+};
+
+struct Tile {
+  int group;
+  int row0;   // nt: first row of the A box; wgrad: the group's first row
+  int rows;   // the group's rows
+  int m0;     // wgrad: first dW row (N index)
+  int n0;     // first output column (nt: N index; wgrad: K index)
+  int steps;  // reduction steps of 128
+};
+
+template <Fp8Op kOp>
+__device__ __forceinline__ bool decode_tile(int t, const Params& p, const Schedule& s,
+                                            Tile& tile) {
+  if constexpr (kOp == Fp8Op::Wgrad) {
+    const int k_tiles = p.k / kTile;
+    const int per_group = (p.n / kTile) * k_tiles;
+    const int g = t / per_group;
+    if (g >= p.groups) return false;
+    const int rem = t - g * per_group;
+    tile.group = g;
+    tile.m0 = (rem / k_tiles) * kTile;
+    tile.n0 = (rem % k_tiles) * kTile;
+    tile.row0 = s.row_begin[g];
+    tile.rows = s.row_end[g] - s.row_begin[g];
+    tile.steps = tile.rows / kTile;
+  } else {
+    const int column_tiles = p.n / kTile;
+    const int slot = t / column_tiles;
+    if (slot >= s.tile_prefix[p.groups]) return false;
+    // Largest g with tile_prefix[g] <= slot (skips empty groups, whose prefix repeats).
+    int lo = 0, hi = p.groups - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (s.tile_prefix[mid] <= slot) lo = mid; else hi = mid - 1;
+    }
+    tile.group = lo;
+    tile.m0 = 0;
+    tile.n0 = (t - slot * column_tiles) * kTile;
+    tile.row0 = s.row_begin[lo] + (slot - s.tile_prefix[lo]) * kTile;
+    tile.rows = s.row_end[lo] - s.row_begin[lo];
+    tile.steps = p.k / kTile;
+  }
+  return true;
+}
+
+// wgrad producer: all 128 threads copy step `step` of `tile` into stage `stage` (tiles and scales)
+// and commit one cp.async group.
+__device__ __forceinline__ void copy_wgrad_stage(const Params& p, const Tile& tile, int step,
+                                                 uint32_t a_dst, uint32_t b_dst,
+                                                 uint32_t scales_dst, int thread) {
+  // dyT_g [N, rows_g] at dyT + row0 * N: rows m0.. ; xT_g [K, rows_g] at xT + row0 * K: rows n0..
+  const int64_t pitch = tile.rows;
+  const uint8_t* a_src =
+      p.a + static_cast<int64_t>(tile.row0) * p.n + tile.m0 * pitch + step * kTile;
+  const uint8_t* b_src =
+      p.b + static_cast<int64_t>(tile.row0) * p.k + tile.n0 * pitch + step * kTile;
+#pragma unroll
+  for (int j = 0; j < kTile * 8 / kProducerThreads; ++j) {
+    const int chunk = thread + j * kProducerThreads;  // 8 chunks of 16 bytes per tile row
+    const int r = chunk >> 3, c = chunk & 7;
+    const uint32_t offset = r * 128 + ((c ^ (r & 7)) << 4);
+    sm90::cp_async_16(a_dst + offset, a_src + r * pitch + c * 16);
+    sm90::cp_async_16(b_dst + offset, b_src + r * pitch + c * 16);
+  }
+  // Scales of row block (row0 / 128 + step): dyT [..][N] from m0, xT [..][K] from n0.
+  if (thread < 64) {
+    const int64_t block = tile.row0 / kTile + step;
+    const float* src = thread < 32 ? p.a_scales + block * p.n + tile.m0 + thread * 4
+                                   : p.b_scales + block * p.k + tile.n0 + (thread - 32) * 4;
+    sm90::cp_async_16(scales_dst + thread * 16, src);
+  }
+  sm90::cp_async_commit();
+}
+
+// The consumer warpgroups' loop over tiles (see the kernel).
+template <Fp8Op kOp>
+__device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint8_t* ring,
+                                        const float* stage_scales, uint64_t* full, uint64_t* empty,
+                                        int first_tile, int tile_stride) {
+  sm90::setmaxnreg_inc<kConsumerRegs>();
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int w = threadIdx.x / 128 - 1;  // this warpgroup's 64 rows of the tile: [64 w, 64 w + 64)
+  const int row_in_tile = w * 64 + (warp % 4) * 16 + lane / 4;  // and + 8
+  const int quad_column = (lane % 4) * 2;
+  float acc[64];
+  float tmp[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) tmp[i] = 0.0f;
+  int position = 0;  // index of the next reduction step in the ring
+  Tile tile;
+  for (int t = first_tile; decode_tile<kOp>(t, p, s, tile); t += tile_stride) {
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+    // nt scales: A's [K/128][rows_g] of the group (this thread's two rows), B's block row n0/128.
+    const float* a_scales_rows = nullptr;
+    const float* b_scales_row = nullptr;
+    float next_a0 = 0.0f, next_a1 = 0.0f, next_b = 0.0f;
+    if constexpr (kOp == Fp8Op::NT) {
+      const int g = tile.group;
+      const int group_begin = s.row_begin[g];
+      a_scales_rows = p.a_scales + static_cast<int64_t>(group_begin) * (p.k / kTile) +
+                      (tile.row0 - group_begin + row_in_tile);
+      b_scales_row = p.b_scales + (static_cast<int64_t>(g) * (p.n / kTile) + tile.n0 / kTile) *
+                                      (p.k / kTile);
+      if (tile.steps > 0) {
+        next_a0 = __ldg(a_scales_rows);
+        next_a1 = __ldg(a_scales_rows + 8);
+        next_b = __ldg(b_scales_row);
+      }
+    }
+    for (int step = 0; step < tile.steps; ++step, ++position) {
+      const int stage = position % kStages;
+      const uint32_t phase = (position / kStages) & 1;
+      float scale0 = 0.0f, scale1 = 0.0f;
+      if constexpr (kOp == Fp8Op::NT) {
+        scale0 = next_a0 * next_b;
+        scale1 = next_a1 * next_b;
+        if (step + 1 < tile.steps) {  // the next step's scales load while this one computes
+          const int64_t at = static_cast<int64_t>(step + 1) * tile.rows;
+          next_a0 = __ldg(a_scales_rows + at);
+          next_a1 = __ldg(a_scales_rows + at + 8);
+          next_b = __ldg(b_scales_row + step + 1);
+        }
+      }
+      sm90::mbarrier_wait(sm90::smem_address(&full[stage]), phase);
+      const uint32_t a_base = sm90::smem_address(ring + stage * kStageBytes);
+      const uint32_t b_base = a_base + kTileBytes;
+      sm90::wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kTile / 32; ++kk) {
+        // K-major, 128-byte rows: k32 slice kk starts 32 bytes in; this warpgroup's 64 A rows
+        // start 8 KB * w in.
+        const uint64_t desc_a = sm90::make_descriptor(a_base + w * 64 * 128 + kk * 32, 16, 1024);
+        const uint64_t desc_b = sm90::make_descriptor(b_base + kk * 32, 16, 1024);
+        sm90::wgmma_m64n128k32_e4m3(tmp, desc_a, desc_b, kk > 0 ? 1 : 0);
+      }
+      sm90::wgmma_commit();
+      sm90::wgmma_wait<0>();
+      // Promotion: acc += tmp * scale.
+      if constexpr (kOp == Fp8Op::NT) {
+#pragma unroll
+        for (int q = 0; q < 16; ++q) {
+          acc[4 * q + 0] = fmaf(tmp[4 * q + 0], scale0, acc[4 * q + 0]);
+          acc[4 * q + 1] = fmaf(tmp[4 * q + 1], scale0, acc[4 * q + 1]);
+          acc[4 * q + 2] = fmaf(tmp[4 * q + 2], scale1, acc[4 * q + 2]);
+          acc[4 * q + 3] = fmaf(tmp[4 * q + 3], scale1, acc[4 * q + 3]);
+        }
+      } else {
+        const float* scales = stage_scales + stage * kStageScales;
+        const float row0_scale = scales[row_in_tile];
+        const float row1_scale = scales[row_in_tile + 8];
+#pragma unroll
+        for (int q = 0; q < 16; ++q) {
+          const float2 column_scale =
+              *reinterpret_cast<const float2*>(scales + kTile + 8 * q + quad_column);
+          acc[4 * q + 0] = fmaf(tmp[4 * q + 0], row0_scale * column_scale.x, acc[4 * q + 0]);
+          acc[4 * q + 1] = fmaf(tmp[4 * q + 1], row0_scale * column_scale.y, acc[4 * q + 1]);
+          acc[4 * q + 2] = fmaf(tmp[4 * q + 2], row1_scale * column_scale.x, acc[4 * q + 2]);
+          acc[4 * q + 3] = fmaf(tmp[4 * q + 3], row1_scale * column_scale.y, acc[4 * q + 3]);
+        }
+      }
+      // The stage (tiles and, wgrad, scales) is no longer read by this warp.
+      __syncwarp();
+      if (lane == 0) sm90::mbarrier_arrive(sm90::smem_address(&empty[stage]));
+    }
+
+    // ---- Epilogue (fragment: rows row_in_tile (+8), n8 block q holds columns 8 q + quad_column).
+    if constexpr (kOp == Fp8Op::Wgrad) {
+      if (tile.steps == 0 && p.accumulate) continue;  // empty group: dW_g stays as it was
+      float* dw = static_cast<float*>(p.out) + static_cast<int64_t>(tile.group) * p.n * p.k;
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float* row = dw + static_cast<int64_t>(tile.m0 + row_in_tile + 8 * e) * p.k + tile.n0 +
+                     quad_column;
+#pragma unroll
+        for (int q = 0; q < 16; ++q) {
+          float2 value = make_float2(acc[4 * q + 2 * e], acc[4 * q + 2 * e + 1]);
+          float2* target = reinterpret_cast<float2*>(row + 8 * q);
+          if (p.accumulate) {
+            const float2 old = *target;
+            value.x += old.x;
+            value.y += old.y;
+          }
+          *target = value;
+        }
+      }
+    } else {
+      // bf16: lane c of each quad gathers n8 block 4 j + c of its row from the quad's four lanes
+      // (each holds 2 columns of every block) and stores those 8 columns with one 16-byte store.
+      __nv_bfloat16* out = static_cast<__nv_bfloat16*>(p.out);
+      const int c = lane % 4;
+      const int group_end = s.row_end[tile.group];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int r = tile.row0 + row_in_tile + 8 * e;
+        __nv_bfloat16* row = out + static_cast<int64_t>(r) * p.n + tile.n0;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          uint32_t v[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int base = 4 * (4 * j + i) + 2 * e;
+            const __nv_bfloat162 pair = __floats2bfloat162_rn(acc[base], acc[base + 1]);
+            v[i] = *reinterpret_cast<const uint32_t*>(&pair);
+          }
+          auto pick = [&](int i) { return i == 0 ? v[0] : i == 1 ? v[1] : i == 2 ? v[2] : v[3]; };
+          // Lane c receives from lane c ^ d its value for block 4 j + c.
+          const uint32_t from1 = __shfl_xor_sync(0xffffffffu, pick(c ^ 1), 1);
+          const uint32_t from2 = __shfl_xor_sync(0xffffffffu, pick(c ^ 2), 2);
+          const uint32_t from3 = __shfl_xor_sync(0xffffffffu, pick(c ^ 3), 3);
+          auto from = [&](int source) {
+            const int d = source ^ c;
+            return d == 0 ? pick(c) : d == 1 ? from1 : d == 2 ? from2 : from3;
+          };
+          if (r < group_end)
+            *reinterpret_cast<uint4*>(row + 8 * (4 * j + c)) =
+                make_uint4(from(0), from(1), from(2), from(3));
+        }
+      }
+    }
+  }
+}
+
+template <Fp8Op kOp>
+__global__ void __launch_bounds__(kThreads, 1)
+    grouped_gemm_fp8_kernel(const __grid_constant__ CUtensorMap map_a,
+                            const __grid_constant__ CUtensorMap map_b, const Params p) {
+  extern __shared__ uint8_t shared_raw[];
+  uint8_t* ring = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~static_cast<uintptr_t>(1023));
+  float* stage_scales = reinterpret_cast<float*>(ring + kRingBytes);  // [kStages][256] (wgrad)
+  uint64_t* full = reinterpret_cast<uint64_t*>(stage_scales + kStages * kStageScales);
+  uint64_t* empty = full + kStages;
+  Schedule s;
+  s.tile_prefix = reinterpret_cast<int*>(empty + kStages);
+  s.row_begin = s.tile_prefix + kMaxGroups + 1;
+  s.row_end = s.row_begin + kMaxGroups;
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kStages; ++i) {
+      // nt: the TMA thread's arrive.expect_tx; wgrad: every producer thread, after its copies.
+      sm90::mbarrier_init(sm90::smem_address(&full[i]), kOp == Fp8Op::NT ? 1 : kProducerThreads);
+      sm90::mbarrier_init(sm90::smem_address(&empty[i]), kConsumerWarps);
+    }
+    sm90::fence_barrier_init();
+  }
+  if (warp == 0) {
+    // Group rows clamped to [0, rows_limit] and (nt) the prefix of row tiles per group.
+    int carry = 0;
+    for (int base = 0; base < p.groups; base += 32) {
+      const int g = base + lane;
+      int count = 0;
+      if (g < p.groups) {
+        // Rounded down to whole tiles: offsets that break the contract (not multiples of 128)
+        // give wrong results but never misaligned or out-of-range accesses.
+        const int64_t b64 =
+            min(max(p.offsets[g], int64_t{0}), int64_t{p.rows_limit}) & ~int64_t{127};
+        const int64_t e64 =
+            min(max(p.offsets[g + 1], b64), int64_t{p.rows_limit}) & ~int64_t{127};
+        s.row_begin[g] = static_cast<int>(b64);
+        s.row_end[g] = static_cast<int>(e64);
+        count = static_cast<int>((e64 - b64) / kTile);
+      }
+#pragma unroll
+      for (int d = 1; d < 32; d *= 2) {
+        const int other = __shfl_up_sync(0xffffffffu, count, d);
+        if (lane >= d) count += other;
+      }
+      if (g < p.groups) s.tile_prefix[g + 1] = carry + count;
+      carry += __shfl_sync(0xffffffffu, count, 31);
+    }
+    if (lane == 0) s.tile_prefix[0] = 0;
+  }
+  __syncthreads();
+
+  const int first_tile = blockIdx.x;
+  const int tile_stride = gridDim.x;
+  if (threadIdx.x < kProducerThreads) {
+    sm90::setmaxnreg_dec<kProducerRegs>();
+    Tile tile;
+    if constexpr (kOp == Fp8Op::NT) {
+      // ---- One thread issues the TMA loads of A and B_g, one stage per reduction step.
+      if (threadIdx.x == 0) {
+        sm90::prefetch_tensor_map(&map_a);
+        sm90::prefetch_tensor_map(&map_b);
+        int position = 0;
+        for (int t = first_tile; decode_tile<kOp>(t, p, s, tile); t += tile_stride) {
+          for (int step = 0; step < tile.steps; ++step, ++position) {
+            const int stage = position % kStages;
+            const uint32_t phase = (position / kStages) & 1;
+            sm90::mbarrier_wait(sm90::smem_address(&empty[stage]), phase ^ 1);
+            const uint32_t bar = sm90::smem_address(&full[stage]);
+            sm90::mbarrier_arrive_expect_tx(bar, kStageBytes);
+            const uint32_t a_dst = sm90::smem_address(ring + stage * kStageBytes);
+            sm90::tma_load_2d(a_dst, &map_a, bar, step * kTile, tile.row0);
+            sm90::tma_load_2d(a_dst + kTileBytes, &map_b, bar, step * kTile,
+                              tile.group * p.n + tile.n0);
+          }
+        }
+      }
+    } else {
+      // ---- All 128 threads copy with cp.async; stage `position` is published after the copies
+      // of position + kCopyLag are issued (or at the end).
+      const int thread = threadIdx.x;
+      int position = 0;
+      for (int t = first_tile; decode_tile<kOp>(t, p, s, tile); t += tile_stride) {
+        for (int step = 0; step < tile.steps; ++step, ++position) {
+          const int stage = position % kStages;
+          const uint32_t phase = (position / kStages) & 1;
+          sm90::mbarrier_wait(sm90::smem_address(&empty[stage]), phase ^ 1);
+          const uint32_t a_dst = sm90::smem_address(ring + stage * kStageBytes);
+          copy_wgrad_stage(p, tile, step, a_dst, a_dst + kTileBytes,
+                           sm90::smem_address(stage_scales + stage * kStageScales), thread);
+          if (position >= kCopyLag) {
+            sm90::cp_async_wait<kCopyLag>();  // the copies of position - kCopyLag have landed
+            sm90::fence_proxy_async_shared();
+            sm90::mbarrier_arrive(sm90::smem_address(&full[(position - kCopyLag) % kStages]));
+          }
+        }
+      }
+      sm90::cp_async_wait<0>();
+      sm90::fence_proxy_async_shared();
+      for (int q = max(0, position - kCopyLag); q < position; ++q)
+        sm90::mbarrier_arrive(sm90::smem_address(&full[q % kStages]));
+    }
+  } else {
+    consume<kOp>(p, s, ring, stage_scales, full, empty, first_tile, tile_stride);
+  }
+}
+
+// ---- Host side
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* function = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    FRUGAL_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &function, 12000,
+                                                       cudaEnableDefault, &found));
+    FRUGAL_CUDA_REQUIRE(found == cudaDriverEntryPointSuccess && function != nullptr,
+                        "grouped_gemm_fp8_sm90: the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function);
+  }();
+  return encode;
+}
+
+// Row-major E4M3 matrix [outer, inner] read in 128 x 128 boxes with the 128-byte swizzle.
+CUtensorMap make_tensor_map(const void* base, int64_t inner, int64_t outer) {
+  CUtensorMap map;
+  std::memset(&map, 0, sizeof map);
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(outer)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(inner)};
+  const cuuint32_t box[2] = {kTile, kTile};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult result = tensor_map_encoder()(
+      &map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base), dims, strides, box,
+      element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  FRUGAL_CUDA_REQUIRE(result == CUDA_SUCCESS,
+                      "grouped_gemm_fp8_sm90: cuTensorMapEncodeTiled failed");
+  return map;
+}
+
+int current_sm_count() {
+  static int counts[64] = {};
+  int device = 0;
+  FRUGAL_CUDA_CHECK(cudaGetDevice(&device));
+  FRUGAL_CUDA_REQUIRE(device >= 0 && device < 64,
+                      "grouped_gemm_fp8_sm90: device index out of range");
+  if (counts[device] == 0) {
+    int count = 0;
+    FRUGAL_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    counts[device] = count;
+  }
+  return counts[device];
+}
+
+// A persistent grid of one CTA per SM, or one per tile when there are fewer tiles.
+template <Fp8Op kOp>
+void launch(const CUtensorMap& map_a, const CUtensorMap& map_b, const Params& p, int64_t tiles,
+            cudaStream_t stream) {
+  auto* kernel = grouped_gemm_fp8_kernel<kOp>;
+  static const bool configured = [&] {
+    FRUGAL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           kSharedBytes));
+    return true;
+  }();
+  (void)configured;
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(current_sm_count(), tiles));
+  kernel<<<static_cast<unsigned>(blocks), kThreads, kSharedBytes, stream>>>(map_a, map_b, p);
+  FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+bool aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
+
+void check_arguments(int64_t groups, const int64_t* offsets, int64_t max_rows, int64_t n,
+                     int64_t k, const void* a, const float* a_scales, const void* b,
+                     const float* b_scales, const void* out) {
+  FRUGAL_CUDA_REQUIRE(groups >= 0 && groups <= kMaxGroups,
+                      "grouped_gemm_fp8_sm90: groups must be in [0, 256]");
+  FRUGAL_CUDA_REQUIRE(offsets != nullptr, "grouped_gemm_fp8_sm90: device_offsets is null");
+  FRUGAL_CUDA_REQUIRE(max_rows >= 0 && max_rows < (int64_t{1} << 31),
+                      "grouped_gemm_fp8_sm90: max_rows must be in [0, 2^31)");
+  FRUGAL_CUDA_REQUIRE(n > 0 && k > 0 && n % 128 == 0 && k % 128 == 0,
+                      "grouped_gemm_fp8_sm90: n and k must be positive multiples of 128");
+  FRUGAL_CUDA_REQUIRE(n < (int64_t{1} << 20) && k < (int64_t{1} << 20),
+                      "grouped_gemm_fp8_sm90: n and k must be below 2^20");
+  FRUGAL_CUDA_REQUIRE(groups * n < (int64_t{1} << 31) && max_rows * (k / 128) < (int64_t{1} << 31),
+                      "grouped_gemm_fp8_sm90: groups * n or the scale count too large");
+  FRUGAL_CUDA_REQUIRE(a != nullptr && b != nullptr && a_scales != nullptr && b_scales != nullptr &&
+                          out != nullptr,
+                      "grouped_gemm_fp8_sm90: an operand, scale or output pointer is null");
+  FRUGAL_CUDA_REQUIRE(aligned16(a) && aligned16(b) && aligned16(a_scales) &&
+                          aligned16(b_scales) && aligned16(out),
+                      "grouped_gemm_fp8_sm90: operands, scales and output must be 16-byte aligned");
+}
+
+Params make_params(int64_t groups, const int64_t* offsets, int64_t max_rows, int64_t n,
+                   int64_t k, const uint8_t* a, const float* a_scales, const uint8_t* b,
+                   const float* b_scales, void* out, bool accumulate) {
+  return Params{offsets,  static_cast<int>(groups), static_cast<int>(max_rows / kTile * kTile),
+                static_cast<int>(n), static_cast<int>(k), a, a_scales, b, b_scales, out,
+                accumulate};
+}
+
+}  // namespace
+
+bool grouped_gemm_fp8_sm90_supported(int64_t n, int64_t k) {
+  static const bool sm90 = [] {
+    int device = 0;
+    cudaDeviceProp prop{};
+    if (cudaGetDevice(&device) != cudaSuccess) return false;
+    if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return false;
+    return prop.major == 9 && prop.minor == 0;
+  }();
+  return sm90 && n > 0 && k > 0 && n % 128 == 0 && k % 128 == 0 && n < (int64_t{1} << 20) &&
+         k < (int64_t{1} << 20);
+}
+
+bool grouped_gemm_fp8_sm90_enabled() {
+  static const bool enabled = [] {
+    const char* value = std::getenv("FRUGAL_GROUPED_GEMM_FP8");
+    return !(value != nullptr && std::strcmp(value, "cublas") == 0);
+  }();
+  return enabled;
+}
+
+void grouped_gemm_fp8_sm90_nt(int64_t groups, const int64_t* device_offsets, int64_t max_rows,
+                              int64_t n, int64_t k, const uint8_t* a, const float* a_scales,
+                              const uint8_t* b, const float* b_scales, __nv_bfloat16* y,
+                              cudaStream_t stream) {
+  check_arguments(groups, device_offsets, max_rows, n, k, a, a_scales, b, b_scales, y);
+  const int64_t row_tiles = max_rows / kTile;  // offsets[groups] <= max_rows, a multiple of 128
+  if (groups == 0 || row_tiles == 0) return;
+  const Params p =
+      make_params(groups, device_offsets, max_rows, n, k, a, a_scales, b, b_scales, y, false);
+  const CUtensorMap map_a = make_tensor_map(a, k, max_rows);
+  const CUtensorMap map_b = make_tensor_map(b, k, groups * n);
+  launch<Fp8Op::NT>(map_a, map_b, p, row_tiles * (n / kTile), stream);
+}
+
+void grouped_gemm_fp8_sm90_wgrad(int64_t groups, const int64_t* device_offsets, int64_t max_rows,
+                                 int64_t n, int64_t k, const uint8_t* dyT,
+                                 const float* dyT_scales, const uint8_t* xT,
+                                 const float* xT_scales, float* dw, bool accumulate,
+                                 cudaStream_t stream) {
+  check_arguments(groups, device_offsets, max_rows, n, k, dyT, dyT_scales, xT, xT_scales, dw);
+  if (groups == 0) return;
+  if (max_rows < kTile) {  // every group is empty
+    if (!accumulate)
+      FRUGAL_CUDA_CHECK(cudaMemsetAsync(dw, 0, sizeof(float) * groups * n * k, stream));
+    return;
+  }
+  const Params p = make_params(groups, device_offsets, max_rows, n, k, dyT, dyT_scales, xT,
+                               xT_scales, dw, accumulate);
+  CUtensorMap unused;  // wgrad copies with cp.async
+  std::memset(&unused, 0, sizeof unused);
+  launch<Fp8Op::Wgrad>(unused, unused, p, groups * (n / kTile) * (k / kTile), stream);
+}
+
+}  // namespace frugal::cuda
