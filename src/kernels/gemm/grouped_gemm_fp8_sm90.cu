@@ -27,7 +27,6 @@
 #include "kernels/gemm/grouped_gemm_fp8_sm90.h"
 
 #include <cuda.h>
-#include <cudaTypedefs.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -37,6 +36,7 @@
 #include "core/cuda_check.h"
 #include "kernels/gemm/grouped_gemm_fp8_sm90.cuh"
 #include "kernels/gemm/grouped_gemm_sm90.cuh"
+#include "kernels/gemm/sm90_host.h"
 
 namespace frugal::cuda {
 namespace {
@@ -267,38 +267,9 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
         }
       }
     } else {
-      // bf16: lane c of each quad gathers n8 block 4 j + c of its row from the quad's four lanes
-      // (each holds 2 columns of every block) and stores those 8 columns with one 16-byte store.
-      __nv_bfloat16* out = static_cast<__nv_bfloat16*>(p.out);
-      const int c = lane % 4;
-      const int group_end = s.row_end[tile.group];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int r = tile.row0 + row_in_tile + 8 * e;
-        __nv_bfloat16* row = out + static_cast<int64_t>(r) * p.n + tile.n0;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          uint32_t v[4];
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const int base = 4 * (4 * j + i) + 2 * e;
-            const __nv_bfloat162 pair = __floats2bfloat162_rn(acc[base], acc[base + 1]);
-            v[i] = *reinterpret_cast<const uint32_t*>(&pair);
-          }
-          auto pick = [&](int i) { return i == 0 ? v[0] : i == 1 ? v[1] : i == 2 ? v[2] : v[3]; };
-          // Lane c receives from lane c ^ d its value for block 4 j + c.
-          const uint32_t from1 = __shfl_xor_sync(0xffffffffu, pick(c ^ 1), 1);
-          const uint32_t from2 = __shfl_xor_sync(0xffffffffu, pick(c ^ 2), 2);
-          const uint32_t from3 = __shfl_xor_sync(0xffffffffu, pick(c ^ 3), 3);
-          auto from = [&](int source) {
-            const int d = source ^ c;
-            return d == 0 ? pick(c) : d == 1 ? from1 : d == 2 ? from2 : from3;
-          };
-          if (r < group_end)
-            *reinterpret_cast<uint4*>(row + 8 * (4 * j + c)) =
-                make_uint4(from(0), from(1), from(2), from(3));
-        }
-      }
+      sm90::store_bf16_rows<kTile>(acc, static_cast<__nv_bfloat16*>(p.out), p.n,
+                                   tile.row0 + row_in_tile - lane / 4, s.row_end[tile.group],
+                                   tile.n0, lane);
     }
   }
 }
@@ -414,48 +385,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // ---- Host side
 
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* function = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    FRUGAL_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &function, 12000,
-                                                       cudaEnableDefault, &found));
-    FRUGAL_CUDA_REQUIRE(found == cudaDriverEntryPointSuccess && function != nullptr,
-                        "grouped_gemm_fp8_sm90: the driver has no cuTensorMapEncodeTiled");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function);
-  }();
-  return encode;
-}
-
 // Row-major E4M3 matrix [outer, inner] read in 128 x 128 boxes with the 128-byte swizzle.
 CUtensorMap make_tensor_map(const void* base, int64_t inner, int64_t outer) {
-  CUtensorMap map;
-  std::memset(&map, 0, sizeof map);
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(outer)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(inner)};
-  const cuuint32_t box[2] = {kTile, kTile};
-  const cuuint32_t element_strides[2] = {1, 1};
-  const CUresult result = tensor_map_encoder()(
-      &map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base), dims, strides, box,
-      element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  FRUGAL_CUDA_REQUIRE(result == CUDA_SUCCESS,
-                      "grouped_gemm_fp8_sm90: cuTensorMapEncodeTiled failed");
-  return map;
-}
-
-int current_sm_count() {
-  static int counts[64] = {};
-  int device = 0;
-  FRUGAL_CUDA_CHECK(cudaGetDevice(&device));
-  FRUGAL_CUDA_REQUIRE(device >= 0 && device < 64,
-                      "grouped_gemm_fp8_sm90: device index out of range");
-  if (counts[device] == 0) {
-    int count = 0;
-    FRUGAL_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-    counts[device] = count;
-  }
-  return counts[device];
+  return sm90_host::make_tensor_map(CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, base, inner, outer, kTile,
+                                    kTile, "grouped_gemm_fp8_sm90");
 }
 
 // A persistent grid of one CTA per SM, or one per tile when there are fewer tiles.
@@ -463,18 +396,17 @@ template <Fp8Op kOp>
 void launch(const CUtensorMap& map_a, const CUtensorMap& map_b, const Params& p, int64_t tiles,
             cudaStream_t stream) {
   auto* kernel = grouped_gemm_fp8_kernel<kOp>;
-  static const bool configured = [&] {
+  const int device = sm90_host::current_device("grouped_gemm_fp8_sm90");
+  static sm90_host::OncePerDevice shared_bytes_raised;
+  shared_bytes_raised(device, [&](int) {
     FRUGAL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            kSharedBytes));
-    return true;
-  }();
-  (void)configured;
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(current_sm_count(), tiles));
+  });
+  const int64_t blocks =
+      std::max<int64_t>(1, std::min<int64_t>(sm90_host::sm_count(device), tiles));
   kernel<<<static_cast<unsigned>(blocks), kThreads, kSharedBytes, stream>>>(map_a, map_b, p);
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
-
-bool aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
 
 void check_arguments(int64_t groups, const int64_t* offsets, int64_t max_rows, int64_t n,
                      int64_t k, const void* a, const float* a_scales, const void* b,
@@ -493,6 +425,7 @@ void check_arguments(int64_t groups, const int64_t* offsets, int64_t max_rows, i
   FRUGAL_CUDA_REQUIRE(a != nullptr && b != nullptr && a_scales != nullptr && b_scales != nullptr &&
                           out != nullptr,
                       "grouped_gemm_fp8_sm90: an operand, scale or output pointer is null");
+  using sm90_host::aligned16;
   FRUGAL_CUDA_REQUIRE(aligned16(a) && aligned16(b) && aligned16(a_scales) &&
                           aligned16(b_scales) && aligned16(out),
                       "grouped_gemm_fp8_sm90: operands, scales and output must be 16-byte aligned");
@@ -509,15 +442,8 @@ Params make_params(int64_t groups, const int64_t* offsets, int64_t max_rows, int
 }  // namespace
 
 bool grouped_gemm_fp8_sm90_supported(int64_t n, int64_t k) {
-  static const bool sm90 = [] {
-    int device = 0;
-    cudaDeviceProp prop{};
-    if (cudaGetDevice(&device) != cudaSuccess) return false;
-    if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return false;
-    return prop.major == 9 && prop.minor == 0;
-  }();
-  return sm90 && n > 0 && k > 0 && n % 128 == 0 && k % 128 == 0 && n < (int64_t{1} << 20) &&
-         k < (int64_t{1} << 20);
+  return sm90_host::current_device_is_sm90() && n > 0 && k > 0 && n % 128 == 0 && k % 128 == 0 &&
+         n < (int64_t{1} << 20) && k < (int64_t{1} << 20);
 }
 
 bool grouped_gemm_fp8_sm90_enabled() {

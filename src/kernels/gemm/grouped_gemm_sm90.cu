@@ -29,16 +29,15 @@
 #include "kernels/gemm/grouped_gemm_sm90.h"
 
 #include <cuda.h>
-#include <cudaTypedefs.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
 #include "core/cuda_check.h"
 #include "kernels/gemm/grouped_gemm_sm90.cuh"
+#include "kernels/gemm/sm90_host.h"
 
 namespace frugal::cuda {
 namespace {
@@ -266,40 +265,8 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
     } else {
       const int ld = gemm_columns<kOp>(p);
       __nv_bfloat16* out = static_cast<__nv_bfloat16*>(p.out);
-      {
-        // Lane c of a quad gathers n8 block 4 q + c of its row from the quad's four lanes (each
-        // holds 2 columns of every block) and stores those 8 columns with one 16-byte store.
-        const int c = lane % 4;
-        const int row_in_tile = half * 64 + (warp % 4) * 16 + lane / 4;
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int r = tile.row0 + row_in_tile + 8 * e;
-          __nv_bfloat16* row = out + static_cast<int64_t>(r) * ld + tile.n0;
-#pragma unroll
-          for (int q = 0; q < kBN / 32; ++q) {
-            uint32_t v[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              const int b = 4 * (4 * q + i) + 2 * e;
-              const __nv_bfloat162 pair = __floats2bfloat162_rn(acc[b], acc[b + 1]);
-              v[i] = *reinterpret_cast<const uint32_t*>(&pair);
-            }
-            auto pick = [&](int i) {
-              return i == 0 ? v[0] : i == 1 ? v[1] : i == 2 ? v[2] : v[3];
-            };
-            const uint32_t from1 = __shfl_xor_sync(0xffffffffu, pick(c ^ 1), 1);
-            const uint32_t from2 = __shfl_xor_sync(0xffffffffu, pick(c ^ 2), 2);
-            const uint32_t from3 = __shfl_xor_sync(0xffffffffu, pick(c ^ 3), 3);
-            auto slot = [&](int source) {  // the value lane `source` holds for block 4 q + c
-              const int k = source ^ c;
-              return k == 0 ? pick(c) : k == 1 ? from1 : k == 2 ? from2 : from3;
-            };
-            if (r < tile.row_end)
-              *reinterpret_cast<uint4*>(row + 8 * (4 * q + c)) =
-                  make_uint4(slot(0), slot(1), slot(2), slot(3));
-          }
-        }
-      }
+      sm90::store_bf16_rows<kBN>(acc, out, ld, tile.row0 + half * 64 + (warp % 4) * 16,
+                                 tile.row_end, tile.n0, lane);
     }
   }
 }
@@ -386,54 +353,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // ---- Host side
 
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* function = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    FRUGAL_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &function, 12000,
-                                                       cudaEnableDefault, &found));
-    FRUGAL_CUDA_REQUIRE(found == cudaDriverEntryPointSuccess && function != nullptr,
-                        "grouped_gemm_sm90: the driver has no cuTensorMapEncodeTiled");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function);
-  }();
-  return encode;
-}
-
 // Row-major bf16 matrix [outer, inner] read in boxes of [box_outer, 64] with the 128-byte swizzle;
 // reads past the matrix give zeros.
 CUtensorMap make_tensor_map(const void* base, int64_t inner, int64_t outer, int box_outer) {
-  CUtensorMap map;
-  std::memset(&map, 0, sizeof map);
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(outer)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(inner) * 2};
-  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_outer)};
-  const cuuint32_t element_strides[2] = {1, 1};
-  const CUresult result = tensor_map_encoder()(
-      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides, box,
-      element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  FRUGAL_CUDA_REQUIRE(result == CUDA_SUCCESS, "grouped_gemm_sm90: cuTensorMapEncodeTiled failed");
-  return map;
-}
-
-constexpr int kMaxDevices = 64;  // device ordinals the per-device caches cover
-
-int current_device() {
-  int device = 0;
-  FRUGAL_CUDA_CHECK(cudaGetDevice(&device));
-  FRUGAL_CUDA_REQUIRE(device >= 0 && device < kMaxDevices,
-                      "grouped_gemm_sm90: device ordinal out of range (at most 64 devices)");
-  return device;
-}
-
-int sm_count(int device) {
-  static std::atomic<int> counts[kMaxDevices];  // 0: not yet queried
-  int count = counts[device].load(std::memory_order_relaxed);
-  if (count == 0) {
-    FRUGAL_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-    counts[device].store(count, std::memory_order_relaxed);
-  }
-  return count;
+  return sm90_host::make_tensor_map(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base, inner, outer, 64,
+                                    box_outer, "grouped_gemm_sm90");
 }
 
 // Launches a persistent grid: one CTA per SM, or fewer when there are fewer tiles. The kernel's
@@ -444,14 +368,14 @@ void launch(const CUtensorMap& map_a, const CUtensorMap& map_b, const Params& p,
             cudaStream_t stream) {
   using C = Config<kBN>;
   auto* kernel = grouped_gemm_kernel<kOp, kBN>;
-  const int device = current_device();
-  static std::atomic<bool> shared_bytes_set[kMaxDevices];
-  if (!shared_bytes_set[device].load(std::memory_order_acquire)) {
+  const int device = sm90_host::current_device("grouped_gemm_sm90");
+  static sm90_host::OncePerDevice shared_bytes_raised;
+  shared_bytes_raised(device, [&](int) {
     FRUGAL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            C::kSharedBytes));
-    shared_bytes_set[device].store(true, std::memory_order_release);
-  }
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(sm_count(device), tiles));
+  });
+  const int64_t blocks =
+      std::max<int64_t>(1, std::min<int64_t>(sm90_host::sm_count(device), tiles));
   kernel<<<static_cast<unsigned>(blocks), kThreads, C::kSharedBytes, stream>>>(map_a, map_b, p);
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
@@ -468,8 +392,6 @@ void dispatch(const CUtensorMap& map_a, MakeB make_b, const Params& p, int64_t u
     launch<kOp, 128>(map_a, make_b(128), p, units * (columns / 128), stream);
 }
 
-bool aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
-
 void check_arguments(const char* what, int64_t groups, const int64_t* offsets, int64_t max_rows,
                      int64_t n, int64_t k, const void* a, const void* b, const void* out) {
   (void)what;
@@ -482,6 +404,7 @@ void check_arguments(const char* what, int64_t groups, const int64_t* offsets, i
                       "grouped_gemm_sm90: n and k must be positive multiples of 128");
   FRUGAL_CUDA_REQUIRE(groups * n * k < (int64_t{1} << 40), "grouped_gemm_sm90: weights too large");
   FRUGAL_CUDA_REQUIRE(groups * n < (int64_t{1} << 31), "grouped_gemm_sm90: groups * n too large");
+  using sm90_host::aligned16;
   FRUGAL_CUDA_REQUIRE(aligned16(a) && aligned16(b) && aligned16(out),
                       "grouped_gemm_sm90: operands must be 16-byte aligned");
 }
@@ -495,19 +418,8 @@ Params make_params(int64_t groups, const int64_t* offsets, int64_t max_rows, int
 }  // namespace
 
 bool grouped_gemm_sm90_supported(int64_t n, int64_t k) {
-  static std::atomic<int> sm90_by_device[kMaxDevices];  // 0: unknown, 1: sm_90, 2: other
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return false;
-  int known = sm90_by_device[device].load(std::memory_order_relaxed);
-  if (known == 0) {
-    int major = 0, minor = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
-      return false;
-    known = major == 9 && minor == 0 ? 1 : 2;
-    sm90_by_device[device].store(known, std::memory_order_relaxed);
-  }
-  return known == 1 && n > 0 && k > 0 && n % 128 == 0 && k % 128 == 0 && n * k < (int64_t{1} << 31);
+  return sm90_host::current_device_is_sm90() && n > 0 && k > 0 && n % 128 == 0 && k % 128 == 0 &&
+         n * k < (int64_t{1} << 31);
 }
 
 bool grouped_gemm_sm90_enabled() {

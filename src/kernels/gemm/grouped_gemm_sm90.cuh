@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cuda.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -160,6 +161,46 @@ __device__ __forceinline__ void wgmma_m64n256k16(float* d, uint64_t desc_a, uint
         "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
         "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
       : "l"(desc_a), "l"(desc_b), "n"(kTransA), "n"(kTransB), "r"(1));
+}
+
+// ---- bf16 epilogue
+
+// Stores one warp's 16 rows of an m64nN fp32 wgmma accumulator fragment (n8 block j holds columns
+// 8 j + 2 (lane % 4) (+1) of rows lane / 4 and lane / 4 + 8) as bf16 into `out` (row-major,
+// leading dimension ld), the warp's first row at `row0` and first column at `n0`: lane c of each
+// quad gathers n8 block 4 q + c from the quad's four lanes (each holds 2 columns of every block)
+// and writes those 8 columns with one 16-byte store. Rows at or past `row_end` are not written.
+template <int kN>
+__device__ __forceinline__ void store_bf16_rows(const float* acc, __nv_bfloat16* out, int64_t ld,
+                                                int row0, int row_end, int n0, int lane) {
+  const int c = lane % 4;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = row0 + lane / 4 + 8 * e;
+    __nv_bfloat16* row = out + static_cast<int64_t>(r) * ld + n0;
+#pragma unroll
+    for (int q = 0; q < kN / 32; ++q) {
+      uint32_t v[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int b = 4 * (4 * q + i) + 2 * e;
+        const __nv_bfloat162 pair = __floats2bfloat162_rn(acc[b], acc[b + 1]);
+        v[i] = *reinterpret_cast<const uint32_t*>(&pair);
+      }
+      auto pick = [&](int i) { return i == 0 ? v[0] : i == 1 ? v[1] : i == 2 ? v[2] : v[3]; };
+      // Lane c receives from lane c ^ d its value for block 4 q + c.
+      const uint32_t from1 = __shfl_xor_sync(0xffffffffu, pick(c ^ 1), 1);
+      const uint32_t from2 = __shfl_xor_sync(0xffffffffu, pick(c ^ 2), 2);
+      const uint32_t from3 = __shfl_xor_sync(0xffffffffu, pick(c ^ 3), 3);
+      auto from = [&](int source) {  // the value lane `source` holds for block 4 q + c
+        const int d = source ^ c;
+        return d == 0 ? pick(c) : d == 1 ? from1 : d == 2 ? from2 : from3;
+      };
+      if (r < row_end)
+        *reinterpret_cast<uint4*>(row + 8 * (4 * q + c)) =
+            make_uint4(from(0), from(1), from(2), from(3));
+    }
+  }
 }
 
 }  // namespace frugal::cuda::sm90

@@ -6,12 +6,21 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "kernels/gemm/grouped_gemm_fp8_sm90.h"
 #include "kernels/gemm/grouped_gemm_sm90.h"
 #include "kernels/quant/quant.h"
 
 namespace frugal::gpu {
 
 namespace {
+
+// Whether the FP8 grouped GEMMs of an [out, in] weight run as the sm_90 kernels
+// (grouped_gemm_fp8_sm90.h; Fprop [out, in] and Dgrad [in, out] shapes) rather than cuBLASLt.
+bool fp8_on_sm90(const GpuWeight& weight) {
+  return cuda::grouped_gemm_fp8_sm90_enabled() &&
+         cuda::grouped_gemm_fp8_sm90_supported(weight.out(), weight.in()) &&
+         cuda::grouped_gemm_fp8_sm90_supported(weight.in(), weight.out());
+}
 
 // The FP8 halves (bf16 activations only; not instantiated for float).
 void grouped_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
@@ -27,9 +36,14 @@ void grouped_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
     cuda::DeviceArray<float> scales(ctx, fp8_block_count(in) * rows);
     cuda::quantize_act_1x128_grouped<T>(q.data(), scales.data(), x, offsets.device, offsets.groups,
                                         rows, in, kFp8PowerOfTwoScales, ctx.stream);
-    cuda::grouped_gemm_fp8_nt(ctx.blas, offsets.groups, offsets.host, out, in, q.data(),
-                              scales.data(), weight.fp8(), weight.fp8_scales(), y,
-                              cuda::DataType::BF16, ctx.stream);  // [rows, out]
+    if (fp8_on_sm90(weight))
+      cuda::grouped_gemm_fp8_sm90_nt(offsets.groups, offsets.device, rows, out, in, q.data(),
+                                     scales.data(), weight.fp8(), weight.fp8_scales(), y,
+                                     ctx.stream);  // [rows, out]
+    else
+      cuda::grouped_gemm_fp8_nt(ctx.blas, offsets.groups, offsets.host, out, in, q.data(),
+                                scales.data(), weight.fp8(), weight.fp8_scales(), y,
+                                cuda::DataType::BF16, ctx.stream);  // [rows, out]
   }
   c.xT_q = cuda::DeviceArray<uint8_t>(ctx, rows * in);
   c.xT_scales = cuda::DeviceArray<float>(ctx, rows / kFp8BlockSize * in);
@@ -50,19 +64,29 @@ void grouped_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
     cuda::quantize_act_1x128_grouped<T>(dy_q.data(), dy_scales.data(), dy, offsets.device,
                                         offsets.groups, rows, out, kFp8PowerOfTwoScales,
                                         ctx.stream);
-    cuda::grouped_gemm_fp8_nt(ctx.blas, offsets.groups, offsets.host, in, out, dy_q.data(),
-                              dy_scales.data(), weight.fp8_transposed(),
-                              weight.fp8_transposed_scales(), dx, cuda::DataType::BF16,
-                              ctx.stream);  // [rows, in]
+    if (fp8_on_sm90(weight))
+      cuda::grouped_gemm_fp8_sm90_nt(offsets.groups, offsets.device, rows, in, out, dy_q.data(),
+                                     dy_scales.data(), weight.fp8_transposed(),
+                                     weight.fp8_transposed_scales(), dx, ctx.stream);  // [rows, in]
+    else
+      cuda::grouped_gemm_fp8_nt(ctx.blas, offsets.groups, offsets.host, in, out, dy_q.data(),
+                                dy_scales.data(), weight.fp8_transposed(),
+                                weight.fp8_transposed_scales(), dx, cuda::DataType::BF16,
+                                ctx.stream);  // [rows, in]
   }
   cuda::DeviceArray<uint8_t> dyT_q(ctx, rows * out);
   cuda::DeviceArray<float> dyT_scales(ctx, rows / kFp8BlockSize * out);
   cuda::transpose_quantize_1x128_grouped<T>(dyT_q.data(), dyT_scales.data(), dy, offsets.device,
                                             offsets.groups, rows, out, kFp8PowerOfTwoScales,
                                             ctx.stream);
-  cuda::grouped_gemm_fp8_wgrad(ctx.blas, offsets.groups, offsets.host, out, in, dyT_q.data(),
-                               dyT_scales.data(), c.xT_q.data(), c.xT_scales.data(), weight.grad(),
-                               /*accumulate=*/true, ctx.stream);
+  if (fp8_on_sm90(weight))
+    cuda::grouped_gemm_fp8_sm90_wgrad(offsets.groups, offsets.device, rows, out, in, dyT_q.data(),
+                                      dyT_scales.data(), c.xT_q.data(), c.xT_scales.data(),
+                                      weight.grad(), /*accumulate=*/true, ctx.stream);
+  else
+    cuda::grouped_gemm_fp8_wgrad(ctx.blas, offsets.groups, offsets.host, out, in, dyT_q.data(),
+                                 dyT_scales.data(), c.xT_q.data(), c.xT_scales.data(),
+                                 weight.grad(), /*accumulate=*/true, ctx.stream);
 }
 
 }  // namespace

@@ -6,7 +6,9 @@
 //   WT_g) Wgrad  dW_g += dy_g^T · x_g      grouped_gemm_tn   | grouped_gemm_fp8_wgrad (both
 //   transposed
 //                                                         and quantized along each group's rows)
-// bf16 on sm_90: grouped_gemm_sm90_nt / _nn / _tn instead, one launch each over the device offsets.
+// bf16 on sm_90: grouped_gemm_sm90_nt / _nn / _tn instead, one launch each over the device offsets;
+// fp8 on sm_90: grouped_gemm_fp8_sm90_nt / _wgrad likewise (FRUGAL_GROUPED_GEMM_FP8=cublas: the
+// cuBLASLt calls).
 // Under fp8 every group's row count is a multiple of 128 (the permutation pads with zero rows, see
 // kFp8GroupRowAlign) and the forward caches x^T per group in FP8 for Wgrad; under fp32/bf16 the
 // context keeps a pointer to x, which the caller keeps alive until backward.
