@@ -14,13 +14,26 @@ namespace frugal::gpu {
 
 namespace {
 
-// Whether the FP8 grouped GEMMs of an [out, in] weight run as the sm_90 kernels
-// (grouped_gemm_fp8_sm90.h; Fprop [out, in] and Dgrad [in, out] shapes) rather than cuBLASLt.
-bool fp8_on_sm90(const GpuWeight& weight) {
-  return cuda::grouped_gemm_fp8_sm90_enabled() &&
-         cuda::grouped_gemm_fp8_sm90_supported(weight.out(), weight.in()) &&
-         cuda::grouped_gemm_fp8_sm90_supported(weight.in(), weight.out());
+// Whether the FP8 grouped GEMMs of an [n, k] weight run as the sm_90 kernels
+// (grouped_gemm_fp8_sm90.h) rather than the cuBLASLt calls.
+bool fp8_on_sm90(int64_t n, int64_t k) {
+  return cuda::grouped_gemm_fp8_sm90_enabled() && cuda::grouped_gemm_fp8_sm90_supported(n, k);
 }
+
+}  // namespace
+
+void grouped_fp8_nt(cuda::DeviceContext& ctx, const GroupOffsets& offsets, int64_t n, int64_t k,
+                    const uint8_t* a, const float* a_scales, const uint8_t* b,
+                    const float* b_scales, bf16* y) {
+  if (fp8_on_sm90(n, k))
+    cuda::grouped_gemm_fp8_sm90_nt(offsets.groups, offsets.device, offsets.rows, n, k, a,
+                                   a_scales, b, b_scales, y, ctx.stream);
+  else
+    cuda::grouped_gemm_fp8_nt(ctx.blas, offsets.groups, offsets.host, n, k, a, a_scales, b,
+                              b_scales, y, cuda::DataType::BF16, ctx.stream);
+}
+
+namespace {
 
 // The FP8 halves (bf16 activations only; not instantiated for float).
 void grouped_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
@@ -36,14 +49,8 @@ void grouped_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
     cuda::DeviceArray<float> scales(ctx, fp8_block_count(in) * rows);
     cuda::quantize_act_1x128_grouped<T>(q.data(), scales.data(), x, offsets.device, offsets.groups,
                                         rows, in, kFp8PowerOfTwoScales, ctx.stream);
-    if (fp8_on_sm90(weight))
-      cuda::grouped_gemm_fp8_sm90_nt(offsets.groups, offsets.device, rows, out, in, q.data(),
-                                     scales.data(), weight.fp8(), weight.fp8_scales(), y,
-                                     ctx.stream);  // [rows, out]
-    else
-      cuda::grouped_gemm_fp8_nt(ctx.blas, offsets.groups, offsets.host, out, in, q.data(),
-                                scales.data(), weight.fp8(), weight.fp8_scales(), y,
-                                cuda::DataType::BF16, ctx.stream);  // [rows, out]
+    grouped_fp8_nt(ctx, offsets, out, in, q.data(), scales.data(), weight.fp8(),
+                   weight.fp8_scales(), y);  // [rows, out]
   }
   c.xT_q = cuda::DeviceArray<uint8_t>(ctx, rows * in);
   c.xT_scales = cuda::DeviceArray<float>(ctx, rows / kFp8BlockSize * in);
@@ -64,22 +71,15 @@ void grouped_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
     cuda::quantize_act_1x128_grouped<T>(dy_q.data(), dy_scales.data(), dy, offsets.device,
                                         offsets.groups, rows, out, kFp8PowerOfTwoScales,
                                         ctx.stream);
-    if (fp8_on_sm90(weight))
-      cuda::grouped_gemm_fp8_sm90_nt(offsets.groups, offsets.device, rows, in, out, dy_q.data(),
-                                     dy_scales.data(), weight.fp8_transposed(),
-                                     weight.fp8_transposed_scales(), dx, ctx.stream);  // [rows, in]
-    else
-      cuda::grouped_gemm_fp8_nt(ctx.blas, offsets.groups, offsets.host, in, out, dy_q.data(),
-                                dy_scales.data(), weight.fp8_transposed(),
-                                weight.fp8_transposed_scales(), dx, cuda::DataType::BF16,
-                                ctx.stream);  // [rows, in]
+    grouped_fp8_nt(ctx, offsets, in, out, dy_q.data(), dy_scales.data(),
+                   weight.fp8_transposed(), weight.fp8_transposed_scales(), dx);  // [rows, in]
   }
   cuda::DeviceArray<uint8_t> dyT_q(ctx, rows * out);
   cuda::DeviceArray<float> dyT_scales(ctx, rows / kFp8BlockSize * out);
   cuda::transpose_quantize_1x128_grouped<T>(dyT_q.data(), dyT_scales.data(), dy, offsets.device,
                                             offsets.groups, rows, out, kFp8PowerOfTwoScales,
                                             ctx.stream);
-  if (fp8_on_sm90(weight))
+  if (fp8_on_sm90(out, in))
     cuda::grouped_gemm_fp8_sm90_wgrad(offsets.groups, offsets.device, rows, out, in, dyT_q.data(),
                                       dyT_scales.data(), c.xT_q.data(), c.xT_scales.data(),
                                       weight.grad(), /*accumulate=*/true, ctx.stream);

@@ -32,6 +32,14 @@ struct GroupOffsets {
   int64_t rows = 0;
 };
 
+// y[rows, n] = A[rows, k] · B_g[n, k]^T in FP8 over the groups' row blocks (A: E4M3 with per-group
+// 1x128 tile scales as cuda::quantize_act_1x128_grouped lays them out; B_g: E4M3 [n, k] with
+// 128x128 block scales, stacked per group), BF16 out: the sm_90 kernel where it runs, else the
+// cuBLASLt calls (which need offsets.host).
+void grouped_fp8_nt(cuda::DeviceContext& ctx, const GroupOffsets& offsets, int64_t n, int64_t k,
+                    const uint8_t* a, const float* a_scales, const uint8_t* b,
+                    const float* b_scales, bf16* y);
+
 template <class T>
 class GpuGroupedLinear {
  public:

@@ -57,9 +57,8 @@ void gate_up_forward_fp8_dispatched(cuda::DeviceContext& ctx, const GpuWeight& w
         cuda::gather_scales(scales_grouped.data() + base * tiles, 1, group_rows, scales, 1,
                             received, pad_map + base, group_rows, tiles, zero_row_scale, stream);
     }
-    cuda::grouped_gemm_fp8_nt(ctx.blas, offsets.groups, offsets.host, out, in, q_padded.data(),
-                              scales_grouped.data(), weight.fp8(), weight.fp8_scales(), gu,
-                              cuda::DataType::BF16, stream);  // [rows, out]
+    grouped_fp8_nt(ctx, offsets, out, in, q_padded.data(), scales_grouped.data(), weight.fp8(),
+                   weight.fp8_scales(), gu);  // [rows, out]
   }
   cuda::DeviceArray<float> x_padded(ctx, rows * in);  // [rows, in], zero padding rows
   {
