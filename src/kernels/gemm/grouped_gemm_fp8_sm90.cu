@@ -108,12 +108,7 @@ __device__ __forceinline__ bool decode_tile(int t, const Params& p, const Schedu
     const int column_tiles = p.n / kTile;
     const int slot = t / column_tiles;
     if (slot >= s.tile_prefix[p.groups]) return false;
-    // Largest g with tile_prefix[g] <= slot (skips empty groups, whose prefix repeats).
-    int lo = 0, hi = p.groups - 1;
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (s.tile_prefix[mid] <= slot) lo = mid; else hi = mid - 1;
-    }
+    const int lo = sm90::group_of_slot(s.tile_prefix, p.groups, slot);
     tile.group = lo;
     tile.m0 = 0;
     tile.n0 = (t - slot * column_tiles) * kTile;
@@ -299,33 +294,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     sm90::fence_barrier_init();
   }
-  if (warp == 0) {
-    // Group rows clamped to [0, rows_limit] and (nt) the prefix of row tiles per group.
-    int carry = 0;
-    for (int base = 0; base < p.groups; base += 32) {
-      const int g = base + lane;
-      int count = 0;
-      if (g < p.groups) {
-        // Rounded down to whole tiles: offsets that break the contract (not multiples of 128)
-        // give wrong results but never misaligned or out-of-range accesses.
-        const int64_t b64 =
-            min(max(p.offsets[g], int64_t{0}), int64_t{p.rows_limit}) & ~int64_t{127};
-        const int64_t e64 =
-            min(max(p.offsets[g + 1], b64), int64_t{p.rows_limit}) & ~int64_t{127};
-        s.row_begin[g] = static_cast<int>(b64);
-        s.row_end[g] = static_cast<int>(e64);
-        count = static_cast<int>((e64 - b64) / kTile);
-      }
-#pragma unroll
-      for (int d = 1; d < 32; d *= 2) {
-        const int other = __shfl_up_sync(0xffffffffu, count, d);
-        if (lane >= d) count += other;
-      }
-      if (g < p.groups) s.tile_prefix[g + 1] = carry + count;
-      carry += __shfl_sync(0xffffffffu, count, 31);
-    }
-    if (lane == 0) s.tile_prefix[0] = 0;
-  }
+  // Group rows clamped to [0, rows_limit] and rounded down to whole tiles (offsets that break the
+  // contract, not multiples of 128, give wrong results but never misaligned or out-of-range
+  // accesses), and (nt) the row-tile prefix.
+  if (warp == 0)
+    sm90::load_group_rows(p.offsets, p.groups, p.rows_limit, kTile, kTile, s.row_begin, s.row_end,
+                          s.tile_prefix, lane);
   __syncthreads();
 
   const int first_tile = blockIdx.x;

@@ -163,6 +163,48 @@ __device__ __forceinline__ void wgmma_m64n256k16(float* d, uint64_t desc_a, uint
       : "l"(desc_a), "l"(desc_b), "n"(kTransA), "n"(kTransB), "r"(1));
 }
 
+// ---- Group scheduling from the device offsets
+
+// Run by one whole warp: each group's rows [row_begin[g], row_end[g]), the offsets clamped to
+// [0, rows_limit] and rounded down to multiples of `row_align` (a power of two; 1 keeps them), and
+// tile_prefix[g] = the row tiles of `tile_rows` rows in groups 0..g-1 (tile_prefix[groups] all).
+__device__ __forceinline__ void load_group_rows(const int64_t* offsets, int groups, int rows_limit,
+                                                int row_align, int tile_rows, int* row_begin,
+                                                int* row_end, int* tile_prefix, int lane) {
+  const int64_t mask = ~static_cast<int64_t>(row_align - 1);
+  int carry = 0;
+  for (int base = 0; base < groups; base += 32) {
+    const int g = base + lane;
+    int count = 0;
+    if (g < groups) {
+      const int64_t b64 = min(max(offsets[g], int64_t{0}), int64_t{rows_limit}) & mask;
+      const int64_t e64 = min(max(offsets[g + 1], b64), int64_t{rows_limit}) & mask;
+      row_begin[g] = static_cast<int>(b64);
+      row_end[g] = static_cast<int>(e64);
+      count = static_cast<int>((e64 - b64 + tile_rows - 1) / tile_rows);
+    }
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int other = __shfl_up_sync(0xffffffffu, count, d);
+      if (lane >= d) count += other;
+    }
+    if (g < groups) tile_prefix[g + 1] = carry + count;
+    carry += __shfl_sync(0xffffffffu, count, 31);
+  }
+  if (lane == 0) tile_prefix[0] = 0;
+}
+
+// The group of row-tile slot `slot`: the largest g with tile_prefix[g] <= slot (empty groups,
+// whose prefix repeats, are skipped).
+__device__ __forceinline__ int group_of_slot(const int* tile_prefix, int groups, int slot) {
+  int lo = 0, hi = groups - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (tile_prefix[mid] <= slot) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
 // ---- bf16 epilogue
 
 // Stores one warp's 16 rows of an m64nN fp32 wgmma accumulator fragment (n8 block j holds columns
