@@ -33,7 +33,7 @@
 #include <vector>
 
 #include "core/cuda_check.h"
-#include "cuda_bench_timing.h"
+#include "core/cuda_timer.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/gemm/gemm_cuda.h"
@@ -42,8 +42,6 @@
 using namespace frugal;
 using cuda::DataType;
 using cuda::DeviceBuffer;
-
-using bench::fill;
 
 namespace {
 
@@ -83,12 +81,12 @@ const Patterns& patterns() {
 
 DeviceBuffer<uint16_t> bf16_buffer(int64_t count) {
   DeviceBuffer<uint16_t> b(static_cast<size_t>(count));
-  fill(b, patterns().bf16);
+  b.fill_repeating(patterns().bf16);
   return b;
 }
 DeviceBuffer<float> f32_buffer(int64_t count) {
   DeviceBuffer<float> b(static_cast<size_t>(count));
-  fill(b, patterns().f32);
+  b.fill_repeating(patterns().f32);
   return b;
 }
 
@@ -102,8 +100,8 @@ struct Fp8Matrix {
         scales(static_cast<size_t>(blocks ? matrices * fp8_block_count(rows) *
                                                 ((fp8_block_count(cols) + 3) / 4 * 4)
                                           : matrices * fp8_block_count(cols) * rows)) {
-    fill(codes, patterns().e4m3);
-    fill(scales, patterns().scales);
+    codes.fill_repeating(patterns().e4m3);
+    scales.fill_repeating(patterns().scales);
   }
 };
 
@@ -249,8 +247,13 @@ struct Bench {
   cuda::BlasHandle blas;
   cublasLtHandle_t direct_handle = nullptr;
   DeviceBuffer<uint8_t> direct_workspace{kWorkspaceBytes};
-  bench::EventTimer timer{kWarmup, kSamples, kMinSampleSeconds};
   nlohmann::json rows = nlohmann::json::array();
+
+  // Median seconds of one call (samples of back-to-back calls lasting >= kMinSampleSeconds).
+  static double median_seconds(const std::function<void()>& op, cudaStream_t on) {
+    return cuda::CudaTimer(on).median_us_batched(op, kSamples, kMinSampleSeconds * 1e6, kWarmup) *
+           1e-6;
+  }
 
   Bench() {
     FRUGAL_CUDA_CHECK(cudaStreamCreate(&stream));
@@ -268,9 +271,9 @@ struct Bench {
               const std::function<void()>& ours, const std::function<void()>& direct,
               const std::function<void()>& dense = {}) {
     const double flops = 2.0 * m * n * k;
-    const double ours_s = timer.median_seconds(ours, stream);
-    const double direct_s = direct ? timer.median_seconds(direct, stream) : 0.0;
-    const double dense_s = dense ? timer.median_seconds(dense, stream) : 0.0;
+    const double ours_s = median_seconds(ours, stream);
+    const double direct_s = direct ? median_seconds(direct, stream) : 0.0;
+    const double dense_s = dense ? median_seconds(dense, stream) : 0.0;
     auto tf = [&](double s) { return s > 0 ? flops / s / 1e12 : 0.0; };
     char dims[64];
     std::snprintf(dims, sizeof dims, "%lldx%lldx%lld", static_cast<long long>(m),

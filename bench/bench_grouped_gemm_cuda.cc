@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "core/cuda_check.h"
-#include "cuda_bench_timing.h"
+#include "core/cuda_timer.h"
 #include "core/dtype.h"
 #include "kernels/gemm/gemm_cuda.h"
 #include "kernels/gemm/grouped_gemm_fp8_sm90.h"
@@ -37,8 +37,6 @@
 using namespace frugal;
 using cuda::DataType;
 using cuda::DeviceBuffer;
-
-using bench::fill;
 
 namespace {
 
@@ -57,7 +55,7 @@ DeviceBuffer<uint16_t> bf16_buffer(int64_t count) {
     return p;
   }();
   DeviceBuffer<uint16_t> b(static_cast<size_t>(count));
-  fill(b, pattern);
+  b.fill_repeating(pattern);
   return b;
 }
 
@@ -71,7 +69,7 @@ DeviceBuffer<uint8_t> fp8_codes(int64_t count) {
     return p;
   }();
   DeviceBuffer<uint8_t> b(static_cast<size_t>(count));
-  fill(b, pattern);
+  b.fill_repeating(pattern);
   return b;
 }
 DeviceBuffer<float> fp8_scales(int64_t count) {
@@ -83,7 +81,7 @@ DeviceBuffer<float> fp8_scales(int64_t count) {
     return p;
   }();
   DeviceBuffer<float> b(static_cast<size_t>(std::max<int64_t>(count, 1)));
-  fill(b, pattern);
+  b.fill_repeating(pattern);
   return b;
 }
 
@@ -92,8 +90,13 @@ __nv_bfloat16* bf(uint16_t* p) { return reinterpret_cast<__nv_bfloat16*>(p); }
 struct Bench {
   cudaStream_t stream = nullptr;
   cuda::BlasHandle blas;
-  bench::EventTimer timer{kWarmup, kSamples, kMinSampleSeconds};
   nlohmann::json rows = nlohmann::json::array();
+
+  // Median seconds of one call (samples of back-to-back calls lasting >= kMinSampleSeconds).
+  static double median_seconds(const std::function<void()>& op, cudaStream_t on) {
+    return cuda::CudaTimer(on).median_us_batched(op, kSamples, kMinSampleSeconds * 1e6, kWarmup) *
+           1e-6;
+  }
 
   Bench() { FRUGAL_CUDA_CHECK(cudaStreamCreate(&stream)); }
   ~Bench() { cudaStreamDestroy(stream); }
@@ -102,9 +105,9 @@ struct Bench {
               const std::function<void()>& ours, const std::function<void()>& cublas,
               const std::function<void()>& dense) {
     const double flops = 2.0 * m * n * k;
-    const double ours_s = timer.median_seconds(ours, stream);
-    const double cublas_s = timer.median_seconds(cublas, stream);
-    const double dense_s = timer.median_seconds(dense, stream);
+    const double ours_s = median_seconds(ours, stream);
+    const double cublas_s = median_seconds(cublas, stream);
+    const double dense_s = median_seconds(dense, stream);
     auto tf = [&](double s) { return flops / s / 1e12; };
     std::printf("%-26s | %-5s | %6lldx%5lldx%5lld | %8.1f | %8.1f | %8.1f | %5.2f\n", shape.c_str(),
                 pass.c_str(), static_cast<long long>(m), static_cast<long long>(n),
@@ -123,8 +126,8 @@ struct Bench {
                   int64_t k, const std::function<void()>& ours,
                   const std::function<void()>& cublas) {
     const double flops = 2.0 * m * n * k;
-    const double ours_s = timer.median_seconds(ours, stream);
-    const double cublas_s = timer.median_seconds(cublas, stream);
+    const double ours_s = median_seconds(ours, stream);
+    const double cublas_s = median_seconds(cublas, stream);
     auto tf = [&](double s) { return flops / s / 1e12; };
     std::printf("%-26s | %-5s | %6lldx%5lldx%5lld | %8.1f | %8.1f | %8s | %5.2f\n", shape.c_str(),
                 pass.c_str(), static_cast<long long>(m), static_cast<long long>(n),

@@ -20,6 +20,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <span>
 #include <utility>
 #include <vector>
@@ -103,6 +104,15 @@ class DeviceBuffer {
     std::vector<T> host(count_);
     download(host);
     return host;
+  }
+  // The whole buffer as `pattern` repeated, the last copy cut short (benchmark inputs).
+  void fill_repeating(std::span<const T> pattern) {
+    for (size_t done = 0; done < count_ && !pattern.empty();) {
+      const size_t count = std::min(pattern.size(), count_ - done);
+      FRUGAL_CUDA_CHECK(cudaMemcpy(data_ + done, pattern.data(), count * sizeof(T),
+                                   cudaMemcpyHostToDevice));
+      done += count;
+    }
   }
   // Set every byte to `byte` (poisoning outputs in tests: 0xFF makes every float a NaN).
   void fill_bytes(uint8_t byte) {
