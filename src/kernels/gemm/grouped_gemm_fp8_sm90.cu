@@ -241,26 +241,12 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
       if (lane == 0) sm90::mbarrier_arrive(sm90::smem_address(&empty[stage]));
     }
 
-    // ---- Epilogue (fragment: rows row_in_tile (+8), n8 block q holds columns 8 q + quad_column).
+    // ---- Epilogue: this warp's 16 rows start at row_in_tile - lane / 4.
     if constexpr (kOp == Fp8Op::Wgrad) {
       if (tile.steps == 0 && p.accumulate) continue;  // empty group: dW_g stays as it was
       float* dw = static_cast<float*>(p.out) + static_cast<int64_t>(tile.group) * p.n * p.k;
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        float* row = dw + static_cast<int64_t>(tile.m0 + row_in_tile + 8 * e) * p.k + tile.n0 +
-                     quad_column;
-#pragma unroll
-        for (int q = 0; q < 16; ++q) {
-          float2 value = make_float2(acc[4 * q + 2 * e], acc[4 * q + 2 * e + 1]);
-          float2* target = reinterpret_cast<float2*>(row + 8 * q);
-          if (p.accumulate) {
-            const float2 old = *target;
-            value.x += old.x;
-            value.y += old.y;
-          }
-          *target = value;
-        }
-      }
+      sm90::store_f32_rows<kTile>(acc, dw, p.k, tile.m0 + row_in_tile - lane / 4, tile.n0,
+                                  p.accumulate, lane);
     } else {
       sm90::store_bf16_rows<kTile>(acc, static_cast<__nv_bfloat16*>(p.out), p.n,
                                    tile.row0 + row_in_tile - lane / 4, s.row_end[tile.group],

@@ -234,29 +234,12 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
     sm90::wgmma_wait<0>();
     if (previous_stage >= 0 && lane == 0) release_stage(&empty[previous_stage]);
 
-    // ---- Epilogue: accumulator fragment (wgmma m64nN f32): warp q of the warpgroup holds rows
-    // 16 q + lane/4 (+8) of its m64 half; n8 block j holds columns 8 j + 2 (lane % 4) (+1).
-    const int column = tile.n0 + (lane % 4) * 2;
+    // ---- Epilogue: warp q of the warpgroup holds rows 16 q .. 16 q + 15 of its m64 half.
     if constexpr (kOp == Op::TN) {
       if (tile.steps == 0 && p.accumulate) continue;  // empty group: dW_g stays as it was
-      const int ld = p.k;
       float* dw = static_cast<float*>(p.out) + static_cast<int64_t>(tile.group) * p.n * p.k;
-      const int row_in_tile = half * 64 + (warp % 4) * 16 + lane / 4;
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        float* row = dw + static_cast<int64_t>(tile.m0 + row_in_tile + 8 * e) * ld + column;
-#pragma unroll
-        for (int q = 0; q < kBN / 8; ++q) {
-          float2 value = make_float2(acc[4 * q + 2 * e], acc[4 * q + 2 * e + 1]);
-          float2* target = reinterpret_cast<float2*>(row + 8 * q);
-          if (p.accumulate) {
-            const float2 old = *target;
-            value.x += old.x;
-            value.y += old.y;
-          }
-          *target = value;
-        }
-      }
+      sm90::store_f32_rows<kBN>(acc, dw, p.k, tile.m0 + half * 64 + (warp % 4) * 16, tile.n0,
+                                p.accumulate, lane);
     } else {
       const int ld = gemm_columns<kOp>(p);
       __nv_bfloat16* out = static_cast<__nv_bfloat16*>(p.out);

@@ -205,6 +205,32 @@ __device__ __forceinline__ int group_of_slot(const int* tile_prefix, int groups,
   return lo;
 }
 
+// ---- Epilogues
+
+// Writes one warp's 16 rows of an m64nN fp32 wgmma accumulator fragment (n8 block j holds columns
+// 8 j + 2 (lane % 4) (+1) of rows lane / 4 and lane / 4 + 8) into fp32 `out` (row-major, leading
+// dimension ld), the warp's first row at `row0` and first column at `n0`, or adds them to what is
+// there (accumulate).
+template <int kN>
+__device__ __forceinline__ void store_f32_rows(const float* acc, float* out, int64_t ld, int row0,
+                                               int n0, bool accumulate, int lane) {
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    float* row = out + static_cast<int64_t>(row0 + lane / 4 + 8 * e) * ld + n0 + (lane % 4) * 2;
+#pragma unroll
+    for (int q = 0; q < kN / 8; ++q) {
+      float2 value = make_float2(acc[4 * q + 2 * e], acc[4 * q + 2 * e + 1]);
+      float2* target = reinterpret_cast<float2*>(row + 8 * q);
+      if (accumulate) {
+        const float2 old = *target;
+        value.x += old.x;
+        value.y += old.y;
+      }
+      *target = value;
+    }
+  }
+}
+
 // ---- bf16 epilogue
 
 // Stores one warp's 16 rows of an m64nN fp32 wgmma accumulator fragment (n8 block j holds columns
