@@ -34,6 +34,7 @@
 #include "kernels/gemm/gemm_fp8.h"
 #include "kernels/quant/quant.h"
 #include "cuda_test_util.h"
+#include "grouped_gemm_test_util.h"
 
 namespace frugal {
 namespace {
@@ -59,18 +60,9 @@ class GroupedGemmFp8Sm90Test : public testing::CudaTest {
   cuda::BlasHandle blas_;
 };
 
-struct Case {
-  std::string name;
-  std::vector<int64_t> rows;  // per group, multiples of 128
-  int64_t max_rows;
-  int64_t n, k;  // B_g [n, k]; wgrad dW_g [n, k]
-};
-
-std::vector<int64_t> offsets_of(const std::vector<int64_t>& rows) {
-  std::vector<int64_t> offsets(rows.size() + 1, 0);
-  for (size_t g = 0; g < rows.size(); ++g) offsets[g + 1] = offsets[g] + rows[g];
-  return offsets;
-}
+using Case = testing::GroupedCase;
+using testing::offsets_of;
+using testing::shape_of;
 
 // [rows, cols] normal values scaled by 2^((row + 3 * (col / 128)) % 7 - 3).
 std::vector<float> random_tiled(int64_t rows, int64_t cols, uint64_t seed) {
@@ -84,11 +76,6 @@ std::vector<float> random_tiled(int64_t rows, int64_t cols, uint64_t seed) {
 template <class T>
 std::vector<T> slice(const std::vector<T>& v, int64_t begin, int64_t count) {
   return std::vector<T>(v.begin() + begin, v.begin() + begin + count);
-}
-
-std::string shape_of(const Case& c) {
-  return std::to_string(c.rows.size()) + "g " + std::to_string(c.max_rows) + "r n" +
-         std::to_string(c.n) + " k" + std::to_string(c.k);
 }
 
 // Device E4M3 codes and scales, filled with NaN codes / NaN scales before the quantizer writes
@@ -190,46 +177,14 @@ void run_case(cudaStream_t stream, cuda::BlasHandle& blas, const Case& c) {
     }
   }
   // ---- wgrad: dW [groups, n, k] fp32, overwrite (twice) then accumulate
-  {
-    DeviceArray<float> dw(groups * n * k);
-    std::vector<float> first;
-    for (int run = 0; run < 2; ++run) {
-      dw.poison();
-      cuda::grouped_gemm_fp8_sm90_wgrad(groups, device_offsets.get(), max_rows, n, k,
-                                        dyT.q.get(), dyT.s.get(), xT.q.get(), xT.s.get(),
-                                        dw.get(), false, stream);
-      sync();
-      const std::vector<float> out = dw.download();
-      if (run == 0) {
-        testing::expect_close("fp8_sm90 wgrad " + c.name, shape, out, dw_ref, kF32OutTolerance);
-        if (used > 0)
-          testing::expect_close("fp8_sm90 wgrad vs cublas " + c.name, shape, out,
-                                dw_blas.download(), kF32VsCublasTolerance);
-        first = out;
-      } else {
-        testing::expect_same_bits("fp8_sm90 wgrad " + c.name, shape, first, out);
-      }
-    }
-    const std::vector<float> init = random_normal(groups * n * k, case_seed(label, 4));
-    std::vector<float> expected(init);
-    for (size_t i = 0; i < expected.size(); ++i) expected[i] += dw_ref[i];
-    dw.upload(init);
-    cuda::grouped_gemm_fp8_sm90_wgrad(groups, device_offsets.get(), max_rows, n, k, dyT.q.get(),
-                                      dyT.s.get(), xT.q.get(), xT.s.get(), dw.get(), true,
-                                      stream);
-    sync();
-    const std::vector<float> out = dw.download();
-    testing::expect_close("fp8_sm90 wgrad acc " + c.name, shape, out, expected,
-                          kF32OutTolerance);
-    std::vector<float> kept, original;
-    for (int64_t g = 0; g < groups; ++g)
-      if (c.rows[g] == 0) {
-        kept.insert(kept.end(), out.begin() + g * n * k, out.begin() + (g + 1) * n * k);
-        original.insert(original.end(), init.begin() + g * n * k, init.begin() + (g + 1) * n * k);
-      }
-    if (!kept.empty())
-      testing::expect_identical_bits("fp8_sm90 wgrad acc empty " + c.name, shape, kept, original);
-  }
+  testing::check_wgrad_runs("fp8_sm90 wgrad", c, dw_ref, dw_blas.download(), used > 0,
+                            kF32OutTolerance, kF32VsCublasTolerance, case_seed(label, 4),
+                            [&](float* dw, bool accumulate) {
+                              cuda::grouped_gemm_fp8_sm90_wgrad(
+                                  groups, device_offsets.get(), max_rows, n, k, dyT.q.get(),
+                                  dyT.s.get(), xT.q.get(), xT.s.get(), dw, accumulate, stream);
+                              sync();
+                            });
 }
 
 }  // namespace

@@ -27,6 +27,7 @@
 #include "kernels/gemm/gemm.h"
 #include "kernels/gemm/gemm_cuda.h"
 #include "cuda_test_util.h"
+#include "grouped_gemm_test_util.h"
 
 namespace frugal {
 namespace {
@@ -51,18 +52,9 @@ class GroupedGemmSm90Test : public testing::CudaTest {
   cuda::BlasHandle blas_;
 };
 
-struct Case {
-  std::string name;
-  std::vector<int64_t> rows;  // per group
-  int64_t max_rows;
-  int64_t n, k;
-};
-
-std::vector<int64_t> offsets_of(const std::vector<int64_t>& rows) {
-  std::vector<int64_t> offsets(rows.size() + 1, 0);
-  for (size_t g = 0; g < rows.size(); ++g) offsets[g + 1] = offsets[g] + rows[g];
-  return offsets;
-}
+using Case = testing::GroupedCase;
+using testing::offsets_of;
+using testing::shape_of;
 
 // Bf16 bits of random values, rows at or past `used_rows` set to NaN; `rounded` gets the values.
 std::vector<uint16_t> activation(int64_t rows, int64_t cols, int64_t used_rows, uint64_t seed,
@@ -71,11 +63,6 @@ std::vector<uint16_t> activation(int64_t rows, int64_t cols, int64_t used_rows, 
   std::vector<uint16_t> bits = testing::to_bf16_bits(rounded);
   for (int64_t i = used_rows * cols; i < rows * cols; ++i) bits[i] = kBf16NaN;
   return bits;
-}
-
-std::string shape_of(const Case& c) {
-  return std::to_string(c.rows.size()) + "g " + std::to_string(c.max_rows) + "r n" +
-         std::to_string(c.n) + " k" + std::to_string(c.k);
 }
 
 // Expects the rows [used_rows, max_rows) of a bf16 output to keep the poison.
@@ -179,44 +166,14 @@ void run_case(cudaStream_t stream, cuda::BlasHandle& blas, const Case& c) {
     }
   }
   // ---- tn (Wgrad), overwrite then accumulate
-  {
-    DeviceArray<float> dw(groups * n * k);
-    std::vector<float> first;
-    for (int run = 0; run < 2; ++run) {
-      dw.poison();
-      cuda::grouped_gemm_sm90_tn(groups, device_offsets.get(), max_rows, n, k, as_bf16(dy.get()),
-                                 as_bf16(x.get()), dw.get(), false, stream);
-      sync();
-      std::vector<float> out = dw.download();
-      if (run == 0) {
-        testing::expect_close("grouped_sm90 tn " + c.name, shape, out, dw_ref, kF32OutTolerance);
-        if (groups > 0)
-          testing::expect_close("grouped_sm90 tn vs cublas " + c.name, shape, out,
-                                dw_blas.download(), kF32OutTolerance);
-        first = out;
-      } else {
-        testing::expect_same_bits("grouped_sm90 tn " + c.name, shape, first, out);
-      }
-    }
-    const std::vector<float> init = random_normal(groups * n * k, case_seed(label, 4));
-    std::vector<float> expected(init);
-    for (size_t i = 0; i < expected.size(); ++i) expected[i] += dw_ref[i];
-    dw.upload(init);
-    cuda::grouped_gemm_sm90_tn(groups, device_offsets.get(), max_rows, n, k, as_bf16(dy.get()),
-                               as_bf16(x.get()), dw.get(), true, stream);
-    sync();
-    const std::vector<float> out = dw.download();
-    testing::expect_close("grouped_sm90 tn acc " + c.name, shape, out, expected, kF32OutTolerance);
-    // Empty groups keep their values bit for bit.
-    std::vector<float> kept, original;
-    for (int64_t g = 0; g < groups; ++g)
-      if (c.rows[g] == 0) {
-        kept.insert(kept.end(), out.begin() + g * n * k, out.begin() + (g + 1) * n * k);
-        original.insert(original.end(), init.begin() + g * n * k, init.begin() + (g + 1) * n * k);
-      }
-    if (!kept.empty())
-      testing::expect_identical_bits("grouped_sm90 tn acc empty " + c.name, shape, kept, original);
-  }
+  testing::check_wgrad_runs("grouped_sm90 tn", c, dw_ref, dw_blas.download(), groups > 0,
+                            kF32OutTolerance, kF32OutTolerance, case_seed(label, 4),
+                            [&](float* dw, bool accumulate) {
+                              cuda::grouped_gemm_sm90_tn(groups, device_offsets.get(), max_rows,
+                                                         n, k, as_bf16(dy.get()), as_bf16(x.get()),
+                                                         dw, accumulate, stream);
+                              sync();
+                            });
 }
 
 }  // namespace
