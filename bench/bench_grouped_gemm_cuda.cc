@@ -45,6 +45,13 @@ constexpr int kSamples = 15;
 constexpr double kMinSampleSeconds = 2e-3;
 constexpr int64_t kPatternElements = int64_t{1} << 22;
 
+// `count` elements of `pattern` repeated.
+template <class T>
+DeviceBuffer<T> repeated(const std::vector<T>& pattern, int64_t count) {
+  DeviceBuffer<T> b(static_cast<size_t>(count));
+  b.fill_repeating(pattern);
+  return b;
+}
 
 DeviceBuffer<uint16_t> bf16_buffer(int64_t count) {
   static const std::vector<uint16_t> pattern = [] {
@@ -54,11 +61,8 @@ DeviceBuffer<uint16_t> bf16_buffer(int64_t count) {
     for (uint16_t& v : p) v = float_to_bf16_bits(normal(gen));
     return p;
   }();
-  DeviceBuffer<uint16_t> b(static_cast<size_t>(count));
-  b.fill_repeating(pattern);
-  return b;
+  return repeated(pattern, count);
 }
-
 
 // Finite E4M3 codes (exponent field below 15: no NaN) and scales in [2^-8, 2^-6).
 DeviceBuffer<uint8_t> fp8_codes(int64_t count) {
@@ -68,9 +72,7 @@ DeviceBuffer<uint8_t> fp8_codes(int64_t count) {
     for (uint8_t& v : p) v = static_cast<uint8_t>((gen() % 0x70) | (gen() & 0x80));
     return p;
   }();
-  DeviceBuffer<uint8_t> b(static_cast<size_t>(count));
-  b.fill_repeating(pattern);
-  return b;
+  return repeated(pattern, count);
 }
 DeviceBuffer<float> fp8_scales(int64_t count) {
   static const std::vector<float> pattern = [] {
@@ -80,9 +82,7 @@ DeviceBuffer<float> fp8_scales(int64_t count) {
     for (float& v : p) v = u(gen);
     return p;
   }();
-  DeviceBuffer<float> b(static_cast<size_t>(std::max<int64_t>(count, 1)));
-  b.fill_repeating(pattern);
-  return b;
+  return repeated(pattern, std::max<int64_t>(count, 1));
 }
 
 __nv_bfloat16* bf(uint16_t* p) { return reinterpret_cast<__nv_bfloat16*>(p); }
