@@ -54,7 +54,6 @@ constexpr int64_t kPatternElements = int64_t{1} << 22;
 // ---- Device data
 // ---------------------------------------------------------------------------------
 
-
 struct Patterns {
   std::vector<uint16_t> bf16;
   std::vector<float> f32;
@@ -104,7 +103,6 @@ struct Fp8Matrix {
     scales.fill_repeating(patterns().scales);
   }
 };
-
 
 // ---- A plain cuBLASLt call, written out here ----------------------------------------------------
 

@@ -61,7 +61,6 @@ struct RouterCase {
   bool with_bias = false;
 };
 
-
 // Per token a random permutation of a grid over [lo, hi) with +-30% jitter: selection scores are
 // at least 0.4 grid steps apart (far above fp32 rounding), so the CPU and GPU must pick the same
 // experts. Sigmoid with a bias: s in [0.05, 0.2] and bias multiples of 0.25, so s + bias of two

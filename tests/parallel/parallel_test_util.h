@@ -56,7 +56,6 @@ class SharedTempDir {
   std::filesystem::path path_;
 };
 
-
 // The tiny preset at sequence length 16, 3 steps, validation at step 2 and 3 over 3 batches (an
 // uneven share for 2 and 4 ranks), one thread, a routing bias that moves fast enough to matter.
 inline Config parallel_test_config(const std::string& out_dir,

@@ -68,8 +68,6 @@ std::vector<nlohmann::json> read_metrics(const std::string& path) {
 
 // ---- helpers -----------------------------------------------------------------------------------
 
-
-
 struct Sources {
   explicit Sources(uint64_t seed)
       : train(synthetic_tokens(3000, 11), seed, 0, 1, ByteTokenizer::kVocabSize, "train"),

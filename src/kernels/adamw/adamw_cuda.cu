@@ -275,7 +275,6 @@ __global__ void __launch_bounds__(kFinishThreads)
 
 int64_t norm_blocks(int64_t count) { return count > 0 ? ceil_div(count, kNormChunk) : 0; }
 
-
 }  // namespace
 
 template <class M>
