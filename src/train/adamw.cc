@@ -154,6 +154,18 @@ typename AdamW<T>::StepInfo AdamW<T>::step(ParamStore<T>& store, double lr) {
   return info;
 }
 
+void copy_moments_by_name(AdamW<float>& to, std::initializer_list<const AdamW<float>*> from) {
+  std::unordered_map<std::string, const AdamW<float>::ParamState*> source;
+  for (const AdamW<float>* optimizer : from)
+    for (const auto& state : optimizer->state()) source[state.name] = &state;
+  for (const auto& state : to.state()) {
+    const auto it = source.find(state.name);
+    FRUGAL_CHECK(it != source.end(), "the optimizer state has no moments for {}", state.name);
+    to.set_state(state.name, it->second->m, it->second->v);
+  }
+  to.set_step_count((*from.begin())->step_count());
+}
+
 template double grad_sum_of_squares<float>(const float*, int64_t);
 template double grad_sum_of_squares<double>(const double*, int64_t);
 template void adamw_update<float>(float*, const float*, float*, float*, int64_t, bool,

@@ -27,6 +27,7 @@
 #include <cmath>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -117,5 +118,10 @@ class AdamW {
   std::vector<ParamState> states_;
   std::unordered_map<std::string, size_t> index_;
 };
+
+// Every moment of `to` from the tensor of the same name in one of `from` (an error names a tensor
+// none of them holds), and the update count of the first: moves moments between host optimizers
+// over different subsets of one model (a rank's tensors, a ZeRO-1 part, the whole model).
+void copy_moments_by_name(AdamW<float>& to, std::initializer_list<const AdamW<float>*> from);
 
 }  // namespace frugal

@@ -454,21 +454,6 @@ class GpuEngine : public StepEngine {
     return optimizer;
   }
 
-  // Every moment of `to` from the tensor of the same name in one of `from`, and the update count
-  // (the first source's).
-  static void copy_moments_by_name(AdamW<float>& to,
-                                   std::initializer_list<const AdamW<float>*> from) {
-    std::unordered_map<std::string, const AdamW<float>::ParamState*> source;
-    for (const AdamW<float>* optimizer : from)
-      for (const auto& state : optimizer->state()) source[state.name] = &state;
-    for (const auto& state : to.state()) {
-      const auto it = source.find(state.name);
-      FRUGAL_CHECK(it != source.end(), "the optimizer state has no moments for {}", state.name);
-      to.set_state(state.name, it->second->m, it->second->v);
-    }
-    to.set_step_count((*from.begin())->step_count());
-  }
-
   // Expert parallelism: this rank's moments (its dense tensors and experts) into
   // local_optimizer_; under ZeRO-1 the dense shards are all-gathered (collective over dp).
   void download_local_moments() {

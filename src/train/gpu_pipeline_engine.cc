@@ -195,43 +195,22 @@ class GpuPipelineEngine : public StepEngine {
     return {info.grad_norm, info.skipped};
   }
 
-  // Every stage's device counters, mapped onto the whole model's MoE layers (main layers in the
-  // stage's range, then the MTP blocks on the last stage), summed over the pipeline ranks
-  // (integers: exact; DualPipe's two copies add up), as the host model's loads.
+  // Every stage's device counters as the host model's loads, summed over the pipeline ranks
+  // (sum_pipeline_expert_load).
   std::vector<ExpertLoad> expert_load() override {
-    const std::vector<MoE<float>*> all_layers = host_.moe_layers();
-    const std::vector<ExpertLoad> names = host_.expert_load();
-    std::vector<std::string> layer_names;
-    for (const ExpertLoad& load : names) layer_names.push_back(load.layer);
-    std::vector<int64_t> offsets(all_layers.size() + 1, 0);
-    for (size_t j = 0; j < all_layers.size(); ++j)
-      offsets[j + 1] = offsets[j] + static_cast<int64_t>(all_layers[j]->expert_load().size());
-    std::vector<int64_t> counts(static_cast<size_t>(offsets.back()), 0);
-    const int64_t main_layers = config_.model.num_hidden_layers;
     ctx_.synchronize();
+    std::vector<StageLoads> stages;
     for (const auto& st : runner_->stages()) {
-      // The stage's MoE layers as indices of all_layers.
-      const std::vector<size_t> global = stage_moe_layers(
-          layer_names, st->layer_begin(), st->layer_end(), st->last(), main_layers);
-      const std::vector<gpu::DeviceLoadCounter> counters = st->expert_load_counters();
-      FRUGAL_CHECK(counters.size() == global.size(),
-                   "stage {}: {} MoE load counters, the model has {} MoE layers there", st->stage(),
-                   counters.size(), global.size());
-      for (size_t i = 0; i < counters.size(); ++i) {
-        const int64_t experts = offsets[global[i] + 1] - offsets[global[i]];
-        FRUGAL_CHECK(counters[i].experts == experts, "stage {}: {} counts {} experts, not {}",
-                     st->stage(), names[global[i]].layer, counters[i].experts, experts);
-        std::vector<int64_t> load(static_cast<size_t>(experts));
-        FRUGAL_CUDA_CHECK(cudaMemcpy(load.data(), counters[i].counts,
-                                     load.size() * sizeof(int64_t), cudaMemcpyDeviceToHost));
-        for (int64_t e = 0; e < experts; ++e) counts[offsets[global[i]] + e] += load[e];
+      StageLoads loads{st->stage(), st->layer_begin(), st->layer_end(), st->last(), {}};
+      for (const gpu::DeviceLoadCounter& counter : st->expert_load_counters()) {
+        std::vector<int64_t> load(static_cast<size_t>(counter.experts));
+        FRUGAL_CUDA_CHECK(cudaMemcpy(load.data(), counter.counts, load.size() * sizeof(int64_t),
+                                     cudaMemcpyDeviceToHost));
+        loads.layers.push_back(std::move(load));
       }
+      stages.push_back(std::move(loads));
     }
-    mesh_.pp().all_reduce_sum(counts.data(), static_cast<int64_t>(counts.size()), CommType::I64);
-    for (size_t j = 0; j < all_layers.size(); ++j)
-      all_layers[j]->set_expert_load(
-          std::vector<int64_t>(counts.begin() + offsets[j], counts.begin() + offsets[j + 1]));
-    return host_.expert_load();
+    return sum_pipeline_expert_load(host_, stages, mesh_.pp());
   }
 
   void update_balance_bias(double gamma) override { runner_->update_balance_bias(gamma); }
@@ -244,14 +223,7 @@ class GpuPipelineEngine : public StepEngine {
   // the tensors held here, the update count).
   void upload_host_state() override {
     runner_->upload(host_.params());
-    std::unordered_map<std::string, const AdamW<float>::ParamState*> whole;
-    for (const auto& state : host_optimizer_.state()) whole[state.name] = &state;
-    for (const auto& state : local_optimizer_->state()) {
-      const auto it = whole.find(state.name);
-      FRUGAL_CHECK(it != whole.end(), "the optimizer state has no moments for {}", state.name);
-      local_optimizer_->set_state(state.name, it->second->m, it->second->v);
-    }
-    local_optimizer_->set_step_count(host_optimizer_.step_count());
+    copy_moments_by_name(*local_optimizer_, {&host_optimizer_});
     optimizer_->local().upload(*local_optimizer_);
   }
 

@@ -177,34 +177,48 @@ OptimizerStepInfo PipelineEngine::optimizer_step(double lr) {
 }
 
 std::vector<ExpertLoad> PipelineEngine::expert_load() {
-  // Each rank adds the counters of its stages' MoE layers into the whole model's list (DualPipe's
-  // two copies of a stage add up, as update_balance_bias sums them); integers, so exact.
-  const std::vector<MoE<float>*> all_layers = full_model_->moe_layers();
-  const std::vector<ExpertLoad> names = full_model_->expert_load();
+  std::vector<StageLoads> stages;
+  for (const auto& st : runner_->stages()) {
+    StageLoads loads{st->stage(), st->layer_begin(), st->layer_end(), st->last(), {}};
+    for (const MoE<float>* layer : st->moe_layers()) loads.layers.push_back(layer->expert_load());
+    stages.push_back(std::move(loads));
+  }
+  return sum_pipeline_expert_load(*full_model_, stages, mesh_.pp());
+}
+
+std::vector<ExpertLoad> sum_pipeline_expert_load(Transformer<float>& model,
+                                                 const std::vector<StageLoads>& stages,
+                                                 Communicator& pp) {
+  const std::vector<MoE<float>*> all_layers = model.moe_layers();
+  const std::vector<ExpertLoad> names = model.expert_load();
   std::vector<std::string> layer_names;
   for (const ExpertLoad& load : names) layer_names.push_back(load.layer);
   std::vector<int64_t> offsets(all_layers.size() + 1, 0);
   for (size_t j = 0; j < all_layers.size(); ++j)
     offsets[j + 1] = offsets[j] + static_cast<int64_t>(all_layers[j]->expert_load().size());
   std::vector<int64_t> counts(static_cast<size_t>(offsets.back()), 0);
-  const int64_t main_layers = config_.model.num_hidden_layers;
-  for (const auto& st : runner_->stages()) {
+  const int64_t main_layers = model.config().num_hidden_layers;
+  for (const StageLoads& st : stages) {
     // The stage's MoE layers as indices of all_layers.
-    const std::vector<size_t> global = stage_moe_layers(
-        layer_names, st->layer_begin(), st->layer_end(), st->last(), main_layers);
-    const std::vector<MoE<float>*> layers = st->moe_layers();
-    FRUGAL_CHECK(layers.size() == global.size(), "stage {}: {} MoE layers, the model has {} there",
-                 st->stage(), layers.size(), global.size());
-    for (size_t i = 0; i < layers.size(); ++i) {
-      const std::vector<int64_t>& load = layers[i]->expert_load();
+    const std::vector<size_t> global =
+        stage_moe_layers(layer_names, st.layer_begin, st.layer_end, st.last, main_layers);
+    FRUGAL_CHECK(st.layers.size() == global.size(),
+                 "stage {}: {} MoE layers, the model has {} there", st.stage, st.layers.size(),
+                 global.size());
+    for (size_t i = 0; i < global.size(); ++i) {
+      const std::vector<int64_t>& load = st.layers[i];
+      const int64_t experts = offsets[global[i] + 1] - offsets[global[i]];
+      FRUGAL_CHECK(static_cast<int64_t>(load.size()) == experts,
+                   "stage {}: {} counts {} experts, not {}", st.stage, names[global[i]].layer,
+                   load.size(), experts);
       for (size_t e = 0; e < load.size(); ++e) counts[offsets[global[i]] + e] += load[e];
     }
   }
-  mesh_.pp().all_reduce_sum(counts.data(), static_cast<int64_t>(counts.size()), CommType::I64);
+  pp.all_reduce_sum(counts.data(), static_cast<int64_t>(counts.size()), CommType::I64);
   for (size_t j = 0; j < all_layers.size(); ++j)
     all_layers[j]->set_expert_load(
         std::vector<int64_t>(counts.begin() + offsets[j], counts.begin() + offsets[j + 1]));
-  return full_model_->expert_load();
+  return model.expert_load();
 }
 
 void PipelineEngine::update_balance_bias(double gamma) { runner_->update_balance_bias(gamma); }

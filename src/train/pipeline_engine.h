@@ -108,4 +108,19 @@ std::vector<Losses> run_dealt_micro_batches(
     int64_t rows, int64_t dp, int64_t dp_rank,
     const std::function<std::vector<Losses>(const int32_t*, const int32_t*)>& run);
 
+// The expert loads of a pipeline rank's stages, as the whole model's (CPU and GPU): each stage's
+// MoE layers (stage_moe_layers: its main layers in [layer_begin, layer_end), then the MTP blocks
+// on the last stage) hold one count per expert; `loads_of(i)` gives stage i's, in that order. They
+// are added into the whole model's layers of `model`, summed over `pp` (integers: exact; DualPipe's
+// two copies of a stage add up) and set as model's loads, which are returned.
+struct StageLoads {
+  int stage = 0;
+  int64_t layer_begin = 0, layer_end = 0;
+  bool last = false;
+  std::vector<std::vector<int64_t>> layers;  // per MoE layer of the stage, one count per expert
+};
+std::vector<ExpertLoad> sum_pipeline_expert_load(Transformer<float>& model,
+                                                 const std::vector<StageLoads>& stages,
+                                                 Communicator& pp);
+
 }  // namespace frugal

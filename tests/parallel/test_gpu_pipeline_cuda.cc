@@ -202,10 +202,12 @@ void compare_pipeline(const PipelineSetup& setup, ScheduleKind kind, Recipe reci
   GpuAdamW single_optimizer(ctx, optim, single);
   GpuPipelineRunner runner(ctx, cfg, recipe, pipeline::build_schedule(kind, stages, kMicroBatches),
                            setup.nccl, setup.host, setup.groups, layout);
-  if (!layout.layers.empty())
-    for (const auto& st : runner.stages())
+  if (!layout.layers.empty()) {
+    for (const auto& st : runner.stages()) {
       EXPECT_EQ(std::make_pair(st->layer_begin(), st->layer_end()), layout.range(st->stage()))
           << label;
+    }
+  }
   runner.upload(initial->params());
   GpuPipelineAdamW optimizer(ctx, optim, runner);
 

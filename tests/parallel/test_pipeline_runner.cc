@@ -221,7 +221,9 @@ void one_step(Communicator& world, const Case& c, int64_t sequences, double rela
   auto reference = reference_model(cfg);
   PipelineRunner<float> runner(cfg, pipeline::build_schedule(c.kind, c.stages, c.micro_batches),
                                world, {}, layout);
-  if (!layout.layers.empty()) EXPECT_EQ(runner.layout(), layout);
+  if (!layout.layers.empty()) {
+    EXPECT_EQ(runner.layout(), layout);
+  }
   copy_values(reference->params(), runner.params());
   const Batch batch = random_batch(cfg, c.micro_batches, 33, sequences);
   const LossWeights weights;
