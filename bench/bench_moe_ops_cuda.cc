@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bandwidth_report.h"
 #include "core/cuda_check.h"
 #include "core/cuda_timer.h"
 #include "core/error.h"
@@ -29,64 +30,14 @@
 #include "kernels/xent/xent_cuda.h"
 
 using namespace frugal;
+using bench::BandwidthReport;
+using bench::fill_normal;
 
 namespace {
 
 constexpr int64_t kTokens = 32768, kHidden = 1024, kExperts = 64, kTopK = 6, kVocab = 32768;
 constexpr int kReps = 20;
 
-
-// Random bytes of a float distribution (N(0,1) as fp32, or its bf16 halves), uploaded in blocks.
-void fill_normal(void* device, int64_t floats, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  const int64_t block = std::min<int64_t>(floats, int64_t{1} << 20);
-  std::vector<float> host(block);
-  for (float& v : host) v = dist(gen);
-  for (int64_t offset = 0; offset < floats; offset += block) {
-    const int64_t n = std::min(block, floats - offset);
-    FRUGAL_CUDA_CHECK(cudaMemcpy(static_cast<float*>(device) + offset, host.data(),
-                                 n * sizeof(float), cudaMemcpyHostToDevice));
-  }
-}
-
-struct Row {
-  std::string op, dtype, shape;
-  double us, bytes;
-};
-
-class Report {
- public:
-  void add(const std::string& op, const std::string& dtype, const std::string& shape, double us,
-           double bytes) {
-    rows_.push_back({op, dtype, shape, us, bytes});
-    const double gbps = bytes > 0 ? bytes / (us * 1e-6) / 1e9 : 0.0;
-    if (copy_gbps_ == 0) copy_gbps_ = gbps;  // the first row is the copy ceiling
-    std::printf("%-28s %-5s %-22s %10.1f %10.0f %8.1f%%\n", op.c_str(), dtype.c_str(), shape.c_str(),
-                us, gbps, bytes > 0 ? 100.0 * gbps / copy_gbps_ : 0.0);
-  }
-  nlohmann::json json(const std::string& device) const {
-    nlohmann::json ops = nlohmann::json::array();
-    for (const Row& r : rows_) {
-      const double gbps = r.bytes > 0 ? r.bytes / (r.us * 1e-6) / 1e9 : 0.0;
-      ops.push_back({{"op", r.op}, {"dtype", r.dtype}, {"shape", r.shape}, {"us", r.us},
-                     {"bytes", r.bytes}, {"gbps", gbps},
-                     {"percent_of_copy", r.bytes > 0 ? 100.0 * gbps / copy_gbps_ : 0.0}});
-    }
-    return {{"device", device},
-            {"tokens", kTokens},
-            {"hidden", kHidden},
-            {"experts", kExperts},
-            {"top_k", kTopK},
-            {"vocab", kVocab},
-            {"reps", kReps},
-            {"ops", ops}};
-  }
-
- private:
-  std::vector<Row> rows_;
-  double copy_gbps_ = 0;
-};
 
 // Routing of the bench: logits -> router -> permutation, on the device (shared by both dtypes).
 struct Routing {
@@ -98,7 +49,7 @@ struct Routing {
 };
 
 template <class T>
-void time_row_ops(Report& report, cuda::CudaTimer& timer, cudaStream_t stream, Routing& r, const char* dtype) {
+void time_row_ops(BandwidthReport& report, cuda::CudaTimer& timer, cudaStream_t stream, Routing& r, const char* dtype) {
   const int64_t n = kTokens * kTopK, s = sizeof(T), rows = r.padded_rows;
   const std::string shape = std::to_string(kTokens) + "x" + std::to_string(kHidden) + " K" +
                             std::to_string(kTopK);
@@ -131,7 +82,7 @@ void time_row_ops(Report& report, cuda::CudaTimer& timer, cudaStream_t stream, R
 }
 
 template <class T>
-void time_xent_embedding(Report& report, cuda::CudaTimer& timer, cudaStream_t stream, const char* dtype) {
+void time_xent_embedding(BandwidthReport& report, cuda::CudaTimer& timer, cudaStream_t stream, const char* dtype) {
   const int64_t s = sizeof(T);
   const std::string xent_shape = std::to_string(kTokens) + "x" + std::to_string(kVocab);
   cuda::DeviceBuffer<T> logits(kTokens * kVocab);
@@ -181,18 +132,9 @@ int main(int argc, char** argv) {
     cudaStream_t stream;
     FRUGAL_CUDA_CHECK(cudaStreamCreate(&stream));
     cuda::CudaTimer timer(stream);
-    Report report;
     std::printf("%s (%d SMs); median of %d runs after 3 warm-ups\n", properties.name,
                 properties.multiProcessorCount, kReps);
-    std::printf("%-28s %-5s %-22s %10s %10s %9s\n", "op", "type", "shape", "us", "GB/s", "of copy");
-    {
-      const int64_t bytes = int64_t{256} << 20;
-      cuda::DeviceBuffer<uint8_t> a(bytes), b(bytes);
-      FRUGAL_CUDA_CHECK(cudaMemset(a.data(), 1, bytes));
-      report.add("device copy (ceiling)", "-", "256 MiB", timer.median_us([&] {
-        FRUGAL_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, stream));
-      }, kReps), 2.0 * bytes);
-    }
+    BandwidthReport report(timer, stream, kReps);
 
     cpu::RouterParams params;
     params.n_experts = kExperts;
@@ -232,7 +174,13 @@ int main(int argc, char** argv) {
     FRUGAL_CUDA_CHECK(cudaStreamDestroy(stream));
     if (argc > 1) {
       std::ofstream out(argv[1]);
-      out << report.json(properties.name).dump(2) << "\n";
+      out << report.json(properties.name, {{"tokens", kTokens},
+                                          {"hidden", kHidden},
+                                          {"experts", kExperts},
+                                          {"top_k", kTopK},
+                                          {"vocab", kVocab}})
+                 .dump(2)
+          << "\n";
       std::printf("wrote %s\n", argv[1]);
     }
   } catch (const Error& e) {
