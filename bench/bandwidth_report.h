@@ -3,6 +3,7 @@
 // percentage of the first row (a device-to-device copy: the ceiling). CUDA builds only.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -30,6 +31,22 @@ inline void fill_normal(void* device, int64_t floats, uint64_t seed, float stdde
     const int64_t n = std::min(block, floats - offset);
     FRUGAL_CUDA_CHECK(cudaMemcpy(static_cast<float*>(device) + offset, host.data(),
                                  static_cast<size_t>(n) * sizeof(float), cudaMemcpyHostToDevice));
+  }
+}
+
+// N(0, stddev) values rounded to bf16, uploaded in blocks (activations as the model makes them).
+inline void fill_normal_bf16(__nv_bfloat16* device, int64_t count, uint64_t seed,
+                             float stddev = 1.0f) {
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  const int64_t block = std::min<int64_t>(count, int64_t{1} << 20);
+  std::vector<__nv_bfloat16> host(static_cast<size_t>(block));
+  for (int64_t offset = 0; offset < count; offset += block) {
+    const int64_t n = std::min(block, count - offset);
+    for (int64_t i = 0; i < n; ++i) host[static_cast<size_t>(i)] = __float2bfloat16(dist(gen));
+    FRUGAL_CUDA_CHECK(cudaMemcpy(device + offset, host.data(),
+                                 static_cast<size_t>(n) * sizeof(__nv_bfloat16),
+                                 cudaMemcpyHostToDevice));
   }
 }
 

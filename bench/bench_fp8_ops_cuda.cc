@@ -30,6 +30,7 @@
 using namespace frugal;
 using bench::BandwidthReport;
 using bench::fill_normal;
+using bench::fill_normal_bf16;
 using bf16 = __nv_bfloat16;
 
 namespace {
@@ -54,7 +55,7 @@ void time_activation_quantizers(BandwidthReport& report, cuda::CudaTimer& timer,
   cuda::DeviceBuffer<bf16> x(static_cast<size_t>(n));
   cuda::DeviceBuffer<uint8_t> q(static_cast<size_t>(n));
   cuda::DeviceBuffer<float> scales(static_cast<size_t>(kRows * fp8_block_count(cols)));
-  fill_normal(x.data(), n / 2, 11);
+  fill_normal_bf16(x.data(), n, 11);
   const double bytes = 3.0 * static_cast<double>(n) + tile_scale_bytes(kRows, cols);
   const std::string shape = shape_of(kRows, cols);
   report.add("quantize_act_1x128", "bf16", shape, timer.median_us([&] {
@@ -80,8 +81,8 @@ void time_swiglu(BandwidthReport& report, cuda::CudaTimer& timer, cudaStream_t s
       dgu(static_cast<size_t>(kRows * 2 * I));
   cuda::DeviceBuffer<uint8_t> q(static_cast<size_t>(kRows * I));
   cuda::DeviceBuffer<float> scales(static_cast<size_t>(kRows * fp8_block_count(I)));
-  fill_normal(gu.data(), kRows * I, 12);
-  fill_normal(h.data(), kRows * I / 2, 13);
+  fill_normal_bf16(gu.data(), kRows * 2 * I, 12);
+  fill_normal_bf16(h.data(), kRows * I, 13);
   const std::string shape = shape_of(kRows, I);
   const double element = static_cast<double>(kRows * I);
   report.add("swiglu_fwd", "bf16", shape, timer.median_us([&] {

@@ -4,10 +4,10 @@
 #   two-gpu (a machine with 2+ GPUs): test_parallel_gpu_ep_cuda (its bf16 bounds were widened after
 #     the first run of ZeRO-1 under EP; the fp8 case runs the dispatched FP8 rows through the sm_90
 #     grouped kernel) and bench-1b fp8 under EP 2 against one GPU (multi_gpu_round.sh part fp8ep);
-#   one-gpu: the grouped GEMM kernel tests (their group scheduling was shared after their last run),
-#     the quantizers' GB/s (FRUGAL_CUDA_TIMING=1 test_kernels_quant_cuda) and the profiled bench-1b
-#     step (FRUGAL_PROFILE=1 bench_train_gpu) in fp8 with the sm_90 and the cuBLASLt grouped GEMMs,
-#     and in bf16: where the fp8 step's time goes.
+#   one-gpu: the FP8 quantizer, SwiGLU, RMSNorm, AdamW and grouped GEMM kernel tests, the GB/s of
+#     the work around the FP8 expert GEMMs (bench_fp8_ops_cuda), and the profiled bench-1b step
+#     (FRUGAL_PROFILE=1 bench_train_gpu) in fp8 with the optimizer's fused and unfused FP8 refresh
+#     (FRUGAL_FUSED_REFRESH=0), and in bf16: where the fp8 step's time goes.
 #   scripts/unverified_round.sh [two-gpu|one-gpu]   (default both)
 # Logs go to build-gpu/unverified, or with $OUT set into $OUT/unverified.tgz (few files come back
 # from the GPU machine). Exit status 0 only if every test passed.
@@ -47,8 +47,10 @@ if [ "$which" != two-gpu ]; then
       || { tail "$logs/configure.log"; exit 1; }
   fi
   echo "== one GPU: the grouped GEMM kernels, the quantizers, the profiled step"
-  tests=(test_kernels_grouped_gemm_sm90_cuda test_kernels_grouped_gemm_fp8_sm90_cuda)
-  ninja -C "$build" -j"$(nproc)" "${tests[@]}" test_kernels_quant_cuda bench_train_gpu \
+  tests=(test_kernels_quant_cuda test_kernels_swiglu_cuda test_kernels_rmsnorm_cuda
+         test_kernels_adamw_fused_refresh_cuda test_kernels_grouped_gemm_sm90_cuda
+         test_kernels_grouped_gemm_fp8_sm90_cuda)
+  ninja -C "$build" -j"$(nproc)" "${tests[@]}" bench_fp8_ops_cuda bench_train_gpu \
     > "$logs/build.log" 2>&1 || { grep -E "error" "$logs/build.log" | head -20; exit 1; }
   for t in "${tests[@]}"; do
     timeout 200 "$build/$t" > "$logs/$t.log" 2>&1
@@ -58,18 +60,19 @@ if [ "$which" != two-gpu ]; then
     grep -E "FAILED|Failure|PASSED|^CHECK.*FAIL" "$logs/$t.log" | sed 's/\x1b\[[0-9;]*m//g' | head -12
     save
   done
-  echo "== quantizers (FRUGAL_CUDA_TIMING=1 test_kernels_quant_cuda)"
-  FRUGAL_CUDA_TIMING=1 timeout 200 "$build/test_kernels_quant_cuda" > "$logs/quant_timing.log" 2>&1 \
+  echo "== bench_fp8_ops_cuda"
+  timeout 120 "$build/bench_fp8_ops_cuda" "$logs/fp8_ops.json" > "$logs/fp8_ops.log" 2>&1 \
     || failures=$((failures + 1))
-  grep -iE "GB/s|us |ms " "$logs/quant_timing.log" | head -30
+  cat "$logs/fp8_ops.log"
   save
-  for run in "fp8 sm90" "fp8 cublas" "bf16 sm90"; do
+  for run in "fp8 1" "fp8 0" "bf16 1"; do
     set -- $run
-    echo "== FRUGAL_PROFILE=1 bench_train_gpu bench-1b $1 (grouped GEMMs: $2)"
-    FRUGAL_PROFILE=1 FRUGAL_GROUPED_GEMM=$2 FRUGAL_GROUPED_GEMM_FP8=$2 timeout 150 \
+    echo "== FRUGAL_PROFILE=1 bench_train_gpu bench-1b $1 (FRUGAL_FUSED_REFRESH=$2)"
+    FRUGAL_PROFILE=1 FRUGAL_FUSED_REFRESH=$2 timeout 150 \
       "$build/bench_train_gpu" configs/bench-1b.toml "$1" 8 4096 4 --warmup 2 \
-      > "$logs/profile_$1_$2.log" 2>&1
-    tail -n 45 "$logs/profile_$1_$2.log"
+      > "$logs/profile_$1_fused$2.log" 2>&1
+    grep -A4 "^recipe" "$logs/profile_$1_fused$2.log"
+    grep -E "^(layers|attn|moe|optimizer|mtp|head|norm)" "$logs/profile_$1_fused$2.log" | head -30
     save
   done
 fi

@@ -47,14 +47,17 @@ struct MatrixSource {
 template <class T, bool kGrouped>
 void launch_act_quant(uint8_t* q, float* scales, const T* x, const int64_t* offsets, int64_t groups,
                       int64_t rows, int64_t cols, bool power_of_two_scale, cudaStream_t stream) {
-  const unsigned blocks = detail::act_quant_blocks(rows, cols);
+  const dim3 blocks = detail::act_quant_grid(rows, cols);
   if (cols % kChunk == 0 && aligned_to(x, 16) && aligned_to(q, 8))
-    detail::act_quant_kernel<MatrixSource<T, true>, true, kGrouped><<<blocks, kThreads, 0, stream>>>(
-        q, scales, MatrixSource<T, true>{x, cols}, rows, cols, offsets, groups, power_of_two_scale);
+    detail::act_quant_kernel<MatrixSource<T, true>, true, kGrouped>
+        <<<blocks, detail::kActQuantThreads, 0, stream>>>(q, scales, MatrixSource<T, true>{x, cols},
+                                                          rows, cols, offsets, groups,
+                                                          power_of_two_scale);
   else
     detail::act_quant_kernel<MatrixSource<T, false>, false, kGrouped>
-        <<<blocks, kThreads, 0, stream>>>(q, scales, MatrixSource<T, false>{x, cols}, rows, cols,
-                                          offsets, groups, power_of_two_scale);
+        <<<blocks, detail::kActQuantThreads, 0, stream>>>(
+            q, scales, MatrixSource<T, false>{x, cols}, rows, cols, offsets, groups,
+            power_of_two_scale);
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
@@ -169,11 +172,11 @@ __global__ void __launch_bounds__(kThreads)
   const bool word_stores = group_rows % 4 == 0 && local0 % 4 == 0 &&
                            reinterpret_cast<uintptr_t>(qT_group) % 4 == 0;
   for (int c = threadIdx.x / 32; c < tile_cols; c += kThreads / 32) {
-    const float scale = column_scale[c];
+    const detail::ScaleDivider divide(column_scale[c], power_of_two_scale);
 #pragma unroll
     for (int k = 0; k < kTransposeRows / 32; ++k) {
       const int r = lane + 32 * k;
-      codes[c][r] = __nv_cvt_float_to_fp8(tile[r][c] / scale, __NV_SATFINITE, __NV_E4M3);
+      codes[c][r] = __nv_cvt_float_to_fp8(divide(tile[r][c]), __NV_SATFINITE, __NV_E4M3);
     }
     __syncwarp();
     const int r = 4 * lane;

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "core/cuda_check.h"
 #include "kernels/cast/vector_access.cuh"
 #include "kernels/quant/quant.h"
 
@@ -36,14 +37,27 @@ __device__ __forceinline__ float half_warp_max(float value) {
   return value;
 }
 
-// The codes of v / scale, byte i of the result = code of v[i]. x / scale is an IEEE division (the
-// build never uses --use_fast_math), as on the CPU.
-__device__ __forceinline__ uint2 quantize8(const float (&v)[kChunk], float scale) {
+// x / scale for every value of a tile or block, with the same bits as the IEEE division the CPU
+// does: when the scale is a power of two (or infinite) its reciprocal is exact and x * (1/scale)
+// is the correctly rounded x / scale, so the division becomes a multiply; other scales divide.
+struct ScaleDivider {
+  float scale, inverse;
+  bool exact_inverse;
+  __device__ __forceinline__ ScaleDivider(float s, bool power_of_two_scale)
+      : scale(s), inverse(1.0f / s), exact_inverse(power_of_two_scale) {}
+  __device__ __forceinline__ float operator()(float x) const {
+    return exact_inverse ? x * inverse : x / scale;
+  }
+};
+
+// The codes of v / scale, byte i of the result = code of v[i] (the build never uses
+// --use_fast_math: the divisions are IEEE, as on the CPU).
+__device__ __forceinline__ uint2 quantize8(const float (&v)[kChunk], const ScaleDivider& divide) {
   uint32_t words[2];
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const float2 low = make_float2(v[4 * half] / scale, v[4 * half + 1] / scale);
-    const float2 high = make_float2(v[4 * half + 2] / scale, v[4 * half + 3] / scale);
+    const float2 low = make_float2(divide(v[4 * half]), divide(v[4 * half + 1]));
+    const float2 high = make_float2(divide(v[4 * half + 2]), divide(v[4 * half + 3]));
     const uint32_t codes_low = __nv_cvt_float2_to_fp8x2(low, __NV_SATFINITE, __NV_E4M3);
     const uint32_t codes_high = __nv_cvt_float2_to_fp8x2(high, __NV_SATFINITE, __NV_E4M3);
     words[half] = codes_low | (codes_high << 16);
@@ -87,57 +101,87 @@ __device__ __forceinline__ bool find_group(const int64_t* offsets, int64_t group
 
 // The 1x128 activation quantizer over a [rows, cols] matrix whose values come from `source`
 // (source.load(v, row, col, valid) fills v with the fp32 values of columns col..col+valid-1 of
-// `row`, zeros after). Units are (tile, row) pairs in tile-major order, so consecutive half-warps
-// take consecutive rows of one tile and write adjacent scales. Grid-stride over pairs of units (one
-// warp); both halves of a warp always run the shuffles together.
+// `row`, zeros after). Block (row block, tile): the 16 half-warps of the block take rows
+// first + h + 16 j (j < kActQuantRowsPerHalf) of one tile, so each thread has 4 loads in flight
+// and the scales of 16 consecutive rows are adjacent. Both halves of a warp always run the
+// shuffles together.
 //   kGrouped false: scales [tiles][rows]
 //   kGrouped true:  rows in group g = [offsets[g], offsets[g+1]) have their scales at
 //                   scales + offsets[g]*tiles laid out [tiles][rows_g]; rows in no group are skipped
 // kVector: q rows may be written 8 bytes at a time (cols % 8 == 0 and q 8-byte aligned).
+constexpr int kActQuantThreads = 256;
+constexpr int kActQuantHalves = kActQuantThreads / kLanesPerTile;  // 16
+constexpr int kActQuantRowsPerHalf = 4;
+constexpr int kActQuantRowsPerBlock = kActQuantHalves * kActQuantRowsPerHalf;  // 64
+
 template <class Source, bool kVector, bool kGrouped>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(kActQuantThreads)
     act_quant_kernel(uint8_t* __restrict__ q, float* __restrict__ scales, Source source,
                      int64_t rows, int64_t cols, const int64_t* __restrict__ offsets,
                      int64_t groups, bool power_of_two_scale) {
-  const int64_t tiles = (cols + kFp8BlockSize - 1) / kFp8BlockSize;
-  const int64_t units = tiles * rows;
-  const int lane = threadIdx.x % 32;
-  const int half = lane / kLanesPerTile;
-  const int64_t warps_total = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
-  const int64_t warp = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  for (int64_t unit0 = 2 * warp; unit0 < units; unit0 += 2 * warps_total) {
-    const int64_t unit = unit0 + half;
-    bool active = unit < units;
-    const int64_t tile = active ? unit / rows : 0;
-    const int64_t row = active ? unit % rows : 0;
-    int64_t base = 0, group_rows = rows;
-    if (kGrouped && active) active = find_group(offsets, groups, row, base, group_rows);
-    const int64_t col = tile * kFp8BlockSize + (lane % kLanesPerTile) * kChunk;
-    const int64_t valid = active ? cols - col : 0;  // <= 0 past the end of a partial tile
+  const int64_t tiles = gridDim.y;
+  const int64_t tile = blockIdx.y;
+  const int half = threadIdx.x / kLanesPerTile;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kActQuantRowsPerBlock;
+  const int64_t col = tile * kFp8BlockSize + (threadIdx.x % kLanesPerTile) * kChunk;
+  const int64_t valid = cols - col;  // <= 0 past the end of a partial tile
 
-    float v[kChunk];
-    if (valid > 0)
-      source.load(v, row, col, valid);
+  // Grouped: the block's group, found once when all its rows lie in one (the usual case: the
+  // groups hold multiples of 128 rows); otherwise each row looks its group up.
+  __shared__ int64_t block_base, block_group_rows;
+  __shared__ bool block_in_one_group;
+  if (kGrouped) {
+    if (threadIdx.x == 0) {
+      int64_t base = 0, group_rows = 0;
+      const int64_t last = (first + kActQuantRowsPerBlock < rows ? first + kActQuantRowsPerBlock
+                                                                 : rows) - 1;
+      block_in_one_group = find_group(offsets, groups, first, base, group_rows) &&
+                           last < base + group_rows;
+      block_base = base;
+      block_group_rows = group_rows;
+    }
+    __syncthreads();
+  }
+
+  float v[kActQuantRowsPerHalf][kChunk];
+  int64_t scale_at[kActQuantRowsPerHalf];  // -1: the row is not quantized
+#pragma unroll
+  for (int j = 0; j < kActQuantRowsPerHalf; ++j) {
+    const int64_t row = first + half + kActQuantHalves * j;
+    bool active = row < rows;
+    int64_t at = tile * rows + row;
+    if (kGrouped) {
+      int64_t base = block_base, group_rows = block_group_rows;
+      if (!block_in_one_group && active) active = find_group(offsets, groups, row, base, group_rows);
+      at = base * tiles + tile * group_rows + (row - base);
+    }
+    scale_at[j] = active ? at : -1;
+    if (active && valid > 0)
+      source.load(v[j], row, col, valid);
     else
 #pragma unroll
-      for (int i = 0; i < kChunk; ++i) v[i] = 0.0f;
-    const float amax = half_warp_max(chunk_amax(v, 0.0f));
+      for (int i = 0; i < kChunk; ++i) v[j][i] = 0.0f;
+  }
+#pragma unroll
+  for (int j = 0; j < kActQuantRowsPerHalf; ++j) {
+    const float amax = half_warp_max(chunk_amax(v[j], 0.0f));
     const float scale = fp8_scale_from_amax(amax, power_of_two_scale);
-    if (valid > 0) store_codes<kVector>(q + row * cols + col, quantize8(v, scale), valid);
-    if (active && lane % kLanesPerTile == 0) {
-      if (kGrouped)
-        scales[base * tiles + tile * group_rows + (row - base)] = scale;
-      else
-        scales[unit] = scale;  // [tiles][rows]
-    }
+    if (scale_at[j] < 0) continue;
+    const int64_t row = first + half + kActQuantHalves * j;
+    if (valid > 0)
+      store_codes<kVector>(q + row * cols + col,
+                           quantize8(v[j], ScaleDivider(scale, power_of_two_scale)), valid);
+    if (threadIdx.x % kLanesPerTile == 0) scales[scale_at[j]] = scale;
   }
 }
 
-// Blocks for act_quant_kernel: one warp per two units, capped (grid-stride beyond).
-inline unsigned act_quant_blocks(int64_t rows, int64_t cols) {
-  const int64_t units = fp8_block_count(cols) * rows;
-  const int64_t blocks = ceil_div(units, 2 * 8);  // 8 warps per 256-thread block
-  return static_cast<unsigned>(blocks < (int64_t{1} << 20) ? blocks : (int64_t{1} << 20));
+// The grid of act_quant_kernel: (row blocks, tiles); checked against the grid limits.
+inline dim3 act_quant_grid(int64_t rows, int64_t cols) {
+  const int64_t row_blocks = ceil_div(rows, kActQuantRowsPerBlock);
+  const int64_t tiles = fp8_block_count(cols);
+  FRUGAL_CUDA_REQUIRE(row_blocks <= 0x7FFFFFFF && tiles <= 65535,
+                      "1x128 FP8 quantizer: matrix too large for one grid");
+  return dim3(static_cast<unsigned>(row_blocks), static_cast<unsigned>(tiles));
 }
 
 }  // namespace frugal::cuda::detail

@@ -17,6 +17,7 @@
 
 #include "kernels/cast/vector_access.cuh"
 #include "kernels/quant/quant.h"
+#include "kernels/quant/quant_tile.cuh"
 
 namespace frugal::cuda::detail {
 
@@ -67,14 +68,14 @@ __device__ __forceinline__ void quantize_weight_block(const float (&v)[kWeightPa
     if (kTranspose) *scale_transposed = s;
   }
   __syncthreads();
-  const float s = block_scale;
+  const ScaleDivider divide(block_scale, power_of_two_scale);
 
 #pragma unroll
   for (int k = 0; k < kWeightPasses; ++k) {
     const int r = warp + kWeightRowsPerPass * k;
     if (r >= block_rows || valid <= 0) continue;
-    const float2 low = make_float2(v[k][0] / s, v[k][1] / s);
-    const float2 high = make_float2(v[k][2] / s, v[k][3] / s);
+    const float2 low = make_float2(divide(v[k][0]), divide(v[k][1]));
+    const float2 high = make_float2(divide(v[k][2]), divide(v[k][3]));
     const uint32_t packed =
         static_cast<uint32_t>(__nv_cvt_float2_to_fp8x2(low, __NV_SATFINITE, __NV_E4M3)) |
         (static_cast<uint32_t>(__nv_cvt_float2_to_fp8x2(high, __NV_SATFINITE, __NV_E4M3)) << 16);

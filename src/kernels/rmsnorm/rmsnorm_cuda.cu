@@ -112,7 +112,9 @@ __global__ void __launch_bounds__(kMaxRowThreads)
         const float amax = detail::half_warp_max(detail::chunk_amax(out, 0.0f));
         const float scale = fp8_scale_from_amax(amax, power_of_two_scale);
         if (valid > 0) {
-          detail::store_codes<kVector>(q + row * d + c * kChunk, detail::quantize8(out, scale), valid);
+          const detail::ScaleDivider divide(scale, power_of_two_scale);
+          detail::store_codes<kVector>(q + row * d + c * kChunk, detail::quantize8(out, divide),
+                                       valid);
           if (c % detail::kLanesPerTile == 0) scales[(c / detail::kLanesPerTile) * n + row] = scale;
         }
       }

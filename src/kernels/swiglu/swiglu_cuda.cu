@@ -164,13 +164,17 @@ void swiglu_fwd_quant(uint8_t* q, float* scales, const T* g, const T* u, int64_t
   // The quantizer reads whole chunks of a tile: every row start must be aligned, one row or many.
   const bool vector = cols % kChunk == 0 && ld_in % kChunk == 0 && aligned_to(g, 16) &&
                       aligned_to(u, 16) && aligned_to(q, 8);
-  const unsigned blocks = detail::act_quant_blocks(rows, cols);
+  const dim3 blocks = detail::act_quant_grid(rows, cols);
   if (vector)
-    detail::act_quant_kernel<SwigluSource<T, true>, true, false><<<blocks, kThreads, 0, stream>>>(
-        q, scales, SwigluSource<T, true>{g, u, ld_in}, rows, cols, nullptr, 0, power_of_two_scale);
+    detail::act_quant_kernel<SwigluSource<T, true>, true, false>
+        <<<blocks, detail::kActQuantThreads, 0, stream>>>(
+            q, scales, SwigluSource<T, true>{g, u, ld_in}, rows, cols, nullptr, 0,
+            power_of_two_scale);
   else
-    detail::act_quant_kernel<SwigluSource<T, false>, false, false><<<blocks, kThreads, 0, stream>>>(
-        q, scales, SwigluSource<T, false>{g, u, ld_in}, rows, cols, nullptr, 0, power_of_two_scale);
+    detail::act_quant_kernel<SwigluSource<T, false>, false, false>
+        <<<blocks, detail::kActQuantThreads, 0, stream>>>(
+            q, scales, SwigluSource<T, false>{g, u, ld_in}, rows, cols, nullptr, 0,
+            power_of_two_scale);
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
