@@ -5,11 +5,14 @@
 //   dequantize_act_1x128 <f32, bf16> == cpu::dequantize_act_1x128 (bf16: then rounded)
 //   transpose_quantize_1x128         == cpu::quantize_act_1x128 of the host-transposed matrix
 //   quantize_weight_128x128 (+ _with_transpose): q, scales == cpu::quantize_weight_128x128; qT,
-//     scalesT == their host transposes
+//     scalesT == their host transposes; quantize_weights_128x128_with_transpose (a stack of
+//     matrices in one launch) == the CPU quantizer of each matrix
 //   the _grouped forms: per group, == the CPU quantizer of the group's slice (transposed for the
 //     Wgrad form) at the documented offsets; rows in no group (and empty groups) leave the outputs
 //     untouched
 #include <gtest/gtest.h>
+
+#include <algorithm>
 
 #include <cmath>
 #include <cstdint>
@@ -243,6 +246,60 @@ TEST_F(QuantCuda, QuantizeWeightIsBitIdentical) {
     for (Pattern pattern : kPatterns)
       for (const QuantCase& shape : kWeightShapes)
         check_quantize_weight(stream_, shape, pattern, power_of_two);
+}
+
+// A stack of matrices in one launch equals the CPU quantizer of each matrix (and its transpose).
+void check_quantize_weight_stack(cudaStream_t stream, int64_t matrices, int64_t rows, int64_t cols,
+                                 bool misaligned, bool power_of_two) {
+  const int64_t row_blocks = fp8_block_count(rows), col_blocks = fp8_block_count(cols);
+  const int64_t blocks = row_blocks * col_blocks, matrix = rows * cols;
+  const std::string text = std::to_string(matrices) + " x " +
+                           testing::shape_text(rows, cols, misaligned);
+  const std::vector<float> w = quant_input(Pattern::kWideRange, matrices * rows, cols,
+                                           testing::case_seed("weight stack " + text, power_of_two));
+  std::vector<uint8_t> q(matrices * matrix), qT(matrices * matrix);
+  std::vector<float> scales(matrices * blocks), scalesT(matrices * blocks);
+  for (int64_t g = 0; g < matrices; ++g) {
+    std::vector<uint8_t> q_g(matrix);
+    std::vector<float> scales_g(blocks);
+    cpu::quantize_weight_128x128(q_g.data(), scales_g.data(), w.data() + g * matrix, rows, cols,
+                                 power_of_two);
+    const std::vector<uint8_t> qT_g = transpose(q_g, rows, cols);
+    const std::vector<float> scalesT_g = transpose(scales_g, row_blocks, col_blocks);
+    std::copy(q_g.begin(), q_g.end(), q.begin() + g * matrix);
+    std::copy(qT_g.begin(), qT_g.end(), qT.begin() + g * matrix);
+    std::copy(scales_g.begin(), scales_g.end(), scales.begin() + g * blocks);
+    std::copy(scalesT_g.begin(), scalesT_g.end(), scalesT.begin() + g * blocks);
+  }
+  DeviceArray<float> w_d(matrices * matrix, misaligned), scales_d(matrices * blocks, misaligned),
+      scalesT_d(matrices * blocks, misaligned);
+  DeviceArray<uint8_t> q_d(matrices * matrix, misaligned), qT_d(matrices * matrix, misaligned);
+  w_d.upload(w);
+  q_d.poison();
+  scales_d.poison();
+  qT_d.poison();
+  scalesT_d.poison();
+  cuda::quantize_weights_128x128_with_transpose(q_d.get(), scales_d.get(), qT_d.get(),
+                                                scalesT_d.get(), w_d.get(), matrices, rows, cols,
+                                                power_of_two, stream);
+  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const std::string op = std::string("quantize_weights stack") + (power_of_two ? " pow2" : "");
+  testing::expect_quant_identical(op, text, w, q_d.download(), q, scales_d.download(), scales);
+  testing::expect_quant_identical(op + " T", text, {}, qT_d.download(), qT, scalesT_d.download(),
+                                  scalesT);
+}
+
+TEST_F(QuantCuda, QuantizeWeightStackEqualsEachMatrix) {
+  for (bool power_of_two : {false, true}) {
+    check_quantize_weight_stack(stream_, 3, 256, 384, false, power_of_two);
+    check_quantize_weight_stack(stream_, 4, 200, 136, false, power_of_two);  // partial blocks
+    check_quantize_weight_stack(stream_, 2, 129, 77, true, power_of_two);    // the scalar path
+  }
+  cuda::quantize_weights_128x128_with_transpose(nullptr, nullptr, nullptr, nullptr, nullptr, 0,
+                                                128, 128, true, stream_);  // no matrix: nothing
+  EXPECT_THROW(cuda::quantize_weights_128x128_with_transpose(nullptr, nullptr, nullptr, nullptr,
+                                                             nullptr, -1, 128, 128, true, stream_),
+               Error);
 }
 
 // ---- grouped forms -------------------------------------------------------------------------------

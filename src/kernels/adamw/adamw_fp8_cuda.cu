@@ -3,12 +3,13 @@
 //
 // Thread layout (quant_weight_block.cuh): lane l of warp k owns columns 4l..4l+3 of rows k, k+8,
 // ..., k+120 of the block. Each thread loads w, m, v, grad of its 64 elements (4 at a time: float4
-// / 8-byte bf16 packs on the vector path), applies detail::adamw_element (adamw_element.cuh: the
-// multi-tensor kernel's element update, so w, m, v are the same bits), stores w, m, v and keeps
-// the updated w in registers; then detail::quantize_weight_block (the device code of
+// / 8-byte bf16 packs on the vector path; 4 rows' loads in flight), applies detail::adamw_element
+// (adamw_element.cuh: the multi-tensor kernel's element update, so w, m, v are the same bits),
+// stores w, m, v, then reads its updated w back from L2 (it just wrote them: the DRAM traffic is
+// the update's alone) and detail::quantize_weight_block (the device code of
 // quantize_weight_128x128_with_transpose) takes the block amax, the scale, and writes the codes of
-// the block and of its transpose with both scales. So the master weights are read once per step
-// instead of twice (update, then refresh).
+// the block and of its transpose with both scales. One launch instead of the update and the
+// refresh's per-matrix quantizer launches.
 //
 // The table (adamw_fp8_prepare, once per segment list): one 112-byte record per non-empty segment,
 // then first_block[segments + 1] (int64); a thread block finds its segment by binary search. The
@@ -91,21 +92,50 @@ __device__ __forceinline__ void update_and_quantize_block(const Fp8Record& s, in
   // The same product the multi-tensor kernel forms (lr * weight_decay in double).
   const double decay = __dmul_rn(c.lr, s.weight_decay);
 
+  // The update, kPassesInFlight rows of the thread at a time: their loads are all issued
+  // before the arithmetic (one row at a time left too few bytes in flight).
+  constexpr int kPassesInFlight = 2;
+  static_assert(kWeightPasses % kPassesInFlight == 0, "whole groups of passes");
+#pragma unroll 1
+  for (int k0 = 0; k0 < kWeightPasses; k0 += kPassesInFlight) {
+    float wv[kPassesInFlight][4], mv[kPassesInFlight][4], vv[kPassesInFlight][4],
+        gv[kPassesInFlight][4];
+#pragma unroll
+    for (int j = 0; j < kPassesInFlight; ++j) {
+      const int64_t offset = (row0 + warp + kWeightRowsPerPass * (k0 + j)) * s.cols + col;
+      load4<kVector>(wv[j], s.w + offset);
+      load4<kVector>(mv[j], m + offset);
+      load4<kVector>(vv[j], v + offset);
+      load4<kVector>(gv[j], s.grad + offset);
+    }
+#pragma unroll
+    for (int j = 0; j < kPassesInFlight; ++j) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        detail::adamw_element<M>(wv[j][i], mv[j][i], vv[j][i], gv[j][i], clip_d, c, decay);
+      const int64_t offset = (row0 + warp + kWeightRowsPerPass * (k0 + j)) * s.cols + col;
+      store4<kVector>(s.w + offset, wv[j]);
+      store4<kVector>(m + offset, mv[j]);
+      store4<kVector>(v + offset, vv[j]);
+    }
+  }
+  // The updated block back in registers for the quantizer: each thread reads the elements it
+  // wrote itself (no barrier needed), through L2 (ld.global.cg: the compiler cannot keep the
+  // stored values live instead, which would bring back the register pressure).
   float w_new[kWeightPasses][4];
 #pragma unroll
   for (int k = 0; k < kWeightPasses; ++k) {
-    const int64_t offset = (row0 + warp + kWeightRowsPerPass * k) * s.cols + col;
-    float mv[4], vv[4], gv[4];
-    load4<kVector>(w_new[k], s.w + offset);
-    load4<kVector>(mv, m + offset);
-    load4<kVector>(vv, v + offset);
-    load4<kVector>(gv, s.grad + offset);
+    const float* p = s.w + (row0 + warp + kWeightRowsPerPass * k) * s.cols + col;
+    if (kVector) {
+      const float4 f = __ldcg(reinterpret_cast<const float4*>(p));
+      w_new[k][0] = f.x;
+      w_new[k][1] = f.y;
+      w_new[k][2] = f.z;
+      w_new[k][3] = f.w;
+    } else {
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
-      detail::adamw_element<M>(w_new[k][i], mv[i], vv[i], gv[i], clip_d, c, decay);
-    store4<kVector>(s.w + offset, w_new[k]);
-    store4<kVector>(m + offset, mv);
-    store4<kVector>(v + offset, vv);
+      for (int i = 0; i < 4; ++i) w_new[k][i] = __ldcg(p + i);
+    }
   }
   detail::quantize_weight_block<kVector, true>(
       w_new, s.q + row0 * s.cols + col_block * kFp8BlockSize, s.cols,
@@ -116,7 +146,7 @@ __device__ __forceinline__ void update_and_quantize_block(const Fp8Record& s, in
 }
 
 template <class M>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     adamw_fp8_kernel(const Fp8Record* __restrict__ records,
                      const int64_t* __restrict__ first_block, int64_t segments,
                      const float* __restrict__ clip_scale, AdamWConstants c,

@@ -106,6 +106,13 @@ void dequantize_act_1x128(T* x, const uint8_t* q, const float* scales, int64_t r
 void quantize_weight_128x128_with_transpose(uint8_t* q, float* scales, uint8_t* qT, float* scalesT,
                                             const float* w, int64_t rows, int64_t cols,
                                             bool power_of_two_scale, cudaStream_t stream);
+// The same over a stack of `matrices` matrices in one launch (the experts of an MoE layer):
+// w, q, qT [matrices][rows * cols], scales, scalesT [matrices][row blocks * column blocks], each
+// matrix exactly as the call above would quantize it alone.
+void quantize_weights_128x128_with_transpose(uint8_t* q, float* scales, uint8_t* qT,
+                                             float* scalesT, const float* w, int64_t matrices,
+                                             int64_t rows, int64_t cols, bool power_of_two_scale,
+                                             cudaStream_t stream);
 // x [rows, cols] -> qT [cols, rows] quantized in 1x128 tiles along rows (the spec's 128x1 tiles
 // of x), scales [ceil(rows/128)][cols]: the Wgrad operands. Equals cpu::quantize_act_1x128 of the
 // transposed matrix, bit for bit.

@@ -210,8 +210,8 @@ __device__ __forceinline__ void load4(float (&v)[4], const float* p, int64_t val
   }
 }
 
-// Block (column block, row block) of w [rows, cols], loaded in the layout of
-// detail::quantize_weight_block and quantized by it. kVector: cols % 4 == 0, w 16-byte aligned and
+// Block (column block, row block, matrix) of a stack of matrices w [matrices][rows, cols], loaded
+// in the layout of detail::quantize_weight_block and quantized by it. kVector: cols % 4 == 0, w 16-byte aligned and
 // q 4-byte aligned. kTranspose also writes qT [cols, rows] and scalesT [col_blocks][row_blocks].
 template <bool kVector, bool kTranspose>
 __global__ void __launch_bounds__(kThreads)
@@ -219,6 +219,16 @@ __global__ void __launch_bounds__(kThreads)
                            uint8_t* __restrict__ qT, float* __restrict__ scalesT,
                            const float* __restrict__ w, int64_t rows, int64_t cols,
                            bool power_of_two_scale) {
+  // Matrix blockIdx.z of a stack: every array advances by one matrix.
+  const int64_t matrix = static_cast<int64_t>(blockIdx.z);
+  const int64_t matrix_blocks = static_cast<int64_t>(gridDim.x) * gridDim.y;
+  w += matrix * rows * cols;
+  q += matrix * rows * cols;
+  scales += matrix * matrix_blocks;
+  if (kTranspose) {
+    qT += matrix * rows * cols;
+    scalesT += matrix * matrix_blocks;
+  }
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kFp8BlockSize;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kFp8BlockSize;
   const int lane = threadIdx.x % 32;
@@ -249,19 +259,21 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <bool kTranspose>
-void launch_weight_quant(uint8_t* q, float* scales, uint8_t* qT, float* scalesT,
-                         const float* w, int64_t rows, int64_t cols, bool power_of_two_scale,
+void launch_weight_quant(uint8_t* q, float* scales, uint8_t* qT, float* scalesT, const float* w,
+                         int64_t matrices, int64_t rows, int64_t cols, bool power_of_two_scale,
                          cudaStream_t stream) {
   const int64_t row_blocks = fp8_block_count(rows);
   const int64_t col_blocks = fp8_block_count(cols);
-  FRUGAL_CUDA_REQUIRE(row_blocks <= 65535 && col_blocks <= 0x7FFFFFFF,
+  FRUGAL_CUDA_REQUIRE(row_blocks <= 65535 && col_blocks <= 0x7FFFFFFF && matrices <= 65535,
                       "cuda::quantize_weight_128x128: weight too large for one grid");
   FRUGAL_CUDA_REQUIRE(q != nullptr && scales != nullptr && w != nullptr,
                       "cuda::quantize_weight_128x128: null pointer");
   if (kTranspose)
     FRUGAL_CUDA_REQUIRE(qT != nullptr && scalesT != nullptr,
                         "cuda::quantize_weight_128x128_with_transpose: null transposed output");
-  const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(row_blocks));
+  const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(row_blocks),
+                  static_cast<unsigned>(matrices));
+  // The vector path: every matrix's rows start 16-byte aligned (w) and 4-byte aligned (q).
   if (cols % 4 == 0 && aligned_to(w, 16) && aligned_to(q, 4))
     quantize_weight_kernel<true, kTranspose><<<grid, kThreads, 0, stream>>>(
         q, scales, qT, scalesT, w, rows, cols, power_of_two_scale);
@@ -333,18 +345,26 @@ void quantize_weight_128x128(uint8_t* q, float* scales, const float* w, int64_t 
                              bool power_of_two_scale, cudaStream_t stream) {
   FRUGAL_CUDA_REQUIRE(rows >= 0 && cols >= 0, "cuda::quantize_weight_128x128: negative shape");
   if (rows == 0 || cols == 0) return;
-  launch_weight_quant<false>(q, scales, nullptr, nullptr, w, rows,
-                             cols, power_of_two_scale, stream);
+  launch_weight_quant<false>(q, scales, nullptr, nullptr, w, 1, rows, cols, power_of_two_scale,
+                             stream);
 }
 
 void quantize_weight_128x128_with_transpose(uint8_t* q, float* scales, uint8_t* qT, float* scalesT,
                                             const float* w, int64_t rows, int64_t cols,
                                             bool power_of_two_scale, cudaStream_t stream) {
-  FRUGAL_CUDA_REQUIRE(rows >= 0 && cols >= 0,
+  quantize_weights_128x128_with_transpose(q, scales, qT, scalesT, w, 1, rows, cols,
+                                          power_of_two_scale, stream);
+}
+
+void quantize_weights_128x128_with_transpose(uint8_t* q, float* scales, uint8_t* qT,
+                                             float* scalesT, const float* w, int64_t matrices,
+                                             int64_t rows, int64_t cols, bool power_of_two_scale,
+                                             cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(matrices >= 0 && rows >= 0 && cols >= 0,
                       "cuda::quantize_weight_128x128_with_transpose: negative shape");
-  if (rows == 0 || cols == 0) return;
-  launch_weight_quant<true>(q, scales, qT, scalesT,
-                            w, rows, cols, power_of_two_scale, stream);
+  if (matrices == 0 || rows == 0 || cols == 0) return;
+  launch_weight_quant<true>(q, scales, qT, scalesT, w, matrices, rows, cols, power_of_two_scale,
+                            stream);
 }
 
 template <class T>

@@ -59,13 +59,9 @@ void GpuWeight::refresh(cuda::DeviceContext& ctx) {
   if (precision_ == GemmPrecision::Bf16) {
     cuda::cast<float, bf16>(bf16_.data(), storage_.value, count(), ctx.stream);
   } else if (precision_ == GemmPrecision::Fp8) {
-    const int64_t matrix = out_ * in_;
-    const int64_t blocks = (out_ / kFp8BlockSize) * (in_ / kFp8BlockSize);
-    for (int64_t g = 0; g < groups_; ++g)
-      cuda::quantize_weight_128x128_with_transpose(
-          q_.data() + g * matrix, scales_.data() + g * blocks, qT_.data() + g * matrix,
-          scalesT_.data() + g * blocks, storage_.value + g * matrix, out_, in_,
-          kFp8PowerOfTwoScales, ctx.stream);
+    cuda::quantize_weights_128x128_with_transpose(q_.data(), scales_.data(), qT_.data(),
+                                                  scalesT_.data(), storage_.value, groups_, out_,
+                                                  in_, kFp8PowerOfTwoScales, ctx.stream);
   }
 }
 
