@@ -1,6 +1,6 @@
 // Bandwidth of the work around the FP8 GEMMs of one bench-1b MoE layer, and of the optimizer over
 // its expert weights: the 1x128 activation quantizers (plain, grouped per expert, transposed for
-// Wgrad), the SwiGLU cache's dequantizer, SwiGLU itself, the 128x128 weight quantizer with its
+// Wgrad, both at once), the SwiGLU cache's dequantizer, SwiGLU itself, the 128x128 weight quantizer with its
 // transposed copy, and AdamW (bf16 moments) alone, followed by that quantizer, and fused with it.
 // Sizes: 32768 tokens x top-6 = 196608 expert rows in 64 groups of 3072 (a multiple of 128, as
 // the FP8 permutation pads them), hidden 1024, expert inter 384; the expert weights of a layer
@@ -69,6 +69,12 @@ void time_activation_quantizers(BandwidthReport& report, cuda::CudaTimer& timer,
     cuda::transpose_quantize_1x128_grouped<bf16>(q.data(), scales.data(), x.data(), offsets,
                                                  kExperts, kRows, cols, true, stream);
   }, kReps), bytes);
+  cuda::DeviceBuffer<uint8_t> qT(static_cast<size_t>(n));
+  cuda::DeviceBuffer<float> scalesT(static_cast<size_t>(kRows / kFp8BlockSize * cols));
+  report.add("quantize_act_1x128_dual_grouped", "bf16", shape, timer.median_us([&] {
+    cuda::quantize_act_1x128_dual_grouped(q.data(), scales.data(), qT.data(), scalesT.data(),
+                                          x.data(), offsets, kExperts, kRows, cols, true, stream);
+  }, kReps), 4.0 * static_cast<double>(n) + 2.0 * tile_scale_bytes(kRows, cols));
   report.add("dequantize_act_1x128", "bf16", shape, timer.median_us([&] {
     cuda::dequantize_act_1x128<bf16>(x.data(), q.data(), scales.data(), kRows, cols, stream);
   }, kReps), bytes);

@@ -47,9 +47,10 @@ if [ "$which" != two-gpu ]; then
       || { tail "$logs/configure.log"; exit 1; }
   fi
   echo "== one GPU: the grouped GEMM kernels, the quantizers, the profiled step"
-  tests=(test_kernels_quant_cuda test_kernels_swiglu_cuda test_kernels_rmsnorm_cuda
-         test_kernels_adamw_fused_refresh_cuda test_kernels_grouped_gemm_sm90_cuda
-         test_kernels_grouped_gemm_fp8_sm90_cuda)
+  tests=(test_kernels_quant_cuda test_kernels_quant_dual_cuda test_kernels_swiglu_cuda
+         test_kernels_rmsnorm_cuda test_kernels_adamw_fused_refresh_cuda
+         test_kernels_grouped_gemm_sm90_cuda
+         test_kernels_grouped_gemm_fp8_sm90_cuda test_model_gpu_transformer_cuda)
   ninja -C "$build" -j"$(nproc)" "${tests[@]}" bench_fp8_ops_cuda bench_train_gpu \
     > "$logs/build.log" 2>&1 || { grep -E "error" "$logs/build.log" | head -20; exit 1; }
   for t in "${tests[@]}"; do

@@ -133,6 +133,17 @@ template <class T>
 void transpose_quantize_1x128_grouped(uint8_t* qT, float* scales, const T* x,
                                       const int64_t* offsets, int64_t groups, int64_t rows,
                                       int64_t cols, bool power_of_two_scale, cudaStream_t stream);
+// Both operands an FP8 Linear makes of one bf16 activation, in one pass over it (quant_dual_cuda.cu):
+// q, scales exactly as quantize_act_1x128 and qT, scalesT exactly as transpose_quantize_1x128 of
+// the same x; the grouped form likewise as the two grouped calls (each group a multiple of 128
+// rows starting on a multiple of 128, as the FP8 permutation pads them).
+void quantize_act_1x128_dual(uint8_t* q, float* scales, uint8_t* qT, float* scalesT,
+                             const __nv_bfloat16* x, int64_t rows, int64_t cols,
+                             bool power_of_two_scale, cudaStream_t stream);
+void quantize_act_1x128_dual_grouped(uint8_t* q, float* scales, uint8_t* qT, float* scalesT,
+                                     const __nv_bfloat16* x, const int64_t* offsets,
+                                     int64_t groups, int64_t rows, int64_t cols,
+                                     bool power_of_two_scale, cudaStream_t stream);
 
 }  // namespace frugal::cuda
 #endif

@@ -39,46 +39,39 @@ namespace {
 void grouped_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
                          GpuGroupedLinear<bf16>::Ctx& c, const bf16* x, bf16* y,
                          const GroupOffsets& offsets) {
-  using T = bf16;
   const int64_t in = weight.in(), out = weight.out(), rows = offsets.rows;
   FRUGAL_CHECK(rows % cuda::kFp8GroupRowAlign == 0,
                "GpuGroupedLinear: {} permuted rows are not padded to {}", rows,
                cuda::kFp8GroupRowAlign);
-  {
-    cuda::DeviceArray<uint8_t> q(ctx, rows * in);
-    cuda::DeviceArray<float> scales(ctx, fp8_block_count(in) * rows);
-    cuda::quantize_act_1x128_grouped<T>(q.data(), scales.data(), x, offsets.device, offsets.groups,
-                                        rows, in, kFp8PowerOfTwoScales, ctx.stream);
-    grouped_fp8_nt(ctx, offsets, out, in, q.data(), scales.data(), weight.fp8(),
-                   weight.fp8_scales(), y);  // [rows, out]
-  }
+  // One pass over x makes the Fprop operand and the Wgrad cache x^T (per group).
   c.xT_q = cuda::DeviceArray<uint8_t>(ctx, rows * in);
   c.xT_scales = cuda::DeviceArray<float>(ctx, rows / kFp8BlockSize * in);
-  cuda::transpose_quantize_1x128_grouped<T>(c.xT_q.data(), c.xT_scales.data(), x, offsets.device,
-                                            offsets.groups, rows, in, kFp8PowerOfTwoScales,
-                                            ctx.stream);
+  cuda::DeviceArray<uint8_t> q(ctx, rows * in);
+  cuda::DeviceArray<float> scales(ctx, fp8_block_count(in) * rows);
+  cuda::quantize_act_1x128_dual_grouped(q.data(), scales.data(), c.xT_q.data(), c.xT_scales.data(),
+                                        x, offsets.device, offsets.groups, rows, in,
+                                        kFp8PowerOfTwoScales, ctx.stream);
+  grouped_fp8_nt(ctx, offsets, out, in, q.data(), scales.data(), weight.fp8(),
+                 weight.fp8_scales(), y);  // [rows, out]
 }
 
 void grouped_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
                           GpuGroupedLinear<bf16>::Ctx& c, const bf16* dy, bf16* dx,
                           const GroupOffsets& offsets) {
-  using T = bf16;
   const int64_t in = weight.in(), out = weight.out(), rows = offsets.rows;
   FRUGAL_CHECK(c.xT_q.data() != nullptr, "GpuGroupedLinear::backward without a forward");
+  // One pass over dy makes the Dgrad operand and the Wgrad operand dy^T (per group).
+  cuda::DeviceArray<uint8_t> dyT_q(ctx, rows * out);
+  cuda::DeviceArray<float> dyT_scales(ctx, rows / kFp8BlockSize * out);
   {
     cuda::DeviceArray<uint8_t> dy_q(ctx, rows * out);
     cuda::DeviceArray<float> dy_scales(ctx, fp8_block_count(out) * rows);
-    cuda::quantize_act_1x128_grouped<T>(dy_q.data(), dy_scales.data(), dy, offsets.device,
-                                        offsets.groups, rows, out, kFp8PowerOfTwoScales,
-                                        ctx.stream);
+    cuda::quantize_act_1x128_dual_grouped(dy_q.data(), dy_scales.data(), dyT_q.data(),
+                                          dyT_scales.data(), dy, offsets.device, offsets.groups,
+                                          rows, out, kFp8PowerOfTwoScales, ctx.stream);
     grouped_fp8_nt(ctx, offsets, in, out, dy_q.data(), dy_scales.data(),
                    weight.fp8_transposed(), weight.fp8_transposed_scales(), dx);  // [rows, in]
   }
-  cuda::DeviceArray<uint8_t> dyT_q(ctx, rows * out);
-  cuda::DeviceArray<float> dyT_scales(ctx, rows / kFp8BlockSize * out);
-  cuda::transpose_quantize_1x128_grouped<T>(dyT_q.data(), dyT_scales.data(), dy, offsets.device,
-                                            offsets.groups, rows, out, kFp8PowerOfTwoScales,
-                                            ctx.stream);
   if (fp8_on_sm90(out, in))
     cuda::grouped_gemm_fp8_sm90_wgrad(offsets.groups, offsets.device, rows, out, in, dyT_q.data(),
                                       dyT_scales.data(), c.xT_q.data(), c.xT_scales.data(),

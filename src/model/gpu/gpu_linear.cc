@@ -127,7 +127,21 @@ void linear_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, GpuLi
                         const bf16* x, bf16* y, int64_t rows, const Fp8Input* x_fp8) {
   using T = bf16;
   const int64_t in = weight.in(), out = weight.out();
-  // FP8 Fprop: x in 1x128 tiles along in, W in 128x128 blocks.
+  // FP8 Fprop: x in 1x128 tiles along in, W in 128x128 blocks; the Wgrad operand x^T
+  // [in, padded_rows] quantized along the rows, kept for the backward.
+  const int64_t padded = round_up(rows, kFp8BlockSize);
+  c.xT_q = cuda::DeviceArray<uint8_t>(ctx, in * padded);
+  c.xT_scales = cuda::DeviceArray<float>(ctx, padded / kFp8BlockSize * in);
+  if (x_fp8 == nullptr && padded == rows) {  // one pass over x makes both operands
+    cuda::DeviceArray<uint8_t> q(ctx, rows * in);
+    cuda::DeviceArray<float> scales(ctx, fp8_block_count(in) * rows);
+    cuda::quantize_act_1x128_dual(q.data(), scales.data(), c.xT_q.data(), c.xT_scales.data(), x,
+                                  rows, in, kFp8PowerOfTwoScales, ctx.stream);
+    cuda::gemm_fp8_nt(ctx.blas, rows, out, in, q.data(), scales.data(), weight.fp8(),
+                      weight.fp8_scales(), cuda::Fp8Scaling::Block128x128, 0.0f, y, out,
+                      cuda::DataType::BF16, ctx.stream);  // [rows, out]
+    return;
+  }
   if (x_fp8 != nullptr && rows % kFp8RowMultiple == 0) {
     cuda::gemm_fp8_nt(ctx.blas, rows, out, in, x_fp8->q, x_fp8->scales, weight.fp8(),
                       weight.fp8_scales(), cuda::Fp8Scaling::Block128x128, 0.0f, y, out,
@@ -135,16 +149,12 @@ void linear_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, GpuLi
   } else {
     fp8_gemm_rows(ctx, x, rows, in, out, weight.fp8(), weight.fp8_scales(), 0.0f, y);
   }
-  // The Wgrad operand: x^T [in, padded_rows] quantized along the rows.
-  const int64_t padded = round_up(rows, kFp8BlockSize);
   cuda::DeviceArray<T> x_padded;
   const T* source = x;
   if (padded != rows) {
     x_padded = pad_rows<T>(ctx, x, rows, in, padded);
     source = x_padded.data();
   }
-  c.xT_q = cuda::DeviceArray<uint8_t>(ctx, in * padded);
-  c.xT_scales = cuda::DeviceArray<float>(ctx, padded / kFp8BlockSize * in);
   cuda::transpose_quantize_1x128<T>(c.xT_q.data(), c.xT_scales.data(), source, padded, in,
                                     kFp8PowerOfTwoScales, ctx.stream);
 }
@@ -154,23 +164,29 @@ void linear_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, GpuL
   using T = bf16;
   const int64_t in = weight.in(), out = weight.out(), rows = c.rows;
   FRUGAL_CHECK(c.xT_q.data() != nullptr, "GpuLinear::backward without a forward");
-  if (dx != nullptr) {
-    // FP8 Dgrad: dy in 1x128 tiles along out, WT [in, out] in 128x128 blocks.
-    fp8_gemm_rows(ctx, dy, rows, out, in, weight.fp8_transposed(),
-                  weight.fp8_transposed_scales(), beta, dx);  // [rows, in]
-  }
-  // FP8 Wgrad: dW[out, in] += dyT[out, padded] · xT[in, padded]^T, reduction over the rows.
+  // FP8 Dgrad: dy in 1x128 tiles along out, WT [in, out] in 128x128 blocks. FP8 Wgrad:
+  // dW[out, in] += dyT[out, padded] · xT[in, padded]^T, reduction over the rows.
   const int64_t padded = round_up(rows, kFp8BlockSize);
-  cuda::DeviceArray<T> dy_padded;
-  const T* source = dy;
-  if (padded != rows) {
-    dy_padded = pad_rows<T>(ctx, dy, rows, out, padded);
-    source = dy_padded.data();
-  }
   cuda::DeviceArray<uint8_t> dyT_q(ctx, out * padded);
   cuda::DeviceArray<float> dyT_scales(ctx, padded / kFp8BlockSize * out);
-  cuda::transpose_quantize_1x128<T>(dyT_q.data(), dyT_scales.data(), source, padded, out,
-                                    kFp8PowerOfTwoScales, ctx.stream);
+  if (padded == rows) {  // one pass over dy makes both operands
+    cuda::DeviceArray<uint8_t> dy_q(ctx, rows * out);
+    cuda::DeviceArray<float> dy_scales(ctx, fp8_block_count(out) * rows);
+    cuda::quantize_act_1x128_dual(dy_q.data(), dy_scales.data(), dyT_q.data(), dyT_scales.data(),
+                                  dy, rows, out, kFp8PowerOfTwoScales, ctx.stream);
+    if (dx != nullptr)
+      cuda::gemm_fp8_nt(ctx.blas, rows, in, out, dy_q.data(), dy_scales.data(),
+                        weight.fp8_transposed(), weight.fp8_transposed_scales(),
+                        cuda::Fp8Scaling::Block128x128, beta, dx, in, cuda::DataType::BF16,
+                        ctx.stream);  // [rows, in]
+  } else {
+    if (dx != nullptr)
+      fp8_gemm_rows(ctx, dy, rows, out, in, weight.fp8_transposed(),
+                    weight.fp8_transposed_scales(), beta, dx);  // [rows, in]
+    const cuda::DeviceArray<T> dy_padded = pad_rows<T>(ctx, dy, rows, out, padded);
+    cuda::transpose_quantize_1x128<T>(dyT_q.data(), dyT_scales.data(), dy_padded.data(), padded,
+                                      out, kFp8PowerOfTwoScales, ctx.stream);
+  }
   cuda::gemm_fp8_nt(ctx.blas, out, in, padded, dyT_q.data(), dyT_scales.data(), c.xT_q.data(),
                     c.xT_scales.data(), cuda::Fp8Scaling::Tile1x128, 1.0f, weight.grad(), in,
                     cuda::DataType::F32, ctx.stream);  // [out, in] +=
