@@ -14,14 +14,14 @@
 // out), then the P ranks train the same steps from the same initial weights with the SCHEDULE
 // (1f1b, zb1p, dualpipe, dualpipev) over P pipeline ranks. Prints per step: the mean main loss of
 // the M micro-batches on one GPU and on the pipeline, the step time (wall clock around a
-// synchronized step; the pipeline's is the slowest rank's) and tokens/s of both. The GPU stage's
-// backward makes the weight gradients with the input gradients, so the W steps of ZB1P/DualPipe
-// do not fill bubbles yet (see gpu_pipeline_runner.h). Writes the table as JSON with --json.
+// synchronized step; the pipeline's is the slowest rank's) and tokens/s of both. The W steps of
+// ZB1P/DualPipe(V) run the weight-gradient GEMMs their B deferred (see gpu_pipeline_runner.h).
+// Writes the table as JSON with --json.
 // The measured bubble (the runner's step timing, parallel/pipeline_timing.h, always on here): per
-// step and rank, the wall time of runner.step, its busy (F and B on the compute stream) and idle
-// time, next to the bubble the schedule should have with the step's measured mean F and B: the
-// simulated idle of that rank (simulate_schedule) and Table 2's formula (table2_bubble). W = 0 in
-// both: the GPU's B makes the weight gradients too, so W's time is inside B; an FB step is F + B.
+// step and rank, the wall time of runner.step, its busy (F, B and W on the compute stream) and
+// idle time, next to the bubble the schedule should have with the step's measured mean F, B and W:
+// the simulated idle of that rank (simulate_schedule) and Table 2's formula (table2_bubble). A W
+// that runs inside its B (it is the rank's next step) counts 0; an FB step is F + B + W.
 #include "mpi_bench_main.h"
 
 #if defined(FRUGAL_HAVE_CUDA) && defined(FRUGAL_HAVE_NCCL) && defined(FRUGAL_HAVE_MPI)
@@ -254,26 +254,28 @@ int run(int argc, char** argv) {
                            {"tokens_per_s_pipeline", pipe_tok}});
     }
     // The measured bubble against the schedule's, with the step's measured F and B (all ranks).
-    std::printf("\nbubble per step and rank (W = 0: the GPU's B makes the weight gradients, so "
-                "W's time is inside B; FB = F + B)\n");
-    std::printf("%5s %5s %10s %10s %10s %9s %9s %16s %16s\n", "step", "rank", "step ms",
-                "busy ms", "idle ms", "F ms", "B ms", "sim. idle ms", "Table 2 ms");
+    std::printf("\nbubble per step and rank (W: the deferred weight GEMMs, 0 where a W ran "
+                "inside its B; FB = F + B + W)\n");
+    std::printf("%5s %5s %10s %10s %10s %9s %9s %9s %16s %16s\n", "step", "rank", "step ms",
+                "busy ms", "idle ms", "F ms", "B ms", "W ms", "sim. idle ms", "Table 2 ms");
     nlohmann::json bubble_json = nlohmann::json::array();
     for (int64_t s = 0; s < steps; ++s) {
-      double f = 0, b = 0;
-      int fn = 0, bn = 0;
+      double f = 0, b = 0, w = 0;
+      int fn = 0, bn = 0, wn = 0;
       for (const auto& t : timings[s]) {
         f += t.f_ms * t.f_count, fn += t.f_count;
         b += t.b_ms * t.b_count, bn += t.b_count;
+        w += t.w_ms * t.w_count, wn += t.w_count;
       }
       f = fn ? f / fn : 0;
       b = bn ? b / bn : 0;
-      const pipeline::ExpectedBubble expected = pipeline::expected_bubble(schedule, f, b);
+      w = wn ? w / wn : 0;
+      const pipeline::ExpectedBubble expected = pipeline::expected_bubble(schedule, f, b, w);
       for (int r = 0; r < ranks; ++r) {
         const pipeline::PipelineTiming& t = timings[s][r];
-        std::printf("%5lld %5d %10.2f %10.2f %10.2f %9.3f %9.3f %16.2f %16.2f\n",
+        std::printf("%5lld %5d %10.2f %10.2f %10.2f %9.3f %9.3f %9.3f %16.2f %16.2f\n",
                     static_cast<long long>(s + 1), r, t.step_ms, t.busy_ms, t.idle_ms, t.f_ms,
-                    t.b_ms, expected.simulated[r], expected.table2);
+                    t.b_ms, t.w_ms, expected.simulated[r], expected.table2);
         bubble_json.push_back({{"step", s + 1},
                                {"rank", r},
                                {"step_ms", t.step_ms},
@@ -283,8 +285,11 @@ int run(int argc, char** argv) {
                                {"b_ms", t.b_ms},
                                {"f_count", t.f_count},
                                {"b_count", t.b_count},
+                               {"w_ms", t.w_ms},
+                               {"w_count", t.w_count},
                                {"mean_f_ms_all_ranks", f},
                                {"mean_b_ms_all_ranks", b},
+                               {"mean_w_ms_all_ranks", w},
                                {"simulated_idle_ms", expected.simulated[r]},
                                {"table2_bubble_ms", expected.table2}});
       }

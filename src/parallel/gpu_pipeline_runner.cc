@@ -173,11 +173,32 @@ GpuPipelineRunner::GpuPipelineRunner(cuda::DeviceContext& ctx, const ModelConfig
 GpuPipelineRunner::~GpuPipelineRunner() = default;
 
 namespace {
-constexpr int kStepTrack = 0, kForwardTrack = 1, kBackwardTrack = 2;
+constexpr int kStepTrack = 0, kForwardTrack = 1, kBackwardTrack = 2, kWeightTrack = 3;
+
+// For each BackwardInput step of `steps`: whether its W comes later than the rank's next compute
+// step (true: B defers its weight GEMMs to that W; false: the W follows at once, B runs whole).
+std::vector<bool> deferring_backwards(const std::vector<pipeline::Step>& steps) {
+  using pipeline::Op;
+  std::vector<bool> out(steps.size(), false);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (steps[i].op != Op::BackwardInput) continue;
+    for (size_t j = i + 1; j < steps.size(); ++j) {
+      const pipeline::Step& next = steps[j];
+      if (next.op != Op::Forward && next.op != Op::BackwardInput &&
+          next.op != Op::BackwardWeight && next.op != Op::ForwardBackward)
+        continue;  // communication
+      out[i] = !(next.op == Op::BackwardWeight &&
+                 next.work.micro_batch == steps[i].work.micro_batch &&
+                 next.work.stage == steps[i].work.stage);
+      break;
+    }
+  }
+  return out;
+}
 }  // namespace
 
 void GpuPipelineRunner::resolve_timing() {
-  const std::vector<std::vector<TimeInterval>> tracks = timeline_.resolve(3);
+  const std::vector<std::vector<TimeInterval>> tracks = timeline_.resolve(4);
   FRUGAL_CHECK(tracks[kStepTrack].size() == 1, "GPU pipeline: the timed step has {} step marks",
                tracks[kStepTrack].size());
   const TimeInterval step = tracks[kStepTrack][0];
@@ -186,6 +207,8 @@ void GpuPipelineRunner::resolve_timing() {
     intervals.push_back({pipeline::TimedKind::Forward, i.begin - step.begin, i.end - step.begin});
   for (const TimeInterval& i : tracks[kBackwardTrack])
     intervals.push_back({pipeline::TimedKind::Backward, i.begin - step.begin, i.end - step.begin});
+  for (const TimeInterval& i : tracks[kWeightTrack])
+    intervals.push_back({pipeline::TimedKind::Weight, i.begin - step.begin, i.end - step.begin});
   last_timing_ = pipeline::summarize_timing(step.end - step.begin, intervals);
 }
 
@@ -247,7 +270,11 @@ std::vector<Losses> GpuPipelineRunner::step(const int32_t* tokens, const int32_t
   std::map<Key, std::unique_ptr<GpuPipelineStage::Run>> runs;
   std::map<Key, cuda::DeviceArray<float>> activations;  // output of (micro_batch, stage) [rows, d]
   std::map<Key, cuda::DeviceArray<float>> gradients;    // input gradient of (micro_batch, stage)
-  std::set<Key> awaiting_weight;  // B done, its W step not reached yet
+  std::set<Key> awaiting_weight;  // B done (whole), its W step not reached yet
+  std::map<Key, std::unique_ptr<GpuPipelineStage::Run>> deferred;  // B done, W work pending
+  const std::vector<bool> defers = deferring_backwards(schedule_.steps[me]);
+  WeightDeferral deferral;
+  size_t bytes_held = 0;
   const int64_t balance_entries = cfg_.num_hidden_layers + cfg_.num_nextn_predict_layers;
   const int64_t record = balance_entries + 4;
   std::vector<double> records(static_cast<size_t>(micro_batches * record), 0.0);
@@ -276,7 +303,9 @@ std::vector<Losses> GpuPipelineRunner::step(const int32_t* tokens, const int32_t
     add_record(st, part, records.data() + w.micro_batch * record);
     if (!st.last()) activations[{w.micro_batch, w.stage}] = std::move(output);
   };
-  auto backward = [&](const pipeline::Work& w, bool weight_step_follows) {
+  // weight_step_follows: a W step for this work comes later in the list; defer: B leaves the
+  // weight GEMMs to it.
+  auto backward = [&](const pipeline::Work& w, bool weight_step_follows, bool defer) {
     GpuPipelineStage& st = stage(w.stage);
     cuda::DeviceArray<float> doutput;
     if (!st.last()) doutput = take(gradients, {w.micro_batch, w.stage + 1}, "gradient");
@@ -285,16 +314,31 @@ std::vector<Losses> GpuPipelineRunner::step(const int32_t* tokens, const int32_t
     auto it = runs.find({w.micro_batch, w.stage});
     FRUGAL_CHECK(it != runs.end(), "GPU pipeline: B of micro-batch {} stage {} before its F",
                  w.micro_batch, w.stage);
-    st.backward(it->second, doutput.data(), dinput.data(), loss_scale);
+    st.backward_input(it->second, doutput.data(), dinput.data(), loss_scale, defer);
+    if (defer) {
+      bytes_held += it->second->weight_grads.bytes_held();
+      deferral.peak_bytes_held = std::max(deferral.peak_bytes_held, bytes_held);
+      ++deferral.deferred_backwards;
+      deferred[{w.micro_batch, w.stage}] = std::move(it->second);
+    }
     runs.erase(it);
     if (!st.first()) gradients[{w.micro_batch, w.stage}] = std::move(dinput);
-    if (weight_step_follows) awaiting_weight.insert({w.micro_batch, w.stage});
+    if (weight_step_follows && !defer) awaiting_weight.insert({w.micro_batch, w.stage});
   };
-  // The weight gradients were made by B (see the header): W only checks the list's order.
+  // W: the deferred weight GEMMs (timed like F and B), or nothing when B ran whole.
   auto backward_weight = [&](const pipeline::Work& w) {
-    FRUGAL_CHECK(awaiting_weight.erase({w.micro_batch, w.stage}) == 1,
-                 "GPU pipeline: W of micro-batch {} stage {} without a B before it", w.micro_batch,
-                 w.stage);
+    auto it = deferred.find({w.micro_batch, w.stage});
+    if (it == deferred.end()) {
+      FRUGAL_CHECK(awaiting_weight.erase({w.micro_batch, w.stage}) == 1,
+                   "GPU pipeline: W of micro-batch {} stage {} without a B before it",
+                   w.micro_batch, w.stage);
+      return;
+    }
+    if (timing_) timeline_.start(kWeightTrack, ctx_.stream);
+    bytes_held -= it->second->weight_grads.bytes_held();
+    deferral.weight_gemms += stage(w.stage).backward_weight(it->second);
+    if (timing_) timeline_.stop(kWeightTrack, ctx_.stream);
+    deferred.erase(it);
   };
   auto buffer_of = [&](const Message& m) -> std::map<Key, cuda::DeviceArray<float>>& {
     return m.gradient ? gradients : activations;
@@ -317,9 +361,9 @@ std::vector<Losses> GpuPipelineRunner::step(const int32_t* tokens, const int32_t
     forward(w);
     if (timed) timeline_.stop(kForwardTrack, ctx_.stream);
   };
-  auto timed_backward = [&](const pipeline::Work& w, bool weight_step_follows) {
+  auto timed_backward = [&](const pipeline::Work& w, bool weight_step_follows, bool defer) {
     if (timed) timeline_.start(kBackwardTrack, ctx_.stream);
-    backward(w, weight_step_follows);
+    backward(w, weight_step_follows, defer);
     if (timed) timeline_.stop(kBackwardTrack, ctx_.stream);
   };
 
@@ -329,11 +373,11 @@ std::vector<Losses> GpuPipelineRunner::step(const int32_t* tokens, const int32_t
         const pipeline::Step& s = schedule_.steps[me][a.step];
         switch (s.op) {
           case Op::Forward: timed_forward(s.work); break;
-          case Op::BackwardInput: timed_backward(s.work, true); break;
+          case Op::BackwardInput: timed_backward(s.work, true, defers[a.step]); break;
           case Op::BackwardWeight: backward_weight(s.work); break;
           case Op::ForwardBackward:  // no overlap yet: F, then the other chunk's whole B
             timed_forward(s.work);
-            timed_backward(s.other, false);
+            timed_backward(s.other, false, false);
             break;
           default: fail("GPU pipeline: step {} is not a compute step", pipeline::op_name(s.op));
         }
@@ -367,11 +411,13 @@ std::vector<Losses> GpuPipelineRunner::step(const int32_t* tokens, const int32_t
       }
     }
   }
-  FRUGAL_CHECK(runs.empty() && activations.empty() && gradients.empty() && awaiting_weight.empty(),
+  FRUGAL_CHECK(runs.empty() && activations.empty() && gradients.empty() &&
+                   awaiting_weight.empty() && deferred.empty(),
                "GPU pipeline: rank {} ended the {} step with {} forward runs, {} activations, {} "
                "gradients and {} W steps left (a B, W, send or consumer missing from its list)",
                me, pipeline::schedule_kind_name(schedule_.kind), runs.size(), activations.size(),
-               gradients.size(), awaiting_weight.size());
+               gradients.size(), awaiting_weight.size() + deferred.size());
+  last_deferral_ = deferral;
 
   if (timed) {
     timeline_.stop(kStepTrack, ctx_.stream);

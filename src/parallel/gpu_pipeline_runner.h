@@ -4,11 +4,16 @@
 //   F   forward of (micro_batch, stage): input from the previous stage (device fp32 [rows, hidden],
 //       received or produced by this rank's other stage), output kept for the send or the next
 //       stage here
-//   B   the whole backward of (micro_batch, stage): the GPU stage computes the input gradient and
-//       the weight gradients together (its Run is released)
-//   W   nothing: the weight gradients were made in B. Zero-bubble W deferral (ZB1P, DualPipe's
-//       W steps) is therefore not exploited on the GPU yet; the lists still run, in their order.
-//   FB  DualPipe's overlapped pair, run as F then B (no overlap yet)
+//   B   the input half of the backward of (micro_batch, stage) (GpuPipelineStage::backward_input
+//       with defer_weights): the input gradient and the small weight gradients (RMSNorms, router
+//       gates, embedding, head); the weight-gradient GEMMs of the Linears and experts stay queued
+//       in the stage's Run with their operands (model/gpu/gpu_weight_grad.h). When the rank's
+//       next compute step is this B's own W (1F1B, and the schedules' non-deferred backwards), B
+//       runs the whole backward instead: deferring would only copy operands.
+//   W   the deferred weight-gradient GEMMs of (micro_batch, stage) (backward_weight), in the order
+//       B queued them; nothing when B ran the whole backward. The W steps of a stage come in the
+//       order of its B steps, so every gradient is bitwise the immediate backward's.
+//   FB  DualPipe's overlapped pair, run as F then the whole backward (no overlap yet)
 // Messages: device fp32 [rows, hidden] activations and gradients (rows = micro-batch sequences *
 // seq), sent with NCCL point-to-point calls on `nccl`; an exchange (two opposite sends fused by the
 // plan) is one all_to_all_v in an NCCL group of the two ranks (ncclSend + ncclRecv in one grouped
@@ -42,9 +47,13 @@
 // update_balance_bias / reading the loads). download() takes each routed expert from its EP owner.
 //
 // Timing (FRUGAL_PIPELINE_TIMING=1 or set_timing(true)): device events on the compute stream at
-// the step's start and end and around every F and B (an FB step: its F and its B apart); after the
-// step they resolve into last_timing() (pipeline_timing.h: wall, busy, idle = wall - busy, mean F
-// and B). W steps are not timed: their work is inside B on the GPU.
+// the step's start and end and around every F, B and deferred W (an FB step: its F and its B
+// apart); after the step they resolve into last_timing() (pipeline_timing.h: wall, busy, idle =
+// wall - busy, mean F, B and W). A W step with nothing deferred is not timed.
+// Deferral memory: from B to W a (micro_batch, stage) holds, per Linear / expert matrix, copies
+// of its input and output gradient (fp32/bf16) or its FP8 x^T and dy^T caches (fp8, no copies) —
+// about the activations the immediate backward would have freed at B; last_weight_deferral()
+// reports the step's peak and the W work done.
 #pragma once
 
 #include <cstdint>
@@ -117,6 +126,14 @@ class GpuPipelineRunner {
   const pipeline::PipelineTiming& last_timing() const { return last_timing_; }
   std::vector<pipeline::PipelineTiming> gather_timing();
 
+  // Zero-bubble W deferral in the last step() on this rank (see above).
+  struct WeightDeferral {
+    int64_t deferred_backwards = 0;  // B steps that left their weight GEMMs to a later W
+    int64_t weight_gemms = 0;        // weight-gradient GEMMs the W steps ran
+    size_t peak_bytes_held = 0;      // most device bytes the pending W steps held at once
+  };
+  const WeightDeferral& last_weight_deferral() const { return last_deferral_; }
+
   // Spec §2.2 on this rank's MoE layers; with DualPipe the two copies' loads are summed first (over
   // NCCL, integers) so the copies' biases stay equal. Collective.
   void update_balance_bias(double gamma);
@@ -170,7 +187,7 @@ class GpuPipelineRunner {
   // rank's tensors by name); its values come from that owner.
   bool peer_expert(const std::string& name,
                    const std::unordered_map<std::string, const DeviceParam*>& held) const;
-  // last_timing_ from the timeline of a timed step (tracks: step, F, B).
+  // last_timing_ from the timeline of a timed step (tracks: step, F, B, W).
   void resolve_timing();
 
   cuda::DeviceContext& ctx_;
@@ -199,6 +216,7 @@ class GpuPipelineRunner {
   std::vector<cuda::GradTensor> expert_norm_tensors_;   // EP: counted routed-expert gradients
   bool timing_ = false;
   pipeline::PipelineTiming last_timing_;
+  WeightDeferral last_deferral_;
   EventTimeline timeline_;  // a timed step's marks on ctx.stream
 };
 

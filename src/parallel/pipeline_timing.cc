@@ -14,7 +14,7 @@ PipelineTiming summarize_timing(double step_ms, const std::vector<TimedInterval>
   PipelineTiming t;
   t.step_ms = step_ms;
   std::vector<TimeInterval> clipped;  // [begin, end) inside [0, step_ms]
-  double f_total = 0, b_total = 0;
+  double f_total = 0, b_total = 0, w_total = 0;
   for (const TimedInterval& i : intervals) {
     FRUGAL_CHECK(i.end_ms >= i.begin_ms,
                  "pipeline timing: a compute interval ends at {} ms before it begins at {} ms",
@@ -23,9 +23,12 @@ PipelineTiming summarize_timing(double step_ms, const std::vector<TimedInterval>
     if (i.kind == TimedKind::Forward) {
       f_total += length;
       ++t.f_count;
-    } else {
+    } else if (i.kind == TimedKind::Backward) {
       b_total += length;
       ++t.b_count;
+    } else {
+      w_total += length;
+      ++t.w_count;
     }
     const double begin = std::clamp(i.begin_ms, 0.0, step_ms);
     const double end = std::clamp(i.end_ms, 0.0, step_ms);
@@ -35,18 +38,20 @@ PipelineTiming summarize_timing(double step_ms, const std::vector<TimedInterval>
   t.idle_ms = step_ms - t.busy_ms;
   t.f_ms = t.f_count ? f_total / t.f_count : 0.0;
   t.b_ms = t.b_count ? b_total / t.b_count : 0.0;
+  t.w_ms = t.w_count ? w_total / t.w_count : 0.0;
   return t;
 }
 
-ExpectedBubble expected_bubble(const Schedule& schedule, double f, double b) {
-  FRUGAL_CHECK(f >= 0 && b >= 0, "pipeline timing: stage times F {} ms and B {} ms", f, b);
+ExpectedBubble expected_bubble(const Schedule& schedule, double f, double b, double w) {
+  FRUGAL_CHECK(f >= 0 && b >= 0 && w >= 0,
+               "pipeline timing: stage times F {} ms, B {} ms and W {} ms", f, b, w);
   ExpectedBubble out;
-  out.table2 = table2_bubble(schedule.kind, schedule.stages, f, b, 0.0, f + b);
+  out.table2 = table2_bubble(schedule.kind, schedule.stages, f, b + w, w, f + b + w);
   StepCosts costs;
   costs.forward = f;
   costs.backward_input = b;
-  costs.backward_weight = 0;
-  costs.forward_backward = f + b;
+  costs.backward_weight = w;
+  costs.forward_backward = f + b + w;
   costs.message = 0;
   const SimulationResult r = simulate_schedule(schedule, costs);
   out.simulated = r.idle;
@@ -55,7 +60,7 @@ ExpectedBubble expected_bubble(const Schedule& schedule, double f, double b) {
 }
 
 namespace {
-constexpr int kFields = 7;
+constexpr int kFields = 9;
 }
 
 std::vector<double> pack_timings(const PipelineTiming& mine, int rank, int ranks) {
@@ -69,6 +74,8 @@ std::vector<double> pack_timings(const PipelineTiming& mine, int rank, int ranks
   at[4] = mine.b_ms;
   at[5] = mine.f_count;
   at[6] = mine.b_count;
+  at[7] = mine.w_ms;
+  at[8] = mine.w_count;
   return out;
 }
 
@@ -79,7 +86,8 @@ std::vector<PipelineTiming> unpack_timings(const std::vector<double>& packed, in
   std::vector<PipelineTiming> out(static_cast<size_t>(ranks));
   for (int r = 0; r < ranks; ++r) {
     const double* at = packed.data() + r * kFields;
-    out[r] = {at[0], at[1], at[2], at[3], at[4], static_cast<int>(at[5]), static_cast<int>(at[6])};
+    out[r] = {at[0], at[1], at[2], at[3], at[4], static_cast<int>(at[5]), static_cast<int>(at[6]),
+              at[7], static_cast<int>(at[8])};
   }
   return out;
 }

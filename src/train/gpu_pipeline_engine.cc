@@ -288,26 +288,29 @@ class GpuPipelineEngine : public StepEngine {
 
   // FRUGAL_PIPELINE_TIMING=1: every pipeline rank's measured step (collective over pp), printed
   // by the dp rank 0 pipeline's rank 0 next to the schedule's expected bubble with the measured
-  // F and B (W = 0: inside B on the GPU).
+  // F, B and deferred W (0 when every W ran inside its B).
   void log_timing() {
     if (!runner_->timing()) return;
     const std::vector<pipeline::PipelineTiming> all = runner_->gather_timing();
     if (mesh_.world().rank() != 0) return;
-    double f = 0, b = 0;
-    int fn = 0, bn = 0;
+    double f = 0, b = 0, w = 0;
+    int fn = 0, bn = 0, wn = 0;
     for (const auto& t : all) {
       f += t.f_ms * t.f_count, fn += t.f_count;
       b += t.b_ms * t.b_count, bn += t.b_count;
+      w += t.w_ms * t.w_count, wn += t.w_count;
     }
     f = fn ? f / fn : 0;
     b = bn ? b / bn : 0;
-    const pipeline::ExpectedBubble expected = pipeline::expected_bubble(schedule_, f, b);
+    w = wn ? w / wn : 0;
+    const pipeline::ExpectedBubble expected = pipeline::expected_bubble(schedule_, f, b, w);
     for (size_t r = 0; r < all.size(); ++r)
       std::printf("pipeline timing rank %zu: step %.2f ms, busy %.2f ms, idle %.2f ms; F %.3f ms "
-                  "x%d, B %.3f ms x%d; expected idle %.2f ms (simulated), Table 2 bubble %.2f ms "
-                  "(mean F %.3f, B %.3f, W 0: inside B on the GPU)\n",
+                  "x%d, B %.3f ms x%d, W %.3f ms x%d; expected idle %.2f ms (simulated), Table 2 "
+                  "bubble %.2f ms (mean F %.3f, B %.3f, W %.3f)\n",
                   r, all[r].step_ms, all[r].busy_ms, all[r].idle_ms, all[r].f_ms, all[r].f_count,
-                  all[r].b_ms, all[r].b_count, expected.simulated[r], expected.table2, f, b);
+                  all[r].b_ms, all[r].b_count, all[r].w_ms, all[r].w_count,
+                  expected.simulated[r], expected.table2, f, b, w);
     std::fflush(stdout);
   }
 

@@ -18,6 +18,16 @@
 //   bf16 recipe, S = 3: losses within 1e-2 relative of the fp32 whole model, and within 1e-4 of
 //     the bf16 whole model (the same code on the same inputs).
 //   Errors: a middle stage without input, a second backward of one Run, more stages than layers.
+//   Zero-bubble W deferral (backward_input / backward_weight), per recipe fp32, bf16, fp8 on the
+//     FP8-sized config (every block Linear and the routed experts in FP8 under fp8), S = 2: the
+//     two micro-batches run F,F,B(deferred),B(deferred),W,W on one pipeline and F,B,F,B with the
+//     whole backward on a second one with the same weights. Bitwise equal: the losses, the input
+//     gradients of stage 1 and every parameter gradient (W replays the GEMMs the whole backward
+//     runs, on bitwise equal operands, in micro-batch order: the same += sequence per weight).
+//     Also: after the deferred B's a Linear's gradient is still zero while its block's RMSNorm
+//     gradient is not; each Run holds bytes and exactly the stage's Linear + expert matrices'
+//     GEMMs (stage 0: 7 + 9, stage 1: 2 * 9 + 2 * 10), which backward_weight reports; a second
+//     B of a deferred Run and a W without a deferred Run are refused.
 // Every comparison prints "CHECK | case | what | numbers | ok/FAIL" so one GPU run tells which
 // stage or tensor is off.
 #include <cuda_runtime.h>
@@ -27,6 +37,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -503,6 +514,166 @@ TEST(GpuPipelineStage, RefusesMisuse) {
   message = testing::error_message(
       [&] { GpuPipelineStage too_many(ctx, r2, cfg, Recipe::Fp32, 0, 5); });
   EXPECT_NE(message.find("cannot fill"), std::string::npos) << message;
+}
+
+// ---- Zero-bubble W deferral (see the file comment) ----
+
+// The Linear and expert-matrix weight GEMMs one decoder layer (or MTP module) queues.
+int64_t weight_gemms_of_layer(const ModelConfig& cfg, int64_t layer) {
+  const int64_t attention = cfg.q_lora_rank > 0 ? 5 : 4;  // q_a, q_b | q, kv_a, kv_b, o
+  const int64_t ffn = cfg.is_moe_layer(layer) ? 2 + (cfg.n_shared_experts > 0 ? 2 : 0) : 2;
+  return attention + ffn;
+}
+
+// Bitwise comparison of two host arrays: the count of differing elements and the largest
+// difference.
+struct BitwiseDiff {
+  int64_t differing = 0;
+  double max_abs = 0;
+};
+BitwiseDiff bitwise_diff(const std::vector<float>& got, const std::vector<float>& want) {
+  BitwiseDiff d;
+  if (got.size() != want.size()) return {static_cast<int64_t>(std::max(got.size(), want.size())), 0};
+  for (size_t i = 0; i < got.size(); ++i)
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0) {
+      ++d.differing;
+      d.max_abs = std::max(d.max_abs, std::fabs(static_cast<double>(got[i]) - want[i]));
+    }
+  return d;
+}
+
+const DeviceParam* param_named(const Pipeline& p, const std::string& name) {
+  for (const auto& registry : p.registries)
+    if (const DeviceParam* param = registry->find(name)) return param;
+  return nullptr;
+}
+
+void check_weight_deferral(Recipe recipe, const std::string& what) {
+  DeviceContext ctx;
+  const ModelConfig cfg = testing::with_fp8_sized_dims(stage_config());
+  const std::vector<MicroBatch> batches = micro_batches(cfg.vocab_size);
+  Transformer<float> cpu(cfg);
+  cpu.init_weights(23, 0.25);
+  for (auto& p : cpu.params().all())
+    if (!p->trainable)
+      for (int64_t i = 0; i < p->numel(); ++i)
+        p->value[i] = 0.04f * static_cast<float>((i * 7) % 5) - 0.08f;
+  GpuTransformer weights(ctx, cfg, recipe);
+  weights.upload(cpu.params());
+  Pipeline immediate = build_pipeline(ctx, cfg, recipe, {0, 1}, weights);
+  Pipeline deferred = build_pipeline(ctx, cfg, recipe, {0, 1}, weights);
+  const int64_t n_layers = cfg.num_hidden_layers;
+  const std::pair<int64_t, int64_t> stage1 = deferred.layout.range(1);
+
+  // F,B,F,B with the whole backward.
+  std::vector<InFlight> a(batches.size()), b(batches.size());
+  std::vector<Losses> want, got;
+  for (size_t m = 0; m < batches.size(); ++m) {
+    pipeline_forward(ctx, immediate, cfg, batches[m], a[m]);
+    want.push_back(combine_records(what + " immediate mb" + std::to_string(m), immediate, cfg,
+                                   a[m].records));
+    pipeline_backward(immediate, a[m]);
+  }
+  // F,F,B,B deferred, then W,W.
+  for (size_t m = 0; m < batches.size(); ++m) {
+    pipeline_forward(ctx, deferred, cfg, batches[m], b[m]);
+    got.push_back(combine_records(what + " deferred mb" + std::to_string(m), deferred, cfg,
+                                  b[m].records));
+  }
+  for (size_t m = 0; m < batches.size(); ++m) {
+    deferred.stages[1]->backward_input(b[m].runs[1], nullptr, b[m].dacts[0].data(), kScale, true);
+    deferred.stages[0]->backward_input(b[m].runs[0], b[m].dacts[0].data(), nullptr, kScale, true);
+    for (int s = 0; s < 2; ++s) {
+      ASSERT_NE(b[m].runs[s], nullptr) << what << ": a deferred B must keep the Run";
+      EXPECT_GT(b[m].runs[s]->weight_grads.bytes_held(), 0u) << what << " stage " << s;
+    }
+    const std::string again = testing::error_message([&] {
+      deferred.stages[0]->backward_input(b[m].runs[0], b[m].dacts[0].data(), nullptr, kScale,
+                                         true);
+    });
+    EXPECT_NE(again.find("already ran"), std::string::npos) << what << ": " << again;
+  }
+  ctx.synchronize();
+  // Before W: the Linears' gradients are untouched, the norms' made in B.
+  for (const std::string& name : {std::string("model.layers.0.self_attn.o_proj.weight"),
+                                  std::string("model.layers.1.mlp.experts.0.down_proj.weight"),
+                                  std::string("model.layers.0.input_layernorm.weight")}) {
+    const DeviceParam* param = param_named(deferred, name);
+    ASSERT_NE(param, nullptr) << name;
+    const std::vector<float> g = to_host(param->grad, param->count);
+    const bool nonzero = std::any_of(g.begin(), g.end(), [](float v) { return v != 0.0f; });
+    const bool want_nonzero = name.find("layernorm") != std::string::npos;
+    std::printf("CHECK | %s | %s before W | %s | %s\n", what.c_str(), name.c_str(),
+                nonzero ? "nonzero" : "zero", nonzero == want_nonzero ? "ok" : "FAIL");
+    EXPECT_EQ(nonzero, want_nonzero) << what << ": " << name << " before the W steps";
+  }
+  int64_t want_gemms[2] = {0, 0};  // stage 0: layers [0, 2); stage 1: layers [2, 4) and MTP
+  for (int64_t layer = 0; layer < stage1.first; ++layer)
+    want_gemms[0] += weight_gemms_of_layer(cfg, layer);
+  for (int64_t layer = stage1.first; layer < stage1.second; ++layer)
+    want_gemms[1] += weight_gemms_of_layer(cfg, layer);
+  for (int64_t k = 1; k <= cfg.num_nextn_predict_layers; ++k)  // eh_proj + the block
+    want_gemms[1] += 1 + weight_gemms_of_layer(cfg, n_layers + k - 1);
+  for (size_t m = 0; m < batches.size(); ++m)
+    for (int s = 1; s >= 0; --s) {
+      EXPECT_EQ(b[m].runs[s]->weight_grads.size(), want_gemms[s]) << what << " stage " << s;
+      const int64_t ran = deferred.stages[s]->backward_weight(b[m].runs[s]);
+      std::printf("CHECK | %s | W of mb%zu stage %d | %lld GEMMs (want %lld) | %s\n",
+                  what.c_str(), m, s, static_cast<long long>(ran),
+                  static_cast<long long>(want_gemms[s]), ran == want_gemms[s] ? "ok" : "FAIL");
+      EXPECT_EQ(ran, want_gemms[s]) << what << " stage " << s;
+      EXPECT_EQ(b[m].runs[s], nullptr) << what << ": W must release the Run";
+    }
+  const std::string no_run =
+      testing::error_message([&] { deferred.stages[0]->backward_weight(b[0].runs[0]); });
+  EXPECT_NE(no_run.find("no Run"), std::string::npos) << what << ": " << no_run;
+  ctx.synchronize();
+
+  for (size_t m = 0; m < batches.size(); ++m) {
+    const double pairs[4][2] = {{got[m].total, want[m].total},
+                                {got[m].main, want[m].main},
+                                {got[m].mtp, want[m].mtp},
+                                {got[m].balance, want[m].balance}};
+    for (const auto& pair : pairs) EXPECT_EQ(pair[0], pair[1]) << what << " mb" << m;
+    const int64_t n = batches[m].rows() * cfg.hidden_size;
+    const BitwiseDiff d =
+        bitwise_diff(to_host(b[m].dacts[0].data(), n), to_host(a[m].dacts[0].data(), n));
+    std::printf("CHECK | %s | input gradient of stage 1, mb%zu | %lld differing, max |diff| "
+                "%.3e | %s\n",
+                what.c_str(), m, static_cast<long long>(d.differing), d.max_abs,
+                d.differing == 0 ? "ok" : "FAIL");
+    EXPECT_EQ(d.differing, 0) << what << " mb" << m;
+  }
+  int failing = 0, compared = 0;
+  for (size_t r = 0; r < immediate.registries.size(); ++r)
+    for (const DeviceParam& param : immediate.registries[r]->params()) {
+      if (!param.trainable) continue;
+      const DeviceParam* other = deferred.registries[r]->find(param.name);
+      ASSERT_NE(other, nullptr) << param.name;
+      const BitwiseDiff d =
+          bitwise_diff(to_host(other->grad, other->count), to_host(param.grad, param.count));
+      ++compared;
+      if (d.differing != 0) {
+        ++failing;
+        std::printf("CHECK | %s | grad %s | %lld differing, max |diff| %.3e | FAIL\n",
+                    what.c_str(), param.name.c_str(), static_cast<long long>(d.differing),
+                    d.max_abs);
+      }
+    }
+  std::printf("CHECK | %s | every parameter gradient bitwise | %d of %d differ | %s\n",
+              what.c_str(), failing, compared, failing == 0 ? "ok" : "FAIL");
+  EXPECT_GT(compared, 0);
+  EXPECT_EQ(failing, 0) << what << ": see the CHECK lines";
+}
+
+TEST(GpuPipelineStage, DeferredWeightGradientsEqualTheWholeBackwardFp32) {
+  check_weight_deferral(Recipe::Fp32, "deferral fp32");
+}
+TEST(GpuPipelineStage, DeferredWeightGradientsEqualTheWholeBackwardBf16) {
+  check_weight_deferral(Recipe::Bf16, "deferral bf16");
+}
+TEST(GpuPipelineStage, DeferredWeightGradientsEqualTheWholeBackwardFp8) {
+  check_weight_deferral(Recipe::Fp8, "deferral fp8");
 }
 
 }  // namespace

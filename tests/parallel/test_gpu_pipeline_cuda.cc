@@ -23,6 +23,11 @@
 //     stage), DualPipeV 0,2,1,1 (an empty first stage) and 2,1,1,0: the same bounds as above;
 //   bf16 recipe: losses within 1e-2 relative of the single GPU's bf16 run at every step, the whole
 //     model within 1e-3 relative L2 after 3 steps (lr 1e-2: a lost update would be ~4e-2).
+//   Zero-bubble W deferral (every runner case above): summed over the pipeline's ranks after each
+//   step, 1F1B defers nothing (each W is the next step after its B: B runs whole), while ZB1P
+//   and DualPipeV defer some B's, whose W steps run weight GEMMs (count > 0) from operands held
+//   in between (peak bytes > 0); DualPipe's counts are printed. The comparisons above are then
+//   those of the deferred pipeline (also ZB1P under bf16).
 // Every comparison prints "CHECK | schedule | what | numbers | ok/FAIL", so one run tells which
 // schedule, step, micro-batch or tensor is off.
 // The engine (train/gpu_pipeline_engine.h) through the trainer: train.device = cuda, train.pp = 2,
@@ -33,9 +38,10 @@
 // moments within 1e-6 whole / 1e-5 per tensor, trainer_state.json and config.json byte for byte
 // (gpu_parallel_test_util.h's expect_matches_one_gpu); every rank ends with the same host model.
 // Timing (FRUGAL_PIPELINE_TIMING's events, set_timing): one timed step of 1F1B and of DualPipeV;
-// every rank reports M (1F1B) or 2M (DualPipeV) F and B intervals, 0 < busy <= step, idle = step -
-// busy, busy at least the sum of the mean F and B times their counts (less 1%); an untimed step
-// leaves the last timing as it was. Printed next to the schedule's expected bubble.
+// every rank reports M (1F1B, ZB1P) or 2M (DualPipeV) F and B intervals and one W interval per
+// deferred B (none under 1F1B), 0 < busy <= step, idle = step - busy, busy at least the sum of
+// the mean F, B and W times their counts (less 1%); an untimed step leaves the last timing as it
+// was. Printed next to the schedule's expected bubble.
 // The mesh (GpuPipelineMesh.*, 4 ranks): the runner as above (fp32 bounds, per-tensor 1e-4 after 3
 // steps) on pp 2 x dp 2 (1F1B) and pp 2 x dp 2 with ep 2 inside dp (DualPipeV, DualPipe), each dp
 // replica running M = 4 of the 8 micro-batches, against one GPU that runs all 8; and the engine
@@ -152,6 +158,27 @@ bool check(bool ok, const std::string& label, const std::string& what, const std
   return ok;
 }
 
+// The W deferral of the last step, summed over the pipeline's ranks (see the file comment).
+void expect_weight_deferral(const GpuPipelineRunner& runner, Communicator& host, ScheduleKind kind,
+                            const std::string& label) {
+  const GpuPipelineRunner::WeightDeferral& mine = runner.last_weight_deferral();
+  double sums[3] = {static_cast<double>(mine.deferred_backwards),
+                    static_cast<double>(mine.weight_gemms),
+                    static_cast<double>(mine.peak_bytes_held)};
+  host.all_reduce_sum(sums, 3, CommType::F64);
+  const std::string numbers = fmt::format("{} deferred B, {} W GEMMs, peak {} bytes held (sum "
+                                          "over ranks)",
+                                          sums[0], sums[1], sums[2]);
+  if (kind == ScheduleKind::OneFOneB)
+    EXPECT_TRUE(check(sums[0] == 0 && sums[1] == 0 && sums[2] == 0, label,
+                      "1F1B defers no weight GEMM", numbers));
+  else if (kind == ScheduleKind::ZB1P || kind == ScheduleKind::DualPipeV)
+    EXPECT_TRUE(check(sums[0] > 0 && sums[1] > 0 && sums[2] > 0, label,
+                      "W steps ran deferred weight GEMMs", numbers));
+  else
+    std::printf("CHECK | %s | W deferral | %s | info\n", label.c_str(), numbers.c_str());
+}
+
 struct Tolerance {
   double loss;        // relative, per micro-batch total, main and mtp loss
   double balance;     // relative, per micro-batch balance loss; < 0: printed only
@@ -233,6 +260,7 @@ void compare_pipeline(const PipelineSetup& setup, ScheduleKind kind, Recipe reci
     const std::vector<Losses> got = runner.step(mine.tokens.data(), mine.targets.data(),
                                                 kSequences, kSeq, kWeights, true, 1.0 / total);
     ASSERT_EQ(static_cast<int>(got.size()), kMicroBatches) << label;
+    expect_weight_deferral(runner, setup.host, kind, label + " step " + std::to_string(step));
     for (int k = 0; k < kMicroBatches; ++k) {
       const int m = setup.dp_rank + k * dp;
       const std::string what = "step " + std::to_string(step) + " micro-batch " + std::to_string(m);
@@ -408,6 +436,7 @@ TEST_F(GpuPipeline, DualPipeVFp32EmptyLastStageEqualsOneGpu) {
 }
 
 TEST_F(GpuPipeline, OneFOneBBf16AgreesWithOneGpu) { compare(ScheduleKind::OneFOneB, Recipe::Bf16, kBf16); }
+TEST_F(GpuPipeline, ZB1PBf16AgreesWithOneGpu) { compare(ScheduleKind::ZB1P, Recipe::Bf16, kBf16); }
 TEST_F(GpuPipeline, DualPipeVBf16AgreesWithOneGpu) { compare(ScheduleKind::DualPipeV, Recipe::Bf16, kBf16); }
 TEST_F(GpuPipeline, DualPipeBf16AgreesWithOneGpu) { compare(ScheduleKind::DualPipe, Recipe::Bf16, kBf16); }
 
@@ -471,25 +500,40 @@ void timed_step(Communicator& world, cuda::DeviceContext& ctx, Communicator& ncc
   const std::vector<pipeline::PipelineTiming> all = runner.gather_timing();
   ASSERT_EQ(static_cast<int>(all.size()), world.size());
   const int per_rank = kind == ScheduleKind::DualPipeV ? 2 * kMicroBatches : kMicroBatches;
-  double f = 0, b = 0;
-  for (const auto& t : all) f += t.f_ms / all.size(), b += t.b_ms / all.size();
-  const pipeline::ExpectedBubble expected = pipeline::expected_bubble(schedule, f, b);
+  // One timed W per deferred B of each rank.
+  std::vector<double> deferred_backwards(static_cast<size_t>(world.size()), 0.0);
+  deferred_backwards[world.rank()] =
+      static_cast<double>(runner.last_weight_deferral().deferred_backwards);
+  world.all_reduce_sum(deferred_backwards.data(), world.size(), CommType::F64);
+  double f = 0, b = 0, w = 0;
+  int w_count = 0;
+  for (const auto& t : all) {
+    f += t.f_ms / all.size(), b += t.b_ms / all.size();
+    w += t.w_ms * t.w_count, w_count += t.w_count;
+  }
+  w = w_count > 0 ? w / w_count : 0.0;
+  const pipeline::ExpectedBubble expected = pipeline::expected_bubble(schedule, f, b, w);
   for (int r = 0; r < world.size(); ++r) {
     const pipeline::PipelineTiming& t = all[r];
     const std::string who = label + " rank " + std::to_string(r);
     const std::string numbers = fmt::format(
-        "step {:.3f} ms busy {:.3f} idle {:.3f} F {:.3f} x{} B {:.3f} x{}; expected idle {:.3f} "
-        "(simulated), Table 2 {:.3f}",
-        t.step_ms, t.busy_ms, t.idle_ms, t.f_ms, t.f_count, t.b_ms, t.b_count,
+        "step {:.3f} ms busy {:.3f} idle {:.3f} F {:.3f} x{} B {:.3f} x{} W {:.3f} x{}; "
+        "expected idle {:.3f} (simulated), Table 2 {:.3f}",
+        t.step_ms, t.busy_ms, t.idle_ms, t.f_ms, t.f_count, t.b_ms, t.b_count, t.w_ms, t.w_count,
         expected.simulated[r], expected.table2);
     EXPECT_TRUE(check(t.f_count == per_rank && t.b_count == per_rank, who, "F and B counts",
                       numbers + fmt::format(" (want {} each)", per_rank)));
+    EXPECT_TRUE(check(t.w_count == static_cast<int>(deferred_backwards[r]) &&
+                          (t.w_count == 0) == (t.w_ms == 0) &&
+                          (kind != ScheduleKind::OneFOneB || t.w_count == 0),
+                      who, "one timed W per deferred B",
+                      numbers + fmt::format(" ({} deferred B)", deferred_backwards[r])));
     EXPECT_TRUE(check(t.busy_ms > 0 && t.busy_ms <= t.step_ms + 1e-9 && t.f_ms > 0 && t.b_ms > 0,
                       who, "0 < busy <= step, F and B > 0", numbers));
     EXPECT_TRUE(check(std::fabs(t.idle_ms - (t.step_ms - t.busy_ms)) <= 1e-9, who,
                       "idle = step - busy", numbers));
-    const double summed = t.f_ms * t.f_count + t.b_ms * t.b_count;
-    EXPECT_TRUE(check(t.busy_ms >= 0.99 * summed, who, "busy covers every F and B",
+    const double summed = t.f_ms * t.f_count + t.b_ms * t.b_count + t.w_ms * t.w_count;
+    EXPECT_TRUE(check(t.busy_ms >= 0.99 * summed, who, "busy covers every F, B and W",
                       numbers + fmt::format(" sum of intervals {:.3f}", summed)));
   }
   world.barrier();
@@ -497,6 +541,7 @@ void timed_step(Communicator& world, cuda::DeviceContext& ctx, Communicator& ncc
 
 TEST_F(GpuPipeline, TimingOneFOneB) { timed_step(*world, *ctx, *nccl, ScheduleKind::OneFOneB); }
 TEST_F(GpuPipeline, TimingDualPipeV) { timed_step(*world, *ctx, *nccl, ScheduleKind::DualPipeV); }
+TEST_F(GpuPipeline, TimingZB1P) { timed_step(*world, *ctx, *nccl, ScheduleKind::ZB1P); }
 
 // The mesh (see the file comment): every test runs at one rank count and skips at the others.
 class GpuPipelineMesh : public ::testing::Test {

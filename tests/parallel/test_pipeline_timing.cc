@@ -1,7 +1,8 @@
 // The measured pipeline bubble's host side (parallel/pipeline_timing.h): compute intervals ->
-// busy / idle / mean F and B (union of overlapping intervals, clipping to the step, bad intervals
-// refused), the expected bubble of a schedule with the GPU's costs (W = 0, F&B = F + B) against
-// Table 2's closed forms and the simulator, and the per-rank pack for the host sum. One rank.
+// busy / idle / mean F, B and W (union of overlapping intervals, clipping to the step, bad
+// intervals refused), the expected bubble of a schedule with the GPU's costs (W = 0 or a measured
+// deferred W, F&B = F + B + W) against Table 2's closed forms and the simulator, and the per-rank
+// pack for the host sum. One rank.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,7 +14,7 @@
 namespace frugal::pipeline {
 namespace {
 
-constexpr TimedKind F = TimedKind::Forward, B = TimedKind::Backward;
+constexpr TimedKind F = TimedKind::Forward, B = TimedKind::Backward, W = TimedKind::Weight;
 
 TEST(PipelineTiming, BusyIsTheSumOfDisjointIntervals) {
   // F 1..3, B 4..8.5, F 9..10 in a 12 ms step: busy 2 + 4.5 + 1 = 7.5, idle 4.5.
@@ -25,6 +26,21 @@ TEST(PipelineTiming, BusyIsTheSumOfDisjointIntervals) {
   EXPECT_DOUBLE_EQ(t.b_ms, 4.5);
   EXPECT_EQ(t.f_count, 2);
   EXPECT_EQ(t.b_count, 1);
+}
+
+TEST(PipelineTiming, WeightStepsAreCountedApart) {
+  // F 0..1, B 1..3, W 3..4 and 5..7 in an 8 ms step: busy 6, W mean 1.5 over 2, B alone 2.
+  const PipelineTiming t = summarize_timing(8.0, {{F, 0, 1}, {B, 1, 3}, {W, 3, 4}, {W, 5, 7}});
+  EXPECT_DOUBLE_EQ(t.busy_ms, 6.0);
+  EXPECT_DOUBLE_EQ(t.idle_ms, 2.0);
+  EXPECT_EQ(t.w_count, 2);
+  EXPECT_DOUBLE_EQ(t.w_ms, 1.5);
+  EXPECT_EQ(t.b_count, 1);
+  EXPECT_DOUBLE_EQ(t.b_ms, 2.0);
+  EXPECT_EQ(t.f_count, 1);
+  const PipelineTiming none = summarize_timing(3.0, {{B, 0, 1}});
+  EXPECT_EQ(none.w_count, 0);
+  EXPECT_DOUBLE_EQ(none.w_ms, 0.0);
 }
 
 TEST(PipelineTiming, OverlapsCountOnceAndTheStepClips) {
@@ -68,10 +84,32 @@ TEST(PipelineTiming, ExpectedBubbleMatchesTable2WithTheGpuCosts) {
   ASSERT_EQ(v.simulated.size(), 2u);
   for (double idle : v.simulated) EXPECT_GE(idle, 0.0);
   EXPECT_THROW(expected_bubble(build_schedule(ScheduleKind::OneFOneB, 2, 2), -1.0, 1.0), Error);
+  EXPECT_THROW(expected_bubble(build_schedule(ScheduleKind::ZB1P, 2, 2), 1.0, 1.0, -1.0), Error);
+}
+
+TEST(PipelineTiming, ExpectedBubbleWithDeferredWeights) {
+  // B = 2 (input gradients), W = 1 (deferred weight GEMMs): Table 2's B is the whole backward 3.
+  const double f = 2.0, b = 2.0, w = 1.0;
+  // ZB1P over 4 stages: (P-1)(F + B - 2W) = 3 * 3 = 9, reached by the simulated worst rank (ZB-H1
+  // with W <= F, W <= B - W and M >= P); 1F1B's would be 3 * (F + B) = 15.
+  const ExpectedBubble zb = expected_bubble(build_schedule(ScheduleKind::ZB1P, 4, 8), f, b, w);
+  EXPECT_DOUBLE_EQ(zb.table2, 3 * (f + b + w - 2 * w));
+  ASSERT_EQ(zb.simulated.size(), 4u);
+  EXPECT_NEAR(*std::max_element(zb.simulated.begin(), zb.simulated.end()), zb.table2, 1e-9);
+  // Every rank's busy time is 8 micro-batches of F + B + W.
+  for (double idle : zb.simulated) EXPECT_NEAR(zb.simulated_makespan - idle, 8 * (f + b + w), 1e-9);
+  // DualPipeV over 4 stages: (PP/2-1)(F&B + B - 3W) with F&B = F + B + W, B = b + w.
+  const ExpectedBubble v = expected_bubble(build_schedule(ScheduleKind::DualPipeV, 4, 8), f, b, w);
+  EXPECT_DOUBLE_EQ(v.table2, (f + b + w) + (b + w) - 3 * w);
+  // W = 0 is the two-argument form.
+  const ExpectedBubble plain = expected_bubble(build_schedule(ScheduleKind::ZB1P, 4, 8), f, b);
+  const ExpectedBubble zero = expected_bubble(build_schedule(ScheduleKind::ZB1P, 4, 8), f, b, 0.0);
+  EXPECT_DOUBLE_EQ(plain.table2, zero.table2);
+  EXPECT_EQ(plain.simulated, zero.simulated);
 }
 
 TEST(PipelineTiming, PackAndUnpackKeepEveryRanksFields) {
-  const PipelineTiming a{10, 7, 3, 1.5, 2.5, 4, 4}, b{11, 6, 5, 1.25, 2.75, 8, 8};
+  const PipelineTiming a{10, 7, 3, 1.5, 2.5, 4, 4, 0.5, 3}, b{11, 6, 5, 1.25, 2.75, 8, 8, 0, 0};
   std::vector<double> sum = pack_timings(a, 0, 2);
   const std::vector<double> other = pack_timings(b, 1, 2);
   for (size_t i = 0; i < sum.size(); ++i) sum[i] += other[i];  // the host sum over ranks
@@ -82,6 +120,9 @@ TEST(PipelineTiming, PackAndUnpackKeepEveryRanksFields) {
   EXPECT_DOUBLE_EQ(all[1].f_ms, 1.25);
   EXPECT_EQ(all[1].b_count, 8);
   EXPECT_EQ(all[0].f_count, 4);
+  EXPECT_DOUBLE_EQ(all[0].w_ms, 0.5);
+  EXPECT_EQ(all[0].w_count, 3);
+  EXPECT_EQ(all[1].w_count, 0);
   EXPECT_THROW(pack_timings(a, 2, 2), Error);
   EXPECT_THROW(unpack_timings(sum, 3), Error);
 }

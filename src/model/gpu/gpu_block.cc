@@ -76,7 +76,7 @@ void GpuBlock<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const float* x, floa
 
 template <class T>
 void GpuBlock<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, float* dx,
-                           double dbalance) const {
+                           double dbalance, WeightGradQueue* deferred) const {
   const int64_t rows = c.rows, n = rows * hidden_;
   FRUGAL_CHECK(dx != dy, "GpuBlock::backward: dx must not alias dy");
   cuda::DeviceArray<float> dh(ctx, n);  // [rows, hidden] gradient of h
@@ -85,10 +85,10 @@ void GpuBlock<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, fl
     cuda::DeviceArray<T> d_ffn_in(ctx, n);
     if (moe_) {
       cuda::ScopedSection section(ctx.stream, "moe.bwd");
-      moe_->backward(ctx, c.moe, dy_t.get(), d_ffn_in.data(), dbalance);
+      moe_->backward(ctx, c.moe, dy_t.get(), d_ffn_in.data(), dbalance, deferred);
     } else {
       cuda::ScopedSection section(ctx.stream, "mlp.bwd");
-      mlp_->backward(ctx, c.mlp, dy_t.get(), d_ffn_in.data(), false);
+      mlp_->backward(ctx, c.mlp, dy_t.get(), d_ffn_in.data(), false, deferred);
     }
     c.ffn_in.reset();
     cuda::ScopedSection section(ctx.stream, "norm.bwd");
@@ -101,7 +101,7 @@ void GpuBlock<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, fl
     cuda::DeviceArray<T> d_attn_in(ctx, n);
     {
       cuda::ScopedSection section(ctx.stream, "attn.bwd");
-      attn_->backward(ctx, c.attn, dh_t.get(), d_attn_in.data());
+      attn_->backward(ctx, c.attn, dh_t.get(), d_attn_in.data(), deferred);
     }
     c.attn_in.reset();
     cuda::ScopedSection section(ctx.stream, "norm.bwd");

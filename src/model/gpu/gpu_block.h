@@ -6,7 +6,8 @@
 //
 // Accumulation rule: parameter gradients accumulate (+=); dx is assigned. The residual stream's
 // gradient (fp32) is the sum of the skip path and each branch's input gradient. backward computes
-// input and weight gradients together and releases the context.
+// input and weight gradients together and releases the context; given a WeightGradQueue the
+// branches' Linear weight-gradient GEMMs are queued there (gpu_weight_grad.h), the norms' stay.
 #pragma once
 
 #include <cstdint>
@@ -45,8 +46,8 @@ class GpuBlock {
                int64_t seq, const RopeInputs& rope, double balance_alpha, bool count_load,
                double* balance_loss);
   // dy -> dx [rows, hidden] fp32 (assigned; dx must not alias dy). dbalance: d(total)/d(balance).
-  void backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, float* dx,
-                double dbalance) const;
+  void backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, float* dx, double dbalance,
+                WeightGradQueue* deferred = nullptr) const;
 
   void refresh(cuda::DeviceContext& ctx);
   GpuMoe<T>* moe() const { return moe_.get(); }

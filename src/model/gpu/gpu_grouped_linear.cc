@@ -4,6 +4,8 @@
 #include "model/gpu/gpu_grouped_linear.h"
 
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "core/error.h"
 #include "kernels/gemm/grouped_gemm_fp8_sm90.h"
@@ -19,6 +21,22 @@ namespace {
 bool fp8_on_sm90(int64_t n, int64_t k) {
   return cuda::grouped_gemm_fp8_sm90_enabled() && cuda::grouped_gemm_fp8_sm90_supported(n, k);
 }
+
+// The row offsets a deferred Wgrad reads (the MoE context that owns them is freed during B).
+struct DeferredOffsets {
+  DeferredOffsets(cuda::DeviceContext& ctx, const GroupOffsets& offsets)
+      : device(device_copy<int64_t>(ctx, offsets.device, offsets.groups + 1)),
+        groups(offsets.groups),
+        rows(offsets.rows) {
+    if (offsets.host != nullptr) host.assign(offsets.host, offsets.host + offsets.groups + 1);
+  }
+  GroupOffsets view() const {
+    return {host.empty() ? nullptr : host.data(), device.data(), groups, rows};
+  }
+  cuda::DeviceArray<int64_t> device;  // [groups+1]
+  std::vector<int64_t> host;          // [groups+1], empty when the caller had none
+  int64_t groups = 0, rows = 0;
+};
 
 }  // namespace
 
@@ -55,9 +73,25 @@ void grouped_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
                  weight.fp8_scales(), y);  // [rows, out]
 }
 
+// FP8 Wgrad of every group: dW_g += dyT_g · xT_g^T over the group's rows.
+void grouped_wgrad_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
+                       const GroupOffsets& offsets, const uint8_t* dyT_q, const float* dyT_scales,
+                       const uint8_t* xT_q, const float* xT_scales) {
+  const int64_t in = weight.in(), out = weight.out();
+  if (fp8_on_sm90(out, in))
+    cuda::grouped_gemm_fp8_sm90_wgrad(offsets.groups, offsets.device, offsets.rows, out, in,
+                                      dyT_q, dyT_scales, xT_q, xT_scales, weight.grad(),
+                                      /*accumulate=*/true, ctx.stream);
+  else
+    cuda::grouped_gemm_fp8_wgrad(ctx.blas, offsets.groups, offsets.host, out, in, dyT_q,
+                                 dyT_scales, xT_q, xT_scales, weight.grad(), /*accumulate=*/true,
+                                 ctx.stream);
+}
+
+// Dgrad now; the Wgrad now (deferred null) or queued with the FP8 x^T, dy^T and offsets it reads.
 void grouped_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
                           GpuGroupedLinear<bf16>::Ctx& c, const bf16* dy, bf16* dx,
-                          const GroupOffsets& offsets) {
+                          const GroupOffsets& offsets, WeightGradQueue* deferred) {
   const int64_t in = weight.in(), out = weight.out(), rows = offsets.rows;
   FRUGAL_CHECK(c.xT_q.data() != nullptr, "GpuGroupedLinear::backward without a forward");
   // One pass over dy makes the Dgrad operand and the Wgrad operand dy^T (per group).
@@ -72,14 +106,20 @@ void grouped_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
     grouped_fp8_nt(ctx, offsets, in, out, dy_q.data(), dy_scales.data(),
                    weight.fp8_transposed(), weight.fp8_transposed_scales(), dx);  // [rows, in]
   }
-  if (fp8_on_sm90(out, in))
-    cuda::grouped_gemm_fp8_sm90_wgrad(offsets.groups, offsets.device, rows, out, in, dyT_q.data(),
-                                      dyT_scales.data(), c.xT_q.data(), c.xT_scales.data(),
-                                      weight.grad(), /*accumulate=*/true, ctx.stream);
-  else
-    cuda::grouped_gemm_fp8_wgrad(ctx.blas, offsets.groups, offsets.host, out, in, dyT_q.data(),
-                                 dyT_scales.data(), c.xT_q.data(), c.xT_scales.data(),
-                                 weight.grad(), /*accumulate=*/true, ctx.stream);
+  if (deferred == nullptr) {
+    grouped_wgrad_fp8(ctx, weight, offsets, dyT_q.data(), dyT_scales.data(), c.xT_q.data(),
+                      c.xT_scales.data());
+    return;
+  }
+  DeferredOffsets kept(ctx, offsets);
+  const size_t bytes = dyT_q.bytes() + dyT_scales.bytes() + c.xT_q.bytes() + c.xT_scales.bytes() +
+                       kept.device.bytes();
+  deferred->defer(bytes, [&weight, kept = std::move(kept), dyT_q = std::move(dyT_q),
+                          dyT_scales = std::move(dyT_scales), xT_q = std::move(c.xT_q),
+                          xT_scales = std::move(c.xT_scales)](cuda::DeviceContext& w_ctx) {
+    grouped_wgrad_fp8(w_ctx, weight, kept.view(), dyT_q.data(), dyT_scales.data(), xT_q.data(),
+                      xT_scales.data());
+  });
 }
 
 }  // namespace
@@ -128,38 +168,67 @@ void GpuGroupedLinear<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, 
   if constexpr (std::is_same_v<T, bf16>) grouped_forward_fp8(ctx, weight_, c, x, y, offsets);
 }
 
+namespace {
+
+// fp32/bf16 Wgrad of every group: dW_g[out, in] += dy_g^T · x_g (the sm_90 kernel under
+// `sm90`, else the cuBLASLt calls).
+template <class T>
+void grouped_wgrad(cuda::DeviceContext& ctx, const GpuWeight& weight, const GroupOffsets& offsets,
+                   bool sm90, const T* dy, const T* x) {
+  const int64_t in = weight.in(), out = weight.out();
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (sm90) {
+      cuda::grouped_gemm_sm90_tn(offsets.groups, offsets.device, offsets.rows, out, in, dy, x,
+                                 weight.grad(), /*accumulate=*/true,
+                                 ctx.stream);  // [groups][out, in] +=
+      return;
+    }
+  }
+  cuda::grouped_gemm_tn(ctx.blas, offsets.groups, offsets.host, out, in, dy, x, data_type_of<T>(),
+                        weight.grad(), cuda::DataType::F32, /*accumulate=*/true,
+                        ctx.stream);  // [groups][out, in] +=
+}
+
+}  // namespace
+
 template <class T>
 void GpuGroupedLinear<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
-                                   const GroupOffsets& offsets) const {
+                                   const GroupOffsets& offsets, WeightGradQueue* deferred) const {
   const int64_t in = weight_.in(), out = weight_.out(), rows = offsets.rows;
   if (rows == 0) {
     c = Ctx{};
     return;
   }
-  if constexpr (std::is_same_v<T, bf16>) {
-    if (device_offsets_only()) {
-      FRUGAL_CHECK(c.x != nullptr, "GpuGroupedLinear::backward without a forward");
-      const auto* w = static_cast<const bf16*>(weight_.operand());
-      cuda::grouped_gemm_sm90_nn(offsets.groups, offsets.device, rows, out, in, dy, w, dx,
-                                 ctx.stream);  // [rows, in]
-      cuda::grouped_gemm_sm90_tn(offsets.groups, offsets.device, rows, out, in, dy, c.x,
-                                 weight_.grad(), /*accumulate=*/true,
-                                 ctx.stream);  // [groups][out, in] +=
-      c = Ctx{};
-      return;
-    }
-  }
-  if (weight_.precision() != GemmPrecision::Fp8) {
-    FRUGAL_CHECK(c.x != nullptr, "GpuGroupedLinear::backward without a forward");
-    cuda::grouped_gemm_nn(ctx.blas, offsets.groups, offsets.host, out, in, dy, weight_.operand(),
-                          weight_.operand_type(), dx, data_type_of<T>(), ctx.stream);  // [rows, in]
-    cuda::grouped_gemm_tn(ctx.blas, offsets.groups, offsets.host, out, in, dy, c.x,
-                          data_type_of<T>(), weight_.grad(), cuda::DataType::F32,
-                          /*accumulate=*/true, ctx.stream);  // [groups][out, in] +=
+  if (weight_.precision() == GemmPrecision::Fp8) {
+    if constexpr (std::is_same_v<T, bf16>)
+      grouped_backward_fp8(ctx, weight_, c, dy, dx, offsets, deferred);
     c = Ctx{};
     return;
   }
-  if constexpr (std::is_same_v<T, bf16>) grouped_backward_fp8(ctx, weight_, c, dy, dx, offsets);
+  FRUGAL_CHECK(c.x != nullptr, "GpuGroupedLinear::backward without a forward");
+  const bool sm90 = device_offsets_only();
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (sm90)
+      cuda::grouped_gemm_sm90_nn(offsets.groups, offsets.device, rows, out, in, dy,
+                                 static_cast<const bf16*>(weight_.operand()), dx,
+                                 ctx.stream);  // [rows, in]
+  }
+  if (!sm90)
+    cuda::grouped_gemm_nn(ctx.blas, offsets.groups, offsets.host, out, in, dy, weight_.operand(),
+                          weight_.operand_type(), dx, data_type_of<T>(), ctx.stream);  // [rows, in]
+  if (deferred == nullptr) {
+    grouped_wgrad<T>(ctx, weight_, offsets, sm90, dy, c.x);
+  } else {  // the caller frees x, dy and the offsets during B: the GEMM keeps copies
+    DeferredOffsets kept(ctx, offsets);
+    cuda::DeviceArray<T> x_copy = device_copy<T>(ctx, c.x, rows * in);
+    cuda::DeviceArray<T> dy_copy = device_copy<T>(ctx, dy, rows * out);
+    const size_t bytes = x_copy.bytes() + dy_copy.bytes() + kept.device.bytes();
+    deferred->defer(bytes, [&weight = weight_, sm90, kept = std::move(kept),
+                            x = std::move(x_copy),
+                            dy = std::move(dy_copy)](cuda::DeviceContext& w_ctx) {
+      grouped_wgrad<T>(w_ctx, weight, kept.view(), sm90, dy.data(), x.data());
+    });
+  }
   c = Ctx{};
 }
 

@@ -14,7 +14,10 @@
 // context keeps a pointer to x, which the caller keeps alive until backward.
 //
 // Accumulation rule: every W_g.grad accumulates (+=); dx is assigned. backward computes input and
-// weight gradients together and releases the context.
+// weight gradients together and releases the context; given a WeightGradQueue (gpu_weight_grad.h)
+// it computes dx (and under fp8 the dy^T quantization) and queues the Wgrad GEMM with what it
+// reads: fp32/bf16 copies of x and dy, fp8 the cached x^T and dy^T codes and scales, and a copy of
+// the row offsets (device, plus host for the cuBLASLt calls).
 #pragma once
 
 #include <cstdint>
@@ -56,9 +59,10 @@ class GpuGroupedLinear {
   // x [rows, in] -> y [rows, out] over the groups' row blocks.
   void forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y,
                const GroupOffsets& offsets) const;
-  // dy [rows, out] -> dx [rows, in] (assigned); W_g.grad += dy_g^T x_g. Releases the context.
-  void backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
-                const GroupOffsets& offsets) const;
+  // dy [rows, out] -> dx [rows, in] (assigned); W_g.grad += dy_g^T x_g, now or, given
+  // `deferred`, queued there. Releases the context.
+  void backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx, const GroupOffsets& offsets,
+                WeightGradQueue* deferred = nullptr) const;
 
   bool keeps_input_pointer() const { return weight_.precision() != GemmPrecision::Fp8; }
   // True when the GEMMs run as the sm_90 grouped kernels (kernels/gemm/grouped_gemm_sm90.h), which

@@ -159,8 +159,18 @@ void linear_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, GpuLi
                                     kFp8PowerOfTwoScales, ctx.stream);
 }
 
+// FP8 Wgrad: dW[out, in] += dyT[out, padded] · xT[in, padded]^T, reduction over the rows.
+void linear_wgrad_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, int64_t padded,
+                      const uint8_t* dyT_q, const float* dyT_scales, const uint8_t* xT_q,
+                      const float* xT_scales) {
+  cuda::gemm_fp8_nt(ctx.blas, weight.out(), weight.in(), padded, dyT_q, dyT_scales, xT_q,
+                    xT_scales, cuda::Fp8Scaling::Tile1x128, 1.0f, weight.grad(), weight.in(),
+                    cuda::DataType::F32, ctx.stream);  // [out, in] +=
+}
+
+// Dgrad now; the Wgrad now (deferred null) or queued with the FP8 x^T and dy^T it reads.
 void linear_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, GpuLinear<bf16>::Ctx& c,
-                         const bf16* dy, bf16* dx, float beta) {
+                         const bf16* dy, bf16* dx, float beta, WeightGradQueue* deferred) {
   using T = bf16;
   const int64_t in = weight.in(), out = weight.out(), rows = c.rows;
   FRUGAL_CHECK(c.xT_q.data() != nullptr, "GpuLinear::backward without a forward");
@@ -187,9 +197,18 @@ void linear_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight, GpuL
     cuda::transpose_quantize_1x128<T>(dyT_q.data(), dyT_scales.data(), dy_padded.data(), padded,
                                       out, kFp8PowerOfTwoScales, ctx.stream);
   }
-  cuda::gemm_fp8_nt(ctx.blas, out, in, padded, dyT_q.data(), dyT_scales.data(), c.xT_q.data(),
-                    c.xT_scales.data(), cuda::Fp8Scaling::Tile1x128, 1.0f, weight.grad(), in,
-                    cuda::DataType::F32, ctx.stream);  // [out, in] +=
+  if (deferred == nullptr) {
+    linear_wgrad_fp8(ctx, weight, padded, dyT_q.data(), dyT_scales.data(), c.xT_q.data(),
+                     c.xT_scales.data());
+    return;
+  }
+  const size_t bytes = dyT_q.bytes() + dyT_scales.bytes() + c.xT_q.bytes() + c.xT_scales.bytes();
+  deferred->defer(bytes, [&weight, padded, dyT_q = std::move(dyT_q),
+                          dyT_scales = std::move(dyT_scales), xT_q = std::move(c.xT_q),
+                          xT_scales = std::move(c.xT_scales)](cuda::DeviceContext& w_ctx) {
+    linear_wgrad_fp8(w_ctx, weight, padded, dyT_q.data(), dyT_scales.data(), xT_q.data(),
+                     xT_scales.data());
+  });
 }
 
 }  // namespace
@@ -226,9 +245,22 @@ void GpuLinear<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, i
   if constexpr (std::is_same_v<T, bf16>) linear_forward_fp8(ctx, weight_, c, x, y, rows, x_fp8);
 }
 
+namespace {
+
+// fp32/bf16 Wgrad: dW[out, in] += dy^T · x.
+template <class T>
+void linear_wgrad(cuda::DeviceContext& ctx, const GpuWeight& weight, const T* dy, const T* x,
+                  int64_t rows) {
+  const int64_t in = weight.in(), out = weight.out();
+  cuda::gemm(ctx.blas, true, false, out, in, rows, 1.0f, dy, out, x, in, data_type_of<T>(), 1.0f,
+             weight.grad(), in, cuda::DataType::F32, ctx.stream);  // [out, in] +=
+}
+
+}  // namespace
+
 template <class T>
 void GpuLinear<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
-                            bool accumulate_dx) const {
+                            bool accumulate_dx, WeightGradQueue* deferred) const {
   const int64_t in = weight_.in(), out = weight_.out(), rows = c.rows;
   if (rows == 0) {
     c = Ctx{};
@@ -241,12 +273,22 @@ void GpuLinear<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx
       cuda::gemm(ctx.blas, false, false, rows, in, out, 1.0f, dy, out, weight_.operand(), in,
                  weight_.operand_type(), beta, dx, in, data_type_of<T>(),
                  ctx.stream);  // [rows, in]
-    cuda::gemm(ctx.blas, true, false, out, in, rows, 1.0f, dy, out, c.x, in, data_type_of<T>(),
-               1.0f, weight_.grad(), in, cuda::DataType::F32, ctx.stream);  // [out, in] +=
+    if (deferred == nullptr) {
+      linear_wgrad<T>(ctx, weight_, dy, c.x, rows);
+    } else {  // the caller frees x and dy during B: the GEMM keeps copies
+      cuda::DeviceArray<T> x_copy = device_copy<T>(ctx, c.x, rows * in);
+      cuda::DeviceArray<T> dy_copy = device_copy<T>(ctx, dy, rows * out);
+      const size_t bytes = x_copy.bytes() + dy_copy.bytes();
+      deferred->defer(bytes, [&weight = weight_, rows, x = std::move(x_copy),
+                              dy = std::move(dy_copy)](cuda::DeviceContext& w_ctx) {
+        linear_wgrad<T>(w_ctx, weight, dy.data(), x.data(), rows);
+      });
+    }
     c = Ctx{};
     return;
   }
-  if constexpr (std::is_same_v<T, bf16>) linear_backward_fp8(ctx, weight_, c, dy, dx, beta);
+  if constexpr (std::is_same_v<T, bf16>)
+    linear_backward_fp8(ctx, weight_, c, dy, dx, beta, deferred);
   c = Ctx{};
 }
 

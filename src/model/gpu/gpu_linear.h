@@ -24,8 +24,10 @@
 // keeps alive until backward.
 //
 // Accumulation rule: W.grad accumulates (+=); dx is assigned, or added when accumulate_dx.
-// backward does Dgrad and Wgrad at once and releases the context (the deferred weight half of
-// the CPU modules is not split out on the GPU yet).
+// backward does Dgrad and Wgrad at once and releases the context; given a WeightGradQueue
+// (gpu_weight_grad.h) it does Dgrad (and under fp8 the dy^T quantization) and queues the Wgrad
+// GEMM with the operands it reads (fp32/bf16: copies of x and dy; fp8: the cached x^T and dy^T
+// in FP8), to run at the pipeline's W step.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +35,7 @@
 #include <string>
 
 #include "model/gpu/gpu_common.h"
+#include "model/gpu/gpu_weight_grad.h"
 
 namespace frugal::gpu {
 
@@ -122,8 +125,9 @@ class GpuLinear {
   void forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int64_t rows,
                const Fp8Input* x_fp8 = nullptr) const;
   // dy [rows, out] -> dx [rows, in] (assigned, or added when accumulate_dx; skipped when dx is
-  // null); W.grad += dy^T x. Releases the context.
-  void backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx, bool accumulate_dx) const;
+  // null); W.grad += dy^T x, now or, given `deferred`, queued there. Releases the context.
+  void backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx, bool accumulate_dx,
+                WeightGradQueue* deferred = nullptr) const;
 
   // Whether the caller must keep the forward input alive until backward.
   bool keeps_input_pointer() const { return weight_.precision() != GemmPrecision::Fp8; }

@@ -154,7 +154,8 @@ void GpuMla<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
 }
 
 template <class T>
-void GpuMla<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx) const {
+void GpuMla<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
+                         WeightGradQueue* deferred) const {
   const int64_t batch = c.batch, seq = c.seq, rows = batch * seq;
   const cudaStream_t stream = ctx.stream;
   if (rows == 0) {
@@ -163,7 +164,7 @@ void GpuMla<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx) c
   }
   FRUGAL_CHECK(c.q.data() != nullptr, "GpuMla::backward without a forward");
   cuda::DeviceArray<T> d_attn(ctx, rows * heads_ * v_dim_);  // [rows, heads * v]
-  o_proj_.backward(ctx, c.o_proj, dy, d_attn.data(), false);
+  o_proj_.backward(ctx, c.o_proj, dy, d_attn.data(), false, deferred);
 
   cuda::DeviceArray<T> dq(ctx, rows * heads_ * qk_dim_), dk(ctx, rows * heads_ * qk_dim_);
   cuda::DeviceArray<T> dv(ctx, rows * heads_ * v_dim_);
@@ -199,7 +200,7 @@ void GpuMla<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx) c
   cuda::rope_bwd<T>(d_k_pe.data(), c.rope.cos, c.rope.sin, rope_dim_, c.rope.positions, rows, 1,
                     rope_dim_, 0, stream);
   cuda::DeviceArray<T> d_c_kv_normed(ctx, rows * kv_lora_rank_);  // [rows, kv_lora_rank]
-  kv_b_proj_.backward(ctx, c.kv_b_proj, d_kv_b.data(), d_c_kv_normed.data(), false);
+  kv_b_proj_.backward(ctx, c.kv_b_proj, d_kv_b.data(), d_c_kv_normed.data(), false, deferred);
   d_kv_b.reset();
   c.c_kv_normed.reset();
   cuda::DeviceArray<T> d_c_kv(ctx, rows * kv_lora_rank_);
@@ -214,7 +215,7 @@ void GpuMla<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx) c
                    rope_dim_, stream);
   d_c_kv.reset();
   d_k_pe.reset();
-  kv_a_proj_.backward(ctx, c.kv_a_proj, d_kv_a.data(), dx, false);  // [rows, hidden]
+  kv_a_proj_.backward(ctx, c.kv_a_proj, d_kv_a.data(), dx, false, deferred);  // [rows, hidden]
   d_kv_a.reset();
 
   // Query path; its input gradient is added to the kv path's.
@@ -222,15 +223,15 @@ void GpuMla<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx) c
                     qk_dim_, nope_dim_, stream);
   if (q_lora_rank_ > 0) {
     cuda::DeviceArray<T> d_c_q_normed(ctx, rows * q_lora_rank_);
-    q_b_proj_.backward(ctx, c.q_b_proj, dq.data(), d_c_q_normed.data(), false);
+    q_b_proj_.backward(ctx, c.q_b_proj, dq.data(), d_c_q_normed.data(), false, deferred);
     dq.reset();
     c.c_q_normed.reset();
     cuda::DeviceArray<T> d_c_q(ctx, rows * q_lora_rank_);
     q_a_layernorm_.backward(ctx, c.q_a_layernorm, d_c_q_normed.data(), d_c_q.data());
     d_c_q_normed.reset();
-    q_a_proj_.backward(ctx, c.q_a_proj, d_c_q.data(), dx, true);
+    q_a_proj_.backward(ctx, c.q_a_proj, d_c_q.data(), dx, true, deferred);
   } else {
-    q_proj_.backward(ctx, c.q_proj, dq.data(), dx, true);
+    q_proj_.backward(ctx, c.q_proj, dq.data(), dx, true, deferred);
   }
   c = Ctx{};
 }

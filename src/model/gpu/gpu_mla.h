@@ -13,7 +13,9 @@
 // a pointer (fp32/bf16), q, k, v, the attention output and its log-sum-exp.
 //
 // Accumulation rule: parameter gradients accumulate (+=); dx is assigned. backward computes input
-// and weight gradients together and releases the context.
+// and weight gradients together and releases the context; given a WeightGradQueue the six
+// projections' weight-gradient GEMMs are queued there (gpu_weight_grad.h; the latent norms'
+// weight gradients stay in backward).
 #pragma once
 
 #include <cstdint>
@@ -59,7 +61,8 @@ class GpuMla {
   void forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int64_t batch, int64_t seq,
                const RopeInputs& rope) const;
   // dy, dx [batch * seq, hidden]; dx assigned.
-  void backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx) const;
+  void backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
+                WeightGradQueue* deferred = nullptr) const;
 
   void refresh(cuda::DeviceContext& ctx);
   // Whether the caller must keep forward's x alive until backward (false when the Linears that

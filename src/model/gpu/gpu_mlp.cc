@@ -60,14 +60,14 @@ void GpuMlp<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
 
 template <class T>
 void GpuMlp<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
-                         bool accumulate_dx) const {
+                         bool accumulate_dx, WeightGradQueue* deferred) const {
   const int64_t rows = c.rows, width = 2 * inter_;
   if (rows == 0) {
     c = Ctx{};
     return;
   }
   cuda::DeviceArray<T> dh(ctx, rows * inter_);  // [rows, inter]
-  down_.backward(ctx, c.down, dy, dh.data(), false);
+  down_.backward(ctx, c.down, dy, dh.data(), false, deferred);
   c.h.reset();
   cuda::DeviceArray<T> gu_dequantized;
   const T* gu = c.gu.data();
@@ -84,7 +84,7 @@ void GpuMlp<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
   cuda::DeviceArray<T> dgu(ctx, rows * width);  // [rows, 2*inter] = [dg | du]
   cuda::swiglu_bwd<T>(dgu.data(), dgu.data() + inter_, dh.data(), gu, gu + inter_, rows, inter_,
                       width, ctx.stream);
-  gate_up_.backward(ctx, c.gate_up, dgu.data(), dx, accumulate_dx);  // [rows, hidden]
+  gate_up_.backward(ctx, c.gate_up, dgu.data(), dx, accumulate_dx, deferred);  // [rows, hidden]
   c = Ctx{};
 }
 

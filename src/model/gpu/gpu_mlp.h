@@ -12,7 +12,8 @@
 // h^T).
 //
 // Accumulation rule: the three weight gradients accumulate (+=); dx is assigned (or added when
-// accumulate_dx). backward computes input and weight gradients together and releases the context.
+// accumulate_dx). backward computes input and weight gradients together and releases the context;
+// given a WeightGradQueue the three weight-gradient GEMMs are queued there (gpu_weight_grad.h).
 #pragma once
 
 #include <cstdint>
@@ -41,7 +42,8 @@ class GpuMlp {
   // x [rows, hidden] -> y [rows, hidden]. x stays owned by the caller, alive until backward.
   void forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int64_t rows) const;
   // dy [rows, hidden] -> dx [rows, hidden] (assigned, or added when accumulate_dx).
-  void backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx, bool accumulate_dx) const;
+  void backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx, bool accumulate_dx,
+                WeightGradQueue* deferred = nullptr) const;
 
   void refresh(cuda::DeviceContext& ctx);
   // Whether the caller must keep forward's x alive until backward.

@@ -264,11 +264,12 @@ template <class T>
 cuda::DeviceArray<T> GpuMoe<T>::experts_backward(cuda::DeviceContext& ctx, Ctx& c,
                                                  cuda::DeviceArray<T>& d_out, int64_t rows,
                                                  int64_t capacity,
-                                                 const GroupOffsets& offsets) const {
+                                                 const GroupOffsets& offsets,
+                                                 WeightGradQueue* deferred) const {
   const cudaStream_t stream = ctx.stream;
   const int64_t H = hidden_, I = inter_;
   cuda::DeviceArray<T> dh(ctx, capacity * I);  // [rows, inter]
-  down_.backward(ctx, c.down, d_out.data(), dh.data(), offsets);
+  down_.backward(ctx, c.down, d_out.data(), dh.data(), offsets, deferred);
   d_out.reset();
   c.h.reset();
   cuda::DeviceArray<T> gu_dequantized;
@@ -290,14 +291,14 @@ cuda::DeviceArray<T> GpuMoe<T>::experts_backward(cuda::DeviceContext& ctx, Ctx& 
   c.gu_q.reset();
   c.gu_scales.reset();
   cuda::DeviceArray<T> dxp(ctx, capacity * H);  // [rows, hidden]
-  gate_up_.backward(ctx, c.gate_up, dgu.data(), dxp.data(), offsets);
+  gate_up_.backward(ctx, c.gate_up, dgu.data(), dxp.data(), offsets, deferred);
   c.xp.reset();
   return dxp;
 }
 
 template <class T>
 void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
-                         double dloss_balance) const {
+                         double dloss_balance, WeightGradQueue* deferred) const {
   const int64_t rows = c.rows, E = router_.n_experts, K = router_.top_k, H = hidden_;
   const cudaStream_t stream = ctx.stream;
   if (rows == 0) {
@@ -306,13 +307,13 @@ void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
   }
   FRUGAL_CHECK(c.scores.data() != nullptr, "GpuMoe::backward without a forward");
   if (dispatch_ != nullptr) {
-    backward_ep(ctx, c, dy, dx, dloss_balance);
+    backward_ep(ctx, c, dy, dx, dloss_balance, deferred);
     c = Ctx{};
     return;
   }
   if (has_shared_) {
     cuda::ScopedSection section(stream, "moe.shared.bwd");
-    shared_.backward(ctx, c.shared, dy, dx, false);
+    shared_.backward(ctx, c.shared, dy, dx, false, deferred);
   } else {
     zero_async(ctx, dx, static_cast<size_t>(rows * H) * sizeof(T));
   }
@@ -332,7 +333,7 @@ void GpuMoe<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
     c.expert_out.reset();
     combine_section.close();
     cuda::ScopedSection experts_section(stream, "moe.experts.bwd");
-    cuda::DeviceArray<T> dxp = experts_backward(ctx, c, d_out, padded, bound, offsets);
+    cuda::DeviceArray<T> dxp = experts_backward(ctx, c, d_out, padded, bound, offsets, deferred);
     experts_section.close();
     cuda::ScopedSection unpermute_section(stream, "moe.unpermute.bwd");
     cuda::unpermute_sum<T>(dx, dxp.data(), c.assignment_row.data(), rows, K, H,
@@ -520,7 +521,7 @@ void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, b
 
 template <class T>
 void GpuMoe<T>::backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
-                            double dloss_balance) const {
+                            double dloss_balance, WeightGradQueue* deferred) const {
   const int64_t rows = c.rows, K = router_.top_k, EL = local_experts_, H = hidden_;
   const cudaStream_t stream = ctx.stream;
   GpuExpertDispatch& exchange = *dispatch_;
@@ -534,7 +535,7 @@ void GpuMoe<T>::backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx
   exchange.combine_backward(d_out.data(), dweights.data(), dy, c.topk_weight.data(), [&] {
     if (has_shared_) {
       cuda::ScopedSection section(stream, "moe.shared.bwd");
-      shared_.backward(ctx, c.shared, dy, dx, false);
+      shared_.backward(ctx, c.shared, dy, dx, false, deferred);
     } else {
       zero_async(ctx, dx, static_cast<size_t>(rows * H) * sizeof(T));
     }
@@ -550,7 +551,8 @@ void GpuMoe<T>::backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx
                             stream);
       d_out = std::move(padded);
     }
-    cuda::DeviceArray<T> dxp = experts_backward(ctx, c, d_out, local_rows, local_rows, offsets);
+    cuda::DeviceArray<T> dxp =
+        experts_backward(ctx, c, d_out, local_rows, local_rows, offsets, deferred);
     if (fp8) {
       if (received > 0)
         cuda::permute_rows<T>(d_received.data(), dxp.data(), c.unpad_map.data(), received, 1, H,

@@ -38,7 +38,9 @@
 //
 // Accumulation rule: parameter gradients accumulate (+=); dx is assigned. The balance-loss
 // gradient flows through the scores into the gate; the selection carries none. backward computes
-// input and weight gradients together and releases the context.
+// input and weight gradients together and releases the context; given a WeightGradQueue the
+// experts' (routed and shared) weight-gradient GEMMs are queued there (gpu_weight_grad.h), the
+// router gate's (fp32, [E, hidden]) stays in backward.
 #pragma once
 
 #include <cstdint>
@@ -101,7 +103,8 @@ class GpuMoe {
   void forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int64_t batch, int64_t seq,
                double balance_alpha, bool count_load, double* balance_loss);
   // dy -> dx [rows, hidden] (assigned). dloss_balance = d(total loss)/d(this layer's balance loss).
-  void backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx, double dloss_balance) const;
+  void backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx, double dloss_balance,
+                WeightGradQueue* deferred = nullptr) const;
 
   void refresh(cuda::DeviceContext& ctx);
   // Tokens routed to each expert since the last reset (synchronous copy).
@@ -128,8 +131,8 @@ class GpuMoe {
   // Expert-parallel forward / backward of the routed experts (see above).
   void forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, bool count_load,
                   double* balance_loss);
-  void backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
-                   double dloss_balance) const;
+  void backward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx, double dloss_balance,
+                   WeightGradQueue* deferred) const;
   // The router's backward in two parts (see gpu_moe.cc): dlogits [rows, E], then the gate's.
   cuda::DeviceArray<float> logits_backward(cuda::DeviceContext& ctx, const Ctx& c,
                                            const float* dweights, double dloss_balance) const;
@@ -138,7 +141,8 @@ class GpuMoe {
   // down_proj, SwiGLU and gate_up_proj backward of the local experts (see gpu_moe.cc).
   cuda::DeviceArray<T> experts_backward(cuda::DeviceContext& ctx, Ctx& c,
                                         cuda::DeviceArray<T>& d_out, int64_t rows,
-                                        int64_t capacity, const GroupOffsets& offsets) const;
+                                        int64_t capacity, const GroupOffsets& offsets,
+                                        WeightGradQueue* deferred) const;
 
   int64_t first_expert_ = 0, local_experts_ = 0;
   std::unique_ptr<GpuExpertDispatch> dispatch_;  // expert parallelism only

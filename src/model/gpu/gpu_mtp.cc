@@ -62,19 +62,20 @@ void GpuMtp<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const float* emb, cons
 
 template <class T>
 void GpuMtp<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const float* dh_out, const T* dnormed,
-                         float* demb, float* dh_prev, double dbalance) const {
+                         float* demb, float* dh_prev, double dbalance,
+                         WeightGradQueue* deferred) const {
   const int64_t rows = c.rows, d = hidden_;
   cuda::DeviceArray<float> dh(ctx, rows * d);  // [rows, hidden] gradient of h_out
   head_norm_.backward(ctx, c.head_norm, dnormed, dh.data());
   if (dh_out != nullptr) cuda::axpby<float>(dh.data(), dh_out, 1.0f, 1.0f, rows * d, ctx.stream);
   cuda::DeviceArray<float> dproj(ctx, rows * d);
-  block_->backward(ctx, c.block, dh.data(), dproj.data(), dbalance);
+  block_->backward(ctx, c.block, dh.data(), dproj.data(), dbalance, deferred);
   dh.reset();
   c.proj.reset();
   cuda::DeviceArray<T> dcat(ctx, rows * 2 * d);  // [rows, 2*hidden]
   {
     AsType<T> dproj_t(ctx, dproj.data(), rows * d);
-    eh_proj_.backward(ctx, c.eh_proj, dproj_t.get(), dcat.data(), false);
+    eh_proj_.backward(ctx, c.eh_proj, dproj_t.get(), dcat.data(), false, deferred);
   }
   c.cat.reset();
   cuda::DeviceArray<T> de(ctx, rows * d), dhn(ctx, rows * d);

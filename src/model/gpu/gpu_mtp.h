@@ -7,7 +7,9 @@
 // stream); normed is T. eh_proj stays out of FP8 (fp32 or bf16 by recipe).
 //
 // Accumulation rule: parameter gradients accumulate (+=); demb and dh_prev are assigned. backward
-// computes input and weight gradients together and releases the context.
+// computes input and weight gradients together and releases the context; given a WeightGradQueue
+// the weight-gradient GEMMs of eh_proj and the block's Linears are queued there
+// (gpu_weight_grad.h), the norms' stay.
 #pragma once
 
 #include <cstdint>
@@ -42,7 +44,8 @@ class GpuMtp {
                double balance_alpha, bool count_load, double* balance_loss);
   // dh_out: gradient from depth k+1 (null at the last depth); dnormed: from the head.
   void backward(cuda::DeviceContext& ctx, Ctx& c, const float* dh_out, const T* dnormed,
-                float* demb, float* dh_prev, double dbalance) const;
+                float* demb, float* dh_prev, double dbalance,
+                WeightGradQueue* deferred = nullptr) const;
 
   void refresh(cuda::DeviceContext& ctx);
   GpuBlock<T>& block() const { return *block_; }

@@ -8,7 +8,9 @@
 // [1+D] int64, MoE balance losses [MoE layers] double) and leave it with one copy at the end of
 // forward; the backward reads the valid counts on the device (xent_grad_scales).
 //
-// Accumulation rule: parameter gradients accumulate (+=); dinput is assigned.
+// Accumulation rule: parameter gradients accumulate (+=); dinput is assigned. A deferred backward
+// (backward_input with defer_weights) passes a WeightGradQueue to the layers and MTP modules; the
+// head's and embedding's weight gradients are made at once either way.
 #ifdef FRUGAL_HAVE_CUDA
 
 #include "model/gpu/gpu_pipeline_stage.h"
@@ -86,7 +88,7 @@ class StageBody {
                                                          bool training, float* output,
                                                          StageLosses& losses) = 0;
   virtual void backward(GpuPipelineStage::Run& run, const float* doutput, float* dinput,
-                        double loss_scale) = 0;
+                        double loss_scale, WeightGradQueue* deferred) = 0;
   virtual void refresh() = 0;
   virtual void update_balance_bias(double gamma) = 0;
   virtual std::vector<DeviceLoadCounter> expert_load_counters() = 0;
@@ -111,7 +113,7 @@ class Stage final : public StageBody {
                                                  bool training, float* output,
                                                  StageLosses& losses) override;
   void backward(GpuPipelineStage::Run& run, const float* doutput, float* dinput,
-                double loss_scale) override;
+                double loss_scale, WeightGradQueue* deferred) override;
   void refresh() override;
   void update_balance_bias(double gamma) override;
   std::vector<DeviceLoadCounter> expert_load_counters() override;
@@ -150,7 +152,8 @@ class Stage final : public StageBody {
 
   void head_forward(StageRun& r, const LossWeights& weights, bool training, int64_t moe_slot);
   void read_losses(const StageRun& r, const LossLayout& layout, StageLosses& losses);
-  void head_backward(StageRun& r, double loss_scale, cuda::DeviceArray<float>& dy);
+  void head_backward(StageRun& r, double loss_scale, cuda::DeviceArray<float>& dy,
+                     WeightGradQueue* deferred);
   void embedding_backward(const float* dout, const int32_t* ids, int64_t n);
   RopeInputs rope_inputs(int64_t batch, int64_t seq);
   void upload_ids(StageRun& r, const int32_t* tokens, const int32_t* targets);
@@ -468,7 +471,8 @@ void Stage<T>::embedding_backward(const float* dout, const int32_t* ids, int64_t
 // Last stage: from the losses (times loss_scale) back through the head, the MTP depths and the
 // final norm; dy = d(total)/d(residual.back()).
 template <class T>
-void Stage<T>::head_backward(StageRun& r, double loss_scale, cuda::DeviceArray<float>& dy) {
+void Stage<T>::head_backward(StageRun& r, double loss_scale, cuda::DeviceArray<float>& dy,
+                             WeightGradQueue* deferred) {
   const int64_t batch = r.batch, rows = r.rows, d = cfg_.hidden_size, vocab = cfg_.vocab_size;
   const int64_t depths_run = static_cast<int64_t>(r.mtp.size());
   const cudaStream_t stream = ctx_.stream;
@@ -506,7 +510,7 @@ void Stage<T>::head_backward(StageRun& r, double loss_scale, cuda::DeviceArray<f
     m.logits.reset();
     cuda::DeviceArray<float> demb(ctx_, m.rows * d), dh_prev(ctx_, m.rows * d);
     mtp_[k - 1]->backward(ctx_, m.module, dh_next.data(), dmnormed.data(), demb.data(),
-                          dh_prev.data(), loss_scale);
+                          dh_prev.data(), loss_scale, deferred);
     embedding_backward(demb.data(), m.ids.data(), m.rows);
     // Map d(h_prev) [batch, m.seq] onto the previous depth's rows [batch, m.seq + 1].
     const int64_t prev_seq = m.seq + 1;
@@ -530,7 +534,7 @@ void Stage<T>::head_backward(StageRun& r, double loss_scale, cuda::DeviceArray<f
 
 template <class T>
 void Stage<T>::backward(GpuPipelineStage::Run& run, const float* doutput, float* dinput,
-                        double loss_scale) {
+                        double loss_scale, WeightGradQueue* deferred) {
   auto* staged = dynamic_cast<StageRun*>(&run);
   FRUGAL_CHECK(staged != nullptr, "GpuPipelineStage::backward: the Run is not this stage's");
   StageRun& r = *staged;
@@ -540,7 +544,7 @@ void Stage<T>::backward(GpuPipelineStage::Run& run, const float* doutput, float*
   cuda::DeviceArray<float> dy_owned;  // [rows, hidden]
   const float* dy = doutput;
   if (last()) {
-    head_backward(r, loss_scale, dy_owned);
+    head_backward(r, loss_scale, dy_owned, deferred);
     dy = dy_owned.data();
   }
 
@@ -548,7 +552,7 @@ void Stage<T>::backward(GpuPipelineStage::Run& run, const float* doutput, float*
   cuda::ScopedSection layers_section(ctx_.stream, "layers.bwd");
   for (size_t i = layers_.size(); i-- > 0;) {
     cuda::DeviceArray<float> dx(ctx_, rows * d);
-    layers_[i]->backward(ctx_, r.blocks[i], dy, dx.data(), loss_scale);
+    layers_[i]->backward(ctx_, r.blocks[i], dy, dx.data(), loss_scale, deferred);
     r.residual[i + 1].reset();
     dy_owned = std::move(dx);
     dy = dy_owned.data();
@@ -597,12 +601,14 @@ std::vector<ExpertLoad> Stage<T>::expert_load() {
 
 struct GpuPipelineStage::Impl {
   std::unique_ptr<StageBody> body;
+  cuda::DeviceContext* ctx = nullptr;
 };
 
 GpuPipelineStage::GpuPipelineStage(cuda::DeviceContext& ctx, ParamRegistry& registry,
                                    const ModelConfig& cfg, Recipe recipe, const StageLayout& layout,
                                    int stage)
     : impl_(std::make_unique<Impl>()) {
+  impl_->ctx = &ctx;
   if (recipe == Recipe::Fp32)
     impl_->body = std::make_unique<Stage<float>>(ctx, registry, cfg, recipe, layout, stage);
   else
@@ -625,9 +631,33 @@ std::unique_ptr<GpuPipelineStage::Run> GpuPipelineStage::forward(
 
 void GpuPipelineStage::backward(std::unique_ptr<Run>& run, const float* doutput, float* dinput,
                                 double loss_scale) {
+  backward_input(run, doutput, dinput, loss_scale, /*defer_weights=*/false);
+}
+
+void GpuPipelineStage::backward_input(std::unique_ptr<Run>& run, const float* doutput,
+                                      float* dinput, double loss_scale, bool defer_weights) {
   FRUGAL_CHECK(run != nullptr, "GpuPipelineStage::backward: no forward Run (already released?)");
-  impl_->body->backward(*run, doutput, dinput, loss_scale);
+  FRUGAL_CHECK(run->weight_grads.empty(),
+               "GpuPipelineStage::backward: the Run's input half already ran (its W is pending)");
+  if (!defer_weights) {
+    impl_->body->backward(*run, doutput, dinput, loss_scale, nullptr);
+    run.reset();
+    return;
+  }
+  WeightGradQueue queue;
+  impl_->body->backward(*run, doutput, dinput, loss_scale, &queue);
+  // Only the queued GEMMs outlive B: the forward state goes now.
+  run = std::make_unique<Run>();
+  run->weight_grads = std::move(queue);
+}
+
+int64_t GpuPipelineStage::backward_weight(std::unique_ptr<Run>& run) {
+  FRUGAL_CHECK(run != nullptr,
+               "GpuPipelineStage::backward_weight: no Run (its backward_input did not defer, or "
+               "the W already ran)");
+  const int64_t gemms = run->weight_grads.run(*impl_->ctx);
   run.reset();
+  return gemms;
 }
 
 void GpuPipelineStage::refresh() { impl_->body->refresh(); }

@@ -20,6 +20,12 @@
 //
 // Accumulation rule: parameter gradients accumulate (+=) d(loss_scale * total)/d(param); dinput is
 // assigned. backward computes the input and weight gradients together and releases the Run.
+// Zero-bubble split (the pipeline's B and W steps): backward_input(..., defer_weights = true)
+// computes dinput and every weight gradient that stays in B (RMSNorm weights, the MoE router gates,
+// the token embedding, the output head), frees the activations and leaves the Run holding only
+// the Linear / grouped-expert weight-gradient GEMMs with their operands (Run::weight_grads,
+// gpu_weight_grad.h); backward_weight(run) runs them and releases the Run. The gradients are
+// bitwise those of backward when the stage's W steps run in the order of its B steps.
 // CUDA builds only.
 #pragma once
 
@@ -28,6 +34,7 @@
 #include <vector>
 
 #include "model/gpu/gpu_common.h"
+#include "model/gpu/gpu_weight_grad.h"
 #include "parallel/pipeline_stage.h"  // StageLayout, StageLosses, finish_losses
 
 namespace frugal::gpu {
@@ -39,6 +46,9 @@ class GpuPipelineStage {
   // a std::unique_ptr<Run> (an evaluation forward's Run is simply dropped).
   struct Run {
     virtual ~Run();
+    // After backward_input(..., defer_weights = true): the deferred weight-gradient GEMMs (the
+    // only memory the Run still holds: weight_grads.bytes_held()).
+    WeightGradQueue weight_grads;
   };
 
   // Stage `stage` of `layout` (its layer counts must fit cfg; a first or last stage may hold 0).
@@ -64,6 +74,15 @@ class GpuPipelineStage {
   // Gradients accumulate; `run` is released (reset) by the call.
   void backward(std::unique_ptr<Run>& run, const float* doutput, float* dinput,
                 double loss_scale);
+  // backward's input half (B): doutput, dinput and loss_scale as there. defer_weights false: the
+  // whole backward (= backward). true: the weight-gradient GEMMs of the Linears and the routed /
+  // shared experts are queued in run->weight_grads, every activation of the Run is freed, and
+  // `run` stays until backward_weight.
+  void backward_input(std::unique_ptr<Run>& run, const float* doutput, float* dinput,
+                      double loss_scale, bool defer_weights);
+  // The weight half (W) of a deferred backward_input: runs run->weight_grads in order on the
+  // stage's stream and releases `run`. Returns the number of GEMMs run (0 when nothing was left).
+  int64_t backward_weight(std::unique_ptr<Run>& run);
 
   // Rebuilds the bf16 / fp8 weight copies of this stage from the fp32 masters.
   void refresh();
