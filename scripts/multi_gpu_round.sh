@@ -9,6 +9,7 @@
 # 4 x 4096, 4 steps, against one GPU), printing the step table and the measured bubble per rank
 # next to the schedule's expected one (simulated and Table 2, with the measured F and B).
 # MULTI_GPU_PARTS (default "tests dispatch train zero1 fp8ep overlap pipeline") picks the parts,
+# MULTI_GPU_SCHEDULES (default "dualpipev 1f1b") the pipeline part's schedules,
 # MULTI_GPU_TESTS (names separated by spaces) the test programs, MULTI_GPU_ZERO1_EPS the ep
 # values of the zero1 part (default "1 N"). The part "mesh" (not in the
 # default; --ranks 4 or 8) trains bench-1b on the GPU pipeline over a mesh: pp 2 (DualPipeV) x
@@ -45,7 +46,8 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRUGAL_CUDA=ON \
   > "$logs/configure.log" 2>&1 || { tail "$logs/configure.log"; exit 1; }
 ninja -C "$build" -j"$(nproc)" frugal test_parallel_nccl_cuda test_parallel_gpu_dp_cuda \
   test_parallel_gpu_ep_cuda test_parallel_gpu_ep_overlap_cuda test_parallel_gpu_dispatch_cuda \
-  test_parallel_gpu_pipeline_cuda bench_dispatch_cuda bench_pipeline_gpu > "$logs/build.log" 2>&1 \
+  test_parallel_gpu_pipeline_cuda test_model_gpu_pipeline_stage_cuda bench_dispatch_cuda \
+  bench_pipeline_gpu bench_train_gpu > "$logs/build.log" 2>&1 \
   || { grep -E "error" "$logs/build.log" | head -30; exit 1; }
 mpi=(mpirun --allow-run-as-root --oversubscribe -np "$ranks" -x NCCL_NVLS_ENABLE=0
      -x OMP_NUM_THREADS=4)
@@ -131,7 +133,7 @@ if [ -f "$train_text" ]; then
 fi
 # The GPU pipeline on bench-1b (random tokens, no data needed): one GPU, then the pipeline; the
 # step table, then the measured bubble per step and rank.
-for schedule in dualpipev 1f1b; do
+for schedule in ${MULTI_GPU_SCHEDULES:-dualpipev 1f1b}; do
   part pipeline || continue
   echo "== bench_pipeline_gpu bench-1b bf16 $schedule, 8 micro-batches of 4 x 4096 (np $ranks)"
   timeout 500 "${mpi[@]}" "$build/bench_pipeline_gpu" configs/bench-1b.toml bf16 "$schedule" 8 4 \
