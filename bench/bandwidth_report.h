@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -48,6 +49,14 @@ inline void fill_normal_bf16(__nv_bfloat16* device, int64_t count, uint64_t seed
                                  static_cast<size_t>(n) * sizeof(__nv_bfloat16),
                                  cudaMemcpyHostToDevice));
   }
+}
+
+// Writes `json` to argv[1] when the bench was given a results path.
+inline void write_json_argument(int argc, char** argv, const nlohmann::json& json) {
+  if (argc < 2) return;
+  std::ofstream out(argv[1]);
+  out << json.dump(2) << "\n";
+  std::printf("wrote %s\n", argv[1]);
 }
 
 class BandwidthReport {

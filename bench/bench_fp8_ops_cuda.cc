@@ -15,7 +15,6 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -196,17 +195,11 @@ int main(int argc, char** argv) {
     time_weight_update(report, timer, stream, kExperts * 2 * kInter, kHidden);
     time_weight_update(report, timer, stream, kExperts * kHidden, kInter);
     FRUGAL_CUDA_CHECK(cudaStreamDestroy(stream));
-    if (argc > 1) {
-      std::ofstream out(argv[1]);
-      out << report.json(properties.name, {{"tokens", kTokens},
-                                           {"expert_rows", kRows},
-                                           {"experts", kExperts},
-                                           {"hidden", kHidden},
-                                           {"moe_inter", kInter}})
-                 .dump(2)
-          << "\n";
-      std::printf("wrote %s\n", argv[1]);
-    }
+    bench::write_json_argument(argc, argv, report.json(properties.name, {{"tokens", kTokens},
+                                                           {"expert_rows", kRows},
+                                                           {"experts", kExperts},
+                                                           {"hidden", kHidden},
+                                                           {"moe_inter", kInter}}));
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_fp8_ops_cuda: %s\n", e.what());
     return 1;

@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -172,17 +171,11 @@ int main(int argc, char** argv) {
     time_xent_embedding<__nv_bfloat16>(report, timer, stream, "bf16");
     time_xent_embedding<float>(report, timer, stream, "fp32");
     FRUGAL_CUDA_CHECK(cudaStreamDestroy(stream));
-    if (argc > 1) {
-      std::ofstream out(argv[1]);
-      out << report.json(properties.name, {{"tokens", kTokens},
-                                          {"hidden", kHidden},
-                                          {"experts", kExperts},
-                                          {"top_k", kTopK},
-                                          {"vocab", kVocab}})
-                 .dump(2)
-          << "\n";
-      std::printf("wrote %s\n", argv[1]);
-    }
+    bench::write_json_argument(argc, argv, report.json(properties.name, {{"tokens", kTokens},
+                                                           {"hidden", kHidden},
+                                                           {"experts", kExperts},
+                                                           {"top_k", kTopK},
+                                                           {"vocab", kVocab}}));
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_moe_ops_cuda: %s\n", e.what());
     return 1;

@@ -115,11 +115,10 @@ __global__ void __launch_bounds__(kThreads)
 
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTransposeRows;
   const int64_t col0 = static_cast<int64_t>(blockIdx.y) * kTransposeCols;
-  int64_t base = 0, group_rows = rows;
-  if (kGrouped && !detail::find_group(offsets, groups, row0, base, group_rows)) return;
-  const int64_t local0 = row0 - base;  // first row of the tile inside its group
-  const int tile_rows = static_cast<int>(
-      detail::min64(kTransposeRows, detail::min64(group_rows - local0, rows - row0)));
+  detail::TransposedTile t;
+  if (!detail::transposed_tile<kGrouped>(offsets, groups, rows, row0, kTransposeRows, t)) return;
+  const int64_t base = t.base, group_rows = t.group_rows, local0 = t.local0;
+  const int tile_rows = t.rows;
   const int tile_cols = static_cast<int>(detail::min64(kTransposeCols, cols - col0));
 
   // Stage: thread t reads row t/8 (+32 per pass), columns (t%8)*8 .. +7.
@@ -179,16 +178,8 @@ __global__ void __launch_bounds__(kThreads)
       codes[c][r] = __nv_cvt_float_to_fp8(divide(tile[r][c]), __NV_SATFINITE, __NV_E4M3);
     }
     __syncwarp();
-    const int r = 4 * lane;
-    if (r < tile_rows) {
-      uint8_t* out = qT_group + (col0 + c) * group_rows + local0 + r;
-      const uint32_t word = *reinterpret_cast<const uint32_t*>(&codes[c][r]);
-      if (word_stores && r + 4 <= tile_rows) {
-        *reinterpret_cast<uint32_t*>(out) = word;
-      } else {
-        for (int j = 0; j < 4 && r + j < tile_rows; ++j) out[j] = static_cast<uint8_t>(word >> (8 * j));
-      }
-    }
+    detail::store_code_column(qT_group + (col0 + c) * group_rows + local0, codes[c], t,
+                              word_stores, lane);
   }
 }
 

@@ -59,11 +59,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t tile_index = blockIdx.y;  // the 1x128 tile of every row, the 128 columns here
   const int64_t col0 = tile_index * kTile;
   const int64_t tiles = gridDim.y;
-  int64_t base = 0, group_rows = rows;
-  if (kGrouped && !detail::find_group(offsets, groups, row0, base, group_rows)) return;
-  const int64_t local0 = row0 - base;  // first row of the tile inside its group
-  const int tile_rows = static_cast<int>(
-      detail::min64(kTile, detail::min64(group_rows - local0, rows - row0)));
+  detail::TransposedTile t;
+  if (!detail::transposed_tile<kGrouped>(offsets, groups, rows, row0, kTile, t)) return;
+  const int64_t base = t.base, group_rows = t.group_rows, local0 = t.local0;
+  const int tile_rows = t.rows;
   const int tile_cols = static_cast<int>(detail::min64(kTile, cols - col0));
 
   // ---- rows: codes and scales along the columns; the values staged for the columns ----
@@ -136,17 +135,8 @@ __global__ void __launch_bounds__(kThreads)
                                        __NV_E4M3);
     }
     __syncwarp();
-    const int r = 4 * lane;
-    if (r < tile_rows) {
-      uint8_t* out = qT_group + (col0 + c) * group_rows + local0 + r;
-      const uint32_t word = *reinterpret_cast<const uint32_t*>(&codes[r]);
-      if (word_stores && r + 4 <= tile_rows) {
-        *reinterpret_cast<uint32_t*>(out) = word;
-      } else {
-        for (int j = 0; j < 4 && r + j < tile_rows; ++j)
-          out[j] = static_cast<uint8_t>(word >> (8 * j));
-      }
-    }
+    detail::store_code_column(qT_group + (col0 + c) * group_rows + local0, codes, t, word_stores,
+                              lane);
     __syncwarp();  // the byte row is rewritten for the warp's next column
   }
 }

@@ -99,6 +99,41 @@ __device__ __forceinline__ bool find_group(const int64_t* offsets, int64_t group
   return row < offsets[lo + 1];
 }
 
+// The rows a transposed quantizer's tile of `height` rows starting at row0 covers: its group
+// (kGrouped: the group holding row0; else one group of all rows), the tile's first row inside it
+// and its row count. False when the tile lies in no group (the block has nothing to do).
+struct TransposedTile {
+  int64_t base = 0, group_rows = 0, local0 = 0;
+  int rows = 0;
+};
+template <bool kGrouped>
+__device__ __forceinline__ bool transposed_tile(const int64_t* offsets, int64_t groups,
+                                                int64_t rows, int64_t row0, int height,
+                                                TransposedTile& t) {
+  t.base = 0;
+  t.group_rows = rows;
+  if (kGrouped && !find_group(offsets, groups, row0, t.base, t.group_rows)) return false;
+  t.local0 = row0 - t.base;
+  t.rows = static_cast<int>(min64(height, min64(t.group_rows - t.local0, rows - row0)));
+  return true;
+}
+
+// One warp stores the codes of rows 0 .. t.rows-1 of one column of a transposed tile (codes[r],
+// 4-byte aligned, in shared memory) at `out` (the column's first code: qT_g + column * rows_g +
+// local0): lane l writes rows 4l..4l+3, one 4-byte store when `word_stores` allows.
+__device__ __forceinline__ void store_code_column(uint8_t* out, const uint8_t* codes,
+                                                  const TransposedTile& t, bool word_stores,
+                                                  int lane) {
+  const int r = 4 * lane;
+  if (r >= t.rows) return;
+  const uint32_t word = *reinterpret_cast<const uint32_t*>(codes + r);
+  if (word_stores && r + 4 <= t.rows) {
+    *reinterpret_cast<uint32_t*>(out + r) = word;
+  } else {
+    for (int j = 0; j < 4 && r + j < t.rows; ++j) out[r + j] = static_cast<uint8_t>(word >> (8 * j));
+  }
+}
+
 // The 1x128 activation quantizer over a [rows, cols] matrix whose values come from `source`
 // (source.load(v, row, col, valid) fills v with the fp32 values of columns col..col+valid-1 of
 // `row`, zeros after). Block (row block, tile): the 16 half-warps of the block take rows
