@@ -9,6 +9,7 @@
 #     (FRUGAL_PROFILE=1 bench_train_gpu) in fp8 with the optimizer's fused and unfused FP8 refresh
 #     (FRUGAL_FUSED_REFRESH=0), and in bf16: where the fp8 step's time goes.
 #   scripts/unverified_round.sh [two-gpu|one-gpu]   (default both)
+# UNVERIFIED_NCU=1 (one-gpu) adds the hardware counters of the FP8 grouped GEMM kernels (ncu).
 # Logs go to build-gpu/unverified, or with $OUT set into $OUT/unverified.tgz (few files come back
 # from the GPU machine). Exit status 0 only if every test passed.
 set -uo pipefail
@@ -66,6 +67,19 @@ if [ "$which" != two-gpu ]; then
     || failures=$((failures + 1))
   cat "$logs/fp8_ops.log"
   save
+  if [ -n "${UNVERIFIED_NCU:-}" ] && command -v ncu > /dev/null; then
+    # Hardware counters of the FP8 grouped kernel (its first launch, gate/up Fprop, after the
+    # BF16 rows): what holds it near the BF16 kernels' rate.
+    ninja -C "$build" -j"$(nproc)" bench_grouped_gemm_cuda >> "$logs/build.log" 2>&1
+    echo "== ncu: grouped_gemm_fp8_kernel (bench_grouped_gemm_cuda --no-v3)"
+    timeout 300 ncu --clock-control none --kernel-name regex:grouped_gemm_fp8_kernel \
+      --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+      --section WarpStateStats --section SchedulerStats --section Occupancy \
+      "$build/bench_grouped_gemm_cuda" /tmp/grouped.json --no-v3 > "$logs/ncu_fp8_grouped.log" 2>&1
+    grep -E "fp8_kernel|Throughput|Duration|Stall|Issued Warp|Eligible|L2 Hit|Mem Busy|Bandwidth" \
+      "$logs/ncu_fp8_grouped.log" | head -n 60
+    save
+  fi
   for run in "fp8 1" "fp8 0" "bf16 1"; do
     set -- $run
     echo "== FRUGAL_PROFILE=1 bench_train_gpu bench-1b $1 (FRUGAL_FUSED_REFRESH=$2)"
