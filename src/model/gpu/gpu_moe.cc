@@ -86,7 +86,13 @@ std::atomic<bool>& fused_swiglu_fp8_flag() {
   return flag;
 }
 
+std::atomic<int64_t> fused_swiglu_fp8_run_count{0};
+
 }  // namespace
+
+int64_t fused_swiglu_fp8_runs() {
+  return fused_swiglu_fp8_run_count.load(std::memory_order_relaxed);
+}
 
 bool fused_swiglu_fp8_enabled() {
   return fused_swiglu_fp8_flag().load(std::memory_order_relaxed);
@@ -306,6 +312,7 @@ void GpuMoe<T>::swiglu_down_forward_fp8(cuda::DeviceContext& ctx, Ctx& c, const 
     cuda::swiglu_fwd_fp8_grouped(c.gu_q.data(), c.gu_scales.data(), h_q.data(), h_scales.data(),
                                  hT_q.data(), hT_scales.data(), gu, offsets.device, offsets.groups,
                                  rows, I, kFp8PowerOfTwoScales, ctx.stream);
+    fused_swiglu_fp8_run_count.fetch_add(1, std::memory_order_relaxed);
     down_.forward_quantized(ctx, c.down, h_q.data(), h_scales.data(), std::move(hT_q),
                             std::move(hT_scales), out, offsets);  // [rows, hidden]
   } else {
@@ -343,6 +350,7 @@ cuda::DeviceArray<T> GpuMoe<T>::experts_backward(cuda::DeviceContext& ctx, Ctx& 
                                    dguT_scales.data(), dh.data(), c.gu_q.data(),
                                    c.gu_scales.data(), offsets.device, offsets.groups, rows, I,
                                    kFp8PowerOfTwoScales, stream);
+      fused_swiglu_fp8_run_count.fetch_add(1, std::memory_order_relaxed);
       dh.reset();
       c.gu_q.reset();
       c.gu_scales.reset();

@@ -83,6 +83,9 @@ class ExpertParallelScope {
 // set it for the process since.
 bool fused_swiglu_fp8_enabled();
 void set_fused_swiglu_fp8(bool enabled);
+// How many routed-expert forwards and backwards ran the fused kernels in this process (every
+// layer's forward and backward count one each), so tests and benches can tell which path ran.
+int64_t fused_swiglu_fp8_runs();
 
 template <class T>
 class GpuMoe {
