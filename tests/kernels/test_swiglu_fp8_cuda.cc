@@ -127,9 +127,8 @@ void check_forward(cudaStream_t stream, const FusedCase& fc, bool wide, bool pow
   CacheOperands got_cache(rows, width, fc.misaligned);
   DualOperands got_h(rows, inter, fc.misaligned);
   cuda::swiglu_fwd_fp8_grouped(got_cache.q.get(), got_cache.scales.get(), got_h.q.get(),
-                               got_h.scales.get(), got_h.qT.get(), got_h.scalesT.get(),
-                               gu_d.get(), offsets_d.get(), groups, rows, inter, power_of_two,
-                               stream);
+                               got_h.scales.get(), got_h.qT.get(), got_h.scalesT.get(), gu_d.get(),
+                               offsets_d.get(), groups, rows, inter, power_of_two, stream);
   FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
   testing::expect_quant_identical("fused fwd gu cache", text, gu, got_cache.q.download(),
                                   want_cache.q.download(), got_cache.scales.download(),
@@ -141,8 +140,10 @@ void check_backward(cudaStream_t stream, const FusedCase& fc, bool wide, bool po
   const int64_t rows = fc.rows, inter = fc.inter, width = 2 * inter;
   const int64_t groups = static_cast<int64_t>(fc.offsets.size()) - 1;
   const std::string text = case_text(fc, wide) + (power_of_two ? " pow2" : "");
-  const std::vector<float> gu = bf16_input(rows * width, wide, testing::case_seed("bwd gu " + text));
-  const std::vector<float> dh = bf16_input(rows * inter, wide, testing::case_seed("bwd dh " + text));
+  const std::vector<float> gu =
+      bf16_input(rows * width, wide, testing::case_seed("bwd gu " + text));
+  const std::vector<float> dh =
+      bf16_input(rows * inter, wide, testing::case_seed("bwd dh " + text));
   DeviceArray<int64_t> offsets_d(groups + 1);
   offsets_d.upload(fc.offsets);
   DeviceArray<bf16> dh_d(rows * inter, fc.misaligned);
@@ -230,15 +231,15 @@ TEST_F(SwigluFp8Cuda, RefusesAnIntermediateSizeThatIsNotAMultipleOf128) {
   DeviceArray<int64_t> offsets(3);
   offsets.upload({0, 128, 256});
   for (int64_t inter : {192, 100, 64}) {
-    EXPECT_THROW(cuda::swiglu_fwd_fp8_grouped(q.get(), s.get(), q2.get(), s2.get(), qT2.get(),
-                                              sT2.get(), gu.get(), offsets.get(), 2, 256, inter,
-                                              true, stream_),
-                 Error)
+    EXPECT_THROW(
+        cuda::swiglu_fwd_fp8_grouped(q.get(), s.get(), q2.get(), s2.get(), qT2.get(), sT2.get(),
+                                     gu.get(), offsets.get(), 2, 256, inter, true, stream_),
+        Error)
         << "inter " << inter;
-    EXPECT_THROW(cuda::swiglu_bwd_fp8_grouped(q.get(), s.get(), qT.get(), sT.get(), dh.get(),
-                                              q.get(), s.get(), offsets.get(), 2, 256, inter, true,
-                                              stream_),
-                 Error)
+    EXPECT_THROW(
+        cuda::swiglu_bwd_fp8_grouped(q.get(), s.get(), qT.get(), sT.get(), dh.get(), q.get(),
+                                     s.get(), offsets.get(), 2, 256, inter, true, stream_),
+        Error)
         << "inter " << inter;
   }
   try {

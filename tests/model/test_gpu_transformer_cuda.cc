@@ -513,7 +513,8 @@ TEST(GpuTransformer, Fp8FusedSwigluEqualsTheUnfusedPathBitwise) {
         {"mtp", {got.mtp, want.mtp}},
         {"balance", {got.balance, want.balance}}};
     for (const auto& [name, values] : terms) {
-      const bool same = std::bit_cast<uint64_t>(values.first) == std::bit_cast<uint64_t>(values.second);
+      const bool same =
+          std::bit_cast<uint64_t>(values.first) == std::bit_cast<uint64_t>(values.second);
       std::printf("CHECK | %s | loss %s | fused %.17g unfused %.17g | %s\n", what.c_str(), name,
                   values.first, values.second, same ? "ok" : "FAIL");
       EXPECT_TRUE(same) << what << " loss " << name << ": " << values.first << " vs "

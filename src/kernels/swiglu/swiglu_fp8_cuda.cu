@@ -12,14 +12,14 @@
 // multiple of 128, and the g and u columns of the same index are columns j and inter/128 + j of gu
 // (and of dgu), so a block owns whole 1x128 tiles of every matrix it touches:
 //   rows     half-warp h takes rows h, h+16, ..., h+112 of the tile (16 lanes x 8 values = a 1x128
-//            tile each) as quant_dual_cuda.cu does; forward: it quantizes the g and u chunks for the
-//            cache (every row < rows) and h (rows in a group), staging h (bf16) in shared memory;
-//            backward: it expands the cached g and u, takes dg and du, quantizes both and stages
-//            both (two tiles, dynamic shared memory);
+//            tile each) as quant_dual_cuda.cu does; forward: it quantizes the g and u chunks for
+//            the cache (every row < rows) and h (rows in a group), staging h (bf16) in shared
+//            memory; backward: it expands the cached g and u, takes dg and du, quantizes both and
+//            stages both (two tiles, dynamic shared memory);
 //   columns  each staged tile is quantized along its columns (the 128x1 tiles of the Wgrad
 //            operand) exactly as quant_dual_cuda.cu's column phase does.
-// Groups as quantize_act_1x128_dual_grouped takes them (multiples of 128 rows starting on a multiple
-// of 128), so a row tile lies in one group or in none.
+// Groups as quantize_act_1x128_dual_grouped takes them (multiples of 128 rows starting on a
+// multiple of 128), so a row tile lies in one group or in none.
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
@@ -46,7 +46,9 @@ constexpr int kTile = static_cast<int>(kFp8BlockSize);  // 128 rows x 128 column
 constexpr int kStride = kTile + 2;                      // bf16 per staged row (65 words)
 constexpr int kHalves = kThreads / kLanesPerTile;       // 16 rows per pass
 constexpr int kRowPasses = kTile / kHalves;             // 8
-constexpr int kFwdLoadsInFlight = 4;                    // row passes loaded before computing
+// Row passes loaded before computing: forward 62 registers (4 blocks/SM), backward 72 registers
+// and 69 KB of shared memory (3 blocks/SM).
+constexpr int kFwdLoadsInFlight = 2;
 constexpr int kBwdLoadsInFlight = 2;
 constexpr int kBwdStagedBytes = 2 * kTile * kStride * static_cast<int>(sizeof(bf16));  // dg, du
 
@@ -73,8 +75,8 @@ __device__ __forceinline__ void quantize_row_chunk(const float (&v)[kChunk], boo
   const float amax = detail::half_warp_max(detail::chunk_amax(v, 0.0f));
   const float scale = fp8_scale_from_amax(amax, power_of_two_scale);
   if (!store) return;
-  detail::store_codes<kVector>(q, detail::quantize8(v, detail::ScaleDivider(scale, power_of_two_scale)),
-                               kChunk);
+  detail::store_codes<kVector>(
+      q, detail::quantize8(v, detail::ScaleDivider(scale, power_of_two_scale)), kChunk);
   if (threadIdx.x % kLanesPerTile == 0) *scale_at = scale;
 }
 
@@ -89,7 +91,8 @@ __device__ __forceinline__ void stage_chunk(StagedTile& tile, int r, int chunk_c
 
 // The fp32 values of 8 cached codes as dequantize_act_1x128<bf16> stores them (rounded to bf16).
 template <bool kVector>
-__device__ __forceinline__ void dequantize_chunk(float (&v)[kChunk], const uint8_t* q, float scale) {
+__device__ __forceinline__ void dequantize_chunk(float (&v)[kChunk], const uint8_t* q,
+                                                 float scale) {
   uint8_t codes[kChunk];
   if (kVector) {
     const uint2 packed = *reinterpret_cast<const uint2*>(q);
@@ -124,8 +127,8 @@ __device__ void quantize_columns(const StagedTile& tile, ColumnScratch& s, int t
   __syncthreads();
   if (threadIdx.x < kTile) {
     const int c = threadIdx.x;
-    const float scale = fp8_scale_from_amax(fmaxf(s.partial_amax[0][c], s.partial_amax[1][c]),
-                                            power_of_two_scale);
+    const float scale =
+        fp8_scale_from_amax(fmaxf(s.partial_amax[0][c], s.partial_amax[1][c]), power_of_two_scale);
     s.column_scale[c] = scale;
     scalesT_row[c] = scale;
   }
@@ -133,15 +136,15 @@ __device__ void quantize_columns(const StagedTile& tile, ColumnScratch& s, int t
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
   uint8_t* codes = s.warp_codes[warp];
-  const bool word_stores = group_rows % 4 == 0 && local0 % 4 == 0 &&
-                           reinterpret_cast<uintptr_t>(qT_group) % 4 == 0;
+  const bool word_stores =
+      group_rows % 4 == 0 && local0 % 4 == 0 && reinterpret_cast<uintptr_t>(qT_group) % 4 == 0;
   for (int c = warp; c < kTile; c += kThreads / 32) {
     const detail::ScaleDivider divide(s.column_scale[c], power_of_two_scale);
 #pragma unroll
     for (int k = 0; k < kTile / 32; ++k) {
       const int r = lane + 32 * k;
-      codes[r] = __nv_cvt_float_to_fp8(divide(__bfloat162float(tile[r][c])), __NV_SATFINITE,
-                                       __NV_E4M3);
+      codes[r] =
+          __nv_cvt_float_to_fp8(divide(__bfloat162float(tile[r][c])), __NV_SATFINITE, __NV_E4M3);
     }
     __syncwarp();
     const int r = 4 * lane;
@@ -180,7 +183,8 @@ __global__ void __launch_bounds__(kThreads)
   const bool in_group = detail::find_group(offsets, groups, row0, base, group_rows);  // uniform
   const int64_t local0 = row0 - base;
   const int cache_rows = static_cast<int>(detail::min64(kTile, rows - row0));
-  const int h_rows = in_group ? static_cast<int>(detail::min64(cache_rows, group_rows - local0)) : 0;
+  const int h_rows =
+      in_group ? static_cast<int>(detail::min64(cache_rows, group_rows - local0)) : 0;
 
   const int half = threadIdx.x / kLanesPerTile;
   const int chunk_col = (threadIdx.x % kLanesPerTile) * kChunk;  // within the tile
@@ -217,9 +221,9 @@ __global__ void __launch_bounds__(kThreads)
         h[i] = r < h_rows ? round_to_bf16(detail::swiglu_value(g[j][i], u[j][i])) : 0.0f;
       stage_chunk(tile, r, chunk_col, h);
       // h's grouped scales: group g's [h_tiles][rows_g] at base * h_tiles.
-      quantize_row_chunk<kVector>(h, r < h_rows, h_q + row * inter + col0 + chunk_col,
-                                  h_scales + base * h_tiles + tile_index * group_rows + (row - base),
-                                  power_of_two_scale);
+      quantize_row_chunk<kVector>(
+          h, r < h_rows, h_q + row * inter + col0 + chunk_col,
+          h_scales + base * h_tiles + tile_index * group_rows + (row - base), power_of_two_scale);
     }
   }
   if (!in_group) return;
@@ -245,14 +249,14 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTile;
   const int64_t tile_index = blockIdx.y;  // dg's tile; du's is h_tiles + tile_index
   const int64_t h_tiles = gridDim.y;
-  const int64_t tiles = 2 * h_tiles;      // of gu and dgu
+  const int64_t tiles = 2 * h_tiles;  // of gu and dgu
   const int64_t col0 = tile_index * kTile;
   const int64_t ld = 2 * inter;
   int64_t base = 0, group_rows = 0;
   if (!detail::find_group(offsets, groups, row0, base, group_rows)) return;  // block-uniform
   const int64_t local0 = row0 - base;
-  const int tile_rows = static_cast<int>(
-      detail::min64(kTile, detail::min64(group_rows - local0, rows - row0)));
+  const int tile_rows =
+      static_cast<int>(detail::min64(kTile, detail::min64(group_rows - local0, rows - row0)));
 
   const int half = threadIdx.x / kLanesPerTile;
   const int chunk_col = (threadIdx.x % kLanesPerTile) * kChunk;
@@ -330,29 +334,28 @@ void swiglu_fwd_fp8_grouped(uint8_t* gu_q, float* gu_scales, uint8_t* h_q, float
                       "128 (use swiglu_fwd and the separate quantizers otherwise)");
   if (rows == 0 || inter == 0) return;
   // The cache covers every row, so the kernel runs even without groups (then no h operands).
-  FRUGAL_CUDA_REQUIRE(gu_q != nullptr && gu_scales != nullptr && gu != nullptr &&
-                          (groups == 0 || (offsets != nullptr && h_q != nullptr &&
-                                           h_scales != nullptr && hT_q != nullptr &&
-                                           hT_scales != nullptr)),
-                      "cuda::swiglu_fwd_fp8_grouped: null pointer");
+  FRUGAL_CUDA_REQUIRE(
+      gu_q != nullptr && gu_scales != nullptr && gu != nullptr &&
+          (groups == 0 || (offsets != nullptr && h_q != nullptr && h_scales != nullptr &&
+                           hT_q != nullptr && hT_scales != nullptr)),
+      "cuda::swiglu_fwd_fp8_grouped: null pointer");
   const dim3 grid = fused_grid(rows, inter, "cuda::swiglu_fwd_fp8_grouped: too large for one grid");
   const bool vector = aligned_to(gu, 16) && aligned_to(gu_q, 8) && aligned_to(h_q, 8);
   if (vector)
-    swiglu_fwd_fp8_kernel<true><<<grid, kThreads, 0, stream>>>(
-        gu_q, gu_scales, h_q, h_scales, hT_q, hT_scales, gu, offsets, groups, rows, inter,
-        power_of_two_scale);
+    swiglu_fwd_fp8_kernel<true><<<grid, kThreads, 0, stream>>>(gu_q, gu_scales, h_q, h_scales, hT_q,
+                                                               hT_scales, gu, offsets, groups, rows,
+                                                               inter, power_of_two_scale);
   else
-    swiglu_fwd_fp8_kernel<false><<<grid, kThreads, 0, stream>>>(
-        gu_q, gu_scales, h_q, h_scales, hT_q, hT_scales, gu, offsets, groups, rows, inter,
-        power_of_two_scale);
+    swiglu_fwd_fp8_kernel<false>
+        <<<grid, kThreads, 0, stream>>>(gu_q, gu_scales, h_q, h_scales, hT_q, hT_scales, gu,
+                                        offsets, groups, rows, inter, power_of_two_scale);
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
-void swiglu_bwd_fp8_grouped(uint8_t* dgu_q, float* dgu_scales, uint8_t* dguT_q,
-                            float* dguT_scales, const __nv_bfloat16* dh, const uint8_t* gu_q,
-                            const float* gu_scales, const int64_t* offsets, int64_t groups,
-                            int64_t rows, int64_t inter, bool power_of_two_scale,
-                            cudaStream_t stream) {
+void swiglu_bwd_fp8_grouped(uint8_t* dgu_q, float* dgu_scales, uint8_t* dguT_q, float* dguT_scales,
+                            const __nv_bfloat16* dh, const uint8_t* gu_q, const float* gu_scales,
+                            const int64_t* offsets, int64_t groups, int64_t rows, int64_t inter,
+                            bool power_of_two_scale, cudaStream_t stream) {
   FRUGAL_CUDA_REQUIRE(rows >= 0 && inter >= 0 && groups >= 0,
                       "cuda::swiglu_bwd_fp8_grouped: negative shape or group count");
   FRUGAL_CUDA_REQUIRE(inter % kFp8BlockSize == 0,
@@ -367,9 +370,8 @@ void swiglu_bwd_fp8_grouped(uint8_t* dgu_q, float* dgu_scales, uint8_t* dguT_q,
   const dim3 grid = fused_grid(rows, inter, "cuda::swiglu_bwd_fp8_grouped: too large for one grid");
   const bool vector = aligned_to(dh, 16) && aligned_to(gu_q, 8) && aligned_to(dgu_q, 8);
   if (vector) {
-    FRUGAL_CUDA_CHECK(cudaFuncSetAttribute(swiglu_bwd_fp8_kernel<true>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           kBwdStagedBytes));
+    FRUGAL_CUDA_CHECK(cudaFuncSetAttribute(
+        swiglu_bwd_fp8_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kBwdStagedBytes));
     swiglu_bwd_fp8_kernel<true><<<grid, kThreads, kBwdStagedBytes, stream>>>(
         dgu_q, dgu_scales, dguT_q, dguT_scales, dh, gu_q, gu_scales, offsets, groups, rows, inter,
         power_of_two_scale);

@@ -43,7 +43,8 @@
 // another (cuda::swiglu_bwd_fp8_grouped, GpuGroupedLinear::backward_quantized); h, dgu and the
 // dequantized gu are never stored. Results are bitwise those of the unfused sequence, which runs
 // otherwise and when the environment sets FRUGAL_FUSED_SWIGLU_FP8=0 (read once per process;
-// set_fused_swiglu_fp8 overrides it, for tests comparing the two). Same in the expert-parallel path.
+// set_fused_swiglu_fp8 overrides it, for tests comparing the two). Same in the expert-parallel
+// path.
 //
 // Accumulation rule: parameter gradients accumulate (+=); dx is assigned. The balance-loss
 // gradient flows through the scores into the gate; the selection carries none. backward computes
