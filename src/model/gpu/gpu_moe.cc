@@ -579,7 +579,8 @@ void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, b
     }
     cuda::DeviceArray<T> out(ctx, local_rows * H);  // [local_rows, hidden]
     cuda::DeviceArray<T> h;
-    if (fused_swiglu_fp8()) {  // SwiGLU, the gu cache and h's FP8 operands in one kernel
+    const bool fused = fused_swiglu_fp8();
+    if (fused) {  // SwiGLU, the gu cache and h's FP8 operands in one kernel
       swiglu_down_forward_fp8(ctx, c, gu.data(), out.data(), offsets);
     } else {
       h = cuda::DeviceArray<T>(ctx, local_rows * I);  // [local_rows, inter]
@@ -589,7 +590,7 @@ void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, b
     if (gate_up_.keeps_input_pointer()) c.xp = std::move(xp);
     if (fp8) {
       if constexpr (std::is_same_v<T, bf16>) {
-        if (!fused_swiglu_fp8()) {  // the fused kernel wrote the cache
+        if (!fused) {  // else the fused kernel wrote the cache
           c.gu_q = cuda::DeviceArray<uint8_t>(ctx, local_rows * 2 * I);
           c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(2 * I) * local_rows);
           cuda::quantize_act_1x128<T>(c.gu_q.data(), c.gu_scales.data(), gu.data(), local_rows,
