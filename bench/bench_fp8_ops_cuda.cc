@@ -1,7 +1,10 @@
 // Bandwidth of the work around the FP8 GEMMs of one bench-1b MoE layer, and of the optimizer over
 // its expert weights: the 1x128 activation quantizers (plain, grouped per expert, transposed for
-// Wgrad, both at once), the SwiGLU cache's dequantizer, SwiGLU itself, the 128x128 weight quantizer with its
-// transposed copy, and AdamW (bf16 moments) alone, followed by that quantizer, and fused with it.
+// Wgrad, both at once), the SwiGLU cache's dequantizer, SwiGLU itself, the fused FP8 SwiGLU kernels
+// (forward: SwiGLU + the gu cache + h's two operands; backward: the cache's expansion + SwiGLU's
+// backward + dgu's two operands) next to the unfused sequences they replace, the 128x128 weight
+// quantizer with its transposed copy, and AdamW (bf16 moments) alone, followed by that quantizer,
+// and fused with it.
 // Sizes: 32768 tokens x top-6 = 196608 expert rows in 64 groups of 3072 (a multiple of 128, as
 // the FP8 permutation pads them), hidden 1024, expert inter 384; the expert weights of a layer
 // are 64 x [768, 1024] (gate|up) and 64 x [1024, 384] (down). Each op is timed with CUDA events
@@ -103,6 +106,62 @@ void time_swiglu(BandwidthReport& report, cuda::CudaTimer& timer, cudaStream_t s
   }, kReps), 10.0 * element);
 }
 
+// The fused FP8 SwiGLU kernels of the MoE experts over [kRows, 2*inter] (64 groups), each next to
+// the unfused sequence it replaces (the same kernels as the rows above, back to back).
+void time_fused_swiglu(BandwidthReport& report, cuda::CudaTimer& timer, cudaStream_t stream,
+                       const int64_t* offsets) {
+  const int64_t I = kInter, n = kRows * I;
+  cuda::DeviceBuffer<bf16> gu(static_cast<size_t>(2 * n)), h(static_cast<size_t>(n)),
+      dh(static_cast<size_t>(n)), dgu(static_cast<size_t>(2 * n));
+  cuda::DeviceBuffer<uint8_t> gu_q(static_cast<size_t>(2 * n)), h_q(static_cast<size_t>(n)),
+      hT_q(static_cast<size_t>(n)), dgu_q(static_cast<size_t>(2 * n)),
+      dguT_q(static_cast<size_t>(2 * n));
+  cuda::DeviceBuffer<float> gu_scales(static_cast<size_t>(kRows * fp8_block_count(2 * I))),
+      h_scales(static_cast<size_t>(kRows * fp8_block_count(I))),
+      hT_scales(static_cast<size_t>(kRows / kFp8BlockSize * I)),
+      dgu_scales(static_cast<size_t>(kRows * fp8_block_count(2 * I))),
+      dguT_scales(static_cast<size_t>(kRows / kFp8BlockSize * 2 * I));
+  fill_normal_bf16(gu.data(), 2 * n, 16);
+  fill_normal_bf16(dh.data(), n, 17);
+  cuda::quantize_act_1x128<bf16>(gu_q.data(), gu_scales.data(), gu.data(), kRows, 2 * I, true,
+                                 stream);
+  const std::string shape = shape_of(kRows, I);
+  const double element = static_cast<double>(n);
+  // gu read (4n), its cache (2n), h's two code arrays (2n), and the scales.
+  const double fwd_bytes = 8.0 * element + tile_scale_bytes(kRows, 2 * I) +
+                           2.0 * tile_scale_bytes(kRows, I);
+  report.add("swiglu_fwd_fp8_grouped (fused)", "bf16", shape, timer.median_us([&] {
+    cuda::swiglu_fwd_fp8_grouped(gu_q.data(), gu_scales.data(), h_q.data(), h_scales.data(),
+                                 hT_q.data(), hT_scales.data(), gu.data(), offsets, kExperts,
+                                 kRows, I, true, stream);
+  }, kReps), fwd_bytes);
+  report.add("swiglu_fwd +cache +dual (unfused)", "bf16", shape, timer.median_us([&] {
+    cuda::swiglu_fwd<bf16>(h.data(), gu.data(), gu.data() + I, kRows, I, 2 * I, stream);
+    cuda::quantize_act_1x128_dual_grouped(h_q.data(), h_scales.data(), hT_q.data(),
+                                          hT_scales.data(), h.data(), offsets, kExperts, kRows, I,
+                                          true, stream);
+    cuda::quantize_act_1x128<bf16>(gu_q.data(), gu_scales.data(), gu.data(), kRows, 2 * I, true,
+                                   stream);
+  }, kReps), fwd_bytes);
+  // dh read (2n), the cache read (2n), dgu's two code arrays (4n), and the scales.
+  const double bwd_bytes = 8.0 * element + tile_scale_bytes(kRows, 2 * I) +
+                           2.0 * tile_scale_bytes(kRows, 2 * I);
+  report.add("swiglu_bwd_fp8_grouped (fused)", "bf16", shape, timer.median_us([&] {
+    cuda::swiglu_bwd_fp8_grouped(dgu_q.data(), dgu_scales.data(), dguT_q.data(),
+                                 dguT_scales.data(), dh.data(), gu_q.data(), gu_scales.data(),
+                                 offsets, kExperts, kRows, I, true, stream);
+  }, kReps), bwd_bytes);
+  report.add("dequant +swiglu_bwd +dual (unfused)", "bf16", shape, timer.median_us([&] {
+    cuda::dequantize_act_1x128<bf16>(gu.data(), gu_q.data(), gu_scales.data(), kRows, 2 * I,
+                                     stream);
+    cuda::swiglu_bwd<bf16>(dgu.data(), dgu.data() + I, dh.data(), gu.data(), gu.data() + I, kRows,
+                           I, 2 * I, stream);
+    cuda::quantize_act_1x128_dual_grouped(dgu_q.data(), dgu_scales.data(), dguT_q.data(),
+                                          dguT_scales.data(), dgu.data(), offsets, kExperts, kRows,
+                                          2 * I, true, stream);
+  }, kReps), bwd_bytes);
+}
+
 // The optimizer over one layer's stacked expert matrix [rows, cols] (fp32 master, bf16 moments):
 // the weight quantizer alone, AdamW alone, and AdamW fused with the quantizer.
 void time_weight_update(BandwidthReport& report, cuda::CudaTimer& timer, cudaStream_t stream,
@@ -192,6 +251,7 @@ int main(int argc, char** argv) {
     for (const int64_t cols : {kHidden, 2 * kInter, kInter})
       time_activation_quantizers(report, timer, stream, offsets.data(), cols);
     time_swiglu(report, timer, stream);
+    time_fused_swiglu(report, timer, stream, offsets.data());
     time_weight_update(report, timer, stream, kExperts * 2 * kInter, kHidden);
     time_weight_update(report, timer, stream, kExperts * kHidden, kInter);
     FRUGAL_CUDA_CHECK(cudaStreamDestroy(stream));

@@ -14,6 +14,8 @@
 //   (a routed expert that sees few tokens has the noisiest gradient: 0.983 measured on an H200).
 //   fp8 recipe vs bf16 recipe (128-multiple config): losses within 5e-2 relative, gradient cosine
 //     > 0.8 per tensor (MTP rows, batch*(seq-1), are not a multiple of 128: the padded path).
+//   fp8 with the fused SwiGLU kernels of the routed experts vs without (gpu_moe.h), at
+//     moe_intermediate_size 128 and 384: bitwise equal losses and gradients.
 //   Allocator in the step: the second and third forward_backward of a shape make no cudaMalloc,
 //     and every activation is released at the end of a step (bytes in use do not grow from step
 //     to step); peak bytes are printed.
@@ -23,6 +25,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -33,6 +36,7 @@
 #include "core/device_context.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "model/gpu/gpu_moe.h"
 #include "model/gpu/gpu_transformer.h"
 #include "model/tiny_model_config.h"
 #include "model/transformer.h"
@@ -471,6 +475,76 @@ TEST(GpuTransformer, Fp8TracksBf16) {
   // 128x1 tiles' rounding is not averaged out. Broken FP8 plumbing (a wrong scale, layout or
   // transpose) gives cosines near 0; the loss-curve run is the precision check of the recipe.
   expect_grads_close("fp8 vs bf16", host_fp8->params(), host_bf16->params(), 0, 0.8);
+}
+
+// The fused FP8 SwiGLU of the routed experts (gpu_moe.h) against the unfused sequence: bitwise
+// equal losses and gradients, at moe_intermediate_size 128 (config_128) and 384 (three column
+// tiles); the fused path must have run in the first model and not in the second.
+TEST(GpuTransformer, Fp8FusedSwigluEqualsTheUnfusedPathBitwise) {
+  const bool previous = gpu::fused_swiglu_fp8_enabled();
+  for (int64_t inter : {128, 384}) {
+    ModelConfig cfg = config_128();
+    cfg.moe_intermediate_size = inter;
+    DeviceContext ctx;
+    Transformer<float> cpu(cfg);
+    randomize(cpu, 3, 0.05);
+    const Batch b = make_batch(2, 128, cfg.vocab_size, 5);  // 256 rows; MTP 254 rows (padded)
+    GpuTransformer fused(ctx, cfg, Recipe::Fp8), unfused(ctx, cfg, Recipe::Fp8);
+    fused.upload(cpu.params());
+    unfused.upload(cpu.params());
+    const std::string what = "fp8 fused vs unfused SwiGLU, inter " + std::to_string(inter);
+    gpu::set_fused_swiglu_fp8(true);
+    const int64_t runs_before = gpu::fused_swiglu_fp8_runs();
+    const Losses got = run_gpu(fused, b);
+    const int64_t runs_fused = gpu::fused_swiglu_fp8_runs();
+    gpu::set_fused_swiglu_fp8(false);
+    const Losses want = run_gpu(unfused, b);
+    const int64_t runs_unfused = gpu::fused_swiglu_fp8_runs();
+    gpu::set_fused_swiglu_fp8(previous);
+    std::printf("CHECK | %s | fused runs %lld (fused model), %lld (unfused model) | %s\n",
+                what.c_str(), static_cast<long long>(runs_fused - runs_before),
+                static_cast<long long>(runs_unfused - runs_fused),
+                runs_fused > runs_before && runs_unfused == runs_fused ? "ok" : "FAIL");
+    EXPECT_GT(runs_fused, runs_before) << what << ": the fused kernels never ran";
+    EXPECT_EQ(runs_unfused, runs_fused) << what << ": the fused kernels ran in the unfused model";
+    const std::pair<const char*, std::pair<double, double>> terms[] = {
+        {"total", {got.total, want.total}},
+        {"main", {got.main, want.main}},
+        {"mtp", {got.mtp, want.mtp}},
+        {"balance", {got.balance, want.balance}}};
+    for (const auto& [name, values] : terms) {
+      const bool same =
+          std::bit_cast<uint64_t>(values.first) == std::bit_cast<uint64_t>(values.second);
+      std::printf("CHECK | %s | loss %s | fused %.17g unfused %.17g | %s\n", what.c_str(), name,
+                  values.first, values.second, same ? "ok" : "FAIL");
+      EXPECT_TRUE(same) << what << " loss " << name << ": " << values.first << " vs "
+                        << values.second;
+    }
+    EXPECT_EQ(got.tokens, want.tokens);
+    auto host_fused = download(fused);
+    auto host_unfused = download(unfused);
+    const auto& fused_params = host_fused->params().all();
+    const auto& unfused_params = host_unfused->params().all();
+    ASSERT_EQ(fused_params.size(), unfused_params.size());
+    int failures = 0;
+    for (size_t i = 0; i < fused_params.size(); ++i) {
+      const Param<float>& f = *fused_params[i];
+      const Param<float>& u = *unfused_params[i];
+      ASSERT_EQ(f.name, u.name);
+      ASSERT_EQ(f.grad.size(), u.grad.size()) << f.name;
+      int64_t differ = 0;
+      for (size_t k = 0; k < f.grad.size(); ++k)
+        if (std::bit_cast<uint32_t>(f.grad[k]) != std::bit_cast<uint32_t>(u.grad[k])) ++differ;
+      if (differ != 0) {
+        ++failures;
+        std::printf("CHECK | %s | grad %s | %lld/%zu values differ | FAIL\n", what.c_str(),
+                    f.name.c_str(), static_cast<long long>(differ), f.grad.size());
+      }
+    }
+    std::printf("CHECK | %s | all %zu gradients bitwise | %d differing | %s\n", what.c_str(),
+                fused_params.size(), failures, failures == 0 ? "ok" : "FAIL");
+    EXPECT_EQ(failures, 0) << what << ": gradients differ (see the CHECK lines)";
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

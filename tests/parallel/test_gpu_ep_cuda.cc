@@ -21,6 +21,7 @@
 //     norms within 1e-3 (fp8: 1e-2) relative, weights 5e-4 whole / 5e-3 per tensor (a routing
 //     near tie may flip, see the test), moments 1e-2 whole / 5e-2 per tensor (fp8 x10). A lost token, a wrong owner, an expert missing from the
 //     checkpoint or an unsummed gradient misses these by orders of magnitude.
+// The fp8 EP run with the fused FP8 SwiGLU kernels equals the run without them bit for bit.
 // The fp32 and bf16 comparisons run twice: with ZeRO-1 (train.gpu_zero1 = true, the default: the
 // tensors outside the routed experts sharded over dp, the experts' own AdamW on each rank) and
 // without (a whole GpuAdamW of this rank's tensors), and ZeRO-1 must hold less optimizer state.
@@ -35,6 +36,7 @@
 #include <cstdio>
 
 #include "gpu_parallel_test_util.h"
+#include "model/gpu/gpu_moe.h"
 
 namespace frugal {
 namespace {
@@ -167,6 +169,47 @@ TEST_F(GpuExpertParallel, Fp8WithFp8SizedExpertsAgreesWithOneGpu) {
     std::printf("CHECK | fp8 EP 2 with FP8 dispatch vs one GPU (step 1: loss 1e-6, norm 1e-4; "
                 "steps 2-3: 1e-2; model 5e-2) | %s\n",
                 ok ? "ok" : "FAIL");
+  }
+  world->barrier();
+}
+
+// The fused FP8 SwiGLU kernels of the routed experts (gpu_moe.h) in the expert-parallel path: the
+// fp8 EP run (FP8-sized experts, FP8 dispatch) with them and without them (set_fused_swiglu_fp8 on
+// every rank) gives bitwise the same metrics and checkpoint; the fused kernels ran in the first
+// run only.
+TEST_F(GpuExpertParallel, Fp8FusedSwigluEqualsUnfusedBitwise) {
+  SharedTempDir dir(*world);
+  const bool previous = gpu::fused_swiglu_fp8_enabled();
+  const std::string paths[2] = {dir.path("fused"), dir.path("unfused")};
+  int64_t fused_runs[2] = {0, 0};
+  for (int run = 0; run < 2; ++run) {
+    std::vector<std::string> run_extra = extra("fp8");
+    for (const char* setting :
+         {"model.hidden_size=256", "model.moe_intermediate_size=128", "train.ep=2"})
+      run_extra.push_back(setting);
+    const Config config = parallel_test_config(paths[run], run_extra);
+    Mesh mesh(*world, mesh_shape(ranks, config.train, config.model));
+    ASSERT_EQ(mesh.shape().ep, 2);
+    gpu::set_fused_swiglu_fp8(run == 0);
+    const int64_t before = gpu::fused_swiglu_fp8_runs();
+    train_on_every_rank(config, mesh, *world, {std::to_string(ranks) + " ranks"},
+                        "after 3 fp8 steps the ranks' whole host models differ");
+    fused_runs[run] = gpu::fused_swiglu_fp8_runs() - before;
+  }
+  gpu::set_fused_swiglu_fp8(previous);
+  EXPECT_GT(fused_runs[0], 0) << "the fused kernels never ran on rank " << world->rank();
+  EXPECT_EQ(fused_runs[1], 0) << "the fused kernels ran in the unfused run";
+  if (world->rank() == 0) {
+    const std::string step = "/checkpoint-00000003";
+    const std::string differ = first_different_file(
+        paths[0] + step, paths[1] + step, {"model.safetensors", "optimizer.safetensors"});
+    EXPECT_EQ(differ, "") << "fused vs unfused SwiGLU under EP: the checkpoints differ";
+    expect_same_metrics(paths[0], paths[1], 0.0);
+    std::printf("CHECK | fp8 EP 2 fused vs unfused SwiGLU: fused runs %lld / %lld, checkpoint %s "
+                "| %s\n",
+                static_cast<long long>(fused_runs[0]), static_cast<long long>(fused_runs[1]),
+                differ.empty() ? "same bits" : differ.c_str(),
+                ::testing::Test::HasFailure() ? "FAIL" : "ok");
   }
   world->barrier();
 }

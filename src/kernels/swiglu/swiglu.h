@@ -43,6 +43,30 @@ template <class T>
 void swiglu_fwd_quant(uint8_t* q, float* scales, const T* g, const T* u, int64_t rows, int64_t cols,
                       int64_t ld_in, bool power_of_two_scale, cudaStream_t stream);
 
+// SwiGLU of an MoE layer's permuted expert rows fused with the FP8 quantizations around it
+// (swiglu_fp8_cuda.cu), bf16 only, inter % 128 == 0 (else frugal::Error: the caller keeps the
+// unfused sequence). The groups are those of quantize_act_1x128_dual_grouped (quant.h): offsets
+// [groups+1] on the device, each group a multiple of 128 rows starting on a multiple of 128; rows
+// in no group get no h / dgu operands (their outputs are left untouched).
+// Forward: gu [rows, 2*inter] (g = columns [0, inter), u = [inter, 2*inter)) ->
+//   gu_q [rows, 2*inter], gu_scales [2*inter/128][rows]: exactly quantize_act_1x128 of gu (every
+//     row, in a group or not: the FP8 SwiGLU-input cache of spec §4.4);
+//   h_q, h_scales, hT_q, hT_scales: exactly quantize_act_1x128_dual_grouped of the bf16 h that
+//     swiglu_fwd<bf16> would write ([rows, inter]); h itself is never stored.
+// Backward: dh [rows, inter] and the forward's gu_q, gu_scales ->
+//   dgu_q, dgu_scales, dguT_q, dguT_scales: exactly quantize_act_1x128_dual_grouped of the bf16
+//     dgu [rows, 2*inter] = [dg | du] that dequantize_act_1x128<bf16> of the cache followed by
+//     swiglu_bwd<bf16> would write; neither dgu nor the dequantized gu is stored.
+void swiglu_fwd_fp8_grouped(uint8_t* gu_q, float* gu_scales, uint8_t* h_q, float* h_scales,
+                            uint8_t* hT_q, float* hT_scales, const __nv_bfloat16* gu,
+                            const int64_t* offsets, int64_t groups, int64_t rows, int64_t inter,
+                            bool power_of_two_scale, cudaStream_t stream);
+void swiglu_bwd_fp8_grouped(uint8_t* dgu_q, float* dgu_scales, uint8_t* dguT_q,
+                            float* dguT_scales, const __nv_bfloat16* dh, const uint8_t* gu_q,
+                            const float* gu_scales, const int64_t* offsets, int64_t groups,
+                            int64_t rows, int64_t inter, bool power_of_two_scale,
+                            cudaStream_t stream);
+
 // The flat fp32 forms over n elements (kept for the op harness).
 void swiglu_fwd(float* h, const float* g, const float* u, int64_t n, cudaStream_t stream);
 void swiglu_bwd(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n,

@@ -5,8 +5,8 @@
 // row start is 16-byte aligned, element by element otherwise and in a row's last partial chunk).
 // fwd_quant: h is never stored; the 1x128 quantizer of quant_tile.cuh reads it from g and u, so the
 // codes and scales are those of cpu::quantize_act_1x128 applied to the fp32 h of swiglu_fwd<float>.
-// The sigmoid is the CPU's overflow-free form with expf (not the fast __expf), so results agree with
-// the CPU to a few ulp. The flat fp32 forms are the 2-D forms with one row.
+// The arithmetic is swiglu_math.cuh's (the CPU's overflow-free sigmoid with expf), so results agree
+// with the CPU to a few ulp. The flat fp32 forms are the 2-D forms with one row.
 #include <cmath>
 #include <cstdint>
 
@@ -14,6 +14,7 @@
 #include "kernels/cast/vector_access.cuh"
 #include "kernels/quant/quant_tile.cuh"
 #include "kernels/swiglu/swiglu.h"
+#include "kernels/swiglu/swiglu_math.cuh"
 
 namespace frugal::cuda {
 namespace {
@@ -24,19 +25,8 @@ using detail::kChunk;
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float stable_sigmoid(float g) {
-  if (g >= 0.0f) return 1.0f / (1.0f + expf(-g));
-  const float e = expf(g);
-  return e / (1.0f + e);
-}
-
-__device__ __forceinline__ float swiglu_value(float g, float u) { return g * stable_sigmoid(g) * u; }
-
-__device__ __forceinline__ void swiglu_grad(float dh, float g, float u, float& dg, float& du) {
-  const float sig = stable_sigmoid(g);
-  dg = dh * u * sig * (1.0f + g * (1.0f - sig));
-  du = dh * (g * sig);
-}
+using detail::swiglu_grad;
+using detail::swiglu_value;
 
 // Chunk i of a [rows, cols] matrix cut into ceil(cols/8) chunks per row.
 struct ChunkPlace {

@@ -54,23 +54,45 @@ void grouped_fp8_nt(cuda::DeviceContext& ctx, const GroupOffsets& offsets, int64
 namespace {
 
 // The FP8 halves (bf16 activations only; not instantiated for float).
-void grouped_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
-                         GpuGroupedLinear<bf16>::Ctx& c, const bf16* x, bf16* y,
-                         const GroupOffsets& offsets) {
+
+// Fprop from x's operands: x_q [rows, in] with its per-group 1x128 scales, and x^T's (the Wgrad
+// cache, moved into the context).
+void grouped_forward_fp8_quantized(cuda::DeviceContext& ctx, const GpuWeight& weight,
+                                   GpuGroupedLinear<bf16>::Ctx& c, const uint8_t* x_q,
+                                   const float* x_scales, cuda::DeviceArray<uint8_t> xT_q,
+                                   cuda::DeviceArray<float> xT_scales, bf16* y,
+                                   const GroupOffsets& offsets) {
   const int64_t in = weight.in(), out = weight.out(), rows = offsets.rows;
   FRUGAL_CHECK(rows % cuda::kFp8GroupRowAlign == 0,
                "GpuGroupedLinear: {} permuted rows are not padded to {}", rows,
                cuda::kFp8GroupRowAlign);
+  FRUGAL_CHECK(x_q != nullptr && x_scales != nullptr && xT_q.size() >= rows * in &&
+                   xT_scales.size() >= rows / kFp8BlockSize * in,
+               "GpuGroupedLinear: FP8 forward given missing or short operands ({} rows x {})",
+               rows, in);
+  c.xT_q = std::move(xT_q);
+  c.xT_scales = std::move(xT_scales);
+  grouped_fp8_nt(ctx, offsets, out, in, x_q, x_scales, weight.fp8(), weight.fp8_scales(),
+                 y);  // [rows, out]
+}
+
+void grouped_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
+                         GpuGroupedLinear<bf16>::Ctx& c, const bf16* x, bf16* y,
+                         const GroupOffsets& offsets) {
+  const int64_t in = weight.in(), rows = offsets.rows;
+  FRUGAL_CHECK(rows % cuda::kFp8GroupRowAlign == 0,
+               "GpuGroupedLinear: {} permuted rows are not padded to {}", rows,
+               cuda::kFp8GroupRowAlign);
   // One pass over x makes the Fprop operand and the Wgrad cache x^T (per group).
-  c.xT_q = cuda::DeviceArray<uint8_t>(ctx, rows * in);
-  c.xT_scales = cuda::DeviceArray<float>(ctx, rows / kFp8BlockSize * in);
+  cuda::DeviceArray<uint8_t> xT_q(ctx, rows * in);
+  cuda::DeviceArray<float> xT_scales(ctx, rows / kFp8BlockSize * in);
   cuda::DeviceArray<uint8_t> q(ctx, rows * in);
   cuda::DeviceArray<float> scales(ctx, fp8_block_count(in) * rows);
-  cuda::quantize_act_1x128_dual_grouped(q.data(), scales.data(), c.xT_q.data(), c.xT_scales.data(),
-                                        x, offsets.device, offsets.groups, rows, in,
+  cuda::quantize_act_1x128_dual_grouped(q.data(), scales.data(), xT_q.data(), xT_scales.data(), x,
+                                        offsets.device, offsets.groups, rows, in,
                                         kFp8PowerOfTwoScales, ctx.stream);
-  grouped_fp8_nt(ctx, offsets, out, in, q.data(), scales.data(), weight.fp8(),
-                 weight.fp8_scales(), y);  // [rows, out]
+  grouped_forward_fp8_quantized(ctx, weight, c, q.data(), scales.data(), std::move(xT_q),
+                                std::move(xT_scales), y, offsets);
 }
 
 // FP8 Wgrad of every group: dW_g += dyT_g · xT_g^T over the group's rows.
@@ -88,7 +110,48 @@ void grouped_wgrad_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
                                  ctx.stream);
 }
 
-// Dgrad now; the Wgrad now (deferred null) or queued with the FP8 x^T, dy^T and offsets it reads.
+// The Wgrad from dy^T's operands: now (deferred null) or queued with the FP8 x^T, dy^T and offsets
+// it reads.
+void grouped_wgrad_fp8_now_or_deferred(cuda::DeviceContext& ctx, const GpuWeight& weight,
+                                       GpuGroupedLinear<bf16>::Ctx& c,
+                                       cuda::DeviceArray<uint8_t> dyT_q,
+                                       cuda::DeviceArray<float> dyT_scales,
+                                       const GroupOffsets& offsets, WeightGradQueue* deferred) {
+  if (deferred == nullptr) {
+    grouped_wgrad_fp8(ctx, weight, offsets, dyT_q.data(), dyT_scales.data(), c.xT_q.data(),
+                      c.xT_scales.data());
+    return;
+  }
+  DeferredOffsets kept(ctx, offsets);
+  const size_t bytes = dyT_q.bytes() + dyT_scales.bytes() + c.xT_q.bytes() + c.xT_scales.bytes() +
+                       kept.device.bytes();
+  deferred->defer(bytes, [&weight, kept = std::move(kept), dyT_q = std::move(dyT_q),
+                          dyT_scales = std::move(dyT_scales), xT_q = std::move(c.xT_q),
+                          xT_scales = std::move(c.xT_scales)](cuda::DeviceContext& w_ctx) {
+    grouped_wgrad_fp8(w_ctx, weight, kept.view(), dyT_q.data(), dyT_scales.data(), xT_q.data(),
+                      xT_scales.data());
+  });
+}
+
+// From dy's operands (dy_q [rows, out] with its per-group 1x128 scales for Dgrad, dy^T's for
+// Wgrad): Dgrad now, then the Wgrad now or deferred.
+void grouped_backward_fp8_quantized(cuda::DeviceContext& ctx, const GpuWeight& weight,
+                                    GpuGroupedLinear<bf16>::Ctx& c, const uint8_t* dy_q,
+                                    const float* dy_scales, cuda::DeviceArray<uint8_t> dyT_q,
+                                    cuda::DeviceArray<float> dyT_scales, bf16* dx,
+                                    const GroupOffsets& offsets, WeightGradQueue* deferred) {
+  const int64_t in = weight.in(), out = weight.out(), rows = offsets.rows;
+  FRUGAL_CHECK(c.xT_q.data() != nullptr, "GpuGroupedLinear::backward without a forward");
+  FRUGAL_CHECK(dy_q != nullptr && dy_scales != nullptr && dyT_q.size() >= rows * out &&
+                   dyT_scales.size() >= rows / kFp8BlockSize * out,
+               "GpuGroupedLinear: FP8 backward given missing or short operands ({} rows x {})",
+               rows, out);
+  grouped_fp8_nt(ctx, offsets, in, out, dy_q, dy_scales, weight.fp8_transposed(),
+                 weight.fp8_transposed_scales(), dx);  // [rows, in]
+  grouped_wgrad_fp8_now_or_deferred(ctx, weight, c, std::move(dyT_q), std::move(dyT_scales),
+                                    offsets, deferred);
+}
+
 void grouped_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
                           GpuGroupedLinear<bf16>::Ctx& c, const bf16* dy, bf16* dx,
                           const GroupOffsets& offsets, WeightGradQueue* deferred) {
@@ -106,20 +169,8 @@ void grouped_backward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
     grouped_fp8_nt(ctx, offsets, in, out, dy_q.data(), dy_scales.data(),
                    weight.fp8_transposed(), weight.fp8_transposed_scales(), dx);  // [rows, in]
   }
-  if (deferred == nullptr) {
-    grouped_wgrad_fp8(ctx, weight, offsets, dyT_q.data(), dyT_scales.data(), c.xT_q.data(),
-                      c.xT_scales.data());
-    return;
-  }
-  DeferredOffsets kept(ctx, offsets);
-  const size_t bytes = dyT_q.bytes() + dyT_scales.bytes() + c.xT_q.bytes() + c.xT_scales.bytes() +
-                       kept.device.bytes();
-  deferred->defer(bytes, [&weight, kept = std::move(kept), dyT_q = std::move(dyT_q),
-                          dyT_scales = std::move(dyT_scales), xT_q = std::move(c.xT_q),
-                          xT_scales = std::move(c.xT_scales)](cuda::DeviceContext& w_ctx) {
-    grouped_wgrad_fp8(w_ctx, weight, kept.view(), dyT_q.data(), dyT_scales.data(), xT_q.data(),
-                      xT_scales.data());
-  });
+  grouped_wgrad_fp8_now_or_deferred(ctx, weight, c, std::move(dyT_q), std::move(dyT_scales),
+                                    offsets, deferred);
 }
 
 }  // namespace
@@ -229,6 +280,45 @@ void GpuGroupedLinear<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy
       grouped_wgrad<T>(w_ctx, weight, kept.view(), sm90, dy.data(), x.data());
     });
   }
+  c = Ctx{};
+}
+
+template <class T>
+void GpuGroupedLinear<T>::forward_quantized(cuda::DeviceContext& ctx, Ctx& c, const uint8_t* x_q,
+                                            const float* x_scales,
+                                            cuda::DeviceArray<uint8_t> xT_q,
+                                            cuda::DeviceArray<float> xT_scales, T* y,
+                                            const GroupOffsets& offsets) const {
+  FRUGAL_CHECK((std::is_same_v<T, bf16>) && weight_.precision() == GemmPrecision::Fp8,
+               "GpuGroupedLinear::forward_quantized: needs FP8 weights and bf16 activations ({})",
+               precision_name(weight_.precision()));
+  FRUGAL_CHECK(offsets.groups == weight_.groups(),
+               "GpuGroupedLinear: {} row groups for {} stacked matrices", offsets.groups,
+               weight_.groups());
+  c = Ctx{};
+  if (offsets.rows == 0) return;
+  if constexpr (std::is_same_v<T, bf16>)
+    grouped_forward_fp8_quantized(ctx, weight_, c, x_q, x_scales, std::move(xT_q),
+                                  std::move(xT_scales), y, offsets);
+}
+
+template <class T>
+void GpuGroupedLinear<T>::backward_quantized(cuda::DeviceContext& ctx, Ctx& c, const uint8_t* dy_q,
+                                             const float* dy_scales,
+                                             cuda::DeviceArray<uint8_t> dyT_q,
+                                             cuda::DeviceArray<float> dyT_scales, T* dx,
+                                             const GroupOffsets& offsets,
+                                             WeightGradQueue* deferred) const {
+  FRUGAL_CHECK((std::is_same_v<T, bf16>) && weight_.precision() == GemmPrecision::Fp8,
+               "GpuGroupedLinear::backward_quantized: needs FP8 weights and bf16 activations ({})",
+               precision_name(weight_.precision()));
+  if (offsets.rows == 0) {
+    c = Ctx{};
+    return;
+  }
+  if constexpr (std::is_same_v<T, bf16>)
+    grouped_backward_fp8_quantized(ctx, weight_, c, dy_q, dy_scales, std::move(dyT_q),
+                                   std::move(dyT_scales), dx, offsets, deferred);
   c = Ctx{};
 }
 

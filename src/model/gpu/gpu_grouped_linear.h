@@ -64,6 +64,23 @@ class GpuGroupedLinear {
   void backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx, const GroupOffsets& offsets,
                 WeightGradQueue* deferred = nullptr) const;
 
+  // The FP8 forms from operands already quantized (FP8 weights and bf16 activations only, else
+  // frugal::Error), for producers that make them in their own pass (cuda::swiglu_fwd_fp8_grouped,
+  // swiglu_bwd_fp8_grouped): exactly forward / backward given the bf16 matrix these operands
+  // quantize. x_q [rows, in] with group g's 1x128 scales [in/128][rows_g] at
+  // x_scales + offsets[g]*in/128, and x^T per group (Ctx::xT_q, xT_scales layouts; moved into the
+  // context as the Wgrad cache), as cuda::quantize_act_1x128_dual_grouped writes them; likewise
+  // dy_q [rows, out], dy_scales and dy^T for backward (which queues the Wgrad given `deferred`,
+  // taking dy^T with it). The caller keeps x_q / dy_q alive until the call returns.
+  void forward_quantized(cuda::DeviceContext& ctx, Ctx& c, const uint8_t* x_q,
+                         const float* x_scales, cuda::DeviceArray<uint8_t> xT_q,
+                         cuda::DeviceArray<float> xT_scales, T* y,
+                         const GroupOffsets& offsets) const;
+  void backward_quantized(cuda::DeviceContext& ctx, Ctx& c, const uint8_t* dy_q,
+                          const float* dy_scales, cuda::DeviceArray<uint8_t> dyT_q,
+                          cuda::DeviceArray<float> dyT_scales, T* dx, const GroupOffsets& offsets,
+                          WeightGradQueue* deferred = nullptr) const;
+
   bool keeps_input_pointer() const { return weight_.precision() != GemmPrecision::Fp8; }
   // True when the GEMMs run as the sm_90 grouped kernels (kernels/gemm/grouped_gemm_sm90.h), which
   // read the offsets on the device only: bf16 weights and activations, an sm_90 device, shapes

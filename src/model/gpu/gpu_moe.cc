@@ -4,6 +4,9 @@
 #include "model/gpu/gpu_moe.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -73,7 +76,31 @@ void gate_up_forward_fp8_dispatched(cuda::DeviceContext& ctx, const GpuWeight& w
                                                 kFp8PowerOfTwoScales, stream);
 }
 
+// The process-wide switch of the fused SwiGLU kernels (gpu_moe.h): FRUGAL_FUSED_SWIGLU_FP8=0 turns
+// them off, read on first use.
+std::atomic<bool>& fused_swiglu_fp8_flag() {
+  static std::atomic<bool> flag{[] {
+    const char* value = std::getenv("FRUGAL_FUSED_SWIGLU_FP8");
+    return !(value != nullptr && std::strcmp(value, "0") == 0);
+  }()};
+  return flag;
+}
+
+std::atomic<int64_t> fused_swiglu_fp8_run_count{0};
+
 }  // namespace
+
+int64_t fused_swiglu_fp8_runs() {
+  return fused_swiglu_fp8_run_count.load(std::memory_order_relaxed);
+}
+
+bool fused_swiglu_fp8_enabled() {
+  return fused_swiglu_fp8_flag().load(std::memory_order_relaxed);
+}
+
+void set_fused_swiglu_fp8(bool enabled) {
+  fused_swiglu_fp8_flag().store(enabled, std::memory_order_relaxed);
+}
 
 ExpertParallelScope::ExpertParallelScope(Communicator* ep_comm) {
   FRUGAL_CHECK(current_ep_comm == nullptr, "ExpertParallelScope: scopes do not nest");
@@ -224,22 +251,26 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   cuda::ScopedSection experts_section(stream, "moe.experts.fwd");
   cuda::DeviceArray<T> gu(ctx, bound * 2 * I);  // [padded, 2*inter]
   gate_up_.forward(ctx, c.gate_up, xp.data(), gu.data(), offsets);
-  cuda::DeviceArray<T> h(ctx, bound * I);  // [padded, inter]
-  cuda::swiglu_fwd<T>(h.data(), gu.data(), gu.data() + I, padded, I, 2 * I, stream);
   c.expert_out = cuda::DeviceArray<T>(ctx, bound * H);  // [padded, hidden]
-  down_.forward(ctx, c.down, h.data(), c.expert_out.data(), offsets);
-  if (gate_up_.keeps_input_pointer()) c.xp = std::move(xp);
-  if (fp8) {                                  // the SwiGLU input cached in FP8 (spec §4.4)
-    if constexpr (std::is_same_v<T, bf16>) {  // fp8 weights only meet bf16 activations
-      c.gu_q = cuda::DeviceArray<uint8_t>(ctx, padded * 2 * I);
-      c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(2 * I) * padded);
-      cuda::quantize_act_1x128<T>(c.gu_q.data(), c.gu_scales.data(), gu.data(), padded, 2 * I,
-                                  kFp8PowerOfTwoScales, stream);
-    }
+  if (fused_swiglu_fp8()) {  // SwiGLU, the gu cache and h's FP8 operands in one kernel
+    swiglu_down_forward_fp8(ctx, c, gu.data(), c.expert_out.data(), offsets);
   } else {
-    c.gu = std::move(gu);
+    cuda::DeviceArray<T> h(ctx, bound * I);  // [padded, inter]
+    cuda::swiglu_fwd<T>(h.data(), gu.data(), gu.data() + I, padded, I, 2 * I, stream);
+    down_.forward(ctx, c.down, h.data(), c.expert_out.data(), offsets);
+    if (gate_up_.keeps_input_pointer()) c.xp = std::move(xp);
+    if (fp8) {                                  // the SwiGLU input cached in FP8 (spec §4.4)
+      if constexpr (std::is_same_v<T, bf16>) {  // fp8 weights only meet bf16 activations
+        c.gu_q = cuda::DeviceArray<uint8_t>(ctx, padded * 2 * I);
+        c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(2 * I) * padded);
+        cuda::quantize_act_1x128<T>(c.gu_q.data(), c.gu_scales.data(), gu.data(), padded, 2 * I,
+                                    kFp8PowerOfTwoScales, stream);
+      }
+    } else {
+      c.gu = std::move(gu);
+    }
+    if (down_.keeps_input_pointer()) c.h = std::move(h);
   }
-  if (down_.keeps_input_pointer()) c.h = std::move(h);
   experts_section.close();
 
   // Shared experts, then the weighted combine.
@@ -254,6 +285,40 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   if (balance_alpha != 0.0)
     cuda::seq_balance_loss_fwd(balance_loss, c.scores.data(), c.topk_idx.data(), batch, seq, E, K,
                                balance_alpha, stream);
+}
+
+template <class T>
+bool GpuMoe<T>::fused_swiglu_fp8() const {
+  return std::is_same_v<T, bf16> && gate_up_.weight().precision() == GemmPrecision::Fp8 &&
+         down_.weight().precision() == GemmPrecision::Fp8 && inter_ % kFp8BlockSize == 0 &&
+         fused_swiglu_fp8_enabled();
+}
+
+// gu [rows, 2*inter] -> c.gu_q [rows, 2*inter], c.gu_scales [2*inter/128][rows] (the FP8 cache of
+// the SwiGLU input, spec §4.4) and h's Fprop operand and Wgrad cache in one kernel, then
+// down_proj's FP8 GEMM from them: out [rows, hidden]. Bitwise the unfused swiglu_fwd, down_.forward
+// and quantize_act_1x128 of gu.
+template <class T>
+void GpuMoe<T>::swiglu_down_forward_fp8(cuda::DeviceContext& ctx, Ctx& c, const T* gu, T* out,
+                                        const GroupOffsets& offsets) const {
+  if constexpr (std::is_same_v<T, bf16>) {
+    const int64_t rows = offsets.rows, I = inter_;
+    c.gu_q = cuda::DeviceArray<uint8_t>(ctx, rows * 2 * I);
+    c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(2 * I) * rows);
+    cuda::DeviceArray<uint8_t> hT_q(ctx, rows * I);  // per expert [inter, rows_e]
+    cuda::DeviceArray<float> hT_scales(ctx, rows / kFp8BlockSize * I);
+    cuda::DeviceArray<uint8_t> h_q(ctx, rows * I);  // [rows, inter]
+    cuda::DeviceArray<float> h_scales(ctx, fp8_block_count(I) * rows);
+    cuda::swiglu_fwd_fp8_grouped(c.gu_q.data(), c.gu_scales.data(), h_q.data(), h_scales.data(),
+                                 hT_q.data(), hT_scales.data(), gu, offsets.device, offsets.groups,
+                                 rows, I, kFp8PowerOfTwoScales, ctx.stream);
+    fused_swiglu_fp8_run_count.fetch_add(1, std::memory_order_relaxed);
+    down_.forward_quantized(ctx, c.down, h_q.data(), h_scales.data(), std::move(hT_q),
+                            std::move(hT_scales), out, offsets);  // [rows, hidden]
+  } else {
+    (void)ctx, (void)c, (void)gu, (void)out, (void)offsets;
+    fail("{}: the fused FP8 SwiGLU needs bf16 activations", prefix_);
+  }
 }
 
 // The routed experts' backward over their grouped rows: d_out [rows, hidden] (the gradient of the
@@ -272,6 +337,31 @@ cuda::DeviceArray<T> GpuMoe<T>::experts_backward(cuda::DeviceContext& ctx, Ctx& 
   down_.backward(ctx, c.down, d_out.data(), dh.data(), offsets, deferred);
   d_out.reset();
   c.h.reset();
+  if (fused_swiglu_fp8()) {
+    if constexpr (std::is_same_v<T, bf16>) {
+      // dgu's two FP8 operands straight from dh and the gu cache (no dgu, no dequantized gu).
+      FRUGAL_CHECK(c.gu_q.data() != nullptr && rows == offsets.rows,
+                   "{}: no FP8 SwiGLU input cached for the fused backward", prefix_);
+      cuda::DeviceArray<uint8_t> dguT_q(ctx, rows * 2 * I);  // per expert [2*inter, rows_e]
+      cuda::DeviceArray<float> dguT_scales(ctx, rows / kFp8BlockSize * 2 * I);
+      cuda::DeviceArray<uint8_t> dgu_q(ctx, rows * 2 * I);  // [rows, 2*inter]
+      cuda::DeviceArray<float> dgu_scales(ctx, fp8_block_count(2 * I) * rows);
+      cuda::swiglu_bwd_fp8_grouped(dgu_q.data(), dgu_scales.data(), dguT_q.data(),
+                                   dguT_scales.data(), dh.data(), c.gu_q.data(),
+                                   c.gu_scales.data(), offsets.device, offsets.groups, rows, I,
+                                   kFp8PowerOfTwoScales, stream);
+      fused_swiglu_fp8_run_count.fetch_add(1, std::memory_order_relaxed);
+      dh.reset();
+      c.gu_q.reset();
+      c.gu_scales.reset();
+      cuda::DeviceArray<T> dxp(ctx, capacity * H);  // [rows, hidden]
+      gate_up_.backward_quantized(ctx, c.gate_up, dgu_q.data(), dgu_scales.data(),
+                                  std::move(dguT_q), std::move(dguT_scales), dxp.data(), offsets,
+                                  deferred);
+      c.xp.reset();
+      return dxp;
+    }
+  }
   cuda::DeviceArray<T> gu_dequantized;
   const T* gu = c.gu.data();
   if constexpr (std::is_same_v<T, bf16>) {
@@ -487,17 +577,25 @@ void GpuMoe<T>::forward_ep(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, b
     } else {
       gate_up_.forward(ctx, c.gate_up, xp.data(), gu.data(), offsets);
     }
-    cuda::DeviceArray<T> h(ctx, local_rows * I);  // [local_rows, inter]
-    cuda::swiglu_fwd<T>(h.data(), gu.data(), gu.data() + I, local_rows, I, 2 * I, stream);
     cuda::DeviceArray<T> out(ctx, local_rows * H);  // [local_rows, hidden]
-    down_.forward(ctx, c.down, h.data(), out.data(), offsets);
+    cuda::DeviceArray<T> h;
+    const bool fused = fused_swiglu_fp8();
+    if (fused) {  // SwiGLU, the gu cache and h's FP8 operands in one kernel
+      swiglu_down_forward_fp8(ctx, c, gu.data(), out.data(), offsets);
+    } else {
+      h = cuda::DeviceArray<T>(ctx, local_rows * I);  // [local_rows, inter]
+      cuda::swiglu_fwd<T>(h.data(), gu.data(), gu.data() + I, local_rows, I, 2 * I, stream);
+      down_.forward(ctx, c.down, h.data(), out.data(), offsets);
+    }
     if (gate_up_.keeps_input_pointer()) c.xp = std::move(xp);
     if (fp8) {
       if constexpr (std::is_same_v<T, bf16>) {
-        c.gu_q = cuda::DeviceArray<uint8_t>(ctx, local_rows * 2 * I);
-        c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(2 * I) * local_rows);
-        cuda::quantize_act_1x128<T>(c.gu_q.data(), c.gu_scales.data(), gu.data(), local_rows, 2 * I,
-                                    kFp8PowerOfTwoScales, stream);
+        if (!fused) {  // else the fused kernel wrote the cache
+          c.gu_q = cuda::DeviceArray<uint8_t>(ctx, local_rows * 2 * I);
+          c.gu_scales = cuda::DeviceArray<float>(ctx, fp8_block_count(2 * I) * local_rows);
+          cuda::quantize_act_1x128<T>(c.gu_q.data(), c.gu_scales.data(), gu.data(), local_rows,
+                                      2 * I, kFp8PowerOfTwoScales, stream);
+        }
       }
       if (received > 0)  // back to the received rows
         cuda::permute_rows<T>(expert_out.data(), out.data(), c.unpad_map.data(), received, 1, H,

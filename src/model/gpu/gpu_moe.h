@@ -36,6 +36,16 @@
 // dispatch_backward's. dx and y are accumulated in the serial order (shared, routed, gate), so the
 // results are bitwise those of the serial path.
 //
+// Fused SwiGLU under fp8 (FP8 expert weights, bf16 activations, moe_intermediate_size a multiple of
+// 128): the forward's SwiGLU, the FP8 cache of its input gu and down_proj's two FP8 operands of h
+// are one kernel (cuda::swiglu_fwd_fp8_grouped, fed to GpuGroupedLinear::forward_quantized), and
+// the backward's cache expansion, SwiGLU backward and gate_up_proj's two FP8 operands of dgu are
+// another (cuda::swiglu_bwd_fp8_grouped, GpuGroupedLinear::backward_quantized); h, dgu and the
+// dequantized gu are never stored. Results are bitwise those of the unfused sequence, which runs
+// otherwise and when the environment sets FRUGAL_FUSED_SWIGLU_FP8=0 (read once per process;
+// set_fused_swiglu_fp8 overrides it, for tests comparing the two). Same in the expert-parallel
+// path.
+//
 // Accumulation rule: parameter gradients accumulate (+=); dx is assigned. The balance-loss
 // gradient flows through the scores into the gate; the selection carries none. backward computes
 // input and weight gradients together and releases the context; given a WeightGradQueue the
@@ -68,6 +78,15 @@ class ExpertParallelScope {
   ExpertParallelScope& operator=(const ExpertParallelScope&) = delete;
   static Communicator* current();
 };
+
+// Whether the fp8 routed experts may run the fused SwiGLU kernels (see above): false when
+// FRUGAL_FUSED_SWIGLU_FP8=0 (read on the first call), true otherwise, unless set_fused_swiglu_fp8
+// set it for the process since.
+bool fused_swiglu_fp8_enabled();
+void set_fused_swiglu_fp8(bool enabled);
+// How many routed-expert forwards and backwards ran the fused kernels in this process (every
+// layer's forward and backward count one each), so tests and benches can tell which path ran.
+int64_t fused_swiglu_fp8_runs();
 
 template <class T>
 class GpuMoe {
@@ -138,6 +157,13 @@ class GpuMoe {
                                            const float* dweights, double dloss_balance) const;
   cuda::DeviceArray<float> gate_backward(cuda::DeviceContext& ctx, const Ctx& c,
                                          const float* dlogits, T* dx) const;
+  // Whether this layer's experts run the fused SwiGLU kernels now (fp8, bf16, inter % 128 == 0,
+  // fused_swiglu_fp8_enabled()).
+  bool fused_swiglu_fp8() const;
+  // The fused path's forward from gu [rows, 2*inter] (offsets.rows rows): the FP8 cache of gu into
+  // c.gu_q / c.gu_scales and down_proj's output out [rows, hidden] (see gpu_moe.cc).
+  void swiglu_down_forward_fp8(cuda::DeviceContext& ctx, Ctx& c, const T* gu, T* out,
+                               const GroupOffsets& offsets) const;
   // down_proj, SwiGLU and gate_up_proj backward of the local experts (see gpu_moe.cc).
   cuda::DeviceArray<T> experts_backward(cuda::DeviceContext& ctx, Ctx& c,
                                         cuda::DeviceArray<T>& d_out, int64_t rows,
