@@ -49,7 +49,7 @@ if [ "$which" != two-gpu ]; then
   fi
   echo "== one GPU: the grouped GEMM kernels, the quantizers, the profiled step"
   tests=(test_kernels_quant_cuda test_kernels_quant_dual_cuda test_kernels_swiglu_cuda
-         test_kernels_rmsnorm_cuda test_kernels_adamw_fused_refresh_cuda
+         test_kernels_swiglu_fp8_cuda test_kernels_rmsnorm_cuda test_kernels_adamw_fused_refresh_cuda
          test_kernels_grouped_gemm_sm90_cuda
          test_kernels_grouped_gemm_fp8_sm90_cuda test_model_gpu_transformer_cuda)
   ninja -C "$build" -j"$(nproc)" "${tests[@]}" bench_fp8_ops_cuda bench_train_gpu \
