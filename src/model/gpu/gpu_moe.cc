@@ -76,12 +76,12 @@ void gate_up_forward_fp8_dispatched(cuda::DeviceContext& ctx, const GpuWeight& w
                                                 kFp8PowerOfTwoScales, stream);
 }
 
-// The process-wide switch of the fused SwiGLU kernels (gpu_moe.h): FRUGAL_FUSED_SWIGLU_FP8=0 turns
-// them off, read on first use.
+// The process-wide switch of the fused SwiGLU kernels (gpu_moe.h): off unless
+// FRUGAL_FUSED_SWIGLU_FP8=1, read on first use.
 std::atomic<bool>& fused_swiglu_fp8_flag() {
   static std::atomic<bool> flag{[] {
     const char* value = std::getenv("FRUGAL_FUSED_SWIGLU_FP8");
-    return !(value != nullptr && std::strcmp(value, "0") == 0);
+    return value != nullptr && std::strcmp(value, "1") == 0;
   }()};
   return flag;
 }

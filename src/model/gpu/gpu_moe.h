@@ -41,10 +41,11 @@
 // are one kernel (cuda::swiglu_fwd_fp8_grouped, fed to GpuGroupedLinear::forward_quantized), and
 // the backward's cache expansion, SwiGLU backward and gate_up_proj's two FP8 operands of dgu are
 // another (cuda::swiglu_bwd_fp8_grouped, GpuGroupedLinear::backward_quantized); h, dgu and the
-// dequantized gu are never stored. Results are bitwise those of the unfused sequence, which runs
-// otherwise and when the environment sets FRUGAL_FUSED_SWIGLU_FP8=0 (read once per process;
-// set_fused_swiglu_fp8 overrides it, for tests comparing the two). Same in the expert-parallel
-// path.
+// dequantized gu are never stored. Results are bitwise those of the unfused sequence. The fused
+// kernels are opt-in (FRUGAL_FUSED_SWIGLU_FP8=1, read once per process; set_fused_swiglu_fp8
+// overrides it, for tests comparing the two): on an H200 at bench-1b's sizes they are slower than
+// the unfused kernels they replace (559 against 510 µs forward, 795 against 687 backward, per
+// layer; docs/PERFORMANCE.md). Same in the expert-parallel path.
 //
 // Accumulation rule: parameter gradients accumulate (+=); dx is assigned. The balance-loss
 // gradient flows through the scores into the gate; the selection carries none. backward computes
@@ -79,8 +80,8 @@ class ExpertParallelScope {
   static Communicator* current();
 };
 
-// Whether the fp8 routed experts may run the fused SwiGLU kernels (see above): false when
-// FRUGAL_FUSED_SWIGLU_FP8=0 (read on the first call), true otherwise, unless set_fused_swiglu_fp8
+// Whether the fp8 routed experts may run the fused SwiGLU kernels (see above): true when
+// FRUGAL_FUSED_SWIGLU_FP8=1 (read on the first call), false otherwise, unless set_fused_swiglu_fp8
 // set it for the process since.
 bool fused_swiglu_fp8_enabled();
 void set_fused_swiglu_fp8(bool enabled);
