@@ -3,7 +3,7 @@
 //
 // Thread layout (quant_weight_block.cuh): lane l of warp k owns columns 4l..4l+3 of rows k, k+8,
 // ..., k+120 of the block. Each thread loads w, m, v, grad of its 64 elements (4 at a time: float4
-// / 8-byte bf16 packs on the vector path; 4 rows' loads in flight), applies detail::adamw_element
+// / 8-byte bf16 packs on the vector path; 2 rows' loads in flight), applies detail::adamw_element
 // (adamw_element.cuh: the multi-tensor kernel's element update, so w, m, v are the same bits),
 // stores w, m, v, then reads its updated w back from L2 (it just wrote them: the DRAM traffic is
 // the update's alone) and detail::quantize_weight_block (the device code of
