@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Hardware counters of the grouped expert GEMM kernels on the GPU machine, run from the repository
+# root (carry .carry/gpu-deps): builds bench_grouped_gemm_cuda, then profiles the first launch of
+# the FP8 kernel (gate/up Fprop) and of the BF16 kernel with ncu's full section set (clocks left
+# alone), and prints the lines that say where the time goes: throughputs, the tensor pipe, the
+# issue rate and the warp stall reasons. Full reports go to $OUT (or build-gpu/ncu).
+#   scripts/ncu_grouped_gemm.sh
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+build=${FRUGAL_BUILD_DIR:-build-gpu}
+out=${OUT:-$build/ncu}
+mkdir -p "$out"
+deps=$PWD/.carry/gpu-deps
+for lib in pcre2-8 xxhash; do ln -sfn "/usr/lib/x86_64-linux-gnu/lib$lib.so.0" "$deps/lib/lib$lib.so"; done
+PKG_CONFIG_PATH="$deps/pkgconfig" cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DFRUGAL_CUDA=ON -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc \
+  -DFRUGAL_EXTRA_INCLUDE="$deps/include" > "$out/configure.log" 2>&1 || { tail "$out/configure.log"; exit 1; }
+ninja -C "$build" -j"$(nproc)" bench_grouped_gemm_cuda > "$out/build.log" 2>&1 \
+  || { grep error "$out/build.log" | head; exit 1; }
+for kernel in grouped_gemm_fp8_kernel grouped_gemm_kernel; do
+  echo "== ncu --set full, first launch of $kernel"
+  timeout 240 ncu --clock-control none --set full --kernel-name "regex:$kernel" --launch-count 1 \
+    "$build/bench_grouped_gemm_cuda" /tmp/grouped.json --no-v3 > "$out/ncu_$kernel.log" 2>&1
+  grep -E "void .*$kernel|Duration|Throughput|Tensor|Issued Warp|Eligible Warps|Active Warps|Stall|stall|Registers Per|Achieved Occupancy|Warp Cycles Per Issued" \
+    "$out/ncu_$kernel.log" | grep -vE "^ +(OPT|INF)" | head -n 45
+done
