@@ -159,10 +159,6 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
   const int w = threadIdx.x / 128 - 1;  // this warpgroup's 64 rows of the tile: [64 w, 64 w + 64)
   const int row_in_tile = w * 64 + (warp % 4) * 16 + lane / 4;  // and + 8
   const int quad_column = (lane % 4) * 2;
-  // The two consumer warpgroups issue each step's wgmma in turn (named barrier 1 + w: this
-  // warpgroup's turn; warpgroup 0 goes first), so one promotes while the other's run.
-  const uint32_t my_turn = 1 + w, other_turn = 2 - w;
-  if (w == 1) sm90::named_barrier_arrive(other_turn, 2 * 128);
   float acc[64];
   float tmp[64];
 #pragma unroll
@@ -204,7 +200,6 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
         }
       }
       sm90::mbarrier_wait(sm90::smem_address(&full[stage]), phase);
-      sm90::named_barrier_sync(my_turn, 2 * 128);
       const uint32_t a_base = sm90::smem_address(ring + stage * kStageBytes);
       const uint32_t b_base = a_base + kTileBytes;
       sm90::wgmma_fence();
@@ -217,7 +212,6 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
         sm90::wgmma_m64n128k32_e4m3(tmp, desc_a, desc_b, kk > 0 ? 1 : 0);
       }
       sm90::wgmma_commit();
-      sm90::named_barrier_arrive(other_turn, 2 * 128);
       sm90::wgmma_wait<0>();
       // Promotion: acc += tmp * scale.
       if constexpr (kOp == Fp8Op::NT) {
@@ -259,9 +253,6 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
                                    tile.n0, lane);
     }
   }
-  // Warpgroup 1 arrived at warpgroup 0's turn once more than warpgroup 0 waited on it (the first
-  // turn): that last arrival is taken here, so both barriers end balanced.
-  if (w == 0) sm90::named_barrier_sync(my_turn, 2 * 128);
 }
 
 template <Fp8Op kOp>
