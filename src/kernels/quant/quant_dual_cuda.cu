@@ -33,11 +33,11 @@ using detail::ceil_div;
 using detail::kChunk;
 using detail::kLanesPerTile;
 
-constexpr int kThreads = 256;
-constexpr int kTile = static_cast<int>(kFp8BlockSize);  // 128 rows x 128 columns per block
-constexpr int kStride = kTile + 2;                      // bf16 per staged row (65 words)
-constexpr int kHalves = kThreads / kLanesPerTile;       // 16 rows per pass
-constexpr int kRowPasses = kTile / kHalves;             // 8
+constexpr int kThreads = detail::kTileThreads;
+constexpr int kTile = detail::kTileSide;  // 128 rows x 128 columns per block
+constexpr int kStride = detail::kStagedStride;
+constexpr int kHalves = detail::kTileHalves;
+constexpr int kRowPasses = detail::kTileRowPasses;
 constexpr int kLoadsInFlight = 4;                       // row passes loaded before quantizing
 
 // q, scales: as quantize_act_1x128(_grouped); qT, scalesT: as transpose_quantize_1x128(_grouped).

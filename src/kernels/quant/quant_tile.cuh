@@ -99,6 +99,15 @@ __device__ __forceinline__ bool find_group(const int64_t* offsets, int64_t group
   return row < offsets[lo + 1];
 }
 
+// The 128 x 128 tile kernels (quant_dual_cuda.cu, swiglu_fp8_cuda.cu): 256 threads, values staged
+// as bf16 rows of 130 (65 words: column reads are conflict-free), 16 rows (one per half-warp) per
+// pass, 8 passes.
+constexpr int kTileThreads = 256;
+constexpr int kTileSide = static_cast<int>(kFp8BlockSize);
+constexpr int kStagedStride = kTileSide + 2;
+constexpr int kTileHalves = kTileThreads / kLanesPerTile;
+constexpr int kTileRowPasses = kTileSide / kTileHalves;
+
 // The rows a transposed quantizer's tile of `height` rows starting at row0 covers: its group
 // (kGrouped: the group holding row0; else one group of all rows), the tile's first row inside it
 // and its row count. False when the tile lies in no group (the block has nothing to do).
