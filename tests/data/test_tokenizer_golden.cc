@@ -76,8 +76,9 @@ TEST(TokenizerGolden, SamplesMatchTokenizersLibrary) {
                 s.at("decoded_with_special").get<std::string>()) << where;
       EXPECT_EQ(tokenizer.decode(ids_of(s.at("ids_with_special")), true),
                 s.at("decoded_skip_special").get<std::string>()) << where;
-      if (!differs.count(s.at("name").get<std::string>()))
+      if (!differs.count(s.at("name").get<std::string>())) {
         EXPECT_EQ(tokenizer.decode(ids), text) << where << ": decode(encode(x)) != x";
+      }
       ++checked;
     }
     const auto batch = tokenizer.encode_batch(std::span<const std::string>(texts), false, 2);
