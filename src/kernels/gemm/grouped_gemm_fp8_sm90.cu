@@ -58,7 +58,7 @@ constexpr int kConsumerRegs = 208;            // 128 * 88 + 256 * 208 = 64512 = 
 constexpr int kCopyLag = 2;                   // wgrad: steps between a copy and its publication
 static_assert(kCopyLag < kStages, "the producer must publish a stage before it needs it again");
 constexpr int kSharedBytes = 1024 + kRingBytes + kStages * kStageScales * 4 + 2 * kStages * 8 +
-                             (kMaxGroups + 1 + 2 * kMaxGroups) * 4;
+                             sm90::kScheduleBytes<kMaxGroups>;
 
 struct Params {
   const int64_t* offsets;
@@ -74,11 +74,7 @@ struct Params {
   bool accumulate;
 };
 
-struct Schedule {
-  int* tile_prefix;  // [groups + 1] (nt)
-  int* row_begin;    // [groups]
-  int* row_end;      // [groups]
-};
+using sm90::Schedule;  // tile_prefix: the nt row tiles
 
 struct Tile {
   int group;
@@ -263,30 +259,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* ring = reinterpret_cast<uint8_t*>(
       (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~static_cast<uintptr_t>(1023));
   float* stage_scales = reinterpret_cast<float*>(ring + kRingBytes);  // [kStages][256] (wgrad)
-  uint64_t* full = reinterpret_cast<uint64_t*>(stage_scales + kStages * kStageScales);
-  uint64_t* empty = full + kStages;
-  Schedule s;
-  s.tile_prefix = reinterpret_cast<int*>(empty + kStages);
-  s.row_begin = s.tile_prefix + kMaxGroups + 1;
-  s.row_end = s.row_begin + kMaxGroups;
-
-  const int warp = threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < kStages; ++i) {
-      // nt: the TMA thread's arrive.expect_tx; wgrad: every producer thread, after its copies.
-      sm90::mbarrier_init(sm90::smem_address(&full[i]), kOp == Fp8Op::NT ? 1 : kProducerThreads);
-      sm90::mbarrier_init(sm90::smem_address(&empty[i]), kConsumerWarps);
-    }
-    sm90::fence_barrier_init();
-  }
+  // Full: nt the TMA thread's arrive.expect_tx, wgrad every producer thread after its copies.
   // Group rows clamped to [0, rows_limit] and rounded down to whole tiles (offsets that break the
   // contract, not multiples of 128, give wrong results but never misaligned or out-of-range
   // accesses), and (nt) the row-tile prefix.
-  if (warp == 0)
-    sm90::load_group_rows(p.offsets, p.groups, p.rows_limit, kTile, kTile, s.row_begin, s.row_end,
-                          s.tile_prefix, lane);
-  __syncthreads();
+  Schedule s;
+  const sm90::RingBarriers bars = sm90::setup_ring<kMaxGroups>(
+      reinterpret_cast<uint8_t*>(stage_scales + kStages * kStageScales), kStages,
+      kOp == Fp8Op::NT ? 1 : kProducerThreads, kConsumerWarps, p.offsets, p.groups, p.rows_limit,
+      kTile, kTile, s);
+  uint64_t* full = bars.full;
+  uint64_t* empty = bars.empty;
 
   const int first_tile = blockIdx.x;
   const int tile_stride = gridDim.x;

@@ -70,15 +70,11 @@ struct Config {
   static constexpr int kStageBytes = kABytes + kBBytes;
   static constexpr int kTileBytes = kStages * kStageBytes;
   static constexpr int kSharedBytes =
-      1024 + kTileBytes + 2 * kStages * 8 + (kMaxGroups + 1 + 2 * kMaxGroups) * 4;
+      1024 + kTileBytes + 2 * kStages * 8 + sm90::kScheduleBytes<kMaxGroups>;
 };
 
 // Shared scheduling state of one CTA (after the tile ring and the barriers).
-struct Schedule {
-  int* tile_prefix;  // [groups + 1] (nt, nn)
-  int* row_begin;    // [groups]
-  int* row_end;      // [groups]
-};
+using sm90::Schedule;  // tile_prefix: the nt and nn row tiles
 
 struct Tile {
   int group;
@@ -261,26 +257,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* shared = reinterpret_cast<uint8_t*>(
       (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~static_cast<uintptr_t>(1023));
   uint8_t* tiles = shared;
-  uint64_t* full = reinterpret_cast<uint64_t*>(shared + C::kTileBytes);
-  uint64_t* empty = full + kStages;
+  // Full: the TMA thread's arrive.expect_tx; empty: one arrival per consumer warp. Group rows
+  // clamped to [0, max_rows], and (nt, nn) the row-tile prefix.
   Schedule s;
-  s.tile_prefix = reinterpret_cast<int*>(empty + kStages);
-  s.row_begin = s.tile_prefix + kMaxGroups + 1;
-  s.row_end = s.row_begin + kMaxGroups;
+  const sm90::RingBarriers bars = sm90::setup_ring<kMaxGroups>(
+      shared + C::kTileBytes, kStages, 1, 8, p.offsets, p.groups, p.max_rows, 1, kBM, s);
+  uint64_t* full = bars.full;
+  uint64_t* empty = bars.empty;
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < kStages; ++i) {
-      sm90::mbarrier_init(sm90::smem_address(&full[i]), 1);
-      sm90::mbarrier_init(sm90::smem_address(&empty[i]), 8);  // one arrival per consumer warp
-    }
-    sm90::fence_barrier_init();
-  }
-  if (warp == 0)  // group rows clamped to [0, max_rows], and (nt, nn) the row-tile prefix
-    sm90::load_group_rows(p.offsets, p.groups, p.max_rows, 1, kBM, s.row_begin, s.row_end,
-                          s.tile_prefix, lane);
-  __syncthreads();
 
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {

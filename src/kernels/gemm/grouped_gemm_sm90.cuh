@@ -194,6 +194,53 @@ __device__ __forceinline__ void load_group_rows(const int64_t* offsets, int grou
   if (lane == 0) tile_prefix[0] = 0;
 }
 
+// Shared memory after a kernel's operand ring: the ring's full and empty mbarriers, then the
+// group schedule (tile_prefix [kMaxGroups + 1], row_begin and row_end [kMaxGroups]).
+template <int kMaxGroups>
+constexpr int kScheduleBytes = (kMaxGroups + 1 + 2 * kMaxGroups) * 4;
+
+struct Schedule {
+  int* tile_prefix;  // [groups + 1] (the row-tiled ops)
+  int* row_begin;    // [groups]
+  int* row_end;      // [groups]
+};
+
+struct RingBarriers {
+  uint64_t* full;   // [stages]: the stage's operands have landed
+  uint64_t* empty;  // [stages]: the consumers are done with the stage
+};
+
+// Lays out the barriers and the schedule at `at` (8-byte aligned), initializes the barriers
+// (thread 0: full with `full_arrivals`, empty with `empty_arrivals` each), loads the group rows
+// (warp 0, see load_group_rows) and synchronizes the block. Every thread must call it.
+template <int kMaxGroups>
+__device__ __forceinline__ RingBarriers setup_ring(uint8_t* at, int stages, uint32_t full_arrivals,
+                                                   uint32_t empty_arrivals,
+                                                   const int64_t* offsets, int groups,
+                                                   int rows_limit, int row_align, int tile_rows,
+                                                   Schedule& s) {
+  RingBarriers bars;
+  bars.full = reinterpret_cast<uint64_t*>(at);
+  bars.empty = bars.full + stages;
+  s.tile_prefix = reinterpret_cast<int*>(bars.empty + stages);
+  s.row_begin = s.tile_prefix + kMaxGroups + 1;
+  s.row_end = s.row_begin + kMaxGroups;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < stages; ++i) {
+      mbarrier_init(smem_address(&bars.full[i]), full_arrivals);
+      mbarrier_init(smem_address(&bars.empty[i]), empty_arrivals);
+    }
+    fence_barrier_init();
+  }
+  if (warp == 0)
+    load_group_rows(offsets, groups, rows_limit, row_align, tile_rows, s.row_begin, s.row_end,
+                    s.tile_prefix, lane);
+  __syncthreads();
+  return bars;
+}
+
 // The group of row-tile slot `slot`: the largest g with tile_prefix[g] <= slot (empty groups,
 // whose prefix repeats, are skipped).
 __device__ __forceinline__ int group_of_slot(const int* tile_prefix, int groups, int slot) {
