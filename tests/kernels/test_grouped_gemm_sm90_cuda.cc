@@ -121,50 +121,40 @@ void run_case(cudaStream_t stream, cuda::BlasHandle& blas, const Case& c) {
     return testing::from_bf16_bits(std::vector<uint16_t>(bits.begin(), bits.begin() + count));
   };
 
+  // A bf16-output op (cols columns): two runs into poisoned buffers; the first against the CPU
+  // reference (rows past `used` untouched) and the cuBLASLt grouped output, the second bitwise
+  // equal to the first.
+  auto check_bf16_runs = [&](const std::string& op, int64_t cols, const std::vector<float>& ref,
+                             DeviceArray<uint16_t>& blas_out, auto launch) {
+    DeviceArray<uint16_t> out_d(max_rows * cols);
+    std::vector<uint16_t> first;
+    for (int run = 0; run < 2; ++run) {
+      out_d.poison();
+      launch(as_bf16(out_d.get()));
+      sync();
+      std::vector<uint16_t> out = out_d.download();
+      if (run == 0) {
+        testing::expect_close(op + " " + c.name, shape, head(out, used * cols), ref,
+                              kBf16OutTolerance);
+        expect_tail_untouched(op + " " + c.name, shape, out, used, cols);
+        testing::expect_close(op + " vs cublas " + c.name, shape, head(out, used * cols),
+                              head(blas_out.download(), used * cols), kBf16OutTolerance);
+        first = out;
+      } else {
+        testing::expect_same_bits(op + " " + c.name, shape, first, out);
+      }
+    }
+  };
   // ---- nt (Fprop)
-  {
-    DeviceArray<uint16_t> y(max_rows * n);
-    std::vector<uint16_t> first;
-    for (int run = 0; run < 2; ++run) {
-      y.poison();
-      cuda::grouped_gemm_sm90_nt(groups, device_offsets.get(), max_rows, n, k, as_bf16(x.get()),
-                                 as_bf16(w.get()), as_bf16(y.get()), stream);
-      sync();
-      std::vector<uint16_t> out = y.download();
-      if (run == 0) {
-        testing::expect_close("grouped_sm90 nt " + c.name, shape, head(out, used * n), y_ref,
-                              kBf16OutTolerance);
-        expect_tail_untouched("grouped_sm90 nt " + c.name, shape, out, used, n);
-        testing::expect_close("grouped_sm90 nt vs cublas " + c.name, shape, head(out, used * n),
-                              head(y_blas.download(), used * n), kBf16OutTolerance);
-        first = out;
-      } else {
-        testing::expect_same_bits("grouped_sm90 nt " + c.name, shape, first, out);
-      }
-    }
-  }
+  check_bf16_runs("grouped_sm90 nt", n, y_ref, y_blas, [&](__nv_bfloat16* y) {
+    cuda::grouped_gemm_sm90_nt(groups, device_offsets.get(), max_rows, n, k, as_bf16(x.get()),
+                               as_bf16(w.get()), y, stream);
+  });
   // ---- nn (Dgrad)
-  {
-    DeviceArray<uint16_t> dx(max_rows * k);
-    std::vector<uint16_t> first;
-    for (int run = 0; run < 2; ++run) {
-      dx.poison();
-      cuda::grouped_gemm_sm90_nn(groups, device_offsets.get(), max_rows, n, k, as_bf16(dy.get()),
-                                 as_bf16(w.get()), as_bf16(dx.get()), stream);
-      sync();
-      std::vector<uint16_t> out = dx.download();
-      if (run == 0) {
-        testing::expect_close("grouped_sm90 nn " + c.name, shape, head(out, used * k), dx_ref,
-                              kBf16OutTolerance);
-        expect_tail_untouched("grouped_sm90 nn " + c.name, shape, out, used, k);
-        testing::expect_close("grouped_sm90 nn vs cublas " + c.name, shape, head(out, used * k),
-                              head(dx_blas.download(), used * k), kBf16OutTolerance);
-        first = out;
-      } else {
-        testing::expect_same_bits("grouped_sm90 nn " + c.name, shape, first, out);
-      }
-    }
-  }
+  check_bf16_runs("grouped_sm90 nn", k, dx_ref, dx_blas, [&](__nv_bfloat16* dx) {
+    cuda::grouped_gemm_sm90_nn(groups, device_offsets.get(), max_rows, n, k, as_bf16(dy.get()),
+                               as_bf16(w.get()), dx, stream);
+  });
   // ---- tn (Wgrad), overwrite then accumulate
   testing::check_wgrad_runs("grouped_sm90 tn", c, dw_ref, dw_blas.download(), groups > 0,
                             kF32OutTolerance, kF32OutTolerance, case_seed(label, 4),
