@@ -20,6 +20,8 @@
 
 #include "core/error.h"
 #ifdef FRUGAL_HAVE_CUDA
+#include <cuda_profiler_api.h>
+
 #include "core/gpu_profiler.h"
 #endif
 #include "core/parse_int.h"
@@ -109,7 +111,10 @@ int run(int argc, char** argv) {
   int64_t skipped = 0;
   for (int64_t step = 0; step < warmup + steps; ++step) {
 #ifdef FRUGAL_HAVE_CUDA
-    if (step == warmup) cuda::gpu_profiler().reset();  // the warmup's sections are not reported
+    if (step == warmup) {
+      cuda::gpu_profiler().reset();  // the warmup's sections are not reported
+      cudaProfilerStart();  // ncu --profile-from-start off sees the timed steps only
+    }
 #endif
     fill_batch(step);
     const auto start = std::chrono::steady_clock::now();
@@ -133,6 +138,9 @@ int run(int argc, char** argv) {
                 losses.main, info.grad_norm, info.skipped ? " (skipped: non-finite)" : "");
   }
 
+#ifdef FRUGAL_HAVE_CUDA
+  cudaProfilerStop();
+#endif
   double total = 0;
   for (double s : step_seconds) total += s;
   const double mean = total / static_cast<double>(step_seconds.size());
