@@ -14,7 +14,8 @@
 // of 32), so each tile's amax is a half-warp shuffle max of the fp32 y (quant_tile.cuh).
 // bwd_weight: two passes, no atomics, so the bits do not depend on scheduling. Pass 1: block
 // (column group, row chunk) sums dy*x*rstd over its rows into workspace[chunk, d]. Pass 2: each
-// column adds its chunk sums in chunk order to dw. The chunking depends on (n, d) only.
+// column adds its chunk sums to dw in a fixed order (16 strided partial sums, then those in order).
+// The chunking depends on (n, d) only.
 #include <cmath>
 #include <cstdint>
 
@@ -32,7 +33,7 @@ using detail::kChunk;
 
 constexpr int kMaxRowThreads = 256;
 constexpr int kMaxChunks = 4;                    // chunks per thread kept in registers
-constexpr int kWeightThreads = 256;              // threads per block in bwd_weight pass 1 and 2
+constexpr int kWeightThreads = 256;              // threads per block in bwd_weight pass 1
 constexpr int64_t kWeightColumnsPerBlock = 1024; // pass-1 column group (4 columns per thread)
 constexpr int64_t kWeightTargetBlocks = 2048;    // enough pass-1 blocks to fill an H200 twice over
 constexpr int64_t kWeightMinRowsPerChunk = 16;
@@ -246,15 +247,30 @@ __global__ void __launch_bounds__(kWeightThreads)
   }
 }
 
-// Pass 2: dw[col] += sum over chunks, in chunk order.
-__global__ void __launch_bounds__(kWeightThreads)
+// Pass 2: dw[col] += sum over chunks. A block owns 32 columns (lane = column, so each warp reads
+// 128 contiguous bytes per chunk); warp w adds chunks w, w + W, w + 2W, ... in order, then warp 0
+// adds the W warp sums in warp order. The order depends on `chunks` only, so the bits do not
+// depend on scheduling; 32 columns per block spread the reads over d / 32 multiprocessors.
+constexpr int kFinishColumns = 32;
+constexpr int kFinishWarps = 16;
+__global__ void __launch_bounds__(kFinishColumns * kFinishWarps)
     rmsnorm_bwd_weight_finish_kernel(float* __restrict__ dw, const float* __restrict__ partial,
                                      int64_t chunks, int64_t d) {
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * kWeightThreads + threadIdx.x;
-  if (col >= d) return;
+  __shared__ float warp_sums[kFinishWarps][kFinishColumns];
+  const int lane = threadIdx.x % kFinishColumns, warp = threadIdx.x / kFinishColumns;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kFinishColumns + lane;
   float sum = 0.0f;
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * d + col];
-  dw[col] += sum;
+  if (col < d) {
+#pragma unroll 8
+    for (int64_t chunk = warp; chunk < chunks; chunk += kFinishWarps) sum += partial[chunk * d + col];
+  }
+  warp_sums[warp][lane] = sum;
+  __syncthreads();
+  if (warp != 0 || col >= d) return;
+  float total = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kFinishWarps; ++w) total += warp_sums[w][lane];
+  dw[col] += total;
 }
 
 // Rows per chunk for bwd_weight: enough chunks to give ~kWeightTargetBlocks pass-1 blocks, but at
@@ -371,9 +387,9 @@ void rmsnorm_bwd_weight(float* dw, const TY* dy, const TX* x, const float* rstd,
     rmsnorm_bwd_weight_partial_kernel<TX, TY, false><<<partial_grid, kWeightThreads, 0, stream>>>(
         workspace, dy, x, rstd, n, d, rows_per_chunk);
   FRUGAL_CUDA_CHECK_LAUNCH();
-  const dim3 finish_grid(static_cast<unsigned>(ceil_div(d, kWeightThreads)));
-  rmsnorm_bwd_weight_finish_kernel<<<finish_grid, kWeightThreads, 0, stream>>>(dw, workspace,
-                                                                               chunks, d);
+  const dim3 finish_grid(static_cast<unsigned>(ceil_div(d, kFinishColumns)));
+  rmsnorm_bwd_weight_finish_kernel<<<finish_grid, kFinishColumns * kFinishWarps, 0, stream>>>(
+      dw, workspace, chunks, d);
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
