@@ -38,6 +38,7 @@
 #include <cudnn.h>
 
 #include "kernels/attention/cudnn_sdpa_graph.h"
+#include "kernels/attention/sequence_padding_cuda.h"
 #endif
 
 namespace frugal::cuda {
@@ -206,6 +207,9 @@ bool stream_scratch(int device, cudaStream_t stream, size_t bytes, void** data) 
 
 size_t round_up_256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
+// The sequence lengths cuDNN's backward takes before 9.16 (others are padded to one).
+constexpr int64_t kCudnnBwdSeqMultiple = 128;
+
 bool aligned_16(std::initializer_list<const void*> pointers) {
   for (const void* p : pointers)
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
@@ -213,12 +217,10 @@ bool aligned_16(std::initializer_list<const void*> pointers) {
 }
 
 // Why this call cannot go to cuDNN, or nullptr.
-const char* unfit_reason(const flash::AttentionShape& shape, bool backward, bool aligned) {
+const char* unfit_reason(const flash::AttentionShape& shape, bool aligned) {
   if (!aligned) return "a tensor is not 16-byte aligned";
   if (shape.qk_dim % 8 != 0 || shape.v_dim % 8 != 0 || shape.qk_dim > 256 || shape.v_dim > 256)
     return "head dims must be multiples of 8, at most 256";
-  if (backward && shape.seq % 128 != 0 && runtime_version() < 91600)
-    return "the backward on cuDNN before 9.16 needs seq % 128 == 0";
   return nullptr;
 }
 
@@ -226,7 +228,7 @@ const char* unfit_reason(const flash::AttentionShape& shape, bool backward, bool
 bool wants_cudnn(const flash::AttentionShape& shape, bool backward, bool aligned) {
   const AttentionBackend preference = attention_backend();
   if (preference == AttentionBackend::own) return false;
-  const char* reason = unfit_reason(shape, backward, aligned);
+  const char* reason = unfit_reason(shape, aligned);
   if (reason == nullptr) return true;
   if (preference == AttentionBackend::cudnn)
     say_once(std::string(backward ? "backward" : "forward") + " runs frugal's kernels: " +
@@ -299,38 +301,85 @@ bool cudnn_bwd_bf16(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* 
   std::lock_guard<std::mutex> lock(state().mutex);
   DeviceState* device = device_state(device_index);
   if (device == nullptr) return false;
-  const ShapeKey key{true, shape.batch, shape.seq, shape.heads, shape.qk_dim, shape.v_dim};
-  Plan* plan = find_plan(*device, key, shape);
+  // cuDNN before 9.16 runs the backward only for seq % 128 == 0. Other lengths run on copies
+  // padded with zero rows to the next multiple of 128 (q, k, v, out, dout and lse zero there), which
+  // is exact under the causal mask: a padded key is seen only by padded queries, and a padded
+  // query (dout = 0, so dP = 0 and the row sum of dout * out is 0) has dS = P * (dP - 0) = 0 with
+  // P = exp(0 - 0) finite, so it adds nothing to dq, dk, dv of the real rows.
+  const bool pad = shape.seq % kCudnnBwdSeqMultiple != 0 && runtime_version() < 91600;
+  AttentionShape run = shape;
+  if (pad) run.seq = (shape.seq + kCudnnBwdSeqMultiple - 1) / kCudnnBwdSeqMultiple * kCudnnBwdSeqMultiple;
+  const ShapeKey key{true, run.batch, run.seq, run.heads, run.qk_dim, run.v_dim};
+  Plan* plan = find_plan(*device, key, run);
   if (plan == nullptr) return false;
-  // Scratch: [dq accumulator fp32 (b h s dqk)][row sums fp32 (b h s)][engine workspace].
-  const size_t rows = static_cast<size_t>(shape.batch * shape.heads * shape.seq);
-  const size_t accum_bytes = round_up_256(rows * static_cast<size_t>(shape.qk_dim) * 4);
+  // Scratch: [padded copies, if any][dq accumulator fp32 (b h s dqk)][row sums fp32 (b h s)]
+  // [engine workspace].
+  const size_t tokens = static_cast<size_t>(run.batch * run.seq * run.heads);
+  const size_t rows = static_cast<size_t>(run.batch * run.heads * run.seq);
+  const size_t qk_bytes = round_up_256(tokens * static_cast<size_t>(run.qk_dim) * sizeof(bf16));
+  const size_t v_bytes = round_up_256(tokens * static_cast<size_t>(run.v_dim) * sizeof(bf16));
+  const size_t lse_bytes = round_up_256(rows * 4);
+  const size_t padded_bytes = pad ? 4 * qk_bytes + 5 * v_bytes + lse_bytes : 0;
+  const size_t accum_bytes = round_up_256(rows * static_cast<size_t>(run.qk_dim) * 4);
   const size_t row_sum_bytes = round_up_256(rows * 4);
   void* scratch = nullptr;
   if (!stream_scratch(device_index, stream,
-                      accum_bytes + row_sum_bytes + static_cast<size_t>(plan->workspace_bytes),
+                      padded_bytes + accum_bytes + row_sum_bytes +
+                          static_cast<size_t>(plan->workspace_bytes),
                       &scratch))
     return false;
   char* base = static_cast<char*>(scratch);
-  void* dq_accum = base;
-  void* row_sums = base + accum_bytes;
-  void* workspace = plan->workspace_bytes > 0 ? base + accum_bytes + row_sum_bytes : nullptr;
+  void* dq_accum = base + padded_bytes;
+  void* row_sums = base + padded_bytes + accum_bytes;
+  void* workspace = plan->workspace_bytes > 0
+                        ? base + padded_bytes + accum_bytes + row_sum_bytes
+                        : nullptr;
+  std::vector<void*> tensors = {mutable_pointer(q),   mutable_pointer(k),    mutable_pointer(v),
+                                mutable_pointer(out), mutable_pointer(dout), mutable_pointer(lse),
+                                dq,                   dk,                    dv};
+  if (pad) {
+    // The same order: q, k, v, out, dout, lse, dq, dk, dv.
+    const size_t sizes[] = {qk_bytes, qk_bytes, v_bytes, v_bytes, v_bytes, lse_bytes,
+                            qk_bytes, qk_bytes, v_bytes};
+    const int64_t token_bytes[] = {shape.heads * shape.qk_dim * 2, shape.heads * shape.qk_dim * 2,
+                                   shape.heads * shape.v_dim * 2, shape.heads * shape.v_dim * 2,
+                                   shape.heads * shape.v_dim * 2};
+    char* next = base;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      void* padded = next;
+      next += sizes[i];
+      if (i < 5)  // [batch, seq, heads, dim]
+        copy_padded_rows(padded, run.seq, tensors[i], shape.seq, shape.batch, token_bytes[i],
+                         stream);
+      else if (i == 5)  // lse [batch, heads, seq]
+        copy_padded_rows(padded, run.seq, tensors[i], shape.seq, shape.batch * shape.heads, 4,
+                         stream);
+      tensors[i] = padded;
+    }
+  }
   // cuDNN zeroes the accumulator itself from 9.6 on (as its front end relies on).
   if (runtime_version() < 90600)
     FRUGAL_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, accum_bytes, stream));
-  float scale = shape.scale;
+  float scale = run.scale;
   float mask_value = std::numeric_limits<float>::lowest();
   float one = 1.0f;
   const std::vector<int64_t> uids = {kUidQ,  kUidK,      kUidV,        kUidOut,  kUidDout,
                                      kUidLse, kUidDq,    kUidDk,       kUidDv,   kUidRowSums,
                                      kUidDqAccum, kUidScale, kUidMaskValue, kUidOne};
-  const std::vector<void*> pointers = {
-      mutable_pointer(q), mutable_pointer(k),    mutable_pointer(v),   mutable_pointer(out),
-      mutable_pointer(dout), mutable_pointer(lse), dq,                  dk,
-      dv,                 row_sums,              dq_accum,              &scale,
-      &mask_value,        &one};
-  return run_plan(*device, key, *plan, stream, uids, pointers, workspace,
-                  "cuDNN attention backward " + shape_text(shape));
+  std::vector<void*> pointers = tensors;
+  pointers.insert(pointers.end(), {row_sums, dq_accum, &scale, &mask_value, &one});
+  if (!run_plan(*device, key, *plan, stream, uids, pointers, workspace,
+                "cuDNN attention backward " + shape_text(run)))
+    return false;
+  if (pad) {  // the real rows of dq, dk, dv
+    const int64_t token_bytes[] = {shape.heads * shape.qk_dim * 2, shape.heads * shape.qk_dim * 2,
+                                   shape.heads * shape.v_dim * 2};
+    void* results[] = {dq, dk, dv};
+    for (int i = 0; i < 3; ++i)
+      copy_padded_rows(results[i], shape.seq, tensors[6 + i], run.seq, shape.batch,
+                       token_bytes[i], stream);
+  }
+  return true;
 }
 
 }  // namespace flash

@@ -9,8 +9,9 @@
 //
 // The choice, per call, for bf16 (fp32 always runs frugal's kernels):
 //   automatic (the default): cuDNN when this build has it and the call fits it (16-byte aligned
-//     tensors, head dims multiples of 8 up to 256; the backward on cuDNN < 9.16 also needs
-//     seq % 128 == 0, where cuDNN's own front end would add a padding mask), else frugal's.
+//     tensors, head dims multiples of 8 up to 256), else frugal's. cuDNN < 9.16 runs the backward
+//     only for seq % 128 == 0: other lengths (the MTP module's seq - 1) run on copies padded with
+//     zero rows, which is exact under the causal mask (cudnn_attention.cc).
 //   cudnn: the same, but a call that cannot take cuDNN says why on stderr (once per reason).
 //   own: frugal's kernels only.
 // The preference comes from the environment variable FRUGAL_ATTENTION=auto|own|cudnn at first
@@ -24,7 +25,8 @@
 // reproducible from run to run; its forward is. Plans are built once per shape and device (the
 // first call of a shape pays for cuDNN's engine compilation) and cached; each (device, stream)
 // has its own cuDNN scratch (engine workspace; for the backward an fp32 dq accumulator
-// [batch, heads, seq, qk_dim] and the dout.out row sums), cudaMalloc'ed and grown as needed.
+// [batch, heads, seq, qk_dim], the dout.out row sums and any padded copies), cudaMalloc'ed and
+// grown as needed.
 #pragma once
 
 #include <cuda_bf16.h>
