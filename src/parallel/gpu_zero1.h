@@ -116,6 +116,8 @@ class GpuZero1Optimizer {
   // Buckets launched by reduce_scatter_ready (before the optimizer step) in the last completed
   // reduce_scatter's step, and over the optimizer's life.
   int64_t early_buckets_last_step() const { return early_buckets_last_step_; }
+  // Buckets reduce_scatter_ready has launched since the last reduce_scatter (this step so far).
+  int64_t early_buckets_this_step() const { return enqueued_; }
   int64_t early_buckets_total() const { return early_buckets_total_; }
   // Collective: norm, clip, AdamW on the shard, all-gather of the updated weights (needs
   // reduce_scatter first). `extra_norm_squared` (the same on every rank) joins the global norm:

@@ -358,6 +358,7 @@ class GpuEngine : public StepEngine {
       counts.buckets = zero1_->buckets();
       counts.early_last_step = zero1_->early_buckets_last_step();
       counts.early_total = zero1_->early_buckets_total();
+      counts.on_layers_last_step = counts.early_last_step > 0 ? zero1_on_layers_last_step_ : 0;
     }
 #endif
     return counts;
@@ -425,6 +426,7 @@ class GpuEngine : public StepEngine {
   void report_final_gradients(int64_t layer) {
 #ifdef FRUGAL_HAVE_NCCL
     if (layer == gpu::GpuTransformer::kAllOtherGradients) {
+      zero1_on_layers_last_step_ = zero1_->early_buckets_this_step();
       zero1_->reduce_scatter_ready(other_params_);
       return;
     }
@@ -661,6 +663,7 @@ class GpuEngine : public StepEngine {
   std::vector<std::vector<size_t>> layer_params_;
   std::vector<size_t> other_params_;
   bool last_micro_batch_ = false;  // set_last_micro_batch, for the next forward_backward
+  int64_t zero1_on_layers_last_step_ = 0;  // buckets launched before the end-of-backward report
   // Expert parallelism only (ep_comm_ is declared before model_, which uses it).
   std::unique_ptr<Communicator> expert_dp_comm_;             // expert_dp > 1
   std::unique_ptr<gpu::GradientAllReducer> expert_reducer_;  // expert_dp > 1

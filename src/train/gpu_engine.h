@@ -84,6 +84,9 @@ struct GpuZero1BucketCounts {
   int64_t buckets = 0;
   int64_t early_last_step = 0;
   int64_t early_total = 0;
+  // Of early_last_step, those launched on a decoder layer's notification (before the end of the
+  // backward): only buckets whose every rank's part lies inside the decoder layers.
+  int64_t on_layers_last_step = 0;
 };
 GpuZero1BucketCounts gpu_zero1_bucket_counts(const StepEngine& engine);
 
