@@ -10,6 +10,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <atomic>
+#include <cstdlib>
+#include <string>
 #include <utility>
 
 #include "core/cuda_check.h"
@@ -17,9 +20,67 @@
 #include "core/error.h"
 #include "core/gpu_profiler.h"
 #include "model/gpu/gpu_common.h"
+#include "parallel/nccl_communicator.h"
 #include "train/gpu_optimizer.h"
 
 namespace frugal::gpu {
+namespace {
+
+// -1: the environment decides; 0 / 1: set_zero1_overlap.
+std::atomic<int> overlap_override{-1};
+
+bool overlap_from_environment() {
+  static const bool on = [] {
+    const char* value = std::getenv("FRUGAL_ZERO1_OVERLAP");
+    return value == nullptr || std::string(value) != "0";
+  }();
+  return on;
+}
+
+// Makes `comm`'s input stream `stream` for one call, restoring the previous one after (also when
+// the call throws).
+class InputStreamSwap {
+ public:
+  InputStreamSwap(Communicator& comm, cudaStream_t stream)
+      : comm_(comm), previous_(input_stream(comm)) {
+    set_input_stream(comm_, stream);
+  }
+  ~InputStreamSwap() { set_input_stream(comm_, previous_); }
+  InputStreamSwap(const InputStreamSwap&) = delete;
+  InputStreamSwap& operator=(const InputStreamSwap&) = delete;
+
+ private:
+  Communicator& comm_;
+  cudaStream_t previous_;
+};
+
+}  // namespace
+
+bool zero1_overlap_enabled() {
+  const int forced = overlap_override.load();
+  return forced < 0 ? overlap_from_environment() : forced == 1;
+}
+
+void set_zero1_overlap(std::optional<bool> on) {
+  overlap_override.store(on.has_value() ? (*on ? 1 : 0) : -1);
+}
+
+// The overlap's side stream and the event that forks it from the compute stream.
+struct GpuZero1Optimizer::SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t grads_final = nullptr;
+  explicit SideStream(int device) {
+    FRUGAL_CUDA_CHECK(cudaSetDevice(device));
+    FRUGAL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    FRUGAL_CUDA_CHECK(cudaEventCreateWithFlags(&grads_final, cudaEventDisableTiming));
+  }
+  ~SideStream() {
+    if (grads_final != nullptr) cudaEventDestroy(grads_final);
+    if (stream != nullptr) cudaStreamDestroy(stream);  // released once its work is done
+  }
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+};
 
 GpuZero1Optimizer::GpuZero1Optimizer(cuda::DeviceContext& ctx, const OptimConfig& config,
                                      std::vector<DeviceParam>& params, Recipe recipe,
@@ -87,6 +148,17 @@ GpuZero1Optimizer::GpuZero1Optimizer(cuda::DeviceContext& ctx, const OptimConfig
     }
   }
 
+  {
+    // The readiness planner: bucket k needs every tensor one of its pieces (any rank's) cuts.
+    std::vector<std::vector<int64_t>> bucket_params;
+    for (const Bucket& bucket : buckets_) {
+      std::vector<int64_t> members;
+      for (const Piece& piece : bucket.pieces) members.push_back(static_cast<int64_t>(piece.param));
+      bucket_params.push_back(std::move(members));
+    }
+    readiness_ = BucketReadiness(static_cast<int64_t>(params_.size()), bucket_params);
+  }
+
   grad_shard_ = cuda::DeviceArray<float>(ctx_, shard_);
   stage_ = cuda::DeviceArray<float>(ctx_, bucket_elements_ * ranks_);
   send_stage_ = cuda::DeviceArray<float>(ctx_, bucket_elements_);
@@ -113,7 +185,16 @@ GpuZero1Optimizer::GpuZero1Optimizer(cuda::DeviceContext& ctx, const OptimConfig
   check_same_layout_on_every_rank();
 }
 
-GpuZero1Optimizer::~GpuZero1Optimizer() = default;
+GpuZero1Optimizer::~GpuZero1Optimizer() {
+  // Launched buckets still read the staging buffer and write the shard: let them finish before
+  // the memory goes (an error here has nowhere to go; the communicator's watchdog bounds the wait).
+  if (enqueued_ > 0) {
+    try {
+      complete_enqueued(comm_);
+    } catch (...) {
+    }
+  }
+}
 
 void GpuZero1Optimizer::sync() { FRUGAL_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream)); }
 
@@ -194,23 +275,73 @@ bool GpuZero1Optimizer::pointers_moved() const {
   return false;
 }
 
-void GpuZero1Optimizer::reduce_scatter() {
+void GpuZero1Optimizer::check_params_unchanged() const {
   FRUGAL_CHECK(params_.size() > trainable_.back(),
                "GpuZero1Optimizer: the model's parameters changed since the optimizer was made");
-  cuda::ScopedSection section(ctx_.stream, "zero1.reduce_scatter");
-  for (const Bucket& bucket : buckets_) {
-    // [ranks, len]: rank r's part of this bucket at r * len; padding stays 0.
-    FRUGAL_CUDA_CHECK(cudaMemsetAsync(stage_.data(), 0,
-                                      static_cast<size_t>(bucket.len * ranks_) * sizeof(float),
-                                      ctx_.stream));
-    for (const Piece& piece : bucket.pieces)
-      FRUGAL_CUDA_CHECK(cudaMemcpyAsync(stage_.data() + piece.stage,
-                                        params_[piece.param].grad + piece.offset,
-                                        static_cast<size_t>(piece.count) * sizeof(float),
-                                        cudaMemcpyDeviceToDevice, ctx_.stream));
-    comm_.reduce_scatter_sum(grad_shard_.data() + bucket.start, stage_.data(), bucket.len,
+}
+
+void GpuZero1Optimizer::stage_and_reduce_scatter(const Bucket& bucket) {
+  // [ranks, len]: rank r's part of this bucket at r * len; padding stays 0.
+  FRUGAL_CUDA_CHECK(cudaMemsetAsync(stage_.data(), 0,
+                                    static_cast<size_t>(bucket.len * ranks_) * sizeof(float),
+                                    ctx_.stream));
+  for (const Piece& piece : bucket.pieces)
+    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(stage_.data() + piece.stage,
+                                      params_[piece.param].grad + piece.offset,
+                                      static_cast<size_t>(piece.count) * sizeof(float),
+                                      cudaMemcpyDeviceToDevice, ctx_.stream));
+  comm_.reduce_scatter_sum(grad_shard_.data() + bucket.start, stage_.data(), bucket.len,
+                           CommType::F32);
+}
+
+void GpuZero1Optimizer::launch_enqueued(const Bucket& bucket) {
+  const cudaStream_t side = side_->stream;
+  // The previous enqueued reduce-scatter reads the one staging buffer: wait for it on the device.
+  stream_wait_for_operations(comm_, side);
+  FRUGAL_CUDA_CHECK(cudaMemsetAsync(stage_.data(), 0,
+                                    static_cast<size_t>(bucket.len * ranks_) * sizeof(float), side));
+  for (const Piece& piece : bucket.pieces)
+    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(stage_.data() + piece.stage,
+                                      params_[piece.param].grad + piece.offset,
+                                      static_cast<size_t>(piece.count) * sizeof(float),
+                                      cudaMemcpyDeviceToDevice, side));
+  InputStreamSwap input(comm_, side);  // the collective waits for the staging above
+  enqueue_reduce_scatter_sum(comm_, grad_shard_.data() + bucket.start, stage_.data(), bucket.len,
                              CommType::F32);
-  }
+  ++enqueued_;
+}
+
+void GpuZero1Optimizer::join_enqueued() {
+  if (enqueued_ > 0) stream_wait_for_operations(comm_, ctx_.stream);
+}
+
+void GpuZero1Optimizer::reduce_scatter_ready(std::span<const size_t> final_params) {
+  check_params_unchanged();
+  std::vector<int64_t> finished(final_params.begin(), final_params.end());
+  const std::vector<int64_t> ready = readiness_.mark_final(finished);
+  if (ready.empty()) return;
+  if (side_ == nullptr) side_ = std::make_unique<SideStream>(ctx_.device);
+  // The side stream starts after everything queued on the compute stream so far: the gradients
+  // reported final are written there.
+  FRUGAL_CUDA_CHECK(cudaEventRecord(side_->grads_final, ctx_.stream));
+  FRUGAL_CUDA_CHECK(cudaStreamWaitEvent(side_->stream, side_->grads_final, 0));
+  cuda::ScopedSection section(side_->stream, "zero1.reduce_scatter_ready");
+  for (int64_t k : ready) launch_enqueued(buckets_[static_cast<size_t>(k)]);
+}
+
+void GpuZero1Optimizer::reduce_scatter() {
+  check_params_unchanged();
+  cuda::ScopedSection section(ctx_.stream, "zero1.reduce_scatter");
+  // The compute stream reuses the staging buffer and then reads the shard: after every enqueued
+  // bucket.
+  join_enqueued();
+  const std::vector<int64_t> rest = readiness_.take_pending();
+  for (int64_t k : rest) stage_and_reduce_scatter(buckets_[static_cast<size_t>(k)]);
+  if (enqueued_ > 0) complete_enqueued(comm_);  // the host too (watchdog), e.g. when rest is empty
+  early_buckets_last_step_ = enqueued_;
+  early_buckets_total_ += enqueued_;
+  enqueued_ = 0;
+  readiness_.reset();
 }
 
 GpuZero1Optimizer::StepInfo GpuZero1Optimizer::step(double lr, double extra_norm_squared) {
@@ -299,6 +430,7 @@ void GpuZero1Optimizer::check_host_layout(const AdamW<float>& host, const char* 
 
 void GpuZero1Optimizer::download(AdamW<float>& host) {
   check_host_layout(host, "download");
+  join_enqueued();  // the staging buffer below: after any bucket launched during a backward
   // Slot k of the host state <-> trainable_[k].
   std::vector<size_t> slot_of(params_.size(), 0);
   for (size_t k = 0; k < trainable_.size(); ++k) slot_of[trainable_[k]] = k;

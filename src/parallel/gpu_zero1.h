@@ -28,6 +28,26 @@
 //                   weight-decay flag; then per bucket this rank's updated pieces are packed and
 //                   all-gathered, the other ranks' pieces copied back into the model, and `refresh`
 //                   rebuilds the BF16/FP8 weight copies.
+// Overlap (spec §5.1: "gradients reduce-scattered in buckets as backward produces them"; on unless
+// FRUGAL_ZERO1_OVERLAP=0, zero1_overlap_enabled()). During the backward of a step's LAST
+// micro-batch the engine reports the parameters whose gradients just became final
+// (reduce_scatter_ready: a decoder layer's after its backward, everything else at the end; see
+// GpuTransformer::forward_backward). A BucketReadiness (bucket_readiness.h) over the buckets'
+// pieces' tensors says which buckets became ready; each is launched at once on a side stream
+// of this optimizer, in the planner's order (ascending within one report):
+//   side stream   waits for the compute stream's work so far (event: the gradients are final),
+//                 then for the communicator's earlier operations (stream_wait_for_operations: the
+//                 previous enqueued reduce-scatter has read the one staging buffer), zeroes and
+//                 fills the staging buffer, and the reduce-scatter is enqueued
+//                 (enqueue_reduce_scatter_sum, with the side stream as the input stream for the
+//                 call) without waiting for it; the host returns to the backward at once.
+//   reduce_scatter()  (the optimizer step) makes the compute stream wait for every enqueued
+//                 operation, reduce-scatters the buckets not launched yet exactly as without
+//                 overlap (ascending), and waits on the host (watchdog) for all of them.
+// Same buckets, same staging contents, same NCCL calls on the same stream: the shard is bitwise
+// what the non-overlapped path gives; only the bucket order and the time of launch differ
+// (identical on every rank, since every rank makes the same calls).
+//
 // Memory per rank: moments 2 * S (about 1/ranks of a replica's), the gradient shard S (fp32), and
 // the staging buffers B * (ranks + 1) fp32.
 //
@@ -42,17 +62,26 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <optional>
+#include <span>
 #include <vector>
 
 #include "core/device_context.h"
 #include "kernels/adamw/adamw_cuda.h"
 #include "model/gpu/gpu_transformer.h"
+#include "parallel/bucket_readiness.h"
 #include "parallel/communicator.h"
 #include "train/adamw.h"
 #include "train/recipe.h"
 #include "train/train_config.h"
 
 namespace frugal::gpu {
+
+// The overlap switch: on unless FRUGAL_ZERO1_OVERLAP=0 in the environment (read once);
+// set_zero1_overlap overrides it for this process (std::nullopt: back to the environment).
+bool zero1_overlap_enabled();
+void set_zero1_overlap(std::optional<bool> on);
 
 class GpuZero1Optimizer {
  public:
@@ -76,7 +105,20 @@ class GpuZero1Optimizer {
   GpuZero1Optimizer& operator=(const GpuZero1Optimizer&) = delete;
 
   // Collective: the gradients summed over the ranks, this rank's shard kept (read, not cleared).
+  // Only the buckets reduce_scatter_ready has not launched; then waits for all of them and starts
+  // the next step's readiness.
   void reduce_scatter();
+  // Collective (every rank: the same calls, the same indices, in the same order): the gradients of
+  // params[i] for i in `final_params` will not change before this step's reduce_scatter; launches
+  // (enqueues) every bucket this makes ready (see "Overlap"). Throws on an index outside params or
+  // one already reported this step.
+  void reduce_scatter_ready(std::span<const size_t> final_params);
+  // Buckets launched by reduce_scatter_ready (before the optimizer step) in the last completed
+  // reduce_scatter's step, and over the optimizer's life.
+  int64_t early_buckets_last_step() const { return early_buckets_last_step_; }
+  // Buckets reduce_scatter_ready has launched since the last reduce_scatter (this step so far).
+  int64_t early_buckets_this_step() const { return enqueued_; }
+  int64_t early_buckets_total() const { return early_buckets_total_; }
   // Collective: norm, clip, AdamW on the shard, all-gather of the updated weights (needs
   // reduce_scatter first). `extra_norm_squared` (the same on every rank) joins the global norm:
   // the squared norm of gradients outside this optimizer (under expert parallelism, the routed
@@ -118,6 +160,10 @@ class GpuZero1Optimizer {
   bool pointers_moved() const;
   void* moment(int which, int64_t at) const;  // 0: m, 1: v
   void sync();
+  void check_params_unchanged() const;
+  void stage_and_reduce_scatter(const Bucket& bucket);  // blocking, on ctx.stream
+  void launch_enqueued(const Bucket& bucket);           // on the side stream, not waited for
+  void join_enqueued();  // ctx.stream waits for every enqueued operation (no host wait)
 
   cuda::DeviceContext& ctx_;
   OptimConfig config_;
@@ -143,6 +189,12 @@ class GpuZero1Optimizer {
   cuda::DeviceArray<uint8_t> norm_workspace_;
   cuda::DeviceArray<float> scalars_;    // [0] norm, [1] clip scale (device), [2] clip for AdamW
   cuda::DeviceArray<int32_t> flag_;     // [1] non-finite
+  // Overlap: which buckets are ready, the side stream and its fork event (made on first use).
+  BucketReadiness readiness_;
+  struct SideStream;
+  std::unique_ptr<SideStream> side_;
+  int64_t enqueued_ = 0;  // buckets enqueued this step, not yet waited for
+  int64_t early_buckets_last_step_ = 0, early_buckets_total_ = 0;
 };
 
 }  // namespace frugal::gpu

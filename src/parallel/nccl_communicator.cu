@@ -93,6 +93,7 @@ class NcclCommunicator final : public Communicator {
     if (barrier_buffer_) cudaFree(barrier_buffer_);
     if (done_) cudaEventDestroy(done_);
     if (input_ready_) cudaEventDestroy(input_ready_);
+    if (enqueued_done_) cudaEventDestroy(enqueued_done_);
     if (stream_) cudaStreamDestroy(stream_);
   }
   NcclCommunicator(const NcclCommunicator&) = delete;
@@ -118,6 +119,29 @@ class NcclCommunicator final : public Communicator {
                            stream_),
          "reduce_scatter_sum", "ncclReduceScatter");
     finish("reduce_scatter_sum");
+  }
+
+  // reduce_scatter_sum without the completion wait (enqueue_reduce_scatter_sum in the header).
+  void reduce_scatter_sum_enqueued(void* recv, const void* send, int64_t count, CommType type) {
+    begin("reduce_scatter_sum (enqueued)", count, recv, send);
+    call(ncclReduceScatter(send, recv, static_cast<size_t>(count), nccl_type(type), ncclSum, comm_,
+                           stream_),
+         "reduce_scatter_sum (enqueued)", "ncclReduceScatter");
+    if (timer_ != nullptr) timer_->op_finished(stream_);
+  }
+  // `stream` waits on the device for everything enqueued on this communicator's stream so far.
+  void make_stream_wait(cudaStream_t stream) {
+    if (comm_ == nullptr) throw_error(where("stream wait") + ": the communicator was aborted");
+    check_cuda_call(cudaSetDevice(device_), "cudaSetDevice", "stream wait");
+    check_cuda_call(cudaEventRecord(enqueued_done_, stream_), "cudaEventRecord", "stream wait");
+    check_cuda_call(cudaStreamWaitEvent(stream, enqueued_done_, 0), "cudaStreamWaitEvent",
+                    "stream wait");
+  }
+  // The host waits (watchdog) for everything enqueued so far.
+  void complete_enqueued() {
+    if (comm_ == nullptr) throw_error(where("complete") + ": the communicator was aborted");
+    check_cuda_call(cudaSetDevice(device_), "cudaSetDevice", "complete");
+    wait_stream("enqueued operations");
   }
 
   void all_gather(void* recv, const void* send, int64_t count, CommType type) override {
@@ -225,6 +249,8 @@ class NcclCommunicator final : public Communicator {
                     "init");
     check_cuda_call(cudaEventCreateWithFlags(&input_ready_, cudaEventDisableTiming),
                     "cudaEventCreate", "init");
+    check_cuda_call(cudaEventCreateWithFlags(&enqueued_done_, cudaEventDisableTiming),
+                    "cudaEventCreate", "init");
   }
 
   std::string where(const char* op) const {
@@ -295,6 +321,11 @@ class NcclCommunicator final : public Communicator {
   // Watchdog: waits for the enqueued work to finish on the device, watching NCCL's state.
   void finish(const char* op) {
     if (timer_ != nullptr) timer_->op_finished(stream_);
+    wait_stream(op);
+  }
+
+  // The host waits (watchdog) for everything enqueued on the communicator's stream so far.
+  void wait_stream(const char* op) {
     check_cuda_call(cudaEventRecord(done_, stream_), "cudaEventRecord", op);
     const auto deadline = Clock::now() + std::chrono::duration<double>(options_.timeout_seconds);
     for (;;) {
@@ -329,6 +360,7 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t input_stream_ = nullptr;
   OpTimer* timer_ = nullptr;  // set_op_timing
   cudaEvent_t done_ = nullptr, input_ready_ = nullptr;
+  cudaEvent_t enqueued_done_ = nullptr;  // make_stream_wait
   void* barrier_buffer_ = nullptr;
 };
 
@@ -356,6 +388,25 @@ void set_op_timing(Communicator& comm, OpTimer* timer) {
   auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
   FRUGAL_CUDA_REQUIRE(nccl != nullptr, "set_op_timing: not an NCCL communicator");
   nccl->set_timer(timer);
+}
+
+void enqueue_reduce_scatter_sum(Communicator& comm, void* recv, const void* send, int64_t count,
+                                CommType type) {
+  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
+  FRUGAL_CUDA_REQUIRE(nccl != nullptr, "enqueue_reduce_scatter_sum: not an NCCL communicator");
+  nccl->reduce_scatter_sum_enqueued(recv, send, count, type);
+}
+
+void stream_wait_for_operations(Communicator& comm, cudaStream_t stream) {
+  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
+  FRUGAL_CUDA_REQUIRE(nccl != nullptr, "stream_wait_for_operations: not an NCCL communicator");
+  nccl->make_stream_wait(stream);
+}
+
+void complete_enqueued(Communicator& comm) {
+  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
+  FRUGAL_CUDA_REQUIRE(nccl != nullptr, "complete_enqueued: not an NCCL communicator");
+  nccl->complete_enqueued();
 }
 
 bool is_nccl_communicator(const Communicator& comm) {

@@ -17,6 +17,15 @@
 // (ncclCommAbort) and throws frugal::Error naming the operation and the rank; abort() aborts NCCL
 // and then the whole job through the host communicator (MPI_Abort).
 //
+// Enqueued operations (ZeRO-1's reduce-scatter during the backward, parallel/gpu_zero1.h):
+// enqueue_reduce_scatter_sum is reduce_scatter_sum (the same checks, the same wait for the input
+// stream, the same NCCL call on the communicator's stream) but returns once the operation is
+// enqueued, not complete. Its buffers belong to the operation until the host has called
+// complete_enqueued (waits, under the watchdog, for everything enqueued so far) or until a stream
+// has been made to wait for it (stream_wait_for_operations: a device-side wait, no host
+// synchronisation). Any later blocking operation of the communicator also completes it (one
+// stream, in order).
+//
 // Timing (overlap measurement, parallel/overlap_stats.h): while an OpTimer is set
 // (set_op_timing), every operation calls timer->op_started(stream) once its wait for the input
 // stream is enqueued and timer->op_finished(stream) after its NCCL work, `stream` being the
@@ -63,6 +72,11 @@ cudaStream_t input_stream(Communicator& comm);
 // Every later operation of `comm` reports to `timer` (nullptr: none; the caller keeps it alive
 // while set). Throws when `comm` is not an NCCL communicator.
 void set_op_timing(Communicator& comm, OpTimer* timer);
+// See "Enqueued operations" above. Each throws when `comm` is not an NCCL communicator.
+void enqueue_reduce_scatter_sum(Communicator& comm, void* recv, const void* send, int64_t count,
+                                CommType type);
+void stream_wait_for_operations(Communicator& comm, cudaStream_t stream);
+void complete_enqueued(Communicator& comm);
 // Whether `comm` is an NCCL communicator (made by make_nccl_communicator or its split).
 bool is_nccl_communicator(const Communicator& comm);
 

@@ -40,6 +40,7 @@ double gpu_peak_flops(const std::string& device_name, int compute_capability, Re
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -92,6 +93,30 @@ int64_t routed_expert_of(const std::string& name) {
   const size_t at = name.find(marker);
   if (at == std::string::npos) return -1;
   return std::stoll(name.substr(at + marker.size()));
+}
+
+// The decoder layer "model.layers.{i}.*" a parameter belongs to, else -1 (MTP modules are layers
+// i >= num_hidden_layers under the same prefix: the caller tells them apart).
+int64_t decoder_layer_of(const std::string& name) {
+  static const std::string prefix = "model.layers.";
+  if (name.rfind(prefix, 0) != 0) return -1;
+  const size_t digits = name.find('.', prefix.size());
+  if (digits == std::string::npos || digits == prefix.size()) return -1;
+  const std::string number = name.substr(prefix.size(), digits - prefix.size());
+  if (number.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoll(number);
+}
+
+// ZeRO-1's bucket size in elements: FRUGAL_ZERO1_BUCKET_ELEMENTS (a positive integer; tests and
+// tuning) or the optimizer's default.
+int64_t zero1_bucket_elements() {
+  const char* value = std::getenv("FRUGAL_ZERO1_BUCKET_ELEMENTS");
+  if (value == nullptr || *value == '\0') return gpu::GpuZero1Optimizer::kDefaultBucketElements;
+  char* end = nullptr;
+  const long long elements = std::strtoll(value, &end, 10);
+  FRUGAL_CHECK(end != nullptr && *end == '\0' && elements > 0,
+               "FRUGAL_ZERO1_BUCKET_ELEMENTS={} is not a positive integer", value);
+  return static_cast<int64_t>(elements);
 }
 
 // Expert parallelism (mesh ep > 1): the NCCL communicator over this rank's EP group, reading the
@@ -176,8 +201,26 @@ class GpuEngine : public StepEngine {
 
   void zero_grad() override { model_.zero_grad(); }
 
+  void set_last_micro_batch(bool last) override { last_micro_batch_ = last; }
+
+  // ZeRO-1 without expert parallelism, on the step's last micro-batch (set_last_micro_batch) and
+  // with the overlap on (FRUGAL_ZERO1_OVERLAP): the backward reports each decoder layer's
+  // gradients final as it finishes them, then the rest, and GpuZero1Optimizer reduce-scatters
+  // every bucket that becomes ready at once (gpu_zero1.h, "Overlap"); optimizer_step does the
+  // others. Under expert parallelism the backward also runs the EP group's all-to-alls on
+  // another NCCL communicator, whose operations would then interleave with the dp group's in a
+  // timing-dependent order: no overlap there.
   Losses forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq,
                           const LossWeights& weights, double loss_scale) override {
+    const bool last = last_micro_batch_;
+    last_micro_batch_ = false;  // applies to this call only
+#ifdef FRUGAL_HAVE_NCCL
+    if (last && zero1_ != nullptr && ep_comm_ == nullptr && gpu::zero1_overlap_enabled())
+      return model_.forward_backward(tokens, targets, batch, seq, weights, loss_scale,
+                                     [this](int64_t layer) { report_final_gradients(layer); });
+#else
+    (void)last;
+#endif
     return model_.forward_backward(tokens, targets, batch, seq, weights, loss_scale);
   }
 
@@ -307,6 +350,20 @@ class GpuEngine : public StepEngine {
     upload_host_state();
   }
 
+  // ZeRO-1's bucket counts (gpu_engine.h); zeros without ZeRO-1.
+  GpuZero1BucketCounts zero1_bucket_counts() const {
+    GpuZero1BucketCounts counts;
+#ifdef FRUGAL_HAVE_NCCL
+    if (zero1_ != nullptr) {
+      counts.buckets = zero1_->buckets();
+      counts.early_last_step = zero1_->early_buckets_last_step();
+      counts.early_total = zero1_->early_buckets_total();
+      counts.on_layers_last_step = counts.early_last_step > 0 ? zero1_on_layers_last_step_ : 0;
+    }
+#endif
+    return counts;
+  }
+
   // Device bytes of the optimizer moments held by this rank.
   int64_t optimizer_state_bytes() const {
     return (zero1_ != nullptr ? zero1_->state_bytes() : 0) +
@@ -339,7 +396,17 @@ class GpuEngine : public StepEngine {
     if (uses_zero1(config_, mesh_) && !ep) {
       zero1_ = std::make_unique<gpu::GpuZero1Optimizer>(
           ctx_, config_.optim, model_.params(), choice_.recipe,
-          [this] { model_.weights_updated(); }, *dp_comm_, mesh_->dp());
+          [this] { model_.weights_updated(); }, *dp_comm_, mesh_->dp(), zero1_bucket_elements());
+      // The overlap's notifications in parameter indices (model_.params() is zero1_'s list).
+      layer_params_.assign(static_cast<size_t>(config_.model.num_hidden_layers), {});
+      const std::vector<gpu::DeviceParam>& params = model_.params();
+      for (size_t i = 0; i < params.size(); ++i) {
+        const int64_t layer = decoder_layer_of(params[i].name);
+        if (layer >= 0 && layer < config_.model.num_hidden_layers)
+          layer_params_[static_cast<size_t>(layer)].push_back(i);
+        else
+          other_params_.push_back(i);
+      }
     } else if (uses_zero1(config_, mesh_)) {
       // The tensors outside the routed experts; the experts' GpuAdamW (start_expert_parallel)
       // refreshes every weight copy after both updates, so this one refreshes nothing.
@@ -347,10 +414,28 @@ class GpuEngine : public StepEngine {
         if (routed_expert_of(p.name) < 0) dense_params_.push_back(p);
       zero1_ = std::make_unique<gpu::GpuZero1Optimizer>(ctx_, config_.optim, dense_params_,
                                                         choice_.recipe, [] {}, *dp_comm_,
-                                                        mesh_->dp());
+                                                        mesh_->dp(), zero1_bucket_elements());
     } else {
       reducer_ = std::make_unique<gpu::GradientAllReducer>(ctx_, *dp_comm_, std::move(grads));
     }
+#endif
+  }
+
+  // The backward's gradients-final notification (GpuTransformer::forward_backward): layer
+  // `layer`'s parameters, or (kAllOtherGradients) every other one, go to ZeRO-1's overlap.
+  void report_final_gradients(int64_t layer) {
+#ifdef FRUGAL_HAVE_NCCL
+    if (layer == gpu::GpuTransformer::kAllOtherGradients) {
+      zero1_on_layers_last_step_ = zero1_->early_buckets_this_step();
+      zero1_->reduce_scatter_ready(other_params_);
+      return;
+    }
+    FRUGAL_CHECK(layer >= 0 && layer < static_cast<int64_t>(layer_params_.size()),
+                 "GpuEngine: the backward reported decoder layer {} of {}", layer,
+                 layer_params_.size());
+    zero1_->reduce_scatter_ready(layer_params_[static_cast<size_t>(layer)]);
+#else
+    (void)layer;
 #endif
   }
 
@@ -574,6 +659,11 @@ class GpuEngine : public StepEngine {
   std::unique_ptr<Communicator> dp_comm_;               // data parallelism only
   std::unique_ptr<gpu::GradientAllReducer> reducer_;  // (declared after ctx_: freed first)
   std::unique_ptr<gpu::GpuZero1Optimizer> zero1_;      // ZeRO-1 instead of reducer_/optimizer_
+  // ZeRO-1 without EP: model_.params() indices of each decoder layer's tensors and of the others.
+  std::vector<std::vector<size_t>> layer_params_;
+  std::vector<size_t> other_params_;
+  bool last_micro_batch_ = false;  // set_last_micro_batch, for the next forward_backward
+  int64_t zero1_on_layers_last_step_ = 0;  // buckets launched before the end-of-backward report
   // Expert parallelism only (ep_comm_ is declared before model_, which uses it).
   std::unique_ptr<Communicator> expert_dp_comm_;             // expert_dp > 1
   std::unique_ptr<gpu::GradientAllReducer> expert_reducer_;  // expert_dp > 1
@@ -605,6 +695,13 @@ int64_t gpu_optimizer_state_bytes(const StepEngine& engine) {
   FRUGAL_CHECK(gpu != nullptr, "gpu_optimizer_state_bytes: the engine is not the GPU engine ({})",
                engine.description());
   return gpu->optimizer_state_bytes();
+}
+
+GpuZero1BucketCounts gpu_zero1_bucket_counts(const StepEngine& engine) {
+  const auto* gpu = dynamic_cast<const GpuEngine*>(&engine);
+  FRUGAL_CHECK(gpu != nullptr, "gpu_zero1_bucket_counts: the engine is not the GPU engine ({})",
+               engine.description());
+  return gpu->zero1_bucket_counts();
 }
 
 }  // namespace frugal

@@ -14,7 +14,10 @@
 // and updates only its shard of the AdamW moments (about 1/dp of them), and the updated fp32
 // weights are all-gathered; host_optimizer() and checkpoint_state() are then collective over the
 // dp group (the moment shards are all-gathered) and loading a checkpoint uploads each rank's
-// shard. The MFU peak is the whole job's.
+// shard. The MFU peak is the whole job's. Under ZeRO-1 without expert parallelism the buckets are
+// reduce-scattered during the backward of the step's last micro-batch as they become ready
+// (GpuZero1Optimizer's overlap; FRUGAL_ZERO1_OVERLAP=0 turns it off, the results are bitwise the
+// same); FRUGAL_ZERO1_BUCKET_ELEMENTS sets the bucket size (elements).
 //
 // Expert parallelism (train.ep > 1, EP groups inside dp, parallel/mesh.h): an NCCL communicator
 // over the mesh's ep group is made before the model, whose MoE layers then hold only this EP rank's
@@ -46,6 +49,7 @@
 // elsewhere.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -71,6 +75,20 @@ double gpu_peak_flops(const std::string& device_name, int compute_capability, Re
 // the all-reduce path, about 1/dp of them under ZeRO-1). Throws for another engine. Builds with
 // the CUDA backend only.
 int64_t gpu_optimizer_state_bytes(const StepEngine& engine);
+
+// ZeRO-1's buckets on this rank of a GPU engine: how many, and how many were reduce-scattered
+// during a backward (before the optimizer step: the overlap, FRUGAL_ZERO1_OVERLAP) in the last
+// step and over the run. All 0 without ZeRO-1. Throws for another engine. Builds with the CUDA
+// backend only.
+struct GpuZero1BucketCounts {
+  int64_t buckets = 0;
+  int64_t early_last_step = 0;
+  int64_t early_total = 0;
+  // Of early_last_step, those launched on a decoder layer's notification (before the end of the
+  // backward): only buckets whose every rank's part lies inside the decoder layers.
+  int64_t on_layers_last_step = 0;
+};
+GpuZero1BucketCounts gpu_zero1_bucket_counts(const StepEngine& engine);
 
 constexpr double kH200DenseBf16Flops = 989e12;
 constexpr double kH200DenseFp8Flops = 1979e12;

@@ -12,8 +12,8 @@
 //                                   train.pp > 1; one pipeline, dp = ep = 1)
 //
 // One optimizer step, as the trainer runs it:
-//   zero_grad(); forward_backward(micro-batch, loss_scale = 1/micro_batches) per micro-batch
-//   (parameter gradients accumulate); optimizer_step(lr) (skips the update when the gradient norm
+//   zero_grad(); set_last_micro_batch(is it the last?) and forward_backward(micro-batch,
+//   loss_scale = 1/micro_batches) per micro-batch (parameter gradients accumulate); optimizer_step(lr) (skips the update when the gradient norm
 //   is not finite); expert_load(); update_balance_bias(gamma, or 0 after a skipped step);
 //   synchronize() before the step's clock stops.
 // In a multi-process run the trainer deals the micro-batches out to the data-parallel ranks (each
@@ -63,6 +63,13 @@ class StepEngine {
   // d(loss_scale * losses.total)/d(param). tokens/targets: host arrays [batch * seq].
   virtual Losses forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
                                   int64_t seq, const LossWeights& weights, double loss_scale) = 0;
+  // The trainer calls this before every forward_backward: true when that micro-batch is this
+  // rank's last of the step AND every data-parallel rank runs at least one micro-batch this step
+  // (so every rank's last backward makes the same collective calls). An engine may then start
+  // summing the gradients over the ranks during that backward (GpuEngine under ZeRO-1: buckets
+  // reduce-scattered as the backward finishes them). It applies to the next forward_backward
+  // only. Default: ignored.
+  virtual void set_last_micro_batch(bool last) {}
   // Engines that run a whole step's micro-batches together (the pipeline, train/pipeline_engine.h)
   // return true: the trainer then calls forward_backward_step once per step instead of
   // forward_backward per micro-batch.

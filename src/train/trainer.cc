@@ -186,9 +186,15 @@ TrainSummary Trainer::run(int64_t stop_after) {
           step_tokens.data(), step_targets.data(), micro_batches, mb, seq, weights);
       for (int64_t m = 0; m < micro_batches; ++m) record_losses(m, losses[m]);
     } else {
+      // This rank runs m = dp_rank, dp_rank + dp, ...; its last one may start the gradient sum
+      // over the ranks during its backward when every rank has one (set_last_micro_batch).
+      const int64_t last_mine =
+          micro_batches > dp_rank() ? dp_rank() + (micro_batches - 1 - dp_rank()) / dp * dp : -1;
+      const bool every_rank_runs_one = micro_batches >= dp;
       for (int64_t m = 0; m < micro_batches; ++m) {
         train_.next_batch(tokens.data(), targets.data(), mb, seq);
         if (m % dp != dp_rank()) continue;
+        engine_->set_last_micro_batch(every_rank_runs_one && m == last_mine);
         record_losses(m, engine_->forward_backward(tokens.data(), targets.data(), mb, seq, weights,
                                                    1.0 / static_cast<double>(micro_batches)));
       }

@@ -26,13 +26,17 @@
 // (ZeRO-1's norm is summed from the shards' norms, its AdamW is the same kernel on the same
 // summed gradients). ZeRO-1 also checks that a rank holds less than 0.6 of a whole replica's fp32
 // moments (2 ranks: about half), and that its checkpoints (moments gathered to dp rank 0) resume
-// bit for bit, like the all-reduce path's.
+// bit for bit, like the all-reduce path's. ZeRO-1's overlap (buckets reduce-scattered during the
+// backward of the last micro-batch, on by default, so the runs above use it) is checked against
+// the plain path bitwise, in the optimizer alone and through the engine (Zero1Overlap*).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <random>
 
@@ -335,8 +339,124 @@ TEST_F(GpuDataParallel, Zero1OptimizerMatchesGpuAdamWWithSmallBuckets) {
       EXPECT_EQ(download(ctx, t[i].value.data(), specs[i].count),
                 download(ctx, z[i].value.data(), specs[i].count))
           << specs[i].name << ": the reloaded optimizer stepped differently";
+
+    // The overlap (reduce_scatter_ready) against the plain path, from the same state: ZeRO-1 is
+    // told its tensors' gradients are final one by one in reverse order (like a backward) and
+    // launches each bucket as it becomes ready; the twin reduce-scatters in the step. Then only
+    // the last three are reported and the step does the rest. Both must step bitwise alike.
+    // On 2 ranks (S = 320, B = 64: buckets {a,e}, {b,e}, {b,e}, {b,d,e,f}, {e,f,g}) the buckets
+    // become ready as 0, 0, 1 (e: bucket 4), 1, 1, 4 (b: 1..3), 5 (a: 0).
+    const std::vector<int64_t> ready_after_two_ranks = {0, 0, 1, 1, 1, 4, 5};
+    for (int s = 6; s <= 7; ++s) {
+      set_gradients(z, s, false);
+      set_gradients(t, s, false);
+      const size_t reported = s == 6 ? specs.size() : 3;
+      std::vector<int64_t> ready_after;
+      for (size_t n = 0; n < reported; ++n) {
+        const size_t i = specs.size() - 1 - n;
+        const std::vector<size_t> final_params = {i};
+        zero1.reduce_scatter_ready(final_params);
+        ready_after.push_back(zero1.early_buckets_this_step());
+      }
+      for (size_t n = 1; n < ready_after.size(); ++n) EXPECT_LE(ready_after[n - 1], ready_after[n]);
+      if (world->size() == 2) {
+        EXPECT_EQ(ready_after, std::vector<int64_t>(ready_after_two_ranks.begin(),
+                                                    ready_after_two_ranks.begin() +
+                                                        static_cast<long>(reported)))
+            << "step " << s << ": buckets launched after each notification";
+      }
+      if (s == 6) {
+        EXPECT_EQ(ready_after.back(), zero1.buckets()) << "every bucket ready after every tensor";
+        // A repeated notification is refused.
+        const std::vector<size_t> again = {0};
+        EXPECT_THROW(zero1.reduce_scatter_ready(again), Error);
+      }
+      const int64_t early = zero1.early_buckets_this_step();
+      zero1.reduce_scatter();
+      EXPECT_EQ(zero1.early_buckets_last_step(), early);
+      EXPECT_EQ(zero1.early_buckets_this_step(), 0);
+      const auto overlapped = zero1.step(1e-2);
+      twin.reduce_scatter();
+      EXPECT_EQ(twin.early_buckets_last_step(), 0);
+      const auto plain = twin.step(1e-2);
+      EXPECT_EQ(overlapped.grad_norm, plain.grad_norm) << "step " << s;
+      for (size_t i = 0; i < specs.size(); ++i)
+        EXPECT_EQ(download(ctx, z[i].value.data(), specs[i].count),
+                  download(ctx, t[i].value.data(), specs[i].count))
+            << specs[i].name << ", step " << s
+            << ": the overlapped reduce-scatter gave other weights than the plain one";
+      std::printf("CHECK zero1 overlap unit, %s, rank %d, step %d: %lld of %lld buckets launched "
+                  "before the step, weights bitwise equal to the plain path: %s\n",
+                  fp32 ? "fp32" : "bf16", rank, s, static_cast<long long>(early),
+                  static_cast<long long>(zero1.buckets()),
+                  ::testing::Test::HasFailure() ? "NO (see failures)" : "yes");
+    }
+    EXPECT_GT(zero1.early_buckets_total(), 0);
     world->barrier();
   }
+}
+
+// The engine's overlap (GpuEngine under ZeRO-1: buckets reduce-scattered during the backward of
+// the step's last micro-batch) on and off (set_zero1_overlap, the override of
+// FRUGAL_ZERO1_OVERLAP=0): 3 steps of 2 micro-batches per rank, 2048-element buckets
+// (FRUGAL_ZERO1_BUCKET_ELEMENTS); the weights of every rank, the logged metrics and the
+// checkpoints must be bitwise equal, and the counters must show every bucket launched before the
+// optimizer step with the overlap on, none with it off. (In the tiny model the buckets' parts on
+// the last rank hold the head and MTP module, which are final only at the end of the backward, so
+// on 2 ranks no bucket fires on a layer's notification; the count is printed.)
+TEST_F(GpuDataParallel, Zero1OverlapOnAndOffGiveBitwiseEqualWeights) {
+  SharedTempDir dir(*world);
+  const std::vector<std::string> extra = {
+      "train.device=cuda", "train.precision=fp32", "train.micro_batch=2",
+      "train.batch_sequences=" + std::to_string(4 * ranks), "train.gpu_zero1=true",
+      "train.save_every=3"};
+  ASSERT_EQ(setenv("FRUGAL_ZERO1_BUCKET_ELEMENTS", "2048", 1), 0);
+  std::vector<std::vector<float>> weights;
+  std::vector<GpuZero1BucketCounts> counts;
+  for (const bool overlap : {true, false}) {
+    gpu::set_zero1_overlap(overlap);
+    const Config config = parallel_test_config(dir.path(overlap ? "on" : "off"), extra);
+    Mesh mesh(*world, mesh_shape(ranks, config.train, config.model));
+    SyntheticSources data(config);
+    Trainer trainer(config, data.train, &data.val, true, &mesh);
+    const TrainSummary summary = trainer.run();
+    EXPECT_EQ(summary.steps_done, 3);
+    weights.push_back(all_values(trainer));
+    EXPECT_TRUE(same_on_every_rank(*world, weights.back())) << "overlap " << overlap;
+    counts.push_back(gpu_zero1_bucket_counts(trainer.engine()));
+    std::printf("CHECK zero1 overlap engine, rank %d, overlap %s: %lld buckets, %lld launched "
+                "before the optimizer step in the last step (%lld on a layer's notification), "
+                "%lld over the run\n",
+                world->rank(), overlap ? "on" : "off", static_cast<long long>(counts.back().buckets),
+                static_cast<long long>(counts.back().early_last_step),
+                static_cast<long long>(counts.back().on_layers_last_step),
+                static_cast<long long>(counts.back().early_total));
+  }
+  gpu::set_zero1_overlap(std::nullopt);
+  ASSERT_EQ(unsetenv("FRUGAL_ZERO1_BUCKET_ELEMENTS"), 0);
+  EXPECT_GE(counts[0].buckets, 3) << "the test means several buckets";
+  EXPECT_EQ(counts[0].early_last_step, counts[0].buckets)
+      << "with the overlap on, every bucket is launched during the last backward";
+  EXPECT_EQ(counts[0].early_total, 3 * counts[0].buckets);
+  EXPECT_LE(counts[0].on_layers_last_step, counts[0].early_last_step);
+  EXPECT_EQ(counts[1].buckets, counts[0].buckets);
+  EXPECT_EQ(counts[1].early_total, 0) << "with the overlap off, no bucket before the step";
+  ASSERT_EQ(weights[0].size(), weights[1].size());
+  size_t differ = 0;
+  for (size_t i = 0; i < weights[0].size(); ++i)
+    differ += std::memcmp(&weights[0][i], &weights[1][i], sizeof(float)) != 0 ? 1 : 0;
+  EXPECT_EQ(differ, 0u) << "of " << weights[0].size()
+                        << " weights differ between the overlap on and off";
+  world->barrier();
+  if (world->rank() == 0) {
+    const std::string on = dir.path("on"), off = dir.path("off");
+    EXPECT_EQ(first_different_file(on + "/checkpoint-00000003", off + "/checkpoint-00000003",
+                                   {"model.safetensors", "optimizer.safetensors",
+                                    "trainer_state.json"}),
+              "");
+    expect_same_metrics(on, off, 0.0);  // losses, gradient norms, validation: bitwise
+  }
+  world->barrier();
 }
 
 INSTANTIATE_TEST_SUITE_P(AllReduceAndZero1, GpuDataParallelResume, ::testing::Values(false, true),

@@ -20,11 +20,20 @@ class GpuModel final : public GpuModelBase {
       : cfg_(cfg), registry_(ctx), stage_(build(ctx, registry_, cfg, recipe, ep_comm)) {}
 
   Losses run(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq,
-             const LossWeights& weights, bool training, double loss_scale) override {
+             const LossWeights& weights, bool training, double loss_scale,
+             const std::function<void(int64_t layer)>& gradients_final) override {
     StageLosses stage_losses;
     std::unique_ptr<GpuPipelineStage::Run> forward_state = stage_->forward(
         nullptr, tokens, targets, batch, seq, weights, training, nullptr, stage_losses);
-    if (training) stage_->backward(forward_state, nullptr, nullptr, loss_scale);
+    if (training) {
+      // The callback is this backward's only (cleared after, also when the backward throws).
+      struct Clear {
+        GpuPipelineStage& stage;
+        ~Clear() { stage.set_gradients_final_callback({}); }
+      } clear{*stage_};
+      stage_->set_gradients_final_callback(gradients_final);
+      stage_->backward(forward_state, nullptr, nullptr, loss_scale);
+    }
     // The single stage holds every entry of the record.
     return finish_losses(stage_losses, weights, cfg_.num_nextn_predict_layers);
   }

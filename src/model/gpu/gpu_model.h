@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -28,9 +29,12 @@ class GpuModelBase {
  public:
   virtual ~GpuModelBase() = default;
   // One micro-batch: forward, then (training) the whole backward with gradients scaled by
-  // loss_scale. tokens/targets are host arrays [batch*seq].
+  // loss_scale. tokens/targets are host arrays [batch*seq]. gradients_final (training only; may
+  // be empty): the notifications of GpuPipelineStage::set_gradients_final_callback for this
+  // backward.
   virtual Losses run(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq,
-                     const LossWeights& weights, bool training, double loss_scale) = 0;
+                     const LossWeights& weights, bool training, double loss_scale,
+                     const std::function<void(int64_t layer)>& gradients_final = {}) = 0;
   // Rebuilds the bf16 / fp8 weight copies from the fp32 masters.
   virtual void refresh() = 0;
   virtual void update_balance_bias(double gamma) = 0;

@@ -96,6 +96,7 @@ class StageBody {
 
   int stage = 0, stages = 1;
   int64_t layer_begin = 0, layer_end = 0;
+  std::function<void(int64_t)> gradients_final;  // GpuPipelineStage::set_gradients_final_callback
   bool owns_embedding_copy = false;
   bool first() const { return stage == 0; }
   bool last() const { return stage == stages - 1; }
@@ -556,12 +557,17 @@ void Stage<T>::backward(GpuPipelineStage::Run& run, const float* doutput, float*
     r.residual[i + 1].reset();
     dy_owned = std::move(dx);
     dy = dy_owned.data();
+    // Layer i's weight gradients are queued (not deferred): final for this backward.
+    if (gradients_final && deferred == nullptr)
+      gradients_final(layer_begin + static_cast<int64_t>(i));
   }
   layers_section.close();
   if (first())
     embedding_backward(dy, r.ids.data(), rows);
   else
     copy_floats(ctx_, dinput, dy, rows * d);
+  if (gradients_final && deferred == nullptr)
+    gradients_final(GpuPipelineStage::kAllOtherGradients);
 }
 
 template <class T>
@@ -658,6 +664,10 @@ int64_t GpuPipelineStage::backward_weight(std::unique_ptr<Run>& run) {
   const int64_t gemms = run->weight_grads.run(*impl_->ctx);
   run.reset();
   return gemms;
+}
+
+void GpuPipelineStage::set_gradients_final_callback(std::function<void(int64_t layer)> callback) {
+  impl_->body->gradients_final = std::move(callback);
 }
 
 void GpuPipelineStage::refresh() { impl_->body->refresh(); }

@@ -30,6 +30,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -83,6 +84,16 @@ class GpuPipelineStage {
   // The weight half (W) of a deferred backward_input: runs run->weight_grads in order on the
   // stage's stream and releases `run`. Returns the number of GEMMs run (0 when nothing was left).
   int64_t backward_weight(std::unique_ptr<Run>& run);
+
+  // Gradients-final notifications of the whole backward (backward, or backward_input without
+  // defer_weights; a deferred backward reports nothing): `callback(layer)` runs on the host right
+  // after decoder layer `layer` (global index) has queued its whole backward on the stage's stream
+  // (its parameter gradients are then final for this backward, in stream order), layers in
+  // reverse order, and `callback(kAllOtherGradients)` once at the end, after the embedding's
+  // backward (the embedding, final norm, head and MTP modules are only final then: the main and
+  // MTP paths share some of them). An empty function: none (the default).
+  static constexpr int64_t kAllOtherGradients = -1;
+  void set_gradients_final_callback(std::function<void(int64_t layer)> callback);
 
   // Rebuilds the bf16 / fp8 weight copies of this stage from the fp32 masters.
   void refresh();

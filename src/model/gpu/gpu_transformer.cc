@@ -69,8 +69,10 @@ std::vector<DeviceParam>& GpuTransformer::params() {
 
 Losses GpuTransformer::forward_backward(const int32_t* tokens, const int32_t* targets,
                                         int64_t batch, int64_t seq, const LossWeights& weights,
-                                        double loss_scale) {
-  return impl_->model->run(tokens, targets, batch, seq, weights, /*training=*/true, loss_scale);
+                                        double loss_scale,
+                                        const GradientsFinal& gradients_final) {
+  return impl_->model->run(tokens, targets, batch, seq, weights, /*training=*/true, loss_scale,
+                           gradients_final);
 }
 
 Losses GpuTransformer::evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch,

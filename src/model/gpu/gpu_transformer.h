@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -74,8 +75,18 @@ class GpuTransformer {
   // One micro-batch: forward then the whole backward; every trainable gradient accumulates
   // (+=) d(loss_scale * losses.total)/d(param). tokens/targets are host arrays [batch*seq]
   // (targets < 0 ignored). The returned losses need one device->host copy (at the end).
+  // gradients_final (optional; the caller passes it for a step's LAST micro-batch only, since
+  // gradients accumulate over micro-batches): called on the host, in stream order (every kernel
+  // writing those gradients is queued on ctx.stream before the call), with layer i in
+  // [0, num_hidden_layers) right after decoder layer i's backward (reverse layer order), its
+  // parameters "model.layers.{i}.*" then final for this backward; and once with
+  // kAllOtherGradients at the end, for every other parameter (embedding, final norm, head, MTP
+  // modules: shared between the main and MTP paths, so final only then).
+  using GradientsFinal = std::function<void(int64_t layer)>;
+  static constexpr int64_t kAllOtherGradients = -1;
   Losses forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
-                          int64_t seq, const LossWeights& weights, double loss_scale);
+                          int64_t seq, const LossWeights& weights, double loss_scale,
+                          const GradientsFinal& gradients_final = {});
   // Forward only (validation): losses, no gradient, no expert-load counting.
   Losses evaluate(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq,
                   const LossWeights& weights);
