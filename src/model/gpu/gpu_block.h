@@ -2,7 +2,10 @@
 //   h = x + MLA(input_layernorm(x))
 //   y = h + FFN(post_attention_layernorm(h))      FFN = dense GpuMlp or GpuMoe by layer index
 // x, h, y are the fp32 residual stream [batch*seq, hidden]; the norms write T for the branches
-// and the branches' T outputs are added to the stream in fp32.
+// and the branches' T outputs are added to the stream in fp32. The add h = x + attention runs in
+// post_attention_layernorm's kernel (GpuRMSNorm::forward_residual); in the backward each norm's
+// input gradient is added to the skip path's in the norm's kernel (GpuRMSNorm::backward_add),
+// which also writes dh's T copy for the attention's backward.
 //
 // Accumulation rule: parameter gradients accumulate (+=); dx is assigned. The residual stream's
 // gradient (fp32) is the sum of the skip path and each branch's input gradient. backward computes
