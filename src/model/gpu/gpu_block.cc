@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/gpu_profiler.h"
+#include "kernels/cast/cast_cuda.h"
 #include "model/gpu/gpu_model_kernels.h"
 
 namespace frugal::gpu {
@@ -78,20 +79,31 @@ void GpuBlock<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const float* x, floa
 
 template <class T>
 void GpuBlock<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, float* dx,
-                           double dbalance, WeightGradQueue* deferred) const {
+                           double dbalance, WeightGradQueue* deferred, const T* dy_t,
+                           T* dx_t) const {
   const int64_t rows = c.rows, n = rows * hidden_;
   FRUGAL_CHECK(dx != dy, "GpuBlock::backward: dx must not alias dy");
   cuda::DeviceArray<float> dh(ctx, n);  // [rows, hidden] gradient of h
   cuda::DeviceArray<T> dh_copy;         // [rows, hidden] dh rounded to T (bf16 only)
   {
-    AsType<T> dy_t(ctx, dy, n);
+    cuda::DeviceArray<T> dy_copy;  // [rows, hidden] dy rounded to T, when the caller has none
+    const T* dy_branch = nullptr;  // dy as T: an alias under fp32
+    if constexpr (std::is_same_v<T, float>) {
+      dy_branch = dy;
+    } else if (dy_t != nullptr) {
+      dy_branch = dy_t;
+    } else {
+      dy_copy = cuda::DeviceArray<T>(ctx, n);
+      cuda::cast<float, T>(dy_copy.data(), dy, n, ctx.stream);
+      dy_branch = dy_copy.data();
+    }
     cuda::DeviceArray<T> d_ffn_in(ctx, n);
     if (moe_) {
       cuda::ScopedSection section(ctx.stream, "moe.bwd");
-      moe_->backward(ctx, c.moe, dy_t.get(), d_ffn_in.data(), dbalance, deferred);
+      moe_->backward(ctx, c.moe, dy_branch, d_ffn_in.data(), dbalance, deferred);
     } else {
       cuda::ScopedSection section(ctx.stream, "mlp.bwd");
-      mlp_->backward(ctx, c.mlp, dy_t.get(), d_ffn_in.data(), false, deferred);
+      mlp_->backward(ctx, c.mlp, dy_branch, d_ffn_in.data(), false, deferred);
     }
     c.ffn_in.reset();
     cuda::ScopedSection section(ctx.stream, "norm.bwd");
@@ -114,8 +126,8 @@ void GpuBlock<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, fl
     dh_copy.reset();
     c.attn_in.reset();
     cuda::ScopedSection section(ctx.stream, "norm.bwd");
-    // dx = dh + d(attention branch).
-    attn_norm_.backward_add(ctx, c.attn_norm, d_attn_in.data(), dh.data(), dx, nullptr);
+    // dx = dh + d(attention branch) (and its T copy when asked for).
+    attn_norm_.backward_add(ctx, c.attn_norm, d_attn_in.data(), dh.data(), dx, dx_t);
   }
   c = Ctx{};
 }
