@@ -10,16 +10,28 @@
 //                      the magnitude of its terms |rstd*dy*w| (dx cancels almost completely for tiny d)
 //   rmsnorm_bwd_weight dw (accumulated onto a random start) vs the double reference, and the same
 //                      bits on a second run
+// The residual fusions, T = f32 and bf16 (branch, y, dy, dx_t in T; x, h, skip, dx fp32):
+//   residual_rmsnorm_fwd  h bit-identical to x + branch added in fp32 on the host (the
+//                         residual_add kernel's one add), y and rstd bit-identical to rmsnorm_fwd
+//                         of that h; y and h vs the double CPU reference (cpu::residual_rmsnorm_fwd)
+//   rmsnorm_bwd_input_add dx bit-identical to the unfused GPU sequence rmsnorm_bwd_input then
+//                         axpby(dx, skip, 1, 1), dx_t to cast<float, T> of it, also with dx_t =
+//                         null; dx vs the double CPU reference (cpu::rmsnorm_bwd_input_add)
+//   each also with only the fused-in arrays (branch, h, skip, dx_t) one element off alignment
+//   (the fused kernel's element path against the unfused kernels' vector path).
 // Shapes cover one-chunk rows, rows that are not a multiple of 8 or 128, rows longer than one
 // register pass (d > 8192, the streaming path) and device pointers one element off alignment.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "cuda_test_util.h"
 #include "core/error.h"
+#include "kernels/cast/cast_cuda.h"
 #include "kernels/quant/quant.h"
 #include "kernels/rmsnorm/rmsnorm.h"
 
@@ -148,7 +160,142 @@ void check_rmsnorm(cudaStream_t stream, const RowShape& shape) {
   }
 }
 
+// The fused residual paths against the unfused kernels (bit for bit) and the CPU reference.
+// fused_misaligned: the arrays only the fused kernels read or write (branch, h, skip, dx_t) are one
+// element off alignment, the others follow shape.misaligned.
+template <class T>
+void check_residual_rmsnorm(cudaStream_t stream, const RowShape& shape, bool fused_misaligned) {
+  const int64_t n = shape.rows, d = shape.cols;
+  const double eps = 1e-6;
+  const bool mis = shape.misaligned, fmis = mis || fused_misaligned;
+  const std::string text = testing::shape_text(n, d, mis) + (fused_misaligned ? " fused-mis " : " ") +
+                           testing::type_name<T>();
+  const uint64_t seed = testing::case_seed("residual rmsnorm " + text, 0);
+  const std::vector<float> x = testing::random_normal(n * d, seed + 1, 0.0f, 2.0f);
+  const std::vector<float> branch =
+      testing::representable<T>(testing::random_normal(n * d, seed + 2, 0.0f, 1.5f));
+  const std::vector<float> w = testing::random_normal(d, seed + 3, 1.0f, 0.2f);
+  const std::vector<float> dy = testing::representable<T>(testing::random_normal(n * d, seed + 4));
+  const std::vector<float> skip = testing::random_normal(n * d, seed + 5, 0.0f, 0.5f);
+  // h as the residual_add kernel computes it: one fp32 add (IEEE on both sides).
+  std::vector<float> h(n * d);
+  for (int64_t i = 0; i < n * d; ++i) h[i] = x[i] + branch[i];
+
+  DeviceArray<float> x_d(n * d, mis), h_d(n * d, fmis), h_ref_d(n * d, mis), w_d(d, mis),
+      rstd_d(n, mis), rstd_ref_d(n, mis), skip_d(n * d, fmis), dx_d(n * d, mis),
+      dx_ref_d(n * d, mis);
+  DeviceArray<T> branch_d(n * d, fmis), y_d(n * d, mis), y_ref_d(n * d, mis), dy_d(n * d, mis),
+      dx_t_d(n * d, fmis), dx_t_ref_d(n * d, mis);
+  x_d.upload(x);
+  h_ref_d.upload(h);
+  w_d.upload(w);
+  branch_d.upload(testing::host_values<T>(branch));
+  dy_d.upload(testing::host_values<T>(dy));
+  skip_d.upload(skip);
+  for (auto* a : {&h_d, &rstd_d, &rstd_ref_d, &dx_d, &dx_ref_d}) a->poison();
+  for (auto* a : {&y_d, &y_ref_d, &dx_t_d, &dx_t_ref_d}) a->poison();
+
+  // Forward: fused against rmsnorm_fwd of the host's h.
+  cuda::residual_rmsnorm_fwd<T>(h_d.get(), y_d.get(), rstd_d.get(), x_d.get(), branch_d.get(),
+                                w_d.get(), n, d, eps, stream);
+  cuda::rmsnorm_fwd<float, T>(y_ref_d.get(), rstd_ref_d.get(), h_ref_d.get(), w_d.get(), n, d, eps,
+                              stream);
+  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const std::vector<float> rstd_gpu = rstd_d.download();
+  testing::expect_identical_bits("residual_rmsnorm_fwd h", text, h_d.download(), h);
+  testing::expect_identical_bits("residual_rmsnorm_fwd rstd", text, rstd_gpu, rstd_ref_d.download());
+  const std::vector<float> y_gpu = testing::to_float(y_d.download());
+  testing::expect_identical_bits("residual_rmsnorm_fwd y", text, y_gpu,
+                                 testing::to_float(y_ref_d.download()));
+  std::vector<double> h64(n * d), y64(n * d), rstd64(n);
+  const std::vector<double> x64 = widen(x), branch64 = widen(branch), w64 = widen(w);
+  cpu::residual_rmsnorm_fwd(h64.data(), y64.data(), rstd64.data(), x64.data(), branch64.data(),
+                            w64.data(), n, d, eps);
+  testing::expect_close("residual_rmsnorm_fwd h cpu", text, h, narrow(h64), testing::kFp32Tolerance);
+  testing::expect_close("residual_rmsnorm_fwd y cpu", text, y_gpu, narrow(y64),
+                        testing::tolerance_for<T>());
+
+  // Backward at the fused forward's h and rstd: fused against rmsnorm_bwd_input, axpby, cast.
+  cuda::rmsnorm_bwd_input<float, T>(dx_ref_d.get(), dy_d.get(), h_ref_d.get(), w_d.get(),
+                                    rstd_d.get(), n, d, stream);
+  cuda::axpby<float>(dx_ref_d.get(), skip_d.get(), 1.0f, 1.0f, n * d, stream);
+  cuda::cast<float, T>(dx_t_ref_d.get(), dx_ref_d.get(), n * d, stream);
+  cuda::rmsnorm_bwd_input_add<T>(dx_d.get(), dx_t_d.get(), dy_d.get(), h_d.get(), w_d.get(),
+                                 rstd_d.get(), skip_d.get(), n, d, stream);
+  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const std::vector<float> dx_gpu = dx_d.download(), dx_ref = dx_ref_d.download();
+  testing::expect_identical_bits("rmsnorm_bwd_input_add dx", text, dx_gpu, dx_ref);
+  testing::expect_identical_bits("rmsnorm_bwd_input_add dx_t", text,
+                                 testing::to_float(dx_t_d.download()),
+                                 testing::to_float(dx_t_ref_d.download()));
+  // Without the T copy: the same dx, dx_t left as it was.
+  dx_d.poison();
+  dx_t_d.poison();
+  cuda::rmsnorm_bwd_input_add<T>(dx_d.get(), nullptr, dy_d.get(), h_d.get(), w_d.get(),
+                                 rstd_d.get(), skip_d.get(), n, d, stream);
+  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+  testing::expect_identical_bits("rmsnorm_bwd_input_add dx_t=null", text, dx_d.download(), dx_ref);
+  const std::vector<T> dx_t_after = dx_t_d.download();
+  int64_t touched = 0;
+  for (const T& value : dx_t_after) {
+    uint16_t bits[sizeof(T) / 2];
+    std::memcpy(bits, &value, sizeof(T));
+    for (uint16_t b : bits) touched += b != 0xFFFF;
+  }
+  EXPECT_EQ(touched, 0) << "rmsnorm_bwd_input_add wrote dx_t although it was null, " << text;
+  // The double reference, given the same fp32 h and rstd.
+  const std::vector<double> rstd_in64 = widen(rstd_gpu), dy64 = widen(dy), skip64 = widen(skip),
+                            h_in64 = widen(h);
+  std::vector<double> dx64(n * d);
+  cpu::rmsnorm_bwd_input_add(dx64.data(), dy64.data(), h_in64.data(), w64.data(), rstd_in64.data(),
+                             skip64.data(), n, d);
+  double term_scale = 0;  // as in check_rmsnorm: the terms' magnitude (and the skip's)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < d; ++j)
+      term_scale = std::max({term_scale, std::fabs(rstd_in64[i] * dy64[i * d + j] * w64[j]),
+                             std::fabs(skip64[i * d + j])});
+  testing::expect_close("rmsnorm_bwd_input_add dx cpu", text, dx_gpu, narrow(dx64),
+                        testing::kFp32Tolerance, term_scale);
+}
+
 class RmsnormCuda : public testing::CudaTest {};
+
+TEST_F(RmsnormCuda, ResidualFusionFp32MatchesUnfusedBits) {
+  for (const RowShape& shape : kShapes)
+    for (bool fused_misaligned : {false, true})
+      if (!(shape.misaligned && fused_misaligned))
+        check_residual_rmsnorm<float>(stream_, shape, fused_misaligned);
+}
+
+TEST_F(RmsnormCuda, ResidualFusionBf16MatchesUnfusedBits) {
+  for (const RowShape& shape : kShapes)
+    for (bool fused_misaligned : {false, true})
+      if (!(shape.misaligned && fused_misaligned))
+        check_residual_rmsnorm<__nv_bfloat16>(stream_, shape, fused_misaligned);
+}
+
+TEST_F(RmsnormCuda, ResidualFusionRejectsAliasing) {
+  DeviceArray<float> a(64), b(64), w(16), rstd(4);
+  DeviceArray<__nv_bfloat16> t(64);
+  // h = x: the fused forward reads x while writing h.
+  EXPECT_THROW(cuda::residual_rmsnorm_fwd<__nv_bfloat16>(a.get(), t.get(), rstd.get(), a.get(),
+                                                         t.get(), w.get(), 4, 16, 1e-6, stream_),
+               Error);
+  // dx = skip.
+  EXPECT_THROW(cuda::rmsnorm_bwd_input_add<__nv_bfloat16>(a.get(), nullptr, t.get(), b.get(),
+                                                          w.get(), rstd.get(), a.get(), 4, 16,
+                                                          stream_),
+               Error);
+  EXPECT_THROW(cuda::rmsnorm_bwd_input_add<float>(a.get(), nullptr, b.get(), b.get(), w.get(),
+                                                  rstd.get(), nullptr, 4, 16, stream_),
+               Error);
+  // No rows: nothing launched, nothing read.
+  cuda::residual_rmsnorm_fwd<float>(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0, 16,
+                                    1e-6, stream_);
+  cuda::rmsnorm_bwd_input_add<float>(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                     0, 16, stream_);
+  sync();
+}
 
 TEST_F(RmsnormCuda, Fp32MatchesCpu) {
   for (const RowShape& shape : kShapes) check_rmsnorm<float, float>(stream_, shape);

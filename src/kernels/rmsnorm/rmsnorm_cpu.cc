@@ -45,11 +45,29 @@ void rmsnorm_bwd_weight(T* dw, const T* dy, const T* x, const T* rstd, int64_t n
   }
 }
 
+template <class T>
+void residual_rmsnorm_fwd(T* h, T* y, T* rstd, const T* x, const T* branch, const T* w, int64_t n,
+                          int64_t d, double eps) {
+  for (int64_t i = 0; i < n * d; ++i) h[i] = x[i] + branch[i];
+  rmsnorm_fwd(y, rstd, h, w, n, d, eps);
+}
+
+template <class T>
+void rmsnorm_bwd_input_add(T* dx, const T* dy, const T* x, const T* w, const T* rstd,
+                           const T* skip, int64_t n, int64_t d) {
+  rmsnorm_bwd_input(dx, dy, x, w, rstd, n, d);
+  for (int64_t i = 0; i < n * d; ++i) dx[i] = skip[i] + dx[i];
+}
+
 #define INSTANTIATE(T)                                                                         \
   template void rmsnorm_fwd<T>(T*, T*, const T*, const T*, int64_t, int64_t, double);         \
   template void rmsnorm_bwd_input<T>(T*, const T*, const T*, const T*, const T*, int64_t,     \
                                      int64_t);                                                 \
-  template void rmsnorm_bwd_weight<T>(T*, const T*, const T*, const T*, int64_t, int64_t);
+  template void rmsnorm_bwd_weight<T>(T*, const T*, const T*, const T*, int64_t, int64_t);      \
+  template void residual_rmsnorm_fwd<T>(T*, T*, T*, const T*, const T*, const T*, int64_t,      \
+                                        int64_t, double);                                       \
+  template void rmsnorm_bwd_input_add<T>(T*, const T*, const T*, const T*, const T*, const T*,  \
+                                         int64_t, int64_t);
 INSTANTIATE(float)
 INSTANTIATE(double)
 #undef INSTANTIATE

@@ -10,6 +10,12 @@
 // only (row_config); rows longer than 8 * 256 * kMaxChunks values are swept in several passes and
 // re-read in the second sweep. Every path (vector or element loads, float or bf16 input) adds a
 // thread's values in the same order, so the statistics have the same bits for the same values.
+// residual_rmsnorm_fwd is the fwd kernel whose input chunk is x + branch (one __fadd_rn per value,
+// the residual_add kernel's single add), stored to h as it is loaded; rmsnorm_bwd_input_add is the
+// bwd_input kernel with __fadd_rn(out, skip) after the same arithmetic (axpby's add; __fadd_rn
+// keeps the compiler from contracting it into an FMA with the product before it), and the sum also
+// stored rounded to T. Both are template flags of the kernels below, so the norm's own arithmetic
+// is the same code as the unfused kernels'.
 // fwd_quant: a 1x128 tile is 16 consecutive chunks = the 16 lanes of a half-warp (T is a multiple
 // of 32), so each tile's amax is a half-warp shuffle max of the fp32 y (quant_tile.cuh).
 // bwd_weight: two passes, no atomics, so the bits do not depend on scheduling. Pass 1: block
@@ -67,16 +73,33 @@ __device__ __forceinline__ void load_row_chunk(float (&v)[kChunk], const T* row,
   }
 }
 
-// kVector: d % 8 == 0 and x, y, w 16-byte aligned (q 8-byte aligned when kQuant).
+// The norm's input, chunk c of a row: x, or x + branch when kResidual (TX is then float).
+template <bool kVector, bool kResidual, class TX, class TB>
+__device__ __forceinline__ void load_input_chunk(float (&v)[kChunk], const TX* x_row,
+                                                 const TB* branch_row, int64_t c, int64_t d) {
+  load_row_chunk<kVector>(v, x_row, c, d);
+  if constexpr (kResidual) {
+    float b[kChunk];
+    load_row_chunk<kVector>(b, branch_row, c, d);
+#pragma unroll
+    for (int i = 0; i < kChunk; ++i) v[i] = __fadd_rn(v[i], b[i]);
+  }
+}
+
+// kVector: d % 8 == 0 and x, y, w 16-byte aligned (q 8-byte aligned when kQuant; h and branch
+// 16-byte aligned when kResidual).
 // kQuant: also q [n, d] and scales [ceil(d/128)][n] of the fp32 y; y may then be null.
-template <class TX, class TY, int kChunks, bool kVector, bool kQuant>
+// kResidual: the input is x + branch, also written to h [n, d] (fp32).
+template <class TX, class TY, class TB, int kChunks, bool kVector, bool kQuant, bool kResidual>
 __global__ void __launch_bounds__(kMaxRowThreads)
     rmsnorm_fwd_kernel(TY* __restrict__ y, float* __restrict__ rstd, uint8_t* __restrict__ q,
-                       float* __restrict__ scales, const TX* __restrict__ x,
+                       float* __restrict__ scales, float* __restrict__ h,
+                       const TX* __restrict__ x, const TB* __restrict__ branch,
                        const float* __restrict__ w, int64_t n, int64_t d, float eps,
                        bool power_of_two_scale) {
   const int64_t row = blockIdx.x;
   const TX* x_row = x + row * d;
+  const TB* branch_row = kResidual ? branch + row * d : nullptr;
   const int64_t chunks = ceil_div(d, kChunk);
   const int64_t per_pass = static_cast<int64_t>(kChunks) * blockDim.x;
   float v[kChunks][kChunk];
@@ -84,7 +107,14 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   for (int64_t pass = 0; pass < chunks; pass += per_pass) {  // same count in every thread
     const int64_t first = pass + threadIdx.x;
 #pragma unroll
-    for (int k = 0; k < kChunks; ++k) load_row_chunk<kVector>(v[k], x_row, first + k * blockDim.x, d);
+    for (int k = 0; k < kChunks; ++k) {
+      const int64_t c = first + k * blockDim.x;
+      load_input_chunk<kVector, kResidual>(v[k], x_row, branch_row, c, d);
+      if constexpr (kResidual) {
+        const int64_t valid = d - c * kChunk;
+        if (valid > 0) detail::store_chunk<kVector>(h + row * d + c * kChunk, v[k], valid);
+      }
+    }
 #pragma unroll
     for (int k = 0; k < kChunks; ++k)
 #pragma unroll
@@ -99,7 +129,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 #pragma unroll
     for (int k = 0; k < kChunks; ++k) {
       const int64_t c = first + k * blockDim.x;
-      if (!cached) load_row_chunk<kVector>(v[k], x_row, c, d);
+      if (!cached) load_input_chunk<kVector, kResidual>(v[k], x_row, branch_row, c, d);
       const int64_t valid = d - c * kChunk;
       float g[kChunk];
       load_row_chunk<kVector>(g, w, c, d);
@@ -123,12 +153,14 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   }
 }
 
-// kVector: d % 8 == 0 and dx, dy, x, w 16-byte aligned.
-template <class TX, class TY, int kChunks, bool kVector>
+// kVector: d % 8 == 0 and dx, dy, x, w 16-byte aligned (skip and dx_t too when kAdd).
+// kAdd (TX float): dx = skip + the norm's dx, and dx_t (when not null) = dx rounded to TY.
+template <class TX, class TY, int kChunks, bool kVector, bool kAdd>
 __global__ void __launch_bounds__(kMaxRowThreads)
-    rmsnorm_bwd_input_kernel(TX* __restrict__ dx, const TY* __restrict__ dy,
-                             const TX* __restrict__ x, const float* __restrict__ w,
-                             const float* __restrict__ rstd, int64_t d) {
+    rmsnorm_bwd_input_kernel(TX* __restrict__ dx, TY* __restrict__ dx_t,
+                             const TY* __restrict__ dy, const TX* __restrict__ x,
+                             const float* __restrict__ w, const float* __restrict__ rstd,
+                             const float* __restrict__ skip, int64_t d) {
   const int64_t row = blockIdx.x;
   const TX* x_row = x + row * d;
   const TY* dy_row = dy + row * d;
@@ -172,6 +204,13 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       float out[kChunk];
 #pragma unroll
       for (int i = 0; i < kChunk; ++i) out[i] = r * (gv[k][i] * s[i] - xv[k][i] * r_mean_dot);
+      if constexpr (kAdd) {
+        float skip_values[kChunk];
+        load_row_chunk<kVector>(skip_values, skip + row * d, c, d);
+#pragma unroll
+        for (int i = 0; i < kChunk; ++i) out[i] = __fadd_rn(out[i], skip_values[i]);
+        if (dx_t != nullptr) detail::store_chunk<kVector>(dx_t + row * d + c * kChunk, out, valid);
+      }
       detail::store_chunk<kVector>(dx + row * d + c * kChunk, out, valid);
     }
   }
@@ -282,17 +321,21 @@ int64_t weight_rows_per_chunk(int64_t n, int64_t d) {
   return rows > kWeightMinRowsPerChunk ? rows : kWeightMinRowsPerChunk;
 }
 
-template <class TX, class TY, bool kQuant>
-void launch_fwd(TY* y, float* rstd, uint8_t* q, float* scales, const TX* x, const float* w,
-                int64_t n, int64_t d, double eps, bool power_of_two_scale, cudaStream_t stream) {
+// kResidual: h and branch are used (the input is x + branch); else they are null.
+template <class TX, class TY, class TB, bool kQuant, bool kResidual>
+void launch_fwd(TY* y, float* rstd, uint8_t* q, float* scales, float* h, const TX* x,
+                const TB* branch, const float* w, int64_t n, int64_t d, double eps,
+                bool power_of_two_scale, cudaStream_t stream) {
   const RowConfig config = row_config(d);
   const bool vector = d % kChunk == 0 && aligned_to(x, 16) && aligned_to(w, 16) &&
-                      aligned_to(y, 16) && (!kQuant || aligned_to(q, 8));
+                      aligned_to(y, 16) && (!kQuant || aligned_to(q, 8)) &&
+                      (!kResidual || (aligned_to(h, 16) && aligned_to(branch, 16)));
   const float eps_f = static_cast<float>(eps);
   const dim3 grid(static_cast<unsigned>(n));
-#define FRUGAL_FWD(CHUNKS, VECTOR)                                                           \
-  rmsnorm_fwd_kernel<TX, TY, CHUNKS, VECTOR, kQuant><<<grid, config.threads, 0, stream>>>( \
-      y, rstd, q, scales, x, w, n, d, eps_f, power_of_two_scale)
+#define FRUGAL_FWD(CHUNKS, VECTOR)                                                    \
+  rmsnorm_fwd_kernel<TX, TY, TB, CHUNKS, VECTOR, kQuant, kResidual>                   \
+      <<<grid, config.threads, 0, stream>>>(y, rstd, q, scales, h, x, branch, w, n, d, eps_f, \
+                                            power_of_two_scale)
   switch (config.chunks * 2 + (vector ? 1 : 0)) {
     case 2: FRUGAL_FWD(1, false); break;
     case 3: FRUGAL_FWD(1, true); break;
@@ -315,7 +358,8 @@ void rmsnorm_fwd(TY* y, float* rstd, const TX* x, const float* w, int64_t n, int
   if (n == 0) return;
   FRUGAL_CUDA_REQUIRE(y != nullptr && rstd != nullptr && x != nullptr && w != nullptr,
                       "cuda::rmsnorm_fwd: null pointer");
-  launch_fwd<TX, TY, false>(y, rstd, nullptr, nullptr, x, w, n, d, eps, false, stream);
+  launch_fwd<TX, TY, TX, false, false>(y, rstd, nullptr, nullptr, nullptr, x, nullptr, w, n, d,
+                                       eps, false, stream);
 }
 
 template <class TX, class TY>
@@ -328,25 +372,41 @@ void rmsnorm_fwd_quant(uint8_t* q, float* scales, TY* y, float* rstd, const TX* 
   FRUGAL_CUDA_REQUIRE(q != nullptr && scales != nullptr && rstd != nullptr && x != nullptr &&
                           w != nullptr,
                       "cuda::rmsnorm_fwd_quant: null pointer (only y may be null)");
-  launch_fwd<TX, TY, true>(y, rstd, q, scales, x, w, n, d, eps, power_of_two_scale, stream);
+  launch_fwd<TX, TY, TX, true, false>(y, rstd, q, scales, nullptr, x, nullptr, w, n, d, eps,
+                                      power_of_two_scale, stream);
 }
 
-template <class TX, class TY>
-void rmsnorm_bwd_input(TX* dx, const TY* dy, const TX* x, const float* w, const float* rstd,
-                       int64_t n, int64_t d, cudaStream_t stream) {
-  FRUGAL_CUDA_REQUIRE(n >= 0 && d > 0, "cuda::rmsnorm_bwd_input: needs n >= 0 and d > 0");
-  FRUGAL_CUDA_REQUIRE(n <= 0x7FFFFFFF, "cuda::rmsnorm_bwd_input: too many rows for one grid");
+template <class T>
+void residual_rmsnorm_fwd(float* h, T* y, float* rstd, const float* x, const T* branch,
+                          const float* w, int64_t n, int64_t d, double eps, cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(n >= 0 && d > 0, "cuda::residual_rmsnorm_fwd: needs n >= 0 and d > 0");
+  FRUGAL_CUDA_REQUIRE(n <= 0x7FFFFFFF, "cuda::residual_rmsnorm_fwd: too many rows for one grid");
   if (n == 0) return;
-  FRUGAL_CUDA_REQUIRE(dx != nullptr && dy != nullptr && x != nullptr && w != nullptr &&
-                          rstd != nullptr,
-                      "cuda::rmsnorm_bwd_input: null pointer");
+  FRUGAL_CUDA_REQUIRE(h != nullptr && y != nullptr && rstd != nullptr && x != nullptr &&
+                          branch != nullptr && w != nullptr,
+                      "cuda::residual_rmsnorm_fwd: null pointer");
+  FRUGAL_CUDA_REQUIRE(static_cast<const void*>(h) != static_cast<const void*>(x) &&
+                          static_cast<const void*>(h) != static_cast<const void*>(branch),
+                      "cuda::residual_rmsnorm_fwd: h must not alias x or branch");
+  launch_fwd<float, T, T, false, true>(y, rstd, nullptr, nullptr, h, x, branch, w, n, d, eps,
+                                       false, stream);
+}
+
+namespace {
+
+// kAdd: skip is read and dx_t (may be null) written; else both are null.
+template <class TX, class TY, bool kAdd>
+void launch_bwd_input(TX* dx, TY* dx_t, const TY* dy, const TX* x, const float* w,
+                      const float* rstd, const float* skip, int64_t n, int64_t d,
+                      cudaStream_t stream) {
   const RowConfig config = row_config(d);
   const bool vector = d % kChunk == 0 && aligned_to(dx, 16) && aligned_to(dy, 16) &&
-                      aligned_to(x, 16) && aligned_to(w, 16);
+                      aligned_to(x, 16) && aligned_to(w, 16) &&
+                      (!kAdd || (aligned_to(skip, 16) && aligned_to(dx_t, 16)));
   const dim3 grid(static_cast<unsigned>(n));
-#define FRUGAL_BWD(CHUNKS, VECTOR)                                                         \
-  rmsnorm_bwd_input_kernel<TX, TY, CHUNKS, VECTOR><<<grid, config.threads, 0, stream>>>( \
-      dx, dy, x, w, rstd, d)
+#define FRUGAL_BWD(CHUNKS, VECTOR)                                                               \
+  rmsnorm_bwd_input_kernel<TX, TY, CHUNKS, VECTOR, kAdd><<<grid, config.threads, 0, stream>>>( \
+      dx, dx_t, dy, x, w, rstd, skip, d)
   switch (config.chunks * 2 + (vector ? 1 : 0)) {
     case 2: FRUGAL_BWD(1, false); break;
     case 3: FRUGAL_BWD(1, true); break;
@@ -357,6 +417,36 @@ void rmsnorm_bwd_input(TX* dx, const TY* dy, const TX* x, const float* w, const 
   }
 #undef FRUGAL_BWD
   FRUGAL_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+template <class TX, class TY>
+void rmsnorm_bwd_input(TX* dx, const TY* dy, const TX* x, const float* w, const float* rstd,
+                       int64_t n, int64_t d, cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(n >= 0 && d > 0, "cuda::rmsnorm_bwd_input: needs n >= 0 and d > 0");
+  FRUGAL_CUDA_REQUIRE(n <= 0x7FFFFFFF, "cuda::rmsnorm_bwd_input: too many rows for one grid");
+  if (n == 0) return;
+  FRUGAL_CUDA_REQUIRE(dx != nullptr && dy != nullptr && x != nullptr && w != nullptr &&
+                          rstd != nullptr,
+                      "cuda::rmsnorm_bwd_input: null pointer");
+  launch_bwd_input<TX, TY, false>(dx, nullptr, dy, x, w, rstd, nullptr, n, d, stream);
+}
+
+template <class T>
+void rmsnorm_bwd_input_add(float* dx, T* dx_t, const T* dy, const float* x, const float* w,
+                           const float* rstd, const float* skip, int64_t n, int64_t d,
+                           cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(n >= 0 && d > 0, "cuda::rmsnorm_bwd_input_add: needs n >= 0 and d > 0");
+  FRUGAL_CUDA_REQUIRE(n <= 0x7FFFFFFF, "cuda::rmsnorm_bwd_input_add: too many rows for one grid");
+  if (n == 0) return;
+  FRUGAL_CUDA_REQUIRE(dx != nullptr && dy != nullptr && x != nullptr && w != nullptr &&
+                          rstd != nullptr && skip != nullptr,
+                      "cuda::rmsnorm_bwd_input_add: null pointer (only dx_t may be null)");
+  const void* out = dx;
+  FRUGAL_CUDA_REQUIRE(out != skip && out != dy && out != x && out != dx_t,
+                      "cuda::rmsnorm_bwd_input_add: dx must not alias skip, dy, x or dx_t");
+  launch_bwd_input<float, T, true>(dx, dx_t, dy, x, w, rstd, skip, n, d, stream);
 }
 
 int64_t rmsnorm_bwd_weight_workspace_floats(int64_t n, int64_t d) {
@@ -406,5 +496,15 @@ FRUGAL_INSTANTIATE_RMSNORM(float, float)
 FRUGAL_INSTANTIATE_RMSNORM(float, __nv_bfloat16)
 FRUGAL_INSTANTIATE_RMSNORM(__nv_bfloat16, __nv_bfloat16)
 #undef FRUGAL_INSTANTIATE_RMSNORM
+
+#define FRUGAL_INSTANTIATE_RMSNORM_RESIDUAL(T)                                                   \
+  template void residual_rmsnorm_fwd<T>(float*, T*, float*, const float*, const T*, const float*, \
+                                        int64_t, int64_t, double, cudaStream_t);                 \
+  template void rmsnorm_bwd_input_add<T>(float*, T*, const T*, const float*, const float*,        \
+                                         const float*, const float*, int64_t, int64_t,           \
+                                         cudaStream_t);
+FRUGAL_INSTANTIATE_RMSNORM_RESIDUAL(float)
+FRUGAL_INSTANTIATE_RMSNORM_RESIDUAL(__nv_bfloat16)
+#undef FRUGAL_INSTANTIATE_RMSNORM_RESIDUAL
 
 }  // namespace frugal::cuda

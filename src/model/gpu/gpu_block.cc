@@ -3,6 +3,8 @@
 
 #include "model/gpu/gpu_block.h"
 
+#include <type_traits>
+
 #include "core/error.h"
 #include "core/gpu_profiler.h"
 #include "kernels/cast/cast_cuda.h"
@@ -54,11 +56,12 @@ void GpuBlock<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const float* x, floa
   }
   if (!attn_->keeps_input_pointer()) c.attn_in.reset();
   c.h = cuda::DeviceArray<float>(ctx, n);
-  cuda::residual_add<T>(c.h.data(), x, branch.data(), n, ctx.stream);  // h = x + attention
   c.ffn_in = cuda::DeviceArray<T>(ctx, n);
   {
     cuda::ScopedSection section(ctx.stream, "norm.fwd");
-    ffn_norm_.forward(ctx, c.ffn_norm, c.h.data(), c.ffn_in.data(), rows);
+    // h = x + attention, ffn_in = post_attention_layernorm(h): one pass.
+    ffn_norm_.forward_residual(ctx, c.ffn_norm, x, branch.data(), c.h.data(), c.ffn_in.data(),
+                               rows);
   }
   if (moe_) {
     cuda::ScopedSection section(ctx.stream, "moe.fwd");
@@ -76,38 +79,56 @@ void GpuBlock<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const float* x, floa
 
 template <class T>
 void GpuBlock<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, float* dx,
-                           double dbalance, WeightGradQueue* deferred) const {
+                           double dbalance, WeightGradQueue* deferred, const T* dy_t,
+                           T* dx_t) const {
   const int64_t rows = c.rows, n = rows * hidden_;
   FRUGAL_CHECK(dx != dy, "GpuBlock::backward: dx must not alias dy");
   cuda::DeviceArray<float> dh(ctx, n);  // [rows, hidden] gradient of h
+  cuda::DeviceArray<T> dh_copy;         // [rows, hidden] dh rounded to T (bf16 only)
   {
-    AsType<T> dy_t(ctx, dy, n);
+    cuda::DeviceArray<T> dy_copy;  // [rows, hidden] dy rounded to T, when the caller has none
+    const T* dy_branch = nullptr;  // dy as T: an alias under fp32
+    if constexpr (std::is_same_v<T, float>) {
+      dy_branch = dy;
+    } else if (dy_t != nullptr) {
+      dy_branch = dy_t;
+    } else {
+      dy_copy = cuda::DeviceArray<T>(ctx, n);
+      cuda::cast<float, T>(dy_copy.data(), dy, n, ctx.stream);
+      dy_branch = dy_copy.data();
+    }
     cuda::DeviceArray<T> d_ffn_in(ctx, n);
     if (moe_) {
       cuda::ScopedSection section(ctx.stream, "moe.bwd");
-      moe_->backward(ctx, c.moe, dy_t.get(), d_ffn_in.data(), dbalance, deferred);
+      moe_->backward(ctx, c.moe, dy_branch, d_ffn_in.data(), dbalance, deferred);
     } else {
       cuda::ScopedSection section(ctx.stream, "mlp.bwd");
-      mlp_->backward(ctx, c.mlp, dy_t.get(), d_ffn_in.data(), false, deferred);
+      mlp_->backward(ctx, c.mlp, dy_branch, d_ffn_in.data(), false, deferred);
     }
     c.ffn_in.reset();
     cuda::ScopedSection section(ctx.stream, "norm.bwd");
-    ffn_norm_.backward(ctx, c.ffn_norm, d_ffn_in.data(), dh.data());
+    // dh = dy + d(ffn branch), and its T copy for the attention's backward: one pass.
+    if constexpr (!std::is_same_v<T, float>) dh_copy = cuda::DeviceArray<T>(ctx, n);
+    ffn_norm_.backward_add(ctx, c.ffn_norm, d_ffn_in.data(), dy, dh.data(), dh_copy.data());
   }
-  cuda::axpby<float>(dh.data(), dy, 1.0f, 1.0f, n, ctx.stream);  // dh = dy + d(ffn branch)
   c.h.reset();
   {
-    AsType<T> dh_t(ctx, dh.data(), n);
+    const T* dh_t = nullptr;  // dh as T: an alias under fp32
+    if constexpr (std::is_same_v<T, float>)
+      dh_t = dh.data();
+    else
+      dh_t = dh_copy.data();
     cuda::DeviceArray<T> d_attn_in(ctx, n);
     {
       cuda::ScopedSection section(ctx.stream, "attn.bwd");
-      attn_->backward(ctx, c.attn, dh_t.get(), d_attn_in.data(), deferred);
+      attn_->backward(ctx, c.attn, dh_t, d_attn_in.data(), deferred);
     }
+    dh_copy.reset();
     c.attn_in.reset();
     cuda::ScopedSection section(ctx.stream, "norm.bwd");
-    attn_norm_.backward(ctx, c.attn_norm, d_attn_in.data(), dx);
+    // dx = dh + d(attention branch) (and its T copy when asked for).
+    attn_norm_.backward_add(ctx, c.attn_norm, d_attn_in.data(), dh.data(), dx, dx_t);
   }
-  cuda::axpby<float>(dx, dh.data(), 1.0f, 1.0f, n, ctx.stream);  // dx = dh + d(attention branch)
   c = Ctx{};
 }
 

@@ -2,7 +2,10 @@
 //   h = x + MLA(input_layernorm(x))
 //   y = h + FFN(post_attention_layernorm(h))      FFN = dense GpuMlp or GpuMoe by layer index
 // x, h, y are the fp32 residual stream [batch*seq, hidden]; the norms write T for the branches
-// and the branches' T outputs are added to the stream in fp32.
+// and the branches' T outputs are added to the stream in fp32. The add h = x + attention runs in
+// post_attention_layernorm's kernel (GpuRMSNorm::forward_residual); in the backward each norm's
+// input gradient is added to the skip path's in the norm's kernel (GpuRMSNorm::backward_add),
+// which also writes dh's T copy for the attention's backward.
 //
 // Accumulation rule: parameter gradients accumulate (+=); dx is assigned. The residual stream's
 // gradient (fp32) is the sum of the skip path and each branch's input gradient. backward computes
@@ -46,8 +49,13 @@ class GpuBlock {
                int64_t seq, const RopeInputs& rope, double balance_alpha, bool count_load,
                double* balance_loss);
   // dy -> dx [rows, hidden] fp32 (assigned; dx must not alias dy). dbalance: d(total)/d(balance).
+  // dy_t (may be null): dy already rounded to T, which the branch backward then reads instead of
+  // rounding dy itself (bf16; ignored under fp32, where dy is read as it is). dx_t (may be null):
+  // also receives dx rounded to T, written by the kernel that writes dx -- the next block down's
+  // dy_t, so a chain of blocks rounds each gradient once, in the kernel that computes it.
   void backward(cuda::DeviceContext& ctx, Ctx& c, const float* dy, float* dx, double dbalance,
-                WeightGradQueue* deferred = nullptr) const;
+                WeightGradQueue* deferred = nullptr, const T* dy_t = nullptr,
+                T* dx_t = nullptr) const;
 
   void refresh(cuda::DeviceContext& ctx);
   GpuMoe<T>* moe() const { return moe_.get(); }

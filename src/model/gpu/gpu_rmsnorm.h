@@ -3,6 +3,10 @@
 // gradient) type, TY the output (and output gradient) type: (float, float) for the fp32 recipe and
 // the final norm, (float, bf16) where the fp32 residual stream feeds a bf16 GEMM, (bf16, bf16) for
 // MLA's latent norms.
+// With an fp32 input (the residual stream) the glue around the norm fuses into its kernels:
+// forward_residual computes the stream h = x + branch and normalizes it in one pass, and
+// backward_add adds the skip path's gradient to dx (and writes dx's TY copy) in the input
+// gradient's pass -- the same bits as the separate residual add / axpby / cast.
 //
 // Accumulation rule: w.grad accumulates (+=); dx is assigned. The context keeps a pointer to x
 // (the caller keeps x alive until backward) and the row statistics rstd.
@@ -10,6 +14,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "model/gpu/gpu_common.h"
 
@@ -31,10 +36,24 @@ class GpuRMSNorm {
   // dy [rows, dim] -> dx [rows, dim] (assigned); w.grad += sum dy * x * rstd. Releases ctx.
   void backward(cuda::DeviceContext& ctx, Ctx& c, const TY* dy, TX* dx) const;
 
+  // h [rows, dim] = x + branch (fp32, assigned), y = norm(h); the context keeps a pointer to h
+  // (the caller keeps h alive until backward). h must not alias x or branch.
+  void forward_residual(cuda::DeviceContext& ctx, Ctx& c, const float* x, const TY* branch,
+                        float* h, TY* y, int64_t rows) const
+    requires std::is_same_v<TX, float>;
+  // dx [rows, dim] = skip + d(norm input) (assigned), dx_t (may be null) = dx rounded to TY;
+  // w.grad += sum dy * x * rstd. dx must not alias skip or dy. Releases ctx.
+  void backward_add(cuda::DeviceContext& ctx, Ctx& c, const TY* dy, const float* skip, float* dx,
+                    TY* dx_t) const
+    requires std::is_same_v<TX, float>;
+
   int64_t dim() const { return dim_; }
   float* weight() const { return storage_.value; }
 
  private:
+  // w.grad += sum dy * x * rstd (the context's x and rstd).
+  void weight_backward(cuda::DeviceContext& ctx, const Ctx& c, const TY* dy) const;
+
   int64_t dim_ = 0;
   double eps_ = 1e-6;
   ParamRegistry::Storage storage_;
