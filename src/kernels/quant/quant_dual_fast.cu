@@ -100,12 +100,12 @@ __device__ __forceinline__ void unpack(const Raw8& raw, float (&v)[kChunk]) {
 
 __device__ __forceinline__ Raw8 zero_raw() { return Raw8{{0u, 0u, 0u, 0u}}; }
 
-// The first `valid` (> 0) values at p, zeros after: one 16-byte load when kVector and the chunk is
-// full (p 16-byte aligned), else element by element.
+// The first `valid` (> 0) values at p, zeros after: one 16-byte load when kVector (cols % 8 == 0,
+// so a chunk that exists is full, and x 16-byte aligned), else element by element.
 template <bool kVector>
 __device__ __forceinline__ Raw8 load_raw(const bf16* p, int64_t valid) {
   Raw8 raw;
-  if (kVector && valid >= kChunk) {
+  if constexpr (kVector) {
     const uint4 word = __ldg(reinterpret_cast<const uint4*>(p));
     raw.w[0] = word.x;
     raw.w[1] = word.y;
