@@ -10,8 +10,9 @@
 // are 64 x [768, 1024] (gate|up) and 64 x [1024, 384] (down). Each op is timed with CUDA events
 // (median of 20 runs after 3 warm-ups) and its GB/s counts the bytes it must move at least; the
 // first row is a device-to-device copy (the ceiling). The dual quantizer gets one row per kernel
-// variant (quant_dual_variant.h, " vN" in the op name), dense at 32768 x {256, 1024, 4096} and
-// grouped at the expert shapes; the fused-SwiGLU comparisons use the variant FRUGAL_DUAL_QUANT_VARIANT
+// variant (quant_dual_variant.h, " vN" in the op name) with exact scales (as training runs it) and
+// with power-of-two scales (" pow2"), dense at 32768 x {256, 1024, 4096} and grouped at the expert
+// shapes; the fused-SwiGLU comparisons use the variant FRUGAL_DUAL_QUANT_VARIANT
 // selects. Prints a table; writes JSON to argv[1].
 //   build/bench_fp8_ops_cuda [results.json]
 #if defined(FRUGAL_HAVE_CUDA)
@@ -55,7 +56,7 @@ double tile_scale_bytes(int64_t rows, int64_t cols) {
 }
 
 // The dual quantizer (both operands of an FP8 Linear in one pass) over x [rows, cols], one row per
-// kernel variant (quant_dual_variant.h): grouped over `offsets` (kExperts groups) or, when null,
+// kernel variant (quant_dual_variant.h) and scale rule: grouped over `offsets` (kExperts groups) or, when null,
 // the plain form. Bytes: x read, both code arrays and both scale arrays written.
 void time_dual_variants(BandwidthReport& report, cuda::CudaTimer& timer, cudaStream_t stream,
                         const bf16* x, const int64_t* offsets, int64_t rows, int64_t cols) {
@@ -66,19 +67,24 @@ void time_dual_variants(BandwidthReport& report, cuda::CudaTimer& timer, cudaStr
   const double bytes = 4.0 * static_cast<double>(n) + tile_scale_bytes(rows, cols) +
                        4.0 * static_cast<double>(fp8_block_count(rows) * cols);
   const std::string name = offsets ? "quantize_act_1x128_dual_grouped" : "quantize_act_1x128_dual";
-  for (int variant = 0; variant < cuda::kDualQuantVariants; ++variant) {
-    cuda::set_dual_quant_variant(variant);
-    report.add(name + " v" + std::to_string(variant), "bf16", shape_of(rows, cols),
-               timer.median_us([&] {
-                 if (offsets)
-                   cuda::quantize_act_1x128_dual_grouped(q.data(), scales.data(), qT.data(),
-                                                         scalesT.data(), x, offsets, kExperts,
-                                                         rows, cols, true, stream);
-                 else
-                   cuda::quantize_act_1x128_dual(q.data(), scales.data(), qT.data(),
-                                                 scalesT.data(), x, rows, cols, true, stream);
-               }, kReps),
-               bytes);
+  // Exact scales (an IEEE division per code: what training uses, kFp8PowerOfTwoScales = false)
+  // and power-of-two scales (a multiply per code).
+  for (const bool power_of_two : {false, true}) {
+    for (int variant = 0; variant < cuda::kDualQuantVariants; ++variant) {
+      cuda::set_dual_quant_variant(variant);
+      report.add(name + " v" + std::to_string(variant) + (power_of_two ? " pow2" : ""), "bf16",
+                 shape_of(rows, cols), timer.median_us([&] {
+                   if (offsets)
+                     cuda::quantize_act_1x128_dual_grouped(q.data(), scales.data(), qT.data(),
+                                                           scalesT.data(), x, offsets, kExperts,
+                                                           rows, cols, power_of_two, stream);
+                   else
+                     cuda::quantize_act_1x128_dual(q.data(), scales.data(), qT.data(),
+                                                   scalesT.data(), x, rows, cols, power_of_two,
+                                                   stream);
+                 }, kReps),
+                 bytes);
+    }
   }
   cuda::set_dual_quant_variant(-1);
 }
