@@ -55,6 +55,8 @@ const DualCase kDualCases[] = {
     {256, 1024, false, {}},
     {200, 136, true, {}},  // partial tiles, misaligned: the scalar path
     {129, 77, false, {}},  // cols % 8 != 0: the scalar path
+    {264, 384, false, {}},  // qT columns 8-byte aligned only
+    {260, 200, false, {}},  // qT columns 4-byte aligned only
     {549, 100, false, {0, 128, 128, 384, 512}},   // an empty group, rows past the last group
     {700, 1024, false, {128, 256, 640}},          // rows before the first group too
     {384, 136, true, {0, 128, 256, 384}},
