@@ -56,8 +56,8 @@ double tile_scale_bytes(int64_t rows, int64_t cols) {
 }
 
 // The dual quantizer (both operands of an FP8 Linear in one pass) over x [rows, cols], one row per
-// kernel variant (quant_dual_variant.h) and scale rule: grouped over `offsets` (kExperts groups) or, when null,
-// the plain form. Bytes: x read, both code arrays and both scale arrays written.
+// kernel variant (quant_dual_variant.h) and scale rule: grouped over `offsets` (kExperts groups)
+// or, when null, the plain form. Bytes: x read, both code arrays and both scale arrays written.
 void time_dual_variants(BandwidthReport& report, cuda::CudaTimer& timer, cudaStream_t stream,
                         const bf16* x, const int64_t* offsets, int64_t rows, int64_t cols) {
   const int64_t n = rows * cols;

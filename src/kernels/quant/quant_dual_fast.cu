@@ -2,8 +2,8 @@
 // same codes and scales as variant 0 (quant_dual_cuda.cu), from x [rows, cols] bf16:
 //   q [rows, cols], scales [ceil(cols/128)][rows]             (1x128 tiles along the columns)
 //   qT [cols, rows], scalesT [ceil(rows/128)][cols]            (1x128 tiles along the rows)
-// grouped: group g's scales at scales + offsets[g]*tiles as [tiles][rows_g], its qT_g [cols, rows_g]
-// at qT + offsets[g]*cols and scalesT [rows_g/128][cols] at scalesT + offsets[g]/128*cols.
+// grouped: group g's scales at scales + offsets[g]*tiles as [tiles][rows_g], its qT_g
+// [cols, rows_g] at qT + offsets[g]*cols and scalesT [rows_g/128][cols] at scalesT + offsets[g]/128*cols.
 //
 // A block quantizes a 128 x 128 tile of x held in registers, never staged in shared memory:
 // half-warp h (of 128/R) owns rows R*h .. R*h+R-1 of the tile and lane l of it columns
@@ -22,8 +22,8 @@
 //   variant 1: R = 8, 256 threads, one tile per block (grid: row tiles x column tiles)
 //   variant 2: R = 4, 512 threads, one tile per block (half the serial work per thread)
 //   variant 3: R = 8, 256 threads, persistent: a grid of the blocks that fit at once, each walking
-//              tiles id, id + grid, ...; the next tile's loads are issued before the current tile is
-//              quantized (two register sets).
+//              tiles id, id + grid, ...; the next tile's loads are issued before the current
+//              tile is quantized (two register sets).
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
@@ -254,7 +254,8 @@ __device__ __forceinline__ void quantize_tile(DualShared<kRows>& sh, Raw8 (&raw)
   for (int i = 0; i < kChunk; ++i) {
     float column[kChunk];  // rows first .. first+kRows-1 of column chunk_col + i (zeros after)
 #pragma unroll
-    for (int p = 0; p < kChunk; ++p) column[p] = p < kRows ? raw_value_opaque(raw[p % kRows], i) : 0.0f;
+    for (int p = 0; p < kChunk; ++p)
+      column[p] = p < kRows ? raw_value_opaque(raw[p % kRows], i) : 0.0f;
     const uint2 codes =
         detail::quantize8(column, detail::ScaleDivider(column_scales[i], power_of_two_scale));
     uint8_t* at = &sh.codes[(chunk_col + i) * kTile + slot * kRows];
@@ -274,7 +275,8 @@ __device__ __forceinline__ void quantize_tile(DualShared<kRows>& sh, Raw8 (&raw)
     const int item = static_cast<int>(threadIdx.x) + j * Layout::kThreads;
     const int c = item / kSegments, k = item % kSegments;
     const int m = c / kChunk;
-    uint4 word = *reinterpret_cast<const uint4*>(&sh.codes[c * kTile + kSegmentBytes * (k ^ (m / 2))]);
+    uint4 word =
+        *reinterpret_cast<const uint4*>(&sh.codes[c * kTile + kSegmentBytes * (k ^ (m / 2))]);
     if (m % 2 == 1) word = make_uint4(word.z, word.w, word.x, word.y);
     const int count = t.rows - kSegmentBytes * k;
     if (col0 + c < cols && count > 0)
@@ -369,9 +371,10 @@ void launch_variant(int variant, uint8_t* q, float* scales, uint8_t* qT, float* 
     const int threads = DualLayout<8>::kThreads;
     const int64_t blocks =
         detail::min64(total, resident_blocks(dual_persistent_kernel<kVector, kGrouped>, threads));
-    dual_persistent_kernel<kVector, kGrouped><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-        q, scales, qT, scalesT, x, rows, cols, col_tiles, total, offsets, groups,
-        power_of_two_scale);
+    dual_persistent_kernel<kVector, kGrouped>
+        <<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+            q, scales, qT, scalesT, x, rows, cols, col_tiles, total, offsets, groups,
+            power_of_two_scale);
   }
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
