@@ -3,11 +3,13 @@
 //   q [rows, cols], scales [ceil(cols/128)][rows]             (1x128 tiles along the columns)
 //   qT [cols, rows], scalesT [ceil(rows/128)][cols]            (1x128 tiles along the rows)
 // grouped: group g's scales at scales + offsets[g]*tiles as [tiles][rows_g], its qT_g
-// [cols, rows_g] at qT + offsets[g]*cols and scalesT [rows_g/128][cols] at scalesT + offsets[g]/128*cols.
+// [cols, rows_g] at qT + offsets[g]*cols and scalesT [rows_g/128][cols] at
+// scalesT + offsets[g]/128*cols.
 //
-// A block quantizes a 128 x 128 tile of x held in registers, never staged in shared memory:
-// half-warp h (of 128/R) owns rows R*h .. R*h+R-1 of the tile and lane l of it columns
-// 8l..8l+7, so each thread issues its R 16-byte loads at once (all before the group lookup).
+// A block quantizes a 128 x 128 tile of x held in registers (variants 1 and 2: loaded straight
+// there, never staged in shared memory): half-warp h (of 128/R) owns rows R*h .. R*h+R-1 of the
+// tile and lane l of it columns 8l..8l+7, so each thread issues its R 16-byte loads at once (all
+// before the group lookup).
 //   rows     for each of its R rows a half-warp is one 1x128 tile: amax over the half-warp, codes
 //            stored 8 bytes per lane, the R row scales stored by lanes 0..R-1 in one instruction;
 //   columns  each thread keeps the amax of its 8 columns over its R rows; lanes l and l^16 and
@@ -21,15 +23,17 @@
 // those of variant 0 and of the CPU reference.
 //   variant 1: R = 8, 256 threads, one tile per block (grid: row tiles x column tiles)
 //   variant 2: R = 4, 512 threads, one tile per block (half the serial work per thread)
-//   variant 3: R = 8, 256 threads, persistent: a grid of the blocks that fit at once, each walking
-//              tiles id, id + grid, ...; the next tile's loads are issued before the current
-//              tile is quantized (two register sets).
+//   variant 3: R = 4, 512 threads, persistent: a grid of the blocks that fit at once (2 per SM),
+//              each walking tiles id, id + grid, ...; the values pass through two shared-memory
+//              stages filled by cp.async, the next tile's copies issued before the current tile
+//              is quantized (loads always in flight, 32 warps per SM, registers as variant 2).
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
 #include <cstdint>
 
 #include "core/cuda_check.h"
+#include "kernels/attention/sm90_flash_common.cuh"  // cp.async
 #include "kernels/cast/vector_access.cuh"
 #include "kernels/quant/quant.h"
 #include "kernels/quant/quant_dual_variant.h"
@@ -302,48 +306,90 @@ __global__ void __launch_bounds__(DualLayout<kRows>::kThreads, kRows == 8 ? 3 : 
                                           power_of_two_scale);
 }
 
-// Variant 3: persistent blocks over tile ids (row tile * col_tiles + column tile), the next tile's
-// values loaded before the current one is quantized.
-template <bool kVector, bool kGrouped>
-__global__ void __launch_bounds__(DualLayout<8>::kThreads, 2)
-    dual_persistent_kernel(uint8_t* __restrict__ q, float* __restrict__ scales,
-                           uint8_t* __restrict__ qT, float* __restrict__ scalesT,
-                           const bf16* __restrict__ x, int64_t rows, int64_t cols,
-                           int64_t col_tiles, int64_t total_tiles,
-                           const int64_t* __restrict__ offsets, int64_t groups,
-                           bool power_of_two_scale) {
-  constexpr int kRows = 8;
-  __shared__ DualShared<kRows> sh;
-  int64_t id = blockIdx.x;
-  if (id >= total_tiles) return;
-  Raw8 current[kRows];
-  load_tile<kRows, kVector>(current, x, rows, cols, id / col_tiles * kTile, id % col_tiles * kTile);
-  for (; id < total_tiles; id += gridDim.x) {
-    const int64_t next = id + gridDim.x;
-    Raw8 ahead[kRows];
-    if (next < total_tiles)
-      load_tile<kRows, kVector>(ahead, x, rows, cols, next / col_tiles * kTile,
-                                next % col_tiles * kTile);
-    else
+// Variant 3: persistent blocks of kPersistentRows-row threads over tile ids (row tile * col_tiles
+// + column tile). A tile's values go through shared memory, two stages: the next tile's copies
+// (cp.async, 16 bytes each; plain loads on the scalar path) are issued before the current tile is
+// quantized. A thread reads back only the chunks it copied itself ([stage][p][thread]: 16-byte
+// reads without conflicts), so waiting on its own copies is enough.
+constexpr int kPersistentRows = 4;
+using PersistentLayout = DualLayout<kPersistentRows>;
+constexpr int kStageChunks = kPersistentRows * PersistentLayout::kThreads;  // uint4 per stage
+constexpr size_t kPersistentShared =
+    sizeof(DualShared<kPersistentRows>) + 2 * kStageChunks * sizeof(uint4);
+static_assert(sizeof(DualShared<kPersistentRows>) % 16 == 0, "stages 16-byte aligned");
+
+// Issues this thread's copies of the tile at (row0, col0) into `stage` ([p][thread] chunks);
+// zeros past the matrix.
+template <bool kVector>
+__device__ __forceinline__ void stage_tile(uint4* stage, const bf16* __restrict__ x, int64_t rows,
+                                           int64_t cols, int64_t row0, int64_t col0) {
+  const int first = kPersistentRows * static_cast<int>(threadIdx.x / kLanesPerTile);
+  const int64_t col = col0 + (threadIdx.x % kLanesPerTile) * kChunk;
+  const int64_t valid = cols - col;
 #pragma unroll
-      for (int p = 0; p < kRows; ++p) ahead[p] = zero_raw();
-    quantize_tile<kRows, kVector, kGrouped>(sh, current, id / col_tiles, id % col_tiles, col_tiles,
-                                            q, scales, qT, scalesT, rows, cols, offsets, groups,
-                                            power_of_two_scale);
-#pragma unroll
-    for (int p = 0; p < kRows; ++p) current[p] = ahead[p];
+  for (int p = 0; p < kPersistentRows; ++p) {
+    const int64_t row = row0 + first + p;
+    const bool present = row < rows && valid > 0;
+    uint4* at = &stage[p * PersistentLayout::kThreads + threadIdx.x];
+    if constexpr (kVector) {  // a present chunk is full and 16-byte aligned
+      flash::sm90::cp_async_16(flash::sm90::shared_address(at), present ? x + row * cols + col : x,
+                               present);
+    } else {
+      const Raw8 raw = present ? load_raw<false>(x + row * cols + col, valid) : zero_raw();
+      *at = make_uint4(raw.w[0], raw.w[1], raw.w[2], raw.w[3]);
+    }
   }
 }
 
-// Blocks of `kernel` (threads each) resident on one SM, times the SMs: variant 3's grid. Queried
-// once per kernel (one device model per process is assumed).
+template <bool kVector, bool kGrouped>
+__global__ void __launch_bounds__(PersistentLayout::kThreads, 2)
+    dual_persistent_kernel(uint8_t* __restrict__ q, float* __restrict__ scales,
+                           uint8_t* __restrict__ qT, float* __restrict__ scalesT,
+                           const bf16* __restrict__ x, int64_t rows, int64_t cols,
+                           int col_tiles, int total_tiles,
+                           const int64_t* __restrict__ offsets, int64_t groups,
+                           bool power_of_two_scale) {
+  extern __shared__ __align__(16) uint8_t dynamic_shared[];
+  auto& sh = *reinterpret_cast<DualShared<kPersistentRows>*>(dynamic_shared);
+  uint4* stages = reinterpret_cast<uint4*>(dynamic_shared + sizeof(DualShared<kPersistentRows>));
+  int id = static_cast<int>(blockIdx.x);
+  if (id >= total_tiles) return;
+  stage_tile<kVector>(stages, x, rows, cols, int64_t{id / col_tiles} * kTile,
+                      int64_t{id % col_tiles} * kTile);
+  flash::sm90::cp_async_commit();
+  for (int stage = 0; id < total_tiles; id += static_cast<int>(gridDim.x), stage ^= 1) {
+    const int next = id + static_cast<int>(gridDim.x);  // < 2^31: total_tiles + grid is checked
+    if (next < total_tiles)  // into the other stage, which this thread finished reading last tile
+      stage_tile<kVector>(stages + (stage ^ 1) * kStageChunks, x, rows, cols,
+                          int64_t{next / col_tiles} * kTile, int64_t{next % col_tiles} * kTile);
+    flash::sm90::cp_async_commit();
+    flash::sm90::cp_async_wait<1>();  // this tile's copies have landed
+    Raw8 raw[kPersistentRows];
+#pragma unroll
+    for (int p = 0; p < kPersistentRows; ++p) {
+      const uint4 word =
+          stages[stage * kStageChunks + p * PersistentLayout::kThreads + threadIdx.x];
+      raw[p] = Raw8{{word.x, word.y, word.z, word.w}};
+    }
+    quantize_tile<kPersistentRows, kVector, kGrouped>(sh, raw, id / col_tiles, id % col_tiles,
+                                                      col_tiles, q, scales, qT, scalesT, rows,
+                                                      cols, offsets, groups, power_of_two_scale);
+  }
+}
+
+// Blocks of `kernel` (threads each, `shared` bytes of dynamic shared memory, which it is allowed
+// here) resident on one SM, times the SMs: variant 3's grid. Queried once per kernel (one device
+// model per process is assumed).
 template <class Kernel>
-int64_t resident_blocks(Kernel kernel, int threads) {
+int64_t resident_blocks(Kernel kernel, int threads, size_t shared) {
   static const int64_t blocks = [&] {
     int device = 0, sms = 0, per_sm = 0;
     FRUGAL_CUDA_CHECK(cudaGetDevice(&device));
     FRUGAL_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    FRUGAL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+    FRUGAL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(shared)));
+    FRUGAL_CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared));
     FRUGAL_CUDA_REQUIRE(per_sm > 0, "cuda::quantize_act_1x128_dual: kernel cannot be resident");
     return static_cast<int64_t>(sms) * per_sm;
   }();
@@ -368,13 +414,16 @@ void launch_variant(int variant, uint8_t* q, float* scales, uint8_t* qT, float* 
   } else {
     FRUGAL_CUDA_REQUIRE(variant == 3, "cuda::quantize_act_1x128_dual: unknown kernel variant");
     const int64_t total = row_tiles * col_tiles;
-    const int threads = DualLayout<8>::kThreads;
-    const int64_t blocks =
-        detail::min64(total, resident_blocks(dual_persistent_kernel<kVector, kGrouped>, threads));
+    const int threads = PersistentLayout::kThreads;
+    const int64_t blocks = detail::min64(
+        total, resident_blocks(dual_persistent_kernel<kVector, kGrouped>, threads,
+                               kPersistentShared));
+    FRUGAL_CUDA_REQUIRE(total + blocks <= 0x7FFFFFFF,
+                        "cuda::quantize_act_1x128_dual: too many tiles for variant 3");
     dual_persistent_kernel<kVector, kGrouped>
-        <<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-            q, scales, qT, scalesT, x, rows, cols, col_tiles, total, offsets, groups,
-            power_of_two_scale);
+        <<<static_cast<unsigned>(blocks), threads, kPersistentShared, stream>>>(
+            q, scales, qT, scalesT, x, rows, cols, static_cast<int>(col_tiles),
+            static_cast<int>(total), offsets, groups, power_of_two_scale);
   }
   FRUGAL_CUDA_CHECK_LAUNCH();
 }

@@ -7,8 +7,8 @@
 //   1  one 256-thread block per tile, each thread 8 rows x 8 columns in registers, transposed
 //      codes staged in a swizzled shared tile and written 16 bytes at a time (quant_dual_fast.cu)
 //   2  as 1 with 512 threads of 4 rows x 8 columns (half the work and latency per thread)
-//   3  as 1 with persistent blocks (a grid of what fits at once) that load their next tile while
-//      they quantize the current one
+//   3  as 2 with persistent blocks (a grid of what fits at once) that copy their next tile into
+//      shared memory (cp.async, two stages) while they quantize the current one
 // CUDA builds only.
 #pragma once
 
