@@ -29,7 +29,8 @@ void set_dual_quant_variant(int variant);
 
 namespace detail {
 // The kernels of variants 1..3 (quant_dual_fast.cu); arguments as
-// quantize_act_1x128_dual(_grouped), already checked by it (offsets == nullptr and groups == 0 for the plain form).
+// quantize_act_1x128_dual(_grouped), already checked by it (offsets == nullptr and groups == 0
+// for the plain form).
 void launch_dual_quant_fast(int variant, uint8_t* q, float* scales, uint8_t* qT, float* scalesT,
                             const __nv_bfloat16* x, const int64_t* offsets, int64_t groups,
                             int64_t rows, int64_t cols, bool power_of_two_scale,
