@@ -9,7 +9,11 @@
 // the FP8 permutation pads them), hidden 1024, expert inter 384; the expert weights of a layer
 // are 64 x [768, 1024] (gate|up) and 64 x [1024, 384] (down). Each op is timed with CUDA events
 // (median of 20 runs after 3 warm-ups) and its GB/s counts the bytes it must move at least; the
-// first row is a device-to-device copy (the ceiling). Prints a table; writes JSON to argv[1].
+// first row is a device-to-device copy (the ceiling). The dual quantizer gets one row per kernel
+// variant (quant_dual_variant.h, " vN" in the op name) with exact scales (as training runs it) and
+// with power-of-two scales (" pow2"), dense at 32768 x {256, 1024, 4096} and grouped at the expert
+// shapes; the fused-SwiGLU comparisons use the variant FRUGAL_DUAL_QUANT_VARIANT
+// selects. Prints a table; writes JSON to argv[1].
 //   build/bench_fp8_ops_cuda [results.json]
 #if defined(FRUGAL_HAVE_CUDA)
 
@@ -27,6 +31,7 @@
 #include "core/error.h"
 #include "kernels/adamw/adamw_cuda.h"
 #include "kernels/quant/quant.h"
+#include "kernels/quant/quant_dual_variant.h"
 #include "kernels/swiglu/swiglu.h"
 
 using namespace frugal;
@@ -50,7 +55,52 @@ double tile_scale_bytes(int64_t rows, int64_t cols) {
   return 4.0 * static_cast<double>(rows * fp8_block_count(cols));
 }
 
-// The activation quantizers at [kRows, cols] (bf16 in): plain, grouped, transposed grouped.
+// The dual quantizer (both operands of an FP8 Linear in one pass) over x [rows, cols], one row per
+// kernel variant (quant_dual_variant.h) and scale rule: grouped over `offsets` (kExperts groups)
+// or, when null, the plain form. Bytes: x read, both code arrays and both scale arrays written.
+void time_dual_variants(BandwidthReport& report, cuda::CudaTimer& timer, cudaStream_t stream,
+                        const bf16* x, const int64_t* offsets, int64_t rows, int64_t cols) {
+  const int64_t n = rows * cols;
+  cuda::DeviceBuffer<uint8_t> q(static_cast<size_t>(n)), qT(static_cast<size_t>(n));
+  cuda::DeviceBuffer<float> scales(static_cast<size_t>(rows * fp8_block_count(cols))),
+      scalesT(static_cast<size_t>(fp8_block_count(rows) * cols));
+  const double bytes = 4.0 * static_cast<double>(n) + tile_scale_bytes(rows, cols) +
+                       4.0 * static_cast<double>(fp8_block_count(rows) * cols);
+  const std::string name = offsets ? "quantize_act_1x128_dual_grouped" : "quantize_act_1x128_dual";
+  // Exact scales (an IEEE division per code: what training uses, kFp8PowerOfTwoScales = false)
+  // and power-of-two scales (a multiply per code).
+  for (const bool power_of_two : {false, true}) {
+    for (int variant = 0; variant < cuda::kDualQuantVariants; ++variant) {
+      cuda::set_dual_quant_variant(variant);
+      report.add(name + " v" + std::to_string(variant) + (power_of_two ? " pow2" : ""), "bf16",
+                 shape_of(rows, cols), timer.median_us([&] {
+                   if (offsets)
+                     cuda::quantize_act_1x128_dual_grouped(q.data(), scales.data(), qT.data(),
+                                                           scalesT.data(), x, offsets, kExperts,
+                                                           rows, cols, power_of_two, stream);
+                   else
+                     cuda::quantize_act_1x128_dual(q.data(), scales.data(), qT.data(),
+                                                   scalesT.data(), x, rows, cols, power_of_two,
+                                                   stream);
+                 }, kReps),
+                 bytes);
+    }
+  }
+  cuda::set_dual_quant_variant(-1);
+}
+
+// The dense dual quantizer at the token count (the attention and dense-MLP Linears' inputs).
+void time_dense_dual(BandwidthReport& report, cuda::CudaTimer& timer, cudaStream_t stream) {
+  for (const int64_t cols : {int64_t{256}, kHidden, 4 * kHidden}) {
+    const int64_t n = kTokens * cols;
+    cuda::DeviceBuffer<bf16> x(static_cast<size_t>(n));
+    fill_normal_bf16(x.data(), n, 18);
+    time_dual_variants(report, timer, stream, x.data(), nullptr, kTokens, cols);
+  }
+}
+
+// The activation quantizers at [kRows, cols] (bf16 in): plain, grouped, transposed grouped, the
+// dual quantizer's variants, the dequantizer.
 void time_activation_quantizers(BandwidthReport& report, cuda::CudaTimer& timer,
                                 cudaStream_t stream, const int64_t* offsets, int64_t cols) {
   const int64_t n = kRows * cols;
@@ -71,12 +121,7 @@ void time_activation_quantizers(BandwidthReport& report, cuda::CudaTimer& timer,
     cuda::transpose_quantize_1x128_grouped<bf16>(q.data(), scales.data(), x.data(), offsets,
                                                  kExperts, kRows, cols, true, stream);
   }, kReps), bytes);
-  cuda::DeviceBuffer<uint8_t> qT(static_cast<size_t>(n));
-  cuda::DeviceBuffer<float> scalesT(static_cast<size_t>(kRows / kFp8BlockSize * cols));
-  report.add("quantize_act_1x128_dual_grouped", "bf16", shape, timer.median_us([&] {
-    cuda::quantize_act_1x128_dual_grouped(q.data(), scales.data(), qT.data(), scalesT.data(),
-                                          x.data(), offsets, kExperts, kRows, cols, true, stream);
-  }, kReps), 4.0 * static_cast<double>(n) + 2.0 * tile_scale_bytes(kRows, cols));
+  time_dual_variants(report, timer, stream, x.data(), offsets, kRows, cols);
   report.add("dequantize_act_1x128", "bf16", shape, timer.median_us([&] {
     cuda::dequantize_act_1x128<bf16>(x.data(), q.data(), scales.data(), kRows, cols, stream);
   }, kReps), bytes);
@@ -248,6 +293,7 @@ int main(int argc, char** argv) {
     std::vector<int64_t> host_offsets(kExperts + 1);
     for (int64_t g = 0; g <= kExperts; ++g) host_offsets[static_cast<size_t>(g)] = g * (kRows / kExperts);
     cuda::DeviceBuffer<int64_t> offsets(host_offsets);
+    time_dense_dual(report, timer, stream);
     for (const int64_t cols : {kHidden, 2 * kInter, kInter})
       time_activation_quantizers(report, timer, stream, offsets.data(), cols);
     time_swiglu(report, timer, stream);

@@ -1,22 +1,26 @@
 // The one-pass FP8 quantizer of both Linear operands (cuda::quantize_act_1x128_dual and its
-// grouped form, kernels/quant/quant.h) against the two quantizers it replaces, run on the same
-// bf16 input: quantize_act_1x128(_grouped) for q, scales and transpose_quantize_1x128(_grouped)
-// for qT, scalesT (both tested bit for bit against the CPU reference in test_quant_cuda.cc). Codes
-// and scales must be identical, every output poisoned with 0xFF first (rows in no group stay
-// poisoned in both), with and without power-of-two scales, on N(0, 1) and on values spread over
+// grouped form, kernels/quant/quant.h), every kernel variant of it (quant_dual_variant.h), bit for
+// bit against the CPU reference: cpu::quantize_act_1x128 of x for q, scales and of x^T (per group
+// when grouped) for qT, scalesT. The two quantizers it replaces (quantize_act_1x128(_grouped),
+// transpose_quantize_1x128(_grouped)) are checked against the same reference on the same input.
+// Codes and scales must be identical, every output poisoned with 0xFF first (rows in no group stay
+// poisoned), with and without power-of-two scales, on N(0, 1) and on values spread over
 // 2^-20..2^20 (E4M3 subnormals), for odd and misaligned shapes (partial row and column tiles, the
-// scalar path) and group layouts with empty groups and rows outside every group.
+// scalar path), group layouts with empty groups and rows outside every group, and matrices of more
+// tiles than the persistent variant's grid (each of its blocks walks several tiles).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
 #include "cuda_test_util.h"
 #include "kernels/quant/quant.h"
+#include "kernels/quant/quant_dual_variant.h"
 
 namespace frugal {
 namespace {
@@ -51,10 +55,58 @@ const DualCase kDualCases[] = {
     {256, 1024, false, {}},
     {200, 136, true, {}},  // partial tiles, misaligned: the scalar path
     {129, 77, false, {}},  // cols % 8 != 0: the scalar path
+    {264, 384, false, {}},  // qT columns 8-byte aligned only
+    {260, 200, false, {}},  // qT columns 4-byte aligned only
     {549, 100, false, {0, 128, 128, 384, 512}},   // an empty group, rows past the last group
     {700, 1024, false, {128, 256, 640}},          // rows before the first group too
     {384, 136, true, {0, 128, 256, 384}},
     {5, 64, false, {0, 0, 0}},                     // every group empty: nothing written
+    // more tiles than the persistent variant's grid (2 blocks x 132 SMs on an H200)
+    {8300, 1000, false, {}},
+    {8192, 2048, false, {}},
+    {12800, 768, false, {0, 1280, 1280, 6400, 12672}},
+    {9000, 264, true, {0, 3072, 8960}},
+};
+
+// The CPU reference's outputs (0xFF bytes where nothing is written), as the dual quantizer lays
+// them out: the plain form is one group of all rows.
+struct DualExpected {
+  std::vector<uint8_t> q, qT;
+  std::vector<float> scales, scalesT;
+};
+
+DualExpected cpu_dual(const std::vector<float>& x, int64_t rows, int64_t cols,
+                      const std::vector<int64_t>& offsets, bool power_of_two) {
+  const int64_t tiles = fp8_block_count(cols), n = rows * cols;
+  float poison_scale;
+  const uint32_t poison_bits = 0xFFFFFFFFu;
+  std::memcpy(&poison_scale, &poison_bits, sizeof poison_scale);
+  DualExpected e{std::vector<uint8_t>(n, 0xFF), std::vector<uint8_t>(n, 0xFF),
+                 std::vector<float>(rows * tiles, poison_scale),
+                 std::vector<float>(fp8_block_count(rows) * cols, poison_scale)};
+  const std::vector<int64_t> bounds = offsets.empty() ? std::vector<int64_t>{0, rows} : offsets;
+  for (size_t g = 0; g + 1 < bounds.size(); ++g) {
+    const int64_t base = bounds[g], group_rows = bounds[g + 1] - base;
+    if (group_rows == 0) continue;
+    cpu::quantize_act_1x128(e.q.data() + base * cols, e.scales.data() + base * tiles,
+                            x.data() + base * cols, group_rows, cols, power_of_two);
+    std::vector<float> transposed(group_rows * cols);  // [cols, group_rows]
+    for (int64_t r = 0; r < group_rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) transposed[c * group_rows + r] = x[(base + r) * cols + c];
+    cpu::quantize_act_1x128(e.qT.data() + base * cols,
+                            e.scalesT.data() + base / kFp8BlockSize * cols, transposed.data(),
+                            cols, group_rows, power_of_two);
+  }
+  return e;
+}
+
+// Selects a dual quantizer variant for the scope, then returns to the environment's choice.
+class VariantScope {
+ public:
+  explicit VariantScope(int variant) { cuda::set_dual_quant_variant(variant); }
+  ~VariantScope() { cuda::set_dual_quant_variant(-1); }
+  VariantScope(const VariantScope&) = delete;
+  VariantScope& operator=(const VariantScope&) = delete;
 };
 
 void check_dual(cudaStream_t stream, const DualCase& dc, bool wide, bool power_of_two) {
@@ -82,40 +134,66 @@ void check_dual(cudaStream_t stream, const DualCase& dc, bool wide, bool power_o
       scalesT.poison();
     }
   };
-  Outputs dual(n, rows * tiles, row_tiles * cols, dc.misaligned);
-  Outputs separate(n, rows * tiles, row_tiles * cols, dc.misaligned);
-  if (grouped) {
-    cuda::quantize_act_1x128_dual_grouped(dual.q.get(), dual.scales.get(), dual.qT.get(),
-                                          dual.scalesT.get(), x_d.get(), offsets_d.get(), groups,
-                                          rows, cols, power_of_two, stream);
-    cuda::quantize_act_1x128_grouped<bf16>(separate.q.get(), separate.scales.get(), x_d.get(),
-                                           offsets_d.get(), groups, rows, cols, power_of_two,
-                                           stream);
-    cuda::transpose_quantize_1x128_grouped<bf16>(separate.qT.get(), separate.scalesT.get(),
-                                                 x_d.get(), offsets_d.get(), groups, rows, cols,
-                                                 power_of_two, stream);
-  } else {
-    cuda::quantize_act_1x128_dual(dual.q.get(), dual.scales.get(), dual.qT.get(),
-                                  dual.scalesT.get(), x_d.get(), rows, cols, power_of_two, stream);
-    cuda::quantize_act_1x128<bf16>(separate.q.get(), separate.scales.get(), x_d.get(), rows, cols,
-                                   power_of_two, stream);
-    cuda::transpose_quantize_1x128<bf16>(separate.qT.get(), separate.scalesT.get(), x_d.get(),
-                                         rows, cols, power_of_two, stream);
-  }
-  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
   const std::string suffix = power_of_two ? " pow2" : "";
-  testing::expect_quant_identical("dual quantize rows" + suffix, text, x, dual.q.download(),
-                                  separate.q.download(), dual.scales.download(),
-                                  separate.scales.download());
-  testing::expect_quant_identical("dual quantize transposed" + suffix, text, {},
-                                  dual.qT.download(), separate.qT.download(),
-                                  dual.scalesT.download(), separate.scalesT.download());
+  const DualExpected expected = cpu_dual(x, rows, cols, dc.offsets, power_of_two);
+  auto expect_outputs = [&](const std::string& op, Outputs& out) {
+    testing::expect_quant_identical(op + " rows" + suffix, text, x, out.q.download(), expected.q,
+                                    out.scales.download(), expected.scales);
+    testing::expect_quant_identical(op + " transposed" + suffix, text, {}, out.qT.download(),
+                                    expected.qT, out.scalesT.download(), expected.scalesT);
+  };
+
+  // The two quantizers the dual one replaces, on the same input.
+  {
+    Outputs separate(n, rows * tiles, row_tiles * cols, dc.misaligned);
+    if (grouped) {
+      cuda::quantize_act_1x128_grouped<bf16>(separate.q.get(), separate.scales.get(), x_d.get(),
+                                             offsets_d.get(), groups, rows, cols, power_of_two,
+                                             stream);
+      cuda::transpose_quantize_1x128_grouped<bf16>(separate.qT.get(), separate.scalesT.get(),
+                                                   x_d.get(), offsets_d.get(), groups, rows, cols,
+                                                   power_of_two, stream);
+    } else {
+      cuda::quantize_act_1x128<bf16>(separate.q.get(), separate.scales.get(), x_d.get(), rows,
+                                     cols, power_of_two, stream);
+      cuda::transpose_quantize_1x128<bf16>(separate.qT.get(), separate.scalesT.get(), x_d.get(),
+                                           rows, cols, power_of_two, stream);
+    }
+    FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+    expect_outputs("separate quantize", separate);
+  }
+  for (int variant = 0; variant < cuda::kDualQuantVariants; ++variant) {
+    const VariantScope scope(variant);
+    Outputs dual(n, rows * tiles, row_tiles * cols, dc.misaligned);
+    if (grouped)
+      cuda::quantize_act_1x128_dual_grouped(dual.q.get(), dual.scales.get(), dual.qT.get(),
+                                            dual.scalesT.get(), x_d.get(), offsets_d.get(),
+                                            groups, rows, cols, power_of_two, stream);
+    else
+      cuda::quantize_act_1x128_dual(dual.q.get(), dual.scales.get(), dual.qT.get(),
+                                    dual.scalesT.get(), x_d.get(), rows, cols, power_of_two,
+                                    stream);
+    FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+    expect_outputs("dual v" + std::to_string(variant), dual);
+  }
 }
 
-TEST_F(QuantDualCuda, EqualsTheTwoQuantizersItReplaces) {
+TEST_F(QuantDualCuda, EveryVariantEqualsTheCpuReference) {
   for (bool power_of_two : {false, true})
     for (bool wide : {false, true})
       for (const DualCase& dc : kDualCases) check_dual(stream_, dc, wide, power_of_two);
+}
+
+TEST_F(QuantDualCuda, SelectsVariants) {
+  EXPECT_THROW(cuda::set_dual_quant_variant(cuda::kDualQuantVariants), Error);
+  EXPECT_THROW(cuda::set_dual_quant_variant(-2), Error);
+  for (int variant = 0; variant < cuda::kDualQuantVariants; ++variant) {
+    const VariantScope scope(variant);
+    EXPECT_EQ(cuda::dual_quant_variant(), variant);
+  }
+  const int chosen = cuda::dual_quant_variant();  // the environment's (0 when unset)
+  EXPECT_GE(chosen, 0);
+  EXPECT_LT(chosen, cuda::kDualQuantVariants);
 }
 
 TEST_F(QuantDualCuda, RejectsBadArguments) {
@@ -128,6 +206,12 @@ TEST_F(QuantDualCuda, RejectsBadArguments) {
   EXPECT_THROW(cuda::quantize_act_1x128_dual_grouped(nullptr, nullptr, nullptr, nullptr, nullptr,
                                                      nullptr, 2, 128, 128, false, stream_),
                Error);
+  for (int variant = 0; variant < cuda::kDualQuantVariants; ++variant) {
+    const VariantScope scope(variant);
+    EXPECT_THROW(cuda::quantize_act_1x128_dual(nullptr, nullptr, nullptr, nullptr, nullptr, 4,
+                                               128, false, stream_),
+                 Error);
+  }
   // Empty shapes launch nothing and succeed.
   cuda::quantize_act_1x128_dual(nullptr, nullptr, nullptr, nullptr, nullptr, 0, 128, true,
                                 stream_);

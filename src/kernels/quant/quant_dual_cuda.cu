@@ -14,14 +14,19 @@
 // bf16 input only (the FP8 recipe's activations). Grouped: every group holds a multiple of 128
 // rows and starts on one (the FP8 permutation's padding, kFp8GroupRowAlign), so a tile lies in one
 // group; tiles in no group are skipped.
+// This kernel is variant 0 of quant_dual_variant.h; the entry points below run the selected one
+// (variants 1..3: quant_dual_fast.cu).
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 
 #include "core/cuda_check.h"
 #include "kernels/cast/vector_access.cuh"
 #include "kernels/quant/quant.h"
+#include "kernels/quant/quant_dual_variant.h"
 #include "kernels/quant/quant_tile.cuh"
 
 namespace frugal::cuda {
@@ -159,7 +164,34 @@ void launch_dual(uint8_t* q, float* scales, uint8_t* qT, float* scalesT, const b
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
+// FRUGAL_DUAL_QUANT_VARIANT, read once: unset or empty = 0; anything but a variant number throws.
+int environment_variant() {
+  static const int variant = [] {
+    const char* text = std::getenv("FRUGAL_DUAL_QUANT_VARIANT");
+    if (text == nullptr || *text == '\0') return 0;
+    char* end = nullptr;
+    const long value = std::strtol(text, &end, 10);
+    FRUGAL_CUDA_REQUIRE(*end == '\0' && value >= 0 && value < kDualQuantVariants,
+                        "FRUGAL_DUAL_QUANT_VARIANT: not a dual quantizer variant (0..3)");
+    return static_cast<int>(value);
+  }();
+  return variant;
+}
+
+std::atomic<int> selected_variant{-1};  // -1: the environment's
+
 }  // namespace
+
+int dual_quant_variant() {
+  const int selected = selected_variant.load(std::memory_order_relaxed);
+  return selected >= 0 ? selected : environment_variant();
+}
+
+void set_dual_quant_variant(int variant) {
+  FRUGAL_CUDA_REQUIRE(variant >= -1 && variant < kDualQuantVariants,
+                      "cuda::set_dual_quant_variant: no such variant");
+  selected_variant.store(variant, std::memory_order_relaxed);
+}
 
 void quantize_act_1x128_dual(uint8_t* q, float* scales, uint8_t* qT, float* scalesT,
                              const __nv_bfloat16* x, int64_t rows, int64_t cols,
@@ -169,8 +201,13 @@ void quantize_act_1x128_dual(uint8_t* q, float* scales, uint8_t* qT, float* scal
   FRUGAL_CUDA_REQUIRE(q != nullptr && scales != nullptr && qT != nullptr && scalesT != nullptr &&
                           x != nullptr,
                       "cuda::quantize_act_1x128_dual: null pointer");
-  launch_dual<false>(q, scales, qT, scalesT, x, nullptr, 0, rows, cols, power_of_two_scale,
-                     stream);
+  const int variant = dual_quant_variant();
+  if (variant == 0)
+    launch_dual<false>(q, scales, qT, scalesT, x, nullptr, 0, rows, cols, power_of_two_scale,
+                       stream);
+  else
+    detail::launch_dual_quant_fast(variant, q, scales, qT, scalesT, x, nullptr, 0, rows, cols,
+                                   power_of_two_scale, stream);
 }
 
 void quantize_act_1x128_dual_grouped(uint8_t* q, float* scales, uint8_t* qT, float* scalesT,
@@ -183,8 +220,13 @@ void quantize_act_1x128_dual_grouped(uint8_t* q, float* scales, uint8_t* qT, flo
   FRUGAL_CUDA_REQUIRE(q != nullptr && scales != nullptr && qT != nullptr && scalesT != nullptr &&
                           x != nullptr && offsets != nullptr,
                       "cuda::quantize_act_1x128_dual_grouped: null pointer");
-  launch_dual<true>(q, scales, qT, scalesT, x, offsets, groups, rows, cols, power_of_two_scale,
-                    stream);
+  const int variant = dual_quant_variant();
+  if (variant == 0)
+    launch_dual<true>(q, scales, qT, scalesT, x, offsets, groups, rows, cols, power_of_two_scale,
+                      stream);
+  else
+    detail::launch_dual_quant_fast(variant, q, scales, qT, scalesT, x, offsets, groups, rows, cols,
+                                   power_of_two_scale, stream);
 }
 
 }  // namespace frugal::cuda
