@@ -54,7 +54,8 @@ __device__ __forceinline__ void store_run(T* p, const float (&v)[N]) {
 template <bool kVector, int N, class T>
 __device__ __forceinline__ void copy_run(T* __restrict__ out, const T* __restrict__ in) {
   if constexpr (kVector) {
-    *reinterpret_cast<Pack<T, N>*>(out) = *reinterpret_cast<const Pack<T, N>*>(in);
+    static_assert(sizeof(T) * N == 16, "copy_run: a vector run is one 16-byte access");
+    *reinterpret_cast<uint4*>(out) = *reinterpret_cast<const uint4*>(in);
   } else {
 #pragma unroll
     for (int i = 0; i < N; ++i) out[i] = in[i];
