@@ -9,9 +9,9 @@
 #include "core/gpu_profiler.h"
 #include "kernels/attention/flash_attention_cuda.h"
 #include "kernels/attention/mla_glue_cuda.h"
+#include "kernels/cast/cast_cuda.h"
 #include "kernels/quant/quant.h"
 #include "kernels/rope/rope_cuda.h"
-#include "kernels/cast/cast_cuda.h"
 
 namespace frugal::gpu {
 namespace {
