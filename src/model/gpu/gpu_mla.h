@@ -5,8 +5,8 @@
 //           c_kv = kv_a_layernorm(kv_a[:, :kv_lora_rank]); k_pe = RoPE(kv_a[:, kv_lora_rank:])
 //           kv_b = kv_b_proj(c_kv) [rows, heads, nope + v]
 //   k [rows, heads, nope + rope] = [k_nope_h ; k_pe], v [rows, heads, v]: one pass from kv_b and
-//   kv_a's rope columns (cuda::mla_split_kv, which also applies k_pe's RoPE), o = flash attention (causal, scale cfg.softmax_scale()),
-//   y = o_proj(o [rows, heads * v]).
+//   kv_a's rope columns (cuda::mla_split_kv, which also applies k_pe's RoPE),
+//   o = flash attention (causal, scale cfg.softmax_scale()), y = o_proj(o [rows, heads * v]).
 // Backward: d kv_b = [dk_nope ; dv] and d_kv_a's rope columns = RoPE_bwd(sum over heads of dk's
 // rope parts) in one pass (cuda::mla_merge_kv_grad), d_kv_a's latent columns from kv_a_layernorm.
 // Rows are [batch * seq]; attention never crosses sequences. Activations in T; the latent norms
