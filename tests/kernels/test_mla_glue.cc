@@ -87,7 +87,8 @@ void split_by_composition(const Fixture& f, const std::vector<float>& kv_b,
   v.assign(f.rows * f.heads * f.v, 0.0f);
   for (int64_t rh = 0; rh < f.rows * f.heads; ++rh) {
     for (int64_t j = 0; j < f.nope; ++j) k[rh * qk + j] = kv_b[rh * kv_b_head + j];
-    for (int64_t j = 0; j < f.rope; ++j) k[rh * qk + f.nope + j] = k_pe[(rh / f.heads) * f.rope + j];
+    for (int64_t j = 0; j < f.rope; ++j)
+      k[rh * qk + f.nope + j] = k_pe[(rh / f.heads) * f.rope + j];
     for (int64_t j = 0; j < f.v; ++j) v[rh * f.v + j] = kv_b[rh * kv_b_head + f.nope + j];
   }
 }
@@ -124,9 +125,8 @@ TEST(MlaGlue, MergeKvGradIsCopiesHeadSumAndRopeBwd) {
     const std::vector<float> dv = random_values(f.rows * f.heads * f.v, 4, bf16);
     std::vector<float> d_kv_b(f.rows * f.heads * kv_b_head, kSentinel);
     std::vector<float> d_kv_a(f.rows * kv_a_dim, kSentinel);
-    cpu::mla_merge_kv_grad(d_kv_b.data(), d_kv_a.data() + f.kv_lora, kv_a_dim, dk.data(),
-                           dv.data(), f.mla_rope(), f.rows, f.dims(),
-                           bf16 ? DType::BF16 : DType::F32);
+    cpu::mla_merge_kv_grad(d_kv_b.data(), d_kv_a.data() + f.kv_lora, kv_a_dim, dk.data(), dv.data(),
+                           f.mla_rope(), f.rows, f.dims(), bf16 ? DType::BF16 : DType::F32);
     std::vector<float> d_k_pe(f.rows * f.rope, 0.0f);  // the composition: head sum, rope_bwd
     for (int64_t r = 0; r < f.rows; ++r)
       for (int64_t j = 0; j < f.rope; ++j) {
@@ -191,20 +191,20 @@ TEST(MlaGlue, RejectsBadArguments) {
   const int64_t kv_a_dim = f.kv_lora + f.rope;
   EXPECT_THROW(cpu::mla_split_kv(p, p, p, p, kv_a_dim, f.mla_rope(), f.rows, f.dims(), DType::F16),
                Error);
-  EXPECT_THROW(cpu::mla_split_kv(p, p, p, p, f.rope - 1, f.mla_rope(), f.rows, f.dims(),
-                                 DType::F32),
-               Error);  // row stride < rope
+  EXPECT_THROW(
+      cpu::mla_split_kv(p, p, p, p, f.rope - 1, f.mla_rope(), f.rows, f.dims(), DType::F32),
+      Error);  // row stride < rope
   MlaHeadDims odd = f.dims();
   odd.rope = 7;
   EXPECT_THROW(cpu::mla_merge_kv_grad(p, p, kv_a_dim, p, p, f.mla_rope(), f.rows, odd, DType::F32),
                Error);
   f.positions[3] = kTablePositions;  // outside the table
-  EXPECT_THROW(cpu::mla_merge_kv_grad(p, p, kv_a_dim, p, p, f.mla_rope(), f.rows, f.dims(),
-                                      DType::F32),
-               Error);
-  EXPECT_THROW(cpu::rope_rotate_fp32_table(p, f.mla_rope(), f.rows, 1, f.rope, 1, f.rope, false,
-                                           DType::F32),
-               Error);  // range past the head
+  EXPECT_THROW(
+      cpu::mla_merge_kv_grad(p, p, kv_a_dim, p, p, f.mla_rope(), f.rows, f.dims(), DType::F32),
+      Error);
+  EXPECT_THROW(
+      cpu::rope_rotate_fp32_table(p, f.mla_rope(), f.rows, 1, f.rope, 1, f.rope, false, DType::F32),
+      Error);  // range past the head
 }
 
 }  // namespace

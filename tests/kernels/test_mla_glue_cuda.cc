@@ -73,7 +73,9 @@ struct RopeFixture {
     sin_d.upload(sin);
     positions_d.upload(positions);
   }
-  MlaRope host() const { return MlaRope{cos.data(), sin.data(), kTablePositions, positions.data()}; }
+  MlaRope host() const {
+    return MlaRope{cos.data(), sin.data(), kTablePositions, positions.data()};
+  }
   MlaRope device() { return MlaRope{cos_d.get(), sin_d.get(), 0, positions_d.get()}; }
 };
 
@@ -145,7 +147,8 @@ void check_split(cudaStream_t stream, const GlueCase& c) {
   DeviceArray<T> k_pe_d(c.rows * c.rope), k_old_d(k_ref.size()), v_old_d(v_ref.size());
   k_old_d.poison();
   v_old_d.poison();
-  cuda::copy_2d<T>(k_pe_d.get(), c.rope, kv_a_d.get() + c.kv_lora, kv_a_dim, c.rows, c.rope, stream);
+  cuda::copy_2d<T>(k_pe_d.get(), c.rope, kv_a_d.get() + c.kv_lora, kv_a_dim, c.rows, c.rope,
+                   stream);
   cuda::rope_fwd<T>(k_pe_d.get(), rope.cos_d.get(), rope.sin_d.get(), c.rope,
                     rope.positions_d.get(), c.rows, 1, c.rope, 0, stream);
   if (c.nope > 0)
@@ -182,7 +185,8 @@ void check_merge(cudaStream_t stream, const GlueCase& c) {
                          dv.data(), rope.host(), c.rows, dims, storage_of<T>());
 
   DeviceArray<T> dk_d(dk.size(), c.misaligned), dv_d(dv.size(), c.misaligned);
-  DeviceArray<T> d_kv_b_d(d_kv_b_ref.size(), c.misaligned), d_kv_a_d(d_kv_a_ref.size(), c.misaligned);
+  DeviceArray<T> d_kv_b_d(d_kv_b_ref.size(), c.misaligned),
+      d_kv_a_d(d_kv_a_ref.size(), c.misaligned);
   dk_d.upload(host_values<T>(dk));
   dv_d.upload(host_values<T>(dv));
   d_kv_b_d.poison();
@@ -312,15 +316,15 @@ TEST_F(MlaGlueCuda, RejectsBadArgumentsAndSkipsEmpty) {
                Error);  // odd rope
   EXPECT_THROW(cuda::mla_split_kv<float>(p, p, p, p, 4, r, 4, MlaHeadDims{2, 4, 8, 4}, stream_),
                Error);  // k_pe row stride < rope
-  EXPECT_THROW(cuda::mla_split_kv<float>(nullptr, p, p, p, 8, r, 4, MlaHeadDims{2, 4, 8, 4},
-                                         stream_),
-               Error);
-  EXPECT_THROW(cuda::mla_merge_kv_grad<float>(p, p, 8, p, p, MlaRope{}, 4, MlaHeadDims{2, 4, 8, 4},
-                                              stream_),
-               Error);  // no table
-  EXPECT_THROW(cuda::mla_merge_kv_grad<float>(p, p, 8, p, p, r, 4, MlaHeadDims{0, 4, 8, 4},
-                                              stream_),
-               Error);  // no heads
+  EXPECT_THROW(
+      cuda::mla_split_kv<float>(nullptr, p, p, p, 8, r, 4, MlaHeadDims{2, 4, 8, 4}, stream_),
+      Error);
+  EXPECT_THROW(
+      cuda::mla_merge_kv_grad<float>(p, p, 8, p, p, MlaRope{}, 4, MlaHeadDims{2, 4, 8, 4}, stream_),
+      Error);  // no table
+  EXPECT_THROW(
+      cuda::mla_merge_kv_grad<float>(p, p, 8, p, p, r, 4, MlaHeadDims{0, 4, 8, 4}, stream_),
+      Error);  // no heads
   // rows = 0: nothing to do, null tensors accepted.
   cuda::mla_split_kv<float>(nullptr, nullptr, nullptr, nullptr, 8, r, 0, MlaHeadDims{2, 4, 8, 4},
                             stream_);

@@ -1,7 +1,7 @@
 // Data movement around MLA's attention core (spec §1.4, model/gpu/gpu_mla.h), fused:
 //
 //   split_kv (forward): from kv_b [rows, heads, nope + v] (kv_b_proj's output) and the un-rotated
-//     shared rope key k_pe [rows, rope] (row stride k_pe_ld: the tail of kv_a [rows, kv_lora + rope])
+//     shared rope key k_pe [rows, rope] (row stride k_pe_ld: kv_a's last rope columns)
 //       k [rows, heads, nope + rope] = [ kv_b[r, h, :nope] ; RoPE_fwd(k_pe[r]) ]
 //       v [rows, heads, v]           =   kv_b[r, h, nope:]
 //   merge_kv_grad (backward): from dk [rows, heads, nope + rope] and dv [rows, heads, v]
@@ -38,7 +38,7 @@ struct MlaHeadDims {
 struct MlaRope {
   const float* cos = nullptr;  // [table_positions, rope/2]
   const float* sin = nullptr;
-  int64_t table_positions = 0;  // rows of the table (checked on the CPU only)
+  int64_t table_positions = 0;         // rows of the table (checked on the CPU only)
   const int32_t* positions = nullptr;  // [rows]
 };
 

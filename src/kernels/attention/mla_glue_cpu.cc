@@ -2,16 +2,17 @@
 // Each fp32 operation is done in double and rounded to float: exact for products of two floats
 // and correctly rounded for sums (double has more than 2 * 24 + 2 bits), so the results are the
 // device's __fmul_rn / __fadd_rn / __fsub_rn whatever the host compiler contracts.
-#include "kernels/attention/mla_glue.h"
-
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/attention/mla_glue.h"
 
 namespace frugal::cpu {
 namespace {
 
-float stored(float x, DType storage) { return storage == DType::BF16 ? round_to_bf16(x) : x; }
+float stored(float x, DType storage) {
+  return storage == DType::BF16 ? round_to_bf16(x) : x;
+}
 
 float mul(float a, float b) {
   return static_cast<float>(static_cast<double>(a) * static_cast<double>(b));
@@ -86,9 +87,9 @@ void mla_split_kv(float* k, float* v, const float* kv_b, const float* k_pe, int6
   std::vector<float> rotated(static_cast<size_t>(d.rope));  // [rope]
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t j = 0; j < d.rope; ++j) rotated[j] = k_pe[r * k_pe_ld + j];
-    rope_rotate_fp32_table(rotated.data(), MlaRope{rope.cos, rope.sin, rope.table_positions,
-                                                   rope.positions + r},
-                           1, 1, d.rope, 0, d.rope, false, storage);
+    rope_rotate_fp32_table(rotated.data(),
+                           MlaRope{rope.cos, rope.sin, rope.table_positions, rope.positions + r}, 1,
+                           1, d.rope, 0, d.rope, false, storage);
     for (int64_t h = 0; h < d.heads; ++h) {
       const float* src = kv_b + (r * d.heads + h) * kv_b_head;
       float* k_head = k + (r * d.heads + h) * qk;
@@ -105,8 +106,8 @@ void mla_merge_kv_grad(float* d_kv_b, float* d_k_pe, int64_t d_k_pe_ld, const fl
                        DType storage) {
   check_storage(storage);
   check_dims(d, rows);
-  FRUGAL_CHECK(rows <= 1 || d_k_pe_ld >= d.rope, "mla_merge_kv_grad: d_k_pe row stride {} < rope {}",
-               d_k_pe_ld, d.rope);
+  FRUGAL_CHECK(rows <= 1 || d_k_pe_ld >= d.rope,
+               "mla_merge_kv_grad: d_k_pe row stride {} < rope {}", d_k_pe_ld, d.rope);
   check_positions(rope, rows);
   const int64_t qk = d.nope + d.rope, kv_b_head = d.nope + d.v;
   for (int64_t r = 0; r < rows; ++r) {
@@ -123,9 +124,9 @@ void mla_merge_kv_grad(float* d_kv_b, float* d_k_pe, int64_t d_k_pe_ld, const fl
       for (int64_t h = 0; h < d.heads; ++h) sum = add(sum, dk[(r * d.heads + h) * qk + d.nope + j]);
       row_out[j] = stored(sum, storage);
     }
-    rope_rotate_fp32_table(row_out, MlaRope{rope.cos, rope.sin, rope.table_positions,
-                                            rope.positions + r},
-                           1, 1, d.rope, 0, d.rope, true, storage);
+    rope_rotate_fp32_table(row_out,
+                           MlaRope{rope.cos, rope.sin, rope.table_positions, rope.positions + r}, 1,
+                           1, d.rope, 0, d.rope, true, storage);
   }
 }
 

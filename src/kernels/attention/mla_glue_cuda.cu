@@ -39,10 +39,10 @@ using detail::to_float;
 // Sizes of one launch in runs of kN elements, in the kernel's index type.
 template <class Index>
 struct RunDims {
-  Index heads, nope, rope, v;        // elements
+  Index heads, nope, rope, v;          // elements
   Index nope_runs, rope_runs, v_runs;  // runs per head (rope_runs: per row for the gradient sum)
-  Index pe_ld;                       // row stride of k_pe / d_k_pe
-  Index total;                       // work items
+  Index pe_ld;                         // row stride of k_pe / d_k_pe
+  Index total;                         // work items
 };
 
 template <class T, bool kVector, int kN, class Index>
@@ -82,8 +82,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t first_pair = table_row + e / 2;
 #pragma unroll
     for (int p = 0; p < kN / 2; ++p)
-      rope_rotate_pair(x[2 * p], x[2 * p + 1], cos_table[first_pair + p],
-                       sin_table[first_pair + p], 1.0f);
+      rope_rotate_pair(x[2 * p], x[2 * p + 1], cos_table[first_pair + p], sin_table[first_pair + p],
+                       1.0f);
     store_run<kVector, kN>(dst, x);
   }
 }
@@ -92,9 +92,8 @@ template <class T, bool kVector, int kN, class Index>
 __global__ void __launch_bounds__(kThreads)
     merge_kv_grad_kernel(T* __restrict__ d_kv_b, T* __restrict__ d_k_pe, const T* __restrict__ dk,
                          const T* __restrict__ dv, const float* __restrict__ cos_table,
-                         const float* __restrict__ sin_table,
-                         const int32_t* __restrict__ positions, Index copy_items,
-                         RunDims<Index> d) {
+                         const float* __restrict__ sin_table, const int32_t* __restrict__ positions,
+                         Index copy_items, RunDims<Index> d) {
   const Index i = static_cast<Index>(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= d.total) return;
   const Index qk = d.nope + d.rope, kv_b_head = d.nope + d.v;
@@ -103,7 +102,8 @@ __global__ void __launch_bounds__(kThreads)
     const Index row_head = i / runs_per_head;
     const Index run = i - row_head * runs_per_head;
     if (run < d.nope_runs) {
-      copy_run<kVector, kN>(d_kv_b + row_head * kv_b_head + run * kN, dk + row_head * qk + run * kN);
+      copy_run<kVector, kN>(d_kv_b + row_head * kv_b_head + run * kN,
+                            dk + row_head * qk + run * kN);
     } else {
       const Index e = (run - d.nope_runs) * kN;
       copy_run<kVector, kN>(d_kv_b + row_head * kv_b_head + d.nope + e, dv + row_head * d.v + e);
@@ -142,21 +142,21 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t first_pair = table_row + e / 2;
 #pragma unroll
     for (int p = 0; p < kN / 2; ++p)
-      rope_rotate_pair(x[2 * p], x[2 * p + 1], cos_table[first_pair + p],
-                       sin_table[first_pair + p], -1.0f);
+      rope_rotate_pair(x[2 * p], x[2 * p + 1], cos_table[first_pair + p], sin_table[first_pair + p],
+                       -1.0f);
     store_run<kVector, kN>(dst, x);
   }
 }
 
 void check_args(const MlaRope& rope, int64_t rows, const MlaHeadDims& d, int64_t pe_ld) {
-  FRUGAL_CUDA_REQUIRE(rows >= 0 && d.heads > 0 && d.nope >= 0 && d.rope > 0 && d.rope % 2 == 0 &&
-                          d.v > 0,
-                      "mla glue: bad sizes (rows, heads, nope, rope even, v)");
+  FRUGAL_CUDA_REQUIRE(
+      rows >= 0 && d.heads > 0 && d.nope >= 0 && d.rope > 0 && d.rope % 2 == 0 && d.v > 0,
+      "mla glue: bad sizes (rows, heads, nope, rope even, v)");
   FRUGAL_CUDA_REQUIRE(rows <= 1 || pe_ld >= d.rope,
                       "mla glue: the k_pe / d_k_pe row stride is smaller than rope");
-  FRUGAL_CUDA_REQUIRE(rows == 0 || (rope.cos != nullptr && rope.sin != nullptr &&
-                                    rope.positions != nullptr),
-                      "mla glue: null rope table or positions");
+  FRUGAL_CUDA_REQUIRE(
+      rows == 0 || (rope.cos != nullptr && rope.sin != nullptr && rope.positions != nullptr),
+      "mla glue: null rope table or positions");
 }
 
 // Whether every element offset of the launch (and its item count) fits below 2^31.
@@ -193,8 +193,7 @@ void launch_split(T* k, T* v, const T* kv_b, const T* k_pe, int64_t k_pe_ld, con
                   int64_t rows, const MlaHeadDims& d, cudaStream_t stream) {
   const int64_t total = rows * d.heads * ((d.nope + d.rope + d.v) / kN);
   split_kv_kernel<T, kVector, kN, Index><<<blocks_for(total), kThreads, 0, stream>>>(
-      k, v, kv_b, k_pe, rope.cos, rope.sin, rope.positions,
-      run_dims<Index, kN>(d, k_pe_ld, total));
+      k, v, kv_b, k_pe, rope.cos, rope.sin, rope.positions, run_dims<Index, kN>(d, k_pe_ld, total));
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
@@ -266,11 +265,11 @@ void mla_merge_kv_grad(T* d_kv_b, T* d_k_pe, int64_t d_k_pe_ld, const T* dk, con
     launch_merge<T, false, 1, int64_t>(d_kv_b, d_k_pe, d_k_pe_ld, dk, dv, rope, rows, d, stream);
 }
 
-#define FRUGAL_INSTANTIATE_MLA_GLUE(T)                                                           \
-  template void mla_split_kv<T>(T*, T*, const T*, const T*, int64_t, const MlaRope&, int64_t,    \
-                                const MlaHeadDims&, cudaStream_t);                               \
-  template void mla_merge_kv_grad<T>(T*, T*, int64_t, const T*, const T*, const MlaRope&,        \
-                                     int64_t, const MlaHeadDims&, cudaStream_t);
+#define FRUGAL_INSTANTIATE_MLA_GLUE(T)                                                             \
+  template void mla_split_kv<T>(T*, T*, const T*, const T*, int64_t, const MlaRope&, int64_t,      \
+                                const MlaHeadDims&, cudaStream_t);                                 \
+  template void mla_merge_kv_grad<T>(T*, T*, int64_t, const T*, const T*, const MlaRope&, int64_t, \
+                                     const MlaHeadDims&, cudaStream_t);
 FRUGAL_INSTANTIATE_MLA_GLUE(float)
 FRUGAL_INSTANTIATE_MLA_GLUE(__nv_bfloat16)
 #undef FRUGAL_INSTANTIATE_MLA_GLUE

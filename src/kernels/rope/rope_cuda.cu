@@ -74,15 +74,16 @@ void launch_indexed(T* x, const float* cos, const float* sin, const int32_t* pos
     launch<T, kVector, kN, uint32_t>(x, cos, sin, positions, tokens, heads, head_stride,
                                      rope_offset, rope_dim, sign, stream);
   else
-    launch<T, kVector, kN, int64_t>(x, cos, sin, positions, tokens, heads, head_stride,
-                                    rope_offset, rope_dim, sign, stream);
+    launch<T, kVector, kN, int64_t>(x, cos, sin, positions, tokens, heads, head_stride, rope_offset,
+                                    rope_dim, sign, stream);
 }
 
 template <class T>
 void rope_launch(T* x, const float* cos, const float* sin, int64_t rope_dim,
                  const int32_t* positions, int64_t tokens, int64_t heads, int64_t head_stride,
                  int64_t rope_offset, float sign, cudaStream_t stream) {
-  FRUGAL_CUDA_REQUIRE(rope_dim > 0 && rope_dim % 2 == 0, "rope: rope_dim must be positive and even");
+  FRUGAL_CUDA_REQUIRE(rope_dim > 0 && rope_dim % 2 == 0,
+                      "rope: rope_dim must be positive and even");
   FRUGAL_CUDA_REQUIRE(tokens >= 0 && heads >= 0, "rope: negative token or head count");
   FRUGAL_CUDA_REQUIRE(rope_offset >= 0 && rope_offset + rope_dim <= head_stride,
                       "rope: the rotated range does not fit in a head");
@@ -91,8 +92,7 @@ void rope_launch(T* x, const float* cos, const float* sin, int64_t rope_dim,
                       "rope: null tensor");
   constexpr int kVec = detail::kVectorElems<T>;
   const bool vector = rope_dim % kVec == 0 && rope_offset % kVec == 0 &&
-                      (heads * tokens == 1 || head_stride % kVec == 0) &&
-                      detail::aligned_to(x, 16);
+                      (heads * tokens == 1 || head_stride % kVec == 0) && detail::aligned_to(x, 16);
   if (vector)
     launch_indexed<T, true, kVec>(x, cos, sin, positions, tokens, heads, head_stride, rope_offset,
                                   rope_dim, sign, stream);
@@ -119,10 +119,10 @@ void rope_bwd(T* grad, const float* cos, const float* sin, int64_t rope_dim,
               stream);
 }
 
-#define FRUGAL_INSTANTIATE_ROPE(T)                                                              \
-  template void rope_fwd<T>(T*, const float*, const float*, int64_t, const int32_t*, int64_t,   \
-                            int64_t, int64_t, int64_t, cudaStream_t);                           \
-  template void rope_bwd<T>(T*, const float*, const float*, int64_t, const int32_t*, int64_t,   \
+#define FRUGAL_INSTANTIATE_ROPE(T)                                                            \
+  template void rope_fwd<T>(T*, const float*, const float*, int64_t, const int32_t*, int64_t, \
+                            int64_t, int64_t, int64_t, cudaStream_t);                         \
+  template void rope_bwd<T>(T*, const float*, const float*, int64_t, const int32_t*, int64_t, \
                             int64_t, int64_t, int64_t, cudaStream_t);
 FRUGAL_INSTANTIATE_ROPE(float)
 FRUGAL_INSTANTIATE_ROPE(__nv_bfloat16)
