@@ -8,11 +8,19 @@
 #include "core/error.h"
 #include "core/gpu_profiler.h"
 #include "kernels/attention/flash_attention_cuda.h"
+#include "kernels/attention/mla_glue_cuda.h"
+#include "kernels/cast/cast_cuda.h"
 #include "kernels/quant/quant.h"
 #include "kernels/rope/rope_cuda.h"
-#include "model/gpu/gpu_model_kernels.h"
 
 namespace frugal::gpu {
+namespace {
+
+MlaRope mla_rope(const RopeInputs& rope) {
+  return MlaRope{rope.cos, rope.sin, 0, rope.positions};  // table size unchecked on the device
+}
+
+}  // namespace
 
 template <class T>
 GpuMla<T>::GpuMla(ParamRegistry& registry, const std::string& prefix, const ModelConfig& cfg,
@@ -116,30 +124,20 @@ void GpuMla<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   c.c_kv = cuda::DeviceArray<T>(ctx, rows * kv_lora_rank_);  // [rows, kv_lora_rank]
   cuda::copy_2d<T>(c.c_kv.data(), kv_lora_rank_, kv_a.data(), kv_a_dim, rows, kv_lora_rank_,
                    stream);
-  cuda::DeviceArray<T> k_pe(ctx, rows * rope_dim_);  // [rows, rope]
-  cuda::copy_2d<T>(k_pe.data(), rope_dim_, kv_a.data() + kv_lora_rank_, kv_a_dim, rows, rope_dim_,
-                   stream);
-  kv_a.reset();
   c.c_kv_normed = cuda::DeviceArray<T>(ctx, rows * kv_lora_rank_);
   kv_a_layernorm_.forward(ctx, c.kv_a_layernorm, c.c_kv.data(), c.c_kv_normed.data(), rows);
   const int64_t kv_b_head = nope_dim_ + v_dim_;
   cuda::DeviceArray<T> kv_b(ctx, rows * heads_ * kv_b_head);  // [rows, heads, nope + v]
   kv_b_proj_.forward(ctx, c.kv_b_proj, c.c_kv_normed.data(), kv_b.data(), rows);
   if (!kv_b_proj_.keeps_input_pointer()) c.c_kv_normed.reset();
-  cuda::rope_fwd<T>(k_pe.data(), rope.cos, rope.sin, rope_dim_, rope.positions, rows, 1, rope_dim_,
-                    0, stream);
 
-  // key_h = [k_nope_h ; k_pe], v_h.
+  // key_h = [k_nope_h ; RoPE(k_pe)], v_h, in one pass (k_pe read in place: kv_a's last rope cols).
   c.k = cuda::DeviceArray<T>(ctx, rows * heads_ * qk_dim_);  // [rows, heads, qk]
-  if (nope_dim_ > 0)
-    cuda::copy_2d<T>(c.k.data(), qk_dim_, kv_b.data(), kv_b_head, rows * heads_, nope_dim_, stream);
-  cuda::broadcast_rope_key<T>(c.k.data(), k_pe.data(), rows, heads_, qk_dim_, nope_dim_, rope_dim_,
-                              stream);
-  c.v = cuda::DeviceArray<T>(ctx, rows * heads_ * v_dim_);  // [rows, heads, v]
-  cuda::copy_2d<T>(c.v.data(), v_dim_, kv_b.data() + nope_dim_, kv_b_head, rows * heads_, v_dim_,
-                   stream);
+  c.v = cuda::DeviceArray<T>(ctx, rows * heads_ * v_dim_);   // [rows, heads, v]
+  cuda::mla_split_kv<T>(c.k.data(), c.v.data(), kv_b.data(), kv_a.data() + kv_lora_rank_, kv_a_dim,
+                        mla_rope(rope), rows, head_dims(), stream);
   kv_b.reset();
-  k_pe.reset();
+  kv_a.reset();
 
   // Attention, then the output projection.
   c.attn_out = cuda::DeviceArray<T>(ctx, rows * heads_ * v_dim_);  // [rows, heads * v]
@@ -184,21 +182,16 @@ void GpuMla<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
   c.attn_out.reset();
   c.lse.reset();
 
-  // KV path: d kv_b per head = [dk_nope ; dv]; dk_pe = sum over heads of dk[:, h, nope:].
+  // KV path: d kv_b per head = [dk_nope ; dv]; d_kv_a's rope columns = RoPE_bwd(sum over heads
+  // of dk[:, h, nope:]), in one pass; its first kv_lora_rank columns come from the latent norm.
   const int64_t kv_b_head = nope_dim_ + v_dim_;
+  const int64_t kv_a_dim = kv_lora_rank_ + rope_dim_;
   cuda::DeviceArray<T> d_kv_b(ctx, rows * heads_ * kv_b_head);  // [rows, heads, nope + v]
-  if (nope_dim_ > 0)
-    cuda::copy_2d<T>(d_kv_b.data(), kv_b_head, dk.data(), qk_dim_, rows * heads_, nope_dim_,
-                     stream);
-  cuda::copy_2d<T>(d_kv_b.data() + nope_dim_, kv_b_head, dv.data(), v_dim_, rows * heads_, v_dim_,
-                   stream);
-  cuda::DeviceArray<T> d_k_pe(ctx, rows * rope_dim_);  // [rows, rope]
-  cuda::sum_rope_key_grad<T>(d_k_pe.data(), dk.data(), rows, heads_, qk_dim_, nope_dim_, rope_dim_,
-                             stream);
+  cuda::DeviceArray<T> d_kv_a(ctx, rows * kv_a_dim);            // [rows, kv_lora_rank + rope]
+  cuda::mla_merge_kv_grad<T>(d_kv_b.data(), d_kv_a.data() + kv_lora_rank_, kv_a_dim, dk.data(),
+                             dv.data(), mla_rope(c.rope), rows, head_dims(), stream);
   dk.reset();
   dv.reset();
-  cuda::rope_bwd<T>(d_k_pe.data(), c.rope.cos, c.rope.sin, rope_dim_, c.rope.positions, rows, 1,
-                    rope_dim_, 0, stream);
   cuda::DeviceArray<T> d_c_kv_normed(ctx, rows * kv_lora_rank_);  // [rows, kv_lora_rank]
   kv_b_proj_.backward(ctx, c.kv_b_proj, d_kv_b.data(), d_c_kv_normed.data(), false, deferred);
   d_kv_b.reset();
@@ -207,14 +200,9 @@ void GpuMla<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
   kv_a_layernorm_.backward(ctx, c.kv_a_layernorm, d_c_kv_normed.data(), d_c_kv.data());
   d_c_kv_normed.reset();
   c.c_kv.reset();
-  const int64_t kv_a_dim = kv_lora_rank_ + rope_dim_;
-  cuda::DeviceArray<T> d_kv_a(ctx, rows * kv_a_dim);  // [rows, kv_lora_rank + rope]
   cuda::copy_2d<T>(d_kv_a.data(), kv_a_dim, d_c_kv.data(), kv_lora_rank_, rows, kv_lora_rank_,
                    stream);
-  cuda::copy_2d<T>(d_kv_a.data() + kv_lora_rank_, kv_a_dim, d_k_pe.data(), rope_dim_, rows,
-                   rope_dim_, stream);
   d_c_kv.reset();
-  d_k_pe.reset();
   kv_a_proj_.backward(ctx, c.kv_a_proj, d_kv_a.data(), dx, false, deferred);  // [rows, hidden]
   d_kv_a.reset();
 
@@ -234,6 +222,11 @@ void GpuMla<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy, T* dx,
     q_proj_.backward(ctx, c.q_proj, dq.data(), dx, true, deferred);
   }
   c = Ctx{};
+}
+
+template <class T>
+MlaHeadDims GpuMla<T>::head_dims() const {
+  return MlaHeadDims{heads_, nope_dim_, rope_dim_, v_dim_};
 }
 
 template class GpuMla<float>;

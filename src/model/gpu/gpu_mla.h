@@ -4,9 +4,11 @@
 //   kv path kv_a = kv_a_proj_with_mqa(x) [rows, kv_lora_rank + rope]
 //           c_kv = kv_a_layernorm(kv_a[:, :kv_lora_rank]); k_pe = RoPE(kv_a[:, kv_lora_rank:])
 //           kv_b = kv_b_proj(c_kv) [rows, heads, nope + v]
-//   k [rows, heads, nope + rope] = [k_nope_h ; k_pe] (copy_2d, then k_pe broadcast over heads),
-//   v [rows, heads, v] (copy_2d), o = flash attention (causal, scale cfg.softmax_scale()),
-//   y = o_proj(o [rows, heads * v]).
+//   k [rows, heads, nope + rope] = [k_nope_h ; k_pe], v [rows, heads, v]: one pass from kv_b and
+//   kv_a's rope columns (cuda::mla_split_kv, which also applies k_pe's RoPE),
+//   o = flash attention (causal, scale cfg.softmax_scale()), y = o_proj(o [rows, heads * v]).
+// Backward: d kv_b = [dk_nope ; dv] and d_kv_a's rope columns = RoPE_bwd(sum over heads of dk's
+// rope parts) in one pass (cuda::mla_merge_kv_grad), d_kv_a's latent columns from kv_a_layernorm.
 // Rows are [batch * seq]; attention never crosses sequences. Activations in T; the latent norms
 // run (T, T); RoPE uses the model's fp32 cos/sin table and per-row positions (RopeInputs).
 // Saved for backward: the latent norms' inputs, the up-projections' inputs when their Linear keeps
@@ -21,6 +23,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/attention/mla_glue.h"
 #include "model/config.h"
 #include "model/gpu/gpu_linear.h"
 #include "model/gpu/gpu_rmsnorm.h"
@@ -73,6 +76,8 @@ class GpuMla {
   }
 
  private:
+  MlaHeadDims head_dims() const;
+
   int64_t hidden_ = 0, heads_ = 0, q_lora_rank_ = 0, kv_lora_rank_ = 0;
   int64_t nope_dim_ = 0, rope_dim_ = 0, v_dim_ = 0, qk_dim_ = 0;
   float softmax_scale_ = 1.0f;
