@@ -66,8 +66,10 @@ void GpuMtp<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const float* dh_out, 
                          WeightGradQueue* deferred) const {
   const int64_t rows = c.rows, d = hidden_;
   cuda::DeviceArray<float> dh(ctx, rows * d);  // [rows, hidden] gradient of h_out
-  head_norm_.backward(ctx, c.head_norm, dnormed, dh.data());
-  if (dh_out != nullptr) cuda::axpby<float>(dh.data(), dh_out, 1.0f, 1.0f, rows * d, ctx.stream);
+  if (dh_out != nullptr)  // dh = dh_out + d(head norm input): one pass
+    head_norm_.backward_add(ctx, c.head_norm, dnormed, dh_out, dh.data(), nullptr);
+  else
+    head_norm_.backward(ctx, c.head_norm, dnormed, dh.data());
   cuda::DeviceArray<float> dproj(ctx, rows * d);
   block_->backward(ctx, c.block, dh.data(), dproj.data(), dbalance, deferred);
   dh.reset();

@@ -551,12 +551,20 @@ void Stage<T>::backward(GpuPipelineStage::Run& run, const float* doutput, float*
 
   // Trunk, last layer first.
   cuda::ScopedSection layers_section(ctx_.stream, "layers.bwd");
+  // Under bf16, each layer's norm backward also writes the T copy of its dx that the next layer
+  // down needs for its branch's backward (none for the stage's first layer).
+  cuda::DeviceArray<T> dy_t;  // [rows, hidden] dy rounded to T, or empty
   for (size_t i = layers_.size(); i-- > 0;) {
     cuda::DeviceArray<float> dx(ctx_, rows * d);
-    layers_[i]->backward(ctx_, r.blocks[i], dy, dx.data(), loss_scale, deferred);
+    cuda::DeviceArray<T> dx_t;
+    if (!std::is_same_v<T, float> && i > 0) dx_t = cuda::DeviceArray<T>(ctx_, rows * d);
+    layers_[i]->backward(ctx_, r.blocks[i], dy, dx.data(), loss_scale, deferred,
+                         dy_t.size() > 0 ? dy_t.data() : nullptr,
+                         dx_t.size() > 0 ? dx_t.data() : nullptr);
     r.residual[i + 1].reset();
     dy_owned = std::move(dx);
     dy = dy_owned.data();
+    dy_t = std::move(dx_t);
     // Layer i's weight gradients are queued (not deferred): final for this backward.
     if (gradients_final && deferred == nullptr)
       gradients_final(layer_begin + static_cast<int64_t>(i));
