@@ -9,11 +9,10 @@
 // the FP8 permutation pads them), hidden 1024, expert inter 384; the expert weights of a layer
 // are 64 x [768, 1024] (gate|up) and 64 x [1024, 384] (down). Each op is timed with CUDA events
 // (median of 20 runs after 3 warm-ups) and its GB/s counts the bytes it must move at least; the
-// first row is a device-to-device copy (the ceiling). The dual quantizer gets one row per kernel
-// variant (quant_dual_variant.h, " vN" in the op name) with exact scales (as training runs it) and
-// with power-of-two scales (" pow2"), dense at 32768 x {256, 1024, 4096} and grouped at the expert
-// shapes; the fused-SwiGLU comparisons use the variant FRUGAL_DUAL_QUANT_VARIANT
-// selects. Prints a table; writes JSON to argv[1].
+// first row is a device-to-device copy (the ceiling). The dual quantizer gets one row with exact
+// scales (as training runs it) and one with power-of-two scales (" pow2"), dense at
+// 32768 x {256, 1024, 4096} and grouped at the expert shapes. Prints a table; writes JSON to
+// argv[1].
 //   build/bench_fp8_ops_cuda [results.json]
 #if defined(FRUGAL_HAVE_CUDA)
 
@@ -31,7 +30,6 @@
 #include "core/error.h"
 #include "kernels/adamw/adamw_cuda.h"
 #include "kernels/quant/quant.h"
-#include "kernels/quant/quant_dual_variant.h"
 #include "kernels/swiglu/swiglu.h"
 
 using namespace frugal;
@@ -56,9 +54,9 @@ double tile_scale_bytes(int64_t rows, int64_t cols) {
 }
 
 // The dual quantizer (both operands of an FP8 Linear in one pass) over x [rows, cols], one row per
-// kernel variant (quant_dual_variant.h) and scale rule: grouped over `offsets` (kExperts groups)
-// or, when null, the plain form. Bytes: x read, both code arrays and both scale arrays written.
-void time_dual_variants(BandwidthReport& report, cuda::CudaTimer& timer, cudaStream_t stream,
+// scale rule: grouped over `offsets` (kExperts groups) or, when null, the plain form. Bytes: x
+// read, both code arrays and both scale arrays written.
+void time_dual(BandwidthReport& report, cuda::CudaTimer& timer, cudaStream_t stream,
                         const bf16* x, const int64_t* offsets, int64_t rows, int64_t cols) {
   const int64_t n = rows * cols;
   cuda::DeviceBuffer<uint8_t> q(static_cast<size_t>(n)), qT(static_cast<size_t>(n));
@@ -70,23 +68,19 @@ void time_dual_variants(BandwidthReport& report, cuda::CudaTimer& timer, cudaStr
   // Exact scales (an IEEE division per code: what training uses, kFp8PowerOfTwoScales = false)
   // and power-of-two scales (a multiply per code).
   for (const bool power_of_two : {false, true}) {
-    for (int variant = 0; variant < cuda::kDualQuantVariants; ++variant) {
-      cuda::set_dual_quant_variant(variant);
-      report.add(name + " v" + std::to_string(variant) + (power_of_two ? " pow2" : ""), "bf16",
-                 shape_of(rows, cols), timer.median_us([&] {
-                   if (offsets)
-                     cuda::quantize_act_1x128_dual_grouped(q.data(), scales.data(), qT.data(),
-                                                           scalesT.data(), x, offsets, kExperts,
-                                                           rows, cols, power_of_two, stream);
-                   else
-                     cuda::quantize_act_1x128_dual(q.data(), scales.data(), qT.data(),
-                                                   scalesT.data(), x, rows, cols, power_of_two,
-                                                   stream);
-                 }, kReps),
-                 bytes);
-    }
+    report.add(name + (power_of_two ? " pow2" : ""), "bf16", shape_of(rows, cols),
+               timer.median_us([&] {
+                 if (offsets)
+                   cuda::quantize_act_1x128_dual_grouped(q.data(), scales.data(), qT.data(),
+                                                         scalesT.data(), x, offsets, kExperts,
+                                                         rows, cols, power_of_two, stream);
+                 else
+                   cuda::quantize_act_1x128_dual(q.data(), scales.data(), qT.data(),
+                                                 scalesT.data(), x, rows, cols, power_of_two,
+                                                 stream);
+               }, kReps),
+               bytes);
   }
-  cuda::set_dual_quant_variant(-1);
 }
 
 // The dense dual quantizer at the token count (the attention and dense-MLP Linears' inputs).
@@ -95,12 +89,12 @@ void time_dense_dual(BandwidthReport& report, cuda::CudaTimer& timer, cudaStream
     const int64_t n = kTokens * cols;
     cuda::DeviceBuffer<bf16> x(static_cast<size_t>(n));
     fill_normal_bf16(x.data(), n, 18);
-    time_dual_variants(report, timer, stream, x.data(), nullptr, kTokens, cols);
+    time_dual(report, timer, stream, x.data(), nullptr, kTokens, cols);
   }
 }
 
 // The activation quantizers at [kRows, cols] (bf16 in): plain, grouped, transposed grouped, the
-// dual quantizer's variants, the dequantizer.
+// dual quantizer, the dequantizer.
 void time_activation_quantizers(BandwidthReport& report, cuda::CudaTimer& timer,
                                 cudaStream_t stream, const int64_t* offsets, int64_t cols) {
   const int64_t n = kRows * cols;
@@ -121,7 +115,7 @@ void time_activation_quantizers(BandwidthReport& report, cuda::CudaTimer& timer,
     cuda::transpose_quantize_1x128_grouped<bf16>(q.data(), scales.data(), x.data(), offsets,
                                                  kExperts, kRows, cols, true, stream);
   }, kReps), bytes);
-  time_dual_variants(report, timer, stream, x.data(), offsets, kRows, cols);
+  time_dual(report, timer, stream, x.data(), offsets, kRows, cols);
   report.add("dequantize_act_1x128", "bf16", shape, timer.median_us([&] {
     cuda::dequantize_act_1x128<bf16>(x.data(), q.data(), scales.data(), kRows, cols, stream);
   }, kReps), bytes);

@@ -1,13 +1,13 @@
 // The one-pass FP8 quantizer of both Linear operands (cuda::quantize_act_1x128_dual and its
-// grouped form, kernels/quant/quant.h), every kernel variant of it (quant_dual_variant.h), bit for
-// bit against the CPU reference: cpu::quantize_act_1x128 of x for q, scales and of x^T (per group
-// when grouped) for qT, scalesT. The two quantizers it replaces (quantize_act_1x128(_grouped),
-// transpose_quantize_1x128(_grouped)) are checked against the same reference on the same input.
+// grouped form, kernels/quant/quant.h), bit for bit against the CPU reference:
+// cpu::quantize_act_1x128 of x for q, scales and of x^T (per group when grouped) for qT, scalesT.
+// The two quantizers it replaces (quantize_act_1x128(_grouped), transpose_quantize_1x128(_grouped))
+// are checked against the same reference on the same input.
 // Codes and scales must be identical, every output poisoned with 0xFF first (rows in no group stay
 // poisoned), with and without power-of-two scales, on N(0, 1) and on values spread over
 // 2^-20..2^20 (E4M3 subnormals), for odd and misaligned shapes (partial row and column tiles, the
-// scalar path), group layouts with empty groups and rows outside every group, and matrices of more
-// tiles than the persistent variant's grid (each of its blocks walks several tiles).
+// scalar path), qT columns only 8- or 4-byte aligned, group layouts with empty groups and rows
+// outside every group, and matrices of many tiles (more than the blocks resident on an H200).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -20,7 +20,6 @@
 #include "core/error.h"
 #include "cuda_test_util.h"
 #include "kernels/quant/quant.h"
-#include "kernels/quant/quant_dual_variant.h"
 
 namespace frugal {
 namespace {
@@ -61,7 +60,7 @@ const DualCase kDualCases[] = {
     {700, 1024, false, {128, 256, 640}},          // rows before the first group too
     {384, 136, true, {0, 128, 256, 384}},
     {5, 64, false, {0, 0, 0}},                     // every group empty: nothing written
-    // more tiles than the persistent variant's grid (2 blocks x 132 SMs on an H200)
+    // many tiles: more than the blocks resident at once (2 x 132 SMs on an H200)
     {8300, 1000, false, {}},
     {8192, 2048, false, {}},
     {12800, 768, false, {0, 1280, 1280, 6400, 12672}},
@@ -99,15 +98,6 @@ DualExpected cpu_dual(const std::vector<float>& x, int64_t rows, int64_t cols,
   }
   return e;
 }
-
-// Selects a dual quantizer variant for the scope, then returns to the environment's choice.
-class VariantScope {
- public:
-  explicit VariantScope(int variant) { cuda::set_dual_quant_variant(variant); }
-  ~VariantScope() { cuda::set_dual_quant_variant(-1); }
-  VariantScope(const VariantScope&) = delete;
-  VariantScope& operator=(const VariantScope&) = delete;
-};
 
 void check_dual(cudaStream_t stream, const DualCase& dc, bool wide, bool power_of_two) {
   const int64_t rows = dc.rows, cols = dc.cols, n = rows * cols;
@@ -162,8 +152,7 @@ void check_dual(cudaStream_t stream, const DualCase& dc, bool wide, bool power_o
     FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
     expect_outputs("separate quantize", separate);
   }
-  for (int variant = 0; variant < cuda::kDualQuantVariants; ++variant) {
-    const VariantScope scope(variant);
+  {
     Outputs dual(n, rows * tiles, row_tiles * cols, dc.misaligned);
     if (grouped)
       cuda::quantize_act_1x128_dual_grouped(dual.q.get(), dual.scales.get(), dual.qT.get(),
@@ -174,26 +163,14 @@ void check_dual(cudaStream_t stream, const DualCase& dc, bool wide, bool power_o
                                     dual.scalesT.get(), x_d.get(), rows, cols, power_of_two,
                                     stream);
     FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
-    expect_outputs("dual v" + std::to_string(variant), dual);
+    expect_outputs("dual", dual);
   }
 }
 
-TEST_F(QuantDualCuda, EveryVariantEqualsTheCpuReference) {
+TEST_F(QuantDualCuda, EqualsTheCpuReference) {
   for (bool power_of_two : {false, true})
     for (bool wide : {false, true})
       for (const DualCase& dc : kDualCases) check_dual(stream_, dc, wide, power_of_two);
-}
-
-TEST_F(QuantDualCuda, SelectsVariants) {
-  EXPECT_THROW(cuda::set_dual_quant_variant(cuda::kDualQuantVariants), Error);
-  EXPECT_THROW(cuda::set_dual_quant_variant(-2), Error);
-  for (int variant = 0; variant < cuda::kDualQuantVariants; ++variant) {
-    const VariantScope scope(variant);
-    EXPECT_EQ(cuda::dual_quant_variant(), variant);
-  }
-  const int chosen = cuda::dual_quant_variant();  // the environment's (0 when unset)
-  EXPECT_GE(chosen, 0);
-  EXPECT_LT(chosen, cuda::kDualQuantVariants);
 }
 
 TEST_F(QuantDualCuda, RejectsBadArguments) {
@@ -206,12 +183,9 @@ TEST_F(QuantDualCuda, RejectsBadArguments) {
   EXPECT_THROW(cuda::quantize_act_1x128_dual_grouped(nullptr, nullptr, nullptr, nullptr, nullptr,
                                                      nullptr, 2, 128, 128, false, stream_),
                Error);
-  for (int variant = 0; variant < cuda::kDualQuantVariants; ++variant) {
-    const VariantScope scope(variant);
-    EXPECT_THROW(cuda::quantize_act_1x128_dual(nullptr, nullptr, nullptr, nullptr, nullptr, 4,
-                                               128, false, stream_),
-                 Error);
-  }
+  EXPECT_THROW(cuda::quantize_act_1x128_dual_grouped(nullptr, nullptr, nullptr, nullptr, nullptr,
+                                                     nullptr, -1, 128, 128, false, stream_),
+               Error);
   // Empty shapes launch nothing and succeed.
   cuda::quantize_act_1x128_dual(nullptr, nullptr, nullptr, nullptr, nullptr, 0, 128, true,
                                 stream_);

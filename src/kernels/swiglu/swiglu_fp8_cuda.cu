@@ -12,12 +12,12 @@
 // multiple of 128, and the g and u columns of the same index are columns j and inter/128 + j of gu
 // (and of dgu), so a block owns whole 1x128 tiles of every matrix it touches:
 //   rows     half-warp h takes rows h, h+16, ..., h+112 of the tile (16 lanes x 8 values = a 1x128
-//            tile each) as quant_dual_cuda.cu does; forward: it quantizes the g and u chunks for
-//            the cache (every row < rows) and h (rows in a group), staging h (bf16) in shared
-//            memory; backward: it expands the cached g and u, takes dg and du, quantizes both and
-//            stages both (two tiles, dynamic shared memory);
+//            tile each); forward: it quantizes the g and u chunks for the cache (every row <
+//            rows) and h (rows in a group), staging h (bf16) in shared memory; backward: it
+//            expands the cached g and u, takes dg and du, quantizes both and stages both (two
+//            tiles, dynamic shared memory);
 //   columns  each staged tile is quantized along its columns (the 128x1 tiles of the Wgrad
-//            operand) exactly as quant_dual_cuda.cu's column phase does.
+//            operand): a column's amax over two halves of the rows, then one warp per column.
 // Groups as quantize_act_1x128_dual_grouped takes them (multiples of 128 rows starting on a
 // multiple of 128), so a row tile lies in one group or in none.
 #include <cuda_bf16.h>
@@ -107,7 +107,7 @@ __device__ __forceinline__ void dequantize_chunk(float (&v)[kChunk], const uint8
   for (int i = 0; i < kChunk; ++i) v[i] = round_to_bf16(detail::e4m3_to_float(codes[i]) * scale);
 }
 
-// The column phase of quant_dual_cuda.cu on a staged 128 x 128 tile of a matrix with `cols`
+// The column quantization (128x1 tiles) of a staged 128 x 128 tile of a matrix with `cols`
 // columns whose rows >= tile_rows are staged as zeros: column c's scale at scalesT_row[c] (the
 // tile's row of the group's [rows_g/128][cols] scales, from column col0) and its codes at
 // qT_group + (col0 + c) * group_rows + local0 + r for r < tile_rows. Every thread of the block
