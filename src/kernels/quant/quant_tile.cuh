@@ -112,7 +112,7 @@ __device__ __forceinline__ bool find_group(const int64_t* offsets, int64_t group
   return row < offsets[lo + 1];
 }
 
-// The 128 x 128 tile kernels (quant_dual_cuda.cu, swiglu_fp8_cuda.cu): 256 threads, values staged
+// The staged 128 x 128 tile kernels (swiglu_fp8_cuda.cu): 256 threads, values staged
 // as bf16 rows of 130 (65 words: column reads are conflict-free), 16 rows (one per half-warp) per
 // pass, 8 passes.
 constexpr int kTileThreads = 256;
