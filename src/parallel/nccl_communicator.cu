@@ -372,41 +372,40 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, in
   return std::make_unique<NcclCommunicator>(bootstrap, device, options);
 }
 
-void set_input_stream(Communicator& comm, cudaStream_t stream) {
+namespace {
+// comm as the NCCL communicator it must be; `caller` names the function in the error.
+NcclCommunicator& as_nccl(Communicator& comm, const char* caller) {
   auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
-  FRUGAL_CUDA_REQUIRE(nccl != nullptr, "set_input_stream: not an NCCL communicator");
-  nccl->set_input(stream);
+  if (nccl == nullptr)
+    cuda::throw_requirement((std::string(caller) + ": not an NCCL communicator").c_str(),
+                      "comm is an NcclCommunicator", __FILE__, __LINE__);
+  return *nccl;
+}
+}  // namespace
+
+void set_input_stream(Communicator& comm, cudaStream_t stream) {
+  as_nccl(comm, "set_input_stream").set_input(stream);
 }
 
 cudaStream_t input_stream(Communicator& comm) {
-  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
-  FRUGAL_CUDA_REQUIRE(nccl != nullptr, "input_stream: not an NCCL communicator");
-  return nccl->input();
+  return as_nccl(comm, "input_stream").input();
 }
 
 void set_op_timing(Communicator& comm, OpTimer* timer) {
-  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
-  FRUGAL_CUDA_REQUIRE(nccl != nullptr, "set_op_timing: not an NCCL communicator");
-  nccl->set_timer(timer);
+  as_nccl(comm, "set_op_timing").set_timer(timer);
 }
 
 void enqueue_reduce_scatter_sum(Communicator& comm, void* recv, const void* send, int64_t count,
                                 CommType type) {
-  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
-  FRUGAL_CUDA_REQUIRE(nccl != nullptr, "enqueue_reduce_scatter_sum: not an NCCL communicator");
-  nccl->reduce_scatter_sum_enqueued(recv, send, count, type);
+  as_nccl(comm, "enqueue_reduce_scatter_sum").reduce_scatter_sum_enqueued(recv, send, count, type);
 }
 
 void stream_wait_for_operations(Communicator& comm, cudaStream_t stream) {
-  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
-  FRUGAL_CUDA_REQUIRE(nccl != nullptr, "stream_wait_for_operations: not an NCCL communicator");
-  nccl->make_stream_wait(stream);
+  as_nccl(comm, "stream_wait_for_operations").make_stream_wait(stream);
 }
 
 void complete_enqueued(Communicator& comm) {
-  auto* nccl = dynamic_cast<NcclCommunicator*>(&comm);
-  FRUGAL_CUDA_REQUIRE(nccl != nullptr, "complete_enqueued: not an NCCL communicator");
-  nccl->complete_enqueued();
+  as_nccl(comm, "complete_enqueued").complete_enqueued();
 }
 
 bool is_nccl_communicator(const Communicator& comm) {
