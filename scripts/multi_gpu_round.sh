@@ -38,12 +38,8 @@ logs=${OUT:+$OUT/multi_gpu}
 logs=${logs:-$build/multi_gpu}
 mkdir -p "$logs"
 export NCCL_NVLS_ENABLE=0
-deps=$PWD/.carry/gpu-deps
-for lib in pcre2-8 xxhash; do ln -sfn "/usr/lib/x86_64-linux-gnu/lib$lib.so.0" "$deps/lib/lib$lib.so"; done
-export PKG_CONFIG_PATH="$deps/pkgconfig"
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRUGAL_CUDA=ON \
-  -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc -DFRUGAL_EXTRA_INCLUDE="$deps/include" \
-  > "$logs/configure.log" 2>&1 || { tail "$logs/configure.log"; exit 1; }
+source scripts/configure_gpu_build.sh
+configure_gpu_build "$build" "$logs/configure.log" || { tail "$logs/configure.log"; exit 1; }
 ninja -C "$build" -j"$(nproc)" frugal test_parallel_nccl_cuda test_parallel_gpu_dp_cuda \
   test_parallel_gpu_ep_cuda test_parallel_gpu_ep_overlap_cuda test_parallel_gpu_dispatch_cuda \
   test_parallel_gpu_pipeline_cuda test_model_gpu_pipeline_stage_cuda bench_dispatch_cuda \

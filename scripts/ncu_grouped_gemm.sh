@@ -11,11 +11,8 @@ cd "$(dirname "$0")/.." || exit 1
 build=${FRUGAL_BUILD_DIR:-build-gpu}
 out=${OUT:-$build/ncu}
 mkdir -p "$out"
-deps=$PWD/.carry/gpu-deps
-for lib in pcre2-8 xxhash; do ln -sfn "/usr/lib/x86_64-linux-gnu/lib$lib.so.0" "$deps/lib/lib$lib.so"; done
-PKG_CONFIG_PATH="$deps/pkgconfig" cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DFRUGAL_CUDA=ON -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc \
-  -DFRUGAL_EXTRA_INCLUDE="$deps/include" > "$out/configure.log" 2>&1 || { tail "$out/configure.log"; exit 1; }
+source scripts/configure_gpu_build.sh
+configure_gpu_build "$build" "$out/configure.log" || { tail "$out/configure.log"; exit 1; }
 ninja -C "$build" -j"$(nproc)" bench_grouped_gemm_cuda > "$out/build.log" 2>&1 \
   || { grep error "$out/build.log" | head; exit 1; }
 for kernel in grouped_gemm_fp8_kernel grouped_gemm_kernel; do

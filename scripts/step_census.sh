@@ -10,12 +10,9 @@ cd "$(dirname "$0")/.." || exit 1
 build=${FRUGAL_BUILD_DIR:-build-gpu}
 out=${OUT:-$build/census}
 mkdir -p "$out"
-deps=$PWD/.carry/gpu-deps
+source scripts/configure_gpu_build.sh
 if [ ! -f "$build/build.ninja" ]; then
-  for lib in pcre2-8 xxhash; do ln -sfn "/usr/lib/x86_64-linux-gnu/lib$lib.so.0" "$deps/lib/lib$lib.so"; done
-  PKG_CONFIG_PATH="$deps/pkgconfig" cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DFRUGAL_CUDA=ON -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc \
-    -DFRUGAL_EXTRA_INCLUDE="$deps/include" > "$out/configure.log" 2>&1 || { tail "$out/configure.log"; exit 1; }
+  configure_gpu_build "$build" "$out/configure.log" || { tail "$out/configure.log"; exit 1; }
 fi
 ninja -C "$build" -j"$(nproc)" bench_train_gpu > "$out/build.log" 2>&1 \
   || { grep error "$out/build.log" | head; exit 1; }

@@ -39,13 +39,9 @@ if [ "$which" != one-gpu ]; then
 fi
 
 if [ "$which" != two-gpu ]; then
-  deps=$PWD/.carry/gpu-deps
+  source scripts/configure_gpu_build.sh
   if [ ! -f "$build/build.ninja" ]; then
-    for lib in pcre2-8 xxhash; do ln -sfn "/usr/lib/x86_64-linux-gnu/lib$lib.so.0" "$deps/lib/lib$lib.so"; done
-    PKG_CONFIG_PATH="$deps/pkgconfig" cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-      -DFRUGAL_CUDA=ON -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc \
-      -DFRUGAL_EXTRA_INCLUDE="$deps/include" > "$logs/configure.log" 2>&1 \
-      || { tail "$logs/configure.log"; exit 1; }
+    configure_gpu_build "$build" "$logs/configure.log" || { tail "$logs/configure.log"; exit 1; }
   fi
   echo "== one GPU: the grouped GEMM kernels, the quantizers, the profiled step"
   tests=(test_kernels_quant_cuda test_kernels_quant_dual_cuda test_kernels_swiglu_cuda
