@@ -7,9 +7,12 @@
 // poisoned), with and without power-of-two scales, on N(0, 1) and on values spread over
 // 2^-20..2^20 (E4M3 subnormals), for odd and misaligned shapes (partial row and column tiles, the
 // scalar path), qT columns only 8- or 4-byte aligned, group layouts with empty groups and rows
-// outside every group, and matrices of many tiles (more than the blocks resident on an H200).
+// outside every group, and matrices of many tiles (more than the blocks resident on an H200). The
+// gathered grouped form (rows read through a permute_rows row assignment, padding rows zero) on
+// the grouped cases.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -167,6 +170,62 @@ void check_dual(cudaStream_t stream, const DualCase& dc, bool wide, bool power_o
   }
 }
 
+// The gathered grouped form: x of a grouped case is made the permutation of a shuffled source
+// matrix (row r = src[perm[r]], reached through row_assignment[r] = perm[r] * top_k + r % top_k),
+// with every 7th row a padding row (row_assignment -1, zeros in x); codes and scales as the CPU
+// reference of x.
+void check_gather(cudaStream_t stream, const DualCase& dc, bool power_of_two) {
+  const int64_t rows = dc.rows, cols = dc.cols, n = rows * cols, top_k = 3;
+  const int64_t tiles = fp8_block_count(cols), row_tiles = fp8_block_count(rows);
+  const int64_t groups = static_cast<int64_t>(dc.offsets.size()) - 1;
+  const std::string text = testing::shape_text(rows, cols, dc.misaligned) + " g" +
+                           std::to_string(groups) + " gathered";
+  std::vector<float> x = dual_input(rows, cols, false, testing::case_seed("gather " + text));
+  std::vector<int64_t> perm(rows);
+  for (int64_t r = 0; r < rows; ++r) perm[r] = r;
+  std::shuffle(perm.begin(), perm.end(), std::mt19937_64(testing::case_seed("perm " + text)));
+  std::vector<float> src(n);
+  std::vector<int32_t> assignment(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (r % 7 == 3) {  // a padding row
+      assignment[r] = -1;
+      std::fill(x.begin() + r * cols, x.begin() + (r + 1) * cols, 0.0f);
+      continue;
+    }
+    assignment[r] = static_cast<int32_t>(perm[r] * top_k + r % top_k);
+    std::copy(x.begin() + r * cols, x.begin() + (r + 1) * cols, src.begin() + perm[r] * cols);
+  }
+  DeviceArray<bf16> src_d(n, dc.misaligned);
+  src_d.upload(testing::host_values<bf16>(src));
+  DeviceArray<int32_t> assignment_d(rows);
+  assignment_d.upload(assignment);
+  DeviceArray<int64_t> offsets_d(groups + 1);
+  offsets_d.upload(dc.offsets);
+  DeviceArray<uint8_t> q(n, dc.misaligned), qT(n, dc.misaligned);
+  DeviceArray<float> scales(rows * tiles, dc.misaligned), scalesT(row_tiles * cols, dc.misaligned);
+  q.poison();
+  qT.poison();
+  scales.poison();
+  scalesT.poison();
+  cuda::quantize_act_1x128_dual_grouped_gather(q.get(), scales.get(), qT.get(), scalesT.get(),
+                                               src_d.get(), assignment_d.get(), top_k,
+                                               offsets_d.get(), groups, rows, cols, power_of_two,
+                                               stream);
+  FRUGAL_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const DualExpected expected = cpu_dual(x, rows, cols, dc.offsets, power_of_two);
+  const std::string suffix = power_of_two ? " pow2" : "";
+  testing::expect_quant_identical("dual gathered rows" + suffix, text, x, q.download(), expected.q,
+                                  scales.download(), expected.scales);
+  testing::expect_quant_identical("dual gathered transposed" + suffix, text, {}, qT.download(),
+                                  expected.qT, scalesT.download(), expected.scalesT);
+}
+
+TEST_F(QuantDualCuda, GatheredEqualsTheCpuReferenceOfThePermutedRows) {
+  for (bool power_of_two : {false, true})
+    for (const DualCase& dc : kDualCases)
+      if (!dc.offsets.empty()) check_gather(stream_, dc, power_of_two);
+}
+
 TEST_F(QuantDualCuda, EqualsTheCpuReference) {
   for (bool power_of_two : {false, true})
     for (bool wide : {false, true})
@@ -186,6 +245,14 @@ TEST_F(QuantDualCuda, RejectsBadArguments) {
   EXPECT_THROW(cuda::quantize_act_1x128_dual_grouped(nullptr, nullptr, nullptr, nullptr, nullptr,
                                                      nullptr, -1, 128, 128, false, stream_),
                Error);
+  EXPECT_THROW(cuda::quantize_act_1x128_dual_grouped_gather(nullptr, nullptr, nullptr, nullptr,
+                                                            nullptr, nullptr, 0, nullptr, 1, 128,
+                                                            128, false, stream_),
+               Error);  // top_k 0
+  EXPECT_THROW(cuda::quantize_act_1x128_dual_grouped_gather(nullptr, nullptr, nullptr, nullptr,
+                                                            nullptr, nullptr, 2, nullptr, 1, 128,
+                                                            128, false, stream_),
+               Error);  // null pointers
   // Empty shapes launch nothing and succeed.
   cuda::quantize_act_1x128_dual(nullptr, nullptr, nullptr, nullptr, nullptr, 0, 128, true,
                                 stream_);

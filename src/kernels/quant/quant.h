@@ -144,6 +144,15 @@ void quantize_act_1x128_dual_grouped(uint8_t* q, float* scales, uint8_t* qT, flo
                                      const __nv_bfloat16* x, const int64_t* offsets,
                                      int64_t groups, int64_t rows, int64_t cols,
                                      bool power_of_two_scale, cudaStream_t stream);
+// The grouped form of the rows cuda::permute_rows(xp, x, row_assignment, rows, top_k, cols) would
+// gather (xp[r] = x[row_assignment[r] / top_k], zeros where row_assignment[r] < 0), without xp:
+// the same bits as permute_rows then quantize_act_1x128_dual_grouped of xp. x [tokens, cols].
+void quantize_act_1x128_dual_grouped_gather(uint8_t* q, float* scales, uint8_t* qT,
+                                            float* scalesT, const __nv_bfloat16* x,
+                                            const int32_t* row_assignment, int64_t top_k,
+                                            const int64_t* offsets, int64_t groups, int64_t rows,
+                                            int64_t cols, bool power_of_two_scale,
+                                            cudaStream_t stream);
 
 }  // namespace frugal::cuda
 #endif

@@ -29,6 +29,8 @@
 // The arithmetic is quant_tile.cuh's (half_warp_max, chunk_amax, fp8_scale_from_amax,
 // ScaleDivider, quantize8); amax is exact in any order, so the codes and scales are bit for bit
 // those of the CPU reference. bf16 input only (the FP8 recipe's activations).
+// Gathered (grouped only): matrix row r is row row_assignment[r] / top_k of x, zeros where
+// row_assignment[r] < 0 (as cuda::permute_rows would build the matrix, which is never written).
 // Grouped: every group holds a multiple of 128 rows and starts on one (the FP8 permutation's
 // padding, kFp8GroupRowAlign), so a tile lies in one group; tiles in no group are skipped (their
 // outputs are not written), rows past the tile's group or the matrix count as zeros.
@@ -154,6 +156,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                       uint8_t* __restrict__ qT, float* __restrict__ scalesT,
                       const bf16* __restrict__ x, int64_t rows, int64_t cols,
                       const int64_t* __restrict__ offsets, int64_t groups,
+                      const int32_t* __restrict__ gather, int64_t top_k,
                       bool power_of_two_scale) {
   __shared__ DualShared sh;
   const int64_t row_tile = blockIdx.x, col_tile = blockIdx.y, tiles = gridDim.y;
@@ -171,8 +174,13 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
   for (int p = 0; p < kRowsPerThread; ++p) {
     const int64_t row = row0 + first + p;
-    raw[p] = row < rows && valid > 0
-                 ? load_raw<kVector>(x + row * cols + col0 + chunk_col, valid)
+    int64_t source = row;  // gathered: row `gather[row] / top_k` of x, none (zeros) if negative
+    if (gather != nullptr && row < rows) {
+      const int32_t assignment = gather[row];
+      source = assignment < 0 ? -1 : assignment / top_k;
+    }
+    raw[p] = row < rows && source >= 0 && valid > 0
+                 ? load_raw<kVector>(x + source * cols + col0 + chunk_col, valid)
                  : zero_raw();
   }
   detail::TransposedTile t;
@@ -272,10 +280,13 @@ __global__ void __launch_bounds__(kThreads, 2)
 }
 
 // Picks the kernel for the alignment and launches it; offsets == nullptr, groups == 0 when plain.
+// gather == nullptr: row r of the matrix is row r of x; else row gather[r] / top_k (zeros when
+// gather[r] < 0).
 template <bool kGrouped>
 void launch_dual(uint8_t* q, float* scales, uint8_t* qT, float* scalesT, const bf16* x,
                  const int64_t* offsets, int64_t groups, int64_t rows, int64_t cols,
-                 bool power_of_two_scale, cudaStream_t stream) {
+                 bool power_of_two_scale, cudaStream_t stream, const int32_t* gather = nullptr,
+                 int64_t top_k = 1) {
   const int64_t row_tiles = ceil_div(rows, kTile);
   const int64_t col_tiles = ceil_div(cols, kTile);
   FRUGAL_CUDA_REQUIRE(row_tiles <= 0x7FFFFFFF && col_tiles <= 65535,
@@ -283,10 +294,10 @@ void launch_dual(uint8_t* q, float* scales, uint8_t* qT, float* scalesT, const b
   const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(col_tiles));
   if (cols % kChunk == 0 && aligned_to(x, 16) && aligned_to(q, 8))
     dual_quant_kernel<true, kGrouped><<<grid, kThreads, 0, stream>>>(
-        q, scales, qT, scalesT, x, rows, cols, offsets, groups, power_of_two_scale);
+        q, scales, qT, scalesT, x, rows, cols, offsets, groups, gather, top_k, power_of_two_scale);
   else
     dual_quant_kernel<false, kGrouped><<<grid, kThreads, 0, stream>>>(
-        q, scales, qT, scalesT, x, rows, cols, offsets, groups, power_of_two_scale);
+        q, scales, qT, scalesT, x, rows, cols, offsets, groups, gather, top_k, power_of_two_scale);
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
@@ -316,6 +327,23 @@ void quantize_act_1x128_dual_grouped(uint8_t* q, float* scales, uint8_t* qT, flo
                       "cuda::quantize_act_1x128_dual_grouped: null pointer");
   launch_dual<true>(q, scales, qT, scalesT, x, offsets, groups, rows, cols, power_of_two_scale,
                     stream);
+}
+
+void quantize_act_1x128_dual_grouped_gather(uint8_t* q, float* scales, uint8_t* qT,
+                                            float* scalesT, const __nv_bfloat16* x,
+                                            const int32_t* row_assignment, int64_t top_k,
+                                            const int64_t* offsets, int64_t groups, int64_t rows,
+                                            int64_t cols, bool power_of_two_scale,
+                                            cudaStream_t stream) {
+  FRUGAL_CUDA_REQUIRE(rows >= 0 && cols >= 0 && groups >= 0 && top_k > 0,
+                      "cuda::quantize_act_1x128_dual_grouped_gather: negative shape or group "
+                      "count, or top_k < 1");
+  if (rows == 0 || cols == 0 || groups == 0) return;
+  FRUGAL_CUDA_REQUIRE(q != nullptr && scales != nullptr && qT != nullptr && scalesT != nullptr &&
+                          x != nullptr && offsets != nullptr && row_assignment != nullptr,
+                      "cuda::quantize_act_1x128_dual_grouped_gather: null pointer");
+  launch_dual<true>(q, scales, qT, scalesT, x, offsets, groups, rows, cols, power_of_two_scale,
+                    stream, row_assignment, top_k);
 }
 
 }  // namespace frugal::cuda

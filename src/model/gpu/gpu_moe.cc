@@ -244,13 +244,30 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   const GroupOffsets offsets{host_offsets ? c.host_offsets.data() : nullptr,
                              c.expert_offsets.data(), E, padded};
 
-  // Routed experts over their row blocks.
-  cuda::DeviceArray<T> xp(ctx, bound * H);  // [padded, hidden]
-  cuda::permute_rows<T>(xp.data(), x, c.row_assignment.data(), padded, K, H, stream);
+  // Routed experts over their row blocks. Under FP8 the permuted rows are never written: gate_up's
+  // two FP8 operands are quantized straight from the rows of x they gather (the same bits).
+  const bool gather_fp8 = std::is_same_v<T, bf16> && fp8;
+  cuda::DeviceArray<T> xp;  // [padded, hidden], bf16/fp32 only
+  if (!gather_fp8) {
+    xp = cuda::DeviceArray<T>(ctx, bound * H);
+    cuda::permute_rows<T>(xp.data(), x, c.row_assignment.data(), padded, K, H, stream);
+  }
   route_section.close();
   cuda::ScopedSection experts_section(stream, "moe.experts.fwd");
   cuda::DeviceArray<T> gu(ctx, bound * 2 * I);  // [padded, 2*inter]
-  gate_up_.forward(ctx, c.gate_up, xp.data(), gu.data(), offsets);
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (gather_fp8) {
+      cuda::DeviceArray<uint8_t> xT_q(ctx, padded * H), x_q(ctx, padded * H);
+      cuda::DeviceArray<float> xT_scales(ctx, padded / kFp8BlockSize * H);
+      cuda::DeviceArray<float> x_scales(ctx, fp8_block_count(H) * padded);
+      cuda::quantize_act_1x128_dual_grouped_gather(
+          x_q.data(), x_scales.data(), xT_q.data(), xT_scales.data(), x, c.row_assignment.data(),
+          K, c.expert_offsets.data(), E, padded, H, kFp8PowerOfTwoScales, stream);
+      gate_up_.forward_quantized(ctx, c.gate_up, x_q.data(), x_scales.data(), std::move(xT_q),
+                                 std::move(xT_scales), gu.data(), offsets);
+    }
+  }
+  if (!gather_fp8) gate_up_.forward(ctx, c.gate_up, xp.data(), gu.data(), offsets);
   c.expert_out = cuda::DeviceArray<T>(ctx, bound * H);  // [padded, hidden]
   if (fused_swiglu_fp8()) {  // SwiGLU, the gu cache and h's FP8 operands in one kernel
     swiglu_down_forward_fp8(ctx, c, gu.data(), c.expert_out.data(), offsets);
