@@ -3,7 +3,8 @@
 // whole backward, AdamW, balance-bias update), `warmup` untimed steps then `steps` timed ones.
 // Prints tokens/s, MFU against the H200's dense peaks (BF16 989 TFLOP/s, FP8 1979 TFLOP/s; model
 // FLOPs = 3 x Transformer::flops_per_token, MTP and the balance loss not counted), step times and
-// the caching allocator's peak bytes in use; writes the same as JSON with --json.
+// the caching allocator's peak bytes in use; writes the same as JSON with --json. Each step line
+// also gives the cudaMalloc calls the memory pool made in that step (0 once the shapes repeat).
 //   build/bench_train_gpu CONFIG.toml RECIPE BATCH SEQ STEPS [--warmup N] [--json FILE]
 //       [--section.key=value ...]
 //   e.g. build/bench_train_gpu configs/bench-1b.toml fp8 8 4096 20 --json bench/results/x.json
@@ -117,6 +118,7 @@ int run(int argc, char** argv) {
     }
 #endif
     fill_batch(step);
+    const int64_t mallocs_before = engine->device_malloc_calls();
     const auto start = std::chrono::steady_clock::now();
     engine->zero_grad();
     const Losses losses =
@@ -133,9 +135,11 @@ int run(int argc, char** argv) {
     if (step == 0) first_loss = losses.main;
     last_loss = losses.main;
     if (step >= warmup) step_seconds.push_back(seconds);
-    std::printf("%s step %lld: %.1f ms, loss %.4f, gnorm %.3g%s\n",
+    std::printf("%s step %lld: %.1f ms, loss %.4f, gnorm %.3g, %lld cudaMalloc%s\n",
                 step < warmup ? "warmup" : "timed", static_cast<long long>(step + 1), seconds * 1e3,
-                losses.main, info.grad_norm, info.skipped ? " (skipped: non-finite)" : "");
+                losses.main, info.grad_norm,
+                static_cast<long long>(engine->device_malloc_calls() - mallocs_before),
+                info.skipped ? " (skipped: non-finite)" : "");
   }
 
 #ifdef FRUGAL_HAVE_CUDA

@@ -378,6 +378,7 @@ class GpuEngine : public StepEngine {
   int64_t peak_memory_bytes() const override {
     return static_cast<int64_t>(ctx_.allocator.peak_bytes_in_use());
   }
+  int64_t device_malloc_calls() const override { return ctx_.allocator.cuda_malloc_calls(); }
 
  private:
   // The NCCL communicator over the dp group (bootstrapped through the mesh's host dp group; every

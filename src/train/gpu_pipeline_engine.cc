@@ -244,6 +244,7 @@ class GpuPipelineEngine : public StepEngine {
   int64_t peak_memory_bytes() const override {
     return static_cast<int64_t>(ctx_.allocator.peak_bytes_in_use());
   }
+  int64_t device_malloc_calls() const override { return ctx_.allocator.cuda_malloc_calls(); }
 
  private:
   void gather_host_state() {

@@ -114,6 +114,9 @@ class StepEngine {
   virtual double peak_flops() const = 0;
   // Peak memory of the run: device bytes in use (GPU), resident set size (CPU).
   virtual int64_t peak_memory_bytes() const = 0;
+  // How often the device memory pool has grown (cudaMalloc) so far; 0 on the CPU. A step that
+  // repeats the previous steps' shapes adds none.
+  virtual int64_t device_malloc_calls() const { return 0; }
 };
 
 // The engine train.device names: "cpu" (train.precision must be fp32) or "cuda" (needs a build with
