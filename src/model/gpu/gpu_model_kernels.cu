@@ -1,5 +1,5 @@
 // Glue kernels of the GPU model (see gpu_model_kernels.h). Elementwise kernels use a grid-stride
-// loop over 64-bit indices; the head reduction and the loss kernels sum in a fixed order.
+// loop over 64-bit indices; the loss kernels sum in a fixed order.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -39,36 +39,6 @@ __global__ void fill_kernel(float* x, float value, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * kThreads)
     x[i] = value;
-}
-
-// One thread per (row, head, j).
-template <class T>
-__global__ void broadcast_rope_key_kernel(T* k, const T* k_pe, int64_t rows, int64_t heads,
-                                          int64_t head_stride, int64_t offset, int64_t rope_dim) {
-  const int64_t n = rows * heads * rope_dim;
-  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * kThreads) {
-    const int64_t j = i % rope_dim;
-    const int64_t rh = i / rope_dim;  // row * heads + head
-    const int64_t r = rh / heads;
-    k[rh * head_stride + offset + j] = k_pe[r * rope_dim + j];
-  }
-}
-
-// One thread per (row, j); heads summed in order.
-template <class T>
-__global__ void sum_rope_key_grad_kernel(T* d_k_pe, const T* dk, int64_t rows, int64_t heads,
-                                         int64_t head_stride, int64_t offset, int64_t rope_dim) {
-  const int64_t n = rows * rope_dim;
-  for (int64_t i = blockIdx.x * int64_t{kThreads} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * kThreads) {
-    const int64_t j = i % rope_dim;
-    const int64_t r = i / rope_dim;
-    const T* src = dk + r * heads * head_stride + offset + j;
-    float sum = 0.0f;
-    for (int64_t h = 0; h < heads; ++h) sum += to_float(src[h * head_stride]);
-    d_k_pe[i] = from_float<T>(sum);
-  }
 }
 
 __global__ void xent_grad_scales_kernel(float* scales, const int64_t* valid, int64_t depths,
@@ -125,32 +95,6 @@ void fill(float* x, float value, int64_t n, cudaStream_t stream) {
   FRUGAL_CUDA_CHECK_LAUNCH();
 }
 
-template <class T>
-void broadcast_rope_key(T* k, const T* k_pe, int64_t rows, int64_t heads, int64_t head_stride,
-                        int64_t offset, int64_t rope_dim, cudaStream_t stream) {
-  FRUGAL_CUDA_REQUIRE(
-      rows >= 0 && heads > 0 && rope_dim > 0 && offset >= 0 && offset + rope_dim <= head_stride,
-      "broadcast_rope_key: bad shape");
-  const int64_t n = rows * heads * rope_dim;
-  if (n == 0) return;
-  broadcast_rope_key_kernel<T>
-      <<<blocks_for(n), kThreads, 0, stream>>>(k, k_pe, rows, heads, head_stride, offset, rope_dim);
-  FRUGAL_CUDA_CHECK_LAUNCH();
-}
-
-template <class T>
-void sum_rope_key_grad(T* d_k_pe, const T* dk, int64_t rows, int64_t heads, int64_t head_stride,
-                       int64_t offset, int64_t rope_dim, cudaStream_t stream) {
-  FRUGAL_CUDA_REQUIRE(
-      rows >= 0 && heads > 0 && rope_dim > 0 && offset >= 0 && offset + rope_dim <= head_stride,
-      "sum_rope_key_grad: bad shape");
-  const int64_t n = rows * rope_dim;
-  if (n == 0) return;
-  sum_rope_key_grad_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(
-      d_k_pe, dk, rows, heads, head_stride, offset, rope_dim);
-  FRUGAL_CUDA_CHECK_LAUNCH();
-}
-
 void xent_grad_scales(float* scales, const int64_t* valid, int64_t depths, double loss_scale,
                       double mtp_weight, cudaStream_t stream) {
   FRUGAL_CUDA_REQUIRE(depths >= 0, "xent_grad_scales: negative depth count");
@@ -175,13 +119,5 @@ template void add_into<float, __nv_bfloat16>(float*, const __nv_bfloat16*, int64
 template void add_into<__nv_bfloat16, float>(__nv_bfloat16*, const float*, int64_t, cudaStream_t);
 template void add_into<__nv_bfloat16, __nv_bfloat16>(__nv_bfloat16*, const __nv_bfloat16*, int64_t,
                                                      cudaStream_t);
-template void broadcast_rope_key<float>(float*, const float*, int64_t, int64_t, int64_t, int64_t,
-                                        int64_t, cudaStream_t);
-template void broadcast_rope_key<__nv_bfloat16>(__nv_bfloat16*, const __nv_bfloat16*, int64_t,
-                                                int64_t, int64_t, int64_t, int64_t, cudaStream_t);
-template void sum_rope_key_grad<float>(float*, const float*, int64_t, int64_t, int64_t, int64_t,
-                                       int64_t, cudaStream_t);
-template void sum_rope_key_grad<__nv_bfloat16>(__nv_bfloat16*, const __nv_bfloat16*, int64_t,
-                                               int64_t, int64_t, int64_t, int64_t, cudaStream_t);
 
 }  // namespace frugal::cuda

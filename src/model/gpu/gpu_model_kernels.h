@@ -1,6 +1,6 @@
 // Small CUDA kernels that glue the GPU model's ops together (the heavy ops live in src/kernels):
-// mixed-precision residual adds, MLA's shared rope key broadcast over heads and its gradient,
-// fills, and the loss bookkeeping that lets a step form its losses without a host sync.
+// mixed-precision residual adds, fills, and the loss bookkeeping that lets a step form its losses
+// without a host sync.
 // T is float or __nv_bfloat16; arithmetic in fp32, results rounded to nearest even.
 #pragma once
 
@@ -18,16 +18,6 @@ template <class TD, class TS>
 void add_into(TD* dst, const TS* src, int64_t n, cudaStream_t stream);
 // x[n] = value
 void fill(float* x, float value, int64_t n, cudaStream_t stream);
-
-// MLA keys: k [rows, heads, head_stride], elements [offset, offset + rope_dim) of every head get
-// the shared rope key of its row:  k[r, h, offset + j] = k_pe[r, j]   (k_pe [rows, rope_dim]).
-template <class T>
-void broadcast_rope_key(T* k, const T* k_pe, int64_t rows, int64_t heads, int64_t head_stride,
-                        int64_t offset, int64_t rope_dim, cudaStream_t stream);
-// Its gradient: d_k_pe[r, j] = sum_h dk[r, h, offset + j], heads summed in order in fp32.
-template <class T>
-void sum_rope_key_grad(T* d_k_pe, const T* dk, int64_t rows, int64_t heads, int64_t head_stride,
-                       int64_t offset, int64_t rope_dim, cudaStream_t stream);
 
 // The losses of one micro-batch as they leave the device (one copy).
 struct DeviceLosses {
