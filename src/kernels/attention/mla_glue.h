@@ -8,7 +8,7 @@
 //       d_kv_b [rows, heads, nope + v] = [ dk[r, h, :nope] ; dv[r, h] ]
 //       d_k_pe [rows, rope] (row stride d_k_pe_ld) = RoPE_bwd( round_T( sum_h dk[r, h, nope:] ) )
 //     with the heads summed in order in fp32 and the sum rounded to the storage type before the
-//     rotation (what sum_rope_key_grad then rope_bwd on a separate [rows, rope] tensor do).
+//     rotation (as a head sum into a separate [rows, rope] tensor, then rope_bwd on it, would).
 //
 // RoPE pairs are interleaved (rope.h); the table is the device's fp32 cos/sin
 // [table_positions, rope/2] (RopeTable's doubles rounded to float), and each rotation rounds its

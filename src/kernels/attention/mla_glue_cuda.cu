@@ -1,8 +1,7 @@
 // CUDA MLA glue (interface in mla_glue_cuda.h, computation and rounding in mla_glue.h).
-// Replaces, per MLA layer, forward: copy_2d (k's nope part) + copy_2d (v) + copy_2d (k_pe out of
-// kv_a) + rope_fwd (k_pe) + broadcast_rope_key; backward: copy_2d (dk's nope part) + copy_2d (dv) +
-// sum_rope_key_grad + rope_bwd (d_k_pe) + copy_2d (d_k_pe into d_kv_a). Same bits: raw copies, the
-// heads summed in order in fp32, the pair arithmetic of rope_math.cuh.
+// One kernel each way per MLA layer instead of separate copies, a head broadcast / head sum and a
+// RoPE pass. Same bits as those: raw copies, the heads summed in order in fp32, the pair
+// arithmetic of rope_math.cuh.
 //
 // Work items are runs of kN consecutive elements of one head (16 bytes when kVector: every size,
 // row stride and pointer allows it; one element otherwise), one thread each, consecutive threads on
