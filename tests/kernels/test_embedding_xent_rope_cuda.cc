@@ -32,6 +32,7 @@
 #include "kernels/rope/rope_cuda.h"
 #include "kernels/xent/xent.h"
 #include "kernels/xent/xent_cuda.h"
+#include "yarn_test_config.h"
 
 namespace frugal {
 namespace {
@@ -276,19 +277,6 @@ TEST_F(KernelsCuda, CrossEntropyMatchesCpu) {
 
 // ---- RoPE --------------------------------------------------------------------------------------
 
-ModelConfig yarn_config(int64_t rope_dim) {
-  ModelConfig cfg;
-  cfg.qk_rope_head_dim = rope_dim;
-  cfg.rope_scaling.type = "yarn";
-  cfg.rope_scaling.factor = 40;
-  cfg.rope_scaling.beta_fast = 32;
-  cfg.rope_scaling.beta_slow = 1;
-  cfg.rope_scaling.mscale = 1.0;
-  cfg.rope_scaling.mscale_all_dim = 0.8;  // attention factor != 1: the table carries it
-  cfg.rope_scaling.original_max_position_embeddings = 4096;
-  return cfg;
-}
-
 template <class H>
 void check_rope(cudaStream_t stream, int64_t tokens, int64_t heads, int64_t head_stride,
                 int64_t rope_offset, int64_t rope_dim) {
@@ -297,7 +285,7 @@ void check_rope(cudaStream_t stream, int64_t tokens, int64_t heads, int64_t head
                             " off" + std::to_string(rope_offset) + " dim" + std::to_string(rope_dim);
   const uint64_t seed = case_seed("rope " + shape);
   const int64_t positions_count = 5000;
-  const RopeTable table = make_rope_table(yarn_config(rope_dim), positions_count);
+  const RopeTable table = make_rope_table(testing::v3_yarn_config(rope_dim, 0.8), positions_count);
   const std::vector<float> cos(table.cos.begin(), table.cos.end()),
       sin(table.sin.begin(), table.sin.end());
   std::mt19937_64 gen(seed);

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "kernels/attention/mla_glue.h"
 #include "kernels/rope/rope.h"
+#include "yarn_test_config.h"
 
 namespace frugal {
 namespace {
@@ -30,16 +31,7 @@ struct Fixture {
   std::vector<int32_t> positions;
 
   Fixture() {
-    ModelConfig cfg;
-    cfg.qk_rope_head_dim = rope;
-    cfg.rope_scaling.type = "yarn";
-    cfg.rope_scaling.factor = 40;
-    cfg.rope_scaling.beta_fast = 32;
-    cfg.rope_scaling.beta_slow = 1;
-    cfg.rope_scaling.mscale = 1.0;
-    cfg.rope_scaling.mscale_all_dim = 0.8;
-    cfg.rope_scaling.original_max_position_embeddings = 4096;
-    table = make_rope_table(cfg, kTablePositions);
+    table = make_rope_table(testing::v3_yarn_config(rope, 0.8), kTablePositions);
     cos.assign(table.cos.begin(), table.cos.end());
     sin.assign(table.sin.begin(), table.sin.end());
     std::mt19937_64 gen(7);

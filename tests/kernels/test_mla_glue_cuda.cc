@@ -26,6 +26,7 @@
 #include "kernels/cast/cast_cuda.h"
 #include "kernels/rope/rope.h"
 #include "kernels/rope/rope_cuda.h"
+#include "yarn_test_config.h"
 
 namespace frugal {
 namespace {
@@ -35,19 +36,6 @@ using namespace testing;
 class MlaGlueCuda : public CudaTest {};
 
 constexpr int64_t kTablePositions = 3000;
-
-ModelConfig yarn_config(int64_t rope_dim) {
-  ModelConfig cfg;
-  cfg.qk_rope_head_dim = rope_dim;
-  cfg.rope_scaling.type = "yarn";
-  cfg.rope_scaling.factor = 40;
-  cfg.rope_scaling.beta_fast = 32;
-  cfg.rope_scaling.beta_slow = 1;
-  cfg.rope_scaling.mscale = 1.0;
-  cfg.rope_scaling.mscale_all_dim = 0.8;  // attention factor != 1
-  cfg.rope_scaling.original_max_position_embeddings = 4096;
-  return cfg;
-}
 
 // The device's fp32 table and random positions (the table's last row included), on both sides.
 struct RopeFixture {
@@ -60,7 +48,7 @@ struct RopeFixture {
       : cos_d(kTablePositions * rope_dim / 2),
         sin_d(kTablePositions * rope_dim / 2),
         positions_d(rows) {
-    const RopeTable table = make_rope_table(yarn_config(rope_dim), kTablePositions);
+    const RopeTable table = make_rope_table(testing::v3_yarn_config(rope_dim, 0.8), kTablePositions);
     cos.assign(table.cos.begin(), table.cos.end());  // double -> float, as the model uploads it
     sin.assign(table.sin.begin(), table.sin.end());
     std::mt19937_64 gen(seed);
