@@ -337,23 +337,21 @@ bool cudnn_bwd_bf16(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* 
   std::vector<void*> tensors = {mutable_pointer(q),   mutable_pointer(k),    mutable_pointer(v),
                                 mutable_pointer(out), mutable_pointer(dout), mutable_pointer(lse),
                                 dq,                   dk,                    dv};
+  // Per tensor, the same order: padded size, bytes per token ([batch, seq, heads, dim]; lse is
+  // [batch, heads, seq] and copied with 4 bytes per row).
+  const int64_t qk_token = shape.heads * shape.qk_dim * 2, v_token = shape.heads * shape.v_dim * 2;
+  const size_t sizes[] = {qk_bytes, qk_bytes, v_bytes, v_bytes, v_bytes, lse_bytes,
+                          qk_bytes, qk_bytes, v_bytes};
+  const int64_t token_bytes[] = {qk_token, qk_token, v_token, v_token, v_token, 4,
+                                 qk_token, qk_token, v_token};
   if (pad) {
-    // The same order: q, k, v, out, dout, lse, dq, dk, dv.
-    const size_t sizes[] = {qk_bytes, qk_bytes, v_bytes, v_bytes, v_bytes, lse_bytes,
-                            qk_bytes, qk_bytes, v_bytes};
-    const int64_t token_bytes[] = {shape.heads * shape.qk_dim * 2, shape.heads * shape.qk_dim * 2,
-                                   shape.heads * shape.v_dim * 2, shape.heads * shape.v_dim * 2,
-                                   shape.heads * shape.v_dim * 2};
     char* next = base;
     for (size_t i = 0; i < tensors.size(); ++i) {
       void* padded = next;
       next += sizes[i];
-      if (i < 5)  // [batch, seq, heads, dim]
-        copy_padded_rows(padded, run.seq, tensors[i], shape.seq, shape.batch, token_bytes[i],
-                         stream);
-      else if (i == 5)  // lse [batch, heads, seq]
-        copy_padded_rows(padded, run.seq, tensors[i], shape.seq, shape.batch * shape.heads, 4,
-                         stream);
+      if (i < 6)  // the inputs; dq, dk, dv are outputs
+        copy_padded_rows(padded, run.seq, tensors[i], shape.seq,
+                         i == 5 ? shape.batch * shape.heads : shape.batch, token_bytes[i], stream);
       tensors[i] = padded;
     }
   }
@@ -372,12 +370,10 @@ bool cudnn_bwd_bf16(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* 
                 "cuDNN attention backward " + shape_text(run)))
     return false;
   if (pad) {  // the real rows of dq, dk, dv
-    const int64_t token_bytes[] = {shape.heads * shape.qk_dim * 2, shape.heads * shape.qk_dim * 2,
-                                   shape.heads * shape.v_dim * 2};
     void* results[] = {dq, dk, dv};
     for (int i = 0; i < 3; ++i)
       copy_padded_rows(results[i], shape.seq, tensors[6 + i], run.seq, shape.batch,
-                       token_bytes[i], stream);
+                       token_bytes[6 + i], stream);
   }
   return true;
 }

@@ -76,9 +76,12 @@ void grouped_forward_fp8_quantized(cuda::DeviceContext& ctx, const GpuWeight& we
                  y);  // [rows, out]
 }
 
+// gather (may be null): x's rows are those permute_rows(xp, x, gather, rows, top_k, in) would
+// gather, read straight from x (quantize_act_1x128_dual_grouped_gather).
 void grouped_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
                          GpuGroupedLinear<bf16>::Ctx& c, const bf16* x, bf16* y,
-                         const GroupOffsets& offsets) {
+                         const GroupOffsets& offsets, const int32_t* gather = nullptr,
+                         int64_t top_k = 1) {
   const int64_t in = weight.in(), rows = offsets.rows;
   FRUGAL_CHECK(rows % cuda::kFp8GroupRowAlign == 0,
                "GpuGroupedLinear: {} permuted rows are not padded to {}", rows,
@@ -88,9 +91,15 @@ void grouped_forward_fp8(cuda::DeviceContext& ctx, const GpuWeight& weight,
   cuda::DeviceArray<float> xT_scales(ctx, rows / kFp8BlockSize * in);
   cuda::DeviceArray<uint8_t> q(ctx, rows * in);
   cuda::DeviceArray<float> scales(ctx, fp8_block_count(in) * rows);
-  cuda::quantize_act_1x128_dual_grouped(q.data(), scales.data(), xT_q.data(), xT_scales.data(), x,
-                                        offsets.device, offsets.groups, rows, in,
-                                        kFp8PowerOfTwoScales, ctx.stream);
+  if (gather != nullptr)
+    cuda::quantize_act_1x128_dual_grouped_gather(q.data(), scales.data(), xT_q.data(),
+                                                 xT_scales.data(), x, gather, top_k,
+                                                 offsets.device, offsets.groups, rows, in,
+                                                 kFp8PowerOfTwoScales, ctx.stream);
+  else
+    cuda::quantize_act_1x128_dual_grouped(q.data(), scales.data(), xT_q.data(), xT_scales.data(),
+                                          x, offsets.device, offsets.groups, rows, in,
+                                          kFp8PowerOfTwoScales, ctx.stream);
   grouped_forward_fp8_quantized(ctx, weight, c, q.data(), scales.data(), std::move(xT_q),
                                 std::move(xT_scales), y, offsets);
 }
@@ -281,6 +290,22 @@ void GpuGroupedLinear<T>::backward(cuda::DeviceContext& ctx, Ctx& c, const T* dy
     });
   }
   c = Ctx{};
+}
+
+template <class T>
+void GpuGroupedLinear<T>::forward_gathered(cuda::DeviceContext& ctx, Ctx& c, const T* x,
+                                           const int32_t* row_assignment, int64_t top_k, T* y,
+                                           const GroupOffsets& offsets) const {
+  FRUGAL_CHECK((std::is_same_v<T, bf16>) && weight_.precision() == GemmPrecision::Fp8,
+               "GpuGroupedLinear::forward_gathered: needs FP8 weights and bf16 activations ({})",
+               precision_name(weight_.precision()));
+  FRUGAL_CHECK(offsets.groups == weight_.groups(),
+               "GpuGroupedLinear: {} row groups for {} stacked matrices", offsets.groups,
+               weight_.groups());
+  c = Ctx{};
+  if (offsets.rows == 0) return;
+  if constexpr (std::is_same_v<T, bf16>)
+    grouped_forward_fp8(ctx, weight_, c, x, y, offsets, row_assignment, top_k);
 }
 
 template <class T>

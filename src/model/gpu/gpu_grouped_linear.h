@@ -72,6 +72,12 @@ class GpuGroupedLinear {
   // context as the Wgrad cache), as cuda::quantize_act_1x128_dual_grouped writes them; likewise
   // dy_q [rows, out], dy_scales and dy^T for backward (which queues the Wgrad given `deferred`,
   // taking dy^T with it). The caller keeps x_q / dy_q alive until the call returns.
+  // FP8 forward of the rows cuda::permute_rows(xp, x, row_assignment, offsets.rows, top_k, in)
+  // would gather from x [tokens, in], without writing xp: exactly forward(xp) (FP8 weights and
+  // bf16 activations only, else frugal::Error).
+  void forward_gathered(cuda::DeviceContext& ctx, Ctx& c, const T* x,
+                        const int32_t* row_assignment, int64_t top_k, T* y,
+                        const GroupOffsets& offsets) const;
   void forward_quantized(cuda::DeviceContext& ctx, Ctx& c, const uint8_t* x_q,
                          const float* x_scales, cuda::DeviceArray<uint8_t> xT_q,
                          cuda::DeviceArray<float> xT_scales, T* y,

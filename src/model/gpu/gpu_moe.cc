@@ -255,19 +255,10 @@ void GpuMoe<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y, int6
   route_section.close();
   cuda::ScopedSection experts_section(stream, "moe.experts.fwd");
   cuda::DeviceArray<T> gu(ctx, bound * 2 * I);  // [padded, 2*inter]
-  if constexpr (std::is_same_v<T, bf16>) {
-    if (gather_fp8) {
-      cuda::DeviceArray<uint8_t> xT_q(ctx, padded * H), x_q(ctx, padded * H);
-      cuda::DeviceArray<float> xT_scales(ctx, padded / kFp8BlockSize * H);
-      cuda::DeviceArray<float> x_scales(ctx, fp8_block_count(H) * padded);
-      cuda::quantize_act_1x128_dual_grouped_gather(
-          x_q.data(), x_scales.data(), xT_q.data(), xT_scales.data(), x, c.row_assignment.data(),
-          K, c.expert_offsets.data(), E, padded, H, kFp8PowerOfTwoScales, stream);
-      gate_up_.forward_quantized(ctx, c.gate_up, x_q.data(), x_scales.data(), std::move(xT_q),
-                                 std::move(xT_scales), gu.data(), offsets);
-    }
-  }
-  if (!gather_fp8) gate_up_.forward(ctx, c.gate_up, xp.data(), gu.data(), offsets);
+  if (gather_fp8)
+    gate_up_.forward_gathered(ctx, c.gate_up, x, c.row_assignment.data(), K, gu.data(), offsets);
+  else
+    gate_up_.forward(ctx, c.gate_up, xp.data(), gu.data(), offsets);
   c.expert_out = cuda::DeviceArray<T>(ctx, bound * H);  // [padded, hidden]
   if (fused_swiglu_fp8()) {  // SwiGLU, the gu cache and h's FP8 operands in one kernel
     swiglu_down_forward_fp8(ctx, c, gu.data(), c.expert_out.data(), offsets);
