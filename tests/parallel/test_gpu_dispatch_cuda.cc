@@ -289,7 +289,9 @@ class GpuDispatch : public ::testing::Test {
     gpu::GpuExpertDispatch dispatch(*ctx, *nccl, experts, hidden);
     dispatch.plan(topk.data(), tokens, top_k);
     const int64_t received = dispatch.received_rows(), tiles = hidden / 128;
-    if (only_rank0_experts && rank != 0) EXPECT_EQ(received, 0);
+    if (only_rank0_experts && rank != 0) {
+      EXPECT_EQ(received, 0);
+    }
     const auto* xb = reinterpret_cast<const __nv_bfloat16*>(x.data());
 
     cuda::DeviceArray<__nv_bfloat16> rows(*ctx, std::max<int64_t>(received, 1) * hidden);
