@@ -280,16 +280,20 @@ void GpuZero1Optimizer::check_params_unchanged() const {
                "GpuZero1Optimizer: the model's parameters changed since the optimizer was made");
 }
 
-void GpuZero1Optimizer::stage_and_reduce_scatter(const Bucket& bucket) {
+void GpuZero1Optimizer::stage_bucket(const Bucket& bucket, cudaStream_t stream) {
   // [ranks, len]: rank r's part of this bucket at r * len; padding stays 0.
   FRUGAL_CUDA_CHECK(cudaMemsetAsync(stage_.data(), 0,
                                     static_cast<size_t>(bucket.len * ranks_) * sizeof(float),
-                                    ctx_.stream));
+                                    stream));
   for (const Piece& piece : bucket.pieces)
     FRUGAL_CUDA_CHECK(cudaMemcpyAsync(stage_.data() + piece.stage,
                                       params_[piece.param].grad + piece.offset,
                                       static_cast<size_t>(piece.count) * sizeof(float),
-                                      cudaMemcpyDeviceToDevice, ctx_.stream));
+                                      cudaMemcpyDeviceToDevice, stream));
+}
+
+void GpuZero1Optimizer::stage_and_reduce_scatter(const Bucket& bucket) {
+  stage_bucket(bucket, ctx_.stream);
   comm_.reduce_scatter_sum(grad_shard_.data() + bucket.start, stage_.data(), bucket.len,
                            CommType::F32);
 }
@@ -298,13 +302,7 @@ void GpuZero1Optimizer::launch_enqueued(const Bucket& bucket) {
   const cudaStream_t side = side_->stream;
   // The previous enqueued reduce-scatter reads the one staging buffer: wait for it on the device.
   stream_wait_for_operations(comm_, side);
-  FRUGAL_CUDA_CHECK(cudaMemsetAsync(stage_.data(), 0,
-                                    static_cast<size_t>(bucket.len * ranks_) * sizeof(float), side));
-  for (const Piece& piece : bucket.pieces)
-    FRUGAL_CUDA_CHECK(cudaMemcpyAsync(stage_.data() + piece.stage,
-                                      params_[piece.param].grad + piece.offset,
-                                      static_cast<size_t>(piece.count) * sizeof(float),
-                                      cudaMemcpyDeviceToDevice, side));
+  stage_bucket(bucket, side);
   InputStreamSwap input(comm_, side);  // the collective waits for the staging above
   enqueue_reduce_scatter_sum(comm_, grad_shard_.data() + bucket.start, stage_.data(), bucket.len,
                              CommType::F32);

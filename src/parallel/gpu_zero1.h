@@ -161,6 +161,8 @@ class GpuZero1Optimizer {
   void* moment(int which, int64_t at) const;  // 0: m, 1: v
   void sync();
   void check_params_unchanged() const;
+  // Copies the ranks' parts of `bucket`'s gradients into the staging buffer, on `stream`.
+  void stage_bucket(const Bucket& bucket, cudaStream_t stream);
   void stage_and_reduce_scatter(const Bucket& bucket);  // blocking, on ctx.stream
   void launch_enqueued(const Bucket& bucket);           // on the side stream, not waited for
   void join_enqueued();  // ctx.stream waits for every enqueued operation (no host wait)
