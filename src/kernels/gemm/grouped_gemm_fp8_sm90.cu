@@ -7,13 +7,18 @@
 // 16 KB + 16 KB in shared memory. 384 threads: warpgroup 0 produces, warpgroups 1 and 2 consume,
 // each owning 64 rows of the tile (4 wgmma m64n128k32 per step).
 //   nt loads with TMA (128-byte swizzle; one thread): A boxes at rows offsets[g] + 128 i, B_g
-//     boxes at rows g*N + n0. The consumers read their scales with __ldg one step ahead.
+//     boxes at rows g*N + n0, and with one bulk copy the step's 128 A scales (contiguous in the
+//     [K/128][rows_g] layout) into the stage, all completing on the stage's full barrier. The
+//     consumers read B's one scale per step with __ldg one step ahead (a small tensor, L2-hot).
 //   wgrad: group g's operands have a row pitch of rows_g, which no single tensor map describes,
 //     so all 128 producer threads copy the tiles with 16-byte cp.async into the 128-byte-swizzled
 //     layout (chunk c of tile row r at r*128 + 16*(c ^ r%8), what TMA's SWIZZLE_128B writes), plus
 //     the step's 128 + 128 scales. A stage is published kCopyLag steps later: cp.async.wait_group,
 //     fence.proxy.async (generic-proxy writes made visible to wgmma) and an mbarrier arrival by
 //     each of the 128 producer threads.
+// The consumers keep their per-step instructions few (they are issue-latency bound: one warp of
+// each warpgroup per scheduler): the stage index and phase advance by counters, and a stage's
+// wgmma descriptors are the stage-0 ones plus the stage's offset in 16-byte units.
 // Promotion (spec §4): each step's four wgmma accumulate into a temporary fragment (the first one
 // with scale-d 0, which zeroes it); after wgmma.wait the consumer adds tmp * scale into the FP32
 // accumulators: nt scale = a_scale(row, step) * b_scale(n block, step); wgrad scale =
@@ -49,7 +54,8 @@ constexpr int kTileBytes = kTile * kTile;     // one 128 x 128 E4M3 operand tile
 constexpr int kStages = 6;
 constexpr int kStageBytes = 2 * kTileBytes;   // A tile, then B tile
 constexpr int kRingBytes = kStages * kStageBytes;
-constexpr int kStageScales = 2 * kTile;       // wgrad: 128 dyT scales (rows m), 128 xT scales (n)
+constexpr int kStageScales = 2 * kTile;       // wgrad: 128 dyT scales (rows m), 128 xT scales (n);
+                                              // nt: the 128 A scales of the tile's rows
 constexpr int kThreads = 384;
 constexpr int kProducerThreads = 128;
 constexpr int kConsumerWarps = 8;
@@ -159,55 +165,49 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
   float tmp[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) tmp[i] = 0.0f;
-  int position = 0;  // index of the next reduction step in the ring
+  // Descriptors of stage 0 (k32 slice 0): stage s adds s * kStageBytes / 16, slice kk adds 2 kk
+  // (shared addresses stay below 256 KB, so the 14-bit address field never carries).
+  const uint32_t ring_address = sm90::smem_address(ring);
+  const uint64_t desc_a0 = sm90::make_descriptor(ring_address + w * 64 * 128, 16, 1024);
+  const uint64_t desc_b0 = sm90::make_descriptor(ring_address + kTileBytes, 16, 1024);
+  int stage = 0;        // ring stage of the next reduction step
+  uint32_t phase = 0;   // and the parity of its full barrier
   Tile tile;
   for (int t = first_tile; decode_tile<kOp>(t, p, s, tile); t += tile_stride) {
 #pragma unroll
     for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
-    // nt scales: A's [K/128][rows_g] of the group (this thread's two rows), B's block row n0/128.
-    const float* a_scales_rows = nullptr;
+    // nt: B's scales of block row n0/128 (one per step), loaded one step ahead.
     const float* b_scales_row = nullptr;
-    float next_a0 = 0.0f, next_a1 = 0.0f, next_b = 0.0f;
+    float next_b = 0.0f;
     if constexpr (kOp == Fp8Op::NT) {
-      const int g = tile.group;
-      const int group_begin = s.row_begin[g];
-      a_scales_rows = p.a_scales + static_cast<int64_t>(group_begin) * (p.k / kTile) +
-                      (tile.row0 - group_begin + row_in_tile);
-      b_scales_row = p.b_scales + (static_cast<int64_t>(g) * (p.n / kTile) + tile.n0 / kTile) *
-                                      (p.k / kTile);
-      if (tile.steps > 0) {
-        next_a0 = __ldg(a_scales_rows);
-        next_a1 = __ldg(a_scales_rows + 8);
-        next_b = __ldg(b_scales_row);
-      }
+      b_scales_row = p.b_scales +
+                     (static_cast<int64_t>(tile.group) * (p.n / kTile) + tile.n0 / kTile) *
+                         (p.k / kTile);
+      if (tile.steps > 0) next_b = __ldg(b_scales_row);
     }
-    for (int step = 0; step < tile.steps; ++step, ++position) {
-      const int stage = position % kStages;
-      const uint32_t phase = (position / kStages) & 1;
-      float scale0 = 0.0f, scale1 = 0.0f;
+    for (int step = 0; step < tile.steps; ++step) {
+      float b_scale = 0.0f;
       if constexpr (kOp == Fp8Op::NT) {
-        scale0 = next_a0 * next_b;
-        scale1 = next_a1 * next_b;
-        if (step + 1 < tile.steps) {  // the next step's scales load while this one computes
-          const int64_t at = static_cast<int64_t>(step + 1) * tile.rows;
-          next_a0 = __ldg(a_scales_rows + at);
-          next_a1 = __ldg(a_scales_rows + at + 8);
-          next_b = __ldg(b_scales_row + step + 1);
-        }
+        b_scale = next_b;
+        if (step + 1 < tile.steps) next_b = __ldg(b_scales_row + step + 1);
       }
       sm90::mbarrier_wait(sm90::smem_address(&full[stage]), phase);
-      const uint32_t a_base = sm90::smem_address(ring + stage * kStageBytes);
-      const uint32_t b_base = a_base + kTileBytes;
+      // K-major, 128-byte rows: k32 slice kk starts 32 bytes in; this warpgroup's 64 A rows
+      // start 8 KB * w in (in desc_a0).
+      const uint64_t stage_units = static_cast<uint64_t>(stage * (kStageBytes >> 4));
       sm90::wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kTile / 32; ++kk) {
-        // K-major, 128-byte rows: k32 slice kk starts 32 bytes in; this warpgroup's 64 A rows
-        // start 8 KB * w in.
-        const uint64_t desc_a = sm90::make_descriptor(a_base + w * 64 * 128 + kk * 32, 16, 1024);
-        const uint64_t desc_b = sm90::make_descriptor(b_base + kk * 32, 16, 1024);
-        sm90::wgmma_m64n128k32_e4m3(tmp, desc_a, desc_b, kk > 0 ? 1 : 0);
+        sm90::wgmma_m64n128k32_e4m3(tmp, desc_a0 + stage_units + 2 * kk,
+                                    desc_b0 + stage_units + 2 * kk, kk > 0 ? 1 : 0);
       }
       sm90::wgmma_commit();
+      const float* scales = stage_scales + stage * kStageScales;
+      float scale0 = 0.0f, scale1 = 0.0f;
+      if constexpr (kOp == Fp8Op::NT) {  // read while the wgmma run
+        scale0 = scales[row_in_tile] * b_scale;
+        scale1 = scales[row_in_tile + 8] * b_scale;
+      }
       sm90::wgmma_wait<0>();
       // Promotion: acc += tmp * scale.
       if constexpr (kOp == Fp8Op::NT) {
@@ -219,7 +219,6 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
           acc[4 * q + 3] = fmaf(tmp[4 * q + 3], scale1, acc[4 * q + 3]);
         }
       } else {
-        const float* scales = stage_scales + stage * kStageScales;
         const float row0_scale = scales[row_in_tile];
         const float row1_scale = scales[row_in_tile + 8];
 #pragma unroll
@@ -235,6 +234,10 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
       // The stage (tiles and, wgrad, scales) is no longer read by this warp.
       __syncwarp();
       if (lane == 0) sm90::mbarrier_arrive(sm90::smem_address(&empty[stage]));
+      if (++stage == kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
     }
 
     // ---- Epilogue: this warp's 16 rows start at row_in_tile - lane / 4.
@@ -281,18 +284,29 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (threadIdx.x == 0) {
         sm90::prefetch_tensor_map(&map_a);
         sm90::prefetch_tensor_map(&map_b);
-        int position = 0;
+        int stage = 0;
+        uint32_t phase = 0;
         for (int t = first_tile; decode_tile<kOp>(t, p, s, tile); t += tile_stride) {
-          for (int step = 0; step < tile.steps; ++step, ++position) {
-            const int stage = position % kStages;
-            const uint32_t phase = (position / kStages) & 1;
+          // A's scales: [K/128][rows_g] from the group's first row; this tile's 128 rows.
+          const int group_begin = s.row_begin[tile.group];
+          const float* a_scales = p.a_scales +
+                                  static_cast<int64_t>(group_begin) * (p.k / kTile) +
+                                  (tile.row0 - group_begin);
+          for (int step = 0; step < tile.steps; ++step) {
             sm90::mbarrier_wait(sm90::smem_address(&empty[stage]), phase ^ 1);
             const uint32_t bar = sm90::smem_address(&full[stage]);
-            sm90::mbarrier_arrive_expect_tx(bar, kStageBytes);
+            sm90::mbarrier_arrive_expect_tx(bar, kStageBytes + kTile * 4);
             const uint32_t a_dst = sm90::smem_address(ring + stage * kStageBytes);
             sm90::tma_load_2d(a_dst, &map_a, bar, step * kTile, tile.row0);
             sm90::tma_load_2d(a_dst + kTileBytes, &map_b, bar, step * kTile,
                               tile.group * p.n + tile.n0);
+            sm90::bulk_copy_to_shared(sm90::smem_address(stage_scales + stage * kStageScales),
+                                      a_scales + static_cast<int64_t>(step) * tile.rows,
+                                      kTile * 4, bar);
+            if (++stage == kStages) {
+              stage = 0;
+              phase ^= 1;
+            }
           }
         }
       }

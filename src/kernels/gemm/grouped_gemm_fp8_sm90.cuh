@@ -1,7 +1,7 @@
 // Device helpers of the grouped FP8 Hopper GEMMs (grouped_gemm_fp8_sm90.cu) beyond the shared
 // primitives of grouped_gemm_sm90.cuh: the wgmma.mma_async m64n128k32 E4M3 x E4M3 -> FP32 call
-// (both operands K-major in shared memory, 128-byte swizzle descriptors) and 16-byte cp.async
-// copies (global -> shared) with their commit / wait groups. Only for sm_90a device code.
+// (both operands K-major in shared memory, 128-byte swizzle descriptors), bulk copies completing
+// on an mbarrier, and 16-byte cp.async copies (global -> shared) with their commit / wait groups. Only for sm_90a device code.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -35,6 +35,17 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3(float* d, uint64_t desc_a,
         "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+// `bytes` (a multiple of 16; both addresses 16-byte aligned) global -> shared with the bulk copy
+// engine, completing on the mbarrier `bar` (complete_tx) like a TMA tile load.
+__device__ __forceinline__ void bulk_copy_to_shared(uint32_t dst, const void* src, uint32_t bytes,
+                                                    uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(dst),
+      "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
 }
 
 // 16 bytes global -> shared (L2 only: .cg), asynchronous; complete after cp_async_wait.
