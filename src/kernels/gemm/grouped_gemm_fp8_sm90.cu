@@ -150,7 +150,33 @@ __device__ __forceinline__ void copy_wgrad_stage(const Params& p, const Tile& ti
   sm90::cp_async_commit();
 }
 
-// The consumer warpgroups' loop over tiles (see the kernel).
+// The epilogue of `tile`: this warp's 16 rows (from row_in_tile - lane / 4) of the accumulators,
+// bf16 rows of y (nt) or fp32 rows of dW_g (wgrad: added to it when p.accumulate; an empty group
+// then leaves dW_g as it was, else it is zeroed).
+template <Fp8Op kOp>
+__device__ __forceinline__ void store_tile(const float* acc, const Params& p, const Schedule& s,
+                                           const Tile& tile, int row_in_tile, int lane) {
+  if constexpr (kOp == Fp8Op::Wgrad) {
+    if (tile.steps == 0 && p.accumulate) return;
+    float* dw = static_cast<float*>(p.out) + static_cast<int64_t>(tile.group) * p.n * p.k;
+    sm90::store_f32_rows<kTile>(acc, dw, p.k, tile.m0 + row_in_tile - lane / 4, tile.n0,
+                                p.accumulate, lane);
+  } else {
+    sm90::store_bf16_rows<kTile>(acc, static_cast<__nv_bfloat16*>(p.out), p.n,
+                                 tile.row0 + row_in_tile - lane / 4, s.row_end[tile.group],
+                                 tile.n0, lane);
+  }
+}
+
+// nt: B's scales of `tile`'s block row n0/128, one per reduction step.
+__device__ __forceinline__ const float* b_scales_of(const Params& p, const Tile& tile) {
+  return p.b_scales +
+         (static_cast<int64_t>(tile.group) * (p.n / kTile) + tile.n0 / kTile) * (p.k / kTile);
+}
+
+// The consumer warpgroups' loop over tiles (see the kernel). A tile's epilogue is deferred into
+// the first step of the next tile: it runs while that step's wgmma do (they write tmp, not acc),
+// together with the decoding of the tile after, so the tensor cores do not idle through it.
 template <Fp8Op kOp>
 __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint8_t* ring,
                                         const float* stage_scales, uint64_t* full, uint64_t* empty,
@@ -164,7 +190,7 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
   float acc[64];
   float tmp[64];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) tmp[i] = 0.0f;
+  for (int i = 0; i < 64; ++i) acc[i] = tmp[i] = 0.0f;
   // Descriptors of stage 0 (k32 slice 0): stage s adds s * kStageBytes / 16, slice kk adds 2 kk
   // (shared addresses stay below 256 KB, so the 14-bit address field never carries).
   const uint32_t ring_address = sm90::smem_address(ring);
@@ -172,24 +198,36 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
   const uint64_t desc_b0 = sm90::make_descriptor(ring_address + kTileBytes, 16, 1024);
   int stage = 0;        // ring stage of the next reduction step
   uint32_t phase = 0;   // and the parity of its full barrier
-  Tile tile;
-  for (int t = first_tile; decode_tile<kOp>(t, p, s, tile); t += tile_stride) {
+  Tile tile, next, stored;
+  bool store_pending = false;  // acc holds `stored`, whose epilogue has not run yet
+  int t = first_tile;
+  bool have = decode_tile<kOp>(t, p, s, tile);
+  // nt: B's scale of the current tile's next step (loaded one step ahead).
+  float next_b = 0.0f;
+  if constexpr (kOp == Fp8Op::NT) {
+    if (have) next_b = __ldg(b_scales_of(p, tile));
+  }
+  while (have) {
+    if (tile.steps == 0) {  // wgrad: an empty group, no reduction step
+      if (store_pending) store_tile<kOp>(acc, p, s, stored, row_in_tile, lane);
 #pragma unroll
-    for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
-    // nt: B's scales of block row n0/128 (one per step), loaded one step ahead.
-    const float* b_scales_row = nullptr;
-    float next_b = 0.0f;
-    if constexpr (kOp == Fp8Op::NT) {
-      b_scales_row = p.b_scales +
-                     (static_cast<int64_t>(tile.group) * (p.n / kTile) + tile.n0 / kTile) *
-                         (p.k / kTile);
-      if (tile.steps > 0) next_b = __ldg(b_scales_row);
+      for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+      store_tile<kOp>(acc, p, s, tile, row_in_tile, lane);
+      store_pending = false;
+      t += tile_stride;
+      have = decode_tile<kOp>(t, p, s, tile);
+      if constexpr (kOp == Fp8Op::NT) {
+        if (have) next_b = __ldg(b_scales_of(p, tile));
+      }
+      continue;
     }
+    bool have_next = false;
+    float next_tile_b = 0.0f;
     for (int step = 0; step < tile.steps; ++step) {
       float b_scale = 0.0f;
       if constexpr (kOp == Fp8Op::NT) {
         b_scale = next_b;
-        if (step + 1 < tile.steps) next_b = __ldg(b_scales_row + step + 1);
+        if (step + 1 < tile.steps) next_b = __ldg(b_scales_of(p, tile) + step + 1);
       }
       sm90::mbarrier_wait(sm90::smem_address(&full[stage]), phase);
       // K-major, 128-byte rows: k32 slice kk starts 32 bytes in; this warpgroup's 64 A rows
@@ -202,6 +240,16 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
                                     desc_b0 + stage_units + 2 * kk, kk > 0 ? 1 : 0);
       }
       sm90::wgmma_commit();
+      if (step == 0) {  // while the wgmma run: the previous tile's epilogue, the next tile
+        if (store_pending) store_tile<kOp>(acc, p, s, stored, row_in_tile, lane);
+        store_pending = false;
+#pragma unroll
+        for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+        have_next = decode_tile<kOp>(t + tile_stride, p, s, next);
+        if constexpr (kOp == Fp8Op::NT) {
+          if (have_next) next_tile_b = __ldg(b_scales_of(p, next));
+        }
+      }
       const float* scales = stage_scales + stage * kStageScales;
       float scale0 = 0.0f, scale1 = 0.0f;
       if constexpr (kOp == Fp8Op::NT) {  // read while the wgmma run
@@ -231,7 +279,7 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
           acc[4 * q + 3] = fmaf(tmp[4 * q + 3], row1_scale * column_scale.y, acc[4 * q + 3]);
         }
       }
-      // The stage (tiles and, wgrad, scales) is no longer read by this warp.
+      // The stage (tiles and scales) is no longer read by this warp.
       __syncwarp();
       if (lane == 0) sm90::mbarrier_arrive(sm90::smem_address(&empty[stage]));
       if (++stage == kStages) {
@@ -239,19 +287,14 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
         phase ^= 1;
       }
     }
-
-    // ---- Epilogue: this warp's 16 rows start at row_in_tile - lane / 4.
-    if constexpr (kOp == Fp8Op::Wgrad) {
-      if (tile.steps == 0 && p.accumulate) continue;  // empty group: dW_g stays as it was
-      float* dw = static_cast<float*>(p.out) + static_cast<int64_t>(tile.group) * p.n * p.k;
-      sm90::store_f32_rows<kTile>(acc, dw, p.k, tile.m0 + row_in_tile - lane / 4, tile.n0,
-                                  p.accumulate, lane);
-    } else {
-      sm90::store_bf16_rows<kTile>(acc, static_cast<__nv_bfloat16*>(p.out), p.n,
-                                   tile.row0 + row_in_tile - lane / 4, s.row_end[tile.group],
-                                   tile.n0, lane);
-    }
+    stored = tile;
+    store_pending = true;
+    t += tile_stride;
+    tile = next;
+    have = have_next;
+    next_b = next_tile_b;
   }
+  if (store_pending) store_tile<kOp>(acc, p, s, stored, row_in_tile, lane);
 }
 
 template <Fp8Op kOp>
