@@ -8,7 +8,8 @@ first, with the share of the summed kernel time.
   tools/kernel_census.py CENSUS.csv [--steps N] [--top K] [--json FILE]
 
 N is the number of steps the CSV covers (the totals are divided by it). Template arguments and
-parameter lists are cut from the names so that launches of one kernel add up.
+parameter lists are cut from the names so that launches of one kernel add up. A second table adds
+the kernels up by what they do (CATEGORIES: the first rule whose pattern a name contains).
 """
 import argparse
 import csv
@@ -32,6 +33,30 @@ def short_name(name: str) -> str:
     name = "".join(out).strip()
     # 'void ns::kernel' -> 'ns::kernel'
     return name.split(" ")[-1] if " " in name else name
+
+
+# What a kernel does, by the first pattern its short name contains (case-sensitive).
+CATEGORIES = [
+    ("attention (cuDNN / flash)", ("sdpa", "flash", "cudnn::", "mla_decode")),
+    ("grouped expert GEMMs", ("grouped_gemm",)),
+    ("FP8 quantization", ("quant",)),
+    ("dense GEMMs (cuBLAS)", ("nvjet", "gemm", "cutlass", "splitKreduce")),
+    ("optimizer", ("adamw", "grad_norm")),
+    ("RMSNorm and residual", ("rmsnorm", "residual")),
+    ("MoE routing and row shuffles", ("router", "permut", "gather_sum", "combine", "balance",
+                                      "expert", "count_chunks", "scatter_chunks")),
+    ("SwiGLU", ("swiglu",)),
+    ("MLA glue and RoPE", ("split_kv", "merge_kv", "rope", "copy_padded")),
+    ("loss and embedding (with its token sort)", ("xent", "embedding", "DeviceRadixSort")),
+    ("casts, adds and copies", ("cast_kernel", "add_into", "axpby", "copy_2d")),
+]
+
+
+def category_of(short: str) -> str:
+    for label, patterns in CATEGORIES:
+        if any(p in short for p in patterns):
+            return label
+    return "other"
 
 
 def read_rows(path: str):
@@ -87,6 +112,16 @@ def main() -> None:
               f"{total_us[key] / args.steps / 1e3:>9.2f} {100 * total_us[key] / grand:>6.1f}%")
     print(f"{'all kernels':<64} {sum(calls.values()) / args.steps:>9.0f} "
           f"{grand / args.steps / 1e3:>9.2f} {100.0:>6.1f}%")
+    by_category, category_calls = defaultdict(float), defaultdict(int)
+    for key in ranked:
+        by_category[category_of(key)] += total_us[key]
+        category_calls[category_of(key)] += calls[key]
+    print()
+    print(f"{'category':<64} {'launches':>9} {'ms/step':>9} {'share':>7}")
+    for label in sorted(by_category, key=by_category.get, reverse=True):
+        print(f"{label:<64} {category_calls[label] / args.steps:>9.0f} "
+              f"{by_category[label] / args.steps / 1e3:>9.2f} "
+              f"{100 * by_category[label] / grand:>6.1f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{"kernel": k, "launches_per_step": calls[k] / args.steps,
