@@ -219,6 +219,21 @@ bool vector_ok(const MlaHeadDims& d, int64_t rows, int64_t pe_ld,
   return true;
 }
 
+// Calls launch.template operator()<kVector, kN, Index>() for the layout chosen: 16-byte runs of
+// kVectorElems<T> elements when `vector`, else one element; 32-bit indices when `narrow`.
+template <class T, class Launch>
+void launch_for_layout(bool vector, bool narrow, const Launch& launch) {
+  constexpr int kVec = detail::kVectorElems<T>;
+  if (vector && narrow)
+    launch.template operator()<true, kVec, uint32_t>();
+  else if (vector)
+    launch.template operator()<true, kVec, int64_t>();
+  else if (narrow)
+    launch.template operator()<false, 1, uint32_t>();
+  else
+    launch.template operator()<false, 1, int64_t>();
+}
+
 }  // namespace
 
 template <class T>
@@ -228,18 +243,13 @@ void mla_split_kv(T* k, T* v, const T* kv_b, const T* k_pe, int64_t k_pe_ld, con
   if (rows == 0) return;
   FRUGAL_CUDA_REQUIRE(k != nullptr && v != nullptr && kv_b != nullptr && k_pe != nullptr,
                       "mla_split_kv: null tensor");
-  constexpr int kVec = detail::kVectorElems<T>;
   const bool vector = vector_ok<T>(d, rows, k_pe_ld, {k, v, kv_b, k_pe});
   const int64_t items = rows * d.heads * (d.nope + d.rope + d.v);  // at most (one-element runs)
-  const bool narrow = fits_32_bits(rows, d, k_pe_ld, items);
-  if (vector && narrow)
-    launch_split<T, true, kVec, uint32_t>(k, v, kv_b, k_pe, k_pe_ld, rope, rows, d, stream);
-  else if (vector)
-    launch_split<T, true, kVec, int64_t>(k, v, kv_b, k_pe, k_pe_ld, rope, rows, d, stream);
-  else if (narrow)
-    launch_split<T, false, 1, uint32_t>(k, v, kv_b, k_pe, k_pe_ld, rope, rows, d, stream);
-  else
-    launch_split<T, false, 1, int64_t>(k, v, kv_b, k_pe, k_pe_ld, rope, rows, d, stream);
+  launch_for_layout<T>(vector, fits_32_bits(rows, d, k_pe_ld, items),
+                       [&]<bool kVector, int kN, class Index>() {
+                         launch_split<T, kVector, kN, Index>(k, v, kv_b, k_pe, k_pe_ld, rope,
+                                                             rows, d, stream);
+                       });
 }
 
 template <class T>
@@ -250,18 +260,13 @@ void mla_merge_kv_grad(T* d_kv_b, T* d_k_pe, int64_t d_k_pe_ld, const T* dk, con
   if (rows == 0) return;
   FRUGAL_CUDA_REQUIRE(d_kv_b != nullptr && d_k_pe != nullptr && dk != nullptr && dv != nullptr,
                       "mla_merge_kv_grad: null tensor");
-  constexpr int kVec = detail::kVectorElems<T>;
   const bool vector = vector_ok<T>(d, rows, d_k_pe_ld, {d_kv_b, d_k_pe, dk, dv});
   const int64_t items = rows * d.heads * (d.nope + d.v) + rows * d.rope;
-  const bool narrow = fits_32_bits(rows, d, d_k_pe_ld, items);
-  if (vector && narrow)
-    launch_merge<T, true, kVec, uint32_t>(d_kv_b, d_k_pe, d_k_pe_ld, dk, dv, rope, rows, d, stream);
-  else if (vector)
-    launch_merge<T, true, kVec, int64_t>(d_kv_b, d_k_pe, d_k_pe_ld, dk, dv, rope, rows, d, stream);
-  else if (narrow)
-    launch_merge<T, false, 1, uint32_t>(d_kv_b, d_k_pe, d_k_pe_ld, dk, dv, rope, rows, d, stream);
-  else
-    launch_merge<T, false, 1, int64_t>(d_kv_b, d_k_pe, d_k_pe_ld, dk, dv, rope, rows, d, stream);
+  launch_for_layout<T>(vector, fits_32_bits(rows, d, d_k_pe_ld, items),
+                       [&]<bool kVector, int kN, class Index>() {
+                         launch_merge<T, kVector, kN, Index>(d_kv_b, d_k_pe, d_k_pe_ld, dk, dv,
+                                                             rope, rows, d, stream);
+                       });
 }
 
 #define FRUGAL_INSTANTIATE_MLA_GLUE(T)                                                             \

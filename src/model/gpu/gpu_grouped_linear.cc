@@ -38,6 +38,21 @@ struct DeferredOffsets {
   int64_t groups = 0, rows = 0;
 };
 
+// One row group per stacked matrix.
+void require_matching_groups(const GpuWeight& weight, const GroupOffsets& offsets) {
+  FRUGAL_CHECK(offsets.groups == weight.groups(),
+               "GpuGroupedLinear: {} row groups for {} stacked matrices", offsets.groups,
+               weight.groups());
+}
+
+// The FP8 entry points (`method` names the one called) need FP8 weights and bf16 activations.
+template <class T>
+void require_fp8_bf16(const GpuWeight& weight, const char* method) {
+  FRUGAL_CHECK((std::is_same_v<T, bf16>) && weight.precision() == GemmPrecision::Fp8,
+               "GpuGroupedLinear::{}: needs FP8 weights and bf16 activations ({})", method,
+               precision_name(weight.precision()));
+}
+
 }  // namespace
 
 void grouped_fp8_nt(cuda::DeviceContext& ctx, const GroupOffsets& offsets, int64_t n, int64_t k,
@@ -205,9 +220,7 @@ template <class T>
 void GpuGroupedLinear<T>::forward(cuda::DeviceContext& ctx, Ctx& c, const T* x, T* y,
                                   const GroupOffsets& offsets) const {
   const int64_t in = weight_.in(), out = weight_.out(), rows = offsets.rows;
-  FRUGAL_CHECK(offsets.groups == weight_.groups(),
-               "GpuGroupedLinear: {} row groups for {} stacked matrices", offsets.groups,
-               weight_.groups());
+  require_matching_groups(weight_, offsets);
   c = Ctx{};
   if (rows == 0) return;
   if constexpr (std::is_same_v<T, bf16>) {
@@ -296,12 +309,8 @@ template <class T>
 void GpuGroupedLinear<T>::forward_gathered(cuda::DeviceContext& ctx, Ctx& c, const T* x,
                                            const int32_t* row_assignment, int64_t top_k, T* y,
                                            const GroupOffsets& offsets) const {
-  FRUGAL_CHECK((std::is_same_v<T, bf16>) && weight_.precision() == GemmPrecision::Fp8,
-               "GpuGroupedLinear::forward_gathered: needs FP8 weights and bf16 activations ({})",
-               precision_name(weight_.precision()));
-  FRUGAL_CHECK(offsets.groups == weight_.groups(),
-               "GpuGroupedLinear: {} row groups for {} stacked matrices", offsets.groups,
-               weight_.groups());
+  require_fp8_bf16<T>(weight_, "forward_gathered");
+  require_matching_groups(weight_, offsets);
   c = Ctx{};
   if (offsets.rows == 0) return;
   if constexpr (std::is_same_v<T, bf16>)
@@ -314,12 +323,8 @@ void GpuGroupedLinear<T>::forward_quantized(cuda::DeviceContext& ctx, Ctx& c, co
                                             cuda::DeviceArray<uint8_t> xT_q,
                                             cuda::DeviceArray<float> xT_scales, T* y,
                                             const GroupOffsets& offsets) const {
-  FRUGAL_CHECK((std::is_same_v<T, bf16>) && weight_.precision() == GemmPrecision::Fp8,
-               "GpuGroupedLinear::forward_quantized: needs FP8 weights and bf16 activations ({})",
-               precision_name(weight_.precision()));
-  FRUGAL_CHECK(offsets.groups == weight_.groups(),
-               "GpuGroupedLinear: {} row groups for {} stacked matrices", offsets.groups,
-               weight_.groups());
+  require_fp8_bf16<T>(weight_, "forward_quantized");
+  require_matching_groups(weight_, offsets);
   c = Ctx{};
   if (offsets.rows == 0) return;
   if constexpr (std::is_same_v<T, bf16>)
@@ -334,9 +339,7 @@ void GpuGroupedLinear<T>::backward_quantized(cuda::DeviceContext& ctx, Ctx& c, c
                                              cuda::DeviceArray<float> dyT_scales, T* dx,
                                              const GroupOffsets& offsets,
                                              WeightGradQueue* deferred) const {
-  FRUGAL_CHECK((std::is_same_v<T, bf16>) && weight_.precision() == GemmPrecision::Fp8,
-               "GpuGroupedLinear::backward_quantized: needs FP8 weights and bf16 activations ({})",
-               precision_name(weight_.precision()));
+  require_fp8_bf16<T>(weight_, "backward_quantized");
   if (offsets.rows == 0) {
     c = Ctx{};
     return;
