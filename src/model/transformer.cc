@@ -37,8 +37,13 @@ void Transformer<T>::init_weights(uint64_t seed, double std) {
     } else if (!p->weight_decay) {
       std::fill(p->value.begin(), p->value.end(), T(1));  // norm weights
     } else {
-      RandomStream rng(seed, hash_name(p->name));
-      for (int64_t i = 0; i < p->numel(); ++i) p->value[i] = static_cast<T>(std * rng.normal(i));
+      // Counter-based draws: element i gets normal(i) whatever thread computes it, so the
+      // weights do not depend on the thread count.
+      const RandomStream rng(seed, hash_name(p->name));
+      T* values = p->value.data();
+      const int64_t count = p->numel();
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < count; ++i) values[i] = static_cast<T>(std * rng.normal(i));
     }
   }
 }

@@ -16,7 +16,8 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-const char* const kPresets[] = {"tiny", "small", "bench-1b", "v2-lite-16b", "v3-671b"};
+const char* const kPresets[] = {"tiny",        "small",   "bench-1b",
+                                 "bench-v3-slice", "v2-lite-16b", "v3-671b"};
 
 std::string preset_path(const std::string& name) {
   return std::string(FRUGAL_SOURCE_DIR) + "/configs/" + name + ".toml";
@@ -83,6 +84,32 @@ TEST(Presets, Bench1bHasTheRequestedShape) {
   EXPECT_EQ(m.v_head_dim, 128);
   EXPECT_EQ(m.num_nextn_predict_layers, 1);
   EXPECT_EQ(load_config(preset_path("bench-1b")).train.seq_len, 4096);
+}
+
+// bench-v3-slice keeps every per-layer width of the V3 preset; only the depth, the routed expert
+// count and the MTP module are cut.
+TEST(Presets, V3SliceHasV3sLayerWidths) {
+  const ModelConfig slice = load_config(preset_path("bench-v3-slice")).model;
+  const ModelConfig v3 = load_config(preset_path("v3-671b")).model;
+  EXPECT_EQ(slice.hidden_size, v3.hidden_size);
+  EXPECT_EQ(slice.intermediate_size, v3.intermediate_size);
+  EXPECT_EQ(slice.moe_intermediate_size, v3.moe_intermediate_size);
+  EXPECT_EQ(slice.num_attention_heads, v3.num_attention_heads);
+  EXPECT_EQ(slice.q_lora_rank, v3.q_lora_rank);
+  EXPECT_EQ(slice.kv_lora_rank, v3.kv_lora_rank);
+  EXPECT_EQ(slice.qk_nope_head_dim, v3.qk_nope_head_dim);
+  EXPECT_EQ(slice.qk_rope_head_dim, v3.qk_rope_head_dim);
+  EXPECT_EQ(slice.v_head_dim, v3.v_head_dim);
+  EXPECT_EQ(slice.num_experts_per_tok, v3.num_experts_per_tok);
+  EXPECT_EQ(slice.n_shared_experts, v3.n_shared_experts);
+  EXPECT_EQ(slice.n_group, v3.n_group);
+  EXPECT_EQ(slice.topk_group, v3.topk_group);
+  EXPECT_EQ(slice.scoring_func, v3.scoring_func);
+  EXPECT_EQ(slice.routed_scaling_factor, v3.routed_scaling_factor);
+  EXPECT_EQ(slice.first_k_dense_replace, 1);
+  EXPECT_EQ(slice.num_hidden_layers, 3);
+  EXPECT_EQ(slice.n_routed_experts, 32);
+  EXPECT_EQ(slice.num_nextn_predict_layers, 0);
 }
 
 TEST(Presets, TinyIsTinyAndByteLevel) {
