@@ -8,7 +8,8 @@
 // Input rows at or past offsets[groups] hold NaN: no result may depend on them.
 // Group layouts: empty groups, 1-row groups, groups that are not a multiple of the 128-row tile,
 // a last group ending exactly at max_rows and one ending before it, 64 groups of random sizes,
-// all groups empty; widths that select both column tiles (128 and 256).
+// all groups empty; widths that select both column tiles (128 and 256); enough tiles that each
+// CTA of the persistent grid runs several (the deferred nt / nn epilogue).
 // Every case also runs twice (same bits) and is compared to the cuBLASLt grouped path.
 #include "kernels/gemm/grouped_gemm_sm90.h"
 
@@ -199,6 +200,17 @@ TEST_F(GroupedGemmSm90Test, AllGroupsEmpty) {
 TEST_F(GroupedGemmSm90Test, ExpertSizedGroups) {
   // bench-1b's gate/up weight [768, 1024] with a few experts of uneven sizes.
   run_case(stream_, blas_, {"experts", {1000, 777, 0, 1281}, 3100, 768, 1024});
+}
+
+// Several tiles per CTA (the cases above have fewer tiles than an H200 has SMs, so every CTA
+// runs at most one): nt and nn defer a tile's stores until the CTA's next tile has started, so
+// consecutive tiles of a CTA in different groups, ending mid-tile, must still store only their
+// own rows. 144 row tiles: n 384 gives nt 3 x 128-wide column tiles (432 tiles) and nn 2 x 256
+// (288); n 512 / k 384 the other way round.
+TEST_F(GroupedGemmSm90Test, SeveralTilesPerCta) {
+  const std::vector<int64_t> rows = {5900, 1, 0, 4433, 129, 6100, 77, 0, 1280};
+  run_case(stream_, blas_, {"tiles per cta", rows, 17920 + 100, 384, 512});
+  run_case(stream_, blas_, {"tiles per cta", rows, 17920 + 100, 512, 384});
 }
 
 TEST_F(GroupedGemmSm90Test, RefusesUnsupportedShapes) {

@@ -9,9 +9,17 @@
 // thread issues TMA, registers given back with setmaxnreg), warpgroups 1 and 2 are consumers, each
 // owning 64 rows of the tile (wgmma m64nNk16, fp32 accumulators in registers) and keeping one
 // wgmma batch in flight. bf16 outputs are stored 16 bytes per lane after a transpose within each
-// lane quad (direct 4-byte stores were measured 10-25% slower at these shapes); fp32 dW with float2 read-add-writes. (Clusters of two CTAs
-// sharing B through TMA multicast, ping-pong warpgroups and 128-wide tiles everywhere were
-// measured no faster on an H200 at bench-1b's shapes.)
+// lane quad (direct 4-byte stores were measured 10-25% slower at these shapes); fp32 dW with
+// float2 read-add-writes. (Clusters of two CTAs sharing B through TMA multicast, ping-pong
+// warpgroups and 128-wide tiles everywhere were measured no faster on an H200 at bench-1b's
+// shapes.)
+// nt, nn defer each tile's epilogue: once its last batch completes, the accumulators are rounded
+// to bf16 pairs in kBN / 4 registers (the same roundings as an immediate store, so the same bits)
+// and the next tile's first batch is issued into the freed accumulators; the quad transposes and
+// stores of the previous tile run while that batch is in flight (the CTA's last tile stores after
+// its loop). With 6-16 reduction steps per tile the tensor cores would otherwise idle through a
+// large share of each tile. tn keeps its per-tile fp32 epilogue (long reductions, and 128 fp32
+// accumulators have no room for a second copy).
 //
 // Scheduling reads the device offsets only: each CTA loads them into shared memory, clamps them
 // to [0, max_rows], and (nt, nn) forms the prefix of per-group row tiles ceil(rows_g / 128).
@@ -161,25 +169,44 @@ __device__ __forceinline__ void release_stage(uint64_t* empty) {
 }
 
 // The consumer warpgroups' loop over tiles (see the kernel): both work on every tile, warpgroup
-// w (1 or 2) on rows [64 (w - 1), 64 w) of it.
+// w (1 or 2) on rows [64 (w - 1), 64 w) of it. nt, nn: a tile's epilogue is deferred. After its
+// last wgmma batch completes, its accumulators are rounded to bf16 pairs (`packed`), which frees
+// them for the next tile; the stores of those pairs (quad transpose, 16-byte stores) run after the
+// next tile's first batch is issued, while it is in flight, and the last tile's after the loop.
+// Between a batch's commit and its wait only `packed` is touched, never acc (ptxas would
+// serialize every wgmma otherwise). tn stores its fp32 dW at the end of each tile.
 template <Op kOp, int kBN>
 __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint8_t* tiles,
                                         uint64_t* full, uint64_t* empty, int first_tile,
                                         int tile_stride) {
   using C = Config<kBN>;
   constexpr int kStages = C::kStages;
+  constexpr bool kDeferred = kOp != Op::TN;  // bf16 outputs: the deferred epilogue
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int warpgroup = threadIdx.x / 128;
   sm90::setmaxnreg_inc<kConsumerRegs>();
   const int half = warpgroup - 1;  // this warpgroup's m64 half of the tile
+  const int warp_row = half * 64 + (warp % 4) * 16;  // this warp's first row in the tile
   constexpr int kZeroThreads = 256;  // both consumer warpgroups
   const int zero_thread = threadIdx.x - 128;
   constexpr int kTransA = kOp == Op::TN ? 1 : 0;
   constexpr int kTransB = kOp == Op::NT ? 0 : 1;
   int position = 0;  // index of the next reduction step in the ring
   float acc[kBN / 2];
-  Tile tile;
+  // nt, nn: the bf16 pairs of tile `stored`, whose stores have not run yet (store_pending).
+  uint32_t packed[kDeferred ? kBN / 4 : 1];
+  Tile tile, stored{};
+  bool store_pending = false;
+  // The deferred epilogue of `stored` (nt, nn): warp q of the warpgroup holds rows
+  // 16 q .. 16 q + 15 of its m64 half.
+  auto store_stored = [&] {
+    if constexpr (kDeferred) {
+      sm90::store_bf16_packed_rows<kBN>(packed, static_cast<__nv_bfloat16*>(p.out),
+                                        gemm_columns<kOp>(p), stored.row0 + warp_row,
+                                        stored.row_end, stored.n0, lane);
+    }
+  };
   for (int t = first_tile; decode_tile<kOp, kBN>(t, p, s, tile); t += tile_stride) {
 #pragma unroll
     for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
@@ -222,6 +249,13 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
         wgmma_tile<kBN, kTransA, kTransB>(acc, desc_a, desc_b);
       }
       sm90::wgmma_commit();
+      if constexpr (kDeferred) {
+        // While the tile's first batch runs: the previous tile's stores (nt, nn: steps >= 2).
+        if (step == 0 && store_pending) {
+          store_stored();
+          store_pending = false;
+        }
+      }
       // Keep this step's batch in flight; the previous one is done: release its stage.
       sm90::wgmma_wait<1>();
       if (previous_stage >= 0 && lane == 0) release_stage(&empty[previous_stage]);
@@ -230,19 +264,22 @@ __device__ __forceinline__ void consume(const Params& p, const Schedule& s, uint
     sm90::wgmma_wait<0>();
     if (previous_stage >= 0 && lane == 0) release_stage(&empty[previous_stage]);
 
-    // ---- Epilogue: warp q of the warpgroup holds rows 16 q .. 16 q + 15 of its m64 half.
-    if constexpr (kOp == Op::TN) {
+    if constexpr (kDeferred) {
+      // Round now (acc is reused by the next tile); store during the next tile's first batch.
+      // The fences keep the rounding after the wait and before the next tile's wgmma.
+      sm90::fence_registers<kBN / 2>(acc);
+      sm90::pack_bf16_pairs<kBN>(acc, packed);
+      sm90::fence_registers<kBN / 4>(packed);
+      stored = tile;
+      store_pending = true;
+    } else {
+      // ---- Epilogue: warp q of the warpgroup holds rows 16 q .. 16 q + 15 of its m64 half.
       if (tile.steps == 0 && p.accumulate) continue;  // empty group: dW_g stays as it was
       float* dw = static_cast<float*>(p.out) + static_cast<int64_t>(tile.group) * p.n * p.k;
-      sm90::store_f32_rows<kBN>(acc, dw, p.k, tile.m0 + half * 64 + (warp % 4) * 16, tile.n0,
-                                p.accumulate, lane);
-    } else {
-      const int ld = gemm_columns<kOp>(p);
-      __nv_bfloat16* out = static_cast<__nv_bfloat16*>(p.out);
-      sm90::store_bf16_rows<kBN>(acc, out, ld, tile.row0 + half * 64 + (warp % 4) * 16,
-                                 tile.row_end, tile.n0, lane);
+      sm90::store_f32_rows<kBN>(acc, dw, p.k, tile.m0 + warp_row, tile.n0, p.accumulate, lane);
     }
   }
+  if (store_pending) store_stored();  // the last tile (nt, nn)
 }
 
 template <Op kOp, int kBN>

@@ -1,7 +1,9 @@
 // Device primitives of the grouped Hopper GEMMs (grouped_gemm_sm90.cu): mbarriers, TMA tile loads
 // (cp.async.bulk.tensor), wgmma shared-memory descriptors (128-byte swizzle) and the
 // wgmma.mma_async m64n128k16 / m64n256k16 calls (BF16 in, FP32 accumulate), register-count
-// hand-off between warpgroups (setmaxnreg). Only for sm_90a device code.
+// hand-off between warpgroups (setmaxnreg), group scheduling, and the epilogue stores of a wgmma
+// fragment (fp32; bf16 at once, or rounded into packed pairs first and stored later, for a
+// deferred epilogue). Only for sm_90a device code.
 #pragma once
 
 #include <cuda.h>
@@ -280,14 +282,23 @@ __device__ __forceinline__ void store_f32_rows(const float* acc, float* out, int
 
 // ---- bf16 epilogue
 
-// Stores one warp's 16 rows of an m64nN fp32 wgmma accumulator fragment (n8 block j holds columns
-// 8 j + 2 (lane % 4) (+1) of rows lane / 4 and lane / 4 + 8) as bf16 into `out` (row-major,
-// leading dimension ld), the warp's first row at `row0` and first column at `n0`: lane c of each
-// quad gathers n8 block 4 q + c from the quad's four lanes (each holds 2 columns of every block)
-// and writes those 8 columns with one 16-byte store. Rows at or past `row_end` are not written.
-template <int kN>
-__device__ __forceinline__ void store_bf16_rows(const float* acc, __nv_bfloat16* out, int64_t ld,
-                                                int row0, int row_end, int n0, int lane) {
+// An m64nN fp32 wgmma accumulator fragment (n8 block j holds columns 8 j + 2 (lane % 4) (+1) of
+// rows lane / 4 and lane / 4 + 8: acc[4 j + 2 e] and acc[4 j + 2 e + 1] for row lane / 4 + 8 e)
+// as bf16 pairs: pair 2 j + e = (acc[4 j + 2 e], acc[4 j + 2 e + 1]), i.e. pair i rounds
+// acc[2 i] and acc[2 i + 1].
+__device__ __forceinline__ uint32_t bf16_pair(const float* acc, int i) {
+  const __nv_bfloat162 pair = __floats2bfloat162_rn(acc[2 * i], acc[2 * i + 1]);
+  return *reinterpret_cast<const uint32_t*>(&pair);
+}
+
+// Stores one warp's 16 rows of a fragment into bf16 `out` (row-major, leading dimension ld), the
+// warp's first row at `row0` and first column at `n0`, `pair(i)` giving bf16 pair i (see
+// bf16_pair): lane c of each quad gathers n8 block 4 q + c from the quad's four lanes (each holds
+// 2 columns of every block) and writes those 8 columns with one 16-byte store. Rows at or past
+// `row_end` are not written.
+template <int kN, class PairOf>
+__device__ __forceinline__ void store_bf16_quads(PairOf pair, __nv_bfloat16* out, int64_t ld,
+                                                 int row0, int row_end, int n0, int lane) {
   const int c = lane % 4;
 #pragma unroll
   for (int e = 0; e < 2; ++e) {
@@ -297,11 +308,7 @@ __device__ __forceinline__ void store_bf16_rows(const float* acc, __nv_bfloat16*
     for (int q = 0; q < kN / 32; ++q) {
       uint32_t v[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int b = 4 * (4 * q + i) + 2 * e;
-        const __nv_bfloat162 pair = __floats2bfloat162_rn(acc[b], acc[b + 1]);
-        v[i] = *reinterpret_cast<const uint32_t*>(&pair);
-      }
+      for (int i = 0; i < 4; ++i) v[i] = pair(2 * (4 * q + i) + e);
       auto pick = [&](int i) { return i == 0 ? v[0] : i == 1 ? v[1] : i == 2 ? v[2] : v[3]; };
       // Lane c receives from lane c ^ d its value for block 4 q + c.
       const uint32_t from1 = __shfl_xor_sync(0xffffffffu, pick(c ^ 1), 1);
@@ -316,6 +323,41 @@ __device__ __forceinline__ void store_bf16_rows(const float* acc, __nv_bfloat16*
             make_uint4(from(0), from(1), from(2), from(3));
     }
   }
+}
+
+// One warp's 16 rows of an m64nN fp32 accumulator fragment, rounded to bf16 as they are stored.
+template <int kN>
+__device__ __forceinline__ void store_bf16_rows(const float* acc, __nv_bfloat16* out, int64_t ld,
+                                                int row0, int row_end, int n0, int lane) {
+  store_bf16_quads<kN>([&](int i) { return bf16_pair(acc, i); }, out, ld, row0, row_end, n0,
+                       lane);
+}
+
+// The same in two steps, so that acc is free (for the next tile's wgmma) before the stores:
+// round the fragment into packed[kN / 4] (packed[i] = bf16_pair(acc, i)), later store it.
+template <int kN>
+__device__ __forceinline__ void pack_bf16_pairs(const float* acc, uint32_t* packed) {
+#pragma unroll
+  for (int i = 0; i < kN / 4; ++i) packed[i] = bf16_pair(acc, i);
+}
+template <int kN>
+__device__ __forceinline__ void store_bf16_packed_rows(const uint32_t* packed, __nv_bfloat16* out,
+                                                       int64_t ld, int row0, int row_end, int n0,
+                                                       int lane) {
+  store_bf16_quads<kN>([&](int i) { return packed[i]; }, out, ld, row0, row_end, n0, lane);
+}
+
+// Pins registers for the compiler: values computed before this point stay computed before it
+// (an empty asm that reads and writes each; no instruction is emitted).
+template <int kCount>
+__device__ __forceinline__ void fence_registers(uint32_t* values) {
+#pragma unroll
+  for (int i = 0; i < kCount; ++i) asm volatile("" : "+r"(values[i])::"memory");
+}
+template <int kCount>
+__device__ __forceinline__ void fence_registers(float* values) {
+#pragma unroll
+  for (int i = 0; i < kCount; ++i) asm volatile("" : "+f"(values[i])::"memory");
 }
 
 }  // namespace frugal::cuda::sm90
